@@ -1,0 +1,37 @@
+# The two commands of the quick start: `make run` and `make test`. Both install what is
+# missing into .venv and start RabbitMQ and Redis when none is reachable.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install services run test test-fast bench-pipeline schema clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[models,dev]'
+	touch $(STAMP)
+
+services:
+	bash scripts/ensure_services.sh
+
+run: install services
+	$(VENV)/bin/hadis serve all
+
+test: install services
+	$(PY) -m pytest -q
+
+test-fast: install services
+	$(PY) -m pytest -q -m "not slow"
+
+bench-pipeline: install services
+	$(PY) scripts/bench_pipeline.py
+
+schema: install
+	$(VENV)/bin/hadis schema > docs/job.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,167 @@
+"""`make bench-pipeline`: the serving overhead of the five services, measured on this machine.
+
+The emulated backend with zero latency (HADIS_TIME_SCALE=0) and the emulated judge, so every
+second measured is the system's own: broker, store, routing, batching, encoding.
+
+1. raw broker rate: publish (with confirms) and consume N messages through one quorum queue;
+2. saturation: N jobs submitted at once through all five services (separate processes);
+   jobs/s from the first submit to the last terminal state;
+3. added latency at a paced 100 jobs/s: p50 / p99 of submit -> done;
+4. lost: jobs without a terminal record at the end (must be 0).
+
+Last line: `pipeline_jobs_per_s <number>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+
+import numpy as np
+
+from shared import supervisor
+from shared.bus import Bus
+from shared.client import Client
+from shared.errors import Disposition
+from shared.reference import prompts
+from shared.schemas import Job
+from shared.settings import Settings
+
+SERVICE_ENV = {
+    "HADIS_BACKEND": "emulated",
+    "HADIS_JUDGE_BACKEND": "emulated",
+    "HADIS_PROFILE": "paper-l40s-x10",
+    "HADIS_TIME_SCALE": "0",
+    "HADIS_PLAN_R": "0.2",
+    "HADIS_PLAN_D": "0.3",
+    "HADIS_PLAN_LIGHT_BATCH": "32",
+    "HADIS_PLAN_HEAVY_BATCH": "32",
+    "HADIS_BATCH_WAIT_MS": "5",
+    "HADIS_LOG_LEVEL": "warning",
+    "HADIS_LOG_FORMAT": "json",
+}
+# Per job: ingress, tier, judge for the light share (1 - r), heavy again for escalations (1 - r) d.
+MESSAGES_PER_JOB = 1 + 1 + 0.8 + 0.8 * 0.3
+
+
+async def raw_broker_rate(settings: Settings, count: int) -> float:
+    bus = await Bus.connect(settings)
+    queue = bus.queues.judge
+    received = 0
+    all_received = asyncio.Event()
+
+    async def on_delivery(delivery) -> None:
+        nonlocal received
+        await delivery.settle(Disposition.ack)
+        received += 1
+        if received == count:
+            all_received.set()
+
+    consumer = await bus.consume(queue, on_delivery, prefetch=256)
+    body = Job(prompt="a red bicycle").model_dump_json().encode()
+    started = time.perf_counter()
+    for start in range(0, count, 256):
+        await asyncio.gather(*(bus.publish(queue, body) for _ in range(min(256, count - start))))
+    await all_received.wait()
+    elapsed = time.perf_counter() - started
+    await consumer.cancel()
+    await bus.delete_namespace()
+    await bus.close()
+    return count / elapsed
+
+
+def make_jobs(count: int) -> list[Job]:
+    texts = prompts()
+    return [Job(prompt=texts[i % len(texts)], seed=i) for i in range(count)]
+
+
+async def wait_terminal(client: Client, jobs: list[Job], timeout_s: float) -> list:
+    return await asyncio.gather(*(client.wait(job.job_id, timeout_s) for job in jobs))
+
+
+async def warm_up(client: Client) -> None:
+    """Let the services connect and the plan settle before timing."""
+    jobs = make_jobs(50)
+    await asyncio.gather(*(client.submit(job) for job in jobs))
+    await wait_terminal(client, jobs, timeout_s=120)
+
+
+async def saturation(client: Client, count: int) -> tuple[float, int]:
+    jobs = make_jobs(count)
+    started = time.perf_counter()
+    for start in range(0, count, 200):
+        await asyncio.gather(*(client.submit(job) for job in jobs[start:start + 200]))
+    records = await wait_terminal(client, jobs, timeout_s=300)
+    finished = [r for r in records if r is not None]
+    last_done = max(r.history[-1].at for r in finished)
+    first_submit = min(job.submitted_at for job in jobs)
+    lost = count - len(finished)
+    print(f"  submitted in {time.perf_counter() - started:.1f} s")
+    return len(finished) / (last_done - first_submit), lost
+
+
+async def paced_latency(client: Client, rate: float, seconds: float) -> tuple[np.ndarray, int]:
+    jobs = make_jobs(int(rate * seconds))
+    started = time.perf_counter()
+    submitted = []
+    for index, job in enumerate(jobs):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        job = job.model_copy(update={"submitted_at": time.time()})
+        submitted.append(job)
+        asyncio.get_running_loop().create_task(client.submit(job))
+    records = await wait_terminal(client, submitted, timeout_s=120)
+    latencies = np.array([r.latency_s for r in records if r is not None])
+    return latencies, len(jobs) - len(latencies)
+
+
+async def measure(args: argparse.Namespace, settings: Settings) -> float:
+    client = await Client.open(settings)
+    try:
+        await warm_up(client)
+        jobs_per_s, lost_saturated = await saturation(client, args.jobs)
+        latencies, lost_paced = await paced_latency(client, args.rate, args.seconds)
+    finally:
+        await client.bus.delete_namespace()
+        await client.store.delete_namespace()
+        await client.close()
+    print(f"saturation: {args.jobs} jobs, {jobs_per_s:.0f} jobs/s, lost {lost_saturated}")
+    print(f"paced {args.rate:.0f} jobs/s for {args.seconds:.0f} s: added latency p50 "
+          f"{np.percentile(latencies, 50) * 1000:.1f} ms, p99 {np.percentile(latencies, 99) * 1000:.1f} ms, "
+          f"lost {lost_paced}")
+    return jobs_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--raw-messages", type=int, default=10000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    namespace = f"bench{uuid.uuid4().hex[:6]}"
+    os.environ.update(SERVICE_ENV, HADIS_NAMESPACE=namespace)
+    settings = Settings()
+    raw_rate = asyncio.run(raw_broker_rate(settings.model_copy(update={"namespace": namespace + "raw"}),
+                                           args.raw_messages))
+    print(f"raw broker: {raw_rate:.0f} msg/s (publish with confirms + consume + ack, one quorum queue)")
+
+    children = supervisor.default_children()
+    for child in children:
+        child.start()
+    try:
+        jobs_per_s = asyncio.run(measure(args, settings))
+    finally:
+        supervisor.stop_all(children)
+    ratio = jobs_per_s * MESSAGES_PER_JOB / raw_rate
+    print(f"broker use: {jobs_per_s:.0f} jobs/s x {MESSAGES_PER_JOB:.2f} msg/job / {raw_rate:.0f} msg/s = {ratio:.2f}")
+    print(f"pipeline_jobs_per_s {jobs_per_s:.0f}")
+
+
+if __name__ == "__main__":
+    main()

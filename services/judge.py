@@ -1,0 +1,120 @@
+"""The quality judge: scores each light image and escalates the lowest fraction d of them
+to the heavy tier (d from the plan, turned into a score threshold by calibration);
+the rest are done with the light image."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.backends import decode_png, make_scorer
+from shared.backends.base import ScoreInput
+from shared.batching import BatchCollector
+from shared.bus import Delivery
+from shared.errors import Disposition, InvalidJob
+from shared.logging import bind_job, get_logger
+from shared.policies.judge import JudgeCalibration, calibration_for
+from shared.profiles import load_profile
+from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
+from shared.service import Service, run
+
+log = get_logger(__name__)
+
+JUDGE_BATCH = 8
+JUDGE_PREFETCH = 3 * JUDGE_BATCH
+
+Scored = tuple[Delivery, Task, bytes]
+
+
+class Judge:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.profile = load_profile(self.settings.profile)
+        self.scorer = make_scorer(self.settings.judge_backend, device=self.settings.device,
+                                  clip_arch=self.settings.clip_arch, head_path=self.settings.judge_head_path)
+        self.calibrations: dict[str, JudgeCalibration] = {}
+        self.collector = BatchCollector()
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="judge")
+
+    def calibration(self, model_name: str) -> JudgeCalibration:
+        if model_name not in self.calibrations:
+            self.calibrations[model_name] = calibration_for(self.profile.model(model_name))
+        return self.calibrations[model_name]
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        self.collector.put(delivery)
+
+    async def run(self) -> None:
+        consumer = await self.service.bus.consume(self.service.bus.queues.judge, self.on_delivery,
+                                                  prefetch=JUDGE_PREFETCH)
+        log.info("judge_ready", backend=self.settings.judge_backend)
+        while not self.service.stopping.is_set():
+            batch = await self.collector.take(JUDGE_BATCH, self.settings.batch_wait_ms / 1000)
+            if batch:
+                await self.judge_batch(batch)
+        await consumer.cancel()
+        for delivery in self.collector.drain_nowait():
+            await delivery.settle(Disposition.requeue)
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def judge_batch(self, batch: list[Delivery]) -> None:
+        items = [item for delivery in batch if (item := await self.load(delivery)) is not None]
+        if not items:
+            return
+        inputs = [
+            ScoreInput(task.job.job_id, task.job.prompt, decode_png(png), self.profile.model(task.model))
+            for _, task, png in items
+        ]
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.scorer.score, inputs)
+        except Exception as error:
+            for delivery, task, _ in items:
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
+            return
+        for (delivery, task, png), score in zip(items, scores):
+            with bind_job(task.job.job_id):
+                try:
+                    await self.decide(task, png, score)
+                    await delivery.settle(Disposition.ack)
+                except Exception as error:
+                    await self.service.settle_failure(delivery, error, [task.job.job_id])
+
+    async def load(self, delivery: Delivery) -> Scored | None:
+        try:
+            task = parse_message(Task, delivery.body)
+            if task.model is None:
+                raise InvalidJob("judge task names no model")
+            png = await self.service.store.get_image(task.job.job_id, variant="light")
+            if png is None:
+                raise InvalidJob("the light image is gone from the store")
+        except Exception as error:
+            job_id = job_id_of(delivery.body)
+            await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+            return None
+        return delivery, task, png
+
+    async def decide(self, task: Task, png: bytes, score: float) -> None:
+        store, job_id = self.service.store, task.job.job_id
+        plan = self.service.plans.current
+        calibration = self.calibration(task.model)
+        escalate = calibration.escalate(score, plan.d)
+        calibration.observe(score)
+        if escalate and time.time() < task.deadline:
+            if await store.transition(job_id, JobState.escalated, judge_score=score, plan_version=plan.version):
+                heavy_task = task.model_copy(update={"tier": Tier.heavy, "escalated": True, "model": None})
+                await self.service.bus.publish(self.service.bus.queues.tier(Tier.heavy), heavy_task,
+                                               message_id=job_id)
+            return
+        # Not escalated, or too late for the heavy model: the light image is the answer.
+        await store.transition(job_id, JobState.done, image=png, judge_score=score, tier=Tier.light.value,
+                               model=task.model, detail="" if not escalate else "too late to escalate")
+
+
+async def main(service: Service) -> None:
+    await Judge(service).run()
+
+
+if __name__ == "__main__":
+    run("judge", main)

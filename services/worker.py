@@ -1,0 +1,200 @@
+"""The worker: one program for both tiers (HADIS_TIER=light|heavy). It owns one GPU (or an
+emulated one), loads the model the plan names for its tier, and pipelines its work:
+while the model runs batch k, batch k+1 is being collected and batch k-1's images
+are being encoded and stored. Generation and PNG encoding never run on the event loop.
+
+Light results go to the quality judge; heavy results finish the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+from shared.backends import encode_png, make_generator
+from shared.backends.base import GenerationInput, Generator
+from shared.batching import BatchCollector
+from shared.bus import Delivery
+from shared.errors import BackendFailed, Disposition, Expired, InvalidJob
+from shared.logging import bind_job, get_logger
+from shared.profiles import load_profile
+from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
+from shared.service import Service, run
+
+log = get_logger(__name__)
+
+# One batch finishing, one generating, one being collected: that many messages in hand.
+PREFETCH_BATCHES = 3
+MAX_FINISHING_BATCHES = 2
+
+Item = tuple[Delivery, Task]
+
+
+def seed_of(task: Task) -> int:
+    """The job's seed, or one derived from its id, so that a redelivered job draws the same image."""
+    if task.job.seed is not None:
+        return task.job.seed
+    return int.from_bytes(hashlib.blake2b(task.job.job_id.encode(), digest_size=4).digest(), "big")
+
+
+class TierWorker:
+    def __init__(self, service: Service, tier: Tier) -> None:
+        self.service = service
+        self.tier = tier
+        self.settings = service.settings
+        self.profile = load_profile(self.settings.profile)
+        self.collector = BatchCollector()
+        self.gpu = ThreadPoolExecutor(1, thread_name_prefix=f"gpu-{tier.value}")
+        self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
+        self.generator: Generator | None = None
+        self.finishing: set[asyncio.Task] = set()
+
+    @property
+    def queue(self) -> str:
+        return self.service.bus.queues.tier(self.tier)
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        self.collector.put(delivery)
+
+    async def run(self) -> None:
+        await self.ensure_model()
+        batch_size = self.service.plans.current.batch_for(self.tier)
+        consumer = await self.service.bus.consume(
+            self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
+        )
+        log.info("worker_ready", tier=self.tier.value, model=self.generator.model.name, gpu=self.settings.gpu)
+        while not self.service.stopping.is_set():
+            plan = self.service.plans.current
+            if plan.batch_for(self.tier) != batch_size:
+                batch_size = plan.batch_for(self.tier)
+                await consumer.set_prefetch(PREFETCH_BATCHES * batch_size)
+            await self.ensure_model()
+            batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
+            if batch:
+                await self.process(batch)
+        await self.stop(consumer)
+
+    async def stop(self, consumer) -> None:
+        """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
+        await consumer.cancel()
+        for delivery in self.collector.drain_nowait():
+            await delivery.settle(Disposition.requeue)
+        if self.finishing:
+            await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
+        self.gpu.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
+
+    async def ensure_model(self) -> None:
+        wanted = self.service.plans.current.model_for(self.tier)
+        if self.generator is not None and self.generator.model.name == wanted:
+            return
+        previous, model = self.generator, self.profile.model(wanted)
+        started = time.perf_counter()
+
+        def load() -> Generator:
+            if previous is not None:
+                previous.close()
+            generator = make_generator(self.settings.backend, model, device=self.settings.device,
+                                       time_scale=self.settings.time_scale)
+            generator.warm_up()
+            return generator
+
+        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, load)
+        log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
+
+    async def process(self, batch: list[Delivery]) -> None:
+        items = [item for delivery in batch if (item := await self.admit(delivery)) is not None]
+        if not items:
+            return
+        results = await self.generate(items)
+        while len(self.finishing) >= MAX_FINISHING_BATCHES:
+            await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
+        finishing = asyncio.create_task(self.finish(items, results, self.generator.model.name))
+        self.finishing.add(finishing)
+        finishing.add_done_callback(self.finishing.discard)
+
+    async def admit(self, delivery: Delivery) -> Item | None:
+        """Parse and check one delivery; None when it was settled here (bad, expired, duplicate)."""
+        try:
+            task = parse_message(Task, delivery.body)
+        except InvalidJob as error:
+            job_id = job_id_of(delivery.body)
+            await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+            return None
+        with bind_job(task.job.job_id):
+            try:
+                if time.time() >= task.deadline:
+                    raise Expired("deadline passed before generation")
+                fresh = await self.service.store.transition(
+                    task.job.job_id, JobState.generating, tier=self.tier.value, model=self.generator.model.name
+                )
+            except KeyError:
+                error = InvalidJob("no job record (expired from the store?)")
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
+                return None
+            except Exception as error:
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
+                return None
+            if not fresh:
+                log.info("duplicate_delivery_dropped")
+                await delivery.settle(Disposition.ack)
+                return None
+        return delivery, task
+
+    async def generate(self, items: list[Item]) -> list[Image.Image | BaseException]:
+        """Generate off the event loop; a failed batch is split so one bad job fails alone."""
+        inputs = [
+            GenerationInput(task.job.job_id, task.job.prompt, task.job.negative_prompt, seed_of(task),
+                            task.job.width, task.job.height)
+            for _, task in items
+        ]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.gpu, self.generator.generate, inputs)
+        except Exception as error:
+            if len(items) == 1:
+                return [error]
+            log.warning("batch_failed_splitting", size=len(items), error=str(error))
+            results: list[Image.Image | BaseException] = []
+            for item in items:
+                results += await self.generate([item])
+            return results
+
+    async def finish(self, items: list[Item], results: list, model_name: str) -> None:
+        pngs = await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
+        for (delivery, task), png in zip(items, pngs):
+            with bind_job(task.job.job_id):
+                try:
+                    if isinstance(png, BaseException):
+                        raise BackendFailed(f"{type(png).__name__}: {png}")
+                    await self.deliver_result(task, png, model_name)
+                    await delivery.settle(Disposition.ack)
+                except Exception as error:
+                    await self.service.settle_failure(delivery, error, [task.job.job_id])
+
+    async def deliver_result(self, task: Task, png: bytes, model_name: str) -> None:
+        store, job_id = self.service.store, task.job.job_id
+        if self.tier is Tier.heavy:
+            await store.transition(job_id, JobState.done, image=png, tier=self.tier.value, model=model_name,
+                                   escalated=task.escalated)
+            return
+        await store.put_image(job_id, png, variant="light")
+        await store.transition(job_id, JobState.judging, tier=self.tier.value, model=model_name)
+        judged = task.model_copy(update={"model": model_name})
+        await self.service.bus.publish(self.service.bus.queues.judge, judged, message_id=job_id)
+
+
+def encode_all(results: list) -> list[bytes | BaseException]:
+    return [result if isinstance(result, BaseException) else encode_png(result) for result in results]
+
+
+async def main(service: Service) -> None:
+    await TierWorker(service, service.settings.tier).run()
+
+
+if __name__ == "__main__":
+    run("worker", main)

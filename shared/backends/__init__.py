@@ -1,0 +1,60 @@
+"""Model backends behind one interface (base.py), chosen by kind.
+
+The concrete modules are imported inside the factories, so importing this package
+never imports torch: the emulated backends and the PNG helpers run without it.
+"""
+
+from __future__ import annotations
+
+from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
+from shared.backends.images import decode_png, encode_png
+from shared.profiles import ModelProfile
+
+GENERATOR_KINDS = ("emulated", "tiny")
+SCORER_KINDS = ("clip", "emulated")
+
+__all__ = [
+    "GENERATOR_KINDS",
+    "SCORER_KINDS",
+    "GenerationInput",
+    "Generator",
+    "ScoreInput",
+    "Scorer",
+    "decode_png",
+    "encode_png",
+    "make_generator",
+    "make_scorer",
+]
+
+
+def make_generator(kind: str, model: ModelProfile, *, device: str = "cpu", time_scale: float = 1.0) -> Generator:
+    """`device` applies to "tiny", `time_scale` to "emulated"."""
+    if kind == "tiny":
+        from shared.backends.tiny import TinyGenerator
+
+        return TinyGenerator(model, device=device)
+    if kind == "emulated":
+        from shared.backends.emulated import EmulatedGenerator
+
+        return EmulatedGenerator(model, time_scale=time_scale)
+    raise ValueError(f"unknown generator kind {kind!r}; known: {', '.join(GENERATOR_KINDS)}")
+
+
+def make_scorer(
+    kind: str,
+    *,
+    device: str = "cpu",
+    clip_arch: str = "ViT-B-32",
+    head_path: str | None = None,
+    seed: int = 0,
+) -> Scorer:
+    """`device`, `clip_arch` and `head_path` apply to "clip"; `seed` to both."""
+    if kind == "clip":
+        from shared.backends.clip_judge import ClipJudge
+
+        return ClipJudge(arch=clip_arch, head_path=head_path, seed=seed, device=device)
+    if kind == "emulated":
+        from shared.backends.emulated import EmulatedScorer
+
+        return EmulatedScorer(seed=seed)
+    raise ValueError(f"unknown scorer kind {kind!r}; known: {', '.join(SCORER_KINDS)}")

@@ -1,0 +1,63 @@
+"""The one interface every model backend implements.
+
+Only modules under shared/backends import torch, diffusers or open_clip, and
+only lazily (inside the concrete backend modules), so that the router and the
+controller start without the model stack.
+
+Both `generate` and `score` block: callers run them off the event-loop thread.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from PIL import Image
+
+from shared.profiles import ModelProfile
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    job_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    job_id: str
+    prompt: str
+    image: Image.Image
+    model: ModelProfile
+
+
+class Generator(ABC):
+    """Turns a batch of prompts into images with one model."""
+
+    def __init__(self, model: ModelProfile) -> None:
+        self.model = model
+
+    @abstractmethod
+    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+        """One image per input, in order. Raises on failure."""
+
+    def warm_up(self) -> None:
+        """Run once before the worker reports ready."""
+
+    def close(self) -> None:
+        """Release the model."""
+
+
+class Scorer(ABC):
+    """The quality judge's model: a score per image, higher = better (P(real))."""
+
+    @abstractmethod
+    def score(self, batch: list[ScoreInput]) -> list[float]:
+        """One score in [0, 1] per input, in order."""
+
+    def close(self) -> None:
+        """Release the model."""

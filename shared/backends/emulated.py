@@ -1,0 +1,79 @@
+"""Emulated backends: profiled latency and profiled judge scores, without a model.
+
+They stand in for a GPU model in experiments: the generator sleeps as long as the
+profile says a batch takes, and the scorer answers with the published per-prompt
+judge score. Neither imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from PIL import Image
+
+from shared import reference
+from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
+from shared.profiles import ModelProfile
+
+PLACEHOLDER_SIZE = 64
+
+
+def stable_hash(*parts: str | int) -> int:
+    """A 64-bit hash that is the same in every process (unlike hash())."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(str(part).encode("utf-8"))
+        digest.update(b"\x00")
+    return int.from_bytes(digest.digest(), "big")
+
+
+def placeholder_image(seed: int) -> Image.Image:
+    colour = stable_hash("colour", seed).to_bytes(8, "big")[:3]
+    return Image.new("RGB", (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE), tuple(colour))
+
+
+class EmulatedGenerator(Generator):
+    """Sleeps the profiled batch latency times `time_scale`, then returns placeholders."""
+
+    def __init__(self, model: ModelProfile, time_scale: float = 1.0) -> None:
+        super().__init__(model)
+        if time_scale < 0:
+            raise ValueError(f"time_scale must be >= 0, got {time_scale}")
+        if time_scale > 0 and not model.latency_ms:
+            raise ValueError(f"model {model.name} has no latency profile to emulate")
+        self.time_scale = time_scale
+
+    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+        if not batch:
+            return []
+        if self.time_scale > 0:
+            time.sleep(self.model.batch_latency_s(len(batch)) * self.time_scale)
+        return [placeholder_image(item.seed) for item in batch]
+
+
+class EmulatedScorer(Scorer):
+    """The profiled judge score of the model on the prompt; ignores the image.
+
+    A reference prompt gets its published score. Any other prompt is mapped, by a
+    stable hash of its text, to one reference row, and gets that row's score for
+    the model: every model sees the same row, so their relative quality holds.
+    A model without a reference column gets a uniform draw from the same hash.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def score(self, batch: list[ScoreInput]) -> list[float]:
+        return [self.score_one(item.prompt, item.model) for item in batch]
+
+    def score_one(self, prompt: str, model: ModelProfile) -> float:
+        scores = reference.judge_scores()
+        column = model.reference_index
+        prompt_id = reference.prompt_id(prompt)
+        if column is not None and prompt_id is not None:
+            return float(scores[prompt_id, column])
+        draw = stable_hash("prompt", self.seed, prompt)
+        if column is None:
+            return draw / 2**64
+        return float(scores[draw % scores.shape[0], column])

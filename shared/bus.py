@@ -1,0 +1,248 @@
+"""RabbitMQ: the queue topology, declared in one place, and the only module that imports aio-pika.
+
+Topology of a namespace `ns` (every name is prefixed, so experiments are isolated):
+
+    ns.requests      quorum  ingress: Job JSON from any backend
+    ns.tier.light    quorum  Task for the light workers
+    ns.tier.heavy    quorum  Task for the heavy workers
+    ns.judge         quorum  Task for the quality judge
+    ns.dlx           fanout exchange: where every work queue dead-letters
+    ns.dead          quorum  dead letters kept for operators (bounded, oldest dropped)
+    ns.dead.watch    quorum  dead letters the controller turns into `failed` records
+
+Work queues are bounded (x-max-length, reject-publish: a full queue refuses the
+publish, which the publisher sees as Overloaded) and carry x-delivery-limit as a
+backstop: a message that crashes its consumer again and again is dead-lettered by
+the broker itself. Publishes wait for the broker's confirm; consumers ack only
+after the result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from pydantic import BaseModel
+
+from shared.errors import Disposition, Overloaded, Unavailable
+from shared.logging import get_logger
+from shared.schemas import Tier
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+DEAD_LETTER_MAX_LENGTH = 10_000
+PUBLISH_RETRY_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Queues:
+    """The names of a namespace's queues."""
+
+    namespace: str
+
+    @property
+    def requests(self) -> str:
+        return f"{self.namespace}.requests"
+
+    @property
+    def judge(self) -> str:
+        return f"{self.namespace}.judge"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_watch(self) -> str:
+        return f"{self.namespace}.dead.watch"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    def tier(self, tier: Tier) -> str:
+        return f"{self.namespace}.tier.{tier.value}"
+
+    @property
+    def work(self) -> tuple[str, ...]:
+        return (self.requests, self.tier(Tier.light), self.tier(Tier.heavy), self.judge)
+
+
+class Delivery:
+    """One received message; services settle it with a Disposition and never see aio-pika."""
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self.body: bytes = message.body
+        self.message_id: str | None = message.message_id
+        # Quorum queues count earlier failed deliveries in x-delivery-count.
+        earlier = (message.headers or {}).get("x-delivery-count", 0)
+        self.delivery_count: int = int(earlier) + 1 if isinstance(earlier, int) else 1
+        self.settled = False
+
+    async def settle(self, disposition: Disposition) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            if disposition is Disposition.ack:
+                await self._message.ack()
+            elif disposition is Disposition.requeue:
+                await self._message.nack(requeue=True)
+            else:
+                await self._message.reject(requeue=False)
+        except (ChannelInvalidStateError, AMQPError, ConnectionError) as error:
+            # The channel died under us: the broker redelivers the message, which is safe
+            # because every handler is idempotent.
+            log.warning("settle_failed", disposition=disposition.value, error=str(error))
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer:
+    def __init__(self, channel: AbstractRobustChannel, queue: aio_pika.abc.AbstractRobustQueue,
+                 callback: Callable[[AbstractIncomingMessage], Awaitable[None]], tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._callback = callback
+        self._tag = tag
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        """RabbitMQ applies a prefetch to consumers started after it, so the consumer is
+        restarted on the same channel; its unacked messages stay with it."""
+        await self._channel.set_qos(prefetch_count=prefetch)
+        await self._queue.cancel(self._tag)
+        self._tag = await self._queue.consume(self._callback)
+
+    async def cancel(self) -> None:
+        try:
+            await self._queue.cancel(self._tag)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as error:
+            log.warning("cancel_failed", error=str(error))
+
+
+class Bus:
+    def __init__(self, settings: Settings, connection: AbstractRobustConnection, publisher: AbstractRobustChannel):
+        self.settings = settings
+        self.queues = Queues(settings.namespace)
+        self._connection = connection
+        self._publisher = publisher
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, declare: bool = True) -> "Bus":
+        try:
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url.get_secret_value(),
+                timeout=CONNECT_TIMEOUT_S,
+                client_properties={"connection_name": f"hadis-{settings.namespace}"},
+            )
+        except (AMQPError, OSError, asyncio.TimeoutError) as error:
+            raise Unavailable(f"RabbitMQ unreachable: {error}") from error
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        bus = cls(settings, connection, publisher)
+        if declare:
+            await bus.declare()
+        return bus
+
+    def _work_queue_arguments(self) -> dict:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.queues.dead_letter_exchange,
+            "x-delivery-limit": self.settings.max_deliveries + 2,
+            "x-max-length": self.settings.queue_max_length,
+            "x-overflow": "reject-publish",
+        }
+
+    async def declare(self) -> None:
+        """Declare the whole topology; idempotent, every service calls it at start."""
+        channel = self._publisher
+        dlx = await channel.declare_exchange(
+            self.queues.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_arguments = {
+            "x-queue-type": "quorum",
+            "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-overflow": "drop-head",
+        }
+        for name in (self.queues.dead, self.queues.dead_watch):
+            queue = await channel.declare_queue(name, durable=True, arguments=dead_arguments)
+            await queue.bind(dlx)
+        for name in self.queues.work:
+            await channel.declare_queue(name, durable=True, arguments=self._work_queue_arguments())
+
+    async def publish(self, queue: str, payload: BaseModel | bytes, *, message_id: str | None = None) -> None:
+        """Publish persistently to a queue and wait for the broker's confirm.
+        Retries a lost connection for PUBLISH_RETRY_S; a full queue raises Overloaded."""
+        body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        give_up_at = asyncio.get_running_loop().time() + PUBLISH_RETRY_S
+        while True:
+            try:
+                await self._publisher.default_exchange.publish(message, routing_key=queue)
+                return
+            except (DeliveryError, PublishError) as error:
+                raise Overloaded(f"queue {queue} refused the job (full or unroutable)") from error
+            except (AMQPError, ChannelInvalidStateError, ConnectionError, asyncio.TimeoutError) as error:
+                if asyncio.get_running_loop().time() > give_up_at:
+                    raise Unavailable(f"publish to {queue} failed: {error}") from error
+                await asyncio.sleep(0.5)
+
+    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
+        """Consume on a channel of its own (so its prefetch can change with the plan).
+        A handler that raises leaves the message unsettled: it is requeued, never dropped."""
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        amqp_queue = await channel.get_queue(queue, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            delivery = Delivery(message)
+            try:
+                await handler(delivery)
+            except Exception:
+                log.exception("handler_crashed", queue=queue)
+                await delivery.settle(Disposition.requeue)
+
+        tag = await amqp_queue.consume(on_message)
+        return Consumer(channel, amqp_queue, on_message, tag)
+
+    async def _inspect(self, queue: str):
+        # A channel of its own: the robust publisher channel answers passive declares from a cache.
+        channel = await self._connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True, robust=False)
+            return declared.declaration_result
+        finally:
+            await channel.close()
+
+    async def depth(self, queue: str) -> int:
+        """Messages ready in a queue (not counting those delivered and unacked)."""
+        return (await self._inspect(queue)).message_count or 0
+
+    async def consumers(self, queue: str) -> int:
+        return (await self._inspect(queue)).consumer_count or 0
+
+    async def depths(self) -> dict[str, int]:
+        return {name: await self.depth(name) for name in self.queues.work}
+
+    async def delete_namespace(self) -> None:
+        """Remove every queue and the exchange of this namespace (experiments, tests)."""
+        channel = await self._connection.channel()
+        for name in (*self.queues.work, self.queues.dead, self.queues.dead_watch):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(self.queues.dead_letter_exchange)
+        await channel.close()
+
+    async def close(self) -> None:
+        await self._connection.close()

@@ -1,0 +1,138 @@
+"""The `hadis` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from shared.schemas import Job, JobRecord
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def record_json(record: JobRecord) -> dict:
+    data = record.model_dump(mode="json")
+    data["latency_s"] = record.latency_s
+    return data
+
+
+async def submit(args: argparse.Namespace) -> int:
+    from shared.client import Client
+
+    job = Job(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, width=args.width,
+              height=args.height, slo_s=args.slo)
+    async with Client.connect() as client:
+        await client.submit(job)
+        record = await client.wait(job.job_id, timeout_s=args.timeout)
+        if record is None:
+            print_json({"job_id": job.job_id, "error": f"not finished within {args.timeout} s",
+                        "record": (r.model_dump(mode="json") if (r := await client.status(job.job_id)) else None)})
+            return 2
+        if args.out and record.state == "done":
+            Path(args.out).write_bytes(await client.image(job.job_id))
+        print_json(record_json(record))
+        return 0 if record.state == "done" else 1
+
+
+async def status(args: argparse.Namespace) -> int:
+    from shared.client import Client
+
+    async with Client.connect() as client:
+        record = await client.status(args.job_id)
+    if record is None:
+        print_json({"job_id": args.job_id, "error": "no such job (never submitted, or expired from the store)"})
+        return 1
+    print_json(record_json(record))
+    return 0
+
+
+async def set_plan(args: argparse.Namespace) -> int:
+    from shared.settings import get_settings
+    from shared.store import Store
+
+    settings = get_settings()
+    store = await Store.connect(settings)
+    try:
+        current = await store.get_plan() or settings.static_plan(version=0)
+        changes = {k: v for k, v in vars(args).items() if k in current.model_fields and v is not None}
+        fields = {**current.model_dump(exclude={"version", "created_at"}), **changes, "reason": "hadis set-plan"}
+        plan = await store.publish_plan(fields)
+    finally:
+        await store.close()
+    print_json(plan.model_dump(mode="json"))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from shared import supervisor
+
+    if args.service == "all":
+        return supervisor.supervise(supervisor.default_children(args.light_workers, args.heavy_workers))
+    module = {"router": "services.router", "worker": "services.worker", "judge": "services.judge",
+              "controller": "services.controller"}[args.service]
+    import runpy
+
+    runpy.run_module(module, run_name="__main__")
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    print_json(Job.model_json_schema())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hadis", description="Hybrid adaptive diffusion serving.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("submit", help="enqueue a prompt, wait, save the image, print the record")
+    p.add_argument("prompt")
+    p.add_argument("--out", help="where to write the PNG")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--slo", type=float, help="latency objective in seconds")
+    p.add_argument("--timeout", type=float, default=120.0, help="how long to wait for the result")
+    p.set_defaults(handler=submit)
+
+    p = commands.add_parser("status", help="print a job record")
+    p.add_argument("job_id")
+    p.set_defaults(handler=status)
+
+    p = commands.add_parser("set-plan", help="publish a new plan version (operators; the controller owns plans)")
+    for name in ("light_model", "heavy_model"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name)
+    for name in ("r", "d"):
+        p.add_argument(f"--{name}", type=float)
+    for name in ("light_batch", "heavy_batch"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
+    p.set_defaults(handler=set_plan)
+
+    p = commands.add_parser("serve", help="run one service, or all five under a supervisor")
+    p.add_argument("service", choices=["all", "router", "worker", "judge", "controller"])
+    p.add_argument("--light-workers", type=int, default=1)
+    p.add_argument("--heavy-workers", type=int, default=1)
+    p.set_defaults(handler=serve)
+
+    p = commands.add_parser("schema", help="print the Job JSON Schema")
+    p.set_defaults(handler=schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from shared.logging import configure
+    from shared.settings import get_settings
+
+    args = build_parser().parse_args(argv)
+    configure(get_settings(), f"cli-{args.command}")
+    result = args.handler(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    raise SystemExit(result)

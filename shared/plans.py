@@ -1,0 +1,57 @@
+"""Following the controller's plan: every service polls the plan's version and switches
+to a newer one without a restart. Until a controller has published one, the static
+plan from the service's own settings (version 0) applies, so work never stalls on it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from shared.errors import Unavailable
+from shared.logging import get_logger
+from shared.schemas import Plan
+from shared.settings import Settings
+from shared.store import Store
+
+log = get_logger(__name__)
+
+PlanListener = Callable[[Plan, Plan], Awaitable[None]]
+
+
+class PlanWatcher:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._poll_s = settings.plan_poll_s
+        self.current: Plan = settings.static_plan(version=0)
+        self._listeners: list[PlanListener] = []
+        self._task: asyncio.Task | None = None
+
+    def on_change(self, listener: PlanListener) -> None:
+        self._listeners.append(listener)
+
+    async def refresh(self) -> Plan:
+        plan = await self._store.get_plan()
+        if plan is not None and plan.version != self.current.version:
+            previous, self.current = self.current, plan
+            log.info("plan_applied", version=plan.version, light=plan.light_model, heavy=plan.heavy_model,
+                     r=plan.r, d=plan.d, light_batch=plan.light_batch, heavy_batch=plan.heavy_batch)
+            for listener in self._listeners:
+                await listener(previous, plan)
+        return self.current
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name="plan-watcher")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self.refresh()
+            except Unavailable as error:
+                log.warning("plan_refresh_failed", error=str(error))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

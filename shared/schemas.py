@@ -1,0 +1,200 @@
+"""Every message on the bus and every record in the store, as pydantic models.
+
+The ingress `Job` is the public contract (its JSON Schema is exported to
+`docs/job.schema.json`); the other models are internal to the services.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# Bounds on everything a caller controls. Documented in docs/jobs.md.
+MAX_PROMPT_CHARS = 2000
+MAX_METADATA_BYTES = 4096
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_SLO_S = 3600.0
+MAX_MESSAGE_BYTES = 64 * 1024
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tier(StrEnum):
+    light = "light"
+    heavy = "heavy"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    routed = "routed"
+    generating = "generating"
+    judging = "judging"
+    escalated = "escalated"
+    done = "done"
+    failed = "failed"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.done, JobState.failed, JobState.expired})
+
+
+class Job(Strict):
+    """What another backend publishes to the ingress queue `<ns>.requests`."""
+
+    job_id: JobId = Field(default_factory=new_job_id, description="Idempotency key: a job id is served once.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    width: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    slo_s: float | None = Field(default=None, gt=0, le=MAX_SLO_S, description="Latency objective from submitted_at.")
+    deadline: float | None = Field(default=None, description="Unix time after which the job is expired, not generated.")
+    submitted_at: float = Field(default_factory=now, description="Unix time the caller submitted the job.")
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_has_text(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt is blank")
+        if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in prompt):
+            raise ValueError("prompt contains control characters")
+        return prompt
+
+    @field_validator("metadata")
+    @classmethod
+    def metadata_is_small(cls, metadata: dict) -> dict:
+        if len(repr(metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+        return metadata
+
+    def effective_deadline(self, default_slo_s: float) -> float:
+        if self.deadline is not None:
+            return self.deadline
+        return self.submitted_at + (self.slo_s or default_slo_s)
+
+
+class Task(Strict):
+    """A routed job travelling between the router, the workers and the judge."""
+
+    job: Job
+    deadline: float
+    tier: Tier
+    router_score: float | None = None
+    escalated: bool = False
+    plan_version: int = 0
+    model: str | None = Field(default=None, description="The model that generated the light image (judge tasks).")
+
+
+class Plan(Strict):
+    """The controller's decision, versioned; every service applies the newest."""
+
+    version: int = Field(ge=0)
+    light_model: str
+    heavy_model: str
+    r: float = Field(ge=0.0, le=1.0, description="Fraction of prompts routed straight to heavy.")
+    d: float = Field(ge=0.0, le=1.0, description="Fraction of light outputs escalated by the judge.")
+    light_batch: int = Field(ge=1, le=64)
+    heavy_batch: int = Field(ge=1, le=64)
+    light_gpus: int = Field(default=1, ge=0)
+    heavy_gpus: int = Field(default=1, ge=0)
+    created_at: float = Field(default_factory=now)
+    reason: str = ""
+
+    @property
+    def heavy_share(self) -> float:
+        return self.r + (1.0 - self.r) * self.d
+
+    def batch_for(self, tier: Tier) -> int:
+        return self.light_batch if tier is Tier.light else self.heavy_batch
+
+    def model_for(self, tier: Tier) -> str:
+        return self.light_model if tier is Tier.light else self.heavy_model
+
+
+class Transition(Strict):
+    state: JobState
+    at: float
+    detail: str = ""
+
+
+class JobRecord(Strict):
+    """The job as Redis holds it; `hadis status` prints this."""
+
+    job_id: str
+    state: JobState
+    prompt: str = ""
+    submitted_at: float | None = None
+    deadline: float | None = None
+    tier: Tier | None = None
+    model: str | None = None
+    router_score: float | None = None
+    judge_score: float | None = None
+    escalated: bool = False
+    plan_version: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    image_key: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    history: list[Transition] = Field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float | None:
+        if self.submitted_at is None or not self.state.terminal or not self.history:
+            return None
+        return self.history[-1].at - self.submitted_at
+
+
+def job_id_of(body: bytes) -> str | None:
+    """The job id of a raw message (a Job or a Task), if one can be read from it: used to
+    write a `failed` record for a message too broken to parse as a whole."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("job"), dict):
+        data = data["job"]
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    if isinstance(job_id, str) and re.match(JOB_ID_PATTERN, job_id):
+        return job_id
+    return None
+
+
+def parse_message(model: type[Strict], body: bytes) -> Strict:
+    """Parse a message body strictly, turning any problem into a readable InvalidJob."""
+    from pydantic import ValidationError
+
+    from shared.errors import InvalidJob
+
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidJob(f"message is {len(body)} bytes, more than {MAX_MESSAGE_BYTES}")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()[:5]
+        )
+        raise InvalidJob(f"invalid {model.__name__}: {problems}") from None

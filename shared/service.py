@@ -1,0 +1,105 @@
+"""What every service shares: connect to the broker and the store, follow the plan,
+stop gracefully on SIGTERM/SIGINT, and settle a failed message in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from shared.bus import Bus, Delivery
+from shared.errors import Disposition, Expired, describe, disposition_for
+from shared.logging import configure, get_logger
+from shared.plans import PlanWatcher
+from shared.schemas import JobState
+from shared.settings import Settings, get_settings
+from shared.store import Store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Service:
+    name: str
+    settings: Settings
+    bus: Bus
+    store: Store
+    plans: PlanWatcher
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def settle_failure(self, delivery: Delivery, error: BaseException, job_ids: Iterable[str]) -> None:
+        """The one place that turns an error into ack / requeue / dead-letter, and writes the
+        terminal record when the job will not be tried again."""
+        disposition = disposition_for(error, delivery.delivery_count, self.settings.max_deliveries)
+        reason = describe(error)
+        log.warning("job_error", error=reason, disposition=disposition.value, delivery=delivery.delivery_count)
+        if disposition is not Disposition.requeue:
+            state = JobState.expired if isinstance(error, Expired) else JobState.failed
+            for job_id in job_ids:
+                await self.store.fail(job_id, state, reason)
+        await delivery.settle(disposition)
+
+
+ServiceMain = Callable[[Service], Awaitable[None]]
+
+
+async def serve(name: str, main: ServiceMain, settings: Settings | None = None,
+                stopping: asyncio.Event | None = None) -> None:
+    """Run a service until `stopping` is set (SIGTERM/SIGINT set it when run as a process)."""
+    settings = settings or get_settings()
+    bus = await Bus.connect(settings)
+    store = await Store.connect(settings)
+    plans = PlanWatcher(store, settings)
+    service = Service(name, settings, bus, store, plans, stopping or asyncio.Event())
+    try:
+        await plans.start()
+        log.info("service_started", service=name)
+        await main(service)
+    finally:
+        await plans.stop()
+        await bus.close()
+        await store.close()
+        log.info("service_stopped", service=name)
+
+
+def run(name: str, main: ServiceMain) -> None:
+    """Entry point of a service process."""
+    settings = get_settings()
+    configure(settings, name)
+
+    async def run_with_signals() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await serve(name, main, settings, stopping)
+
+    asyncio.run(run_with_signals())
+
+
+class InFlight:
+    """Counts handlers at work, so a stopping service can wait for them (bounded)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> "InFlight":
+        self.count += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to grace_s for in-flight work; messages still unsettled after that go back to
+        their queue when the channel closes."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        except asyncio.TimeoutError:
+            log.warning("drain_timeout", in_flight=self.count)

@@ -1,0 +1,86 @@
+"""All configuration, from environment variables prefixed HADIS_ (or a .env file),
+validated once at start-up: a bad value stops the service before it consumes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.schemas import Plan, Tier
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HADIS_", env_file=".env", extra="ignore", frozen=True)
+
+    # Outside systems.
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = Field(default="hadis", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                           description="Prefix of every queue and Redis key: isolates experiments.")
+
+    # Models.
+    backend: Literal["tiny", "emulated"] = "tiny"
+    judge_backend: Literal["clip", "emulated"] = "clip"
+    profile: str = "tiny-cpu"
+    device: str = "cpu"
+    time_scale: float = Field(default=1.0, ge=0.0, description="Multiplies emulated latencies.")
+    clip_arch: str = "ViT-B-32"
+    judge_head_path: str | None = None
+
+    # The worker.
+    tier: Tier = Tier.light
+    gpu: str = Field(default="cpu0", description="The GPU (or emulated GPU) this worker owns.")
+    batch_wait_ms: int = Field(default=20, ge=0, le=10_000, description="Longest wait to fill a batch.")
+
+    # The static plan the controller publishes until the planner exists.
+    plan_light_model: str | None = None
+    plan_heavy_model: str | None = None
+    plan_r: float = Field(default=0.2, ge=0.0, le=1.0)
+    plan_d: float = Field(default=0.3, ge=0.0, le=1.0)
+    plan_light_batch: int = Field(default=4, ge=1, le=64)
+    plan_heavy_batch: int = Field(default=2, ge=1, le=64)
+    plan_poll_s: float = Field(default=0.5, gt=0, le=30, description="How often services check the plan version.")
+
+    # Bounds.
+    slo_s: float = Field(default=60.0, gt=0, le=3600, description="Default latency objective of a job.")
+    job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record and image in Redis.")
+    max_deliveries: int = Field(default=3, ge=1, le=20, description="Deliveries before a job is dead-lettered.")
+    queue_max_length: int = Field(default=100_000, ge=100, description="Bound of every work queue (reject-publish).")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long a stopping service finishes work.")
+
+    # Logging.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def plan_models_exist(self) -> "Settings":
+        from shared.profiles import load_profile
+
+        profile = load_profile(self.profile)
+        for name in (self.plan_light_model, self.plan_heavy_model):
+            if name is not None:
+                profile.model(name)
+        return self
+
+    def static_plan(self, version: int) -> Plan:
+        from shared.profiles import load_profile
+
+        profile = load_profile(self.profile)
+        return Plan(
+            version=version,
+            light_model=self.plan_light_model or profile.default_light,
+            heavy_model=self.plan_heavy_model or profile.default_heavy,
+            r=self.plan_r,
+            d=self.plan_d,
+            light_batch=self.plan_light_batch,
+            heavy_batch=self.plan_heavy_batch,
+            reason="static plan from settings",
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,263 @@
+"""Redis: job records, images, the plan and completion events; the only module that imports redis.
+
+Keys of a namespace `ns` (every key has a TTL):
+
+    ns:job:<id>           hash   the record's scalar fields
+    ns:job:<id>:history   list   one Transition JSON per state change
+    ns:image:<id>         string the final PNG
+    ns:image:<id>:light   string the light model's PNG, kept for the judge
+    ns:done:<id>          pub/sub channel: the terminal state, published once
+    ns:events             stream every transition (job_id, state, at, tier, model), capped
+    ns:plan               string the current Plan JSON;  ns:plan:version  its counter
+
+State changes run as Lua scripts, so each is atomic. Terminal states are final:
+a second `done` for a redelivered job is a no-op, which is what makes completion
+idempotent (exactly one visible result per job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+
+from shared.errors import Unavailable
+from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
+from shared.settings import Settings
+
+EVENTS_MAX_LENGTH = 200_000
+RETRY_S = 10.0
+
+_TERMINAL = ",".join(sorted(s.value for s in TERMINAL_STATES))
+
+# KEYS: record, history, image, events
+# ARGV: state, detail json string, ttl, channel, create(0/1), job_id, image_bytes_or_empty, n_fields, fields...
+# The transition's time is Redis's clock, so a history is in order whichever process wrote it.
+_TRANSITION = f"""
+local terminal = {{}}
+for s in string.gmatch('{_TERMINAL}', '[^,]+') do terminal[s] = true end
+local current = redis.call('HGET', KEYS[1], 'state')
+if ARGV[5] == '1' then
+  if current then return 0 end
+elseif not current then
+  return -1
+elseif terminal[current] then
+  return 0
+end
+local now = redis.call('TIME')
+local transition = '{{"state":"' .. ARGV[1] .. '","at":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+  .. ',"detail":' .. ARGV[2] .. '}}'
+local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[8])
+local fields = {{'state', ARGV[1]}}
+for i = 1, n * 2 do fields[#fields + 1] = ARGV[8 + i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('RPUSH', KEYS[2], transition)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ttl) end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAX_LENGTH}, '*', 'job_id', ARGV[6], 'state', ARGV[1], 'transition', transition)
+redis.call('EXPIRE', KEYS[4], ttl)
+if terminal[ARGV[1]] then redis.call('PUBLISH', ARGV[4], ARGV[1]) end
+return 1
+"""
+
+_JSON_FIELDS = ("metadata",)
+_FLOAT_FIELDS = ("submitted_at", "deadline", "router_score", "judge_score")
+_INT_FIELDS = ("plan_version", "attempts")
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+class Store:
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.ns = settings.namespace
+        self.ttl = settings.job_ttl_s
+        self._redis = client
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> "Store":
+        client = aioredis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=15,
+            retry_on_timeout=True,
+        )
+        store = cls(settings, client)
+        await store._call(client.ping)
+        return store
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _call(self, function, *args, **kwargs):
+        """Run a Redis command, retrying a lost connection for RETRY_S, then raise Unavailable."""
+        give_up_at = time.monotonic() + RETRY_S
+        while True:
+            try:
+                return await function(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                if time.monotonic() > give_up_at:
+                    raise Unavailable(f"Redis unreachable: {error}") from error
+                await asyncio.sleep(0.5)
+
+    # Keys.
+    def job_key(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def image_key(self, job_id: str, variant: str = "") -> str:
+        return f"{self.ns}:image:{job_id}" + (f":{variant}" if variant else "")
+
+    def done_channel(self, job_id: str) -> str:
+        return f"{self.ns}:done:{job_id}"
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.ns}:events"
+
+    @property
+    def plan_key(self) -> str:
+        return f"{self.ns}:plan"
+
+    # Job records.
+    async def _apply(
+        self, job_id: str, state: JobState, *, create: bool, detail: str = "", image: bytes = b"", **fields: Any
+    ) -> int:
+        detail_json = orjson.dumps(detail[:500]).decode()
+        if create:
+            fields["job_id"] = job_id
+        if image:
+            fields["image_key"] = self.image_key(job_id)
+        flat: list[str] = []
+        for name, value in fields.items():
+            if value is not None:
+                flat += [name, _encode(value)]
+        keys = [self.job_key(job_id), f"{self.job_key(job_id)}:history", self.image_key(job_id), self.events_key]
+        argv = [state.value, detail_json, self.ttl, self.done_channel(job_id), "1" if create else "0", job_id, image,
+                len(flat) // 2, *flat]
+        return int(await self._call(self._transition, keys=keys, args=argv))
+
+    async def create(self, job_id: str, state: JobState = JobState.queued, **fields: Any) -> bool:
+        """Create the record; False when a record with this id already exists."""
+        return await self._apply(job_id, state, create=True, **fields) == 1
+
+    async def transition(self, job_id: str, state: JobState, *, detail: str = "", image: bytes = b"",
+                         **fields: Any) -> bool:
+        """Move a record to `state` (with an image, for done). False when the record is already
+        terminal (a duplicate); raises KeyError when there is no record."""
+        result = await self._apply(job_id, state, create=False, detail=detail, image=image, **fields)
+        if result == -1:
+            raise KeyError(f"no record for job {job_id}")
+        return result == 1
+
+    async def fail(self, job_id: str, state: JobState, reason: str, **fields: Any) -> bool:
+        """Make a record terminal (failed or expired) whether or not it exists yet."""
+        if await self.create(job_id, state, error=reason, **fields):
+            return True
+        return await self.transition(job_id, state, detail=reason, error=reason, **fields)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw, history = await self._call(self._get_raw, job_id)
+        if not raw:
+            return None
+        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        for name in _JSON_FIELDS:
+            if name in fields:
+                fields[name] = orjson.loads(fields[name])
+        for name in _FLOAT_FIELDS:
+            if name in fields:
+                fields[name] = float(fields[name])
+        for name in _INT_FIELDS:
+            if name in fields:
+                fields[name] = int(fields[name])
+        if "escalated" in fields:
+            fields["escalated"] = fields["escalated"] == "1"
+        fields["history"] = [orjson.loads(item) for item in history]
+        return JobRecord.model_validate(fields)
+
+    async def _get_raw(self, job_id: str) -> tuple[dict, list]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.job_key(job_id))
+            pipe.lrange(f"{self.job_key(job_id)}:history", 0, -1)
+            raw, history = await pipe.execute()
+        return raw, history
+
+    async def bump_attempts(self, job_id: str) -> None:
+        await self._call(self._redis.hincrby, self.job_key(job_id), "attempts", 1)
+
+    # Images.
+    async def put_image(self, job_id: str, png: bytes, variant: str = "") -> str:
+        key = self.image_key(job_id, variant)
+        await self._call(self._redis.set, key, png, ex=self.ttl)
+        return key
+
+    async def get_image(self, job_id: str, variant: str = "") -> bytes | None:
+        return await self._call(self._redis.get, self.image_key(job_id, variant))
+
+    # Completion.
+    async def wait_terminal(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Wait for the record to reach a terminal state: subscribe first, then re-check the
+        record, so a completion between the two cannot be missed. None on timeout."""
+        pubsub = self._redis.pubsub()
+        await self._call(pubsub.subscribe, self.done_channel(job_id))
+        try:
+            give_up_at = time.monotonic() + timeout_s
+            while True:
+                record = await self.get(job_id)
+                if record is not None and record.state.terminal:
+                    return record
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # A bounded wait, then re-check: also covers a message lost with a dropped connection.
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 5.0))
+        finally:
+            await pubsub.aclose()
+
+    async def read_events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list:
+        """Events after `last_id`: [(event_id, {field: value})]."""
+        reply = await self._call(self._redis.xread, {self.events_key: last_id}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()}) for event_id, data in reply[0][1]]
+
+    # The plan.
+    async def publish_plan(self, plan_fields: dict[str, Any]) -> Plan:
+        """Store a new plan under the next version number."""
+        version = await self._call(self._redis.incr, f"{self.plan_key}:version")
+        plan = Plan.model_validate({**plan_fields, "version": version})
+        await self._call(self._redis.set, self.plan_key, plan.model_dump_json(), ex=self.ttl)
+        await self._call(self._redis.expire, f"{self.plan_key}:version", self.ttl)
+        return plan
+
+    async def refresh_plan_ttl(self) -> None:
+        await self._call(self._redis.expire, self.plan_key, self.ttl)
+        await self._call(self._redis.expire, f"{self.plan_key}:version", self.ttl)
+
+    async def get_plan(self) -> Plan | None:
+        raw = await self._call(self._redis.get, self.plan_key)
+        return Plan.model_validate_json(raw) if raw else None
+
+    # Housekeeping (tests, experiments).
+    async def delete_namespace(self) -> int:
+        deleted = 0
+        async for key in self._redis.scan_iter(match=f"{self.ns}:*", count=1000):
+            deleted += await self._redis.delete(key)
+        return deleted
+
+    async def ping(self) -> bool:
+        return bool(await self._call(self._redis.ping))

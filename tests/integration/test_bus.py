@@ -1,0 +1,68 @@
+import asyncio
+
+import pytest
+
+from shared.errors import Disposition, Overloaded
+from shared.schemas import Job
+from tests.helpers import make_settings, namespace
+
+pytestmark = pytest.mark.integration
+
+
+async def collect(bus, queue, count, settle, prefetch=10, timeout=10.0):
+    received = []
+    done = asyncio.Event()
+
+    async def handler(delivery):
+        received.append(delivery)
+        await delivery.settle(settle(delivery))
+        if len(received) >= count:
+            done.set()
+
+    consumer = await bus.consume(queue, handler, prefetch=prefetch)
+    await asyncio.wait_for(done.wait(), timeout)
+    await consumer.cancel()
+    return received
+
+
+async def test_publish_confirmed_and_consumed_with_ack():
+    async with namespace(make_settings()) as (bus, _):
+        job = Job(prompt="a red bicycle")
+        await bus.publish(bus.queues.requests, job, message_id=job.job_id)
+        assert await bus.depth(bus.queues.requests) == 1
+        [delivery] = await collect(bus, bus.queues.requests, 1, lambda d: Disposition.ack)
+        assert Job.model_validate_json(delivery.body) == job and delivery.delivery_count == 1
+        await asyncio.sleep(0.2)
+        assert await bus.depth(bus.queues.requests) == 0
+
+
+async def test_requeue_counts_deliveries_and_dead_letter_reaches_both_dead_queues():
+    async with namespace(make_settings()) as (bus, _):
+        await bus.publish(bus.queues.judge, b'{"x": 1}')
+        deliveries = await collect(
+            bus, bus.queues.judge, 3,
+            lambda d: Disposition.requeue if d.delivery_count < 3 else Disposition.dead_letter,
+        )
+        assert [d.delivery_count for d in deliveries] == [1, 2, 3]
+        await asyncio.sleep(0.5)
+        assert await bus.depth(bus.queues.dead) == 1
+        assert await bus.depth(bus.queues.dead_watch) == 1
+
+
+async def test_full_queue_refuses_publish_as_overloaded():
+    async with namespace(make_settings(queue_max_length=100)) as (bus, _):
+        with pytest.raises(Overloaded):
+            for _ in range(110):
+                await bus.publish(bus.queues.requests, b"{}")
+        # A quorum queue checks its bound before each enqueue, so it may hold one past it.
+        assert 100 <= await bus.depth(bus.queues.requests) <= 101
+
+
+async def test_broker_dead_letters_a_message_that_keeps_crashing_its_consumer():
+    settings = make_settings(max_deliveries=1)  # broker backstop: x-delivery-limit = 3
+    async with namespace(settings) as (bus, _):
+        await bus.publish(bus.queues.requests, b'{"job_id": "crashy"}')
+        await collect(bus, bus.queues.requests, 4, lambda d: Disposition.requeue)
+        await asyncio.sleep(0.5)
+        assert await bus.depth(bus.queues.requests) == 0
+        assert await bus.depth(bus.queues.dead_watch) == 1

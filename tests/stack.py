@@ -1,0 +1,89 @@
+"""Running the real services in-process against the real RabbitMQ and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from services import controller, judge, router, worker
+from shared.bus import Bus
+from shared.client import Client
+from shared.schemas import Job, JobRecord, Plan, Tier
+from shared.service import serve
+from shared.settings import Settings
+from shared.store import Store
+
+
+class Stack:
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.bus: Bus = client.bus
+        self.store: Store = client.store
+
+    async def set_plan(self, **changes) -> Plan:
+        """Publish a plan and wait until every service has applied it."""
+        current = await self.store.get_plan() or self.settings.static_plan(version=0)
+        fields = {**current.model_dump(exclude={"version", "created_at"}), **changes}
+        plan = await self.store.publish_plan(fields)
+        await asyncio.sleep(self.settings.plan_poll_s * 4)
+        return plan
+
+    async def submit_many(self, jobs: list[Job]) -> None:
+        await asyncio.gather(*(self.client.submit(job) for job in jobs))
+
+    async def wait_all(self, job_ids: list[str], timeout_s: float = 120.0) -> list[JobRecord]:
+        records = await asyncio.gather(*(self.client.wait(job_id, timeout_s) for job_id in job_ids))
+        missing = [job_id for job_id, record in zip(job_ids, records) if record is None]
+        assert not missing, f"{len(missing)} jobs not terminal in {timeout_s} s, e.g. {missing[:3]}"
+        return list(records)
+
+
+async def wait_for_consumers(bus: Bus, queues: list[str], timeout_s: float = 120.0) -> None:
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        counts = [await bus.consumers(queue) for queue in queues]
+        if all(counts):
+            return
+        assert time.monotonic() < give_up_at, f"services not consuming: {dict(zip(queues, counts))}"
+        await asyncio.sleep(0.2)
+
+
+SERVICES = {
+    "controller": controller.main,
+    "router": router.main,
+    "judge": judge.main,
+    "light": worker.main,
+    "heavy": worker.main,
+}
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SERVICES)) -> AsyncIterator[Stack]:
+    stopping = asyncio.Event()
+    tasks = []
+    for name in services:
+        service_settings = settings
+        if name in ("light", "heavy"):
+            service_settings = settings.model_copy(update={"tier": Tier(name), "gpu": f"{name}0"})
+        tasks.append(asyncio.create_task(serve(name, SERVICES[name], service_settings, stopping), name=name))
+    client = await Client.open(settings)
+    stack = Stack(settings, client)
+    try:
+        queues = stack.bus.queues
+        wanted = {"router": queues.requests, "judge": queues.judge, "light": queues.tier(Tier.light),
+                  "heavy": queues.tier(Tier.heavy), "controller": queues.dead_watch}
+        await wait_for_consumers(stack.bus, [wanted[name] for name in services])
+        yield stack
+    finally:
+        stopping.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+        await stack.bus.delete_namespace()
+        await stack.store.delete_namespace()
+        await client.close()
+        crashed = [(task.get_name(), r) for task, r in zip(tasks, results) if isinstance(r, BaseException)]
+        assert not crashed, f"services crashed: {crashed}"
+
+
