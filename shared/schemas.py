@@ -156,7 +156,6 @@ class JobRecord(Strict):
     escalated: bool = False
     plan_version: int | None = None
     error: str | None = None
-    attempts: int = 0
     image_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)

@@ -69,7 +69,7 @@ return 1
 
 _JSON_FIELDS = ("metadata",)
 _FLOAT_FIELDS = ("submitted_at", "deadline", "router_score", "judge_score")
-_INT_FIELDS = ("plan_version", "attempts")
+_INT_FIELDS = ("plan_version",)
 
 
 def _encode(value: Any) -> str:
@@ -195,9 +195,6 @@ class Store:
             pipe.lrange(f"{self.job_key(job_id)}:history", 0, -1)
             raw, history = await pipe.execute()
         return raw, history
-
-    async def bump_attempts(self, job_id: str) -> None:
-        await self._call(self._redis.hincrby, self.job_key(job_id), "attempts", 1)
 
     # Images.
     async def put_image(self, job_id: str, png: bytes, variant: str = "") -> str:
