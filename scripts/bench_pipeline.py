@@ -4,8 +4,8 @@ The emulated backend with zero latency (HADIS_TIME_SCALE=0) and the emulated jud
 second measured is the system's own: broker, store, routing, batching, encoding.
 
 1. raw broker rate: publish (with confirms) and consume N messages through one quorum queue;
-2. saturation: N jobs submitted at once through all five services (separate processes);
-   jobs/s from the first submit to the last terminal state;
+2. saturation: a backlog of N jobs queued before the five services (separate processes)
+   start; jobs/s from the router's first record to the last terminal state;
 3. added latency at a paced 100 jobs/s: p50 / p99 of submit -> done;
 4. lost: jobs without a terminal record at the end (must be 0).
 
@@ -78,56 +78,58 @@ def make_jobs(count: int) -> list[Job]:
     return [Job(prompt=texts[i % len(texts)], seed=i) for i in range(count)]
 
 
-async def wait_terminal(client: Client, jobs: list[Job], timeout_s: float) -> list:
-    return await asyncio.gather(*(client.wait(job.job_id, timeout_s) for job in jobs))
+async def wait_terminal(client: Client, jobs: list[Job], since_id: str, timeout_s: float) -> list:
+    """The records of the jobs that reached a terminal state (one stream reader, not a waiter per job)."""
+    finished = await client.store.wait_many([job.job_id for job in jobs], since_id, timeout_s)
+    return [await client.status(job_id) for job_id in finished]
 
 
-async def warm_up(client: Client) -> None:
-    """Let the services connect and the plan settle before timing."""
-    jobs = make_jobs(50)
-    await asyncio.gather(*(client.submit(job) for job in jobs))
-    await wait_terminal(client, jobs, timeout_s=120)
+async def prefill(settings: Settings, count: int) -> tuple[list[Job], str]:
+    """Queue the saturation jobs before the services start, so the measurement is the services
+    draining a backlog, not this process publishing (it shares the same two cores)."""
+    client = await Client.open(settings)
+    try:
+        jobs = make_jobs(count)
+        since_id = await client.store.last_event_id()
+        for start in range(0, count, 500):
+            await asyncio.gather(*(client.submit(job) for job in jobs[start:start + 500]))
+        return jobs, since_id
+    finally:
+        await client.close()
 
 
-async def saturation(client: Client, count: int) -> tuple[float, int]:
-    jobs = make_jobs(count)
-    started = time.perf_counter()
-    for start in range(0, count, 200):
-        await asyncio.gather(*(client.submit(job) for job in jobs[start:start + 200]))
-    records = await wait_terminal(client, jobs, timeout_s=300)
-    finished = [r for r in records if r is not None]
-    last_done = max(r.history[-1].at for r in finished)
-    first_submit = min(job.submitted_at for job in jobs)
-    lost = count - len(finished)
-    print(f"  submitted in {time.perf_counter() - started:.1f} s")
-    return len(finished) / (last_done - first_submit), lost
+async def saturation(client: Client, jobs: list[Job], since_id: str) -> tuple[float, int]:
+    """Jobs/s from the router's first record to the last terminal state."""
+    finished = await wait_terminal(client, jobs, since_id, timeout_s=600)
+    first_queued = min(record.history[0].at for record in finished)
+    last_done = max(record.history[-1].at for record in finished)
+    return len(finished) / (last_done - first_queued), len(jobs) - len(finished)
 
 
 async def paced_latency(client: Client, rate: float, seconds: float) -> tuple[np.ndarray, int]:
     jobs = make_jobs(int(rate * seconds))
+    since_id = await client.store.last_event_id()
     started = time.perf_counter()
-    submitted = []
+    submitted, publishing = [], []
     for index, job in enumerate(jobs):
         delay = started + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         job = job.model_copy(update={"submitted_at": time.time()})
         submitted.append(job)
-        asyncio.get_running_loop().create_task(client.submit(job))
-    records = await wait_terminal(client, submitted, timeout_s=120)
-    latencies = np.array([r.latency_s for r in records if r is not None])
+        publishing.append(asyncio.create_task(client.submit(job)))
+    await asyncio.gather(*publishing)
+    records = await wait_terminal(client, submitted, since_id, timeout_s=120)
+    latencies = np.array([r.latency_s for r in records])
     return latencies, len(jobs) - len(latencies)
 
 
-async def measure(args: argparse.Namespace, settings: Settings) -> float:
+async def measure(args: argparse.Namespace, settings: Settings, backlog: list[Job], since_id: str) -> float:
     client = await Client.open(settings)
     try:
-        await warm_up(client)
-        jobs_per_s, lost_saturated = await saturation(client, args.jobs)
+        jobs_per_s, lost_saturated = await saturation(client, backlog, since_id)
         latencies, lost_paced = await paced_latency(client, args.rate, args.seconds)
     finally:
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
         await client.close()
     print(f"saturation: {args.jobs} jobs, {jobs_per_s:.0f} jobs/s, lost {lost_saturated}")
     print(f"paced {args.rate:.0f} jobs/s for {args.seconds:.0f} s: added latency p50 "
@@ -136,9 +138,16 @@ async def measure(args: argparse.Namespace, settings: Settings) -> float:
     return jobs_per_s
 
 
+async def delete_namespace(settings: Settings) -> None:
+    client = await Client.open(settings)
+    await client.bus.delete_namespace()
+    await client.store.delete_namespace()
+    await client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--jobs", type=int, default=6000)
     parser.add_argument("--raw-messages", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -151,13 +160,15 @@ def main() -> None:
                                            args.raw_messages))
     print(f"raw broker: {raw_rate:.0f} msg/s (publish with confirms + consume + ack, one quorum queue)")
 
+    backlog, since_id = asyncio.run(prefill(settings, args.jobs))
     children = supervisor.default_children()
     for child in children:
         child.start()
     try:
-        jobs_per_s = asyncio.run(measure(args, settings))
+        jobs_per_s = asyncio.run(measure(args, settings, backlog, since_id))
     finally:
         supervisor.stop_all(children)
+        asyncio.run(delete_namespace(settings))
     ratio = jobs_per_s * MESSAGES_PER_JOB / raw_rate
     print(f"broker use: {jobs_per_s:.0f} jobs/s x {MESSAGES_PER_JOB:.2f} msg/job / {raw_rate:.0f} msg/s = {ratio:.2f}")
     print(f"pipeline_jobs_per_s {jobs_per_s:.0f}")

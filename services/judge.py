@@ -18,6 +18,7 @@ from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
+from shared.store import APPLIED, MISSING, Change
 
 log = get_logger(__name__)
 
@@ -60,7 +61,7 @@ class Judge:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def judge_batch(self, batch: list[Delivery]) -> None:
-        items = [item for delivery in batch if (item := await self.load(delivery)) is not None]
+        items = await self.load(batch)
         if not items:
             return
         inputs = [
@@ -70,46 +71,79 @@ class Judge:
         try:
             scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.scorer.score, inputs)
         except Exception as error:
-            for delivery, task, _ in items:
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
+            await self.settle_all(items, error)
             return
-        for (delivery, task, png), score in zip(items, scores):
-            with bind_job(task.job.job_id):
-                try:
-                    await self.decide(task, png, score)
-                    await delivery.settle(Disposition.ack)
-                except Exception as error:
-                    await self.service.settle_failure(delivery, error, [task.job.job_id])
+        await self.decide(items, scores)
 
-    async def load(self, delivery: Delivery) -> Scored | None:
+    async def load(self, batch: list[Delivery]) -> list[Scored]:
+        """Parse a batch and fetch its light images in one round trip."""
+        parsed = []
+        for delivery in batch:
+            try:
+                task = parse_message(Task, delivery.body)
+                if task.model is None:
+                    raise InvalidJob("judge task names no model")
+                self.profile.model(task.model)
+                parsed.append((delivery, task))
+            except (InvalidJob, KeyError) as error:
+                job_id = job_id_of(delivery.body)
+                error = error if isinstance(error, InvalidJob) else InvalidJob(str(error))
+                await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
         try:
-            task = parse_message(Task, delivery.body)
-            if task.model is None:
-                raise InvalidJob("judge task names no model")
-            png = await self.service.store.get_image(task.job.job_id, variant="light")
-            if png is None:
-                raise InvalidJob("the light image is gone from the store")
+            pngs = await self.service.store.get_images([task.job.job_id for _, task in parsed], variant="light")
         except Exception as error:
-            job_id = job_id_of(delivery.body)
-            await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
-            return None
-        return delivery, task, png
+            await self.settle_all([(delivery, task, b"") for delivery, task in parsed], error)
+            return []
+        items = []
+        for (delivery, task), png in zip(parsed, pngs):
+            if png is None:
+                await self.service.settle_failure(delivery, InvalidJob("the light image is gone from the store"),
+                                                  [task.job.job_id])
+            else:
+                items.append((delivery, task, png))
+        return items
 
-    async def decide(self, task: Task, png: bytes, score: float) -> None:
-        store, job_id = self.service.store, task.job.job_id
+    def verdict(self, task: Task, png: bytes, score: float) -> Change:
+        """Escalate the lowest fraction d (when there is still time for the heavy model), else done."""
         plan = self.service.plans.current
         calibration = self.calibration(task.model)
         escalate = calibration.escalate(score, plan.d)
         calibration.observe(score)
         if escalate and time.time() < task.deadline:
-            if await store.transition(job_id, JobState.escalated, judge_score=score, plan_version=plan.version):
-                heavy_task = task.model_copy(update={"tier": Tier.heavy, "escalated": True, "model": None})
-                await self.service.bus.publish(self.service.bus.queues.tier(Tier.heavy), heavy_task,
-                                               message_id=job_id)
+            return Change(task.job.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
+        fields = {"judge_score": score, "tier": Tier.light.value, "model": task.model}
+        return Change(task.job.job_id, JobState.done, fields, image=png,
+                      detail="too late to escalate" if escalate else "")
+
+    async def decide(self, items: list[Scored], scores: list[float]) -> None:
+        changes = [self.verdict(task, png, score) for (_, task, png), score in zip(items, scores)]
+        try:
+            outcomes = await self.service.store.apply_many(changes)
+        except Exception as error:
+            await self.settle_all(items, error)
             return
-        # Not escalated, or too late for the heavy model: the light image is the answer.
-        await store.transition(job_id, JobState.done, image=png, judge_score=score, tier=Tier.light.value,
-                               model=task.model, detail="" if not escalate else "too late to escalate")
+        await asyncio.gather(*(self.hand_on(item, change, outcome)
+                               for item, change, outcome in zip(items, changes, outcomes)))
+
+    async def hand_on(self, item: Scored, change: Change, outcome: int) -> None:
+        """Escalated jobs go to the heavy tier; then the delivery is acked."""
+        delivery, task, _ = item
+        with bind_job(task.job.job_id):
+            try:
+                if outcome == MISSING:
+                    raise InvalidJob("no job record (expired from the store?)")
+                if change.state is JobState.escalated and outcome == APPLIED:
+                    heavy_task = task.model_copy(update={"tier": Tier.heavy, "escalated": True, "model": None})
+                    await self.service.bus.publish(self.service.bus.queues.tier(Tier.heavy), heavy_task,
+                                                   message_id=task.job.job_id)
+                await delivery.settle(Disposition.ack)
+            except Exception as error:
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
+
+    async def settle_all(self, items: list[Scored], error: BaseException) -> None:
+        for delivery, task, _ in items:
+            with bind_job(task.job.job_id):
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
 
 
 async def main(service: Service) -> None:

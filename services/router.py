@@ -8,9 +8,10 @@ import time
 from shared.bus import Delivery
 from shared.errors import Disposition, InvalidJob
 from shared.logging import bind_job, get_logger
-from shared.policies.router import RuleRouter
+from shared.policies.router import default_router
 from shared.schemas import Job, JobState, Task, Tier, job_id_of, parse_message
 from shared.service import InFlight, Service, run
+from shared.store import APPLIED, Change
 
 log = get_logger(__name__)
 INGRESS_PREFETCH = 64
@@ -19,7 +20,8 @@ INGRESS_PREFETCH = 64
 class Router:
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.scorer = RuleRouter()
+        self.scorer = default_router()
+        self._threshold: tuple[float, float] = (-1.0, 0.0)  # (r, score threshold), recomputed when r changes
 
     async def handle(self, delivery: Delivery) -> None:
         try:
@@ -35,28 +37,34 @@ class Router:
             except Exception as error:
                 await self.service.settle_failure(delivery, error, [job.job_id])
 
+    def threshold(self, r: float) -> float:
+        if self._threshold[0] != r:
+            self._threshold = (r, self.scorer.threshold(r))
+        return self._threshold[1]
+
     async def route(self, job: Job, redelivered: bool) -> None:
         store, settings = self.service.store, self.service.settings
-        deadline = job.effective_deadline(settings.slo_s)
-        created = await store.create(
-            job.job_id, JobState.queued, prompt=job.prompt, submitted_at=job.submitted_at,
-            deadline=deadline, metadata=job.metadata,
-        )
-        if not created and not await self.needs_routing(job.job_id, redelivered):
-            log.info("duplicate_job_ignored")
-            return
-        if time.time() >= deadline:
-            await store.transition(job.job_id, JobState.expired, detail="deadline passed before routing",
-                                   error="408 Expired: deadline passed before routing")
-            return
         plan = self.service.plans.current
+        deadline = job.effective_deadline(settings.slo_s)
         score = self.scorer.score(job.prompt)
-        tier = Tier.heavy if self.scorer.goes_heavy(score, plan.r) else Tier.light
-        task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
+        tier = Tier.heavy if score >= self.threshold(plan.r) else Tier.light
+        expired = time.time() >= deadline
+        if expired:
+            state, outcome = JobState.expired, {"error": "408 Expired: deadline passed before routing"}
+        else:
+            state, outcome = JobState.routed, {"tier": tier.value, "router_score": score, "plan_version": plan.version}
+        record = {"prompt": job.prompt, "submitted_at": job.submitted_at, "deadline": deadline,
+                  "metadata": job.metadata, **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
-        await store.transition(job.job_id, JobState.routed, tier=tier.value, router_score=score,
-                               plan_version=plan.version)
-        await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
+        created = await store.apply(Change(job.job_id, state, record, create=True, passing=(JobState.queued,)))
+        if created != APPLIED:
+            if not await self.needs_routing(job.job_id, redelivered):
+                log.info("duplicate_job_ignored")
+                return
+            await store.transition(job.job_id, state, **outcome)
+        if not expired:
+            task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
+            await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
 
     async def needs_routing(self, job_id: str, redelivered: bool) -> bool:
         """An existing record still needs routing when an earlier router stopped before publishing:

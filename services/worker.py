@@ -24,6 +24,7 @@ from shared.logging import bind_job, get_logger
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
+from shared.store import APPLIED, MISSING, REFUSED, Change
 
 log = get_logger(__name__)
 
@@ -107,7 +108,7 @@ class TierWorker:
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
     async def process(self, batch: list[Delivery]) -> None:
-        items = [item for delivery in batch if (item := await self.admit(delivery)) is not None]
+        items = await self.admit(batch)
         if not items:
             return
         results = await self.generate(items)
@@ -117,33 +118,42 @@ class TierWorker:
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
-    async def admit(self, delivery: Delivery) -> Item | None:
-        """Parse and check one delivery; None when it was settled here (bad, expired, duplicate)."""
-        try:
-            task = parse_message(Task, delivery.body)
-        except InvalidJob as error:
-            job_id = job_id_of(delivery.body)
-            await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
-            return None
-        with bind_job(task.job.job_id):
+    async def admit(self, batch: list[Delivery]) -> list[Item]:
+        """Parse and check a batch, and mark its jobs `generating` in one round trip; deliveries
+        that are bad, expired or duplicates are settled here and left out."""
+        parsed = []
+        for delivery in batch:
             try:
+                task = parse_message(Task, delivery.body)
                 if time.time() >= task.deadline:
                     raise Expired("deadline passed before generation")
-                fresh = await self.service.store.transition(
-                    task.job.job_id, JobState.generating, tier=self.tier.value, model=self.generator.model.name
-                )
-            except KeyError:
+                parsed.append((delivery, task))
+            except (InvalidJob, Expired) as error:
+                job_id = job_id_of(delivery.body)
+                await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+        started = {"tier": self.tier.value, "model": self.generator.model.name}
+        changes = [Change(task.job.job_id, JobState.generating, started) for _, task in parsed]
+        try:
+            outcomes = await self.service.store.apply_many(changes)
+        except Exception as error:
+            await self.settle_all(parsed, error)
+            return []
+        items = []
+        for (delivery, task), outcome in zip(parsed, outcomes):
+            if outcome == MISSING:
                 error = InvalidJob("no job record (expired from the store?)")
                 await self.service.settle_failure(delivery, error, [task.job.job_id])
-                return None
-            except Exception as error:
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
-                return None
-            if not fresh:
-                log.info("duplicate_delivery_dropped")
+            elif outcome == REFUSED:
+                log.info("duplicate_delivery_dropped", job_id=task.job.job_id)
                 await delivery.settle(Disposition.ack)
-                return None
-        return delivery, task
+            else:
+                items.append((delivery, task))
+        return items
+
+    async def settle_all(self, items: list[Item], error: BaseException) -> None:
+        for delivery, task in items:
+            with bind_job(task.job.job_id):
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
 
     async def generate(self, items: list[Item]) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone."""
@@ -165,27 +175,41 @@ class TierWorker:
             return results
 
     async def finish(self, items: list[Item], results: list, model_name: str) -> None:
+        """Encode, store (one round trip for the batch), pass light results to the judge, ack."""
         pngs = await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
-        for (delivery, task), png in zip(items, pngs):
-            with bind_job(task.job.job_id):
-                try:
-                    if isinstance(png, BaseException):
-                        raise BackendFailed(f"{type(png).__name__}: {png}")
-                    await self.deliver_result(task, png, model_name)
-                    await delivery.settle(Disposition.ack)
-                except Exception as error:
-                    await self.service.settle_failure(delivery, error, [task.job.job_id])
-
-    async def deliver_result(self, task: Task, png: bytes, model_name: str) -> None:
-        store, job_id = self.service.store, task.job.job_id
-        if self.tier is Tier.heavy:
-            await store.transition(job_id, JobState.done, image=png, tier=self.tier.value, model=model_name,
-                                   escalated=task.escalated)
+        generated, changes = [], []
+        for item, png in zip(items, pngs):
+            if isinstance(png, BaseException):
+                await self.settle_all([item], BackendFailed(f"{type(png).__name__}: {png}"))
+            else:
+                generated.append(item)
+                changes.append(self.result_change(item[1], png, model_name))
+        try:
+            outcomes = await self.service.store.apply_many(changes)
+        except Exception as error:
+            await self.settle_all(generated, error)
             return
-        await store.put_image(job_id, png, variant="light")
-        await store.transition(job_id, JobState.judging, tier=self.tier.value, model=model_name)
-        judged = task.model_copy(update={"model": model_name})
-        await self.service.bus.publish(self.service.bus.queues.judge, judged, message_id=job_id)
+        await asyncio.gather(*(self.hand_on(item, outcome, model_name) for item, outcome in zip(generated, outcomes)))
+
+    def result_change(self, task: Task, png: bytes, model_name: str) -> Change:
+        fields = {"tier": self.tier.value, "model": model_name}
+        if self.tier is Tier.heavy:
+            return Change(task.job.job_id, JobState.done, {**fields, "escalated": task.escalated}, image=png)
+        return Change(task.job.job_id, JobState.judging, fields, image=png, image_variant="light")
+
+    async def hand_on(self, item: Item, outcome: int, model_name: str) -> None:
+        """Light results go to the judge; then the delivery is acked. A job that finished meanwhile
+        (a duplicate delivery) is only acked."""
+        delivery, task = item
+        try:
+            if outcome == MISSING:
+                raise InvalidJob("no job record (expired from the store?)")
+            if self.tier is Tier.light and outcome == APPLIED:
+                judged = task.model_copy(update={"model": model_name})
+                await self.service.bus.publish(self.service.bus.queues.judge, judged, message_id=task.job.job_id)
+            await delivery.settle(Disposition.ack)
+        except Exception as error:
+            await self.settle_all([item], error)
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

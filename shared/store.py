@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import Unavailable
 from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
@@ -36,7 +37,9 @@ RETRY_S = 10.0
 _TERMINAL = ",".join(sorted(s.value for s in TERMINAL_STATES))
 
 # KEYS: record, history, image, events
-# ARGV: state, detail json string, ttl, channel, create(0/1), job_id, image_bytes_or_empty, n_fields, fields...
+# ARGV: states (comma-separated, the last is the new state), detail json, ttl, channel, create (0/1), job_id,
+#       image bytes or "", n_fields, fields...
+# Returns 1 applied, 0 refused (the record exists, for a create; it is terminal, for a transition), -1 no record.
 # The transition's time is Redis's clock, so a history is in order whichever process wrote it.
 _TRANSITION = f"""
 local terminal = {{}}
@@ -50,22 +53,45 @@ elseif terminal[current] then
   return 0
 end
 local now = redis.call('TIME')
-local transition = '{{"state":"' .. ARGV[1] .. '","at":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-  .. ',"detail":' .. ARGV[2] .. '}}'
+local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 local ttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[8])
-local fields = {{'state', ARGV[1]}}
-for i = 1, n * 2 do fields[#fields + 1] = ARGV[8 + i] end
+local state
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  state = s
+  local transition = '{{"state":"' .. s .. '","at":' .. at .. ',"detail":' .. ARGV[2] .. '}}'
+  redis.call('RPUSH', KEYS[2], transition)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAX_LENGTH}, '*', 'job_id', ARGV[6], 'state', s,
+             'transition', transition)
+end
+local fields = {{'state', state}}
+for i = 1, tonumber(ARGV[8]) * 2 do fields[#fields + 1] = ARGV[8 + i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('RPUSH', KEYS[2], transition)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ttl) end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAX_LENGTH}, '*', 'job_id', ARGV[6], 'state', ARGV[1], 'transition', transition)
 redis.call('EXPIRE', KEYS[4], ttl)
-if terminal[ARGV[1]] then redis.call('PUBLISH', ARGV[4], ARGV[1]) end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ttl) end
+if terminal[state] then redis.call('PUBLISH', ARGV[4], state) end
 return 1
 """
+
+APPLIED, REFUSED, MISSING = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class Change:
+    """One atomic change of a job record. `passing` are states recorded on the way (a router
+    creates a record `queued` and `routed` in one step). The image goes to the final key, or,
+    with image_variant="light", to the key the judge reads."""
+
+    job_id: str
+    state: JobState
+    fields: dict[str, Any] = field(default_factory=dict)
+    create: bool = False
+    passing: tuple[JobState, ...] = ()
+    detail: str = ""
+    image: bytes = b""
+    image_variant: str = ""
+
 
 _JSON_FIELDS = ("metadata",)
 _FLOAT_FIELDS = ("submitted_at", "deadline", "router_score", "judge_score")
@@ -134,35 +160,54 @@ class Store:
         return f"{self.ns}:plan"
 
     # Job records.
-    async def _apply(
-        self, job_id: str, state: JobState, *, create: bool, detail: str = "", image: bytes = b"", **fields: Any
-    ) -> int:
-        detail_json = orjson.dumps(detail[:500]).decode()
-        if create:
-            fields["job_id"] = job_id
-        if image:
-            fields["image_key"] = self.image_key(job_id)
+    def _script_call(self, change: Change) -> tuple[list[str], list]:
+        fields = dict(change.fields)
+        if change.create:
+            fields["job_id"] = change.job_id
+        if change.image and not change.image_variant:
+            fields["image_key"] = self.image_key(change.job_id)
         flat: list[str] = []
         for name, value in fields.items():
             if value is not None:
                 flat += [name, _encode(value)]
-        keys = [self.job_key(job_id), f"{self.job_key(job_id)}:history", self.image_key(job_id), self.events_key]
-        argv = [state.value, detail_json, self.ttl, self.done_channel(job_id), "1" if create else "0", job_id, image,
-                len(flat) // 2, *flat]
+        job_key = self.job_key(change.job_id)
+        keys = [job_key, f"{job_key}:history", self.image_key(change.job_id, change.image_variant), self.events_key]
+        states = ",".join(s.value for s in (*change.passing, change.state))
+        argv = [states, orjson.dumps(change.detail[:500]).decode(), self.ttl, self.done_channel(change.job_id),
+                "1" if change.create else "0", change.job_id, change.image, len(flat) // 2, *flat]
+        return keys, argv
+
+    async def apply(self, change: Change) -> int:
+        """APPLIED, REFUSED (exists, for a create; terminal, for a transition) or MISSING."""
+        keys, argv = self._script_call(change)
         return int(await self._call(self._transition, keys=keys, args=argv))
+
+    async def apply_many(self, changes: list[Change]) -> list[int]:
+        """Several changes in one round trip (each still atomic on its own)."""
+        if not changes:
+            return []
+
+        async def run_pipeline() -> list:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for change in changes:
+                    keys, argv = self._script_call(change)
+                    await self._transition(keys=keys, args=argv, client=pipe)
+                return await pipe.execute()
+
+        return [int(result) for result in await self._call(run_pipeline)]
 
     async def create(self, job_id: str, state: JobState = JobState.queued, **fields: Any) -> bool:
         """Create the record; False when a record with this id already exists."""
-        return await self._apply(job_id, state, create=True, **fields) == 1
+        return await self.apply(Change(job_id, state, fields, create=True)) == APPLIED
 
     async def transition(self, job_id: str, state: JobState, *, detail: str = "", image: bytes = b"",
                          **fields: Any) -> bool:
         """Move a record to `state` (with an image, for done). False when the record is already
         terminal (a duplicate); raises KeyError when there is no record."""
-        result = await self._apply(job_id, state, create=False, detail=detail, image=image, **fields)
-        if result == -1:
+        result = await self.apply(Change(job_id, state, fields, detail=detail, image=image))
+        if result == MISSING:
             raise KeyError(f"no record for job {job_id}")
-        return result == 1
+        return result == APPLIED
 
     async def fail(self, job_id: str, state: JobState, reason: str, **fields: Any) -> bool:
         """Make a record terminal (failed or expired) whether or not it exists yet."""
@@ -197,13 +242,11 @@ class Store:
         return raw, history
 
     # Images.
-    async def put_image(self, job_id: str, png: bytes, variant: str = "") -> str:
-        key = self.image_key(job_id, variant)
-        await self._call(self._redis.set, key, png, ex=self.ttl)
-        return key
-
     async def get_image(self, job_id: str, variant: str = "") -> bytes | None:
         return await self._call(self._redis.get, self.image_key(job_id, variant))
+
+    async def get_images(self, job_ids: list[str], variant: str = "") -> list[bytes | None]:
+        return await self._call(self._redis.mget, [self.image_key(job_id, variant) for job_id in job_ids])
 
     # Completion.
     async def wait_terminal(self, job_id: str, timeout_s: float) -> JobRecord | None:
@@ -224,6 +267,25 @@ class Store:
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 5.0))
         finally:
             await pubsub.aclose()
+
+    async def last_event_id(self) -> str:
+        """The id of the newest event ("0-0" when none): follow events after it."""
+        newest = await self._call(self._redis.xrevrange, self.events_key, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    async def wait_many(self, job_ids: list[str], since_id: str, timeout_s: float) -> dict[str, str]:
+        """Terminal states of many jobs, by following the event stream from `since_id` (taken
+        before they were submitted, so nothing is missed) with one connection. Jobs that do not
+        finish within timeout_s are absent from the result."""
+        waiting, finished = set(job_ids), {}
+        give_up_at, last_id = time.monotonic() + timeout_s, since_id
+        while waiting and time.monotonic() < give_up_at:
+            block_ms = max(int((give_up_at - time.monotonic()) * 1000), 1)
+            for last_id, event in await self.read_events(last_id, count=5000, block_ms=min(block_ms, 1000)):
+                if event["job_id"] in waiting and JobState(event["state"]).terminal:
+                    waiting.discard(event["job_id"])
+                    finished[event["job_id"]] = event["state"]
+        return finished
 
     async def read_events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list:
         """Events after `last_id`: [(event_id, {field: value})]."""
