@@ -1,72 +1,146 @@
-"""The controller. For now it publishes the static plan from its settings as a versioned
-record (the planner replaces this), keeps the plan's TTL fresh, reports queue depths, and
-turns every dead letter into a terminal `failed` record, so that no job is left in a
-non-terminal state when the broker gives up on its message."""
+"""The controller: measures demand (an EWMA of arrivals, read from the event stream) and queue
+depths, asks its policy for a plan every planning period, assigns tiers to the GPUs the live
+agents own, and publishes the result as a new plan version when it changes. A planned change
+waits out a minimum dwell time (re-planning faster than a model swap completes makes plans
+flap); a change of GPUs applies at once. One controller plans at a time (a lease in Redis);
+every controller turns dead letters into `failed` records and keeps the plan's TTL fresh."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+import uuid
+from typing import Any
 
 from shared.bus import Delivery
+from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition
 from shared.logging import bind_job, get_logger
-from shared.schemas import JobState, Plan, job_id_of
+from shared.policies.assignment import assign, moves
+from shared.policies.control import Observation, make_policy
+from shared.schemas import JobState, Plan, Tier, job_id_of
 from shared.service import Service, run
 
 log = get_logger(__name__)
 
+TICK_S = 1.0
 HOUSEKEEPING_S = 30.0
 DEAD_WATCH_PREFETCH = 32
-PLAN_DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch")
+DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus")
 
 
-def same_decision(a: Plan, b: Plan) -> bool:
-    return all(getattr(a, name) == getattr(b, name) for name in PLAN_DECISION_FIELDS)
+def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
+    return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
 
 
-async def publish_static_plan(service: Service) -> Plan:
-    """Publish the settings' plan unless the current one already says the same."""
-    wanted = service.settings.static_plan(version=0)
-    current = await service.store.get_plan()
-    if current is not None and same_decision(current, wanted):
-        return current
-    plan = await service.store.publish_plan(wanted.model_dump(exclude={"version", "created_at"}))
-    log.info("plan_published", version=plan.version, light=plan.light_model, heavy=plan.heavy_model,
-             r=plan.r, d=plan.d)
-    return plan
+class Controller:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.policy = make_policy(self.settings)
+        self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.demand = DemandTracker(self.settings.demand_halflife_s, time.time())
+        self.decision: dict[str, Any] | None = None
+        self.decided_at = 0.0
+        self.last_change = 0.0
 
+    async def follow_arrivals(self) -> None:
+        """Count `queued` transitions in the event stream: every job the router accepts."""
+        last_id = await self.service.store.last_event_id()
+        while not self.service.stopping.is_set():
+            try:
+                events = await self.service.store.read_events(last_id, count=5000, block_ms=1000)
+            except Exception as error:
+                log.warning("event_stream_failed", error=str(error))
+                await asyncio.sleep(TICK_S)
+                continue
+            for last_id, event in events:
+                if event["state"] == JobState.queued:
+                    self.demand.arrived()
 
-async def on_dead_letter(service: Service, delivery: Delivery) -> None:
-    job_id = job_id_of(delivery.body)
-    if job_id is not None:
-        with bind_job(job_id):
-            await service.store.fail(job_id, JobState.failed, "dead-lettered: the job could not be processed")
-            log.warning("dead_letter_recorded")
-    await delivery.settle(Disposition.ack)
+    async def observe(self, now: float) -> tuple[Observation, list[str]]:
+        store, bus = self.service.store, self.service.bus
+        gpus = sorted(gpu for owned in (await store.agents()).values() for gpu in owned)
+        depths = await bus.depths()
+        queued = sum(depths[name] for name in (bus.queues.tier(Tier.light), bus.queues.tier(Tier.heavy),
+                                                bus.queues.judge))
+        rate = self.demand.update(now)
+        queueing = queueing_delay_s(queued, rate, cap_s=self.settings.slo_s)
+        observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current)
+        return observation, gpus
 
+    async def step(self) -> None:
+        """One tick: plan (when this controller holds the lease) and publish a changed plan."""
+        if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
+            return
+        now = time.time()
+        observation, gpus = await self.observe(now)
+        if self.decision is None or now - self.decided_at >= self.settings.plan_period_s:
+            self.decision, self.decided_at = self.policy.decide(observation), now
+        current = await self.service.store.get_plan()
+        fields = dict(self.decision)
+        if current is not None and not same_decision(current, fields) and self.dwelling(now):
+            fields = {**fields, **{name: getattr(current, name) for name in DECISION_FIELDS}}
+        fields["assignment"] = assign(gpus, fields["light_gpus"], fields["heavy_gpus"],
+                                      current.assignment if current else {})
+        if current is not None and same_decision(current, fields) and current.assignment == fields["assignment"]:
+            return
+        await self.publish(current, fields, observation)
 
-async def housekeeping(service: Service) -> None:
-    while not service.stopping.is_set():
+    def dwelling(self, now: float) -> bool:
+        return now - self.last_change < self.settings.plan_min_dwell_s
+
+    async def publish(self, current: Plan | None, fields: dict[str, Any], observation: Observation) -> None:
+        if current is None or not same_decision(current, fields):
+            self.last_change = observation.now
+        plan = await self.service.store.publish_plan(fields)
+        await self.service.plans.refresh()
+        log.info("plan_published", version=plan.version, policy=self.policy.name, light=plan.light_model,
+                 heavy=plan.heavy_model, r=plan.r, d=plan.d, light_gpus=plan.light_gpus,
+                 heavy_gpus=plan.heavy_gpus, gpu_moves=moves(current.assignment if current else {},
+                                                             plan.assignment),
+                 demand_qps=round(observation.demand_qps, 3), queued=observation.queued_jobs)
+
+    async def plan_loop(self) -> None:
+        while not self.service.stopping.is_set():
+            try:
+                await self.step()
+            except Exception as error:  # a bad tick must never stop the controller
+                log.exception("planning_failed", error=str(error))
+            await self.sleep(TICK_S)
+
+    async def housekeeping(self) -> None:
+        while not self.service.stopping.is_set():
+            try:
+                await self.service.store.refresh_plan_ttl()
+                depths = await self.service.bus.depths()
+                log.info("queue_depths", demand_qps=round(self.demand.rate_qps, 3),
+                         **{name.split(".", 1)[1]: n for name, n in depths.items()})
+            except Exception as error:
+                log.warning("housekeeping_failed", error=str(error))
+            await self.sleep(HOUSEKEEPING_S)
+
+    async def sleep(self, seconds: float) -> None:
         try:
-            await service.store.refresh_plan_ttl()
-            log.info("queue_depths", **{name.split(".", 1)[1]: n for name, n in (await service.bus.depths()).items()})
-        except Exception as error:  # housekeeping must never stop the controller
-            log.warning("housekeeping_failed", error=str(error))
-        try:
-            await asyncio.wait_for(service.stopping.wait(), timeout=HOUSEKEEPING_S)
+            await asyncio.wait_for(self.service.stopping.wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
 
+    async def on_dead_letter(self, delivery: Delivery) -> None:
+        job_id = job_id_of(delivery.body)
+        if job_id is not None:
+            with bind_job(job_id):
+                await self.service.store.fail(job_id, JobState.failed, "dead-lettered: the job could not be processed")
+                log.warning("dead_letter_recorded")
+        await delivery.settle(Disposition.ack)
+
 
 async def main(service: Service) -> None:
-    await publish_static_plan(service)
-    await service.plans.refresh()
-
-    async def handle(delivery: Delivery) -> None:
-        await on_dead_letter(service, delivery)
-
-    consumer = await service.bus.consume(service.bus.queues.dead_watch, handle, prefetch=DEAD_WATCH_PREFETCH)
-    await housekeeping(service)
+    controller = Controller(service)
+    consumer = await service.bus.consume(service.bus.queues.dead_watch, controller.on_dead_letter,
+                                         prefetch=DEAD_WATCH_PREFETCH)
+    await asyncio.gather(controller.follow_arrivals(), controller.plan_loop(), controller.housekeeping())
     await consumer.cancel()
 
 

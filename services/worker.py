@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,6 +69,7 @@ class TierWorker:
             self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
         )
         log.info("worker_ready", tier=self.tier.value, model=self.generator.model.name, gpu=self.settings.gpu)
+        heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         while not self.service.stopping.is_set():
             plan = self.service.plans.current
             if plan.batch_for(self.tier) != batch_size:
@@ -77,7 +79,20 @@ class TierWorker:
             batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
             if batch:
                 await self.process(batch)
+        heartbeat.cancel()
         await self.stop(consumer)
+
+    async def heartbeat(self) -> None:
+        """Tell the cluster what this GPU serves (hadis status --cluster shows it)."""
+        while True:
+            info = {"tier": self.tier.value, "model": self.generator.model.name, "host": self.settings.host,
+                    "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
+                    "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
+            try:
+                await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s)
+            except Exception as error:
+                log.warning("heartbeat_failed", error=str(error))
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def stop(self, consumer) -> None:
         """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
@@ -86,6 +101,7 @@ class TierWorker:
             await delivery.settle(Disposition.requeue)
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
+        await self.service.store.clear_worker(self.settings.gpu)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
 

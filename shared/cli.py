@@ -43,12 +43,32 @@ async def submit(args: argparse.Namespace) -> int:
 async def status(args: argparse.Namespace) -> int:
     from shared.client import Client
 
+    if args.cluster:
+        return await cluster_status()
+    if not args.job_id:
+        print_json({"error": "give a JOB_ID, or --cluster"})
+        return 2
     async with Client.connect() as client:
         record = await client.status(args.job_id)
     if record is None:
         print_json({"job_id": args.job_id, "error": "no such job (never submitted, or expired from the store)"})
         return 1
     print_json(record_json(record))
+    return 0
+
+
+async def cluster_status() -> int:
+    """The plan, the agents and their GPUs, and which worker serves which tier on which GPU."""
+    from shared.settings import get_settings
+    from shared.store import Store
+
+    store = await Store.connect(get_settings())
+    try:
+        plan = await store.get_plan()
+        print_json({"plan": plan.model_dump(mode="json") if plan else None,
+                    "agents": await store.agents(), "workers": await store.workers()})
+    finally:
+        await store.close()
     return 0
 
 
@@ -73,9 +93,8 @@ def serve(args: argparse.Namespace) -> int:
     from shared import supervisor
 
     if args.service == "all":
-        return supervisor.supervise(supervisor.default_children(args.light_workers, args.heavy_workers))
-    module = {"router": "services.router", "worker": "services.worker", "judge": "services.judge",
-              "controller": "services.controller"}[args.service]
+        return supervisor.supervise(supervisor.default_children())
+    module = f"services.{args.service}"
     import runpy
 
     runpy.run_module(module, run_name="__main__")
@@ -102,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="how long to wait for the result")
     p.set_defaults(handler=submit)
 
-    p = commands.add_parser("status", help="print a job record")
-    p.add_argument("job_id")
+    p = commands.add_parser("status", help="print a job record, or the cluster (--cluster)")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--cluster", action="store_true", help="which worker serves which tier on which GPU")
     p.set_defaults(handler=status)
 
     p = commands.add_parser("set-plan", help="publish a new plan version (operators; the controller owns plans)")
@@ -115,10 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     p.set_defaults(handler=set_plan)
 
-    p = commands.add_parser("serve", help="run one service, or all five under a supervisor")
-    p.add_argument("service", choices=["all", "router", "worker", "judge", "controller"])
-    p.add_argument("--light-workers", type=int, default=1)
-    p.add_argument("--heavy-workers", type=int, default=1)
+    p = commands.add_parser("serve", help="run one service, or all of them under a supervisor")
+    p.add_argument("service", choices=["all", "router", "worker", "judge", "controller", "agent"])
     p.set_defaults(handler=serve)
 
     p = commands.add_parser("schema", help="print the Job JSON Schema")

@@ -121,6 +121,8 @@ class Plan(Strict):
     heavy_batch: int = Field(ge=1, le=64)
     light_gpus: int = Field(default=1, ge=0)
     heavy_gpus: int = Field(default=1, ge=0)
+    assignment: dict[str, Tier] = Field(default_factory=dict, description="GPU id -> the tier its worker serves.")
+    fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
     created_at: float = Field(default_factory=now)
     reason: str = ""
 

@@ -3,6 +3,7 @@ validated once at start-up: a bad value stops the service before it consumes."""
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from typing import Literal
 
@@ -35,13 +36,29 @@ class Settings(BaseSettings):
     gpu: str = Field(default="cpu0", description="The GPU (or emulated GPU) this worker owns.")
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000, description="Longest wait to fill a batch.")
 
-    # The static plan the controller publishes until the planner exists.
+    # The agent: the GPUs of this host (CUDA ids "0,1,...") or, without GPUs, emulated ones.
+    host: str = Field(default_factory=socket.gethostname)
+    gpus: str = Field(default="", pattern=r"^[0-9,]*$", description="CUDA device ids this host's agent owns.")
+    emulated_gpus: int = Field(default=2, ge=0, le=4096, description="Emulated GPUs when HADIS_GPUS is empty.")
+    heartbeat_s: float = Field(default=2.0, gt=0, le=60, description="Agents and workers renew their records.")
+
+    # The controller.
+    controller_policy: Literal["static", "hadis"] = "static"
+    plan_period_s: float = Field(default=10.0, gt=0, le=3600, description="How often the controller re-plans.")
+    plan_min_dwell_s: float = Field(default=30.0, ge=0, description="Least time between two planned changes.")
+    demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")
+    demand_margin: float = Field(default=0.1, ge=0, le=10, description="Plan for demand x (1 + margin).")
+    planner_light_share: Literal["routed", "all"] = "routed"
+
+    # The static plan (controller_policy=static, and every service's plan until one is published).
     plan_light_model: str | None = None
     plan_heavy_model: str | None = None
     plan_r: float = Field(default=0.2, ge=0.0, le=1.0)
     plan_d: float = Field(default=0.3, ge=0.0, le=1.0)
     plan_light_batch: int = Field(default=4, ge=1, le=64)
     plan_heavy_batch: int = Field(default=2, ge=1, le=64)
+    plan_light_gpus: int = Field(default=1, ge=0)
+    plan_heavy_gpus: int = Field(default=1, ge=0)
     plan_poll_s: float = Field(default=0.5, gt=0, le=30, description="How often services check the plan version.")
 
     # Bounds.
@@ -65,6 +82,23 @@ class Settings(BaseSettings):
                 profile.model(name)
         return self
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as HADIS_* variables, for the processes this one starts."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if isinstance(getattr(self, name), SecretStr):
+                value = getattr(self, name).get_secret_value()
+            env[f"HADIS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+    def owned_gpus(self) -> list[str]:
+        """This host's GPU ids: "cuda<i>" for real devices, "<host>-emu<i>" for emulated ones."""
+        if self.gpus:
+            return [f"cuda{index}" for index in self.gpus.split(",") if index]
+        return [f"{self.host}-emu{index}" for index in range(self.emulated_gpus)]
+
     def static_plan(self, version: int) -> Plan:
         from shared.profiles import load_profile
 
@@ -77,6 +111,8 @@ class Settings(BaseSettings):
             d=self.plan_d,
             light_batch=self.plan_light_batch,
             heavy_batch=self.plan_heavy_batch,
+            light_gpus=self.plan_light_gpus,
+            heavy_gpus=self.plan_heavy_gpus,
             reason="static plan from settings",
         )
 

@@ -9,6 +9,9 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:done:<id>          pub/sub channel: the terminal state, published once
     ns:events             stream every transition (job_id, state, at, tier, model), capped
     ns:plan               string the current Plan JSON;  ns:plan:version  its counter
+    ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
+    ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed
+    ns:lease:<name>       string the holder of a lease (the planning controller)
 
 State changes run as Lua scripts, so each is atomic. Terminal states are final:
 a second `done` for a redelivered job is a no-op, which is what makes completion
@@ -74,6 +77,15 @@ if terminal[state] then redis.call('PUBLISH', ARGV[4], state) end
 return 1
 """
 
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 APPLIED, REFUSED, MISSING = 1, 0, -1
 
 
@@ -113,6 +125,7 @@ class Store:
         self.ttl = settings.job_ttl_s
         self._redis = client
         self._transition = client.register_script(_TRANSITION)
+        self._lease = client.register_script(_LEASE)
 
     @classmethod
     async def connect(cls, settings: Settings) -> "Store":
@@ -310,6 +323,40 @@ class Store:
     async def get_plan(self) -> Plan | None:
         raw = await self._call(self._redis.get, self.plan_key)
         return Plan.model_validate_json(raw) if raw else None
+
+    # The cluster: agents (one per host, owning its GPUs), worker heartbeats, the controller's lease.
+    async def register_agent(self, host: str, gpus: list[str], ttl_s: float) -> None:
+        record = {"host": host, "gpus": gpus, "at": time.time()}
+        await self._call(self._redis.set, f"{self.ns}:agent:{host}", orjson.dumps(record), px=int(ttl_s * 1000))
+
+    async def agents(self) -> dict[str, list[str]]:
+        """Live agents (their registration has not expired): host -> its GPU ids."""
+        records = await self._scan_json(f"{self.ns}:agent:*")
+        return {record["host"]: record["gpus"] for record in records}
+
+    async def heartbeat_worker(self, gpu: str, info: dict[str, Any], ttl_s: float) -> None:
+        record = {**info, "gpu": gpu, "at": time.time()}
+        await self._call(self._redis.set, f"{self.ns}:worker:{gpu}", orjson.dumps(record), px=int(ttl_s * 1000))
+
+    async def clear_worker(self, gpu: str) -> None:
+        await self._call(self._redis.delete, f"{self.ns}:worker:{gpu}")
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers, from their heartbeats."""
+        return sorted(await self._scan_json(f"{self.ns}:worker:*"), key=lambda record: record["gpu"])
+
+    async def _scan_json(self, pattern: str) -> list[dict[str, Any]]:
+        async def scan() -> list[dict[str, Any]]:
+            keys = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
+            values = await self._redis.mget(keys) if keys else []
+            return [orjson.loads(value) for value in values if value is not None]
+
+        return await self._call(scan)
+
+    async def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew a lease; False while another holder has it (one planning controller)."""
+        return bool(await self._call(self._lease, keys=[f"{self.ns}:lease:{name}"],
+                                     args=[holder, int(ttl_s * 1000)]))
 
     # Housekeeping (tests, experiments).
     async def delete_namespace(self) -> int:

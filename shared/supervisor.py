@@ -1,6 +1,8 @@
-"""Runs the five services as child processes on one machine (`hadis serve all`, `make run`):
-restarts a child that dies (at most MAX_RESTARTS per child per RESTART_WINDOW_S, then gives
-up loudly), and on Ctrl-C/SIGTERM stops them all gracefully."""
+"""Runs the services as child processes on one machine (`hadis serve all`, `make run`): the
+controller, the router, the quality judge and this host's agent, which in turn runs one worker
+per GPU (light or heavy, as the plan assigns). It restarts a child that dies (at most
+MAX_RESTARTS per child per RESTART_WINDOW_S, then gives up loudly), and on Ctrl-C/SIGTERM
+stops them all gracefully."""
 
 from __future__ import annotations
 
@@ -39,17 +41,13 @@ class Child:
         return len(self.restarts) <= MAX_RESTARTS
 
 
-def default_children(light_workers: int = 1, heavy_workers: int = 1) -> list[Child]:
-    children = [
+def default_children() -> list[Child]:
+    return [
         Child("controller", "services.controller", {}),
         Child("router", "services.router", {}),
         Child("judge", "services.judge", {}),
+        Child("agent", "services.agent", {}),
     ]
-    for tier, count in (("light", light_workers), ("heavy", heavy_workers)):
-        for index in range(count):
-            gpu = f"{tier}{index}"
-            children.append(Child(f"{tier}-worker-{index}", "services.worker", {"HADIS_TIER": tier, "HADIS_GPU": gpu}))
-    return children
 
 
 def supervise(children: list[Child]) -> int:

@@ -51,6 +51,14 @@ async def wait_for_consumers(bus: Bus, queues: list[str], timeout_s: float = 120
         await asyncio.sleep(0.2)
 
 
+async def wait_for_plan(store: Store, timeout_s: float = 30.0) -> None:
+    """The controller's first plan, so that a test's own plan is not overwritten by it."""
+    give_up_at = time.monotonic() + timeout_s
+    while await store.get_plan() is None:
+        assert time.monotonic() < give_up_at, "the controller published no plan"
+        await asyncio.sleep(0.1)
+
+
 SERVICES = {
     "controller": controller.main,
     "router": router.main,
@@ -76,6 +84,8 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         wanted = {"router": queues.requests, "judge": queues.judge, "light": queues.tier(Tier.light),
                   "heavy": queues.tier(Tier.heavy), "controller": queues.dead_watch}
         await wait_for_consumers(stack.bus, [wanted[name] for name in services])
+        if "controller" in services:
+            await wait_for_plan(stack.store)
         yield stack
     finally:
         stopping.set()

@@ -1,0 +1,55 @@
+"""The agent keeps one worker process per emulated GPU serving the tier the plan assigns, moves
+workers when the plan changes under load, and no job is lost on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services import agent
+from shared.schemas import Job, JobState
+from shared.service import serve
+from tests.helpers import make_settings
+from tests.stack import running_stack
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_for_workers(store, light: int, heavy: int, timeout_s: float = 60.0) -> list[dict]:
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        workers = await store.workers()
+        tiers = [worker["tier"] for worker in workers]
+        if tiers.count("light") == light and tiers.count("heavy") == heavy:
+            return workers
+        assert time.monotonic() < give_up_at, f"workers {tiers}, wanted {light} light and {heavy} heavy"
+        await asyncio.sleep(0.2)
+
+
+async def test_agent_reconciles_workers_with_the_plan_under_load():
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10",
+                             time_scale=0.5, emulated_gpus=4, plan_light_gpus=3, plan_heavy_gpus=1,
+                             heartbeat_s=0.3, plan_light_batch=4, plan_heavy_batch=2)
+    async with running_stack(settings, services=("controller", "router", "judge")) as stack:
+        stopping = asyncio.Event()
+        agent_task = asyncio.create_task(serve("agent", agent.main, settings, stopping))
+        try:
+            workers = await wait_for_workers(stack.store, light=3, heavy=1)
+            assert {worker["gpu"] for worker in workers} == set(settings.owned_gpus())
+            plan = await stack.store.get_plan()
+            assert sorted(plan.assignment) == sorted(settings.owned_gpus())
+
+            jobs = [Job(prompt=f"a lighthouse in a storm, number {i}") for i in range(40)]
+            await stack.submit_many(jobs)
+            await stack.set_plan(r=0.5, light_gpus=1, heavy_gpus=3)
+            await wait_for_workers(stack.store, light=1, heavy=3)
+            records = await stack.wait_all([job.job_id for job in jobs], timeout_s=120)
+            assert all(record.state is JobState.done for record in records)
+            for record in records:
+                assert [t.state for t in record.history].count(JobState.done) == 1
+        finally:
+            stopping.set()
+            await asyncio.wait_for(agent_task, timeout=60)
+        assert await stack.store.workers() == []
