@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-fast bench-pipeline schema clean
+.PHONY: install services run test test-faults bench-pipeline bench-planner schema clean
 
 install: $(STAMP)
 
@@ -22,13 +22,17 @@ run: install services
 	$(VENV)/bin/hadis serve all
 
 test: install services
-	$(PY) -m pytest -q
-
-test-fast: install services
 	$(PY) -m pytest -q -m "not slow"
+
+# Fault tests: kill -9 each service, SIGTERM, restart RabbitMQ and Redis, under load (minutes).
+test-faults: install services
+	$(PY) -m pytest -q -m slow
 
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py
+
+bench-planner: install
+	$(PY) scripts/bench_planner.py
 
 schema: install
 	$(VENV)/bin/hadis schema > docs/job.schema.json

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("schema", help="print the Job JSON Schema")
     p.set_defaults(handler=schema)
+
+    from shared.commands import plan as plan_command
+
+    plan_command.add_parser(commands)
     return parser
 
 
