@@ -36,7 +36,8 @@ from shared.settings import Settings
 log = get_logger(__name__)
 
 DEAD_LETTER_MAX_LENGTH = 10_000
-PUBLISH_RETRY_S = 10.0
+PUBLISH_RETRY_S = 30.0  # a publish waits this long for a lost connection to come back
+RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -141,6 +142,7 @@ class Bus:
             connection = await aio_pika.connect_robust(
                 settings.amqp_url.get_secret_value(),
                 timeout=CONNECT_TIMEOUT_S,
+                reconnect_interval=RECONNECT_INTERVAL_S,
                 client_properties={"connection_name": f"hadis-{settings.namespace}"},
             )
         except (AMQPError, OSError, asyncio.TimeoutError) as error:
@@ -204,7 +206,8 @@ class Bus:
         A handler that raises leaves the message unsettled: it is requeued, never dropped."""
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        amqp_queue = await channel.get_queue(queue, ensure=False)
+        # Declared (passively) on the robust channel, so the consumer is restored after a reconnect.
+        amqp_queue = await channel.declare_queue(queue, passive=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             delivery = Delivery(message)

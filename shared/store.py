@@ -264,11 +264,20 @@ class Store:
     # Completion.
     async def wait_terminal(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """Wait for the record to reach a terminal state: subscribe first, then re-check the
-        record, so a completion between the two cannot be missed. None on timeout."""
+        record, so a completion between the two cannot be missed. None on timeout. A lost
+        connection (Redis restarting) re-subscribes and re-checks."""
+        give_up_at = time.monotonic() + timeout_s
+        while time.monotonic() < give_up_at:
+            try:
+                return await self._wait_subscribed(job_id, give_up_at)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(0.5)
+        return None
+
+    async def _wait_subscribed(self, job_id: str, give_up_at: float) -> JobRecord | None:
         pubsub = self._redis.pubsub()
-        await self._call(pubsub.subscribe, self.done_channel(job_id))
         try:
-            give_up_at = time.monotonic() + timeout_s
+            await pubsub.subscribe(self.done_channel(job_id))
             while True:
                 record = await self.get(job_id)
                 if record is not None and record.state.terminal:
