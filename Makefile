@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults bench-pipeline bench-planner schema clean
+.PHONY: install services run test test-faults bench-pipeline bench-planner loadtest lock schema clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ bench-pipeline: install services
 
 bench-planner: install
 	$(PY) scripts/bench_planner.py
+
+# Locust against a running stack (default: make run's): a 60 s trace; reports in out/loadtest/.
+loadtest: install
+	bash scripts/loadtest.sh $(LOADTEST_ARGS)
+
+# The pinned requirements of the container images, from this venv.
+lock: install
+	$(PY) docker/lock.py
 
 schema: install
 	$(VENV)/bin/hadis schema > docs/job.schema.json

@@ -35,3 +35,10 @@ if ! reachable 5672; then
   as_root rabbitmq-server -detached
   wait_for 5672 rabbitmq 90
 fi
+
+# The management API (15672) serves the shell example of docs/backends.md; jq reads its answers.
+if ! reachable 15672 && command -v rabbitmq-plugins >/dev/null 2>&1; then
+  as_root rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null || echo "warning: management plugin not enabled"
+  wait_for 15672 rabbitmq-management 60 || true
+fi
+install_if_missing jq jq || echo "warning: jq not installed (the shell example's test will skip)"

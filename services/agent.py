@@ -51,6 +51,8 @@ class Agent:
         env = {**self.service.settings.as_env(), "HADIS_TIER": tier.value, "HADIS_GPU": gpu}
         if gpu.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = gpu.removeprefix("cuda")
+        if self.service.settings.metrics_port is not None:
+            env["HADIS_METRICS_PORT"] = str(self.service.settings.metrics_port + 1 + self.gpus.index(gpu))
         process = subprocess.Popen([sys.executable, "-m", "services.worker"], env={**os.environ, **env})
         self.workers[gpu] = WorkerProcess(gpu, tier, process)
         log.info("worker_started", gpu=gpu, tier=tier.value, pid=process.pid)

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from shared import metrics
 from shared.bus import Delivery
 from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition
@@ -63,9 +64,11 @@ class Controller:
         store, bus = self.service.store, self.service.bus
         gpus = sorted(gpu for owned in (await store.agents()).values() for gpu in owned)
         depths = await bus.depths()
+        metrics.observe_queue_depths(depths)
         queued = sum(depths[name] for name in (bus.queues.tier(Tier.light), bus.queues.tier(Tier.heavy),
                                                 bus.queues.judge))
         rate = self.demand.update(now)
+        metrics.observe_demand(rate)
         queueing = queueing_delay_s(queued, rate, cap_s=self.settings.slo_s)
         observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current)
         return observation, gpus
@@ -131,7 +134,9 @@ class Controller:
         job_id = job_id_of(delivery.body)
         if job_id is not None:
             with bind_job(job_id):
-                await self.service.store.fail(job_id, JobState.failed, "dead-lettered: the job could not be processed")
+                if await self.service.store.fail(job_id, JobState.failed,
+                                                 "dead-lettered: the job could not be processed"):
+                    metrics.observe_unserved(JobState.failed)
                 log.warning("dead_letter_recorded")
         await delivery.settle(Disposition.ack)
 
@@ -140,6 +145,7 @@ async def main(service: Service) -> None:
     controller = Controller(service)
     consumer = await service.bus.consume(service.bus.queues.dead_watch, controller.on_dead_letter,
                                          prefetch=DEAD_WATCH_PREFETCH)
+    metrics.mark_ready("controller")
     await asyncio.gather(controller.follow_arrivals(), controller.plan_loop(), controller.housekeeping())
     await consumer.cancel()
 

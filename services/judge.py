@@ -8,6 +8,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from shared import metrics
 from shared.backends import decode_png, make_scorer
 from shared.backends.base import ScoreInput
 from shared.batching import BatchCollector
@@ -50,6 +51,7 @@ class Judge:
     async def run(self) -> None:
         consumer = await self.service.bus.consume(self.service.bus.queues.judge, self.on_delivery,
                                                   prefetch=JUDGE_PREFETCH)
+        metrics.mark_ready("judge")
         log.info("judge_ready", backend=self.settings.judge_backend)
         while not self.service.stopping.is_set():
             batch = await self.collector.take(JUDGE_BATCH, self.settings.batch_wait_ms / 1000)
@@ -103,13 +105,22 @@ class Judge:
                 items.append((delivery, task, png))
         return items
 
+    def heavy_batch_s(self, plan) -> float:
+        """The profiled time of a heavy batch (0 when the profile has no latencies): an escalation
+        that cannot finish by the deadline is not made; the light image is served instead."""
+        heavy = self.profile.model(plan.heavy_model)
+        if not heavy.latency_ms:
+            return 0.0
+        scale = self.settings.time_scale if self.settings.backend == "emulated" else 1.0
+        return heavy.batch_latency_s(plan.heavy_batch) * scale
+
     def verdict(self, task: Task, png: bytes, score: float) -> Change:
         """Escalate the lowest fraction d (when there is still time for the heavy model), else done."""
         plan = self.service.plans.current
         calibration = self.calibration(task.model)
         escalate = calibration.escalate(score, plan.d)
         calibration.observe(score)
-        if escalate and time.time() < task.deadline:
+        if escalate and time.time() + self.heavy_batch_s(plan) < task.deadline:
             return Change(task.job.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
         fields = {"judge_score": score, "tier": Tier.light.value, "model": task.model}
         return Change(task.job.job_id, JobState.done, fields, image=png,
@@ -122,6 +133,14 @@ class Judge:
         except Exception as error:
             await self.settle_all(items, error)
             return
+        for (_, task, _), change, outcome in zip(items, changes, outcomes):
+            if outcome != APPLIED:
+                continue
+            if change.state is JobState.escalated:
+                metrics.observe_verdict(task.model, "escalated")
+            else:
+                metrics.observe_verdict(task.model, "too_late" if change.detail else "accepted")
+                metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
         await asyncio.gather(*(self.hand_on(item, change, outcome)
                                for item, change, outcome in zip(items, changes, outcomes)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from shared import metrics
 from shared.bus import Delivery
 from shared.errors import Disposition, InvalidJob
 from shared.logging import bind_job, get_logger
@@ -62,7 +63,10 @@ class Router:
                 log.info("duplicate_job_ignored")
                 return
             await store.transition(job.job_id, state, **outcome)
-        if not expired:
+        if expired:
+            metrics.observe_unserved(JobState.expired)
+        else:
+            metrics.observe_routed(tier.value)
             task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
             await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
 
@@ -85,6 +89,7 @@ async def main(service: Service) -> None:
             await router.handle(delivery)
 
     consumer = await service.bus.consume(service.bus.queues.requests, on_delivery, prefetch=INGRESS_PREFETCH)
+    metrics.mark_ready("router")
     await service.stopping.wait()
     await consumer.cancel()
     await in_flight.drain(service.settings.shutdown_grace_s)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+from shared import metrics
 from shared.backends import encode_png, make_generator
 from shared.backends.base import GenerationInput, Generator
 from shared.batching import BatchCollector
@@ -54,6 +55,7 @@ class TierWorker:
         self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
         self.generator: Generator | None = None
         self.finishing: set[asyncio.Task] = set()
+        self.batch_s = BatchTimer()
 
     @property
     def queue(self) -> str:
@@ -68,6 +70,7 @@ class TierWorker:
         consumer = await self.service.bus.consume(
             self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
         )
+        metrics.mark_ready("worker")
         log.info("worker_ready", tier=self.tier.value, model=self.generator.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         while not self.service.stopping.is_set():
@@ -138,11 +141,15 @@ class TierWorker:
         """Parse and check a batch, and mark its jobs `generating` in one round trip; deliveries
         that are bad, expired or duplicates are settled here and left out."""
         parsed = []
+        finishes_at = time.time() + self.batch_s.expected(self.generator.model.name, len(batch))
         for delivery in batch:
             try:
                 task = parse_message(Task, delivery.body)
-                if time.time() >= task.deadline:
-                    raise Expired("deadline passed before generation")
+                if finishes_at >= task.deadline:
+                    # Shedding by deadline: a job that would finish late costs the GPU time of jobs
+                    # that can still make theirs.
+                    raise Expired("deadline passed before generation" if time.time() >= task.deadline
+                                  else "would finish after its deadline")
                 parsed.append((delivery, task))
             except (InvalidJob, Expired) as error:
                 job_id = job_id_of(delivery.body)
@@ -179,8 +186,13 @@ class TierWorker:
             for _, task in items
         ]
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self.gpu, self.generator.generate, inputs)
+            images = await loop.run_in_executor(self.gpu, self.generator.generate, inputs)
+            seconds = time.perf_counter() - started
+            self.batch_s.observe(self.generator.model.name, len(inputs), seconds)
+            metrics.observe_batch(self.tier.value, self.generator.model.name, len(inputs), seconds)
+            return images
         except Exception as error:
             if len(items) == 1:
                 return [error]
@@ -205,6 +217,10 @@ class TierWorker:
         except Exception as error:
             await self.settle_all(generated, error)
             return
+        if self.tier is Tier.heavy:
+            for (_, task), outcome in zip(generated, outcomes):
+                if outcome == APPLIED:
+                    metrics.observe_done(Tier.heavy.value, task.job.submitted_at, task.deadline)
         await asyncio.gather(*(self.hand_on(item, outcome, model_name) for item, outcome in zip(generated, outcomes)))
 
     def result_change(self, task: Task, png: bytes, model_name: str) -> Change:
@@ -226,6 +242,23 @@ class TierWorker:
             await delivery.settle(Disposition.ack)
         except Exception as error:
             await self.settle_all([item], error)
+
+
+class BatchTimer:
+    """How long a batch takes on this worker: the last measurement per (model, batch size)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[str, int], float] = {}
+
+    def observe(self, model: str, size: int, seconds: float) -> None:
+        self._seconds[(model, size)] = seconds
+
+    def expected(self, model: str, size: int) -> float:
+        known = [(s, seconds) for (m, s), seconds in self._seconds.items() if m == model]
+        if not known:
+            return 0.0
+        nearest_size, seconds = min(known, key=lambda entry: abs(entry[0] - size))
+        return seconds * size / nearest_size if nearest_size < size else seconds
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from shared import metrics
 from shared.errors import Unavailable
 from shared.logging import get_logger
 from shared.schemas import Plan
@@ -37,6 +38,7 @@ class PlanWatcher:
                      r=plan.r, d=plan.d, light_batch=plan.light_batch, heavy_batch=plan.heavy_batch)
             for listener in self._listeners:
                 await listener(previous, plan)
+        metrics.observe_plan(self.current)
         return self.current
 
     async def start(self) -> None:

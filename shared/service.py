@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from shared import metrics
 from shared.bus import Bus, Delivery
 from shared.errors import Disposition, Expired, describe, disposition_for
 from shared.logging import configure, get_logger
@@ -37,7 +38,8 @@ class Service:
         if disposition is not Disposition.requeue:
             state = JobState.expired if isinstance(error, Expired) else JobState.failed
             for job_id in job_ids:
-                await self.store.fail(job_id, state, reason)
+                if await self.store.fail(job_id, state, reason):
+                    metrics.observe_unserved(state)
         await delivery.settle(disposition)
 
 
@@ -67,6 +69,8 @@ def run(name: str, main: ServiceMain) -> None:
     """Entry point of a service process."""
     settings = get_settings()
     configure(settings, name)
+    if settings.metrics_port is not None:
+        metrics.start_metrics_server(settings.metrics_port)
 
     async def run_with_signals() -> None:
         stopping = asyncio.Event()

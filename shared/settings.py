@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     queue_max_length: int = Field(default=100_000, ge=100, description="Bound of every work queue (reject-publish).")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long a stopping service finishes work.")
 
+    # Observability.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="Serve Prometheus metrics on this port; unset: none.")
+
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

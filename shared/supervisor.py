@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from shared.logging import get_logger
+from shared.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -42,12 +43,17 @@ class Child:
 
 
 def default_children() -> list[Child]:
-    return [
+    children = [
         Child("controller", "services.controller", {}),
         Child("router", "services.router", {}),
         Child("judge", "services.judge", {}),
-        Child("agent", "services.agent", {}),
+        Child("agent", "services.agent", {}),  # last: its workers take the ports after its own
     ]
+    base = get_settings().metrics_port
+    if base is not None:
+        for offset, child in enumerate(children):
+            child.env["HADIS_METRICS_PORT"] = str(base + offset)
+    return children
 
 
 def supervise(children: list[Child]) -> int:

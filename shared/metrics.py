@@ -1,0 +1,191 @@
+"""Prometheus metrics: one registry per process, served over HTTP by `start_metrics_server`.
+
+Every service exposes the same families; each fills the ones it owns:
+
+    hadis_service_ready{service}               1 once the service consumes its queue (the health check reads it)
+    hadis_queue_depth{queue}                   messages ready in a work queue (controller)
+    hadis_demand_qps                           the controller's measured arrival rate (EWMA)
+    hadis_routed_total{tier}                   jobs the router sent to each tier (router)
+    hadis_judge_verdicts_total{model,verdict}  escalated | accepted | too_late (judge): the escalation rate
+    hadis_batch_size{tier}                     images per generated batch (worker)
+    hadis_batch_seconds{tier,model}            time to generate one batch (worker)
+    hadis_job_latency_seconds{tier}            submit-to-done latency of finished jobs (worker, judge)
+    hadis_jobs_finished_total{tier,state}      jobs that reached a terminal state (every service that writes one)
+    hadis_slo_violations_total{tier,reason}    late | expired | failed (every service that writes a terminal state)
+    hadis_plan_version, hadis_plan_share{kind}, hadis_plan_batch_size{tier}   the plan this process applies
+    hadis_gpu_memory_bytes{gpu,kind}           used | total per visible GPU, read from nvidia-smi where present
+
+The escalation rate is a ratio of counters, computed where it is read, e.g. in PromQL:
+    sum(rate(hadis_judge_verdicts_total{verdict="escalated"}[1m])) / sum(rate(hadis_judge_verdicts_total[1m]))
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared.schemas import JobState, Plan
+
+# Seconds: from interactive (sub-second) models to the 3,600 s SLO bound of docs/jobs.md.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
+BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+NVIDIA_SMI_TIMEOUT_S = 2.0
+NO_TIER = "none"  # a job that failed or expired before any tier took it
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+SERVICE_READY = Gauge("hadis_service_ready", "1 once the service consumes its queue", ["service"],
+                      registry=REGISTRY)
+QUEUE_DEPTH = Gauge("hadis_queue_depth", "Messages ready in a work queue", ["queue"], registry=REGISTRY)
+DEMAND = Gauge("hadis_demand_qps", "Arrival rate the controller measures (EWMA), jobs per second",
+               registry=REGISTRY)
+ROUTED = Counter("hadis_routed", "Jobs routed to each tier", ["tier"], registry=REGISTRY)
+JUDGE_VERDICTS = Counter("hadis_judge_verdicts", "Judge decisions on light images", ["model", "verdict"],
+                         registry=REGISTRY)
+BATCH_SIZE = Histogram("hadis_batch_size", "Images per generated batch", ["tier"], buckets=BATCH_SIZE_BUCKETS,
+                       registry=REGISTRY)
+BATCH_SECONDS = Histogram("hadis_batch_seconds", "Seconds to generate one batch", ["tier", "model"],
+                          buckets=BATCH_SECONDS_BUCKETS, registry=REGISTRY)
+JOB_LATENCY = Histogram("hadis_job_latency_seconds", "Submit-to-done latency of finished jobs", ["tier"],
+                        buckets=LATENCY_BUCKETS, registry=REGISTRY)
+JOBS_FINISHED = Counter("hadis_jobs_finished", "Jobs that reached a terminal state", ["tier", "state"],
+                        registry=REGISTRY)
+SLO_VIOLATIONS = Counter("hadis_slo_violations", "Jobs done late, expired or failed", ["tier", "reason"],
+                         registry=REGISTRY)
+PLAN_VERSION = Gauge("hadis_plan_version", "Version of the plan this process applies", registry=REGISTRY)
+PLAN_SHARE = Gauge("hadis_plan_share", "The plan's fractions: r (routed), d (escalated), heavy (h = r + (1-r)d)",
+                   ["kind"], registry=REGISTRY)
+PLAN_BATCH_SIZE = Gauge("hadis_plan_batch_size", "The plan's batch size per tier", ["tier"], registry=REGISTRY)
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    gpu: str
+    used_bytes: int
+    total_bytes: int
+
+
+def parse_nvidia_smi(output: str) -> list[GpuMemory]:
+    """Rows of `nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv,noheader,nounits`
+    (MiB); rows it cannot read (e.g. "[N/A]" on some virtual GPUs) are left out."""
+    gpus = []
+    for line in output.splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) != 3:
+            continue
+        try:
+            used, total = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        gpus.append(GpuMemory(parts[0], used * 2**20, total * 2**20))
+    return gpus
+
+
+class GpuMemoryCollector(Collector):
+    """Reads device memory at scrape time from nvidia-smi, so no metric module imports torch; on a
+    machine without nvidia-smi (CPU, emulated GPUs) the family is empty."""
+
+    def __init__(self, command: str = "nvidia-smi") -> None:
+        self.command = command
+
+    def query(self) -> list[GpuMemory]:
+        path = shutil.which(self.command)
+        if path is None:
+            return []
+        try:
+            result = subprocess.run(
+                [path, "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True,
+            )
+        except (subprocess.SubprocessError, OSError):
+            return []
+        return parse_nvidia_smi(result.stdout)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("hadis_gpu_memory_bytes", "GPU memory by device (nvidia-smi)",
+                                   labels=["gpu", "kind"])
+        for gpu in self.query():
+            family.add_metric([gpu.gpu, "used"], gpu.used_bytes)
+            family.add_metric([gpu.gpu, "total"], gpu.total_bytes)
+        yield family
+
+
+REGISTRY.register(GpuMemoryCollector())
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> WSGIServer:
+    """Serve REGISTRY at http://addr:port/metrics from a daemon thread (port 0: any free port,
+    read it from the returned server's `server_port`)."""
+    server, _thread = start_http_server(port, addr, registry=REGISTRY)
+    return server
+
+
+def mark_ready(service: str, ready: bool = True) -> None:
+    SERVICE_READY.labels(service).set(1 if ready else 0)
+
+
+def observe_plan(plan: Plan) -> None:
+    PLAN_VERSION.set(plan.version)
+    PLAN_SHARE.labels("r").set(plan.r)
+    PLAN_SHARE.labels("d").set(plan.d)
+    PLAN_SHARE.labels("heavy").set(plan.heavy_share)
+    PLAN_BATCH_SIZE.labels("light").set(plan.light_batch)
+    PLAN_BATCH_SIZE.labels("heavy").set(plan.heavy_batch)
+
+
+def observe_queue_depths(depths: Mapping[str, int]) -> None:
+    for queue, depth in depths.items():
+        QUEUE_DEPTH.labels(queue).set(depth)
+
+
+def observe_demand(rate_qps: float) -> None:
+    DEMAND.set(rate_qps)
+
+
+def observe_routed(tier: str) -> None:
+    ROUTED.labels(tier).inc()
+
+
+def observe_verdict(model: str, verdict: str) -> None:
+    """verdict: "escalated", "accepted", or "too_late" (the judge wanted to escalate, the deadline had passed)."""
+    JUDGE_VERDICTS.labels(model, verdict).inc()
+
+
+def observe_batch(tier: str, model: str, size: int, seconds: float) -> None:
+    BATCH_SIZE.labels(tier).observe(size)
+    BATCH_SECONDS.labels(tier, model).observe(seconds)
+
+
+def observe_done(tier: str, submitted_at: float, deadline: float, finished_at: float | None = None) -> None:
+    """A job finished with an image: its latency, and an SLO violation when it was late."""
+    finished_at = time.time() if finished_at is None else finished_at
+    JOB_LATENCY.labels(tier).observe(max(finished_at - submitted_at, 0.0))
+    JOBS_FINISHED.labels(tier, JobState.done.value).inc()
+    if finished_at > deadline:
+        SLO_VIOLATIONS.labels(tier, "late").inc()
+
+
+def observe_unserved(state: JobState, tier: str | None = None) -> None:
+    """A job that ended `failed` or `expired`: always an SLO violation."""
+    tier = tier or NO_TIER
+    JOBS_FINISHED.labels(tier, state.value).inc()
+    SLO_VIOLATIONS.labels(tier, state.value).inc()
