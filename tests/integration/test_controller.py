@@ -1,0 +1,65 @@
+"""The controller with the HADIS planner: it measures demand from the event stream, plans for
+the GPUs the agents register, and moves to cheaper pairs as load rises (not faster than the
+minimum dwell time)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from shared.schemas import JobState
+from tests.helpers import make_settings
+from tests.stack import running_stack
+
+pytestmark = pytest.mark.integration
+
+GPUS = [f"gpu{index:02d}" for index in range(16)]
+
+
+async def arrivals(store, rate_qps: float, seconds: float, prefix: str) -> None:
+    """Jobs recorded as the router records them (a `queued` event each), at a steady rate."""
+    started = time.monotonic()
+    for index in range(int(rate_qps * seconds)):
+        delay = started + index / rate_qps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await store.create(f"{prefix}-{index}", JobState.queued)
+
+
+async def wait_for_plan(store, predicate, timeout_s: float):
+    give_up_at = time.monotonic() + timeout_s
+    while time.monotonic() < give_up_at:
+        plan = await store.get_plan()
+        if plan is not None and predicate(plan):
+            return plan
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no such plan within {timeout_s} s; last: {plan}")
+
+
+async def test_planner_policy_follows_demand_on_the_registered_gpus():
+    settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
+                             plan_min_dwell_s=2.0, demand_halflife_s=1.0, demand_margin=0.0)
+    async with running_stack(settings, services=("controller",)) as stack:
+        await stack.store.register_agent("host-a", GPUS[:8], ttl_s=60)
+        await stack.store.register_agent("host-b", GPUS[8:], ttl_s=60)
+        quiet = await wait_for_plan(stack.store, lambda p: len(p.assignment) == p.light_gpus + p.heavy_gpus > 0, 10)
+        assert (quiet.light_model, quiet.heavy_model) == ("sd35-medium", "sd35-large")
+        assert set(quiet.assignment) <= set(GPUS) and quiet.reason.startswith("hadis planner")
+
+        loading = asyncio.create_task(arrivals(stack.store, rate_qps=120, seconds=8, prefix="burst"))
+        busy = await wait_for_plan(stack.store, lambda p: p.light_model == "sdxl-lightning", 15)
+        await loading
+        assert busy.heavy_model == "sd35-large-turbo" and busy.light_gpus + busy.heavy_gpus <= 16
+        assert busy.created_at - quiet.created_at >= settings.plan_min_dwell_s
+
+
+async def test_a_standby_controller_does_not_plan_while_another_holds_the_lease():
+    settings = make_settings(plan_period_s=0.5)
+    async with running_stack(settings, services=("controller",)) as stack:
+        assert not await stack.store.hold_lease("controller", "someone-else", ttl_s=5)
+        first = await stack.store.get_plan()
+        await stack.store.register_agent("host-a", GPUS[:2], ttl_s=60)
+        plan = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 2, 10)
+        assert plan.version > first.version
