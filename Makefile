@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults bench-pipeline bench-planner loadtest lock schema clean
+.PHONY: install services run test test-faults chaos bench-pipeline bench-planner loadtest lock schema clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install services
 # Fault tests: kill -9 each service, SIGTERM, restart RabbitMQ and Redis, under load (minutes).
 test-faults: install services
 	$(PY) -m pytest -q -m slow
+
+# Random kill -9 of services under load; last line lost=<n> duplicated=<n> failed=<n> of <submitted>.
+chaos: install services
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py

@@ -15,7 +15,7 @@ from shared.client import Client
 from shared.errors import InvalidJob
 from shared.schemas import Job, JobState, job_id_of, parse_message
 from tests.faults.test_kill import fault_settings
-from tests.processes import cluster
+from shared.faults import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import pytest
 from shared.client import Client
 from shared.schemas import JobState
 from tests.faults.test_kill import fault_settings
-from tests.processes import Load, cluster
+from shared.faults import Load, cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""The services as real processes (what a fault test kills), with a steady load to break them under."""
+"""Fault injection at the process level: the services as real processes (what a fault test or
+`make chaos` kills), a steady load to break them under, and the accounting of the outcome."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ async def warm_up(client: Client, timeout_s: float = 60.0) -> None:
     job = Job(prompt="warm-up: a red bicycle")
     await client.submit(job)
     record = await client.wait(job.job_id, timeout_s)
-    assert record is not None and record.state is JobState.done, record
+    if record is None or record.state is not JobState.done:
+        raise RuntimeError(f"the services did not serve a first job: {record}")
 
 
 @dataclass
