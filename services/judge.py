@@ -35,14 +35,18 @@ class Judge:
         self.settings = service.settings
         self.profile = load_profile(self.settings.profile)
         self.scorer = make_scorer(self.settings.judge_backend, device=self.settings.device,
-                                  clip_arch=self.settings.clip_arch, head_path=self.settings.judge_head_path)
+                                  clip_arch=self.settings.clip_arch, head_path=self.settings.judge_head_path,
+                                  clip_checkpoint=self.settings.clip_checkpoint)
         self.calibrations: dict[str, JudgeCalibration] = {}
         self.collector = BatchCollector()
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="judge")
 
     def calibration(self, model_name: str) -> JudgeCalibration:
         if model_name not in self.calibrations:
-            self.calibrations[model_name] = calibration_for(self.profile.model(model_name))
+            model = self.profile.model(model_name)
+            # The reference scores are on the paper judge's scale: no seed for a judge on another.
+            seeded = self.settings.judge_backend != "clipscore"
+            self.calibrations[model_name] = calibration_for(model) if seeded else JudgeCalibration(None)
         return self.calibrations[model_name]
 
     async def on_delivery(self, delivery: Delivery) -> None:

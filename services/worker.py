@@ -119,7 +119,8 @@ class TierWorker:
             if previous is not None:
                 previous.close()
             generator = make_generator(self.settings.backend, model, device=self.settings.device,
-                                       time_scale=self.settings.time_scale)
+                                       time_scale=self.settings.time_scale,
+                                       fail_pattern=self.settings.emulated_fail_pattern)
             generator.warm_up()
             return generator
 

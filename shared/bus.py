@@ -20,12 +20,14 @@ after the result is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aio_pika.exceptions import (AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError,
+                                 PublishError)
 from pydantic import BaseModel
 
 from shared.errors import Disposition, Overloaded, Unavailable
@@ -38,6 +40,7 @@ log = get_logger(__name__)
 DEAD_LETTER_MAX_LENGTH = 10_000
 PUBLISH_RETRY_S = 30.0  # a publish waits this long for a lost connection to come back
 RECONNECT_INTERVAL_S = 1.0
+QUEUE_READY_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -204,10 +207,7 @@ class Bus:
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
         """Consume on a channel of its own (so its prefetch can change with the plan).
         A handler that raises leaves the message unsettled: it is requeued, never dropped."""
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        # Declared (passively) on the robust channel, so the consumer is restored after a reconnect.
-        amqp_queue = await channel.declare_queue(queue, passive=True)
+        channel, amqp_queue = await self._consumer_channel(queue, prefetch)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             delivery = Delivery(message)
@@ -219,6 +219,24 @@ class Bus:
 
         tag = await amqp_queue.consume(on_message)
         return Consumer(channel, amqp_queue, on_message, tag)
+
+    async def _consumer_channel(self, queue: str, prefetch: int):
+        """A channel and the queue declared (passively) on it: on the robust channel, so the consumer
+        is restored after a reconnect. A quorum queue just declared can be briefly unavailable
+        ("home node ... is down") while it elects its leader: retried for QUEUE_READY_S."""
+        give_up_at = asyncio.get_running_loop().time() + QUEUE_READY_S
+        while True:
+            channel = await self._connection.channel()
+            try:
+                await channel.set_qos(prefetch_count=prefetch)
+                return channel, await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                with contextlib.suppress(Exception):
+                    await channel.close()  # else the robust channel would reopen itself
+                if asyncio.get_running_loop().time() > give_up_at:
+                    raise
+                log.warning("queue_not_ready", queue=queue)
+                await asyncio.sleep(0.5)
 
     async def _inspect(self, queue: str):
         # A channel of its own: the robust publisher channel answers passive declares from a cache.

@@ -143,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=schema)
 
     from shared.commands import plan as plan_command
+    from shared.commands import router_eval, train_judge
 
     plan_command.add_parser(commands)
+    router_eval.add_parser(commands)
+    train_judge.add_parser(commands)
     return parser
 
 

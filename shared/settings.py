@@ -24,10 +24,14 @@ class Settings(BaseSettings):
 
     # Models.
     backend: Literal["tiny", "emulated"] = "tiny"
-    judge_backend: Literal["clip", "emulated"] = "clip"
+    judge_backend: Literal["clip", "clipscore", "emulated"] = "clip"
+    router: Literal["rule", "learned"] = Field(default="rule", description="The paper's rule score or the learned one.")
+    clip_checkpoint: str | None = Field(default=None, description="A local open_clip checkpoint for the judges.")
     profile: str = "tiny-cpu"
     device: str = "cpu"
     time_scale: float = Field(default=1.0, ge=0.0, description="Multiplies emulated latencies.")
+    emulated_fail_pattern: str | None = Field(default=None, max_length=200,
+                                              description="Fault injection: the emulated model raises on matching prompts.")
     clip_arch: str = "ViT-B-32"
     judge_head_path: str | None = None
 

@@ -89,7 +89,9 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         yield stack
     finally:
         stopping.set()
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+        done, pending = await asyncio.wait(tasks, timeout=120)
+        assert not pending, f"services did not stop within 120 s: {[task.get_name() for task in pending]}"
+        results = [task.exception() if not task.cancelled() else asyncio.CancelledError() for task in tasks]
         await stack.bus.delete_namespace()
         await stack.store.delete_namespace()
         await client.close()

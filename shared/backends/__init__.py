@@ -10,8 +10,8 @@ from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
 from shared.backends.images import decode_png, encode_png
 from shared.profiles import ModelProfile
 
-GENERATOR_KINDS = ("emulated", "tiny")
-SCORER_KINDS = ("clip", "emulated")
+GENERATOR_KINDS = ("diffusers", "emulated", "tiny")
+SCORER_KINDS = ("clip", "emulated", "clipscore")
 
 __all__ = [
     "GENERATOR_KINDS",
@@ -27,8 +27,16 @@ __all__ = [
 ]
 
 
-def make_generator(kind: str, model: ModelProfile, *, device: str = "cpu", time_scale: float = 1.0) -> Generator:
-    """`device` applies to "tiny", `time_scale` to "emulated"."""
+def make_generator(
+    kind: str, model: ModelProfile, *, device: str = "cpu", time_scale: float = 1.0, dtype: str = "auto",
+    fail_pattern: str | None = None,
+) -> Generator:
+    """`device` applies to "tiny" and "diffusers", `dtype` to "diffusers" ("auto": fp16 on
+    CUDA, fp32 on the CPU), `time_scale` and `fail_pattern` (fault injection) to "emulated"."""
+    if kind == "diffusers":
+        from shared.backends.diffusers_backend import DiffusersGenerator
+
+        return DiffusersGenerator(model, device=device, dtype=dtype)
     if kind == "tiny":
         from shared.backends.tiny import TinyGenerator
 
@@ -36,7 +44,7 @@ def make_generator(kind: str, model: ModelProfile, *, device: str = "cpu", time_
     if kind == "emulated":
         from shared.backends.emulated import EmulatedGenerator
 
-        return EmulatedGenerator(model, time_scale=time_scale)
+        return EmulatedGenerator(model, time_scale=time_scale, fail_pattern=fail_pattern)
     raise ValueError(f"unknown generator kind {kind!r}; known: {', '.join(GENERATOR_KINDS)}")
 
 
@@ -46,13 +54,19 @@ def make_scorer(
     device: str = "cpu",
     clip_arch: str = "ViT-B-32",
     head_path: str | None = None,
+    clip_checkpoint: str | None = None,
     seed: int = 0,
 ) -> Scorer:
-    """`device`, `clip_arch` and `head_path` apply to "clip"; `seed` to both."""
+    """`device`, `clip_arch` and `clip_checkpoint` apply to "clip" and "clipscore", `head_path`
+    to "clip", `seed` to all (it fixes random weights)."""
     if kind == "clip":
         from shared.backends.clip_judge import ClipJudge
 
-        return ClipJudge(arch=clip_arch, head_path=head_path, seed=seed, device=device)
+        return ClipJudge(arch=clip_arch, checkpoint=clip_checkpoint, head_path=head_path, seed=seed, device=device)
+    if kind == "clipscore":
+        from shared.backends.clipscore import ClipScoreJudge
+
+        return ClipScoreJudge(arch=clip_arch, checkpoint=clip_checkpoint, seed=seed, device=device)
     if kind == "emulated":
         from shared.backends.emulated import EmulatedScorer
 

@@ -8,6 +8,7 @@ judge score. Neither imports torch.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 
 from PIL import Image
@@ -34,10 +35,14 @@ def placeholder_image(seed: int) -> Image.Image:
 
 
 class EmulatedGenerator(Generator):
-    """Sleeps the profiled batch latency times `time_scale`, then returns placeholders."""
+    """Sleeps the profiled batch latency times `time_scale`, then returns placeholders.
 
-    def __init__(self, model: ModelProfile, time_scale: float = 1.0) -> None:
+    `fail_pattern` injects faults for chaos and poison-job tests: a batch holding a prompt that
+    matches it raises, every time, as a model that chokes on an input would."""
+
+    def __init__(self, model: ModelProfile, time_scale: float = 1.0, fail_pattern: str | None = None) -> None:
         super().__init__(model)
+        self.fail_pattern = re.compile(fail_pattern) if fail_pattern else None
         if time_scale < 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
         if time_scale > 0 and not model.latency_ms:
@@ -47,6 +52,9 @@ class EmulatedGenerator(Generator):
     def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
         if not batch:
             return []
+        poisoned = [item.job_id for item in batch if self.fail_pattern and self.fail_pattern.search(item.prompt)]
+        if poisoned:
+            raise RuntimeError(f"injected fault: prompt of job {poisoned[0]} matches the fail pattern")
         if self.time_scale > 0:
             time.sleep(self.model.batch_latency_s(len(batch)) * self.time_scale)
         return [placeholder_image(item.seed) for item in batch]

@@ -51,5 +51,6 @@ async def test_agent_reconciles_workers_with_the_plan_under_load():
                 assert [t.state for t in record.history].count(JobState.done) == 1
         finally:
             stopping.set()
-            await asyncio.wait_for(agent_task, timeout=60)
+            done, _ = await asyncio.wait([agent_task], timeout=120)
+            assert done, f"the agent did not stop within 120 s; workers: {await stack.store.workers()}"
         assert await stack.store.workers() == []

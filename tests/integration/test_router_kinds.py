@@ -1,0 +1,47 @@
+"""Both routers and the CLIPScore judge in the running services (after the settings wiring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared import reference
+from shared.backends.text_embedding import embed_prompts
+from shared.policies.learned_router import LearnedRouter
+from shared.profiles import load_profile
+from shared.schemas import Job, JobState
+from tests.helpers import make_settings
+from tests.stack import running_stack
+
+pytestmark = [pytest.mark.integration]
+
+PROMPTS = [reference.prompts()[i] for i in range(0, 5000, 125)]  # 40, spread over the file
+
+
+@pytest.mark.parametrize("kind", ["rule", "learned"])
+async def test_router_kind_routes_about_r_heavy(kind: str) -> None:
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10",
+                             time_scale=0.0, router=kind)
+    async with running_stack(settings) as stack:
+        plan = await stack.set_plan(r=0.3, d=0.0)
+        jobs = [Job(prompt=prompt, seed=i) for i, prompt in enumerate(PROMPTS)]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs])
+    assert all(record.state is JobState.done for record in records)
+    heavy = np.mean([record.tier.value == "heavy" for record in records])
+    assert abs(heavy - 0.3) < 0.2  # 40 prompts: a binomial spread of 0.07
+    if kind == "learned":
+        router = LearnedRouter.for_model(load_profile("paper-l40s-x10").model(plan.light_model), embed_prompts)
+        expected = router.score_many([record.prompt for record in records])
+        assert np.allclose([record.router_score for record in records], expected, atol=1e-4)
+
+
+async def test_clipscore_judge_kind() -> None:
+    settings = make_settings(backend="tiny", judge_backend="clipscore", profile="tiny-cpu")
+    async with running_stack(settings) as stack:
+        await stack.set_plan(r=0.0, d=0.5)
+        jobs = [Job(prompt=prompt, seed=i) for i, prompt in enumerate(PROMPTS[:8])]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs])
+    assert all(record.state is JobState.done for record in records)
+    assert all(record.judge_score is not None and 0.0 <= record.judge_score <= 1.0 for record in records)
