@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults chaos bench-pipeline bench-planner loadtest lock schema clean
+.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker loadtest lock schema clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ chaos: install services
 
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py
+
+# Bare generation loop vs queue -> worker -> store, tiny on the CPU and emulated; last line worker_efficiency.
+bench-worker: install services
+	$(PY) scripts/bench_worker.py
 
 bench-planner: install
 	$(PY) scripts/bench_planner.py

@@ -30,8 +30,8 @@ from shared.store import APPLIED, MISSING, REFUSED, Change
 
 log = get_logger(__name__)
 
-# One batch finishing, one generating, one being collected: that many messages in hand.
-PREFETCH_BATCHES = 3
+# One batch finishing, one generating, one admitted and waiting, one being collected.
+PREFETCH_BATCHES = 4
 MAX_FINISHING_BATCHES = 2
 
 Item = tuple[Delivery, Task]
@@ -65,6 +65,8 @@ class TierWorker:
         self.collector.put(delivery)
 
     async def run(self) -> None:
+        """Two stages: a feeder collects and admits batch k+1 while the model runs batch k; the
+        finishing of batch k-1 (PNG, store, hand-on) runs as a task of its own."""
         await self.ensure_model()
         batch_size = self.service.plans.current.batch_for(self.tier)
         consumer = await self.service.bus.consume(
@@ -73,17 +75,42 @@ class TierWorker:
         metrics.mark_ready("worker")
         log.info("worker_ready", tier=self.tier.value, model=self.generator.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
+        admitted: asyncio.Queue[list[Item]] = asyncio.Queue(maxsize=1)
+        feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
+        running: asyncio.Task | None = None
         while not self.service.stopping.is_set():
+            await self.ensure_model()
+            try:
+                items = await asyncio.wait_for(admitted.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                continue
+            # Batch k+1 goes to the model's executor before batch k is awaited, so the model
+            # thread starts it the moment k ends, without waiting for the event loop.
+            following = asyncio.create_task(self.generate_and_hand_off(items, self.generator))
+            if running is not None:
+                await running
+            running = following
+        if running is not None:
+            await running
+        for task in (heartbeat, feeder):
+            task.cancel()
+        await asyncio.gather(heartbeat, feeder, return_exceptions=True)
+        while not admitted.empty():
+            for delivery, _ in admitted.get_nowait():
+                await delivery.settle(Disposition.requeue)
+        await self.stop(consumer)
+
+    async def feed(self, consumer, admitted: asyncio.Queue) -> None:
+        batch_size = self.service.plans.current.batch_for(self.tier)
+        while True:
             plan = self.service.plans.current
             if plan.batch_for(self.tier) != batch_size:
                 batch_size = plan.batch_for(self.tier)
                 await consumer.set_prefetch(PREFETCH_BATCHES * batch_size)
-            await self.ensure_model()
             batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
-            if batch:
-                await self.process(batch)
-        heartbeat.cancel()
-        await self.stop(consumer)
+            items = await self.admit(batch) if batch else []
+            if items:
+                await admitted.put(items)
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it)."""
@@ -119,7 +146,7 @@ class TierWorker:
             if previous is not None:
                 previous.close()
             generator = make_generator(self.settings.backend, model, device=self.settings.device,
-                                       time_scale=self.settings.time_scale,
+                                       time_scale=self.settings.time_scale, dtype=self.settings.dtype,
                                        fail_pattern=self.settings.emulated_fail_pattern)
             generator.warm_up()
             return generator
@@ -127,14 +154,11 @@ class TierWorker:
         self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, load)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
-    async def process(self, batch: list[Delivery]) -> None:
-        items = await self.admit(batch)
-        if not items:
-            return
-        results = await self.generate(items)
+    async def generate_and_hand_off(self, items: list[Item], generator: Generator) -> None:
+        results = await self.generate(items, generator)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
-        finishing = asyncio.create_task(self.finish(items, results, self.generator.model.name))
+        finishing = asyncio.create_task(self.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
@@ -142,7 +166,8 @@ class TierWorker:
         """Parse and check a batch, and mark its jobs `generating` in one round trip; deliveries
         that are bad, expired or duplicates are settled here and left out."""
         parsed = []
-        finishes_at = time.time() + self.batch_s.expected(self.generator.model.name, len(batch))
+        # This batch runs after the one the model has in hand: two batch times from now.
+        finishes_at = time.time() + 2 * self.batch_s.expected(self.generator.model.name, len(batch))
         for delivery in batch:
             try:
                 task = parse_message(Task, delivery.body)
@@ -179,7 +204,7 @@ class TierWorker:
             with bind_job(task.job.job_id):
                 await self.service.settle_failure(delivery, error, [task.job.job_id])
 
-    async def generate(self, items: list[Item]) -> list[Image.Image | BaseException]:
+    async def generate(self, items: list[Item], generator: Generator) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone."""
         inputs = [
             GenerationInput(task.job.job_id, task.job.prompt, task.job.negative_prompt, seed_of(task),
@@ -187,12 +212,10 @@ class TierWorker:
             for _, task in items
         ]
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         try:
-            images = await loop.run_in_executor(self.gpu, self.generator.generate, inputs)
-            seconds = time.perf_counter() - started
-            self.batch_s.observe(self.generator.model.name, len(inputs), seconds)
-            metrics.observe_batch(self.tier.value, self.generator.model.name, len(inputs), seconds)
+            images, seconds = await loop.run_in_executor(self.gpu, timed, generator.generate, inputs)
+            self.batch_s.observe(generator.model.name, len(inputs), seconds)
+            metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), seconds)
             return images
         except Exception as error:
             if len(items) == 1:
@@ -200,7 +223,7 @@ class TierWorker:
             log.warning("batch_failed_splitting", size=len(items), error=str(error))
             results: list[Image.Image | BaseException] = []
             for item in items:
-                results += await self.generate([item])
+                results += await self.generate([item], generator)
             return results
 
     async def finish(self, items: list[Item], results: list, model_name: str) -> None:
@@ -260,6 +283,13 @@ class BatchTimer:
             return 0.0
         nearest_size, seconds = min(known, key=lambda entry: abs(entry[0] - size))
         return seconds * size / nearest_size if nearest_size < size else seconds
+
+
+def timed(function, *args):
+    """Run on the model's thread: the result and the model's own seconds (not the queue wait)."""
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

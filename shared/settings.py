@@ -23,7 +23,9 @@ class Settings(BaseSettings):
                            description="Prefix of every queue and Redis key: isolates experiments.")
 
     # Models.
-    backend: Literal["tiny", "emulated"] = "tiny"
+    backend: Literal["tiny", "emulated", "diffusers"] = "tiny"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="diffusers weights: auto = fp16 on CUDA, fp32 on the CPU.")
     judge_backend: Literal["clip", "clipscore", "emulated"] = "clip"
     router: Literal["rule", "learned"] = Field(default="rule", description="The paper's rule score or the learned one.")
     clip_checkpoint: str | None = Field(default=None, description="A local open_clip checkpoint for the judges.")

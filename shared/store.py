@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, TimeoutError as RedisTimeoutError
 
 from shared.errors import Unavailable
 from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
@@ -201,11 +201,18 @@ class Store:
             return []
 
         async def run_pipeline() -> list:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for change in changes:
-                    keys, argv = self._script_call(change)
-                    await self._transition(keys=keys, args=argv, client=pipe)
-                return await pipe.execute()
+            # EVALSHA directly: a registered script in a pipeline first asks SCRIPT EXISTS, a round
+            # trip per batch. A Redis that lost its scripts (restarted) answers NOSCRIPT: load, retry.
+            for attempt in range(2):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for change in changes:
+                        keys, argv = self._script_call(change)
+                        pipe.evalsha(self._transition.sha, len(keys), *keys, *argv)
+                    try:
+                        return await pipe.execute()
+                    except NoScriptError:
+                        await self._redis.script_load(_TRANSITION)
+            raise Unavailable("Redis refused the transition script")
 
         return [int(result) for result in await self._call(run_pipeline)]
 

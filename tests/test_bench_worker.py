@@ -1,0 +1,42 @@
+"""A CI-sized run of scripts/bench_worker.py: both paths of both backends run through the
+real worker, RabbitMQ and Redis, and the output ends with `worker_efficiency <ratio>`.
+(The figure itself is the benchmark's to report, not a test's to assert.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_worker.py"
+BACKEND_LINE = re.compile(
+    r"^(tiny|emulated): .* bare loop (\d+\.\d+) images/s, queue -> worker -> store (\d+\.\d+) images/s, "
+    r"ratio (\d+\.\d{3}) "
+)
+
+
+def test_bench_worker_prints_both_rates_and_the_efficiency_last() -> None:
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--backends", "tiny", "emulated", "--batch", "2", "--batches", "3",
+         "--repeats", "1", "--timeout-s", "120"],
+        capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1],
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    ratios = {}
+    for line in lines:
+        match = BACKEND_LINE.match(line)
+        if match:
+            name, bare, served, ratio = match.groups()
+            assert float(bare) > 0 and float(served) > 0
+            assert float(ratio) == pytest.approx(float(served) / float(bare), abs=0.002)
+            ratios[name] = float(ratio)
+    assert sorted(ratios) == ["emulated", "tiny"], run.stdout
+    last = re.fullmatch(r"worker_efficiency (\d+\.\d{3})", lines[-1])
+    assert last, lines[-1]
+    assert float(last.group(1)) == min(ratios.values())
