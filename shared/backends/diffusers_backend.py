@@ -42,6 +42,7 @@ from diffusers import (
 from PIL import Image
 
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.generation import run_pipeline
 from shared.backends.model_cache import ModelCache, Swap, default_cache
 from shared.logging import get_logger
 from shared.profiles import ModelProfile
@@ -214,20 +215,7 @@ class DiffusersGenerator(Generator):
             return []
         if self.pipeline is None:
             raise RuntimeError("generator is closed")
-        guided = self.model.guidance > 1.0
-        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
-        with torch.inference_mode():
-            output = self.pipeline(
-                prompt=[item.prompt for item in batch],
-                negative_prompt=[item.negative_prompt for item in batch] if guided else None,
-                num_inference_steps=self.model.steps,
-                guidance_scale=self.model.guidance,
-                height=self.model.resolution,
-                width=self.model.resolution,
-                generator=generators,
-                output_type="pil",
-            )
-        return list(output.images)
+        return run_pipeline(self.pipeline, self.model, batch)
 
     def warm_up(self) -> None:
         """One image, so that kernels are chosen and memory pools exist before the first job."""

@@ -38,6 +38,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.generation import run_pipeline
 from shared.profiles import ModelProfile
 
 # The real CLIP BPE: 256 byte symbols, their word-final forms, 48,894 merges, 2 specials.
@@ -262,21 +263,7 @@ class TinyGenerator(Generator):
             return []
         if self.pipeline is None:
             raise RuntimeError("generator is closed")
-        guided = self.model.guidance > 1.0
-        # CPU generators: the same seed gives the same starting noise on any device.
-        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
-        with torch.inference_mode():
-            output = self.pipeline(
-                prompt=[item.prompt for item in batch],
-                negative_prompt=[item.negative_prompt for item in batch] if guided else None,
-                num_inference_steps=self.model.steps,
-                guidance_scale=self.model.guidance,
-                height=self.model.resolution,
-                width=self.model.resolution,
-                generator=generators,
-                output_type="pil",
-            )
-        return list(output.images)
+        return run_pipeline(self.pipeline, self.model, batch)
 
     def warm_up(self) -> None:
         side = self.model.resolution

@@ -1,0 +1,29 @@
+"""One call of a diffusers text-to-image pipeline for a batch, as every backend makes it."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from shared.backends.base import GenerationInput
+from shared.profiles import ModelProfile
+
+
+def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[GenerationInput]) -> list[Image.Image]:
+    """The model's steps and guidance at its resolution; the negative prompt only with guidance.
+    A CPU generator per image: the same seed gives the same starting noise on any device."""
+    guided = model.guidance > 1.0
+    generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+    with torch.inference_mode():
+        output = pipeline(
+            prompt=[item.prompt for item in batch],
+            negative_prompt=[item.negative_prompt for item in batch] if guided else None,
+            num_inference_steps=model.steps,
+            guidance_scale=model.guidance,
+            height=model.resolution,
+            width=model.resolution,
+            generator=generators,
+            output_type="pil",
+        )
+    return list(output.images)
