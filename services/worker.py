@@ -92,9 +92,11 @@ class TierWorker:
             running = following
         if running is not None:
             await running
+        # Both loops also watch the stop flag: asyncio.wait_for on 3.11 can swallow a cancellation
+        # that arrives as its timeout fires, and a loop that missed it must still end.
         for task in (heartbeat, feeder):
             task.cancel()
-        await asyncio.gather(heartbeat, feeder, return_exceptions=True)
+        await asyncio.wait([heartbeat, feeder], timeout=5.0)
         while not admitted.empty():
             for delivery, _ in admitted.get_nowait():
                 await delivery.settle(Disposition.requeue)
@@ -102,7 +104,7 @@ class TierWorker:
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
         batch_size = self.service.plans.current.batch_for(self.tier)
-        while True:
+        while not self.service.stopping.is_set():
             plan = self.service.plans.current
             if plan.batch_for(self.tier) != batch_size:
                 batch_size = plan.batch_for(self.tier)
@@ -114,7 +116,7 @@ class TierWorker:
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it)."""
-        while True:
+        while not self.service.stopping.is_set():
             info = {"tier": self.tier.value, "model": self.generator.model.name, "host": self.settings.host,
                     "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
                     "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}

@@ -56,4 +56,4 @@ class PlanWatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=5.0)  # bounded: a cancellation can be swallowed

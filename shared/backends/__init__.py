@@ -6,6 +6,9 @@ never imports torch: the emulated backends and the PNG helpers run without it.
 
 from __future__ import annotations
 
+import threading
+from functools import wraps
+
 from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
 from shared.backends.images import decode_png, encode_png
 from shared.profiles import ModelProfile
@@ -27,6 +30,22 @@ __all__ = [
 ]
 
 
+# transformers' lazy modules are not safe to import from two threads at once (seen as "cannot
+# import name 'PreTrainedModel'" when two workers of one process load models together), so
+# models are built one at a time in a process.
+_BUILDING = threading.Lock()
+
+
+def _one_at_a_time(factory):
+    @wraps(factory)
+    def build(*args, **kwargs):
+        with _BUILDING:
+            return factory(*args, **kwargs)
+
+    return build
+
+
+@_one_at_a_time
 def make_generator(
     kind: str, model: ModelProfile, *, device: str = "cpu", time_scale: float = 1.0, dtype: str = "auto",
     fail_pattern: str | None = None,
@@ -48,6 +67,7 @@ def make_generator(
     raise ValueError(f"unknown generator kind {kind!r}; known: {', '.join(GENERATOR_KINDS)}")
 
 
+@_one_at_a_time
 def make_scorer(
     kind: str,
     *,
