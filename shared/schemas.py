@@ -13,7 +13,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from shared.errors import InvalidJob
 
 # Bounds on everything a caller controls. Documented in docs/jobs.md.
 MAX_PROMPT_CHARS = 2000
@@ -186,10 +188,6 @@ def job_id_of(body: bytes) -> str | None:
 
 def parse_message(model: type[Strict], body: bytes) -> Strict:
     """Parse a message body strictly, turning any problem into a readable InvalidJob."""
-    from pydantic import ValidationError
-
-    from shared.errors import InvalidJob
-
     if len(body) > MAX_MESSAGE_BYTES:
         raise InvalidJob(f"message is {len(body)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from shared.client import Client
 from shared.errors import InvalidJob
 from shared.schemas import Job, JobState, job_id_of, parse_message
-from tests.faults.test_kill import fault_settings
+from tests.faults.harness import fault_settings
 from shared.faults import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

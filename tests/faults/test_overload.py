@@ -10,7 +10,7 @@ import pytest
 from shared.client import Client
 from shared.faults import Load, cluster
 from shared.schemas import JobState
-from tests.faults.test_kill import fault_settings
+from tests.faults.harness import fault_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

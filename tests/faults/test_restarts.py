@@ -11,9 +11,9 @@ import time
 import pytest
 
 from shared.client import Client
-from shared.schemas import JobState
-from tests.faults.test_kill import fault_settings
 from shared.faults import Load, cluster
+from shared.schemas import JobState
+from tests.faults.harness import fault_settings, under_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,22 +25,19 @@ def generated_again(record) -> bool:
 
 async def test_sigterm_finishes_the_batch_in_hand_and_requeues_the_rest():
     settings = fault_settings(shutdown_grace_s=10.0)
-    client = await Client.open(settings)
-    try:
-        async with cluster(settings, client) as running:
-            load = Load(client, rate_qps=6)
-            loading = asyncio.create_task(load.run(seconds=6))
-            await asyncio.sleep(3)
-            started = time.monotonic()
-            code = running.kill("light", signal.SIGTERM)
-            stopped_in = time.monotonic() - started
-            running.start("light")
-            await loading
-            outcome = await load.outcome()
-    finally:
-        await client.close()
+
+    async def stop_gracefully(running) -> tuple[int, float]:
+        started = time.monotonic()
+        code = running.kill("light", signal.SIGTERM)
+        stopped_in = time.monotonic() - started
+        running.start("light")
+        return code, stopped_in
+
+    run = await under_load(settings, stop_gracefully, rate_qps=6, seconds=6, fault_after_s=3)
+    code, stopped_in = run.fault_result
+    outcome = run.outcome
     assert code == 0 and stopped_in < settings.shutdown_grace_s
-    assert outcome.lost == 0 and outcome.count(JobState.done) == len(load.jobs), str(outcome)
+    assert outcome.lost == 0 and outcome.count(JobState.done) == run.submitted, str(outcome)
     assert not [r.job_id for r in outcome.records if generated_again(r)], "a graceful stop regenerated work"
 
 
@@ -91,24 +88,21 @@ def start_redis(port: int, directory) -> subprocess.Popen:
 
 async def test_redis_restart_with_append_only_persistence_loses_nothing(tmp_path):
     port = free_port()
-    redis_server = start_redis(port, tmp_path)
+    servers = [start_redis(port, tmp_path)]
     settings = fault_settings(redis_url=f"redis://:test-secret@127.0.0.1:{port}/0")
-    client = await Client.open(settings)
+
+    async def restart_redis(running) -> None:
+        servers[-1].send_signal(signal.SIGTERM)
+        servers[-1].wait(timeout=30)
+        await asyncio.sleep(1)
+        servers.append(start_redis(port, tmp_path))
+
     try:
-        async with cluster(settings, client) as running:
-            load = Load(client, rate_qps=5)
-            loading = asyncio.create_task(load.run(seconds=6))
-            await asyncio.sleep(2)
-            redis_server.send_signal(signal.SIGTERM)
-            redis_server.wait(timeout=30)
-            await asyncio.sleep(1)
-            redis_server = start_redis(port, tmp_path)
-            await loading
-            outcome = await load.outcome(timeout_s=180)
-            assert all(child.process.poll() is None for child in running.children.values()), "a service died"
+        run = await under_load(settings, restart_redis, rate_qps=5, seconds=6, fault_after_s=2,
+                               outcome_timeout_s=180)
     finally:
-        await client.close()
-        redis_server.terminate()
-        redis_server.wait(timeout=30)
-    assert outcome.lost == 0 and outcome.duplicated == 0, str(outcome)
-    assert outcome.count(JobState.done) == len(load.jobs), str(outcome)
+        servers[-1].terminate()
+        servers[-1].wait(timeout=30)
+    assert run.services_alive, "a service died"
+    assert run.outcome.lost == 0 and run.outcome.duplicated == 0, str(run.outcome)
+    assert run.outcome.count(JobState.done) == run.submitted, str(run.outcome)
