@@ -19,7 +19,7 @@ from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition
 from shared.logging import bind_job, get_logger
 from shared.policies.assignment import assign, moves
-from shared.policies.control import Observation, make_policy
+from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.schemas import JobState, Plan, Tier, job_id_of
 from shared.service import Service, run
 
@@ -28,12 +28,6 @@ log = get_logger(__name__)
 TICK_S = 1.0
 HOUSEKEEPING_S = 30.0
 DEAD_WATCH_PREFETCH = 32
-DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus")
-
-
-def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
-    return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
-
 
 class Controller:
     def __init__(self, service: Service) -> None:
@@ -42,9 +36,7 @@ class Controller:
         self.policy = make_policy(self.settings)
         self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.demand = DemandTracker(self.settings.demand_halflife_s, time.time())
-        self.decision: dict[str, Any] | None = None
-        self.decided_at = 0.0
-        self.last_change = 0.0
+        self.schedule = PlanSchedule(self.policy, self.settings.plan_period_s, self.settings.plan_min_dwell_s)
 
     async def follow_arrivals(self) -> None:
         """Count `queued` transitions in the event stream: every job the router accepts."""
@@ -70,33 +62,22 @@ class Controller:
         rate = self.demand.update(now)
         metrics.observe_demand(rate)
         queueing = queueing_delay_s(queued, rate, cap_s=self.settings.slo_s)
-        observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current)
+        observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current,
+                                  arrivals=self.demand.total, light_queued=depths[bus.queues.tier(Tier.light)],
+                                  heavy_queued=depths[bus.queues.tier(Tier.heavy)])
         return observation, gpus
 
     async def step(self) -> None:
         """One tick: plan (when this controller holds the lease) and publish a changed plan."""
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
             return
-        now = time.time()
-        observation, gpus = await self.observe(now)
-        if self.decision is None or now - self.decided_at >= self.settings.plan_period_s:
-            self.decision, self.decided_at = self.policy.decide(observation), now
+        observation, gpus = await self.observe(time.time())
         current = await self.service.store.get_plan()
-        fields = dict(self.decision)
-        if current is not None and not same_decision(current, fields) and self.dwelling(now):
-            fields = {**fields, **{name: getattr(current, name) for name in DECISION_FIELDS}}
-        fields["assignment"] = assign(gpus, fields["light_gpus"], fields["heavy_gpus"],
-                                      current.assignment if current else {})
-        if current is not None and same_decision(current, fields) and current.assignment == fields["assignment"]:
-            return
-        await self.publish(current, fields, observation)
-
-    def dwelling(self, now: float) -> bool:
-        return now - self.last_change < self.settings.plan_min_dwell_s
+        fields = self.schedule.step(observation, current, gpus)
+        if fields is not None:
+            await self.publish(current, fields, observation)
 
     async def publish(self, current: Plan | None, fields: dict[str, Any], observation: Observation) -> None:
-        if current is None or not same_decision(current, fields):
-            self.last_change = observation.now
         plan = await self.service.store.publish_plan(fields)
         await self.service.plans.refresh()
         log.info("plan_published", version=plan.version, policy=self.policy.name, light=plan.light_model,

@@ -30,8 +30,13 @@ from shared.store import APPLIED, MISSING, REFUSED, Change
 
 log = get_logger(__name__)
 
-# One batch finishing, one generating, one admitted and waiting, one being collected.
-PREFETCH_BATCHES = 4
+# Batches admitted to the model at once: the one generating and the next, queued behind it on the
+# model's thread. A deeper pipeline commits jobs to this GPU that an idle GPU could serve sooner,
+# and makes the admission check (two batch times) too optimistic.
+PIPELINE_DEPTH = 2
+# Deliveries a worker holds: the two admitted batches and one being collected. A larger prefetch
+# parks jobs in a busy worker's buffer while another worker idles.
+PREFETCH_BATCHES = 3
 MAX_FINISHING_BATCHES = 2
 
 Item = tuple[Delivery, Task]
@@ -56,6 +61,7 @@ class TierWorker:
         self.generator: Generator | None = None
         self.finishing: set[asyncio.Task] = set()
         self.batch_s = BatchTimer()
+        self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
 
     @property
     def queue(self) -> str:
@@ -109,10 +115,13 @@ class TierWorker:
             if plan.batch_for(self.tier) != batch_size:
                 batch_size = plan.batch_for(self.tier)
                 await consumer.set_prefetch(PREFETCH_BATCHES * batch_size)
+            await self.slots.acquire()
             batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
             items = await self.admit(batch) if batch else []
             if items:
                 await admitted.put(items)
+            else:
+                self.slots.release()
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it)."""
@@ -157,7 +166,10 @@ class TierWorker:
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
     async def generate_and_hand_off(self, items: list[Item], generator: Generator) -> None:
-        results = await self.generate(items, generator)
+        try:
+            results = await self.generate(items, generator)
+        finally:
+            self.slots.release()
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         finishing = asyncio.create_task(self.finish(items, results, generator.model.name))

@@ -12,9 +12,11 @@ class DemandTracker:
         self.rate_qps = 0.0
         self._last = now
         self._pending = 0
+        self.total = 0  # every arrival counted so far
 
     def arrived(self, count: int = 1) -> None:
         self._pending += count
+        self.total += count
 
     def update(self, now: float) -> float:
         """Fold the arrivals since the last update into the rate; returns the rate in jobs/s."""

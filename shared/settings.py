@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=2.0, gt=0, le=60, description="Agents and workers renew their records.")
 
     # The controller.
-    controller_policy: Literal["static", "hadis"] = "static"
+    controller_policy: Literal["static", "hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
+                               "infaas-acc", "clipper-light", "clipper-heavy"] = Field(
+        default="static", description="static, ours (hadis), or a baseline (docs/experiments.md).")
     plan_period_s: float = Field(default=10.0, gt=0, le=3600, description="How often the controller re-plans.")
     plan_min_dwell_s: float = Field(default=30.0, ge=0, description="Least time between two planned changes.")
     demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")

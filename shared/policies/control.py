@@ -1,30 +1,101 @@
 """Controller policies: given what the controller observes, the plan it wants (every field of a
-Plan except its version and GPU assignment). Experiments plug more policies in here."""
+Plan except its version and GPU assignment). The controller service and the simulator
+(shared/experiments/simulator.py) run the same policies through the same PlanSchedule.
+
+Ours is `hadis`; the others reproduce the systems it is compared with (docs/experiments.md
+has a paragraph and the source of each).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared.policies.assignment import assign
+from shared.policies.pareto import ParetoRow, ParetoTable, build_table, load_quality, load_table
+from shared.policies.planner import Planner
+from shared.profiles import Profile, load_profile
 from shared.schemas import Plan
 from shared.settings import Settings
+
+# The fields that make two plans the same decision (a new version is published only on a change).
+DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus")
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
 class Observation:
     now: float
-    demand_qps: float  # the arrival-rate estimate, before the safety margin
+    demand_qps: float  # the arrival-rate estimate (EWMA), before the safety margin
     queued_jobs: int  # ready messages in the tier and judge queues
     queueing_s: float  # Little's-law wait of a new job behind them
     gpus: int  # GPUs registered by live agents
     current: Plan | None
+    arrivals: int = 0  # jobs accepted since the controller started (policies measure their own rates)
+    light_queued: int = 0  # ready messages per tier queue
+    heavy_queued: int = 0
 
 
 class ControlPolicy(Protocol):
     name: str
+    period_s: float | None  # its own planning period; None: the controller's setting
+    degrade_at_once: bool  # a change to a worse-FID (cheaper) plan skips the dwell time
 
     def decide(self, observation: Observation) -> dict[str, Any]:
         """Plan fields without version, created_at and assignment."""
+
+
+def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
+    return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
+
+
+class PlanSchedule:
+    """When the policy is asked (every planning period) and when its decision may replace the
+    current plan: a planned change waits out a minimum dwell time (re-planning faster than a
+    model swap completes makes plans flap); a change of GPUs applies at once."""
+
+    def __init__(self, policy: ControlPolicy, period_s: float, min_dwell_s: float) -> None:
+        self.policy = policy
+        self.period_s = policy.period_s or period_s
+        self.min_dwell_s = min_dwell_s
+        self.decision: dict[str, Any] | None = None
+        self.decided_at = -math.inf
+        self.last_change = -math.inf
+
+    def dwelling(self, now: float, current: Plan, fields: dict[str, Any]) -> bool:
+        if now - self.last_change >= self.min_dwell_s:
+            return False
+        cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
+        return not (getattr(self.policy, "degrade_at_once", False) and cheaper)
+
+    def step(self, observation: Observation, current: Plan | None, gpus: list[str]) -> dict[str, Any] | None:
+        """The plan fields to publish now (assignment included), or None when nothing changes."""
+        now = observation.now
+        if self.decision is None or now - self.decided_at >= self.period_s:
+            self.decision, self.decided_at = self.policy.decide(observation), now
+        fields = dict(self.decision)
+        if current is not None and not same_decision(current, fields) and self.dwelling(now, current, fields):
+            fields.update({name: getattr(current, name) for name in DECISION_FIELDS})
+        keep_draining(fields, observation)
+        fields["assignment"] = assign(gpus, fields["light_gpus"], fields["heavy_gpus"],
+                                      current.assignment if current else {})
+        if current is not None and same_decision(current, fields) and current.assignment == fields["assignment"]:
+            return None
+        if current is None or not same_decision(current, fields):
+            self.last_change = now
+        return fields
+
+
+def keep_draining(fields: dict[str, Any], observation: Observation) -> None:
+    """A tier that the plan leaves without GPUs while jobs still wait in its queue (routed or
+    escalated under the previous plan, or handed back by a stopping worker) keeps one GPU, taken
+    from the other tier, until its queue is empty: otherwise those jobs would never end."""
+    queued = {"light": observation.light_queued, "heavy": observation.heavy_queued}
+    for tier, other in (("light", "heavy"), ("heavy", "light")):
+        if fields[f"{tier}_gpus"] == 0 and queued[tier] > 0 and fields[f"{other}_gpus"] > 1:
+            fields[f"{tier}_gpus"], fields[f"{other}_gpus"] = 1, fields[f"{other}_gpus"] - 1
+            fields["reason"] = f"{fields.get('reason', '')}; draining the {tier} queue"
 
 
 class StaticPolicy:
@@ -32,6 +103,8 @@ class StaticPolicy:
     plan is current (an operator's `hadis set-plan` sticks)."""
 
     name = "static"
+    period_s = None
+    degrade_at_once = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -45,27 +118,276 @@ class StaticPolicy:
         return plan.model_dump(exclude={"version", "created_at", "assignment"})
 
 
-class HadisPolicy:
-    """The HADIS planner: the best-quality configuration that covers the demand within the SLO."""
+class PlannerPolicy:
+    """A policy that asks the exact planner (shared/policies/planner.py) over some table rows."""
 
-    name = "hadis"
+    name = "planner"
+    period_s: float | None = None
+    degrade_at_once = False
 
     def __init__(self, settings: Settings) -> None:
-        from shared.policies.planner import Planner, load_table
-        from shared.profiles import load_profile
-
         self.settings = settings
-        self.planner = Planner(load_profile(settings.profile), load_table(settings.profile),
-                               light_share=settings.planner_light_share, margin=settings.demand_margin)
+        self.profile = load_profile(settings.profile)
+        self.planner = self.make_planner()
+
+    def make_planner(self) -> Planner:
+        raise NotImplementedError
+
+    def demand(self, observation: Observation) -> float:
+        return observation.demand_qps
+
+    def queueing(self, observation: Observation) -> float:
+        return observation.queueing_s
 
     def decide(self, observation: Observation) -> dict[str, Any]:
-        decision = self.planner.plan(observation.demand_qps, observation.gpus, self.settings.slo_s,
-                                     queueing_s=observation.queueing_s)
-        return decision.plan_fields()
+        decision = self.planner.plan(self.demand(observation), observation.gpus, self.settings.slo_s,
+                                     queueing_s=self.queueing(observation))
+        fields = decision.plan_fields()
+        fields["reason"] = fields["reason"].replace("hadis planner", f"{self.name} planner", 1)
+        return fields
 
 
-POLICIES = {"static": StaticPolicy, "hadis": HadisPolicy}
+class WindowRate:
+    """Arrivals per second over the span between two decisions (the paper's estimate)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.arrivals = 0
+
+    def rate(self, observation: Observation) -> float:
+        since, arrivals = self.since, self.arrivals
+        self.since, self.arrivals = observation.now, observation.arrivals
+        if since is None or observation.now <= since:
+            return observation.demand_qps
+        return (observation.arrivals - arrivals) / (observation.now - since)
+
+
+class HadisPolicy(PlannerPolicy):
+    """Ours: the best-quality row of the whole Pareto table that covers the demand plus a margin,
+    with the light tier sized for the prompts routed to it, the queue's wait counted against the
+    SLO, and the GPUs the row does not need given to the busier tier as headroom. Demand is the
+    higher of the EWMA and the rate of the last planning period, so a rise is seen within one
+    period; a cheaper plan applies at once, a better one waits out the dwell time."""
+
+    name = "hadis"
+    degrade_at_once = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.window = WindowRate()
+
+    def demand(self, observation: Observation) -> float:
+        return max(observation.demand_qps, self.window.rate(observation))
+
+    def make_planner(self) -> Planner:
+        return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+
+class HadisPaperPolicy(PlannerPolicy):
+    """The paper's policy as published: the same tables, but the light tier provisioned for all
+    of the demand, demand measured as the mean arrival rate of the last planning period (no
+    margin, no queue term), re-planned every 50 s of trace time."""
+
+    name = "hadis-paper"
+    period_s = 50.0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.window = WindowRate()
+
+    def make_planner(self) -> Planner:
+        return Planner(self.profile, load_table(self.settings.profile), light_share="all", margin=0.0,
+                       batch_sizes=BATCH_SIZES)
+
+    def demand(self, observation: Observation) -> float:
+        return self.window.rate(observation)
+
+    def queueing(self, observation: Observation) -> float:
+        return 0.0
+
+
+def filtered_table(profile: Profile, quality_name: str, keep, pairs: list[tuple[str, str]] | None = None) -> ParetoTable:
+    """A Pareto table built from the quality rows that `keep(row)` accepts (ablations and baselines)."""
+    quality = load_quality(quality_name)
+    rows = [row for row in quality.rows if keep(row) and (pairs is None or (row.light_model, row.heavy_model) in pairs)]
+    return build_table(quality.model_copy(update={"rows": rows}), profile)
+
+
+class RouterOnlyPolicy(PlannerPolicy):
+    """Ablation: the router alone (d = 0), no judge escalation."""
+
+    name = "router-only"
+
+    def make_planner(self) -> Planner:
+        table = filtered_table(self.profile, load_table(self.settings.profile).quality_table, lambda row: row.d == 0.0)
+        return Planner(self.profile, table, light_share=self.settings.planner_light_share,
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+
+class DiscOnlyPolicy(PlannerPolicy):
+    """Ablation: the judge alone (r = 0), every prompt tries the light model first."""
+
+    name = "disc-only"
+
+    def make_planner(self) -> Planner:
+        table = filtered_table(self.profile, load_table(self.settings.profile).quality_table, lambda row: row.r == 0.0)
+        return Planner(self.profile, table, light_share=self.settings.planner_light_share,
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+
+DIFFSERVE_PAIR = ("sd35-large-turbo", "sd35-large")
+
+
+class DiffServePolicy(PlannerPolicy):
+    """DiffServe: one fixed cascade, sd35-large-turbo -> sd35-large, judge only (r = 0); the
+    escalation threshold is the largest the demand and the SLO allow (the best FID of the pair's
+    judge-only rows), with the same demand estimate and GPU split as ours."""
+
+    name = "diffserve"
+
+    def make_planner(self) -> Planner:
+        quality = load_table(self.settings.profile).quality_table
+        table = filtered_table(self.profile, quality, lambda row: row.r == 0.0, pairs=[DIFFSERVE_PAIR])
+        return Planner(self.profile, table, light_share="all", margin=self.settings.demand_margin,
+                       batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+
+class ProteusPolicy(PlannerPolicy):
+    """Proteus (accuracy scaling): a mix of model variants, each query served by one model (no
+    cascade), chosen to maximise the expected per-query accuracy under the demand. Its objective
+    is linear in the shares: FID_est = (1 - x) FID_light + x FID_heavy. Solved exactly by the
+    same planner over every two-model split x (and single models) with that objective; the
+    services realise a split with the router at r = x. Its mix is scored, like every policy's,
+    by the measured FID of what it served."""
+
+    name = "proteus"
+
+    def make_planner(self) -> Planner:
+        quality = load_table(self.settings.profile).quality_table
+        table = filtered_table(self.profile, quality, lambda row: row.d == 0.0)
+        linear = [row.model_copy(update={"fid": self.linear_fid(row)}) for row in table.rows]
+        return Planner(self.profile, table.model_copy(update={"rows": linear}), light_share="routed",
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+    def linear_fid(self, row: ParetoRow) -> float:
+        light, heavy = self.profile.model(row.light_model).fid, self.profile.model(row.heavy_model).fid
+        return round((1.0 - row.r) * light + row.r * heavy, 6)
+
+
+class SingleModelPolicy:
+    """One model on every GPU (no router split, no judge): a single-model plan sends every job
+    to the heavy tier (r = 1) with light_model = heavy_model. The batch size is the smallest that
+    covers the demand within the SLO, else the one with the most throughput within it."""
+
+    name = "single"
+    period_s: float | None = None
+    degrade_at_once = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.profile = load_profile(settings.profile)
+        self.ladder = quality_ladder(settings.profile)
+
+    def plan_for(self, model_name: str, observation: Observation, why: str) -> dict[str, Any]:
+        model = self.profile.model(model_name)
+        gpus = max(observation.gpus, 1)
+        demand = observation.demand_qps * (1.0 + self.settings.demand_margin)
+        batch = single_model_batch(self.profile, model_name, demand, gpus, self.settings.slo_s - observation.queueing_s)
+        return {"light_model": model_name, "heavy_model": model_name, "r": 1.0, "d": 0.0, "light_batch": 1,
+                "heavy_batch": batch, "light_gpus": 0, "heavy_gpus": observation.gpus, "fid": model.fid,
+                "reason": f"{self.name}: {model_name} batch {batch} on {observation.gpus} GPUs; {why}"}
+
+
+def single_model_batch(profile: Profile, model_name: str, demand_qps: float, gpus: int, budget_s: float) -> int:
+    model = profile.model(model_name)
+    allowed = [b for b in BATCH_SIZES if model.max_batch is None or b <= model.max_batch]
+    within = [b for b in allowed if model.batch_latency_s(b) <= budget_s] or allowed[:1]
+    covering = [b for b in within if gpus * b / model.batch_latency_s(b) >= demand_qps]
+    if covering:
+        return covering[0]
+    return max(within, key=lambda b: b / model.batch_latency_s(b))
+
+
+def quality_ladder(profile_name: str) -> list[str]:
+    """The profile's models with a measured FID, from the cheapest to the best."""
+    profile = load_profile(profile_name)
+    models = [m for m in load_table(profile_name).models if profile.model(m).latency_ms]
+    return sorted(models, key=lambda m: profile.model(m).batch_latency_s(1))
+
+
+class ClipperLightPolicy(SingleModelPolicy):
+    """Clipper with the lightest model on every GPU (adaptive batching, no model choice)."""
+
+    name = "clipper-light"
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        return self.plan_for(self.ladder[0], observation, "the lightest model")
+
+
+class ClipperHeavyPolicy(SingleModelPolicy):
+    """Clipper with the best model on every GPU."""
+
+    name = "clipper-heavy"
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        return self.plan_for(self.ladder[-1], observation, "the best model")
+
+
+class InfaasAccuracyPolicy(SingleModelPolicy):
+    """INFaaS in its accuracy mode: one model variant serves everything; when the expected latency
+    (queue wait + batch) exceeds the SLO it steps down to the next cheaper variant, and when it
+    is below 0.89 x SLO it steps up to the next better one. It looks at the model it serves,
+    not at the one it steps to, so under a load that only a cheaper model can carry it
+    oscillates, as the published policy does."""
+
+    name = "infaas-acc"
+    STEP_UP_BELOW = 0.89
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.level = len(self.ladder) - 1
+
+    def expected_latency_s(self, level: int, observation: Observation) -> float:
+        """Queue wait + batch time, stretched by 1 / (1 - utilisation): a model that cannot keep
+        up with the demand on all the GPUs has no finite expected latency."""
+        name = self.ladder[level]
+        model = self.profile.model(name)
+        demand = observation.demand_qps * (1.0 + self.settings.demand_margin)
+        gpus = max(observation.gpus, 1)
+        batch = single_model_batch(self.profile, name, demand, gpus, self.settings.slo_s)
+        utilisation = demand * model.batch_latency_s(batch) / (gpus * batch)
+        if utilisation >= 1.0:
+            return math.inf
+        return observation.queueing_s + model.batch_latency_s(batch) / (1.0 - utilisation)
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        slo = self.settings.slo_s
+        latency = self.expected_latency_s(self.level, observation)
+        if latency > slo and self.level > 0:
+            self.level, why = self.level - 1, f"expected {latency:.2f} s > SLO: step down"
+        elif latency < self.STEP_UP_BELOW * slo and self.level < len(self.ladder) - 1:
+            self.level, why = self.level + 1, f"expected {latency:.2f} s < {self.STEP_UP_BELOW} x SLO: step up"
+        else:
+            why = f"expected {latency:.2f} s: hold"
+        return self.plan_for(self.ladder[self.level], observation, why)
+
+
+POLICIES: dict[str, type] = {
+    "static": StaticPolicy,
+    "hadis": HadisPolicy,
+    "hadis-paper": HadisPaperPolicy,
+    "router-only": RouterOnlyPolicy,
+    "disc-only": DiscOnlyPolicy,
+    "diffserve": DiffServePolicy,
+    "proteus": ProteusPolicy,
+    "infaas-acc": InfaasAccuracyPolicy,
+    "clipper-light": ClipperLightPolicy,
+    "clipper-heavy": ClipperHeavyPolicy,
+}
+COMPARED = [name for name in POLICIES if name != "static"]
 
 
 def make_policy(settings: Settings) -> ControlPolicy:
     return POLICIES[settings.controller_policy](settings)
+

@@ -63,7 +63,7 @@ class PlanDecision(Strict):
 class Planner:
     def __init__(self, profile: Profile, table: ParetoTable, *, light_share: LightShare = "routed",
                  margin: float = 0.0, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
-                 pairs: list[tuple[str, str]] | None = None) -> None:
+                 pairs: list[tuple[str, str]] | None = None, use_spare_gpus: bool = False) -> None:
         if light_share not in ("routed", "all"):
             raise ValueError(f"light_share must be 'routed' or 'all', not {light_share!r}")
         if margin < 0 or not batch_sizes or min(batch_sizes) < 1:
@@ -71,6 +71,7 @@ class Planner:
         self.profile = profile
         self.light_share = light_share
         self.margin = margin
+        self.use_spare_gpus = use_spare_gpus
         self.batch_sizes = np.array(sorted(set(batch_sizes)), dtype=np.int64)
         self.rows = self._select_rows(table, pairs)
         self._prepare()
@@ -147,8 +148,10 @@ class Planner:
         within_slo = self.valid & (self.path_latency + queueing <= slo_s + TIME_SLACK)
         fits = within_slo & (g_l[:, :, None] + g_h[:, None, :] <= gpus)
         if fits.any():
-            choice = self._best_quality(fits, g_l, g_h)
-            return self._decision(*choice, feasible=True, started=started)
+            row, i, j, g_light, g_heavy = self._best_quality(fits, g_l, g_h)
+            if self.use_spare_gpus:
+                g_light, g_heavy = self._spread(row, i, j, g_light, g_heavy, gpus)
+            return self._decision(row, i, j, g_light, g_heavy, feasible=True, started=started)
         return self._decision(*self._highest_capacity(gpus, slo_s, queueing), feasible=False, started=started)
 
     def _min_gpus(self, demand: float) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +178,21 @@ class Planner:
         capacity = np.where(at_min, self._capacity(g_light, g_heavy)[row], -np.inf)
         i, j = np.unravel_index(np.lexsort((self.path_latency[row].ravel(), -capacity.ravel()))[0], at_min.shape)
         return row, int(i), int(j), int(g_light[row, i, j]), int(g_heavy[row, i, j])
+
+    def _spread(self, row: int, i: int, j: int, g_light: int, g_heavy: int, gpus: int) -> tuple[int, int]:
+        """The GPUs the chosen configuration does not need, given one at a time to the tier with
+        the most work per GPU (GPU-seconds per query / GPUs): headroom against bursts and
+        estimation error instead of idle GPUs. The row, batches and FID stay the same."""
+        work_l = self.share_l[row] / self.thr_l[row, i] if self.uses_l[row] else 0.0
+        work_h = self.share_h[row] / self.thr_h[row, j] if self.uses_h[row] else 0.0
+        for _ in range(max(gpus - g_light - g_heavy, 0)):
+            if work_l / max(g_light, 1e-9) >= work_h / max(g_heavy, 1e-9) and self.uses_l[row]:
+                g_light += 1
+            elif self.uses_h[row]:
+                g_heavy += 1
+            else:
+                g_light += 1
+        return g_light, g_heavy
 
     def _grid(self, g_l: np.ndarray, g_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[row, batch] GPU counts of each tier as [row, light batch, heavy batch]."""

@@ -1,0 +1,173 @@
+"""Figures and a summary table for experiment runs.
+
+A run folder holds `report.json` (totals) and `timeseries.csv` (one row per time window).
+
+- `plot_run` draws one run's timeline: demand (QPS), FID per window (lower is better) and the
+  SLO violation ratio per window, stacked on a shared time axis.
+- `plot_comparison` takes a folder of sibling runs on the same trace (one per policy) and draws the
+  same three panels with one line per policy, bar charts of mean FID, SLO violation ratio and p99
+  latency per policy, and writes a Markdown table of the totals.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+POLICY_ORDER = ("hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
+                "infaas-acc", "clipper-light", "clipper-heavy")
+TEXT_COLUMNS = {"light_model", "heavy_model"}
+MARKERS = "osD^v<>pPX*h"
+STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
+         "xtick.labelsize": 11, "ytick.labelsize": 11}
+TIMELINE_SIZE = (10, 8)
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The run's report, and its time-series rows with numeric fields as float (None if empty)."""
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    with open(run_dir / "timeseries.csv", newline="") as f:
+        rows = [{key: text if key in TEXT_COLUMNS else _number(text) for key, text in row.items()}
+                for row in csv.DictReader(f)]
+    return report, rows
+
+
+def plot_run(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    report, rows = load_run(run_dir)
+    with plt.rc_context(STYLE):
+        fig, axes = _timeline_axes()
+        _plot_demand(axes[0], rows)
+        _plot_policy(axes, rows, report["policy"], _style(report["policy"]))
+        fig.suptitle(f"{report['policy']} · {_setup(report)}")
+        return _save(fig, run_dir / "timeline.png")
+
+
+def plot_comparison(parent: Path) -> list[Path]:
+    parent = Path(parent)
+    runs = _find_runs(parent)
+    if not runs:
+        raise ValueError(f"no run folder with a report.json under {parent}")
+    with plt.rc_context(STYLE):
+        paths = [_comparison_timeline(parent, runs), _comparison_bars(parent, runs)]
+    paths.append(_comparison_table(parent, runs))
+    return paths
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+def _find_runs(parent: Path) -> list[tuple[dict, list[dict]]]:
+    runs = [load_run(d) for d in sorted(parent.iterdir()) if (d / "report.json").is_file()]
+    return sorted(runs, key=lambda run: _order_key(run[0]["policy"]))
+
+
+def _order_key(policy: str) -> tuple[int, str]:
+    return (POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER), policy)
+
+
+def _style(policy: str, index: int = 0) -> dict:
+    slot = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + index
+    is_hadis = policy == "hadis"
+    return {"color": plt.get_cmap("tab10")(slot % 10), "marker": MARKERS[slot % len(MARKERS)],
+            "linewidth": 2.8 if is_hadis else 1.5, "zorder": 5 if is_hadis else 3}
+
+
+def _setup(report: dict) -> str:
+    return f"{report.get('trace')} · {report.get('gpus')} GPUs · SLO {report.get('slo_s'):g} s"
+
+
+def _series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+    """Windows with no value (nothing completed or ended) are left out, so the line bridges them."""
+    points = [(row["t_s"], row[key] * scale) for row in rows if row[key] is not None]
+    return [t for t, _ in points], [v for _, v in points]
+
+
+def _timeline_axes():
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=TIMELINE_SIZE)
+    axes[0].set_ylabel("demand (QPS)")
+    axes[1].set_ylabel("FID (lower is better)")
+    axes[2].set_ylabel("SLO violation ratio (%)")
+    axes[2].set_xlabel("time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def _plot_demand(ax, rows: list[dict]) -> None:
+    ax.plot(*_series(rows, "demand_qps"), color="black", linewidth=1.8)
+
+
+def _plot_policy(axes, rows: list[dict], label: str, style: dict) -> None:
+    every = max(1, len(rows) // 15)
+    for ax, key, scale in ((axes[1], "fid", 1.0), (axes[2], "violation_ratio", 100.0)):
+        ax.plot(*_series(rows, key, scale), label=label, markevery=every, markersize=5, **style)
+
+
+def _comparison_timeline(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
+    fig, axes = _timeline_axes()
+    _plot_demand(axes[0], runs[0][1])
+    for index, (report, rows) in enumerate(runs):
+        _plot_policy(axes, rows, report["policy"], _style(report["policy"], index))
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(_setup(runs[0][0]))
+    return _save(fig, parent / "comparison_timeline.png")
+
+
+def _comparison_bars(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
+    reports = [report for report, _ in runs]
+    policies = [report["policy"] for report in reports]
+    colors = [_style(policy, i)["color"] for i, policy in enumerate(policies)]
+    panels = (("mean FID (lower is better)", "mean_fid", 1.0),
+              ("SLO violation ratio (%)", "slo_violation_ratio", 100.0),
+              ("p99 latency (s), dashed: SLO", "p99_latency_s", 1.0))
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.4 * len(runs)), 5))
+    for ax, (title, key, scale) in zip(axes, panels):
+        values = [None if r.get(key) is None else r[key] * scale for r in reports]
+        bars = ax.bar(policies, [0.0 if v is None else v for v in values], color=colors)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=9)
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.12)
+    axes[2].axhline(reports[0]["slo_s"], color="red", linestyle="--", linewidth=1.5)
+    fig.suptitle(_setup(reports[0]))
+    return _save(fig, parent / "comparison_bars.png")
+
+
+def _comparison_table(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
+    lines = ["| policy | SLO violation ratio | mean FID | p99 latency (s) | heavy share "
+             "| submitted | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for report, _ in runs:
+        cells = [report["policy"], _fmt(report.get("slo_violation_ratio"), 100.0, "%"),
+                 _fmt(report.get("mean_fid")), _fmt(report.get("p99_latency_s")),
+                 _fmt(report.get("heavy_share")), _fmt_int(report.get("submitted")),
+                 _fmt_int(report.get("lost"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    path = parent / "comparison.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: float | None, scale: float = 1.0, suffix: str = "") -> str:
+    return "–" if value is None else f"{value * scale:.2f}{suffix}"
+
+
+def _fmt_int(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,313 @@
+"""`hadis simulate`: the services as a discrete-event simulation, for scales and traces that one
+machine cannot host. It calls the same code as the services for every decision: the controller's
+policy through PlanSchedule, DemandTracker and Little's-law queueing, the GPU assignment, the
+rule router's score and threshold, the judge's calibration, and the worker's admission rule.
+
+What it models of the services (docs/experiments.md lists what it leaves out):
+- the broker: one FIFO queue per tier; a worker holds up to PREFETCH_BATCHES batches of
+  deliveries (RabbitMQ's prefetch), given out round-robin to workers with credit, acked when
+  their batch is finished;
+- a worker: one batch generating and one queued behind it (PIPELINE_DEPTH); a batch is admitted
+  when the worker takes it, and a job that would end after its deadline (now + 2 batch times,
+  from the batch times this worker has seen) is shed as expired;
+- the judge: a fixed delay, then the reference judge score of the prompt on the light model,
+  the lowest-d fraction escalated unless the heavy batch cannot end by the deadline;
+- a GPU moved to another tier: its worker finishes what it admitted, hands back its buffer,
+  and the new worker is ready `worker_start_s` later (a process start, measured).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from shared import reference
+from shared.demand import DemandTracker, queueing_delay_s
+from shared.experiments.report import JobOutcome, PlanEvent
+from shared.experiments.trace import Trace
+from shared.policies.control import Observation, PlanSchedule, make_policy
+from shared.policies.judge import JudgeCalibration, calibration_for
+from shared.policies.router import default_router
+from shared.profiles import load_profile
+from shared.schemas import Plan, Tier
+from shared.settings import Settings
+
+PIPELINE_DEPTH = 2  # services/worker.py
+PREFETCH_BATCHES = 3  # services/worker.py
+TICK_S = 1.0  # services/controller.py
+
+
+@dataclass
+class SimJob:
+    index: int
+    arrival_s: float
+    deadline_s: float
+    prompt_id: int
+    plan: Plan | None = None
+    routed_heavy: bool = False
+    escalated: bool = False
+    tier: Tier | None = None
+    state: str = "lost"
+    end_s: float | None = None
+
+
+@dataclass
+class SimWorker:
+    gpu: str
+    tier: Tier | None
+    ready_at: float
+    buffer: deque = field(default_factory=deque)  # delivered, not yet admitted
+    batches: deque = field(default_factory=deque)  # admitted: [generating, queued]
+    busy_until: float = 0.0
+    retiring: bool = False
+    batch_s: dict = field(default_factory=dict)  # (model, size) -> seconds seen (BatchTimer)
+
+    def unacked(self) -> int:
+        return len(self.buffer) + sum(len(batch) for batch, _ in self.batches)
+
+    def expected(self, model: str, size: int) -> float:
+        known = [(s, seconds) for (m, s), seconds in self.batch_s.items() if m == model]
+        if not known:
+            return 0.0
+        nearest, seconds = min(known, key=lambda entry: abs(entry[0] - size))
+        return seconds * size / nearest if nearest < size else seconds
+
+
+class Simulation:
+    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float = 1.5, judge_s: float = 0.02,
+                 finish_s: float = 0.005, progress: Callable[[float], None] | None = None) -> None:
+        self.settings = settings
+        self.trace = trace
+        self.profile = load_profile(settings.profile)
+        self.worker_start_s = worker_start_s
+        self.judge_s = judge_s
+        self.finish_s = finish_s
+        self.progress = progress
+        self.schedule = PlanSchedule(make_policy(settings), settings.plan_period_s, settings.plan_min_dwell_s)
+        self.demand = DemandTracker(settings.demand_halflife_s, 0.0)
+        self.router = default_router()
+        self.router_scores = self.router.reference_scores
+        self.thresholds: dict[float, float] = {}
+        self.judge_scores = reference.judge_scores()
+        self.calibrations: dict[str, JudgeCalibration] = {}
+        self.gpus = [f"sim-emu{i}" for i in range(settings.emulated_gpus)]
+        self.workers: dict[str, SimWorker] = {}
+        self.retired: list[SimWorker] = []
+        self.queues = {Tier.light: deque(), Tier.heavy: deque()}
+        self.next_worker = {Tier.light: 0, Tier.heavy: 0}
+        self.events: list = []
+        self.sequence = itertools.count()
+        self.plan: Plan | None = None
+        self.plans: list[PlanEvent] = []
+        self.version = 0
+        self.jobs = [SimJob(i, float(t), float(t) + settings.slo_s, int(p))
+                     for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids))]
+        self.open_jobs = len(self.jobs)
+
+    # --- the event loop -----------------------------------------------------------------------
+
+    def at(self, t: float, action: Callable, *args) -> None:
+        heapq.heappush(self.events, (t, next(self.sequence), action, args))
+
+    def run(self) -> list[JobOutcome]:
+        self.now = 0.0
+        self.control()
+        for worker in self.workers.values():
+            worker.ready_at = 0.0  # the experiment starts replaying once the first workers are up
+        self.at(TICK_S, self.tick)
+        arrival = 0
+        end_by = self.trace.duration_s + 10 * self.settings.slo_s + 60.0
+        while self.open_jobs > 0:
+            next_event = self.events[0][0] if self.events else np.inf
+            if arrival < len(self.jobs) and self.jobs[arrival].arrival_s <= next_event:
+                self.now = self.jobs[arrival].arrival_s
+                self.arrive(self.jobs[arrival])
+                arrival += 1
+                continue
+            if not self.events or next_event > end_by:
+                break
+            self.now, _, action, args = heapq.heappop(self.events)
+            action(*args)
+        return [self.outcome(job) for job in self.jobs]
+
+    def tick(self) -> None:
+        self.control()
+        if self.progress:
+            self.progress(self.now)
+        if self.open_jobs > 0:
+            self.at(self.now + TICK_S, self.tick)
+
+    # --- the controller -----------------------------------------------------------------------
+
+    def control(self) -> None:
+        rate = self.demand.update(self.now)
+        light, heavy = len(self.queues[Tier.light]), len(self.queues[Tier.heavy])
+        queued = light + heavy
+        observation = Observation(self.now, rate, queued, queueing_delay_s(queued, rate, cap_s=self.settings.slo_s),
+                                  len(self.gpus), self.plan, arrivals=self.demand.total, light_queued=light,
+                                  heavy_queued=heavy)
+        fields = self.schedule.step(observation, self.plan, self.gpus)
+        if fields is not None:
+            self.version += 1
+            self.plan = Plan.model_validate({**fields, "version": self.version})
+            self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
+                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """The agent: a GPU whose tier changes gets a new worker once the old one has finished."""
+        for gpu in self.gpus:
+            wanted = self.plan.assignment.get(gpu)
+            worker = self.workers.get(gpu)
+            if worker is not None and worker.tier == wanted:
+                continue
+            start = self.now
+            if worker is not None:
+                start = self.retire(worker)
+                del self.workers[gpu]
+            if wanted is not None:
+                self.workers[gpu] = SimWorker(gpu, wanted, ready_at=start + self.worker_start_s)
+                self.at(start + self.worker_start_s, self.feed, wanted)
+        for tier in Tier:
+            self.feed(tier)
+
+    def retire(self, worker: SimWorker) -> float:
+        """SIGTERM: the buffer goes back to the queue's head; admitted batches finish."""
+        worker.retiring = True
+        queue = self.queues[worker.tier]
+        while worker.buffer:
+            queue.appendleft(worker.buffer.pop())
+        return max(self.now, worker.busy_until)
+
+    # --- the router ---------------------------------------------------------------------------
+
+    def arrive(self, job: SimJob) -> None:
+        self.demand.arrived()
+        job.plan = self.plan
+        threshold = self.thresholds.get(self.plan.r)
+        if threshold is None:
+            threshold = self.thresholds[self.plan.r] = self.router.threshold(self.plan.r)
+        job.routed_heavy = bool(self.router_scores[job.prompt_id % len(self.router_scores)] >= threshold)
+        self.enqueue(job, Tier.heavy if job.routed_heavy else Tier.light)
+
+    def enqueue(self, job: SimJob, tier: Tier) -> None:
+        self.queues[tier].append(job)
+        self.feed(tier)
+
+    # --- the workers --------------------------------------------------------------------------
+
+    def serving(self, tier: Tier) -> list[SimWorker]:
+        return [w for w in self.workers.values() if w.tier == tier and not w.retiring and w.ready_at <= self.now]
+
+    def feed(self, tier: Tier) -> None:
+        """Deliver queued jobs to workers with prefetch credit (round-robin), then let each start."""
+        workers = self.serving(tier)
+        if not workers:
+            return
+        queue, batch = self.queues[tier], self.plan.batch_for(tier)
+        limit = PREFETCH_BATCHES * batch
+        start = self.next_worker[tier]
+        while queue:
+            credited = [w for w in workers if w.unacked() < limit]
+            if not credited:
+                break
+            for offset in range(len(credited)):
+                if not queue:
+                    break
+                worker = credited[(start + offset) % len(credited)]
+                if worker.unacked() < limit:
+                    worker.buffer.append(queue.popleft())
+            start += 1
+        self.next_worker[tier] = start % max(len(workers), 1)
+        for worker in workers:
+            self.admit(worker)
+
+    def admit(self, worker: SimWorker) -> None:
+        """The feeder: while a pipeline slot is free, take a batch from the buffer and check it."""
+        tier = worker.tier
+        model = self.plan.model_for(tier)
+        while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
+            size = min(self.plan.batch_for(tier), len(worker.buffer))
+            finishes_at = self.now + 2 * worker.expected(model, size)
+            batch = []
+            for _ in range(size):
+                job = worker.buffer.popleft()
+                if finishes_at >= job.deadline_s:
+                    self.end(job, "expired")
+                else:
+                    batch.append(job)
+            if not batch:
+                continue
+            worker.batches.append((batch, model))
+            if len(worker.batches) == 1:
+                self.start_batch(worker)
+
+    def start_batch(self, worker: SimWorker) -> None:
+        batch, model = worker.batches[0]
+        seconds = self.profile.model(model).batch_latency_s(len(batch)) * self.settings.time_scale
+        worker.busy_until = self.now + seconds
+        self.at(worker.busy_until, self.batch_done, worker, seconds)
+
+    def batch_done(self, worker: SimWorker, seconds: float) -> None:
+        batch, model = worker.batches.popleft()
+        worker.batch_s[(model, len(batch))] = seconds
+        for job in batch:
+            job.tier = worker.tier
+        if worker.tier is Tier.heavy:
+            for job in batch:
+                self.end(job, "done", self.now + self.finish_s)
+        else:
+            self.at(self.now + self.judge_s, self.judge, batch, model)
+        if worker.batches:
+            self.start_batch(worker)
+        if not worker.retiring:
+            self.feed(worker.tier)
+
+    # --- the judge ----------------------------------------------------------------------------
+
+    def calibration(self, model: str) -> JudgeCalibration:
+        if model not in self.calibrations:
+            self.calibrations[model] = calibration_for(self.profile.model(model))
+        return self.calibrations[model]
+
+    def judge(self, batch: list[SimJob], model: str) -> None:
+        plan = self.plan
+        column = self.profile.model(model).reference_index
+        heavy_s = self.profile.model(plan.heavy_model).batch_latency_s(plan.heavy_batch) * self.settings.time_scale
+        calibration = self.calibration(model)
+        for job in batch:
+            score = float(self.judge_scores[job.prompt_id % len(self.judge_scores), column]) if column is not None else 0.5
+            escalate = calibration.escalate(score, plan.d)
+            calibration.observe(score)
+            if escalate and self.now + heavy_s < job.deadline_s:
+                job.escalated = True
+                self.enqueue(job, Tier.heavy)
+            else:
+                self.end(job, "done")
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def end(self, job: SimJob, state: str, at: float | None = None) -> None:
+        job.state, job.end_s = state, self.now if at is None else at
+        self.open_jobs -= 1
+
+    def outcome(self, job: SimJob) -> JobOutcome:
+        plan = job.plan
+        return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.settings.slo_s,
+                          light_model=plan.light_model if plan else None, heavy_model=plan.heavy_model if plan else None,
+                          tier=job.tier.value if job.tier else None, routed_heavy=job.routed_heavy,
+                          escalated=job.escalated)
+
+
+def simulate(settings: Settings, trace: Trace, **options) -> tuple[list[JobOutcome], list[PlanEvent], float]:
+    """Run the simulation: the job outcomes, the plans, and the wall time it took."""
+    started = time.perf_counter()
+    simulation = Simulation(settings, trace, **options)
+    outcomes = simulation.run()
+    return outcomes, simulation.plans, time.perf_counter() - started
