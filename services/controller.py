@@ -18,7 +18,7 @@ from shared.bus import Delivery
 from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition
 from shared.logging import bind_job, get_logger
-from shared.policies.assignment import assign, moves
+from shared.policies.assignment import moves
 from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.schemas import JobState, Plan, Tier, job_id_of
 from shared.service import Service, run

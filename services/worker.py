@@ -23,6 +23,7 @@ from shared.batching import BatchCollector
 from shared.bus import Delivery
 from shared.errors import BackendFailed, Disposition, Expired, InvalidJob
 from shared.logging import bind_job, get_logger
+from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
@@ -30,13 +31,7 @@ from shared.store import APPLIED, MISSING, REFUSED, Change
 
 log = get_logger(__name__)
 
-# Batches admitted to the model at once: the one generating and the next, queued behind it on the
-# model's thread. A deeper pipeline commits jobs to this GPU that an idle GPU could serve sooner,
-# and makes the admission check (two batch times) too optimistic.
-PIPELINE_DEPTH = 2
-# Deliveries a worker holds: the two admitted batches and one being collected. A larger prefetch
-# parks jobs in a busy worker's buffer while another worker idles.
-PREFETCH_BATCHES = 3
+# Batches whose images are being encoded and stored at once (bounds the memory they hold).
 MAX_FINISHING_BATCHES = 2
 
 Item = tuple[Delivery, Task]
@@ -62,6 +57,7 @@ class TierWorker:
         self.finishing: set[asyncio.Task] = set()
         self.batch_s = BatchTimer()
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
+        self.busy_until = 0.0  # when the batches admitted so far are expected to have ended
 
     @property
     def queue(self) -> str:
@@ -180,12 +176,13 @@ class TierWorker:
         """Parse and check a batch, and mark its jobs `generating` in one round trip; deliveries
         that are bad, expired or duplicates are settled here and left out."""
         parsed = []
-        # This batch runs after the one the model has in hand: two batch times from now.
-        finishes_at = time.time() + 2 * self.batch_s.expected(self.generator.model.name, len(batch))
+        # This batch starts when the batches admitted before it have ended.
+        finishes_at = max(self.busy_until, time.time()) + self.batch_s.expected(self.generator.model.name, len(batch),
+                                                                                  self.profiled_s(len(batch)))
         for delivery in batch:
             try:
                 task = parse_message(Task, delivery.body)
-                if finishes_at >= task.deadline:
+                if ends_too_late(finishes_at, task.deadline):
                     # Shedding by deadline: a job that would finish late costs the GPU time of jobs
                     # that can still make theirs.
                     raise Expired("deadline passed before generation" if time.time() >= task.deadline
@@ -194,6 +191,8 @@ class TierWorker:
             except (InvalidJob, Expired) as error:
                 job_id = job_id_of(delivery.body)
                 await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+        if parsed:
+            self.busy_until = finishes_at
         started = {"tier": self.tier.value, "model": self.generator.model.name}
         changes = [Change(task.job.job_id, JobState.generating, started) for _, task in parsed]
         try:
@@ -212,6 +211,14 @@ class TierWorker:
             else:
                 items.append((delivery, task))
         return items
+
+    def profiled_s(self, size: int) -> float:
+        """The profile's time for a batch of the current model (before this worker has timed one)."""
+        model = self.generator.model
+        if not model.latency_ms:
+            return 0.0
+        scale = self.settings.time_scale if self.settings.backend == "emulated" else 1.0
+        return model.batch_latency_s(size) * scale
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
         for delivery, task in items:
@@ -280,23 +287,6 @@ class TierWorker:
             await delivery.settle(Disposition.ack)
         except Exception as error:
             await self.settle_all([item], error)
-
-
-class BatchTimer:
-    """How long a batch takes on this worker: the last measurement per (model, batch size)."""
-
-    def __init__(self) -> None:
-        self._seconds: dict[tuple[str, int], float] = {}
-
-    def observe(self, model: str, size: int, seconds: float) -> None:
-        self._seconds[(model, size)] = seconds
-
-    def expected(self, model: str, size: int) -> float:
-        known = [(s, seconds) for (m, s), seconds in self._seconds.items() if m == model]
-        if not known:
-            return 0.0
-        nearest_size, seconds = min(known, key=lambda entry: abs(entry[0] - size))
-        return seconds * size / nearest_size if nearest_size < size else seconds
 
 
 def timed(function, *args):

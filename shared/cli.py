@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=schema)
 
     from shared.commands import plan as plan_command
-    from shared.commands import router_eval, train_judge
+    from shared.commands import experiment, router_eval, train_judge
 
     plan_command.add_parser(commands)
+    experiment.add_parsers(commands)
     router_eval.add_parser(commands)
     train_judge.add_parser(commands)
     return parser

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.logging import get_logger
 from shared.settings import get_settings
@@ -30,9 +31,16 @@ class Child:
     env: dict[str, str]
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    log_path: Path | None = None  # its stdout and stderr (appended); None: this process's
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env={**os.environ, **self.env})
+        output = open(self.log_path, "ab") if self.log_path else None
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", self.module], env={**os.environ, **self.env},
+                                            stdout=output, stderr=subprocess.STDOUT if output else None)
+        finally:
+            if output:
+                output.close()
         log.info("child_started", child=self.name, pid=self.process.pid)
 
     def may_restart(self) -> bool:

@@ -8,8 +8,9 @@ What it models of the services (docs/experiments.md lists what it leaves out):
   deliveries (RabbitMQ's prefetch), given out round-robin to workers with credit, acked when
   their batch is finished;
 - a worker: one batch generating and one queued behind it (PIPELINE_DEPTH); a batch is admitted
-  when the worker takes it, and a job that would end after its deadline (now + 2 batch times,
-  from the batch times this worker has seen) is shed as expired;
+  when the worker takes it, and a job that would end after its deadline (when the batches
+  admitted before it end, plus its own batch time, from the batch times this worker has seen)
+  is shed as expired;
 - the judge: a fixed delay, then the reference judge score of the prompt on the light model,
   the lowest-d fraction escalated unless the heavy batch cannot end by the deadline;
 - a GPU moved to another tier: its worker finishes what it admitted, hands back its buffer,
@@ -31,6 +32,7 @@ from shared import reference
 from shared.demand import DemandTracker, queueing_delay_s
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
+from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
 from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.router import default_router
@@ -38,8 +40,6 @@ from shared.profiles import load_profile
 from shared.schemas import Plan, Tier
 from shared.settings import Settings
 
-PIPELINE_DEPTH = 2  # services/worker.py
-PREFETCH_BATCHES = 3  # services/worker.py
 TICK_S = 1.0  # services/controller.py
 
 
@@ -65,18 +65,12 @@ class SimWorker:
     buffer: deque = field(default_factory=deque)  # delivered, not yet admitted
     batches: deque = field(default_factory=deque)  # admitted: [generating, queued]
     busy_until: float = 0.0
+    admitted_until: float = 0.0  # the worker's own estimate of when its admitted batches end
     retiring: bool = False
-    batch_s: dict = field(default_factory=dict)  # (model, size) -> seconds seen (BatchTimer)
+    timer: BatchTimer = field(default_factory=BatchTimer)
 
     def unacked(self) -> int:
         return len(self.buffer) + sum(len(batch) for batch, _ in self.batches)
-
-    def expected(self, model: str, size: int) -> float:
-        known = [(s, seconds) for (m, s), seconds in self.batch_s.items() if m == model]
-        if not known:
-            return 0.0
-        nearest, seconds = min(known, key=lambda entry: abs(entry[0] - size))
-        return seconds * size / nearest if nearest < size else seconds
 
 
 class Simulation:
@@ -234,16 +228,18 @@ class Simulation:
         model = self.plan.model_for(tier)
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
             size = min(self.plan.batch_for(tier), len(worker.buffer))
-            finishes_at = self.now + 2 * worker.expected(model, size)
+            prior = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            finishes_at = max(worker.admitted_until, self.now) + worker.timer.expected(model, size, prior)
             batch = []
             for _ in range(size):
                 job = worker.buffer.popleft()
-                if finishes_at >= job.deadline_s:
+                if ends_too_late(finishes_at, job.deadline_s):
                     self.end(job, "expired")
                 else:
                     batch.append(job)
             if not batch:
                 continue
+            worker.admitted_until = finishes_at
             worker.batches.append((batch, model))
             if len(worker.batches) == 1:
                 self.start_batch(worker)
@@ -256,7 +252,7 @@ class Simulation:
 
     def batch_done(self, worker: SimWorker, seconds: float) -> None:
         batch, model = worker.batches.popleft()
-        worker.batch_s[(model, len(batch))] = seconds
+        worker.timer.observe(model, len(batch), seconds)
         for job in batch:
             job.tier = worker.tier
         if worker.tier is Tier.heavy:

@@ -52,7 +52,8 @@ async def test_planner_policy_follows_demand_on_the_registered_gpus():
         busy = await wait_for_plan(stack.store, lambda p: p.light_model == "sdxl-lightning", 15)
         await loading
         assert busy.heavy_model == "sd35-large-turbo" and busy.light_gpus + busy.heavy_gpus <= 16
-        assert busy.created_at - quiet.created_at >= settings.plan_min_dwell_s
+        # A cheaper plan applies at once for hadis (tests/policies/test_control.py covers the dwell).
+        assert busy.version > quiet.version
 
 
 async def test_a_standby_controller_does_not_plan_while_another_holds_the_lease():

@@ -1,0 +1,109 @@
+"""`hadis experiment`, `hadis simulate` and `hadis compare`: a trace through the real services or
+through the simulator, and the comparison of the runs that share a folder."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+POLICY_CHOICES = ["hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus", "infaas-acc",
+                  "clipper-light", "clipper-heavy", "static"]
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    for name, handler, help_text in (
+            ("experiment", run_experiment, "replay a trace through the real services on emulated GPUs"),
+            ("simulate", run_simulation, "replay a trace through the discrete-event simulator")):
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--trace", required=True, help="a trace file: arrival_ms,prompt_id per line")
+        parser.add_argument("--policy", required=True, choices=POLICY_CHOICES)
+        parser.add_argument("--gpus", type=int, required=True, help="emulated GPUs")
+        parser.add_argument("--profile", required=True, help="a profile name under profiles/")
+        parser.add_argument("--slo", type=float, required=True, help="latency objective, seconds")
+        parser.add_argument("--out", required=True, help="the run's folder (report.json, timeseries.csv, plots)")
+        parser.add_argument("--window", type=float, help="seconds per time-series window (default: the SLO)")
+        parser.add_argument("--head", type=float, help="replay only the first SECONDS of the trace")
+        parser.add_argument("--plan-period", type=float, default=5.0, help="seconds between plans (default 5)")
+        parser.add_argument("--dwell", type=float, default=10.0, help="least seconds between plan changes (default 10)")
+        parser.add_argument("--halflife", type=float, default=10.0, help="demand EWMA half-life, seconds (default 10)")
+        parser.add_argument("--margin", type=float, default=0.1, help="plan for demand x (1 + margin) (default 0.1)")
+        if name == "simulate":
+            parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
+            parser.add_argument("--worker-start", type=float, default=1.5,
+                                help="seconds for a moved GPU's new worker to be ready (default 1.5, measured)")
+        parser.set_defaults(handler=handler)
+    parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
+    parser.add_argument("folder", help="a folder whose subfolders hold report.json")
+    parser.set_defaults(handler=run_compare)
+
+
+def prepare(args: argparse.Namespace):
+    from shared.experiments.trace import load_trace
+    from shared.settings import get_settings
+
+    trace = load_trace(args.trace)
+    if args.head:
+        trace = trace.head(args.head)
+    if getattr(args, "scale", 1) > 1:
+        trace = trace.scaled(args.scale)
+    overrides = {"plan_period_s": args.plan_period, "plan_min_dwell_s": args.dwell,
+                 "demand_halflife_s": args.halflife, "demand_margin": args.margin}
+    return trace, get_settings(), overrides
+
+
+def finish(args: argparse.Namespace, mode: str, trace, settings, outcomes, plans, wall_s: float, notes: dict) -> int:
+    from shared.experiments.report import FidLookup, build_report, write_run
+    from shared.policies.pareto import load_quality, load_table
+    from shared.profiles import load_profile
+
+    lookup = FidLookup(load_quality(load_table(args.profile).quality_table), load_profile(args.profile))
+    report, series = build_report(outcomes, plans, lookup, policy=args.policy, mode=mode, trace=trace.name,
+                                  profile=args.profile, slo_s=args.slo, gpus=args.gpus,
+                                  window_s=args.window or args.slo, duration_s=trace.duration_s, wall_s=wall_s,
+                                  notes=notes)
+    write_run(Path(args.out), report, series, plans)
+    sys.stdout.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if report.lost == 0 else 1
+
+
+def run_simulation(args: argparse.Namespace) -> int:
+    from shared.experiments.simulator import simulate
+    from shared.experiments.runner import Progress
+    from shared.settings import Settings
+
+    trace, base, overrides = prepare(args)
+    settings = Settings(**{**base.model_dump(), "profile": args.profile, "slo_s": args.slo,
+                           "controller_policy": args.policy, "emulated_gpus": args.gpus, "backend": "emulated",
+                           "judge_backend": "emulated", **overrides})
+    progress = Progress(len(trace), trace.duration_s, f"simulate {args.policy}")
+    outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=args.worker_start,
+                                       progress=lambda t: progress.show(t))
+    progress.close()
+    return finish(args, "simulate", trace, settings, outcomes, plans, wall_s,
+                  {"scale": args.scale, "worker_start_s": args.worker_start, **overrides})
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    import time
+
+    from shared.experiments.runner import Experiment, experiment_settings
+
+    trace, base, overrides = prepare(args)
+    settings = experiment_settings(base, policy=args.policy, profile=args.profile, gpus=args.gpus, slo_s=args.slo,
+                                   **overrides)
+    started = time.perf_counter()
+    outcomes, plans, notes = asyncio.run(Experiment(settings, trace, Path(args.out)).run())
+    return finish(args, "experiment", trace, settings, outcomes, plans, time.perf_counter() - started,
+                  {**notes, **overrides})
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from shared.experiments.plots import plot_comparison
+
+    for path in plot_comparison(Path(args.folder)):
+        sys.stdout.write(f"{path}\n")
+    return 0

@@ -1,0 +1,208 @@
+"""`hadis experiment`: a trace replayed through the real services.
+
+The controller, router, judge and an agent with N emulated GPUs run as processes against the
+local RabbitMQ and Redis, in a namespace of their own (every queue and key prefixed), with the
+emulated model and judge. The trace is submitted at its own pace (each job's clock starts at its
+scheduled arrival, so a client that falls behind counts against the system); the runner then
+waits for every job to end or for the last deadline plus a grace period, reads every record,
+tears the services down, deletes the namespace and writes the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.client import Client
+from shared.experiments.report import JobOutcome, PlanEvent
+from shared.experiments.trace import Trace
+from shared.logging import get_logger
+from shared.schemas import Job, JobRecord, Plan
+from shared.settings import Settings
+from shared.supervisor import Child, stop_all
+
+log = get_logger(__name__)
+
+SERVICES = ("controller", "router", "judge", "agent")
+READY_TIMEOUT_S = 120.0
+PLAN_POLL_S = 0.25
+RECORD_CHUNK = 500
+
+
+def namespace_for(policy: str) -> str:
+    return f"exp-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class PlanLog:
+    """Every plan version the controller published, with its time on the trace clock."""
+
+    started_at: float
+    by_version: dict[int, Plan] = field(default_factory=dict)
+    events: list[PlanEvent] = field(default_factory=list)
+
+    def at_version(self, version: int | None) -> Plan | None:
+        """The plan of that version, or the newest seen before it (one replaced within a poll)."""
+        if version is None:
+            return None
+        seen = [v for v in self.by_version if v <= version]
+        return self.by_version[max(seen)] if seen else None
+
+    def observe(self, plan: Plan | None, now: float) -> None:
+        if plan is None or plan.version in self.by_version:
+            return
+        self.by_version[plan.version] = plan
+        self.events.append(PlanEvent(max(now - self.started_at, 0.0), plan.light_model, plan.heavy_model, plan.r,
+                                     plan.d, plan.light_gpus, plan.heavy_gpus))
+
+
+class Progress:
+    """One status line on stderr: trace time, submitted and ended jobs."""
+
+    def __init__(self, total: int, duration_s: float, label: str) -> None:
+        self.total, self.duration_s, self.label = total, duration_s, label
+        self.submitted = self.ended = 0
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def show(self, trace_s: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 15.0):
+            return
+        self.last = now
+        share = min(trace_s / self.duration_s, 1.0) if self.duration_s else 1.0
+        bar = "#" * int(share * 30)
+        line = (f"{self.label} [{bar:<30}] {trace_s:6.0f}/{self.duration_s:.0f} s  "
+                f"submitted {self.submitted}/{self.total}  ended {self.ended}")
+        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+class Experiment:
+    def __init__(self, settings: Settings, trace: Trace, out_dir: Path, grace_s: float = 30.0) -> None:
+        self.settings = settings
+        self.trace = trace
+        self.out_dir = out_dir
+        self.grace_s = grace_s
+        self.job_ids = [f"{settings.namespace}-{i}" for i in range(len(trace))]
+        self.children = [Child(name, f"services.{name}", settings.as_env(), log_path=out_dir / "logs" / f"{name}.log")
+                         for name in SERVICES]
+
+    async def run(self) -> tuple[list[JobOutcome], list[PlanEvent], dict]:
+        (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        client = await Client.open(self.settings)
+        try:
+            for child in self.children:
+                child.start()
+            ready_s = await self.wait_ready(client)
+            return await self.replay(client, ready_s)
+        finally:
+            stop_all(self.children)
+            await client.bus.delete_namespace()
+            await client.store.delete_namespace()
+            await client.close()
+
+    async def wait_ready(self, client: Client) -> float:
+        """Until the first plan's workers all report ready: the replay starts on a serving system."""
+        started = time.monotonic()
+        while time.monotonic() - started < READY_TIMEOUT_S:
+            plan = await client.store.get_plan()
+            if plan is not None and plan.assignment:
+                workers = await client.store.workers()
+                if len(workers) >= len(plan.assignment):
+                    return time.monotonic() - started
+            for child in self.children:
+                if child.process.poll() is not None:
+                    raise RuntimeError(f"service {child.name} exited with {child.process.returncode}; "
+                                       f"see {child.log_path}")
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"the workers were not ready within {READY_TIMEOUT_S:.0f} s; see {self.out_dir}/logs")
+
+    async def replay(self, client: Client, ready_s: float) -> tuple[list[JobOutcome], list[PlanEvent], dict]:
+        since_id = await client.store.last_event_id()
+        started_at = time.time() + 0.5
+        plans = PlanLog(started_at)
+        progress = Progress(len(self.trace), self.trace.duration_s, f"{self.settings.controller_policy}")
+        ended: set[str] = set()
+        watching = asyncio.create_task(self.watch(client, plans, progress, since_id, ended))
+        lags = await self.submit_all(client, started_at, progress)
+        give_up_at = started_at + self.trace.duration_s + self.settings.slo_s + self.grace_s
+        while len(ended) < len(self.job_ids) and time.time() < give_up_at:
+            progress.show(time.time() - started_at)
+            await asyncio.sleep(0.5)
+        watching.cancel()
+        progress.show(time.time() - started_at, force=True)
+        progress.close()
+        records = await self.read_records(client)
+        outcomes = [self.outcome(record, i, started_at, plans) for i, record in enumerate(records)]
+        lags.sort()
+        notes = {"namespace": self.settings.namespace, "workers_ready_s": round(ready_s, 2),
+                 "submit_lag_p99_s": round(lags[int(0.99 * (len(lags) - 1))], 4) if lags else None,
+                 "plan_period_s": self.settings.plan_period_s, "plan_min_dwell_s": self.settings.plan_min_dwell_s}
+        return outcomes, plans.events, notes
+
+    async def submit_all(self, client: Client, started_at: float, progress: Progress) -> list[float]:
+        """Each job at its arrival time; one behind schedule goes at once, stamped with its
+        scheduled time. Returns how late each submission was."""
+        lags = []
+        for i, job_id in enumerate(self.job_ids):
+            scheduled = started_at + float(self.trace.arrival_s[i])
+            delay = scheduled - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            job = Job(job_id=job_id, prompt=self.trace.prompt(i), seed=i, slo_s=self.settings.slo_s,
+                      submitted_at=scheduled, metadata={"trace_index": i})
+            await client.submit(job)
+            lags.append(max(time.time() - scheduled, 0.0))
+            progress.submitted += 1
+            progress.show(time.time() - started_at)
+        return lags
+
+    async def watch(self, client: Client, plans: PlanLog, progress: Progress, since_id: str, ended: set[str]) -> None:
+        """Follow the plan and the event stream (terminal states) while the trace runs."""
+        ours, last_id, last_plan_poll = set(self.job_ids), since_id, 0.0
+        while True:
+            if time.monotonic() - last_plan_poll >= PLAN_POLL_S:
+                plans.observe(await client.store.get_plan(), time.time())
+                last_plan_poll = time.monotonic()
+            for last_id, event in await client.store.read_events(last_id, count=5000, block_ms=int(PLAN_POLL_S * 1000)):
+                if event["job_id"] in ours and event["state"] in ("done", "failed", "expired"):
+                    ended.add(event["job_id"])
+            progress.ended = len(ended)
+
+    async def read_records(self, client: Client) -> list[JobRecord | None]:
+        records: list[JobRecord | None] = []
+        for start in range(0, len(self.job_ids), RECORD_CHUNK):
+            chunk = self.job_ids[start:start + RECORD_CHUNK]
+            records += await asyncio.gather(*(client.status(job_id) for job_id in chunk))
+        return records
+
+    def outcome(self, record: JobRecord | None, index: int, started_at: float, plans: PlanLog) -> JobOutcome:
+        arrival = float(self.trace.arrival_s[index])
+        if record is None or not record.state.terminal:
+            return JobOutcome(arrival_s=arrival, state="lost", end_s=None, slo_s=self.settings.slo_s)
+        plan = plans.at_version(record.plan_version)
+        tier = record.tier.value if record.tier else None
+        return JobOutcome(arrival_s=arrival, state=record.state.value, end_s=record.history[-1].at - started_at,
+                          slo_s=self.settings.slo_s, light_model=plan.light_model if plan else None,
+                          heavy_model=plan.heavy_model if plan else None, tier=tier,
+                          routed_heavy=tier == "heavy" and not record.escalated, escalated=record.escalated)
+
+
+def experiment_settings(base: Settings, *, policy: str, profile: str, gpus: int, slo_s: float,
+                        **overrides) -> Settings:
+    """The services' settings for one run: emulated models, its own namespace and host name."""
+    namespace = namespace_for(policy)
+    fields = {**base.model_dump(), "namespace": namespace, "host": namespace, "backend": "emulated",
+              "judge_backend": "emulated", "router": "rule", "profile": profile, "slo_s": slo_s,
+              "controller_policy": policy, "emulated_gpus": gpus, "gpus": "", "log_format": "json",
+              "log_level": "warning", "metrics_port": None, **overrides}
+    return Settings(**fields)

@@ -1,0 +1,117 @@
+"""The controller's policies and its schedule, without the services."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shared.policies.control import (COMPARED, InfaasAccuracyPolicy, Observation, PlanSchedule, keep_draining,
+                                     make_policy, quality_ladder, single_model_batch)
+from shared.profiles import load_profile
+from shared.schemas import Plan
+from tests.helpers import make_settings
+
+GPUS = [f"gpu{i:02d}" for i in range(16)]
+
+
+def settings_for(policy: str, **overrides):
+    return make_settings(controller_policy=policy, profile="paper-l40s-x10", slo_s=6.0, demand_margin=0.1, **overrides)
+
+
+def observe(now: float, demand: float, *, current: Plan | None = None, queueing: float = 0.0, arrivals: int = 0,
+            light_queued: int = 0, heavy_queued: int = 0) -> Observation:
+    return Observation(now, demand, light_queued + heavy_queued, queueing, len(GPUS), current, arrivals=arrivals,
+                       light_queued=light_queued, heavy_queued=heavy_queued)
+
+
+def as_plan(fields: dict, version: int = 1) -> Plan:
+    return Plan.model_validate({**fields, "version": version})
+
+
+@pytest.mark.parametrize("policy", COMPARED)
+@pytest.mark.parametrize("demand", [0.0, 1.0, 20.0, 400.0])
+def test_every_policy_plans_within_the_gpus_with_profiled_models(policy, demand):
+    settings = settings_for(policy)
+    profile = load_profile(settings.profile)
+    fields = make_policy(settings).decide(observe(10.0, demand, arrivals=int(demand * 10)))
+    plan = as_plan({**fields, "assignment": {}})
+    assert plan.light_gpus + plan.heavy_gpus <= len(GPUS)
+    assert plan.light_model in profile.models and plan.heavy_model in profile.models
+    assert plan.reason.startswith(policy)
+
+
+def test_diffserve_keeps_its_pair_and_uses_the_judge_only():
+    policy = make_policy(settings_for("diffserve"))
+    for demand in (1.0, 10.0, 40.0):
+        fields = policy.decide(observe(10.0, demand))
+        assert (fields["light_model"], fields["heavy_model"]) == ("sd35-large-turbo", "sd35-large")
+        assert fields["r"] == 0.0
+
+
+def test_ablations_keep_to_their_half_of_the_table():
+    for demand in (1.0, 10.0, 30.0):
+        assert make_policy(settings_for("router-only")).decide(observe(10.0, demand))["d"] == 0.0
+        assert make_policy(settings_for("disc-only")).decide(observe(10.0, demand))["r"] == 0.0
+
+
+def test_clipper_policies_put_one_model_on_every_gpu():
+    light = make_policy(settings_for("clipper-light")).decide(observe(10.0, 5.0))
+    heavy = make_policy(settings_for("clipper-heavy")).decide(observe(10.0, 5.0))
+    ladder = quality_ladder("paper-l40s-x10")
+    assert light["light_model"] == light["heavy_model"] == ladder[0]
+    assert heavy["light_model"] == heavy["heavy_model"] == ladder[-1]
+    assert light["heavy_gpus"] == heavy["heavy_gpus"] == len(GPUS) and light["r"] == 1.0
+
+
+def test_single_model_batch_is_the_smallest_that_covers_the_demand():
+    profile = load_profile("paper-l40s-x10")
+    assert single_model_batch(profile, "sdxl-lightning", 1.0, 16, 6.0) == 1
+    batch = single_model_batch(profile, "sd35-large-turbo", 100.0, 16, 6.0)
+    assert 16 * batch / profile.model("sd35-large-turbo").batch_latency_s(batch) >= 100.0
+    # Nothing covers 10,000 qps: the most throughput within the SLO.
+    assert profile.model("sd35-large").batch_latency_s(single_model_batch(profile, "sd35-large", 1e4, 16, 6.0)) <= 6.0
+
+
+def test_infaas_steps_down_when_overloaded_and_up_when_fast():
+    policy = InfaasAccuracyPolicy(settings_for("infaas-acc"))
+    top = len(policy.ladder) - 1
+    assert policy.level == top
+    policy.decide(observe(10.0, 40.0))
+    assert policy.level == top - 1
+    assert math.isinf(policy.expected_latency_s(top, observe(10.0, 40.0)))
+    policy.decide(observe(20.0, 0.1))
+    assert policy.level == top
+
+
+def test_hadis_paper_measures_demand_over_its_own_period():
+    policy = make_policy(settings_for("hadis-paper"))
+    assert policy.period_s == 50.0
+    policy.decide(observe(0.0, 0.0, arrivals=0))
+    assert policy.window.rate(observe(50.0, 99.0, arrivals=500)) == pytest.approx(10.0)
+
+
+def test_schedule_holds_a_better_plan_for_the_dwell_time_but_not_a_cheaper_one_for_hadis():
+    schedule = PlanSchedule(make_policy(settings_for("hadis")), period_s=1.0, min_dwell_s=30.0)
+    busy = as_plan(schedule.step(observe(0.0, 40.0, arrivals=0), None, GPUS))
+    assert schedule.step(observe(1.0, 0.5, current=busy, arrivals=40), busy, GPUS) is None  # better: waits
+    quiet = as_plan(schedule.step(observe(31.0, 0.5, current=busy, arrivals=41), busy, GPUS), version=2)
+    assert quiet.fid < busy.fid
+    cheaper = schedule.step(observe(32.0, 40.0, current=quiet, arrivals=400), quiet, GPUS)
+    assert cheaper is not None and cheaper["fid"] > quiet.fid  # cheaper: at once
+
+
+def test_schedule_holds_any_change_for_the_dwell_time_for_the_baselines():
+    schedule = PlanSchedule(make_policy(settings_for("proteus")), period_s=1.0, min_dwell_s=30.0)
+    quiet = as_plan(schedule.step(observe(0.0, 0.5), None, GPUS))
+    held = schedule.step(observe(2.0, 40.0, current=quiet), quiet, GPUS)
+    assert held is None or all(held[k] == getattr(quiet, k) for k in ("light_model", "heavy_model", "r", "d"))
+
+
+def test_a_tier_without_gpus_keeps_one_while_its_queue_drains():
+    fields = {"light_gpus": 0, "heavy_gpus": 16, "reason": "x"}
+    keep_draining(fields, observe(0.0, 1.0, light_queued=3))
+    assert (fields["light_gpus"], fields["heavy_gpus"]) == (1, 15) and "draining" in fields["reason"]
+    fields = {"light_gpus": 0, "heavy_gpus": 16, "reason": "x"}
+    keep_draining(fields, observe(0.0, 1.0))
+    assert (fields["light_gpus"], fields["heavy_gpus"]) == (0, 16)
