@@ -88,6 +88,7 @@ class Simulation:
         self.router = default_router()
         self.router_scores = self.router.reference_scores
         self.thresholds: dict[float, float] = {}
+        self.latencies: dict[tuple[str, int], float] = {}
         self.judge_scores = reference.judge_scores()
         self.calibrations: dict[str, JudgeCalibration] = {}
         self.gpus = [f"sim-emu{i}" for i in range(settings.emulated_gpus)]
@@ -95,6 +96,8 @@ class Simulation:
         self.retired: list[SimWorker] = []
         self.queues = {Tier.light: deque(), Tier.heavy: deque()}
         self.next_worker = {Tier.light: 0, Tier.heavy: 0}
+        self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
+        self.saturated = {tier: False for tier in Tier}
         self.events: list = []
         self.sequence = itertools.count()
         self.plan: Plan | None = None
@@ -114,6 +117,7 @@ class Simulation:
         self.control()
         for worker in self.workers.values():
             worker.ready_at = 0.0  # the experiment starts replaying once the first workers are up
+        self.refresh_serving()
         self.at(TICK_S, self.tick)
         arrival = 0
         end_by = self.trace.duration_s + 10 * self.settings.slo_s + 60.0
@@ -167,7 +171,8 @@ class Simulation:
                 del self.workers[gpu]
             if wanted is not None:
                 self.workers[gpu] = SimWorker(gpu, wanted, ready_at=start + self.worker_start_s)
-                self.at(start + self.worker_start_s, self.feed, wanted)
+                self.at(start + self.worker_start_s, self.worker_ready, wanted)
+        self.refresh_serving()
         for tier in Tier:
             self.feed(tier)
 
@@ -196,31 +201,44 @@ class Simulation:
 
     # --- the workers --------------------------------------------------------------------------
 
-    def serving(self, tier: Tier) -> list[SimWorker]:
-        return [w for w in self.workers.values() if w.tier == tier and not w.retiring and w.ready_at <= self.now]
+    def refresh_serving(self) -> None:
+        self.serving = {tier: [w for w in self.workers.values()
+                               if w.tier == tier and not w.retiring and w.ready_at <= self.now] for tier in Tier}
+        self.saturated = {tier: False for tier in Tier}
+
+    def worker_ready(self, tier: Tier) -> None:
+        self.refresh_serving()
+        self.feed(tier)
 
     def feed(self, tier: Tier) -> None:
-        """Deliver queued jobs to workers with prefetch credit (round-robin), then let each start."""
-        workers = self.serving(tier)
+        """Deliver queued jobs to workers with prefetch credit and let them admit batches; again
+        while admission sheds jobs (an ack frees credit) and jobs are left."""
+        while self.queues[tier] and not self.saturated[tier]:
+            touched = self.deliver(tier)
+            for worker in touched:
+                self.admit(worker)
+            if not touched:
+                return
+
+    def deliver(self, tier: Tier) -> list[SimWorker]:
+        """RabbitMQ's round-robin: one job at a time to the next worker with prefetch credit."""
+        workers, queue = self.serving[tier], self.queues[tier]
         if not workers:
-            return
-        queue, batch = self.queues[tier], self.plan.batch_for(tier)
-        limit = PREFETCH_BATCHES * batch
-        start = self.next_worker[tier]
-        while queue:
-            credited = [w for w in workers if w.unacked() < limit]
-            if not credited:
-                break
-            for offset in range(len(credited)):
-                if not queue:
-                    break
-                worker = credited[(start + offset) % len(credited)]
-                if worker.unacked() < limit:
-                    worker.buffer.append(queue.popleft())
-            start += 1
-        self.next_worker[tier] = start % max(len(workers), 1)
-        for worker in workers:
-            self.admit(worker)
+            return []
+        limit = PREFETCH_BATCHES * self.plan.batch_for(tier)
+        count, position, misses, touched = len(workers), self.next_worker[tier], 0, {}
+        while queue and misses < count:
+            worker = workers[position % count]
+            position += 1
+            if worker.unacked() < limit:
+                worker.buffer.append(queue.popleft())
+                touched[worker.gpu] = worker
+                misses = 0
+            else:
+                misses += 1
+        self.next_worker[tier] = position % count
+        self.saturated[tier] = misses >= count  # until a worker acks a batch
+        return list(touched.values())
 
     def admit(self, worker: SimWorker) -> None:
         """The feeder: while a pipeline slot is free, take a batch from the buffer and check it."""
@@ -228,13 +246,14 @@ class Simulation:
         model = self.plan.model_for(tier)
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
             size = min(self.plan.batch_for(tier), len(worker.buffer))
-            prior = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            prior = self.batch_seconds(model, size)
             finishes_at = max(worker.admitted_until, self.now) + worker.timer.expected(model, size, prior)
             batch = []
             for _ in range(size):
                 job = worker.buffer.popleft()
                 if ends_too_late(finishes_at, job.deadline_s):
                     self.end(job, "expired")
+                    self.saturated[tier] = False  # its ack frees prefetch credit
                 else:
                     batch.append(job)
             if not batch:
@@ -244,9 +263,16 @@ class Simulation:
             if len(worker.batches) == 1:
                 self.start_batch(worker)
 
+    def batch_seconds(self, model: str, size: int) -> float:
+        """The emulated worker's sleep: the profiled batch time, scaled."""
+        seconds = self.latencies.get((model, size))
+        if seconds is None:
+            seconds = self.latencies[(model, size)] = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+        return seconds
+
     def start_batch(self, worker: SimWorker) -> None:
         batch, model = worker.batches[0]
-        seconds = self.profile.model(model).batch_latency_s(len(batch)) * self.settings.time_scale
+        seconds = self.batch_seconds(model, len(batch))
         worker.busy_until = self.now + seconds
         self.at(worker.busy_until, self.batch_done, worker, seconds)
 
@@ -263,6 +289,8 @@ class Simulation:
         if worker.batches:
             self.start_batch(worker)
         if not worker.retiring:
+            self.admit(worker)
+            self.saturated[worker.tier] = False
             self.feed(worker.tier)
 
     # --- the judge ----------------------------------------------------------------------------
@@ -275,7 +303,7 @@ class Simulation:
     def judge(self, batch: list[SimJob], model: str) -> None:
         plan = self.plan
         column = self.profile.model(model).reference_index
-        heavy_s = self.profile.model(plan.heavy_model).batch_latency_s(plan.heavy_batch) * self.settings.time_scale
+        heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
         calibration = self.calibration(model)
         for job in batch:
             score = float(self.judge_scores[job.prompt_id % len(self.judge_scores), column]) if column is not None else 0.5
