@@ -182,15 +182,14 @@ class TierWorker:
         for delivery in batch:
             try:
                 task = parse_message(Task, delivery.body)
-                if ends_too_late(finishes_at, task.deadline):
-                    # Shedding by deadline: a job that would finish late costs the GPU time of jobs
-                    # that can still make theirs.
-                    raise Expired("deadline passed before generation" if time.time() >= task.deadline
-                                  else "would finish after its deadline")
-                parsed.append((delivery, task))
-            except (InvalidJob, Expired) as error:
+            except InvalidJob as error:
                 job_id = job_id_of(delivery.body)
                 await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+                continue
+            if ends_too_late(finishes_at, task.deadline):
+                await self.too_late(delivery, task)
+            else:
+                parsed.append((delivery, task))
         if parsed:
             self.busy_until = finishes_at
         started = {"tier": self.tier.value, "model": self.generator.model.name}
@@ -212,13 +211,55 @@ class TierWorker:
                 items.append((delivery, task))
         return items
 
+    async def too_late(self, delivery: Delivery, task: Task) -> None:
+        """A job this GPU cannot finish by its deadline. Shedding it (expired) saves the GPU time
+        for jobs that can still make theirs. A heavy job with a cheaper way out takes it instead:
+        an escalated job is served the light image it already has, and a job the router sent
+        straight to heavy goes to the light tier when a light batch can still make it."""
+        with bind_job(task.job.job_id):
+            try:
+                if self.tier is Tier.heavy and task.escalated and await self.serve_light_image(task):
+                    await delivery.settle(Disposition.ack)
+                    return
+                if self.tier is Tier.heavy and not task.escalated and self.light_can_make(task):
+                    light_task = task.model_copy(update={"tier": Tier.light})
+                    await self.service.bus.publish(self.service.bus.queues.tier(Tier.light), light_task,
+                                                   message_id=task.job.job_id)
+                    log.info("rerouted_to_light", reason="the heavy tier cannot finish it in time")
+                    await delivery.settle(Disposition.ack)
+                    return
+            except Exception as error:
+                await self.service.settle_failure(delivery, error, [task.job.job_id])
+                return
+            reason = "deadline passed before generation" if time.time() >= task.deadline else "would finish after its deadline"
+            await self.service.settle_failure(delivery, Expired(reason), [task.job.job_id])
+
+    async def serve_light_image(self, task: Task) -> bool:
+        png = await self.service.store.get_image(task.job.job_id, "light")
+        if not png:
+            return False
+        change = Change(task.job.job_id, JobState.done, {"tier": Tier.light.value, "escalated": False}, image=png,
+                        detail="the heavy model could not finish in time: served the light image")
+        if await self.service.store.apply(change) == APPLIED:
+            metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
+        return True
+
+    def light_can_make(self, task: Task) -> bool:
+        plan = self.service.plans.current
+        if plan.light_gpus == 0 or plan.light_model == plan.heavy_model:
+            return False
+        light = self.profile.model(plan.light_model)
+        batch_s = light.batch_latency_s(plan.light_batch) * self.latency_scale if light.latency_ms else 0.0
+        return not ends_too_late(time.time() + batch_s, task.deadline)
+
+    @property
+    def latency_scale(self) -> float:
+        return self.settings.time_scale if self.settings.backend == "emulated" else 1.0
+
     def profiled_s(self, size: int) -> float:
         """The profile's time for a batch of the current model (before this worker has timed one)."""
         model = self.generator.model
-        if not model.latency_ms:
-            return 0.0
-        scale = self.settings.time_scale if self.settings.backend == "emulated" else 1.0
-        return model.batch_latency_s(size) * scale
+        return model.batch_latency_s(size) * self.latency_scale if model.latency_ms else 0.0
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
         for delivery, task in items:

@@ -27,10 +27,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--out", required=True, help="the run's folder (report.json, timeseries.csv, plots)")
         parser.add_argument("--window", type=float, help="seconds per time-series window (default: the SLO)")
         parser.add_argument("--head", type=float, help="replay only the first SECONDS of the trace")
-        parser.add_argument("--plan-period", type=float, default=5.0, help="seconds between plans (default 5)")
-        parser.add_argument("--dwell", type=float, default=10.0, help="least seconds between plan changes (default 10)")
-        parser.add_argument("--halflife", type=float, default=10.0, help="demand EWMA half-life, seconds (default 10)")
-        parser.add_argument("--margin", type=float, default=0.1, help="plan for demand x (1 + margin) (default 0.1)")
+        parser.add_argument("--plan-period", type=float, help="seconds between plans (default: the SLO)")
+        parser.add_argument("--dwell", type=float, help="least seconds between plan changes (default: 2 x the SLO)")
+        parser.add_argument("--halflife", type=float, help="demand EWMA half-life, seconds (default: the SLO)")
+        parser.add_argument("--margin", type=float, default=0.05, help="plan for demand x (1 + margin) (default 0.05)")
         if name == "simulate":
             parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
             parser.add_argument("--worker-start", type=float, default=1.5,
@@ -50,8 +50,10 @@ def prepare(args: argparse.Namespace):
         trace = trace.head(args.head)
     if getattr(args, "scale", 1) > 1:
         trace = trace.scaled(args.scale)
-    overrides = {"plan_period_s": args.plan_period, "plan_min_dwell_s": args.dwell,
-                 "demand_halflife_s": args.halflife, "demand_margin": args.margin}
+    # The controller's time constants scale with the SLO: it sets how long a burst can be
+    # absorbed by the queue, and the real-time traces are the compressed ones at 10x the scale.
+    overrides = {"plan_period_s": args.plan_period or args.slo, "plan_min_dwell_s": args.dwell or 2 * args.slo,
+                 "demand_halflife_s": args.halflife or args.slo, "demand_margin": args.margin}
     return trace, get_settings(), overrides
 
 

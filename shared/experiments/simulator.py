@@ -252,7 +252,7 @@ class Simulation:
             for _ in range(size):
                 job = worker.buffer.popleft()
                 if ends_too_late(finishes_at, job.deadline_s):
-                    self.end(job, "expired")
+                    self.too_late(job, tier)
                     self.saturated[tier] = False  # its ack frees prefetch credit
                 else:
                     batch.append(job)
@@ -269,6 +269,20 @@ class Simulation:
         if seconds is None:
             seconds = self.latencies[(model, size)] = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
         return seconds
+
+    def too_late(self, job: SimJob, tier: Tier) -> None:
+        """As the worker: an escalated job gets its light image, a routed one the light tier if a
+        light batch can still make it, any other is shed."""
+        plan = self.plan
+        if tier is Tier.heavy and job.escalated:
+            job.escalated, job.tier = False, Tier.light
+            self.end(job, "done")
+        elif (tier is Tier.heavy and plan.light_gpus > 0 and plan.light_model != plan.heavy_model
+              and not ends_too_late(self.now + self.batch_seconds(plan.light_model, plan.light_batch), job.deadline_s)):
+            job.routed_heavy = False
+            self.enqueue(job, Tier.light)
+        else:
+            self.end(job, "expired")
 
     def start_batch(self, worker: SimWorker) -> None:
         batch, model = worker.batches[0]

@@ -9,6 +9,7 @@ has a paragraph and the source of each).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,7 +141,10 @@ class PlannerPolicy:
         return observation.queueing_s
 
     def decide(self, observation: Observation) -> dict[str, Any]:
-        decision = self.planner.plan(self.demand(observation), observation.gpus, self.settings.slo_s,
+        return self.plan_for(self.demand(observation), observation)
+
+    def plan_for(self, demand: float, observation: Observation) -> dict[str, Any]:
+        decision = self.planner.plan(demand, observation.gpus, self.settings.slo_s,
                                      queueing_s=self.queueing(observation))
         fields = decision.plan_fields()
         fields["reason"] = fields["reason"].replace("hadis planner", f"{self.name} planner", 1)
@@ -148,40 +152,68 @@ class PlannerPolicy:
 
 
 class WindowRate:
-    """Arrivals per second over the span between two decisions (the paper's estimate)."""
+    """Arrivals per second over the last `span_s` seconds of decisions (or, with no span, since
+    the previous decision: the paper's estimate)."""
 
-    def __init__(self) -> None:
-        self.since: float | None = None
-        self.arrivals = 0
+    def __init__(self, span_s: float | None = None) -> None:
+        self.span_s = span_s
+        self.samples: deque[tuple[float, int]] = deque()
 
     def rate(self, observation: Observation) -> float:
-        since, arrivals = self.since, self.arrivals
-        self.since, self.arrivals = observation.now, observation.arrivals
-        if since is None or observation.now <= since:
+        now, arrivals = observation.now, observation.arrivals
+        if self.span_s is None:
+            while len(self.samples) > 1:
+                self.samples.popleft()
+        else:
+            while len(self.samples) > 1 and self.samples[1][0] <= now - self.span_s:
+                self.samples.popleft()
+        oldest = self.samples[0] if self.samples else None
+        self.samples.append((now, arrivals))
+        if oldest is None or now <= oldest[0]:
             return observation.demand_qps
-        return (observation.arrivals - arrivals) / (observation.now - since)
+        return (arrivals - oldest[1]) / (now - oldest[0])
 
 
 class HadisPolicy(PlannerPolicy):
     """Ours: the best-quality row of the whole Pareto table that covers the demand plus a margin,
     with the light tier sized for the prompts routed to it, the queue's wait counted against the
     SLO, and the GPUs the row does not need given to the busier tier as headroom. Demand is the
-    higher of the EWMA and the rate of the last planning period, so a rise is seen within one
-    period; a cheaper plan applies at once, a better one waits out the dwell time."""
+    higher of the EWMA and the arrival rate over the last SLO (a burst shorter than that is
+    absorbed by the queue within the SLO; one longer is seen at once). A cheaper plan applies at
+    once, a better one waits out the dwell time, and a plan that still fits is kept unless the
+    new one is better by MIN_FID_GAIN."""
 
     name = "hadis"
     degrade_at_once = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.window = WindowRate()
-
-    def demand(self, observation: Observation) -> float:
-        return max(observation.demand_qps, self.window.rate(observation))
+        self.window = WindowRate(span_s=settings.slo_s)
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
                        margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+    # Hysteresis against flapping between configurations (each flap moves GPUs, and a moved GPU
+    # serves nothing for a batch time and a worker start): the current plan is kept while it
+    # still covers the demand; it is left for a better one only if that one covers
+    # UPGRADE_HEADROOM more demand and is better by at least MIN_FID_GAIN.
+    UPGRADE_HEADROOM = 0.25
+    MIN_FID_GAIN = 0.1
+
+    def demand(self, observation: Observation) -> float:
+        return max(observation.demand_qps, self.window.rate(observation))
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        demand, current = self.demand(observation), observation.current
+        if current is None or current.fid is None or not self.planner.still_fits(
+                current, demand, observation.gpus, self.settings.slo_s, observation.queueing_s):
+            return self.plan_for(demand, observation)
+        upgrade = self.plan_for(demand * (1.0 + self.UPGRADE_HEADROOM), observation)
+        if upgrade["fid"] <= current.fid - self.MIN_FID_GAIN:
+            return upgrade
+        kept = current.model_dump(exclude={"version", "created_at", "assignment"})
+        return {**kept, "reason": "hadis planner: the current plan still fits"}
 
 
 class HadisPaperPolicy(PlannerPolicy):
