@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker loadtest lock schema clean
+.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean
 
 install: $(STAMP)
 
@@ -41,6 +41,25 @@ bench-worker: install services
 
 bench-planner: install
 	$(PY) scripts/bench_planner.py
+
+# The simulator at scale: 1,024 GPUs and trace_1to40qps at 64x its rate (about 495,000 jobs).
+bench-simulator: install
+	$(VENV)/bin/hadis simulate --trace traces/trace_1to40qps.txt --policy hadis --gpus 1024 --scale 64 \
+		--profile paper-l40s-x10 --slo 6 --out out/bench-simulator | grep -E '"(submitted|lost|slo_violation_ratio|mean_fid|wall_s)"'
+
+# Every policy through the real services on 16 emulated GPUs (about an hour): out/experiments/.
+experiments: install services
+	$(PY) scripts/compare.py --mode experiment --trace traces/trace_1to40qps.txt --profile paper-l40s-x10 \
+		--gpus 16 --slo 6 --out out/experiments/trace_1to40qps
+
+# Every policy in the simulator, on both comparison traces and the held-out ones (minutes).
+simulations: install
+	$(PY) scripts/compare.py --mode simulate --trace traces/trace_1to40qps.txt --profile paper-l40s-x10 \
+		--gpus 16 --slo 6 --out out/simulations/trace_1to40qps
+	$(PY) scripts/compare.py --mode simulate --trace traces/trace_1_6qps.txt --profile paper-l40s \
+		--gpus 16 --slo 60 --out out/simulations/trace_1_6qps
+	for t in 1to20 1to58; do $(PY) scripts/compare.py --mode simulate --trace traces/trace_$${t}qps.txt \
+		--profile paper-l40s-x10 --gpus 16 --slo 6 --out out/simulations/heldout_$${t}qps || exit 1; done
 
 # Locust against a running stack (default: make run's): a 60 s trace; reports in out/loadtest/.
 loadtest: install

@@ -6,7 +6,8 @@ A run folder holds `report.json` (totals) and `timeseries.csv` (one row per time
   SLO violation ratio per window, stacked on a shared time axis.
 - `plot_comparison` takes a folder of sibling runs on the same trace (one per policy) and draws the
   same three panels with one line per policy, bar charts of mean FID, SLO violation ratio and p99
-  latency per policy, and writes a Markdown table of the totals.
+  latency per policy, each policy as a point of (SLO violation ratio, mean FID) with the Pareto
+  front, and writes a Markdown table of the totals.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def plot_comparison(parent: Path) -> list[Path]:
     if not runs:
         raise ValueError(f"no run folder with a report.json under {parent}")
     with plt.rc_context(STYLE):
-        paths = [_comparison_timeline(parent, runs), _comparison_bars(parent, runs)]
+        paths = [_comparison_timeline(parent, runs), _comparison_bars(parent, runs), _comparison_front(parent, runs)]
     paths.append(_comparison_table(parent, runs))
     return paths
 
@@ -141,6 +142,28 @@ def _comparison_bars(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
     axes[2].axhline(reports[0]["slo_s"], color="red", linestyle="--", linewidth=1.5)
     fig.suptitle(_setup(reports[0]))
     return _save(fig, parent / "comparison_bars.png")
+
+
+def _comparison_front(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
+    """Each policy as a point (SLO violation ratio, mean FID): down and left is better, and the
+    Pareto front is drawn through the points no other policy beats in both."""
+    points = [(r["policy"], r["slo_violation_ratio"] * 100.0, r["mean_fid"]) for r, _ in runs
+              if r.get("mean_fid") is not None]
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for index, (policy, violations, fid) in enumerate(points):
+        style = _style(policy, index)
+        ax.scatter(violations, fid, color=style["color"], marker=style["marker"], s=140 if policy == "hadis" else 70,
+                   zorder=3, label=policy)
+        ax.annotate(policy, (violations, fid), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    front = sorted((v, f) for _, v, f in points if not any(v2 <= v and f2 <= f and (v2, f2) != (v, f)
+                                                            for _, v2, f2 in points))
+    ax.plot([v for v, _ in front], [f for _, f in front], color="grey", linestyle="--", linewidth=1, zorder=2)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("SLO violation ratio (%), symlog")
+    ax.set_ylabel("mean FID (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{_setup(runs[0][0])}; dashed: Pareto front")
+    return _save(fig, parent / "comparison_front.png")
 
 
 def _comparison_table(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:

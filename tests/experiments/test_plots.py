@@ -57,9 +57,10 @@ def test_plot_run_writes_png(parent):
 def test_plot_comparison_writes_figures_and_table(parent):
     paths = plot_comparison(parent)
     assert set(paths) == {parent / "comparison_timeline.png", parent / "comparison_bars.png",
-                          parent / "comparison.md"}
+                          parent / "comparison_front.png", parent / "comparison.md"}
     assert is_png(parent / "comparison_timeline.png")
     assert is_png(parent / "comparison_bars.png")
+    assert is_png(parent / "comparison_front.png")
 
     lines = (parent / "comparison.md").read_text().splitlines()
     assert lines[0].split("|")[1].strip() == "policy"
