@@ -38,6 +38,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=handler)
     parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
     parser.add_argument("folder", help="a folder whose subfolders hold report.json")
+    parser.add_argument("--against", help="another such folder (the same trace and policies, e.g. the simulator's): "
+                                          "writes FOLDER/differences.md, this folder minus that one per policy")
     parser.set_defaults(handler=run_compare)
 
 
@@ -104,8 +106,11 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from shared.experiments.plots import plot_comparison
+    from shared.experiments.plots import differences_table, plot_comparison
 
-    for path in plot_comparison(Path(args.folder)):
+    paths = plot_comparison(Path(args.folder))
+    if args.against:
+        paths.append(differences_table(Path(args.folder), Path(args.against)))
+    for path in paths:
         sys.stdout.write(f"{path}\n")
     return 0

@@ -181,6 +181,25 @@ def _comparison_table(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path
     return path
 
 
+def differences_table(folder: Path, against: Path) -> Path:
+    """`folder/differences.md`: per policy in both folders, the SLO violation ratio and mean FID
+    of each and the difference (folder minus against), e.g. experiment minus simulator."""
+    ours = {report["policy"]: report for report, _ in _find_runs(Path(folder))}
+    theirs = {report["policy"]: report for report, _ in _find_runs(Path(against))}
+    lines = [f"| policy | violations ({Path(folder).name}) | violations ({Path(against).name}) | difference (points) "
+             f"| mean FID ({Path(folder).name}) | mean FID ({Path(against).name}) | difference |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for policy in sorted(ours.keys() & theirs.keys(), key=_order_key):
+        a, b = ours[policy], theirs[policy]
+        fid_difference = None if a["mean_fid"] is None or b["mean_fid"] is None else a["mean_fid"] - b["mean_fid"]
+        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} | {_fmt(b['slo_violation_ratio'], 100, '%')} "
+                     f"| {_fmt(a['slo_violation_ratio'] - b['slo_violation_ratio'], 100)} | {_fmt(a['mean_fid'])} "
+                     f"| {_fmt(b['mean_fid'])} | {_fmt(fid_difference)} |")
+    path = Path(folder) / "differences.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _fmt(value: float | None, scale: float = 1.0, suffix: str = "") -> str:
     return "–" if value is None else f"{value * scale:.2f}{suffix}"
 

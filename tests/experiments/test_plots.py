@@ -75,3 +75,12 @@ def test_plot_comparison_needs_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError):
         plot_comparison(tmp_path)
+
+
+def test_differences_table_subtracts_per_policy(parent, tmp_path):
+    from shared.experiments.plots import differences_table
+
+    path = differences_table(parent, parent)
+    rows = path.read_text().splitlines()[2:]
+    assert rows[0].startswith("| hadis |") and "| 0.00 |" in rows[0]
+    assert path == parent / "differences.md"
