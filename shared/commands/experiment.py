@@ -33,8 +33,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--margin", type=float, default=0.05, help="plan for demand x (1 + margin) (default 0.05)")
         if name == "simulate":
             parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
-            parser.add_argument("--worker-start", type=float, default=1.5,
-                                help="seconds for a moved GPU's new worker to be ready (default 1.5, measured)")
+            parser.add_argument("--worker-start", type=float, default=3.0,
+                                help="seconds for a moved GPU's new worker to be ready (default 3, measured)")
         parser.set_defaults(handler=handler)
     parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
     parser.add_argument("folder", help="a folder whose subfolders hold report.json")
@@ -85,10 +85,17 @@ def run_simulation(args: argparse.Namespace) -> int:
                            "judge_backend": "emulated", **overrides})
     progress = Progress(len(trace), trace.duration_s, f"simulate {args.policy}")
     outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=args.worker_start,
-                                       progress=lambda t: progress.show(t))
+                                       progress=lambda t, arrived, ended: show(progress, t, arrived, ended))
+    progress.submitted = progress.ended = len(trace)
+    progress.show(trace.duration_s, force=True)
     progress.close()
     return finish(args, "simulate", trace, settings, outcomes, plans, wall_s,
                   {"scale": args.scale, "worker_start_s": args.worker_start, **overrides})
+
+
+def show(progress, trace_s: float, arrived: int, ended: int) -> None:
+    progress.submitted, progress.ended = arrived, ended
+    progress.show(trace_s)
 
 
 def run_experiment(args: argparse.Namespace) -> int:

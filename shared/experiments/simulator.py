@@ -74,8 +74,8 @@ class SimWorker:
 
 
 class Simulation:
-    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float = 1.5, judge_s: float = 0.02,
-                 finish_s: float = 0.005, progress: Callable[[float], None] | None = None) -> None:
+    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float = 3.0, judge_s: float = 0.02,
+                 finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None) -> None:
         self.settings = settings
         self.trace = trace
         self.profile = load_profile(settings.profile)
@@ -106,6 +106,7 @@ class Simulation:
         self.jobs = [SimJob(i, float(t), float(t) + settings.slo_s, int(p))
                      for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids))]
         self.open_jobs = len(self.jobs)
+        self.arrived = 0
 
     # --- the event loop -----------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Simulation:
     def tick(self) -> None:
         self.control()
         if self.progress:
-            self.progress(self.now)
+            self.progress(self.now, self.arrived, len(self.jobs) - self.open_jobs)
         if self.open_jobs > 0:
             self.at(self.now + TICK_S, self.tick)
 
@@ -187,6 +188,7 @@ class Simulation:
     # --- the router ---------------------------------------------------------------------------
 
     def arrive(self, job: SimJob) -> None:
+        self.arrived += 1
         self.demand.arrived()
         job.plan = self.plan
         threshold = self.thresholds.get(self.plan.r)
