@@ -180,8 +180,7 @@ class HadisPolicy(PlannerPolicy):
     SLO, and the GPUs the row does not need given to the busier tier as headroom. Demand is the
     higher of the EWMA and the arrival rate over the last SLO (a burst shorter than that is
     absorbed by the queue within the SLO; one longer is seen at once). A cheaper plan applies at
-    once, a better one waits out the dwell time, and a plan that still fits is kept unless the
-    new one is better by MIN_FID_GAIN."""
+    once, a better one waits out the dwell time."""
 
     name = "hadis"
     degrade_at_once = True
@@ -194,26 +193,8 @@ class HadisPolicy(PlannerPolicy):
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
                        margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
 
-    # Hysteresis against flapping between configurations (each flap moves GPUs, and a moved GPU
-    # serves nothing for a batch time and a worker start): the current plan is kept while it
-    # still covers the demand; it is left for a better one only if that one covers
-    # UPGRADE_HEADROOM more demand and is better by at least MIN_FID_GAIN.
-    UPGRADE_HEADROOM = 0.25
-    MIN_FID_GAIN = 0.1
-
     def demand(self, observation: Observation) -> float:
         return max(observation.demand_qps, self.window.rate(observation))
-
-    def decide(self, observation: Observation) -> dict[str, Any]:
-        demand, current = self.demand(observation), observation.current
-        if current is None or current.fid is None or not self.planner.still_fits(
-                current, demand, observation.gpus, self.settings.slo_s, observation.queueing_s):
-            return self.plan_for(demand, observation)
-        upgrade = self.plan_for(demand * (1.0 + self.UPGRADE_HEADROOM), observation)
-        if upgrade["fid"] <= current.fid - self.MIN_FID_GAIN:
-            return upgrade
-        kept = current.model_dump(exclude={"version", "created_at", "assignment"})
-        return {**kept, "reason": "hadis planner: the current plan still fits"}
 
 
 class HadisPaperPolicy(PlannerPolicy):

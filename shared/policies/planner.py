@@ -154,26 +154,6 @@ class Planner:
             return self._decision(row, i, j, g_light, g_heavy, feasible=True, started=started)
         return self._decision(*self._highest_capacity(gpus, slo_s, queueing), feasible=False, started=started)
 
-    def still_fits(self, plan, demand_qps: float, gpus: int, slo_s: float, queueing_s: float = 0.0) -> bool:
-        """Whether `plan` (a Plan, or its fields) still covers the demand (with the margin) within
-        the SLO on its own GPUs: a controller can keep a plan that still works instead of moving
-        GPUs for a marginal gain."""
-        get = plan.get if isinstance(plan, dict) else lambda name: getattr(plan, name)
-        key = (get("light_model"), get("heavy_model"), get("r"), get("d"))
-        rows = [k for k, row in enumerate(self.rows) if (row.light_model, row.heavy_model, row.r, row.d) == key]
-        sizes = list(self.batch_sizes)
-        if not rows or get("light_batch") not in sizes or get("heavy_batch") not in sizes:
-            return False
-        row, i, j = rows[0], sizes.index(get("light_batch")), sizes.index(get("heavy_batch"))
-        g_light, g_heavy = get("light_gpus"), get("heavy_gpus")
-        if g_light + g_heavy > gpus or not self.valid[row, i, j]:
-            return False
-        if self.path_latency[row, i, j] + max(queueing_s, 0.0) > slo_s + TIME_SLACK:
-            return False
-        light = g_light * self.per_gpu_l[row, i, 0] if self.uses_l[row] else math.inf
-        heavy = g_heavy * self.per_gpu_h[row, 0, j] if self.uses_h[row] else math.inf
-        return min(light, heavy) >= max(demand_qps, 0.0) * (1.0 + self.margin) - GPU_SLACK
-
     def _min_gpus(self, demand: float) -> tuple[np.ndarray, np.ndarray]:
         """[row, batch]: the fewest GPUs per tier whose throughput covers that tier's demand
         (at least one for a tier with traffic, none for a tier without); inf where impossible."""

@@ -125,23 +125,3 @@ def test_window_rate_spans_the_last_slo_of_decisions():
     assert window.rate(observe(5.0, 3.0, arrivals=50)) == pytest.approx(10.0)
     assert window.rate(observe(10.0, 3.0, arrivals=60)) == pytest.approx(6.0)  # from t=0: 60 in 10 s (the span reaches back at least 6 s)
     assert window.rate(observe(15.0, 3.0, arrivals=60)) == pytest.approx(1.0)  # from t=5: 10 in 10 s
-
-
-def test_hadis_keeps_a_plan_that_still_fits_rather_than_move_gpus_for_a_small_gain():
-    policy = make_policy(settings_for("hadis"))
-    busy = as_plan({**policy.decide(observe(0.0, 30.0, arrivals=0)), "assignment": {}})
-    for t in range(5, 60, 5):
-        fields = policy.decide(observe(float(t), 29.0, current=busy, arrivals=30 * t))
-        assert fields["reason"].endswith("still fits")
-    quiet = policy.decide(observe(100.0, 1.0, current=busy, arrivals=30 * 60 + 10))
-    assert quiet["fid"] < busy.fid - policy.MIN_FID_GAIN
-
-
-def test_the_planner_knows_whether_a_plan_still_fits():
-    policy = make_policy(settings_for("hadis"))
-    plan = policy.planner.plan(10.0, 16, 6.0)
-    fields = plan.plan_fields()
-    assert policy.planner.still_fits(fields, 10.0, 16, 6.0)
-    assert not policy.planner.still_fits(fields, plan.capacity_qps * 2, 16, 6.0)
-    assert not policy.planner.still_fits(fields, 10.0, 16, 6.0, queueing_s=6.0)
-    assert not policy.planner.still_fits({**fields, "r": 0.33}, 10.0, 16, 6.0)  # not a row of the table
