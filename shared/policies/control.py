@@ -9,6 +9,7 @@ has a paragraph and the source of each).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -119,7 +120,7 @@ class StaticPolicy:
         return plan.model_dump(exclude={"version", "created_at", "assignment"})
 
 
-class PlannerPolicy:
+class PlannerPolicy(ABC):
     """A policy that asks the exact planner (shared/policies/planner.py) over some table rows."""
 
     name = "planner"
@@ -131,8 +132,9 @@ class PlannerPolicy:
         self.profile = load_profile(settings.profile)
         self.planner = self.make_planner()
 
+    @abstractmethod
     def make_planner(self) -> Planner:
-        raise NotImplementedError
+        """The planner over this policy's table rows."""
 
     def demand(self, observation: Observation) -> float:
         return observation.demand_qps
@@ -227,26 +229,37 @@ def filtered_table(profile: Profile, quality_name: str, keep, pairs: list[tuple[
     return build_table(quality.model_copy(update={"rows": rows}), profile)
 
 
-class RouterOnlyPolicy(PlannerPolicy):
+class AblationPolicy(PlannerPolicy):
+    """Our planner over the half of the table that `keeps` selects."""
+
+    @staticmethod
+    def keeps(row) -> bool:
+        return True
+
+    def make_planner(self) -> Planner:
+        table = filtered_table(self.profile, load_table(self.settings.profile).quality_table, self.keeps)
+        return Planner(self.profile, table, light_share=self.settings.planner_light_share,
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+
+class RouterOnlyPolicy(AblationPolicy):
     """Ablation: the router alone (d = 0), no judge escalation."""
 
     name = "router-only"
 
-    def make_planner(self) -> Planner:
-        table = filtered_table(self.profile, load_table(self.settings.profile).quality_table, lambda row: row.d == 0.0)
-        return Planner(self.profile, table, light_share=self.settings.planner_light_share,
-                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+    @staticmethod
+    def keeps(row) -> bool:
+        return row.d == 0.0
 
 
-class DiscOnlyPolicy(PlannerPolicy):
+class DiscOnlyPolicy(AblationPolicy):
     """Ablation: the judge alone (r = 0), every prompt tries the light model first."""
 
     name = "disc-only"
 
-    def make_planner(self) -> Planner:
-        table = filtered_table(self.profile, load_table(self.settings.profile).quality_table, lambda row: row.r == 0.0)
-        return Planner(self.profile, table, light_share=self.settings.planner_light_share,
-                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+    @staticmethod
+    def keeps(row) -> bool:
+        return row.r == 0.0
 
 
 DIFFSERVE_PAIR = ("sd35-large-turbo", "sd35-large")

@@ -153,6 +153,8 @@ def imported_modules(paths: list[Path]) -> set[str]:
 
 def image_sources(kind: str) -> list[Path]:
     paths = [*(ROOT / "shared").rglob("*.py"), *(ROOT / "services").glob("*.py"), ROOT / "docker" / "healthcheck.py"]
+    # The experiments' figures need the `experiments` extra (matplotlib): a development tool, not in the images.
+    paths = [p for p in paths if p != ROOT / "shared" / "experiments" / "plots.py"]
     if kind == "slim":  # the model stack is never imported by the router and the controller
         paths = [p for p in paths if "backends" not in p.parts and p.name not in ("worker.py", "judge.py", "agent.py")]
     return paths
