@@ -33,7 +33,7 @@ PLAN_POLL_S = 0.25
 RECORD_CHUNK = 500
 
 
-def namespace_for(policy: str) -> str:
+def new_namespace() -> str:
     return f"exp-{uuid.uuid4().hex[:8]}"
 
 
@@ -200,7 +200,7 @@ class Experiment:
 def experiment_settings(base: Settings, *, policy: str, profile: str, gpus: int, slo_s: float,
                         **overrides) -> Settings:
     """The services' settings for one run: emulated models, its own namespace and host name."""
-    namespace = namespace_for(policy)
+    namespace = new_namespace()
     fields = {**base.model_dump(), "namespace": namespace, "host": namespace, "backend": "emulated",
               "judge_backend": "emulated", "router": "rule", "profile": profile, "slo_s": slo_s,
               "controller_policy": policy, "emulated_gpus": gpus, "gpus": "", "log_format": "json",
