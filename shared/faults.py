@@ -59,7 +59,9 @@ async def cluster(settings: Settings, client: Client) -> AsyncIterator[Cluster]:
 
 async def warm_up(client: Client, timeout_s: float = 60.0) -> None:
     """A first job through every service, so that faults hit a system already serving."""
-    job = Job(prompt="warm-up: a red bicycle")
+    # Its own SLO, as long as the wait: the services may still be starting (a test's short SLO
+    # would expire it before the router is up).
+    job = Job(prompt="warm-up: a red bicycle", slo_s=timeout_s)
     await client.submit(job)
     record = await client.wait(job.job_id, timeout_s)
     if record is None or record.state is not JobState.done:
