@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-POLICIES = ["hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus", "infaas-acc",
-            "clipper-light", "clipper-heavy"]
+from shared.policies.control import COMPARED as POLICIES
 
 
 def main() -> int:

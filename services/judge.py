@@ -115,8 +115,7 @@ class Judge:
         heavy = self.profile.model(plan.heavy_model)
         if not heavy.latency_ms:
             return 0.0
-        scale = self.settings.time_scale if self.settings.backend == "emulated" else 1.0
-        return heavy.batch_latency_s(plan.heavy_batch) * scale
+        return heavy.batch_latency_s(plan.heavy_batch) * self.settings.latency_scale
 
     def verdict(self, task: Task, png: bytes, score: float) -> Change:
         """Escalate the lowest fraction d (when there is still time for the heavy model), else done."""

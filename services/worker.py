@@ -249,17 +249,13 @@ class TierWorker:
         if plan.light_gpus == 0 or plan.light_model == plan.heavy_model:
             return False
         light = self.profile.model(plan.light_model)
-        batch_s = light.batch_latency_s(plan.light_batch) * self.latency_scale if light.latency_ms else 0.0
+        batch_s = light.batch_latency_s(plan.light_batch) * self.settings.latency_scale if light.latency_ms else 0.0
         return not ends_too_late(time.time() + batch_s, task.deadline)
-
-    @property
-    def latency_scale(self) -> float:
-        return self.settings.time_scale if self.settings.backend == "emulated" else 1.0
 
     def profiled_s(self, size: int) -> float:
         """The profile's time for a batch of the current model (before this worker has timed one)."""
         model = self.generator.model
-        return model.batch_latency_s(size) * self.latency_scale if model.latency_ms else 0.0
+        return model.batch_latency_s(size) * self.settings.latency_scale if model.latency_ms else 0.0
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
         for delivery, task in items:

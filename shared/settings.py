@@ -105,6 +105,12 @@ class Settings(BaseSettings):
             env[f"HADIS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
+    @property
+    def latency_scale(self) -> float:
+        """What profiled latencies are multiplied by here: emulated models sleep `time_scale`
+        times the profile; real ones take the profiled time."""
+        return self.time_scale if self.backend == "emulated" else 1.0
+
     def owned_gpus(self) -> list[str]:
         """This host's GPU ids: "cuda<i>" for real devices, "<host>-emu<i>" for emulated ones."""
         if self.gpus:

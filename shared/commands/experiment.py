@@ -7,11 +7,13 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import get_args
 
 import orjson
 
-POLICY_CHOICES = ["hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus", "infaas-acc",
-                  "clipper-light", "clipper-heavy", "static"]
+from shared.settings import Settings
+
+POLICY_CHOICES = list(get_args(Settings.model_fields["controller_policy"].annotation))
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

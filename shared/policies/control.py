@@ -69,7 +69,7 @@ class PlanSchedule:
         if now - self.last_change >= self.min_dwell_s:
             return False
         cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
-        return not (getattr(self.policy, "degrade_at_once", False) and cheaper)
+        return not (self.policy.degrade_at_once and cheaper)
 
     def step(self, observation: Observation, current: Plan | None, gpus: list[str]) -> dict[str, Any] | None:
         """The plan fields to publish now (assignment included), or None when nothing changes."""
