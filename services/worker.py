@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from shared import metrics
-from shared.backends import encode_png, make_generator
+from shared.backends import encode_png
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.hosts import make_host
+from shared.backends.model_process import ModelProcessFailed
 from shared.batching import BatchCollector
 from shared.bus import Delivery
 from shared.errors import BackendFailed, Disposition, Expired, InvalidJob
@@ -51,7 +53,8 @@ class TierWorker:
         self.settings = service.settings
         self.profile = load_profile(self.settings.profile)
         self.collector = BatchCollector()
-        self.gpu = ThreadPoolExecutor(1, thread_name_prefix=f"gpu-{tier.value}")
+        self.host = make_host(self.settings)  # where the model runs (a process of its own, for torch models)
+        self.gpu = ThreadPoolExecutor(self.host.concurrent_batches, thread_name_prefix=f"gpu-{tier.value}")
         self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
         self.generator: Generator | None = None
         self.finishing: set[asyncio.Task] = set()
@@ -139,6 +142,7 @@ class TierWorker:
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
         await self.service.store.clear_worker(self.settings.gpu)
+        await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
 
@@ -146,19 +150,9 @@ class TierWorker:
         wanted = self.service.plans.current.model_for(self.tier)
         if self.generator is not None and self.generator.model.name == wanted:
             return
-        previous, model = self.generator, self.profile.model(wanted)
+        model = self.profile.model(wanted)
         started = time.perf_counter()
-
-        def load() -> Generator:
-            if previous is not None:
-                previous.close()
-            generator = make_generator(self.settings.backend, model, device=self.settings.device,
-                                       time_scale=self.settings.time_scale, dtype=self.settings.dtype,
-                                       fail_pattern=self.settings.emulated_fail_pattern)
-            generator.warm_up()
-            return generator
-
-        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, load)
+        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
     async def generate_and_hand_off(self, items: list[Item], generator: Generator) -> None:
@@ -271,10 +265,13 @@ class TierWorker:
         ]
         loop = asyncio.get_running_loop()
         try:
-            images, seconds = await loop.run_in_executor(self.gpu, timed, generator.generate, inputs)
-            self.batch_s.observe(generator.model.name, len(inputs), seconds)
-            metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), seconds)
-            return images
+            generated = await loop.run_in_executor(self.gpu, generator.generate_timed, inputs)
+            self.batch_s.observe(generator.model.name, len(inputs), generated.seconds)
+            metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
+                                  generated.busy_s)
+            return generated.images
+        except ModelProcessFailed:
+            raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
         except Exception as error:
             if len(items) == 1:
                 return [error]
@@ -324,13 +321,6 @@ class TierWorker:
             await delivery.settle(Disposition.ack)
         except Exception as error:
             await self.settle_all([item], error)
-
-
-def timed(function, *args):
-    """Run on the model's thread: the result and the model's own seconds (not the queue wait)."""
-    started = time.perf_counter()
-    result = function(*args)
-    return result, time.perf_counter() - started
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

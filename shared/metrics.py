@@ -65,6 +65,8 @@ BATCH_SIZE = Histogram("hadis_batch_size", "Images per generated batch", ["tier"
                        registry=REGISTRY)
 BATCH_SECONDS = Histogram("hadis_batch_seconds", "Seconds to generate one batch", ["tier", "model"],
                           buckets=BATCH_SECONDS_BUCKETS, registry=REGISTRY)
+MODEL_BUSY = Counter("hadis_model_busy_seconds", "Seconds the model spent generating (its share of wall time is "
+                     "how busy the GPU was kept)", ["tier", "model"], registry=REGISTRY)
 JOB_LATENCY = Histogram("hadis_job_latency_seconds", "Submit-to-done latency of finished jobs", ["tier"],
                         buckets=LATENCY_BUCKETS, registry=REGISTRY)
 JOBS_FINISHED = Counter("hadis_jobs_finished", "Jobs that reached a terminal state", ["tier", "state"],
@@ -170,9 +172,11 @@ def observe_verdict(model: str, verdict: str) -> None:
     JUDGE_VERDICTS.labels(model, verdict).inc()
 
 
-def observe_batch(tier: str, model: str, size: int, seconds: float) -> None:
+def observe_batch(tier: str, model: str, size: int, seconds: float, busy_s: float) -> None:
+    """`seconds`: the batch as the worker saw it; `busy_s`: the model's own time on it."""
     BATCH_SIZE.labels(tier).observe(size)
     BATCH_SECONDS.labels(tier, model).observe(seconds)
+    MODEL_BUSY.labels(tier, model).inc(busy_s)
 
 
 def observe_done(tier: str, submitted_at: float, deadline: float, finished_at: float | None = None) -> None:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     time_scale: float = Field(default=1.0, ge=0.0, description="Multiplies emulated latencies.")
     emulated_fail_pattern: str | None = Field(default=None, max_length=200,
                                               description="Fault injection: the emulated model raises on matching prompts.")
+    model_process: Literal["auto", "separate", "inline"] = Field(
+        default="auto", description="Run the worker's model in a process of its own (auto: for tiny and diffusers).")
+    model_load_timeout_s: float = Field(default=3600.0, gt=0, le=86_400,
+                                        description="Bound on loading a model (a first download included).")
+    generate_timeout_s: float = Field(default=600.0, gt=0, le=86_400,
+                                      description="Bound on one batch in the model process; then it is killed.")
     clip_arch: str = "ViT-B-32"
     judge_head_path: str | None = None
 

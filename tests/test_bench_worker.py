@@ -5,6 +5,7 @@ real worker, RabbitMQ and Redis, and the output ends with `worker_efficiency <ra
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,15 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_worker.py"
 BACKEND_LINE = re.compile(
     r"^(tiny|emulated): .* bare loop (\d+\.\d+) images/s, queue -> worker -> store (\d+\.\d+) images/s, "
-    r"ratio (\d+\.\d{3}) "
+    r"ratio (\d+\.\d{3}), model busy (\d+\.\d{3}) of the service path's time .*"
+    r"ratio ((?:\d+\.\d{3} ?)+), busy ((?:\d+\.\d{3} ?)+)\)$"
 )
 
 
 def test_bench_worker_prints_both_rates_and_the_efficiency_last() -> None:
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--backends", "tiny", "emulated", "--batch", "2", "--batches", "3",
-         "--repeats", "1", "--timeout-s", "120"],
+         "--rounds", "3", "--timeout-s", "120"],
         capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1],
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -32,9 +34,11 @@ def test_bench_worker_prints_both_rates_and_the_efficiency_last() -> None:
     for line in lines:
         match = BACKEND_LINE.match(line)
         if match:
-            name, bare, served, ratio = match.groups()
+            name, bare, served, ratio, busy, round_ratios, round_busy = match.groups()
             assert float(bare) > 0 and float(served) > 0
-            assert float(ratio) == pytest.approx(float(served) / float(bare), abs=0.002)
+            # The efficiency is the median of the rounds' ratios; the model's busy share is a fraction.
+            assert float(ratio) == pytest.approx(statistics.median(map(float, round_ratios.split())), abs=0.001)
+            assert 0 < float(busy) <= 1.01 and len(round_busy.split()) == 3
             ratios[name] = float(ratio)
     assert sorted(ratios) == ["emulated", "tiny"], run.stdout
     last = re.fullmatch(r"worker_efficiency (\d+\.\d{3})", lines[-1])

@@ -58,7 +58,8 @@ def test_plan_gauges():
 
 def test_verdicts_batches_and_depths():
     metrics.observe_verdict("tiny-sd-turbo", "escalated")
-    metrics.observe_batch("light", "tiny-sd-turbo", 4, 0.3)
+    busy_before = sample("hadis_model_busy_seconds_total", tier="light", model="tiny-sd-turbo") or 0.0
+    metrics.observe_batch("light", "tiny-sd-turbo", 4, 0.3, 0.25)
     metrics.observe_queue_depths({"hadis.tier.light": 12})
     metrics.observe_routed("heavy")
     metrics.observe_demand(2.5)
@@ -67,6 +68,7 @@ def test_verdicts_batches_and_depths():
     assert sample("hadis_queue_depth", queue="hadis.tier.light") == 12
     assert sample("hadis_routed_total", tier="heavy") >= 1
     assert sample("hadis_demand_qps") == 2.5
+    assert sample("hadis_model_busy_seconds_total", tier="light", model="tiny-sd-turbo") == busy_before + 0.25
 
 
 def test_parse_nvidia_smi_skips_unreadable_rows():

@@ -9,8 +9,10 @@ Both `generate` and `score` block: callers run them off the event-loop thread.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -35,6 +37,12 @@ class ScoreInput:
     model: ModelProfile
 
 
+class Generated(NamedTuple):
+    images: list[Image.Image]
+    seconds: float  # how much later than the batch before it this one ended: what admission predicts
+    busy_s: float  # the model's own time on it (without handing batches in and out)
+
+
 class Generator(ABC):
     """Turns a batch of prompts into images with one model."""
 
@@ -44,6 +52,12 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
         """One image per input, in order. Raises on failure."""
+
+    def generate_timed(self, batch: list[GenerationInput]) -> Generated:
+        started = time.perf_counter()
+        images = self.generate(batch)
+        seconds = time.perf_counter() - started
+        return Generated(images, seconds, seconds)
 
     def warm_up(self) -> None:
         """Run once before the worker reports ready."""

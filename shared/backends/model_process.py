@@ -1,0 +1,447 @@
+"""A generator in a process of its own: the model's Python never shares a GIL with the worker.
+
+A diffusers pipeline spends much of each step in Python (module calls, scheduler arithmetic,
+kernel launches: SD-Turbo on an H200 is launch-bound). In the worker's process it shares the
+interpreter lock with the event loop (AMQP frames, Redis replies, message validation) and the
+PNG encoder, so every millisecond of serving work delays the next kernel launch. Measured on
+the tiny pipeline (`make bench-worker`): the worker process never used more than one core, and
+each batch took 70 ms instead of the bare loop's 51 ms, with the pipeline itself never idle.
+
+So the model runs in a child process (`python -m shared.backends.model_process`) that the
+worker owns for its lifetime:
+
+- the child holds the model (and, for diffusers, the pinned host-memory cache of the models it
+  switched away from), and answers `load`, `generate` and `unload` requests, one at a time;
+- requests and replies are frames on two pipes: a 4-byte length, an orjson header (pydantic
+  models), then raw RGB pixels (no pickle, no PNG: the worker encodes, off the model's path);
+- the child's stdout is the worker's stderr, so nothing a library prints can corrupt a frame.
+
+Bounds: a load must answer within `load_timeout_s`, a batch within `generate_timeout_s`. A child
+that misses a bound is killed; one that dies is restarted (and its model reloaded) on the next
+request, at most MAX_RESTARTS times in RESTART_WINDOW_S; then `ModelProcessFailed` is raised,
+which the worker treats as fatal. The child exits when the worker's pipe closes, and gets
+SIGKILL if the worker dies first (Linux parent-death signal).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Annotated, BinaryIO, Literal
+
+import orjson
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.backends.base import GenerationInput, Generated, Generator
+from shared.errors import BackendFailed
+from shared.profiles import ModelProfile, load_profile
+
+HEADER_LENGTH = struct.Struct(">I")
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
+CLOSE_WAIT_S = 10.0
+STDERR_FD = 2  # the child's stdout: whatever a library prints goes to the worker's log, not a frame
+
+
+class ModelProcessDied(BackendFailed):
+    """The model's process exited, crashed or missed its time bound during a request. The batch
+    is retried like any failed batch (it is split, so a job that kills the model fails alone)."""
+
+
+class ModelProcessFailed(Exception):
+    """The model's process keeps dying: this worker cannot serve (fatal; not a job's fault)."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoadRequest(_Message):
+    op: Literal["load"] = "load"
+    kind: str
+    profile: str
+    model: str
+    device: str = "cpu"
+    dtype: str = "auto"
+    time_scale: float = 1.0
+    fail_pattern: str | None = None
+
+
+class InputFrame(_Message):
+    job_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+
+
+class GenerateRequest(_Message):
+    op: Literal["generate"] = "generate"
+    inputs: list[InputFrame]
+
+
+class UnloadRequest(_Message):
+    op: Literal["unload"] = "unload"
+
+
+Request = Annotated[LoadRequest | GenerateRequest | UnloadRequest, Field(discriminator="op")]
+REQUEST = TypeAdapter(Request)
+
+
+class ImageFrame(_Message):
+    mode: str
+    width: int
+    height: int
+    size: int  # bytes of raw pixels that follow the header
+
+
+class Reply(_Message):
+    ok: bool
+    error_type: str | None = None
+    error: str | None = None
+    images: list[ImageFrame] = []
+    seconds: float = 0.0
+
+
+# Framing: both ends --------------------------------------------------------------------------
+
+def write_frame(stream: BinaryIO, header: _Message, blobs: list[bytes] = ()) -> None:
+    data = orjson.dumps(header.model_dump(mode="json"))
+    stream.write(HEADER_LENGTH.pack(len(data)))
+    stream.write(data)
+    for blob in blobs:
+        stream.write(blob)
+    stream.flush()
+
+
+def read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes; an unbuffered pipe returns at most what is there, so read until complete."""
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        count = stream.readinto(view[got:])
+        if not count:
+            raise EOFError("the pipe closed mid-frame" if got else "the pipe closed")
+        got += count
+    return bytes(data)
+
+
+def read_header(stream: BinaryIO) -> bytes:
+    (length,) = HEADER_LENGTH.unpack(read_exactly(stream, HEADER_LENGTH.size))
+    if length > MAX_HEADER_BYTES:
+        raise ValueError(f"frame header of {length} bytes exceeds {MAX_HEADER_BYTES}")
+    return read_exactly(stream, length)
+
+
+def image_frames(images: list[Image.Image]) -> tuple[list[ImageFrame], list[bytes]]:
+    rgb = [image.convert("RGB") if image.mode != "RGB" else image for image in images]
+    pixels = [image.tobytes() for image in rgb]
+    frames = [ImageFrame(mode="RGB", width=image.width, height=image.height, size=len(data))
+              for image, data in zip(rgb, pixels)]
+    return frames, pixels
+
+
+# The child -----------------------------------------------------------------------------------
+
+class ModelServer:
+    """The child's side: one generator at a time, built by the same factory the worker uses."""
+
+    def __init__(self) -> None:
+        self.generator: Generator | None = None
+
+    def handle(self, request: LoadRequest | GenerateRequest | UnloadRequest) -> tuple[Reply, list[bytes]]:
+        started = time.perf_counter()
+        if isinstance(request, LoadRequest):
+            self.load(request)
+            return Reply(ok=True, seconds=time.perf_counter() - started), []
+        if isinstance(request, UnloadRequest):
+            self.unload()
+            return Reply(ok=True), []
+        if self.generator is None:
+            raise RuntimeError("no model is loaded")
+        inputs = [GenerationInput(**item.model_dump()) for item in request.inputs]
+        images = self.generator.generate(inputs)
+        frames, pixels = image_frames(images)
+        return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
+
+    def load(self, request: LoadRequest) -> None:
+        from shared.backends import make_generator
+
+        self.unload()
+        model = load_profile(request.profile).model(request.model)
+        generator = make_generator(request.kind, model, device=request.device, time_scale=request.time_scale,
+                                   dtype=request.dtype, fail_pattern=request.fail_pattern)
+        generator.warm_up()
+        self.generator = generator
+
+    def unload(self) -> None:
+        if self.generator is not None:
+            generator, self.generator = self.generator, None
+            generator.close()
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    server = ModelServer()
+    while True:
+        try:
+            header = read_header(requests)
+        except EOFError:
+            break  # the worker closed its end: it is stopping, or gone
+        try:
+            reply, blobs = server.handle(REQUEST.validate_json(header))
+        except Exception as error:
+            reply, blobs = Reply(ok=False, error_type=type(error).__name__, error=str(error)[:2000]), []
+        write_frame(replies, reply, blobs)
+    server.unload()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL when the worker dies (Linux), so a killed worker leaves no model holding a GPU."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def child_main(argv: list[str]) -> None:
+    from shared.logging import configure
+    from shared.settings import get_settings
+
+    request_fd, reply_fd, parent_pid = (int(value) for value in argv)
+    _die_with_parent(parent_pid)
+    configure(get_settings(), "model-process")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when this process ends
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with os.fdopen(request_fd, "rb") as requests, os.fdopen(reply_fd, "wb") as replies:
+        serve(requests, replies)
+
+
+# The worker's side ---------------------------------------------------------------------------
+
+@dataclass
+class Pending:
+    """A request written to the child, waiting for its reply (replies come in request order)."""
+
+    timeout_s: float
+    sent_at: float = field(default_factory=time.perf_counter)
+    reply: Future = field(default_factory=Future)  # (Reply, pixels, seconds)
+
+
+class ModelProcess:
+    """The worker's handle on its model process: starts it, writes requests, and has a reader
+    thread match the replies to them. Requests may be written while earlier ones run, so the
+    child starts batch k+1 the moment it has replied to batch k."""
+
+    def __init__(self, *, load_timeout_s: float, generate_timeout_s: float, env: dict[str, str] | None = None) -> None:
+        self.load_timeout_s = load_timeout_s
+        self.generate_timeout_s = generate_timeout_s
+        self.env = env
+        self.lock = threading.Lock()  # guards the child, its request pipe, `pending` and `loaded`
+        self.process: subprocess.Popen | None = None
+        self.requests: BinaryIO | None = None
+        self.pending: deque[Pending] = deque()
+        self.loaded: LoadRequest | None = None
+        self.deaths: list[float] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def load(self, request: LoadRequest) -> None:
+        self.call(request, self.load_timeout_s)
+
+    def generate(self, inputs: list[GenerationInput]) -> Generated:
+        """The batch's images; its seconds run from the end of the batch before it (or from
+        sending, if the child was idle) to its reply, its busy time is the child's own."""
+        frames = [InputFrame(**vars(item)) for item in inputs]
+        reply, pixels, seconds = self.call(GenerateRequest(inputs=frames), self.generate_timeout_s)
+        images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
+                  for frame, data in zip(reply.images, pixels)]
+        return Generated(images, seconds, reply.seconds)
+
+    def unload(self) -> None:
+        if self.alive:
+            self.call(UnloadRequest(), self.load_timeout_s)
+
+    def call(self, request: _Message, timeout_s: float) -> tuple[Reply, list[bytes], float]:
+        reply, pixels, seconds = self.send(request, timeout_s).reply.result()
+        if not reply.ok:
+            raise BackendFailed(f"{reply.error_type}: {reply.error}")
+        return reply, pixels, seconds
+
+    def send(self, request: _Message, timeout_s: float) -> Pending:
+        """Write the request (starting the child, or restarting it with its last model, first)."""
+        pending = Pending(timeout_s)
+        with self.lock:
+            try:
+                if not self.alive:
+                    self.start(reload=not isinstance(request, LoadRequest))
+                self.pending.append(pending)
+                write_frame(self.requests, request)
+            except OSError as error:
+                ended, reason = self.detach(), f"{request.op}: {error}"
+            else:
+                if isinstance(request, (LoadRequest, UnloadRequest)):
+                    self.loaded = request if isinstance(request, LoadRequest) else None
+                return pending
+        end_child(*ended, reason)
+        return pending
+
+    def start(self, reload: bool) -> None:
+        """A new child and a reader thread for its replies (the lock is held). `reload`: one died,
+        so its model is loaded again first, a bounded number of times."""
+        if self.process is not None:
+            end_child(*self.detach(), "replaced")
+        if reload and self.loaded is not None:
+            now = time.monotonic()
+            self.deaths = [at for at in self.deaths if now - at < RESTART_WINDOW_S] + [now]
+            if len(self.deaths) > MAX_RESTARTS:
+                raise ModelProcessFailed(f"the model process died {len(self.deaths)} times in "
+                                         f"{RESTART_WINDOW_S:.0f} s")
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        command = [sys.executable, "-m", "shared.backends.model_process",
+                   str(request_read), str(reply_write), str(os.getpid())]
+        try:
+            self.process = subprocess.Popen(command, pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL,
+                                            stdout=STDERR_FD, env=self.env)
+        finally:
+            os.close(request_read)
+            os.close(reply_write)
+        self.requests = os.fdopen(request_write, "wb")
+        # Unbuffered, so that select() on the pipe sees every byte not yet read.
+        replies = os.fdopen(reply_read, "rb", buffering=0)
+        threading.Thread(target=self.read_replies, args=(self.process, replies), daemon=True,
+                         name=f"model-process-{self.process.pid}").start()
+        if reload and self.loaded is not None:
+            self.pending.append(Pending(self.load_timeout_s))
+            write_frame(self.requests, self.loaded)
+
+    def read_replies(self, process: subprocess.Popen, replies: BinaryIO) -> None:
+        """The reader thread of one child: replies in request order, each within its bound."""
+        with replies:
+            last_end = 0.0
+            while True:
+                with self.lock:
+                    if self.process is not process:
+                        return
+                    head = self.pending[0] if self.pending else None
+                if head is None:
+                    # Requests are listed before they are written, so bytes with none listed
+                    # mean the child closed its end (or broke the protocol).
+                    if wait_readable(replies, 0.1) and self.owns_nothing(process):
+                        self.kill("the model process exited", process)
+                        return
+                    continue
+                try:
+                    if not wait_readable(replies, head.timeout_s):
+                        raise TimeoutError(f"no reply within {head.timeout_s:g} s")
+                    reply = Reply.model_validate_json(read_header(replies))
+                    pixels = [read_exactly(replies, frame.size) for frame in reply.images]
+                except (OSError, EOFError, ValueError, TimeoutError) as error:
+                    self.kill(f"{type(error).__name__}: {error}", process)
+                    return
+                end = time.perf_counter()
+                with self.lock:
+                    self.pending.popleft()
+                head.reply.set_result((reply, pixels, end - max(last_end, head.sent_at)))
+                last_end = end
+
+    def owns_nothing(self, process: subprocess.Popen) -> bool:
+        with self.lock:
+            return self.process is process and not self.pending
+
+    def kill(self, reason: str, process: subprocess.Popen) -> None:
+        """End this child, if it is still the current one, and fail every request it had."""
+        with self.lock:
+            if self.process is not process:
+                return
+            ended = self.detach()
+        end_child(*ended, reason)
+
+    def detach(self) -> tuple[subprocess.Popen | None, list[Pending]]:
+        """Forget the child and its requests (the lock is held); `end_child` finishes them."""
+        child, self.process = self.process, None
+        failed, self.pending = list(self.pending), deque()
+        if self.requests is not None:
+            close_quietly(self.requests)
+            self.requests = None
+        return child, failed
+
+    def close(self) -> None:
+        """Close the request pipe: the child finishes what it has, unloads and exits (it is
+        killed after CLOSE_WAIT_S)."""
+        with self.lock:
+            ended = self.detach()
+            self.loaded = None
+        end_child(*ended, "the model process was closed", wait_s=CLOSE_WAIT_S)
+
+
+def end_child(child: subprocess.Popen | None, failed: list[Pending], reason: str, wait_s: float = 0.0) -> None:
+    code = None
+    if child is not None:
+        try:
+            code = child.wait(timeout=wait_s) if wait_s else None
+        except subprocess.TimeoutExpired:
+            pass
+        if code is None:
+            child.kill()
+            code = child.wait()
+    for pending in failed:
+        if not pending.reply.done():
+            pending.reply.set_exception(ModelProcessDied(f"{reason} (exit code {code})"))
+
+
+def wait_readable(stream: BinaryIO, timeout_s: float) -> bool:
+    ready, _, _ = select.select([stream], [], [], timeout_s)
+    return bool(ready)
+
+
+def close_quietly(stream: BinaryIO) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+class ProcessGenerator(Generator):
+    """A Generator whose model runs in the worker's model process. Batches may be sent from
+    several threads: the child runs them one after the other, in the order they were sent."""
+
+    def __init__(self, model: ModelProfile, process: ModelProcess) -> None:
+        super().__init__(model)
+        self.process = process
+
+    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+        return self.generate_timed(batch).images
+
+    def generate_timed(self, batch: list[GenerationInput]) -> Generated:
+        if not batch:
+            return Generated([], 0.0, 0.0)
+        return self.process.generate(batch)
+
+    def close(self) -> None:
+        self.process.unload()
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
