@@ -208,7 +208,9 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL when the worker dies (Linux), so a killed worker leaves no model holding a GPU."""
+    """SIGKILL when the worker dies (Linux), so a killed worker leaves no model holding a GPU.
+    The signal follows the *thread* that started the child: the worker starts it from its model
+    executor's threads, which live as long as the worker."""
     if sys.platform.startswith("linux"):
         import ctypes
 
