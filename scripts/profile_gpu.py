@@ -11,6 +11,9 @@ what runs is the diffusers backend (shared/backends/diffusers_backend.py) on the
         --batches 1 2 4 8 16 --name h100-random
     # the tiny pipelines on this CPU (what the tests run)
     .venv/bin/python scripts/profile_gpu.py --tiny --batches 1 2 4
+    # whether torch.compile with CUDA graphs cuts SD-Turbo's launch-bound batch-1 latency
+    .venv/bin/python scripts/profile_gpu.py --random-weights --models sd-turbo --batches 1 2 4 \
+        --compile reduce-overhead
 
 Writes OUT/NAME.json, a profile that `HADIS_PROFILE` and the planner read (latency_ms =
 the p50 of each batch size; max_batch = the largest batch that fitted, when a larger one
@@ -23,10 +26,12 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import get_args
 
 import orjson
 
 from shared.backends.profiling import (
+    CompileMode,
     Measurements,
     ModelMeasurement,
     ModelToProfile,
@@ -54,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--swap-runs", type=int, default=3, help="switches in and out per model")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
-    parser.add_argument("--name", help="the written profile's name (default from device and weights)")
+    parser.add_argument("--compile", dest="compile_mode", choices=list(get_args(CompileMode)),
+                        help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); no swaps")
+    parser.add_argument("--name", help="the written profile's name (default from device, weights, compile mode)")
     parser.add_argument("--out", type=Path, default=PROFILES_DIR)
     args = parser.parse_args(argv)
     if any(batch < 1 for batch in args.batches) or args.runs < 1 or args.swap_runs < 0:
@@ -68,13 +75,14 @@ def weights_of(args: argparse.Namespace) -> Weights:
     return "random" if args.random_weights else "published"
 
 
-def default_name(device_text: str, weights: Weights) -> str:
+def default_name(device_text: str, weights: Weights, compile_mode: str | None = None) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", device_text.lower().split("(")[0].split(",")[0]).strip("-")
-    return f"measured-{slug}-{weights}"[:64]
+    compiled = f"-compiled-{compile_mode}" if compile_mode else ""
+    return f"measured-{slug}-{weights}{compiled}"[:64]
 
 
 def print_model(measurement: ModelMeasurement) -> None:
-    print(f"{measurement.name}: loaded in {measurement.load_s:.2f} s")
+    print(f"{measurement.name}: loaded in {measurement.load_s:.2f} s, first image in {measurement.warm_up_s:.2f} s")
     for point in measurement.points:
         if point.fits:
             memory = point.peak_memory_bytes / GIB
@@ -98,7 +106,7 @@ def to_profile(record: Measurements, source: Profile) -> Profile:
     description = (
         f"Measured by scripts/profile_gpu.py through the diffusers backend: whole-pipeline batch latency "
         f"(p50 of {record.runs_per_batch} runs after one untimed run; prompt to PIL images), {record.weights} "
-        f"weights, {record.dtype}. Model definitions from profile {source.name}. Switch through host memory, "
+        f"weights, {record.dtype}{compiled_text(record)}. Model definitions from profile {source.name}. Switch through host memory, "
         f"pinned on CUDA (median of each model's swaps): {swaps or 'not measured (one model)'}. p90, peak memory "
         f"({record.memory_kind}) and load times: measurements/{record.name}.json."
     )
@@ -107,6 +115,10 @@ def to_profile(record: Measurements, source: Profile) -> Profile:
         device=f"{record.device}, torch {record.torch_version}, diffusers {record.diffusers_version}, {record.dtype}",
         time_unit_note="Real time.", models=models, default_light=light, default_heavy=heavy,
     )
+
+
+def compiled_text(record: Measurements) -> str:
+    return f", denoiser compiled (torch.compile mode {record.compile_mode})" if record.compile_mode else ""
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -123,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     targets = [ModelToProfile(source.model(name), loader_for(source.model(name), weights, device, args.dtype))
                for name in names]
     measured = profile_models(targets, device=device, dtype=args.dtype, batches=args.batches, runs=args.runs,
-                              swap_runs=args.swap_runs, on_model=print_model)
-    record = measurements_record("pending", device, args.dtype, weights, args.runs, measured)
-    record = record.model_copy(update={"name": args.name or default_name(record.device, weights)})
+                              swap_runs=args.swap_runs, compile_mode=args.compile_mode, on_model=print_model)
+    record = measurements_record("pending", device, args.dtype, weights, args.runs, measured, args.compile_mode)
+    record = record.model_copy(update={"name": args.name or default_name(record.device, weights, args.compile_mode)})
     for model in measured.values():
         if model.swap_in_s is not None:
             print(f"{model.name}: switch in {model.swap_in_s * 1000:.1f} ms, out {model.swap_out_s * 1000:.1f} ms "

@@ -27,6 +27,9 @@ from shared.schemas import Strict, now
 
 Weights = Literal["published", "random", "tiny"]
 MemoryKind = Literal["cuda_max_allocated", "process_peak_rss"]
+# torch.compile modes for the denoiser; "reduce-overhead" replays CUDA graphs, which is what a
+# launch-bound model (SD-Turbo at batch 1) needs.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 PROMPTS = ("a red bicycle leaning on a brick wall", "a lighthouse on a cliff at dusk, oil painting",
            "a bowl of ramen, studio photograph", "an astronaut riding a horse on the moon")
 
@@ -50,6 +53,7 @@ class ModelMeasurement(Strict):
     guidance: float
     resolution: int
     load_s: float
+    warm_up_s: float | None = None  # the first image, compilation included when compiled
     swap_in_s: float | None = None
     swap_out_s: float | None = None
     swap_runs: int = 0
@@ -67,6 +71,7 @@ class Measurements(Strict):
     torch_version: str
     diffusers_version: str
     runs_per_batch: int
+    compile_mode: CompileMode | None = None
     created_at: float
     models: dict[str, ModelMeasurement]
 
@@ -159,6 +164,13 @@ def measure_batches(generator: DiffusersGenerator, batches: list[int], runs: int
     return points
 
 
+def compile_denoiser(pipeline: diffusers.DiffusionPipeline, mode: CompileMode) -> None:
+    """torch.compile the UNet (SD, SDXL) or the MMDiT (SD3): nearly all of a step's time. Each new
+    batch size compiles again, in measure_batch's untimed run."""
+    name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    setattr(pipeline, name, torch.compile(getattr(pipeline, name), mode=mode))
+
+
 @dataclass
 class ModelToProfile:
     model: ModelProfile
@@ -173,19 +185,28 @@ def profile_models(
     batches: list[int],
     runs: int,
     swap_runs: int,
+    compile_mode: CompileMode | None = None,
     on_model: Callable[[ModelMeasurement], None] = lambda measurement: None,
 ) -> dict[str, ModelMeasurement]:
     """Each model loaded once into a shared host cache and measured; then every model is
-    switched in and out `swap_runs` times, as a worker moved between tiers does."""
+    switched in and out `swap_runs` times, as a worker moved between tiers does (not with
+    `compile_mode`: a compiled denoiser is measured, not moved)."""
     cache = ModelCache(device)
     measured: dict[str, ModelMeasurement] = {}
     for target in targets:
         generator = DiffusersGenerator(target.model, device=device, dtype=dtype, load=target.load, cache=cache)
+        if compile_mode is not None:
+            compile_denoiser(generator.pipeline, compile_mode)
+        started = time.perf_counter()
         generator.warm_up()
+        warm_up_s = round(time.perf_counter() - started, 3)
         points = measure_batches(generator, batches, runs)
         generator.close()
-        measured[target.model.name] = _measurement(target.model, generator.swap.seconds, points)
+        measured[target.model.name] = _measurement(target.model, generator.swap.seconds, points).model_copy(
+            update={"warm_up_s": warm_up_s})
         on_model(measured[target.model.name])
+    if compile_mode is not None:
+        swap_runs = 0
     swaps_in: dict[str, list[float]] = {name: [] for name in measured}
     swaps_out: dict[str, list[float]] = {name: [] for name in measured}
     for _ in range(swap_runs if len(targets) > 1 else 0):
@@ -217,13 +238,14 @@ def _measurement(model: ModelProfile, load_s: float, points: list[BatchPoint]) -
 
 
 def measurements_record(name: str, device: str, dtype: str, weights: Weights, runs: int,
-                        models: dict[str, ModelMeasurement]) -> Measurements:
+                        models: dict[str, ModelMeasurement], compile_mode: CompileMode | None = None) -> Measurements:
     torch_device = torch.device(device)
     resolved = resolve_dtype(dtype, torch_device)
     return Measurements(
         name=name, device=device_description(torch_device), dtype=str(resolved).removeprefix("torch."),
         weights=weights, memory_kind=memory_kind(torch_device), torch_version=torch.__version__,
-        diffusers_version=diffusers.__version__, runs_per_batch=runs, created_at=now(), models=models,
+        diffusers_version=diffusers.__version__, runs_per_batch=runs, compile_mode=compile_mode, created_at=now(),
+        models=models,
     )
 
 

@@ -60,3 +60,15 @@ def test_a_batch_that_runs_out_of_memory_caps_the_profile(profile_gpu) -> None:
     profile = profile_gpu.to_profile(record, load_profile("tiny-cpu"))
     assert profile.models[model.name].max_batch == 2
     assert sorted(profile.models[model.name].latency_ms) == [1, 2]
+
+
+def test_a_compiled_denoiser_is_measured_and_named(profile_gpu, tmp_path: Path, capsys) -> None:
+    profile_gpu.main(["--tiny", "--models", "tiny-sd-turbo", "--batches", "1", "--runs", "2", "--compile", "default",
+                      "--out", str(tmp_path)])
+    written = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("profile_written "))
+    assert written.name.endswith("-tiny-compiled-default.json")
+    record = Measurements.model_validate(orjson.loads((tmp_path / "measurements" / written.name).read_bytes()))
+    measured = record.models["tiny-sd-turbo"]
+    assert record.compile_mode == "default" and measured.warm_up_s > 0 and measured.points[0].fits
+    assert measured.swap_runs == 0
+    assert "compiled (torch.compile mode default)" in load_profile(str(written)).description
