@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean
+.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ bench-pipeline: install services
 # Bare generation loop vs queue -> worker -> store, tiny on the CPU and emulated; last line worker_efficiency.
 bench-worker: install services
 	$(PY) scripts/bench_worker.py
+
+# Wheels for scripts/device/profile.sh on a GPU machine of the device tool (Python 3.12 there).
+device-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl -r scripts/device/carry.txt
 
 bench-planner: install
 	$(PY) scripts/bench_planner.py
