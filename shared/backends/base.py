@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from PIL import Image
+from pydantic import ConfigDict
 
 from shared.profiles import ModelProfile
 
 
 @dataclass(frozen=True)
 class GenerationInput:
+    __pydantic_config__ = ConfigDict(extra="forbid")  # as it travels to a model process
+
     job_id: str
     prompt: str
     negative_prompt: str

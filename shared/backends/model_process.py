@@ -78,18 +78,9 @@ class LoadRequest(_Message):
     fail_pattern: str | None = None
 
 
-class InputFrame(_Message):
-    job_id: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    width: int
-    height: int
-
-
 class GenerateRequest(_Message):
     op: Literal["generate"] = "generate"
-    inputs: list[InputFrame]
+    inputs: list[GenerationInput]
 
 
 class UnloadRequest(_Message):
@@ -171,8 +162,7 @@ class ModelServer:
             return Reply(ok=True), []
         if self.generator is None:
             raise RuntimeError("no model is loaded")
-        inputs = [GenerationInput(**item.model_dump()) for item in request.inputs]
-        images = self.generator.generate(inputs)
+        images = self.generator.generate(request.inputs)
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 
@@ -274,8 +264,7 @@ class ModelProcess:
     def generate(self, inputs: list[GenerationInput]) -> Generated:
         """The batch's images; its seconds run from the end of the batch before it (or from
         sending, if the child was idle) to its reply, its busy time is the child's own."""
-        frames = [InputFrame(**vars(item)) for item in inputs]
-        reply, pixels, seconds = self.call(GenerateRequest(inputs=frames), self.generate_timeout_s)
+        reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs), self.generate_timeout_s)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
                   for frame, data in zip(reply.images, pixels)]
         return Generated(images, seconds, reply.seconds)

@@ -21,7 +21,6 @@ from shared.backends.model_process import (
     MAX_RESTARTS,
     GenerateRequest,
     ImageFrame,
-    InputFrame,
     LoadRequest,
     ModelProcess,
     ModelProcessDied,
@@ -79,8 +78,11 @@ def test_a_frame_carries_its_header_and_pixels_through_a_pipe() -> None:
 def test_requests_refuse_unknown_fields() -> None:
     with pytest.raises(ValueError):
         GenerateRequest.model_validate({"op": "generate", "inputs": [], "priority": 1})
-    with pytest.raises(ValueError):
-        InputFrame.model_validate({"job_id": "a", "prompt": "p", "negative_prompt": "", "seed": 1, "width": 8})
+    item = {"job_id": "a", "prompt": "p", "negative_prompt": "", "seed": 1, "width": 8, "height": 8}
+    assert GenerateRequest.model_validate({"inputs": [item]}).inputs == [GenerationInput("a", "p", "", 1, 8, 8)]
+    for wrong in ({**item, "steps": 4}, {key: value for key, value in item.items() if key != "height"}):
+        with pytest.raises(ValueError):
+            GenerateRequest.model_validate({"op": "generate", "inputs": [wrong]})
 
 
 def test_the_child_generates_what_the_model_would_in_this_process(process: ModelProcess) -> None:
