@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from shared.backends.base import Generator
-from shared.backends.model_process import LoadRequest, ModelProcess, ProcessGenerator
+from shared.backends.model_process import LoadRequest, ModelProcess, ProcessGenerator, warm_generator
 from shared.profiles import ModelProfile
 from shared.settings import Settings
 
@@ -43,15 +43,9 @@ class InlineHost:
         self.generator: Generator | None = None
 
     def load(self, model: ModelProfile) -> Generator:
-        from shared.backends import make_generator
-
         self.close()
-        spec = load_request(self.settings, model)
-        generator = make_generator(spec.kind, model, device=spec.device, time_scale=spec.time_scale,
-                                   dtype=spec.dtype, fail_pattern=spec.fail_pattern)
-        generator.warm_up()
-        self.generator = generator
-        return generator
+        self.generator = warm_generator(load_request(self.settings, model), model)
+        return self.generator
 
     def close(self) -> None:
         if self.generator is not None:

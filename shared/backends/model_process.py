@@ -144,6 +144,16 @@ def image_frames(images: list[Image.Image]) -> tuple[list[ImageFrame], list[byte
     return frames, pixels
 
 
+def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
+    """The generator `spec` names, warmed up: what a host, here or in the child, holds."""
+    from shared.backends import make_generator
+
+    generator = make_generator(spec.kind, model, device=spec.device, time_scale=spec.time_scale, dtype=spec.dtype,
+                               fail_pattern=spec.fail_pattern)
+    generator.warm_up()
+    return generator
+
+
 # The child -----------------------------------------------------------------------------------
 
 class ModelServer:
@@ -167,14 +177,8 @@ class ModelServer:
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 
     def load(self, request: LoadRequest) -> None:
-        from shared.backends import make_generator
-
         self.unload()
-        model = load_profile(request.profile).model(request.model)
-        generator = make_generator(request.kind, model, device=request.device, time_scale=request.time_scale,
-                                   dtype=request.dtype, fail_pattern=request.fail_pattern)
-        generator.warm_up()
-        self.generator = generator
+        self.generator = warm_generator(request, load_profile(request.profile).model(request.model))
 
     def unload(self) -> None:
         if self.generator is not None:
@@ -239,10 +243,9 @@ class ModelProcess:
     thread match the replies to them. Requests may be written while earlier ones run, so the
     child starts batch k+1 the moment it has replied to batch k."""
 
-    def __init__(self, *, load_timeout_s: float, generate_timeout_s: float, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, load_timeout_s: float, generate_timeout_s: float) -> None:
         self.load_timeout_s = load_timeout_s
         self.generate_timeout_s = generate_timeout_s
-        self.env = env
         self.lock = threading.Lock()  # guards the child, its request pipe, `pending` and `loaded`
         self.process: subprocess.Popen | None = None
         self.requests: BinaryIO | None = None
@@ -314,7 +317,7 @@ class ModelProcess:
                    str(request_read), str(reply_write), str(os.getpid())]
         try:
             self.process = subprocess.Popen(command, pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL,
-                                            stdout=STDERR_FD, env=self.env)
+                                            stdout=STDERR_FD)
         finally:
             os.close(request_read)
             os.close(reply_write)
