@@ -3,6 +3,7 @@ validated once at start-up: a bad value stops the service before it consumes."""
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import lru_cache
 from typing import Literal
@@ -11,6 +12,24 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.schemas import Plan, Tier
+
+# Backends whose model runs in a process of its own under HADIS_MODEL_PROCESS=auto: their Python
+# would otherwise share the worker's interpreter lock (shared/backends/model_process.py says why).
+MODEL_PROCESS_BY_DEFAULT = ("tiny", "diffusers")
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """A CPU list as taskset and cpuset write it: "3", "0-3", "0,2,4-5"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list such as 0-3 or 2,3")
+        low, high = int(first), int(last or first)
+        if high < low:
+            raise ValueError(f"CPU range {part!r} runs backwards")
+        cpus.update(range(low, high + 1))
+    return frozenset(cpus)
 
 
 class Settings(BaseSettings):
@@ -36,6 +55,9 @@ class Settings(BaseSettings):
                                               description="Fault injection: the emulated model raises on matching prompts.")
     model_process: Literal["auto", "separate", "inline"] = Field(
         default="auto", description="Run the worker's model in a process of its own (auto: for tiny and diffusers).")
+    model_cpus: str = Field(
+        default="", max_length=200,
+        description="CPUs the model process runs on (0-3, 2,3); empty: any. Keeps serving work off the model's cores.")
     model_load_timeout_s: float = Field(default=3600.0, gt=0, le=86_400,
                                         description="Bound on loading a model (a first download included).")
     generate_timeout_s: float = Field(default=600.0, gt=0, le=86_400,
@@ -99,6 +121,29 @@ class Settings(BaseSettings):
             if name is not None:
                 profile.model(name)
         return self
+
+    @model_validator(mode="after")
+    def model_cpus_usable(self) -> "Settings":
+        if not self.model_cpus:
+            return self
+        cpus = parse_cpu_list(self.model_cpus)
+        if not self.model_in_own_process:
+            raise ValueError("HADIS_MODEL_CPUS pins the model process, and this model runs inline "
+                             f"(HADIS_MODEL_PROCESS={self.model_process}, HADIS_BACKEND={self.backend})")
+        if max(cpus) >= (os.cpu_count() or 1):
+            raise ValueError(f"HADIS_MODEL_CPUS={self.model_cpus} names a CPU this machine lacks "
+                             f"(it has {os.cpu_count()})")
+        return self
+
+    @property
+    def model_in_own_process(self) -> bool:
+        if self.model_process == "auto":
+            return self.backend in MODEL_PROCESS_BY_DEFAULT
+        return self.model_process == "separate"
+
+    @property
+    def model_cpu_set(self) -> frozenset[int] | None:
+        return parse_cpu_list(self.model_cpus) if self.model_cpus else None
 
     def as_env(self) -> dict[str, str]:
         """These settings as HADIS_* variables, for the processes this one starts."""

@@ -3,7 +3,8 @@
 A host holds one model at a time: `load` replaces it (and warms it up), `close` ends it.
 HADIS_MODEL_PROCESS picks the host: `separate` for the torch backends (tiny, diffusers), whose
 Python would otherwise share the worker's interpreter lock (model_process.py says why);
-`inline` for the emulated one, which only sleeps. `auto` chooses so.
+`inline` for the emulated one, which only sleeps. `auto` chooses so
+(`Settings.model_in_own_process`). HADIS_MODEL_CPUS pins the model process to its own cores.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from shared.backends.base import Generator
 from shared.backends.model_process import LoadRequest, ModelProcess, ProcessGenerator, warm_generator
 from shared.profiles import ModelProfile
 from shared.settings import Settings
-
-SEPARATE_BY_DEFAULT = ("tiny", "diffusers")
 
 
 class GeneratorHost(Protocol):
@@ -59,7 +58,7 @@ class ProcessHost:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.process = ModelProcess(load_timeout_s=settings.model_load_timeout_s,
-                                    generate_timeout_s=settings.generate_timeout_s)
+                                    generate_timeout_s=settings.generate_timeout_s, cpus=settings.model_cpu_set)
 
     def load(self, model: ModelProfile) -> Generator:
         self.process.load(load_request(self.settings, model))
@@ -69,11 +68,5 @@ class ProcessHost:
         self.process.close()
 
 
-def separate_process(settings: Settings) -> bool:
-    if settings.model_process == "auto":
-        return settings.backend in SEPARATE_BY_DEFAULT
-    return settings.model_process == "separate"
-
-
 def make_host(settings: Settings) -> GeneratorHost:
-    return ProcessHost(settings) if separate_process(settings) else InlineHost(settings)
+    return ProcessHost(settings) if settings.model_in_own_process else InlineHost(settings)

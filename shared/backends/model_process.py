@@ -218,8 +218,11 @@ def child_main(argv: list[str]) -> None:
     from shared.logging import configure
     from shared.settings import get_settings
 
-    request_fd, reply_fd, parent_pid = (int(value) for value in argv)
+    request_fd, reply_fd, parent_pid = (int(value) for value in argv[:3])
     _die_with_parent(parent_pid)
+    if len(argv) > 3:
+        # Before torch starts a thread: threads inherit the CPUs of the thread that starts them.
+        os.sched_setaffinity(0, {int(cpu) for cpu in argv[3].split(",")})
     configure(get_settings(), "model-process")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when this process ends
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -243,9 +246,11 @@ class ModelProcess:
     thread match the replies to them. Requests may be written while earlier ones run, so the
     child starts batch k+1 the moment it has replied to batch k."""
 
-    def __init__(self, *, load_timeout_s: float, generate_timeout_s: float) -> None:
+    def __init__(self, *, load_timeout_s: float, generate_timeout_s: float,
+                 cpus: frozenset[int] | None = None) -> None:
         self.load_timeout_s = load_timeout_s
         self.generate_timeout_s = generate_timeout_s
+        self.cpus = cpus  # where the child may run (None: anywhere)
         self.lock = threading.Lock()  # guards the child, its request pipe, `pending` and `loaded`
         self.process: subprocess.Popen | None = None
         self.requests: BinaryIO | None = None
@@ -315,6 +320,8 @@ class ModelProcess:
         reply_read, reply_write = os.pipe()
         command = [sys.executable, "-m", "shared.backends.model_process",
                    str(request_read), str(reply_write), str(os.getpid())]
+        if self.cpus:
+            command.append(",".join(str(cpu) for cpu in sorted(self.cpus)))
         try:
             self.process = subprocess.Popen(command, pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL,
                                             stdout=STDERR_FD)

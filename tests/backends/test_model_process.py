@@ -215,6 +215,18 @@ def test_the_host_follows_the_setting(backend: str, choice: str, host: type) -> 
     assert chosen.concurrent_batches == (2 if host is ProcessHost else 1)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell pinned from not")
+def test_the_model_process_runs_on_its_cpus_only() -> None:
+    host = ProcessHost(Settings(backend="emulated", model_process="separate", profile="paper-l40s-x10",
+                                time_scale=0.0, model_cpus="1"))
+    try:
+        host.load(load_profile("paper-l40s-x10").model("sdxl-lightning"))
+        assert os.sched_getaffinity(host.process.pid) == {1}
+        assert len(os.sched_getaffinity(0)) > 1  # the worker itself stays where it was
+    finally:
+        host.close()
+
+
 @pytest.mark.parametrize("host_class", [InlineHost, ProcessHost])
 def test_either_host_loads_warms_and_replaces_the_model(host_class: type) -> None:
     settings = Settings(backend="emulated", profile="paper-l40s-x10", time_scale=0.0)
