@@ -3,21 +3,29 @@
 For each backend, the same model, batch size, prompts, seeds and number of batches per round,
 in alternating rounds:
 
-1. bare loop: the generator's `generate` called back to back in this process;
+1. bare loop: the generator's `generate` called back to back, in a process of its own
+   (scripts/bare_loop.py, timed there);
 2. service path: the tier queue filled with Task messages whose job records exist (`routed`,
    as the router leaves them) and drained by the real worker service (a separate process,
    `python -m services.worker`, with its model process, on the local RabbitMQ and Redis in a
    namespace of its own): admit, generate, encode PNG, store, hand on. Timed from the first
    `generating` to the last `judging` (light tier) or `done` (heavy tier) in the event stream.
 
-Both sides are loaded and warmed up once (the worker also drains a warm-up round) before the
-timed rounds, so neither start-up nor model load is counted. The machine's own speed drifts
-(the bare loop alone varies by +-10 % between runs a few seconds apart on the 2-core
-development machine), so each round's bare loop and service path run back to back, the
-efficiency of a round is service rate / bare rate, and the figure is the median over rounds.
-PyTorch gets `--torch-threads` threads (default 1) in both: on a CPU the model stands in for
-the GPU, and the worker's own threads (event loop, PNG encoding) need a core of their own, as
-they have beside a real GPU.
+An epoch starts a fresh bare-loop process and a fresh worker, warms both up (each runs an
+untimed round), then runs the timed rounds; neither start-up nor model load is counted. The
+machine's own speed drifts (the bare loop alone varies by +-10 % between runs a few seconds apart
+on the 2-core development machine), so each round's bare loop and service path run back to back
+and the efficiency of a round is service rate / bare rate. And each process draws a speed of its
+own for its lifetime (two fresh processes running the same model on the same CPU differ by up to
+3 %), so the rounds are spread over several epochs. The figure is the median over all rounds.
+On a CPU the model stands in for the GPU, which is a device of its own: PyTorch gets
+`--torch-threads` threads (default 1) in both paths, and with two CPUs or more the model gets a
+CPU of its own (`--model-cpu`; `auto`: the one serving the fewest device interrupts): the bare
+loop runs there, and so does the worker's model process (HADIS_MODEL_CPUS), while the worker,
+this harness, and for the run the local RabbitMQ and Redis, run on the others
+(scripts/cpu_isolation.py). Otherwise the model computes several per cent slower in the service
+path than alone, as the serving processes wake on its CPU: that would measure the machine's
+scheduler, not what the worker leaves the model.
 
 Last line: `worker_efficiency <ratio>`, the lower of the backends' medians; target >= 0.95.
 """
@@ -26,23 +34,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bare_loop import prompt_and_seed
+from cpu_isolation import Moved, cpu_list, listening_pids, local_ports, moved_to, quietest_cpu, running_on
 from shared import supervisor
-from shared.backends import make_generator
-from shared.backends.base import GenerationInput
 from shared.bus import Bus
 from shared.profiles import load_profile
-from shared.reference import prompts
 from shared.schemas import Job, JobState, Task, Tier
 from shared.settings import Settings
 from shared.store import Change, Store
@@ -54,50 +65,85 @@ class Case:
     profile: str
     model: str
     time_scale: float
-    rounds: int  # the default: as many as it takes for the median to settle
+    # The defaults: as many as it takes for the median to settle.
+    epochs: int  # a fresh worker and bare-loop process each
+    rounds: int  # per epoch
+    batches: int  # per round and path: the service path's rounds start and end with an empty pipeline
 
 
 CASES = {
-    # The tiny pipeline on this CPU: the worker's own CPU work competes with the model's, and
-    # the machine's speed drifts, so it takes many short rounds.
-    "tiny": Case("tiny", "tiny-cpu", "tiny-sd-turbo", 1.0, rounds=20),
+    # The tiny pipeline on this CPU: the machine's speed drifts (so many short paired rounds) and
+    # each process draws a speed of its own (so several epochs).
+    "tiny": Case("tiny", "tiny-cpu", "tiny-sd-turbo", 1.0, epochs=4, rounds=5, batches=40),
     # SDXL-Lightning as the paper's main experiment emulates it (50 ms per image, 180 ms per batch
     # of 4): sleeping does not drift.
-    "emulated": Case("emulated", "paper-l40s-x10", "sdxl-lightning", 1.0, rounds=5),
+    "emulated": Case("emulated", "paper-l40s-x10", "sdxl-lightning", 1.0, epochs=1, rounds=5, batches=20),
 }
+BARE_LOOP = Path(__file__).with_name("bare_loop.py")
 FINAL_STATE = {Tier.light: JobState.judging, Tier.heavy: JobState.done}
 WARM_UP_BATCHES = 4
 FOLLOW_PAUSE_S = 0.2
 
 
+@dataclass(frozen=True)
+class Cpus:
+    """Where the model computes, and where everything else of the benchmark runs."""
+
+    model: frozenset[int]
+    serving: frozenset[int]
+
+    @classmethod
+    def choose(cls, choice: str, case: "Case") -> "Cpus | None":
+        """`auto`: for a model that computes on this machine's CPUs, if there are two or more, the
+        one that serves the fewest device interrupts."""
+        available = sorted(os.sched_getaffinity(0))
+        if choice == "none" or (choice == "auto" and (case.backend == "emulated" or len(available) < 2)):
+            return None
+        model = quietest_cpu(available) if choice == "auto" else int(choice)
+        if model not in available or len(available) < 2:
+            raise SystemExit(f"--model-cpu {choice}: needs a CPU of {available} and another beside it")
+        return cls(frozenset({model}), frozenset(available) - {model})
+
+    def describe(self, moved: Moved) -> str:
+        return (f"model on CPU {cpu_list(self.model)}, worker and harness on CPU {cpu_list(self.serving)}, "
+                f"{moved.describe()}")
+
+
 def make_jobs(count: int, resolution: int) -> list[Job]:
-    texts = prompts()
-    return [Job(prompt=texts[i % len(texts)], seed=i, width=resolution, height=resolution) for i in range(count)]
-
-
-def inputs_of(jobs: list[Job]) -> list[GenerationInput]:
-    return [GenerationInput(job.job_id, job.prompt, job.negative_prompt, job.seed, job.width, job.height)
-            for job in jobs]
+    """The service path's jobs: the bare loop's prompts and seeds (scripts/bare_loop.py)."""
+    return [Job(prompt=prompt, seed=seed, width=resolution, height=resolution)
+            for prompt, seed in map(prompt_and_seed, range(count))]
 
 
 class BareLoop:
-    """The generator in this process, built and warmed up once."""
+    """scripts/bare_loop.py: the generator called back to back in a process of its own, on the
+    model's CPUs."""
 
-    def __init__(self, case: Case, device: str) -> None:
-        model = load_profile(case.profile).model(case.model)
-        self.generator = make_generator(case.backend, model, device=device, time_scale=case.time_scale)
-        self.generator.warm_up()
+    def __init__(self, case: Case, device: str, cpus: frozenset[int] | None) -> None:
+        command = [sys.executable, str(BARE_LOOP), case.backend, case.profile, case.model, device, str(case.time_scale)]
+        with running_on(cpus):
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.answer("ready")
 
-    def rate(self, jobs: list[Job], batch: int) -> float:
+    def rate(self, count: int, batch: int) -> float:
         """Images/s of back-to-back generate calls."""
-        inputs = inputs_of(jobs)
-        started = time.perf_counter()
-        for start in range(0, len(inputs), batch):
-            self.generator.generate(inputs[start:start + batch])
-        return len(inputs) / (time.perf_counter() - started)
+        self.process.stdin.write(f"{count} {batch}\n")
+        self.process.stdin.flush()
+        return float(self.answer("images/s"))
+
+    def answer(self, what: str) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bare loop exited (code {self.process.wait()}) before its {what}")
+        return line.strip()
 
     def close(self) -> None:
-        self.generator.close()
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def service_settings(case: Case, namespace: str, tier: Tier, batch: int, batch_wait_ms: int,
@@ -191,19 +237,27 @@ async def delete_namespace(settings: Settings) -> None:
 class ServicePath:
     """One worker process on a namespace of its own, fed round after round."""
 
-    def __init__(self, case: Case, batch: int, tier: Tier, args: argparse.Namespace) -> None:
+    def __init__(self, case: Case, batch: int, tier: Tier, args: argparse.Namespace, cpus: Cpus | None) -> None:
         self.namespace = f"benchw{uuid.uuid4().hex[:8]}"
         self.tier, self.timeout_s = tier, args.timeout_s
+        self.serving_cpus = cpus.serving if cpus else None
         self.settings = Settings(namespace=self.namespace, profile=case.profile)
         self.metrics_port = free_port()
         env = service_settings(case, self.namespace, tier, batch, args.batch_wait_ms, args.device)
         env["HADIS_METRICS_PORT"] = str(self.metrics_port)
+        if cpus:
+            env["HADIS_MODEL_CPUS"] = cpu_list(cpus.model)
         self.worker = supervisor.Child(f"{tier.value}-worker", args.worker_module, env)
-        self.worker.start()
+        with running_on(self.serving_cpus):  # the worker inherits them; its model process moves to its own
+            self.worker.start()
         self.busy_fractions: list[float] = []
 
     def rate(self, jobs: list[Job]) -> float:
         """Images/s through queue -> worker -> store; notes the share of that time the model was busy."""
+        with running_on(self.serving_cpus):
+            return self._rate(jobs)
+
+    def _rate(self, jobs: list[Job]) -> float:
         busy_before = self.model_busy_s()
         since_id = asyncio.run(prefill(self.settings, jobs, self.tier))
         first, last = asyncio.run(follow_until_finished(self.settings, {job.job_id for job in jobs}, since_id,
@@ -232,22 +286,52 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def measure(case: Case, args: argparse.Namespace, tier: Tier) -> tuple[list[float], list[float], list[float]]:
-    """Bare and service rates of each round, and the model's busy share of each service round,
-    after a warm-up of both."""
+def measure(case: Case, args: argparse.Namespace, tier: Tier,
+            cpus: Cpus | None) -> tuple[list[float], list[float], list[float]]:
+    """Bare and service rates of every round of every epoch, and the model's busy share of each
+    service round."""
+    bare_rates, service_rates, busy = [], [], []
+    for epoch in range(case.epochs):
+        rates = measure_epoch(case, args, tier, cpus)
+        bare_rates += rates[0]
+        service_rates += rates[1]
+        busy += rates[2]
+        print(f"{case.backend}: epoch {epoch + 1} of {case.epochs}: median ratio "
+              f"{statistics.median(s / b for b, s in zip(*rates[:2])):.3f}", file=sys.stderr, flush=True)
+    return bare_rates, service_rates, busy
+
+
+def measure_epoch(case: Case, args: argparse.Namespace, tier: Tier,
+                  cpus: Cpus | None) -> tuple[list[float], list[float], list[float]]:
+    """A fresh bare-loop process and a fresh worker, both warmed up, then alternating rounds."""
     resolution = load_profile(case.profile).model(case.model).resolution
-    bare, service = BareLoop(case, args.device), ServicePath(case, args.batch, tier, args)
+    warm_up, count = args.batch * WARM_UP_BATCHES, args.batch * case.batches
+    bare = BareLoop(case, args.device, cpus.model if cpus else None)
+    service = ServicePath(case, args.batch, tier, args, cpus)
     try:
-        service.rate(make_jobs(args.batch * WARM_UP_BATCHES, resolution))  # waits out the worker's start
+        bare.rate(warm_up, args.batch)
+        service.rate(make_jobs(warm_up, resolution))  # also waits out the worker's start
         service.busy_fractions.clear()
         bare_rates, service_rates = [], []
         for _ in range(case.rounds):
-            bare_rates.append(bare.rate(make_jobs(args.batch * args.batches, resolution), args.batch))
-            service_rates.append(service.rate(make_jobs(args.batch * args.batches, resolution)))
+            bare_rates.append(bare.rate(count, args.batch))
+            service_rates.append(service.rate(make_jobs(count, resolution)))
         return bare_rates, service_rates, service.busy_fractions
     finally:
         service.close()
         bare.close()
+
+
+@contextlib.contextmanager
+def isolated(cpus: Cpus | None):
+    """The local RabbitMQ and Redis off the model's CPU while a case runs; yields where things ran."""
+    if cpus is None:
+        yield "no CPU pinned"
+        return
+    settings = Settings()
+    servers = listening_pids(local_ports(settings.amqp_url.get_secret_value(), settings.redis_url.get_secret_value()))
+    with moved_to(servers, cpus.serving) as moved:
+        yield cpus.describe(moved)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -256,16 +340,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny-model", default=CASES["tiny"].model, help="the tiny-cpu model of the tiny case")
     parser.add_argument("--device", default="cpu", help="where the tiny model runs (cpu, cuda)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=20, help="batches per round, on each path")
-    parser.add_argument("--rounds", type=int, help="alternating rounds; the median ratio counts (default: per backend)")
+    parser.add_argument("--batches", type=int, help="batches per round, on each path (default: per backend)")
+    parser.add_argument("--epochs", type=int, help="a fresh worker and bare loop each (default: per backend)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per epoch; the median ratio of all counts "
+                                                   "(default: per backend)")
     parser.add_argument("--torch-threads", type=int, default=1, help="OMP_NUM_THREADS of both paths")
+    parser.add_argument("--model-cpu", default="auto",
+                        help="the CPU the tiny model computes on, alone: auto (the last of two or more), a number, "
+                             "or none")
     parser.add_argument("--tier", choices=[t.value for t in Tier], default=Tier.light.value)
     parser.add_argument("--batch-wait-ms", type=int, default=20, help="HADIS_BATCH_WAIT_MS of the worker")
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--worker-module", default="services.worker", help="the worker program (to try a change)")
     args = parser.parse_args(argv)
-    if min(args.batch, args.batches, args.rounds or 1, args.torch_threads) < 1:
-        parser.error("--batch, --batches, --rounds and --torch-threads must be >= 1")
+    if args.model_cpu not in ("auto", "none") and not args.model_cpu.isdigit():
+        parser.error("--model-cpu takes auto, none or a CPU number")
+    if min(args.batch, args.batches or 1, args.epochs or 1, args.rounds or 1, args.torch_threads) < 1:
+        parser.error("--batch, --batches, --epochs, --rounds and --torch-threads must be >= 1")
     return args
 
 
@@ -277,16 +368,20 @@ def main(argv: list[str] | None = None) -> None:
     ratios = {}
     for name in args.backends:
         case = CASES[name] if name != "tiny" else replace(CASES[name], model=args.tiny_model)
-        case = replace(case, rounds=args.rounds or case.rounds)
-        bare, served, busy = measure(case, args, tier)
+        case = replace(case, epochs=args.epochs or case.epochs, rounds=args.rounds or case.rounds,
+                       batches=args.batches or case.batches)
+        cpus = Cpus.choose(args.model_cpu, case)
+        with isolated(cpus) as where:
+            bare, served, busy = measure(case, args, tier, cpus)
         round_ratios = [service / bare for bare, service in zip(bare, served)]
         ratios[name] = statistics.median(round_ratios)
-        print(f"{name}: {case.model} from {case.profile}, batch {args.batch} x {args.batches} batches, {tier.value} "
+        print(f"{name}: {case.model} from {case.profile}, batch {args.batch} x {case.batches} batches, {tier.value} "
               f"tier, {args.device}, {args.torch_threads} torch thread(s): bare loop {statistics.median(bare):.2f} "
               f"images/s, queue -> worker -> store {statistics.median(served):.2f} images/s, ratio "
-              f"{ratios[name]:.3f}, model busy {statistics.median(busy):.3f} of the service path's time "
-              f"(medians of {case.rounds} rounds; rounds: bare {rates_text(bare)}, service {rates_text(served)}, "
-              f"ratio {rates_text(round_ratios, 3)}, busy {rates_text(busy, 3)})", flush=True)
+              f"{ratios[name]:.3f}, model busy {statistics.median(busy):.3f} of the service path's time, "
+              f"{where} (medians of {case.epochs} x {case.rounds} rounds; rounds: bare {rates_text(bare)}, "
+              f"service {rates_text(served)}, ratio {rates_text(round_ratios, 3)}, busy {rates_text(busy, 3)})",
+              flush=True)
     lowest = min(ratios, key=ratios.get)
     print(f"lowest: {lowest} ({', '.join(f'{name} {ratio:.3f}' for name, ratio in ratios.items())}); target >= 0.95")
     print(f"worker_efficiency {ratios[lowest]:.3f}")
