@@ -11,24 +11,32 @@ from services import controller, judge, router, worker
 from shared.bus import Bus
 from shared.client import Client
 from shared.schemas import Job, JobRecord, Plan, Tier
-from shared.service import serve
+from shared.service import Service, ServiceMain, serve
 from shared.settings import Settings
 from shared.store import Store
 
 
+PLAN_APPLIED_S = 30.0
+
+
 class Stack:
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(self, settings: Settings, client: Client, services: dict[str, Service]) -> None:
         self.settings = settings
         self.client = client
         self.bus: Bus = client.bus
         self.store: Store = client.store
+        self.services = services  # name: the running service, as it started
 
     async def set_plan(self, **changes) -> Plan:
         """Publish a plan and wait until every service has applied it."""
         current = await self.store.get_plan() or self.settings.static_plan(version=0)
         fields = {**current.model_dump(exclude={"version", "created_at"}), **changes}
         plan = await self.store.publish_plan(fields)
-        await asyncio.sleep(self.settings.plan_poll_s * 4)
+        give_up_at = time.monotonic() + PLAN_APPLIED_S
+        while behind := [name for name, service in self.services.items()
+                         if service.plans.current.version < plan.version]:
+            assert time.monotonic() < give_up_at, f"plan {plan.version} not applied in {PLAN_APPLIED_S} s by {behind}"
+            await asyncio.sleep(0.05)
         return plan
 
     async def submit_many(self, jobs: list[Job]) -> None:
@@ -68,17 +76,26 @@ SERVICES = {
 }
 
 
+def noting_start(main: ServiceMain, started: dict[str, Service]) -> ServiceMain:
+    """`main`, which first notes its service in `started` (so a test can see its plan)."""
+    async def noted(service: Service) -> None:
+        started[service.name] = service
+        await main(service)
+    return noted
+
+
 @asynccontextmanager
 async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SERVICES)) -> AsyncIterator[Stack]:
     stopping = asyncio.Event()
-    tasks = []
+    tasks, started = [], {}
     for name in services:
         service_settings = settings
         if name in ("light", "heavy"):
             service_settings = settings.model_copy(update={"tier": Tier(name), "gpu": f"{name}0"})
-        tasks.append(asyncio.create_task(serve(name, SERVICES[name], service_settings, stopping), name=name))
+        main = noting_start(SERVICES[name], started)
+        tasks.append(asyncio.create_task(serve(name, main, service_settings, stopping), name=name))
     client = await Client.open(settings)
-    stack = Stack(settings, client)
+    stack = Stack(settings, client, started)
     try:
         queues = stack.bus.queues
         wanted = {"router": queues.requests, "judge": queues.judge, "light": queues.tier(Tier.light),
