@@ -93,11 +93,12 @@ class Cpus:
     serving: frozenset[int]
 
     @classmethod
-    def choose(cls, choice: str, case: "Case") -> "Cpus | None":
+    def choose(cls, choice: str, case: "Case", device: str) -> "Cpus | None":
         """`auto`: for a model that computes on this machine's CPUs, if there are two or more, the
-        one that serves the fewest device interrupts."""
+        one that serves the fewest device interrupts. On a GPU nothing is pinned, as deployed."""
         available = sorted(os.sched_getaffinity(0))
-        if choice == "none" or (choice == "auto" and (case.backend == "emulated" or len(available) < 2)):
+        computes_here = case.backend != "emulated" and device == "cpu"
+        if choice == "none" or (choice == "auto" and (not computes_here or len(available) < 2)):
             return None
         model = quietest_cpu(available) if choice == "auto" else int(choice)
         if model not in available or len(available) < 2:
@@ -346,8 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                    "(default: per backend)")
     parser.add_argument("--torch-threads", type=int, default=1, help="OMP_NUM_THREADS of both paths")
     parser.add_argument("--model-cpu", default="auto",
-                        help="the CPU the tiny model computes on, alone: auto (the last of two or more), a number, "
-                             "or none")
+                        help="the CPU the tiny model computes on, alone: auto (with --device cpu and two CPUs or "
+                             "more, the one serving the fewest device interrupts), a number, or none")
     parser.add_argument("--tier", choices=[t.value for t in Tier], default=Tier.light.value)
     parser.add_argument("--batch-wait-ms", type=int, default=20, help="HADIS_BATCH_WAIT_MS of the worker")
     parser.add_argument("--timeout-s", type=float, default=600.0)
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         case = CASES[name] if name != "tiny" else replace(CASES[name], model=args.tiny_model)
         case = replace(case, epochs=args.epochs or case.epochs, rounds=args.rounds or case.rounds,
                        batches=args.batches or case.batches)
-        cpus = Cpus.choose(args.model_cpu, case)
+        cpus = Cpus.choose(args.model_cpu, case, args.device)
         with isolated(cpus) as where:
             bare, served, busy = measure(case, args, tier, cpus)
         round_ratios = [service / bare for bare, service in zip(bare, served)]
