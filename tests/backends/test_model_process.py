@@ -47,10 +47,10 @@ def inputs(count: int, prompt: str = "a red fox") -> list[GenerationInput]:
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):  # gone, or reaped between the two looks
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.fixture
