@@ -293,12 +293,13 @@ def measure(case: Case, args: argparse.Namespace, tier: Tier,
     service round."""
     bare_rates, service_rates, busy = [], [], []
     for epoch in range(case.epochs):
-        rates = measure_epoch(case, args, tier, cpus)
-        bare_rates += rates[0]
-        service_rates += rates[1]
-        busy += rates[2]
-        print(f"{case.backend}: epoch {epoch + 1} of {case.epochs}: median ratio "
-              f"{statistics.median(s / b for b, s in zip(*rates[:2])):.3f}", file=sys.stderr, flush=True)
+        epoch_bare, epoch_service, epoch_busy = measure_epoch(case, args, tier, cpus)
+        bare_rates += epoch_bare
+        service_rates += epoch_service
+        busy += epoch_busy
+        epoch_ratio = statistics.median(service / bare for bare, service in zip(epoch_bare, epoch_service))
+        print(f"{case.backend}: epoch {epoch + 1} of {case.epochs}: median ratio {epoch_ratio:.3f}",
+              file=sys.stderr, flush=True)
     return bare_rates, service_rates, busy
 
 

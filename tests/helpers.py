@@ -3,6 +3,7 @@ deleted afterwards."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -10,6 +11,13 @@ from typing import AsyncIterator
 from shared.bus import Bus
 from shared.settings import Settings
 from shared.store import Store
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (just now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def make_settings(**overrides) -> Settings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from cpu_isolation import (  # noqa: E402
     moved_to,
     running_on,
 )
+from tests.helpers import free_port  # noqa: E402
 
 INTERRUPTS = """\
            CPU0       CPU1
@@ -59,9 +59,7 @@ def test_only_local_urls_give_ports() -> None:
 @pytest.fixture
 def listener():
     """A real process listening on a local port, with a second thread."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     code = (f"import socket, threading, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
             "threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); print('up', flush=True); "
             "time.sleep(60)")

@@ -14,6 +14,7 @@ from shared.client import Client
 from shared.faults import Load, cluster
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings, under_load
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,12 +64,6 @@ async def test_rabbitmq_restart_mid_run_loses_nothing():
         await client.close()
     assert outcome.lost == 0 and outcome.duplicated == 0, str(outcome)
     assert outcome.count(JobState.done) == len(load.jobs), str(outcome)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_redis(port: int, directory) -> subprocess.Popen:
