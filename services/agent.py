@@ -2,7 +2,8 @@
 CPU host), registers them with the cluster, and keeps one worker process per GPU serving the
 tier the plan assigns to it: it starts, stops and moves workers between tiers. A worker that
 is moved finishes its batch (SIGTERM: graceful stop, the rest requeued) before the GPU gets
-its new worker. A worker that dies is restarted, at most MAX_RESTARTS times a minute."""
+its new worker. A worker that dies is restarted with backoff (shared/policies/restarts.py), never
+given up on."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 from shared.logging import get_logger
+from shared.policies.restarts import RestartBackoff
 from shared.schemas import Tier
 from shared.service import Service, run
+from shared.store import owner_id
 
 log = get_logger(__name__)
 
 TICK_S = 0.5
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -31,6 +32,7 @@ class WorkerProcess:
     tier: Tier
     process: subprocess.Popen
     stopping_since: float | None = None
+    started_at: float = field(default_factory=time.monotonic)  # for the restart backoff
 
     @property
     def alive(self) -> bool:
@@ -41,7 +43,8 @@ class WorkerProcess:
 class Agent:
     service: Service
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
-    restarts: dict[str, list[float]] = field(default_factory=dict)
+    restarts: dict[str, RestartBackoff] = field(default_factory=dict)  # per GPU: its worker's deaths
+    dead_owners: list[str] = field(default_factory=list)  # claims' owners that died, to release
 
     @property
     def gpus(self) -> list[str]:
@@ -53,7 +56,8 @@ class Agent:
             env["CUDA_VISIBLE_DEVICES"] = gpu.removeprefix("cuda")
         if self.service.settings.metrics_port is not None:
             env["HADIS_METRICS_PORT"] = str(self.service.settings.metrics_port + 1 + self.gpus.index(gpu))
-        process = subprocess.Popen([sys.executable, "-m", "services.worker"], env={**os.environ, **env})
+        process = subprocess.Popen([sys.executable, "-m", "services.worker"], env={**os.environ, **env},
+                                   preexec_fn=stop_with_parent)
         self.workers[gpu] = WorkerProcess(gpu, tier, process)
         log.info("worker_started", gpu=gpu, tier=tier.value, pid=process.pid)
 
@@ -66,43 +70,63 @@ class Agent:
             worker.process.kill()
             log.warning("worker_killed", gpu=worker.gpu, pid=worker.process.pid)
 
-    def may_restart(self, gpu: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self.restarts.get(gpu, []) if now - t < RESTART_WINDOW_S]
-        self.restarts[gpu] = recent + [now]
-        return len(recent) < MAX_RESTARTS
+    def may_restart(self, gpu: str, now: float) -> bool:
+        """The GPU's worker is not waiting out its backoff after a death."""
+        backoff = self.restarts.get(gpu)
+        return backoff is None or backoff.ready(now)
 
     def reconcile(self, assignment: dict[str, Tier]) -> None:
         """Make each owned GPU's worker match the plan's assignment."""
+        now = time.monotonic()
         for gpu in self.gpus:
             wanted = assignment.get(gpu)
             worker = self.workers.get(gpu)
             if worker is not None and not worker.alive:
                 if worker.stopping_since is None:
-                    log.warning("worker_died", gpu=gpu, code=worker.process.returncode)
-                    if wanted is not None and not self.may_restart(gpu):
-                        log.error("worker_keeps_dying", gpu=gpu)
-                        continue
+                    backoff = self.restarts.get(gpu, RestartBackoff()).after_death(now, worker.started_at)
+                    self.restarts[gpu] = backoff
+                    log.warning("worker_died", gpu=gpu, code=worker.process.returncode, deaths=backoff.deaths,
+                                restart_in_s=round(backoff.delay_s, 3))
+                    if backoff.at_cap:  # once per death, so at most once per cap_s
+                        log.warning("worker_keeps_dying", gpu=gpu, deaths=backoff.deaths,
+                                    restart_in_s=round(backoff.delay_s, 3))
+                self.dead_owners.append(owner_id(gpu, worker.process.pid))
                 del self.workers[gpu]
                 worker = None
             if worker is not None and worker.tier != wanted:
                 self.stop_worker(worker)
-            elif worker is None and wanted is not None:
+            elif worker is None and wanted is not None and self.may_restart(gpu, now):
                 self.start_worker(gpu, wanted)
 
     async def run(self) -> None:
         settings = self.service.settings
         last_registered = 0.0
         while not self.service.stopping.is_set():
+            # Fail static: a Redis outage stops the registration and the plan's updates, never the
+            # workers, which keep serving the current plan.
             if time.monotonic() - last_registered >= settings.heartbeat_s:
-                await self.service.store.register_agent(settings.host, self.gpus, ttl_s=3 * settings.heartbeat_s)
-                last_registered = time.monotonic()
+                try:
+                    await self.service.store.register_agent(settings.host, self.gpus, ttl_s=3 * settings.heartbeat_s)
+                    last_registered = time.monotonic()
+                except Exception as error:
+                    log.warning("agent_registration_failed", error=str(error))
             self.reconcile(self.service.plans.current.assignment)
+            await self.release_dead_owners()
             try:
                 await asyncio.wait_for(self.service.stopping.wait(), timeout=TICK_S)
             except asyncio.TimeoutError:
                 pass
         await self.stop_all()
+
+    async def release_dead_owners(self) -> None:
+        """A worker that died holds no claims: they pass to the next worker now, not when its
+        liveness key expires (3 heartbeats later)."""
+        while self.dead_owners:
+            try:
+                await self.service.store.forget_owner(self.dead_owners[0])
+            except Exception as error:  # the key expires by itself
+                log.warning("owner_release_failed", error=str(error))
+            self.dead_owners.pop(0)
 
     async def stop_all(self) -> None:
         for worker in self.workers.values():
@@ -113,6 +137,16 @@ class Agent:
         for worker in self.workers.values():
             if worker.alive:
                 worker.process.kill()
+
+
+def stop_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM (a graceful stop) when the agent dies, so a killed
+    agent leaves no worker behind for its successor to double up on the GPU (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def main(service: Service) -> None:

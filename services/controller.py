@@ -16,11 +16,13 @@ from typing import Any
 from shared import metrics
 from shared.bus import Delivery
 from shared.demand import DemandTracker, queueing_delay_s
-from shared.errors import Disposition
+from shared.crashpoints import crash_point
+from shared.errors import Disposition, InvalidJob, Unavailable
 from shared.logging import bind_job, get_logger
+from shared.policies import steps
 from shared.policies.assignment import moves
 from shared.policies.control import Observation, PlanSchedule, make_policy
-from shared.schemas import JobState, Plan, Tier, job_id_of
+from shared.schemas import Job, JobState, Plan, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
 
 log = get_logger(__name__)
@@ -28,6 +30,7 @@ log = get_logger(__name__)
 TICK_S = 1.0
 HOUSEKEEPING_S = 30.0
 DEAD_WATCH_PREFETCH = 32
+DEAD_LETTER_RETRY_S = 5.0  # a dead letter that meets a Redis outage waits this long before it goes back
 
 class Controller:
     def __init__(self, service: Service) -> None:
@@ -101,9 +104,19 @@ class Controller:
                 depths = await self.service.bus.depths()
                 log.info("queue_depths", demand_qps=round(self.demand.rate_qps, 3),
                          **{name.split(".", 1)[1]: n for name, n in depths.items()})
+                await self.check_store_memory()
             except Exception as error:
                 log.warning("housekeeping_failed", error=str(error))
             await self.sleep(HOUSEKEEPING_S)
+
+    async def check_store_memory(self) -> None:
+        """Redis runs with a maxmemory and `noeviction` (compose): at the bound, writes fail and
+        work waits. Say so before it happens."""
+        used, maxmemory = await self.service.store.memory()
+        metrics.observe_store_memory(used, maxmemory)
+        if maxmemory and used >= self.settings.redis_memory_warn * maxmemory:
+            log.warning("store_memory_high", used_bytes=used, max_bytes=maxmemory,
+                        share=round(used / maxmemory, 3))
 
     async def sleep(self, seconds: float) -> None:
         try:
@@ -112,14 +125,52 @@ class Controller:
             pass
 
     async def on_dead_letter(self, delivery: Delivery) -> None:
+        """Turn a dead letter into a `failed` record, once. Nothing here can loop: a dead letter that
+        cannot be recorded (no readable id, a record Redis refuses) is acked and counted as parked:
+        its copy stays in <ns>.dead for an operator. During a Redis outage it waits and goes back."""
         job_id = job_id_of(delivery.body)
-        if job_id is not None:
-            with bind_job(job_id):
-                if await self.service.store.fail(job_id, JobState.failed,
-                                                 "dead-lettered: the job could not be processed"):
+        if job_id is None:
+            metrics.observe_parked_dead_letter("no_job_id")
+            log.warning("dead_letter_parked", reason="no readable job id")
+            await delivery.settle(Disposition.ack)
+            return
+        with bind_job(job_id):
+            try:
+                if await self.fail_dead_letter(job_id, delivery.body):
                     metrics.observe_unserved(JobState.failed)
-                log.warning("dead_letter_recorded")
-        await delivery.settle(Disposition.ack)
+                    log.warning("dead_letter_recorded")
+                crash_point("controller.after_dead_letter")
+            except Unavailable as error:
+                log.warning("dead_letter_waits", error=str(error))
+                await self.sleep(DEAD_LETTER_RETRY_S)  # not a hot loop while Redis is away
+                await delivery.settle(Disposition.requeue)
+                return
+            except Exception as error:
+                metrics.observe_parked_dead_letter(type(error).__name__)
+                log.warning("dead_letter_parked", reason=str(error))
+            await delivery.settle(Disposition.ack)
+
+    async def fail_dead_letter(self, job_id: str, body: bytes) -> bool:
+        """Fail the job a dead letter describes; only a missing record when the message does not
+        prove it is that job's own (shared/policies/steps.py: same_job)."""
+        store = self.service.store
+        reason = "dead-lettered: the job could not be processed"
+        job = job_of(body)
+        record = await store.get(job_id) if job is not None else None
+        owned = job is not None and record is not None and steps.same_job(
+            record.prompt, record.submitted_at, job.prompt, job.submitted_at)
+        return await store.fail(job_id, JobState.failed, reason, create_only=not owned)
+
+
+def job_of(body: bytes) -> Job | None:
+    """The Job in a dead letter (an ingress Job, or a Task carrying one), if it parses."""
+    for model in (Task, Job):
+        try:
+            parsed = parse_message(model, body)
+        except InvalidJob:
+            continue
+        return parsed.job if isinstance(parsed, Task) else parsed  # type: ignore[return-value]
+    return None
 
 
 async def main(service: Service) -> None:

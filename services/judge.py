@@ -7,26 +7,48 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from shared import metrics
 from shared.backends import decode_png, make_scorer
 from shared.backends.base import ScoreInput
 from shared.batching import BatchCollector
 from shared.bus import Delivery
-from shared.errors import Disposition, InvalidJob
+from shared.crashpoints import crash_point
+from shared.errors import Disposition, InvalidJob, Overloaded
 from shared.logging import bind_job, get_logger
+from shared.policies import steps
 from shared.policies.judge import JudgeCalibration, calibration_for
+from shared.policies.steps import Next
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
-from shared.store import APPLIED, MISSING, Change
+from shared.store import Change, serve_light
 
 log = get_logger(__name__)
 
 JUDGE_BATCH = 8
 JUDGE_PREFETCH = 3 * JUDGE_BATCH
 
-Scored = tuple[Delivery, Task, bytes]
+
+
+@dataclass
+class Judged:
+    """A judge task with its duplicate deliveries (settled with it) and, once fetched, the light image."""
+
+    delivery: Delivery
+    task: Task
+    also: list[Delivery] = field(default_factory=list)
+    png: bytes = b""
+
+    @property
+    def job_id(self) -> str:
+        return self.task.job.job_id
+
+    @property
+    def model(self) -> str:
+        assert self.task.model is not None  # checked when parsed
+        return self.task.model
 
 
 class Judge:
@@ -70,10 +92,8 @@ class Judge:
         items = await self.load(batch)
         if not items:
             return
-        inputs = [
-            ScoreInput(task.job.job_id, task.job.prompt, decode_png(png), self.profile.model(task.model))
-            for _, task, png in items
-        ]
+        inputs = [ScoreInput(item.job_id, item.task.job.prompt, decode_png(item.png), self.profile.model(item.model))
+                  for item in items]
         try:
             scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.scorer.score, inputs)
         except Exception as error:
@@ -81,32 +101,54 @@ class Judge:
             return
         await self.decide(items, scores)
 
-    async def load(self, batch: list[Delivery]) -> list[Scored]:
-        """Parse a batch and fetch its light images in one round trip."""
-        parsed = []
+    async def load(self, batch: list[Delivery]) -> list[Judged]:
+        """Parse a batch, read each job's state and fetch the light images of those still to be
+        judged, in two round trips. A job judged already is not judged again: its stored verdict
+        is followed (shared/policies/steps.py)."""
+        parsed: list[Judged] = []
         for delivery in batch:
+            if delivery.stale:
+                log.info("stale_delivery_dropped")  # the broker has handed it out again
+                continue
             try:
                 task = parse_message(Task, delivery.body)
                 if task.model is None:
                     raise InvalidJob("judge task names no model")
                 self.profile.model(task.model)
-                parsed.append((delivery, task))
             except (InvalidJob, KeyError) as error:
                 job_id = job_id_of(delivery.body)
                 error = error if isinstance(error, InvalidJob) else InvalidJob(str(error))
-                await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+                await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
+                continue
+            duplicate = next((item for item in parsed if item.job_id == task.job.job_id), None)
+            if duplicate is not None:
+                duplicate.also.append(delivery)
+            else:
+                parsed.append(Judged(delivery, task))
         try:
-            pngs = await self.service.store.get_images([task.job.job_id for _, task in parsed], variant="light")
+            states = await self.service.store.states([item.job_id for item in parsed])
         except Exception as error:
-            await self.settle_all([(delivery, task, b"") for delivery, task in parsed], error)
+            await self.settle_all(parsed, error)
+            return []
+        to_judge = []
+        for item, state in zip(parsed, states, strict=True):
+            step = steps.before_judging(state)
+            if step is Next.work:
+                to_judge.append(item)
+            else:
+                await self.follow(item, step)
+        try:
+            pngs = await self.service.store.get_images([item.job_id for item in to_judge], variant="light")
+        except Exception as error:
+            await self.settle_all(to_judge, error)
             return []
         items = []
-        for (delivery, task), png in zip(parsed, pngs):
+        for item, png in zip(to_judge, pngs, strict=True):
             if png is None:
-                await self.service.settle_failure(delivery, InvalidJob("the light image is gone from the store"),
-                                                  [task.job.job_id])
+                await self.settle_all([item], InvalidJob("the light image is gone from the store"))
             else:
-                items.append((delivery, task, png))
+                item.png = png
+                items.append(item)
         return items
 
     def heavy_batch_s(self, plan) -> float:
@@ -117,55 +159,74 @@ class Judge:
             return 0.0
         return heavy.batch_latency_s(plan.heavy_batch) * self.settings.latency_scale
 
-    def verdict(self, task: Task, png: bytes, score: float) -> Change:
-        """Escalate the lowest fraction d (when there is still time for the heavy model), else done."""
+    def verdict(self, item: Judged, score: float) -> Change:
+        """Escalate the lowest fraction d (when there is still time for the heavy model), else done
+        with the light image (renamed to the final key: stored once)."""
         plan = self.service.plans.current
-        calibration = self.calibration(task.model)
+        calibration = self.calibration(item.model)
         escalate = calibration.escalate(score, plan.d)
         calibration.observe(score)
-        if escalate and time.time() + self.heavy_batch_s(plan) < task.deadline:
-            return Change(task.job.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
-        fields = {"judge_score": score, "tier": Tier.light.value, "model": task.model}
-        return Change(task.job.job_id, JobState.done, fields, image=png,
+        if escalate and time.time() + self.heavy_batch_s(plan) < item.task.deadline:
+            return Change(item.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
+        fields = {"judge_score": score, "tier": Tier.light.value, "model": item.model}
+        return Change(item.job_id, JobState.done, fields, promote_light=True,
                       detail="too late to escalate" if escalate else "")
 
-    async def decide(self, items: list[Scored], scores: list[float]) -> None:
-        changes = [self.verdict(task, png, score) for (_, task, png), score in zip(items, scores)]
+    async def decide(self, items: list[Judged], scores: list[float]) -> None:
+        changes = [self.verdict(item, score) for item, score in zip(items, scores, strict=True)]
         try:
             outcomes = await self.service.store.apply_many(changes)
         except Exception as error:
             await self.settle_all(items, error)
             return
-        for (_, task, _), change, outcome in zip(items, changes, outcomes):
-            if outcome != APPLIED:
+        crash_point("judge.after_verdict")
+        for item, change, outcome in zip(items, changes, outcomes, strict=True):
+            if not outcome.applied:
                 continue
             if change.state is JobState.escalated:
-                metrics.observe_verdict(task.model, "escalated")
+                metrics.observe_verdict(item.model, "escalated")
             else:
-                metrics.observe_verdict(task.model, "too_late" if change.detail else "accepted")
-                metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
-        await asyncio.gather(*(self.hand_on(item, change, outcome)
-                               for item, change, outcome in zip(items, changes, outcomes)))
+                metrics.observe_verdict(item.model, "too_late" if change.detail else "accepted")
+                metrics.observe_done(Tier.light.value, item.task.job.submitted_at, item.task.deadline)
+        await asyncio.gather(*(self.follow(item, steps.after_verdict(outcome, change.state is JobState.escalated))
+                               for item, change, outcome in zip(items, changes, outcomes, strict=True)))
 
-    async def hand_on(self, item: Scored, change: Change, outcome: int) -> None:
-        """Escalated jobs go to the heavy tier; then the delivery is acked."""
-        delivery, task, _ = item
-        with bind_job(task.job.job_id):
+    async def follow(self, item: Judged, step: Next) -> None:
+        with bind_job(item.job_id):
+            if step is Next.no_record:
+                await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
+            elif step is Next.hand_on:
+                await self.escalate(item)
+            else:
+                await self.settle(item, Disposition.ack)
+
+    async def escalate(self, item: Judged) -> None:
+        """The heavy tier gets the escalated job; then the delivery is acked. When the heavy queue
+        refuses it (full), the job is served the light image it already has."""
+        try:
+            heavy_task = item.task.model_copy(update={"tier": Tier.heavy, "escalated": True, "model": None})
             try:
-                if outcome == MISSING:
-                    raise InvalidJob("no job record (expired from the store?)")
-                if change.state is JobState.escalated and outcome == APPLIED:
-                    heavy_task = task.model_copy(update={"tier": Tier.heavy, "escalated": True, "model": None})
-                    await self.service.bus.publish(self.service.bus.queues.tier(Tier.heavy), heavy_task,
-                                                   message_id=task.job.job_id)
-                await delivery.settle(Disposition.ack)
-            except Exception as error:
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
+                await self.service.bus.publish(self.service.bus.queues.tier(Tier.heavy), heavy_task,
+                                               message_id=item.job_id)
+            except Overloaded:
+                outcome = await self.service.store.apply(
+                    serve_light(item.job_id, "the heavy queue is full: served the light image"))
+                if outcome.applied:
+                    metrics.observe_done(Tier.light.value, item.task.job.submitted_at, item.task.deadline)
+            crash_point("judge.after_publish")
+            await self.settle(item, Disposition.ack)
+        except Exception as error:
+            await self.settle_all([item], error)
 
-    async def settle_all(self, items: list[Scored], error: BaseException) -> None:
-        for delivery, task, _ in items:
-            with bind_job(task.job.job_id):
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
+    @staticmethod
+    async def settle(item: Judged, disposition: Disposition) -> None:
+        for delivery in (item.delivery, *item.also):
+            await delivery.settle(disposition)
+
+    async def settle_all(self, items: list[Judged], error: BaseException) -> None:
+        for item in items:
+            with bind_job(item.job_id):
+                await self.service.settle_failure(item.delivery, error, [item.job_id], also=item.also)
 
 
 async def main(service: Service) -> None:

@@ -15,14 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from shared.bus import Delivery
+from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob
 from shared.logging import bind_job, get_logger
+from shared.policies import steps
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
 from shared.profiles import load_profile
 from shared.schemas import Job, JobState, Task, Tier, job_id_of, parse_message
 from shared.service import InFlight, Service, run
-from shared.store import APPLIED, Change
+from shared.store import Change
 
 log = get_logger(__name__)
 INGRESS_PREFETCH = 64
@@ -129,11 +131,12 @@ class Router:
             job = parse_message(Job, delivery.body)
         except InvalidJob as error:
             job_id = job_id_of(delivery.body)
-            await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+            await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
             return
         with bind_job(job.job_id):
             try:
                 await self.route(job, redelivered=delivery.delivery_count > 1)
+                crash_point("router.after_publish")
                 await delivery.settle(Disposition.ack)
             except Exception as error:
                 await self.service.settle_failure(delivery, error, [job.job_id])
@@ -159,23 +162,20 @@ class Router:
                   "metadata": job.metadata, **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
         created = await store.apply(Change(job.job_id, state, record, create=True, passing=(JobState.queued,)))
-        if created != APPLIED:
-            if not await self.needs_routing(job.job_id, redelivered):
+        if not created.applied:
+            existing = await store.get(job.job_id)
+            if existing is None or not steps.rerouting(existing.state, redelivered):
                 log.info("duplicate_job_ignored")
                 return
-            await store.transition(job.job_id, state, **outcome)
+            if existing.state is JobState.routed and existing.tier is not None:
+                # The routing decision was stored once: a redelivery publishes the same one again.
+                tier, score = existing.tier, existing.router_score if existing.router_score is not None else score
+            else:
+                await store.transition(job.job_id, state, **outcome)
+        crash_point("router.after_record")
         if not expired:
             task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
             await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
-
-    async def needs_routing(self, job_id: str, redelivered: bool) -> bool:
-        """An existing record still needs routing when an earlier router stopped before publishing:
-        it is `queued`, or `routed` and this is a redelivery (publishing twice is harmless,
-        completion is idempotent). Otherwise the job id was already served: a duplicate."""
-        record = await self.service.store.get(job_id)
-        if record is None:
-            return False
-        return record.state is JobState.queued or (redelivered and record.state is JobState.routed)
 
 
 async def main(service: Service) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -23,20 +24,38 @@ from shared.backends.hosts import make_host
 from shared.backends.model_process import ModelProcessFailed
 from shared.batching import BatchCollector
 from shared.bus import Delivery
-from shared.errors import BackendFailed, Disposition, Expired, InvalidJob
+from shared.crashpoints import crash_point
+from shared.errors import BackendFailed, Disposition, Expired, InvalidJob, Overloaded
 from shared.logging import bind_job, get_logger
+from shared.policies import steps
 from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
+from shared.policies.steps import Next
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
-from shared.store import APPLIED, MISSING, REFUSED, Change
+from shared.outcome import Applied
+from shared.store import Change, owner_id, serve_light
 
 log = get_logger(__name__)
 
 # Batches whose images are being encoded and stored at once (bounds the memory they hold).
 MAX_FINISHING_BATCHES = 2
 
-Item = tuple[Delivery, Task]
+
+
+@dataclass
+class Item:
+    """A job this worker has claimed: its delivery, and any duplicate deliveries of the same job
+    that arrived meanwhile (after a broker reconnect the broker hands out again what this worker
+    still holds): they are settled with it, so the job is generated once."""
+
+    delivery: Delivery
+    task: Task
+    also: list[Delivery] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        return self.task.job.job_id
 
 
 def seed_of(task: Task) -> int:
@@ -61,6 +80,8 @@ class TierWorker:
         self.batch_s = BatchTimer()
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self.busy_until = 0.0  # when the batches admitted so far are expected to have ended
+        self.owner = owner_id(self.settings.gpu, os.getpid())  # who holds this worker's claims
+        self.claimed: dict[str, Item] = {}  # job id -> the item, from its claim until it is settled
 
     @property
     def queue(self) -> str:
@@ -73,6 +94,7 @@ class TierWorker:
         """Two stages: a feeder collects and admits batch k+1 while the model runs batch k; the
         finishing of batch k-1 (PNG, store, hand-on) runs as a task of its own."""
         await self.ensure_model()
+        await self.beat()  # the claims' owner is alive before the first claim
         batch_size = self.service.plans.current.batch_for(self.tier)
         consumer = await self.service.bus.consume(
             self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
@@ -84,6 +106,10 @@ class TierWorker:
         feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
         running: asyncio.Task | None = None
         while not self.service.stopping.is_set():
+            if feeder.done():
+                # A feeder that died would leave a worker with a green heartbeat and a stopped tier:
+                # exit instead, and let the agent start a fresh one (its deliveries are redelivered).
+                raise RuntimeError(f"the feeder stopped: {feeder.exception() if not feeder.cancelled() else 'cancelled'}")
             await self.ensure_model()
             try:
                 items = await asyncio.wait_for(admitted.get(), timeout=1.0)
@@ -103,8 +129,8 @@ class TierWorker:
             task.cancel()
         await asyncio.wait([heartbeat, feeder], timeout=5.0)
         while not admitted.empty():
-            for delivery, _ in admitted.get_nowait():
-                await delivery.settle(Disposition.requeue)
+            for item in admitted.get_nowait():
+                await self.settle(item, Disposition.requeue)
         await self.stop(consumer)
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
@@ -123,16 +149,21 @@ class TierWorker:
                 self.slots.release()
 
     async def heartbeat(self) -> None:
-        """Tell the cluster what this GPU serves (hadis status --cluster shows it)."""
+        """Tell the cluster what this GPU serves (hadis status --cluster shows it), and keep this
+        worker's claims alive."""
         while not self.service.stopping.is_set():
-            info = {"tier": self.tier.value, "model": self.generator.model.name, "host": self.settings.host,
-                    "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
-                    "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
             try:
-                await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s)
+                await self.beat()
             except Exception as error:
                 log.warning("heartbeat_failed", error=str(error))
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def beat(self) -> None:
+        info = {"tier": self.tier.value, "model": self.generator.model.name, "host": self.settings.host,
+                "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
+                "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
+        await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
+                                                  owner=self.owner)
 
     async def stop(self, consumer) -> None:
         """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
@@ -141,7 +172,7 @@ class TierWorker:
             await delivery.settle(Disposition.requeue)
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
-        await self.service.store.clear_worker(self.settings.gpu)
+        await self.service.store.clear_worker(self.settings.gpu, self.owner)
         await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
@@ -167,43 +198,73 @@ class TierWorker:
         finishing.add_done_callback(self.finishing.discard)
 
     async def admit(self, batch: list[Delivery]) -> list[Item]:
-        """Parse and check a batch, and mark its jobs `generating` in one round trip; deliveries
-        that are bad, expired or duplicates are settled here and left out."""
-        parsed = []
+        """Parse and check a batch, and claim its jobs (`generating`, owned by this worker) in one
+        round trip; deliveries that are bad, expired, stale or duplicates are settled here and
+        left out (shared/policies/steps.py decides what each claim's outcome means)."""
+        parsed: list[Item] = []
         # This batch starts when the batches admitted before it have ended.
         finishes_at = max(self.busy_until, time.time()) + self.batch_s.expected(self.generator.model.name, len(batch),
                                                                                   self.profiled_s(len(batch)))
         for delivery in batch:
+            if delivery.stale:
+                log.info("stale_delivery_dropped")  # the broker has handed it out again
+                continue
             try:
                 task = parse_message(Task, delivery.body)
             except InvalidJob as error:
                 job_id = job_id_of(delivery.body)
-                await self.service.settle_failure(delivery, error, [job_id] if job_id else [])
+                await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
                 continue
-            if ends_too_late(finishes_at, task.deadline):
+            duplicate = self.claimed.get(task.job.job_id) or next(
+                (item for item in parsed if item.job_id == task.job.job_id), None)
+            if duplicate is not None:
+                duplicate.also.append(delivery)  # settled with the delivery this worker already holds
+            elif ends_too_late(finishes_at, task.deadline):
                 await self.too_late(delivery, task)
             else:
-                parsed.append((delivery, task))
+                parsed.append(Item(delivery, task))
         if parsed:
             self.busy_until = finishes_at
         started = {"tier": self.tier.value, "model": self.generator.model.name}
-        changes = [Change(task.job.job_id, JobState.generating, started) for _, task in parsed]
+        changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in parsed]
         try:
             outcomes = await self.service.store.apply_many(changes)
         except Exception as error:
             await self.settle_all(parsed, error)
             return []
+        crash_point(f"{self.tier.value}.after_claim")
         items = []
-        for (delivery, task), outcome in zip(parsed, outcomes):
-            if outcome == MISSING:
-                error = InvalidJob("no job record (expired from the store?)")
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
-            elif outcome == REFUSED:
-                log.info("duplicate_delivery_dropped", job_id=task.job.job_id)
-                await delivery.settle(Disposition.ack)
+        for item, outcome in zip(parsed, outcomes, strict=True):
+            step = steps.after_claim(self.tier, outcome)
+            if step is Next.work:
+                self.claimed[item.job_id] = item
+                items.append(item)
             else:
-                items.append((delivery, task))
+                await self.follow(item, step)
         return items
+
+    async def follow(self, item: Item, step: Next, model: str | None = None) -> None:
+        """Carry out a step decision for an item this worker does not generate (now); `model`
+        made the light image this worker just stored."""
+        with bind_job(item.job_id):
+            if step is Next.wait:
+                # A live worker is generating this job: look again later, holding the delivery
+                # (acking it would lose the job if that worker then died).
+                log.info("claim_held_elsewhere", recheck_s=steps.RECHECK_S)
+                for delivery in (item.delivery, *item.also):
+                    asyncio.get_running_loop().call_later(steps.RECHECK_S, self.collector.put, delivery)
+            elif step is Next.no_record:
+                await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
+            elif step is Next.hand_on:
+                await self.hand_on(item, model)
+            else:
+                log.info("duplicate_delivery_dropped")
+                await self.settle(item, Disposition.ack)
+
+    async def settle(self, item: Item, disposition: Disposition) -> None:
+        self.claimed.pop(item.job_id, None)
+        for delivery in (item.delivery, *item.also):
+            await delivery.settle(disposition)
 
     async def too_late(self, delivery: Delivery, task: Task) -> None:
         """A job this GPU cannot finish by its deadline. Shedding it (expired) saves the GPU time
@@ -212,7 +273,8 @@ class TierWorker:
         straight to heavy goes to the light tier when a light batch can still make it."""
         with bind_job(task.job.job_id):
             try:
-                if self.tier is Tier.heavy and task.escalated and await self.serve_light_image(task):
+                if self.tier is Tier.heavy and task.escalated and await self.serve_light_image(
+                        task, "the heavy model could not finish in time: served the light image"):
                     await delivery.settle(Disposition.ack)
                     return
                 if self.tier is Tier.heavy and not task.escalated and self.light_can_make(task):
@@ -228,15 +290,13 @@ class TierWorker:
             reason = "deadline passed before generation" if time.time() >= task.deadline else "would finish after its deadline"
             await self.service.settle_failure(delivery, Expired(reason), [task.job.job_id])
 
-    async def serve_light_image(self, task: Task) -> bool:
-        png = await self.service.store.get_image(task.job.job_id, "light")
-        if not png:
-            return False
-        change = Change(task.job.job_id, JobState.done, {"tier": Tier.light.value, "escalated": False}, image=png,
-                        detail="the heavy model could not finish in time: served the light image")
-        if await self.service.store.apply(change) == APPLIED:
+    async def serve_light_image(self, task: Task, reason: str) -> bool:
+        """Finish the job with the light image it already has (stored once: the light key becomes
+        the final one). False when there is none."""
+        outcome = await self.service.store.apply(serve_light(task.job.job_id, reason))
+        if outcome.applied:
             metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
-        return True
+        return outcome.result is not Applied.no_image
 
     def light_can_make(self, task: Task) -> bool:
         plan = self.service.plans.current
@@ -252,16 +312,17 @@ class TierWorker:
         return model.batch_latency_s(size) * self.settings.latency_scale if model.latency_ms else 0.0
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
-        for delivery, task in items:
-            with bind_job(task.job.job_id):
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
+        for item in items:
+            with bind_job(item.job_id):
+                self.claimed.pop(item.job_id, None)
+                await self.service.settle_failure(item.delivery, error, [item.job_id], also=item.also)
 
     async def generate(self, items: list[Item], generator: Generator) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone."""
         inputs = [
-            GenerationInput(task.job.job_id, task.job.prompt, task.job.negative_prompt, seed_of(task),
-                            task.job.width, task.job.height)
-            for _, task in items
+            GenerationInput(item.job_id, item.task.job.prompt, item.task.job.negative_prompt, seed_of(item.task),
+                            item.task.job.width, item.task.job.height)
+            for item in items
         ]
         loop = asyncio.get_running_loop()
         try:
@@ -285,22 +346,25 @@ class TierWorker:
         """Encode, store (one round trip for the batch), pass light results to the judge, ack."""
         pngs = await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
         generated, changes = [], []
-        for item, png in zip(items, pngs):
+        for item, png in zip(items, pngs, strict=True):
             if isinstance(png, BaseException):
                 await self.settle_all([item], BackendFailed(f"{type(png).__name__}: {png}"))
             else:
                 generated.append(item)
-                changes.append(self.result_change(item[1], png, model_name))
+                changes.append(self.result_change(item.task, png, model_name))
         try:
             outcomes = await self.service.store.apply_many(changes)
         except Exception as error:
             await self.settle_all(generated, error)
             return
+        crash_point(f"{self.tier.value}.after_store")
         if self.tier is Tier.heavy:
-            for (_, task), outcome in zip(generated, outcomes):
-                if outcome == APPLIED:
-                    metrics.observe_done(Tier.heavy.value, task.job.submitted_at, task.deadline)
-        await asyncio.gather(*(self.hand_on(item, outcome, model_name) for item, outcome in zip(generated, outcomes)))
+            for item, outcome in zip(generated, outcomes, strict=True):
+                if outcome.applied:
+                    metrics.observe_done(Tier.heavy.value, item.task.job.submitted_at, item.task.deadline)
+        await asyncio.gather(*(self.follow(item, steps.after_store(self.tier, outcome),
+                                           model_name if outcome.applied else None)
+                               for item, outcome in zip(generated, outcomes, strict=True)))
 
     def result_change(self, task: Task, png: bytes, model_name: str) -> Change:
         fields = {"tier": self.tier.value, "model": model_name}
@@ -308,19 +372,26 @@ class TierWorker:
             return Change(task.job.job_id, JobState.done, {**fields, "escalated": task.escalated}, image=png)
         return Change(task.job.job_id, JobState.judging, fields, image=png, image_variant="light")
 
-    async def hand_on(self, item: Item, outcome: int, model_name: str) -> None:
-        """Light results go to the judge; then the delivery is acked. A job that finished meanwhile
-        (a duplicate delivery) is only acked."""
-        delivery, task = item
+    async def hand_on(self, item: Item, model: str | None) -> None:
+        """A stored light result goes to the judge, then the delivery is acked. When the judge's
+        queue refuses it (full), the job is served the light image it already has. `model` made
+        the image (None: an earlier delivery stored it; the record says which)."""
         try:
-            if outcome == MISSING:
-                raise InvalidJob("no job record (expired from the store?)")
-            if self.tier is Tier.light and outcome == APPLIED:
-                judged = task.model_copy(update={"model": model_name})
-                await self.service.bus.publish(self.service.bus.queues.judge, judged, message_id=task.job.job_id)
-            await delivery.settle(Disposition.ack)
+            judged = item.task.model_copy(update={"model": model or await self.light_model_of(item)})
+            try:
+                await self.service.bus.publish(self.service.bus.queues.judge, judged, message_id=item.job_id)
+            except Overloaded:
+                await self.serve_light_image(item.task, "the judge's queue is full: served the light image")
+            crash_point("light.after_publish")
+            await self.settle(item, Disposition.ack)
         except Exception as error:
             await self.settle_all([item], error)
+
+    async def light_model_of(self, item: Item) -> str:
+        """The model that made the stored light image (the record says; this worker's model when
+        the record does not)."""
+        record = await self.service.store.get(item.job_id)
+        return (record.model if record is not None and record.model else None) or self.generator.model.name
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

@@ -15,19 +15,30 @@ publish, which the publisher sees as Overloaded) and carry x-delivery-limit as a
 backstop: a message that crashes its consumer again and again is dead-lettered by
 the broker itself. Publishes wait for the broker's confirm; consumers ack only
 after the result is stored.
+
+Outages: a service waits for the broker at start (HADIS_CONNECT_RETRY_S, with backoff) and
+through it at run time: both connections are aio-pika's robust ones, which reconnect and
+restore channels and consumers. Consuming a quorum queue whose leader is not elected yet
+closes the whole connection on RabbitMQ 3.10 (541); starting a consumer is retried for the
+same bound. Publishing and consuming use two connections: under a memory or disk alarm the
+broker blocks publishing connections, and acks must still flow. Every publish has a bound
+(HADIS_PUBLISH_TIMEOUT_S) that covers its confirm and a reconnection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.exceptions import (AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError,
-                                 PublishError)
+from aio_pika.exceptions import (AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity,
+                                 ChannelPreconditionFailed, DeliveryError, PublishError)
+from aiormq.exceptions import ChannelAccessRefused
 from pydantic import BaseModel
 
 from shared.errors import Disposition, Overloaded, Unavailable
@@ -36,12 +47,32 @@ from shared.schemas import Tier
 from shared.settings import Settings
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 DEAD_LETTER_MAX_LENGTH = 10_000
-PUBLISH_RETRY_S = 30.0  # a publish waits this long for a lost connection to come back
 RECONNECT_INTERVAL_S = 1.0
-QUEUE_READY_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 5.0  # between attempts to connect, declare or start a consumer
+CONNECTION_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError,
+                     RuntimeError)  # aio-pika raises RuntimeError for a robust connection that is reconnecting
+
+
+async def retry(what: str, attempt: Callable[[], Awaitable[T]], bound_s: float) -> T:
+    """Run `attempt` until it succeeds, backing off between failures, for at most bound_s; then
+    raise Unavailable. Only connection-level failures are retried."""
+    give_up_at = time.monotonic() + bound_s
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return await attempt()
+        except (ChannelPreconditionFailed, ChannelAccessRefused):
+            raise  # a configuration error (arguments that differ, permissions), not an outage
+        except CONNECTION_ERRORS as error:
+            if time.monotonic() + delay > give_up_at:
+                raise Unavailable(f"{what}: RabbitMQ unavailable for {bound_s:.0f} s: {error}") from error
+            log.warning("broker_retry", what=what, error=str(error) or type(error).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,12 @@ class Delivery:
         self.delivery_count: int = int(earlier) + 1 if isinstance(earlier, int) else 1
         self.settled = False
 
+    @property
+    def stale(self) -> bool:
+        """The channel it came on has closed (the connection was lost): it can no longer be acked,
+        and the broker has already handed it out again. Work on it is work done twice."""
+        return self._message.channel.is_closed
+
     async def settle(self, disposition: Disposition) -> None:
         if self.settled:
             return
@@ -133,28 +170,40 @@ class Consumer:
 
 
 class Bus:
-    def __init__(self, settings: Settings, connection: AbstractRobustConnection, publisher: AbstractRobustChannel):
+    def __init__(self, settings: Settings, consuming: AbstractRobustConnection, publishing: AbstractRobustConnection,
+                 publisher: AbstractRobustChannel):
         self.settings = settings
         self.queues = Queues(settings.namespace)
-        self._connection = connection
+        self._connection = consuming
+        self._publishing = publishing
         self._publisher = publisher
 
     @classmethod
-    async def connect(cls, settings: Settings, *, declare: bool = True) -> "Bus":
+    async def connect(cls, settings: Settings, *, declare: bool = True, retry_s: float | None = None) -> "Bus":
+        """Connect (two connections: consuming, publishing) and declare the topology, waiting up to
+        retry_s (default: HADIS_CONNECT_RETRY_S) for the broker."""
+        bound_s = settings.connect_retry_s if retry_s is None else retry_s
+        consuming = await retry("connect", lambda: cls._open(settings, "consume"), bound_s)
         try:
-            connection = await aio_pika.connect_robust(
-                settings.amqp_url.get_secret_value(),
-                timeout=CONNECT_TIMEOUT_S,
-                reconnect_interval=RECONNECT_INTERVAL_S,
-                client_properties={"connection_name": f"hadis-{settings.namespace}"},
-            )
-        except (AMQPError, OSError, asyncio.TimeoutError) as error:
-            raise Unavailable(f"RabbitMQ unreachable: {error}") from error
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        bus = cls(settings, connection, publisher)
-        if declare:
-            await bus.declare()
+            publishing = await retry("connect", lambda: cls._open(settings, "publish"), bound_s)
+            publisher = await retry("channel", lambda: publishing.channel(publisher_confirms=True,
+                                                                          on_return_raises=True), bound_s)
+            bus = cls(settings, consuming, publishing, publisher)
+            if declare:
+                await retry("declare", bus.declare, bound_s)
+        except BaseException:
+            await consuming.close()
+            raise
         return bus
+
+    @staticmethod
+    async def _open(settings: Settings, role: str) -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            timeout=CONNECT_TIMEOUT_S,
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            client_properties={"connection_name": f"hadis-{settings.namespace}-{role}"},
+        )
 
     def _work_queue_arguments(self) -> dict:
         return {
@@ -183,8 +232,9 @@ class Bus:
             await channel.declare_queue(name, durable=True, arguments=self._work_queue_arguments())
 
     async def publish(self, queue: str, payload: BaseModel | bytes, *, message_id: str | None = None) -> None:
-        """Publish persistently to a queue and wait for the broker's confirm.
-        Retries a lost connection for PUBLISH_RETRY_S; a full queue raises Overloaded."""
+        """Publish persistently to a queue and wait for the broker's confirm, for at most
+        HADIS_PUBLISH_TIMEOUT_S in all (a reconnection, a blocked connection included): then
+        Unavailable. A full queue raises Overloaded."""
         body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
         message = aio_pika.Message(
             body,
@@ -192,22 +242,28 @@ class Bus:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
         )
-        give_up_at = asyncio.get_running_loop().time() + PUBLISH_RETRY_S
+        bound_s = self.settings.publish_timeout_s
+        give_up_at = time.monotonic() + bound_s
+        delay = BACKOFF_FIRST_S
         while True:
+            remaining = give_up_at - time.monotonic()
             try:
-                await self._publisher.default_exchange.publish(message, routing_key=queue)
+                await asyncio.wait_for(self._publisher.default_exchange.publish(message, routing_key=queue),
+                                       timeout=max(remaining, 0.01))
                 return
             except (DeliveryError, PublishError) as error:
-                raise Overloaded(f"queue {queue} refused the job (full or unroutable)") from error
-            except (AMQPError, ChannelInvalidStateError, ConnectionError, asyncio.TimeoutError) as error:
-                if asyncio.get_running_loop().time() > give_up_at:
-                    raise Unavailable(f"publish to {queue} failed: {error}") from error
-                await asyncio.sleep(0.5)
+                raise Overloaded(f"queue {queue} refused the message (full or unroutable)") from error
+            except CONNECTION_ERRORS as error:
+                if time.monotonic() + delay > give_up_at:
+                    raise Unavailable(f"publish to {queue} failed for {bound_s:.0f} s: "
+                                      f"{error or type(error).__name__}") from error
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
-        """Consume on a channel of its own (so its prefetch can change with the plan).
-        A handler that raises leaves the message unsettled: it is requeued, never dropped."""
-        channel, amqp_queue = await self._consumer_channel(queue, prefetch)
+        """Consume on a channel of its own (so its prefetch can change with the plan), retried
+        through an outage for HADIS_CONNECT_RETRY_S. A handler that raises leaves the message
+        unsettled: it is requeued, never dropped."""
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             delivery = Delivery(message)
@@ -217,26 +273,33 @@ class Bus:
                 log.exception("handler_crashed", queue=queue)
                 await delivery.settle(Disposition.requeue)
 
-        tag = await amqp_queue.consume(on_message)
-        return Consumer(channel, amqp_queue, on_message, tag)
+        async def start() -> Consumer:
+            channel, amqp_queue = await self._consumer_channel(queue, prefetch)
+            try:
+                tag = await amqp_queue.consume(on_message)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()  # else the robust channel would reopen itself
+                raise
+            return Consumer(channel, amqp_queue, on_message, tag)
+
+        return await retry(f"consume {queue}", start, self.settings.connect_retry_s)
 
     async def _consumer_channel(self, queue: str, prefetch: int):
         """A channel and the queue declared (passively) on it: on the robust channel, so the consumer
         is restored after a reconnect. A quorum queue just declared can be briefly unavailable
-        ("home node ... is down") while it elects its leader: retried for QUEUE_READY_S."""
-        give_up_at = asyncio.get_running_loop().time() + QUEUE_READY_S
-        while True:
-            channel = await self._connection.channel()
-            try:
-                await channel.set_qos(prefetch_count=prefetch)
-                return channel, await channel.declare_queue(queue, passive=True)
-            except ChannelNotFoundEntity:
-                with contextlib.suppress(Exception):
-                    await channel.close()  # else the robust channel would reopen itself
-                if asyncio.get_running_loop().time() > give_up_at:
-                    raise
+        ("home node ... is down") while it elects its leader: retried like an outage."""
+        channel = await self._connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            return channel, await channel.declare_queue(queue, passive=True)
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                await channel.close()  # else the robust channel would reopen itself
+            if isinstance(error, ChannelNotFoundEntity):
                 log.warning("queue_not_ready", queue=queue)
-                await asyncio.sleep(0.5)
+                raise ConnectionError(f"queue {queue} is not ready: {error}") from error
+            raise
 
     async def _inspect(self, queue: str):
         # A channel of its own: the robust publisher channel answers passive declares from a cache.
@@ -266,4 +329,5 @@ class Bus:
         await channel.close()
 
     async def close(self) -> None:
+        await self._publishing.close()
         await self._connection.close()

@@ -52,6 +52,14 @@ class Unavailable(HadisError):
     status = 503
 
 
+class StoreRejected(HadisError):
+    """Redis answered, but refused the command (a key of the wrong type, a script error): not an
+    outage, so retrying cannot help."""
+
+    status = 500
+    retryable = False
+
+
 class Expired(HadisError):
     """The job's deadline passed before it could be generated."""
 
@@ -67,6 +75,10 @@ def disposition_for(error: BaseException, delivery_count: int, max_deliveries: i
         return Disposition.ack
     if isinstance(error, HadisError) and not error.retryable:
         return Disposition.dead_letter
+    if isinstance(error, Unavailable):
+        # An outage is not the job's fault: it does not spend the job's retries (the store
+        # already waited HADIS_STORE_RETRY_S). The broker's x-delivery-limit still bounds it.
+        return Disposition.requeue
     if delivery_count >= max_deliveries:
         return Disposition.dead_letter
     return Disposition.requeue

@@ -73,6 +73,10 @@ JOBS_FINISHED = Counter("hadis_jobs_finished", "Jobs that reached a terminal sta
                         registry=REGISTRY)
 SLO_VIOLATIONS = Counter("hadis_slo_violations", "Jobs done late, expired or failed", ["tier", "reason"],
                          registry=REGISTRY)
+DEAD_LETTERS_PARKED = Counter("hadis_dead_letters_parked", "Dead letters the controller could not turn into a record "
+                              "(kept in <ns>.dead)", ["reason"], registry=REGISTRY)
+STORE_MEMORY = Gauge("hadis_store_memory_bytes", "Redis memory: used, and its maxmemory (0: unbounded)", ["kind"],
+                     registry=REGISTRY)
 PLAN_VERSION = Gauge("hadis_plan_version", "Version of the plan this process applies", registry=REGISTRY)
 PLAN_SHARE = Gauge("hadis_plan_share", "The plan's fractions: r (routed), d (escalated), heavy (h = r + (1-r)d)",
                    ["kind"], registry=REGISTRY)
@@ -193,3 +197,12 @@ def observe_unserved(state: JobState, tier: str | None = None) -> None:
     tier = tier or NO_TIER
     JOBS_FINISHED.labels(tier, state.value).inc()
     SLO_VIOLATIONS.labels(tier, state.value).inc()
+
+
+def observe_parked_dead_letter(reason: str) -> None:
+    DEAD_LETTERS_PARKED.labels(reason=reason).inc()
+
+
+def observe_store_memory(used: int, maxmemory: int) -> None:
+    STORE_MEMORY.labels(kind="used").set(used)
+    STORE_MEMORY.labels(kind="max").set(maxmemory)

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from shared import metrics
-from shared.errors import Unavailable
 from shared.logging import get_logger
 from shared.schemas import Plan
 from shared.settings import Settings
@@ -50,8 +49,8 @@ class PlanWatcher:
             await asyncio.sleep(self._poll_s)
             try:
                 await self.refresh()
-            except Unavailable as error:
-                log.warning("plan_refresh_failed", error=str(error))
+            except Exception as error:  # fail static: keep serving the current plan
+                log.warning("plan_refresh_failed", error=str(error) or type(error).__name__)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from shared import metrics
+from shared import crashpoints, metrics
 from shared.bus import Bus, Delivery
 from shared.errors import Disposition, Expired, describe, disposition_for
 from shared.logging import configure, get_logger
@@ -29,18 +29,27 @@ class Service:
     plans: PlanWatcher
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def settle_failure(self, delivery: Delivery, error: BaseException, job_ids: Iterable[str]) -> None:
+    async def settle_failure(self, delivery: Delivery, error: BaseException, job_ids: Iterable[str], *,
+                             owned: bool = True, also: Iterable[Delivery] = ()) -> Disposition:
         """The one place that turns an error into ack / requeue / dead-letter, and writes the
-        terminal record when the job will not be tried again."""
+        terminal record when the job will not be tried again. `owned=False` for a message that
+        could not be parsed: the id it names may be another job's, so only a missing record is
+        written (a message must not fail a job it cannot prove is its own). `also`: duplicate
+        deliveries of the same job, settled the same way."""
         disposition = disposition_for(error, delivery.delivery_count, self.settings.max_deliveries)
         reason = describe(error)
         log.warning("job_error", error=reason, disposition=disposition.value, delivery=delivery.delivery_count)
         if disposition is not Disposition.requeue:
             state = JobState.expired if isinstance(error, Expired) else JobState.failed
             for job_id in job_ids:
-                if await self.store.fail(job_id, state, reason):
-                    metrics.observe_unserved(state)
-        await delivery.settle(disposition)
+                try:
+                    if await self.store.fail(job_id, state, reason, create_only=not owned):
+                        metrics.observe_unserved(state)
+                except Exception as store_error:  # settle all the same: a dead letter is recorded later
+                    log.warning("fail_record_not_written", job_id=job_id, error=describe(store_error))
+        for each in (delivery, *also):
+            await each.settle(disposition)
+        return disposition
 
 
 ServiceMain = Callable[[Service], Awaitable[None]]
@@ -50,8 +59,15 @@ async def serve(name: str, main: ServiceMain, settings: Settings | None = None,
                 stopping: asyncio.Event | None = None) -> None:
     """Run a service until `stopping` is set (SIGTERM/SIGINT set it when run as a process)."""
     settings = settings or get_settings()
+    crashpoints.arm(settings.crash_at)
+    # Both wait out an outage at start (HADIS_CONNECT_RETRY_S): a service never exits because
+    # RabbitMQ or Redis is away for seconds or minutes.
     bus = await Bus.connect(settings)
-    store = await Store.connect(settings)
+    try:
+        store = await Store.connect(settings, retry_s=settings.connect_retry_s)
+    except BaseException:
+        await bus.close()
+        raise
     plans = PlanWatcher(store, settings)
     service = Service(name, settings, bus, store, plans, stopping or asyncio.Event())
     try:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     time_scale: float = Field(default=1.0, ge=0.0, description="Multiplies emulated latencies.")
     emulated_fail_pattern: str | None = Field(default=None, max_length=200,
                                               description="Fault injection: the emulated model raises on matching prompts.")
+    crash_at: str = Field(default="", max_length=500,
+                          description="Fault injection: exit at these named crash points (shared/crashpoints.py).")
     model_process: Literal["auto", "separate", "inline"] = Field(
         default="auto", description="Run the worker's model in a process of its own (auto: for tiny and diffusers).")
     model_cpus: str = Field(
@@ -99,10 +101,21 @@ class Settings(BaseSettings):
 
     # Bounds.
     slo_s: float = Field(default=60.0, gt=0, le=3600, description="Default latency objective of a job.")
-    job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record and image in Redis.")
+    job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record (the result's retention).")
+    image_ttl_s: int = Field(default=86_400, ge=60, description="TTL of a job's images in Redis (capped at job_ttl_s).")
     max_deliveries: int = Field(default=3, ge=1, le=20, description="Deliveries before a job is dead-lettered.")
     queue_max_length: int = Field(default=100_000, ge=100, description="Bound of every work queue (reject-publish).")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long a stopping service finishes work.")
+
+    # Outages: how long a service waits for RabbitMQ and Redis (docs/reliability.md).
+    connect_retry_s: float = Field(default=3600.0, gt=0, le=86_400,
+                                   description="A starting service retries RabbitMQ and Redis this long, then exits.")
+    store_retry_s: float = Field(default=300.0, gt=0, le=3600,
+                                 description="One Redis call retries a lost connection this long, then Unavailable.")
+    publish_timeout_s: float = Field(default=30.0, gt=0, le=3600,
+                                     description="Bound on one publish and its confirm, reconnection included.")
+    redis_memory_warn: float = Field(default=0.8, gt=0, le=1,
+                                     description="The controller warns when Redis uses this share of its maxmemory.")
 
     # Observability.
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
@@ -120,6 +133,13 @@ class Settings(BaseSettings):
         for name in (self.plan_light_model, self.plan_heavy_model):
             if name is not None:
                 profile.model(name)
+        return self
+
+    @model_validator(mode="after")
+    def crash_points_known(self) -> "Settings":
+        from shared.crashpoints import parse
+
+        parse(self.crash_at)
         return self
 
     @model_validator(mode="after")

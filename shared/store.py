@@ -28,53 +28,107 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import Unavailable
+from shared.errors import StoreRejected, Unavailable
+from shared.outcome import Applied, Outcome
 from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
 from shared.settings import Settings
 
 EVENTS_MAX_LENGTH = 200_000
-RETRY_S = 10.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0  # backoff of a Redis call during an outage
 
 _TERMINAL = ",".join(sorted(s.value for s in TERMINAL_STATES))
 
-# KEYS: record, history, image, events
-# ARGV: states (comma-separated, the last is the new state), detail json, ttl, channel, create (0/1), job_id,
-#       image bytes or "", n_fields, fields...
-# Returns 1 applied, 0 refused (the record exists, for a create; it is terminal, for a transition), -1 no record.
+# KEYS: record, history, final image, events, light image
+# ARGV: 1 states (comma-separated, the last is the new state), 2 detail json, 3 record ttl, 4 done channel,
+#       5 create (0/1), 6 job_id, 7 image bytes or "", 8 image mode ("", final, light, promote), 9 image ttl,
+#       10 owner ("" for none), 11 owner key prefix, 12 n_fields, fields...
+# Returns {code, state before}: 1 applied, 0 refused (the record exists, for a create; it is terminal, for a
+# transition), -1 no record, 2 stale (the record is already at a later step), 3 busy (another live worker
+# holds the claim), 4 no light image to promote.
+#
+# States only move forward. A job's steps, in order: queued 0, routed 1, generating on light 2, judging 3,
+# escalated 4, generating on heavy 5, terminal 9 (the rank of `generating` depends on the tier). A change to a
+# lower rank is refused as stale, so a late redelivery cannot reset a later state; the same rank is refused
+# too (a verdict or a light image is stored once), except a re-route and a `generating` claim: a claim passes
+# to a new owner only when the old owner's liveness key has expired (it died before storing).
 # The transition's time is Redis's clock, so a history is in order whichever process wrote it.
 _TRANSITION = f"""
 local terminal = {{}}
 for s in string.gmatch('{_TERMINAL}', '[^,]+') do terminal[s] = true end
-local current = redis.call('HGET', KEYS[1], 'state')
-if ARGV[5] == '1' then
-  if current then return 0 end
-elseif not current then
-  return -1
-elseif terminal[current] then
-  return 0
+local function rank(state, tier)
+  if state == 'queued' then return 0 end
+  if state == 'routed' then return 1 end
+  if state == 'generating' then if tier == 'heavy' then return 5 end return 2 end
+  if state == 'judging' then return 3 end
+  if state == 'escalated' then return 4 end
+  return 9
 end
+local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner')
+local current, current_tier, current_owner = record[1], record[2], record[3]
+local n_fields = tonumber(ARGV[12])
+local state
+for s in string.gmatch(ARGV[1], '[^,]+') do state = s end
+local tier = current_tier
+for i = 1, n_fields do
+  if ARGV[11 + 2 * i] == 'tier' then tier = ARGV[12 + 2 * i] end
+end
+if ARGV[5] == '1' then
+  if current then return {{0, current}} end
+elseif not current then
+  return {{-1, false}}
+elseif terminal[current] then
+  return {{0, current}}
+else
+  local new_rank, old_rank = rank(state, tier), rank(current, current_tier)
+  if new_rank < old_rank then return {{2, current}} end
+  if new_rank == old_rank then
+    if state == 'generating' then
+      if current_owner and current_owner ~= ARGV[10] and
+         redis.call('EXISTS', ARGV[11] .. current_owner) == 1 then
+        return {{3, current}}
+      end
+    elseif state ~= 'routed' then
+      return {{2, current}}
+    end
+  end
+end
+if ARGV[8] == 'promote' and redis.call('EXISTS', KEYS[5]) == 0 then return {{4, current}} end
 local now = redis.call('TIME')
 local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-local ttl = tonumber(ARGV[3])
-local state
+local ttl, image_ttl = tonumber(ARGV[3]), tonumber(ARGV[9])
 for s in string.gmatch(ARGV[1], '[^,]+') do
-  state = s
   local transition = '{{"state":"' .. s .. '","at":' .. at .. ',"detail":' .. ARGV[2] .. '}}'
   redis.call('RPUSH', KEYS[2], transition)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAX_LENGTH}, '*', 'job_id', ARGV[6], 'state', s,
-             'transition', transition)
+  local event = {{'job_id', ARGV[6], 'state', s, 'transition', transition, 'tier', tier or ''}}
+  if s == state then
+    if ARGV[10] ~= '' then event[#event + 1] = 'owner'; event[#event + 1] = ARGV[10] end
+    if ARGV[8] ~= '' then event[#event + 1] = 'image'; event[#event + 1] = ARGV[8] end
+  end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAX_LENGTH}, '*', unpack(event))
 end
 local fields = {{'state', state}}
-for i = 1, tonumber(ARGV[8]) * 2 do fields[#fields + 1] = ARGV[8 + i] end
+if ARGV[10] ~= '' then fields[#fields + 1] = 'owner'; fields[#fields + 1] = ARGV[10] end
+for i = 1, n_fields * 2 do fields[#fields + 1] = ARGV[12 + i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[4], ttl)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ttl) end
-if terminal[state] then redis.call('PUBLISH', ARGV[4], state) end
-return 1
+if ARGV[8] == 'final' then
+  redis.call('SET', KEYS[3], ARGV[7], 'EX', image_ttl)
+elseif ARGV[8] == 'light' then
+  redis.call('SET', KEYS[5], ARGV[7], 'EX', image_ttl)
+elseif ARGV[8] == 'promote' then
+  redis.call('RENAME', KEYS[5], KEYS[3])
+  redis.call('EXPIRE', KEYS[3], image_ttl)
+end
+if terminal[state] then
+  redis.call('DEL', KEYS[5])
+  redis.call('PUBLISH', ARGV[4], state)
+end
+return {{1, current}}
 """
 
 _LEASE = """
@@ -86,14 +140,16 @@ end
 return 0
 """
 
-APPLIED, REFUSED, MISSING = 1, 0, -1
+APPLIED, REFUSED, MISSING, STALE, BUSY = Applied.applied, Applied.refused, Applied.missing, Applied.stale, Applied.busy
 
 
 @dataclass(frozen=True)
 class Change:
     """One atomic change of a job record. `passing` are states recorded on the way (a router
     creates a record `queued` and `routed` in one step). The image goes to the final key, or,
-    with image_variant="light", to the key the judge reads."""
+    with image_variant="light", to the key the judge reads; `promote_light` makes the light
+    image the final one (a rename in Redis: the image is stored once). `owner` claims the
+    `generating` step for a worker (see owner_id)."""
 
     job_id: str
     state: JobState
@@ -103,8 +159,31 @@ class Change:
     detail: str = ""
     image: bytes = b""
     image_variant: str = ""
+    promote_light: bool = False
+    owner: str = ""
+
+    @property
+    def image_mode(self) -> str:
+        if self.promote_light:
+            return "promote"
+        if not self.image:
+            return ""
+        return "light" if self.image_variant == "light" else "final"
 
 
+def serve_light(job_id: str, reason: str) -> Change:
+    """`done` with the light image as the final one: a heavy step that cannot be had (too late, its
+    queue full) serves the image the job already has."""
+    return Change(job_id, JobState.done, {"tier": "light", "escalated": False}, promote_light=True, detail=reason)
+
+
+def owner_id(gpu: str, pid: int) -> str:
+    """Who holds a `generating` claim: a worker process (its GPU and pid), alive while its
+    heartbeat renews `<ns>:owner:<owner>`."""
+    return f"{gpu}/{pid}"
+
+
+_RECORD_FIELDS = frozenset(JobRecord.model_fields)
 _JSON_FIELDS = ("metadata",)
 _FLOAT_FIELDS = ("submitted_at", "deadline", "router_score", "judge_score")
 _INT_FIELDS = ("plan_version",)
@@ -123,12 +202,15 @@ class Store:
         self.settings = settings
         self.ns = settings.namespace
         self.ttl = settings.job_ttl_s
+        self.image_ttl = min(settings.image_ttl_s, settings.job_ttl_s)
+        self.retry_s = settings.store_retry_s
         self._redis = client
         self._transition = client.register_script(_TRANSITION)
         self._lease = client.register_script(_LEASE)
 
     @classmethod
-    async def connect(cls, settings: Settings) -> "Store":
+    async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> "Store":
+        """Connect, waiting up to retry_s (default: the settings' store_retry_s) for Redis to answer."""
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(),
             socket_connect_timeout=5,
@@ -137,22 +219,33 @@ class Store:
             retry_on_timeout=True,
         )
         store = cls(settings, client)
-        await store._call(client.ping)
+        await store._call(client.ping, retry_s=retry_s)
         return store
 
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def _call(self, function, *args, **kwargs):
-        """Run a Redis command, retrying a lost connection for RETRY_S, then raise Unavailable."""
-        give_up_at = time.monotonic() + RETRY_S
+    async def _call(self, function, *args, retry_s: float | None = None, **kwargs):
+        """Run a Redis command, retrying a lost connection (or a Redis out of memory) with backoff
+        for retry_s (the settings' store_retry_s), then raise Unavailable. A command Redis refuses
+        for another reason (a key of the wrong type) raises StoreRejected at once."""
+        give_up_at = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
+        delay = RETRY_FIRST_S
         while True:
             try:
                 return await function(*args, **kwargs)
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                if time.monotonic() > give_up_at:
-                    raise Unavailable(f"Redis unreachable: {error}") from error
-                await asyncio.sleep(0.5)
+                problem: Exception = error
+            except NoScriptError:
+                raise  # redis-py's Script loads the script and retries; a pipeline handles it itself
+            except ResponseError as error:
+                if not str(error).startswith(("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY")):
+                    raise StoreRejected(f"Redis refused the command: {error}") from error
+                problem = error
+            if time.monotonic() + delay > give_up_at:
+                raise Unavailable(f"Redis unreachable: {problem}") from problem
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     # Keys.
     def job_key(self, job_id: str) -> str:
@@ -172,30 +265,41 @@ class Store:
     def plan_key(self) -> str:
         return f"{self.ns}:plan"
 
+    @property
+    def owner_prefix(self) -> str:
+        return f"{self.ns}:owner:"
+
     # Job records.
     def _script_call(self, change: Change) -> tuple[list[str], list]:
         fields = dict(change.fields)
         if change.create:
             fields["job_id"] = change.job_id
-        if change.image and not change.image_variant:
+        if change.image_mode in ("final", "promote"):
             fields["image_key"] = self.image_key(change.job_id)
         flat: list[str] = []
         for name, value in fields.items():
             if value is not None:
                 flat += [name, _encode(value)]
         job_key = self.job_key(change.job_id)
-        keys = [job_key, f"{job_key}:history", self.image_key(change.job_id, change.image_variant), self.events_key]
+        keys = [job_key, f"{job_key}:history", self.image_key(change.job_id), self.events_key,
+                self.image_key(change.job_id, "light")]
         states = ",".join(s.value for s in (*change.passing, change.state))
         argv = [states, orjson.dumps(change.detail[:500]).decode(), self.ttl, self.done_channel(change.job_id),
-                "1" if change.create else "0", change.job_id, change.image, len(flat) // 2, *flat]
+                "1" if change.create else "0", change.job_id, change.image, change.image_mode, self.image_ttl,
+                change.owner, self.owner_prefix, len(flat) // 2, *flat]
         return keys, argv
 
-    async def apply(self, change: Change) -> int:
-        """APPLIED, REFUSED (exists, for a create; terminal, for a transition) or MISSING."""
-        keys, argv = self._script_call(change)
-        return int(await self._call(self._transition, keys=keys, args=argv))
+    @staticmethod
+    def _outcome(reply: list) -> Outcome:
+        code, before = reply
+        return Outcome(Applied(int(code)), JobState(before.decode()) if before else None)
 
-    async def apply_many(self, changes: list[Change]) -> list[int]:
+    async def apply(self, change: Change) -> Outcome:
+        """Apply one change atomically (see _TRANSITION for what is refused and why)."""
+        keys, argv = self._script_call(change)
+        return self._outcome(await self._call(self._transition, keys=keys, args=argv))
+
+    async def apply_many(self, changes: list[Change]) -> list[Outcome]:
         """Several changes in one round trip (each still atomic on its own)."""
         if not changes:
             return []
@@ -203,7 +307,7 @@ class Store:
         async def run_pipeline() -> list:
             # EVALSHA directly: a registered script in a pipeline first asks SCRIPT EXISTS, a round
             # trip per batch. A Redis that lost its scripts (restarted) answers NOSCRIPT: load, retry.
-            for attempt in range(2):
+            for _attempt in range(2):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for change in changes:
                         keys, argv = self._script_call(change)
@@ -214,32 +318,49 @@ class Store:
                         await self._redis.script_load(_TRANSITION)
             raise Unavailable("Redis refused the transition script")
 
-        return [int(result) for result in await self._call(run_pipeline)]
+        return [self._outcome(reply) for reply in await self._call(run_pipeline)]
 
     async def create(self, job_id: str, state: JobState = JobState.queued, **fields: Any) -> bool:
         """Create the record; False when a record with this id already exists."""
-        return await self.apply(Change(job_id, state, fields, create=True)) == APPLIED
+        return (await self.apply(Change(job_id, state, fields, create=True))).applied
 
     async def transition(self, job_id: str, state: JobState, *, detail: str = "", image: bytes = b"",
                          **fields: Any) -> bool:
         """Move a record to `state` (with an image, for done). False when the record is already
-        terminal (a duplicate); raises KeyError when there is no record."""
-        result = await self.apply(Change(job_id, state, fields, detail=detail, image=image))
-        if result == MISSING:
+        terminal (a duplicate) or further on; raises KeyError when there is no record."""
+        outcome = await self.apply(Change(job_id, state, fields, detail=detail, image=image))
+        if outcome.result is Applied.missing:
             raise KeyError(f"no record for job {job_id}")
-        return result == APPLIED
+        return outcome.applied
 
-    async def fail(self, job_id: str, state: JobState, reason: str, **fields: Any) -> bool:
-        """Make a record terminal (failed or expired) whether or not it exists yet."""
+    async def fail(self, job_id: str, state: JobState, reason: str, *, create_only: bool = False,
+                   **fields: Any) -> bool:
+        """Make a record terminal (failed or expired) whether or not it exists yet. With create_only,
+        an existing record is left alone: the caller cannot prove the job is its own (a message too
+        broken to parse names an id, and anybody can write any id into a message)."""
         if await self.create(job_id, state, error=reason, **fields):
             return True
+        if create_only:
+            return False
         return await self.transition(job_id, state, detail=reason, error=reason, **fields)
+
+    async def states(self, job_ids: list[str]) -> list[JobState | None]:
+        """The current state of each job (None: no record), in one round trip."""
+        async def read() -> list:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(self.job_key(job_id), "state")
+                return await pipe.execute()
+
+        return [JobState(raw.decode()) if raw else None for raw in await self._call(read)] if job_ids else []
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw, history = await self._call(self._get_raw, job_id)
         if not raw:
             return None
-        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        # Fields this version does not know (written by a newer service, or internal ones such as
+        # the claim's owner) are left out, so an old reader still reads a new record.
+        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in _RECORD_FIELDS}
         for name in _JSON_FIELDS:
             if name in fields:
                 fields[name] = orjson.loads(fields[name])
@@ -350,12 +471,32 @@ class Store:
         records = await self._scan_json(f"{self.ns}:agent:*")
         return {record["host"]: record["gpus"] for record in records}
 
-    async def heartbeat_worker(self, gpu: str, info: dict[str, Any], ttl_s: float) -> None:
+    async def heartbeat_worker(self, gpu: str, info: dict[str, Any], ttl_s: float, owner: str = "") -> None:
+        """Renew a worker's record and, with `owner`, the liveness of its claims (see owner_id)."""
         record = {**info, "gpu": gpu, "at": time.time()}
-        await self._call(self._redis.set, f"{self.ns}:worker:{gpu}", orjson.dumps(record), px=int(ttl_s * 1000))
 
-    async def clear_worker(self, gpu: str) -> None:
-        await self._call(self._redis.delete, f"{self.ns}:worker:{gpu}")
+        async def renew() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{self.ns}:worker:{gpu}", orjson.dumps(record), px=int(ttl_s * 1000))
+                if owner:
+                    pipe.set(self.owner_prefix + owner, b"1", px=int(ttl_s * 1000))
+                await pipe.execute()
+
+        await self._call(renew)
+
+    async def clear_worker(self, gpu: str, owner: str = "") -> None:
+        """A worker that stops (or that its agent saw die) no longer holds claims."""
+        keys = [f"{self.ns}:worker:{gpu}"] + ([self.owner_prefix + owner] if owner else [])
+        await self._call(self._redis.delete, *keys)
+
+    async def forget_owner(self, owner: str) -> None:
+        """An owner that died: its claims pass to the next worker at once, not when the key expires."""
+        await self._call(self._redis.delete, self.owner_prefix + owner)
+
+    async def memory(self) -> tuple[int, int]:
+        """Redis's used memory and its maxmemory (0: unbounded), in bytes."""
+        info = await self._call(self._redis.info, "memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     async def workers(self) -> list[dict[str, Any]]:
         """Live workers, from their heartbeats."""

@@ -1,7 +1,7 @@
 import pytest
 
-from shared.errors import (BackendFailed, Disposition, Expired, InvalidJob, Overloaded, Unavailable, describe,
-                           disposition_for)
+from shared.errors import (BackendFailed, Disposition, Expired, InvalidJob, Overloaded, StoreRejected, Unavailable,
+                           describe, disposition_for)
 
 
 @pytest.mark.parametrize(
@@ -13,6 +13,9 @@ from shared.errors import (BackendFailed, Disposition, Expired, InvalidJob, Over
         (BackendFailed("oom"), 1, Disposition.requeue),
         (BackendFailed("oom"), 3, Disposition.dead_letter),
         (Unavailable("redis"), 2, Disposition.requeue),
+        # An outage does not spend the job's retries (the broker's x-delivery-limit still bounds it).
+        (Unavailable("redis"), 3, Disposition.requeue),
+        (StoreRejected("WRONGTYPE"), 1, Disposition.dead_letter),
         (RuntimeError("surprise"), 1, Disposition.requeue),
         (RuntimeError("surprise"), 3, Disposition.dead_letter),
     ],

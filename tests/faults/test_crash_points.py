@@ -1,0 +1,104 @@
+"""A crash at each named point between store, publish and ack (shared/crashpoints.py): the
+service exits there as kill -9 would, comes back unarmed, and every job still ends `done`,
+generated once per tier except by the process that died before storing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from shared.client import Client
+from shared.crashpoints import CRASH_EXIT_CODE
+from shared.faults import cluster
+from shared.schemas import Job, JobState
+from tests.faults.harness import fault_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# point -> (the service that crashes, the plan's r and d that send jobs through that point)
+POINTS = {
+    "router.after_record": ("router", 0.2, 0.2),
+    "router.after_publish": ("router", 0.2, 0.2),
+    "light.after_claim": ("light", 0.0, 0.0),
+    "light.after_store": ("light", 0.0, 0.0),
+    "light.after_publish": ("light", 0.0, 0.5),
+    "judge.after_verdict": ("judge", 0.0, 0.5),
+    "judge.after_publish": ("judge", 0.0, 1.0),
+    "heavy.after_claim": ("heavy", 1.0, 0.0),
+    "heavy.after_store": ("heavy", 0.0, 1.0),
+}
+JOBS = 6
+
+
+def doubled(events: list[dict], died: set[int]) -> list[str]:
+    """Jobs whose work was done twice, from the event stream in order: a `generating` claim for a
+    tier whose result was already stored, or whose earlier owner did not die; an image of one kind
+    written twice; a verdict (`judging` stored, `escalated`) recorded twice."""
+    claims: dict[tuple[str, str], list[int]] = defaultdict(list)
+    stored: set[tuple[str, str]] = set()
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    found = set()
+    for event in events:
+        job_id, state, tier = event["job_id"], event["state"], event.get("tier", "")
+        if state == JobState.generating:
+            owners = claims[(job_id, tier)]
+            if (job_id, tier) in stored or any(pid not in died for pid in owners):
+                found.add(job_id)
+            owners.append(int(event.get("owner", "/0").rsplit("/", 1)[1]))
+        if state in (JobState.judging, JobState.escalated):
+            counts[(job_id, state)] += 1
+        if "image" in event:
+            kind = "light" if event["image"] == "light" else "final"
+            counts[(job_id, kind)] += 1
+            stored.add((job_id, tier if kind == "final" else "light"))
+    found |= {job_id for (job_id, _), count in counts.items() if count > 1}
+    return sorted(found)
+
+
+async def wait_exit(process, timeout_s: float) -> int | None:
+    give_up_at = time.monotonic() + timeout_s
+    while time.monotonic() < give_up_at:
+        if (code := process.poll()) is not None:
+            return code
+        await asyncio.sleep(0.1)
+    return None
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+async def test_a_crash_at_each_point_loses_and_repeats_nothing(point):
+    victim, r, d = POINTS[point]
+    settings = fault_settings(plan_r=r, plan_d=d, heartbeat_s=0.5)
+    client = await Client.open(settings)
+    try:
+        async with cluster(settings, client) as running:
+            child = running.children[victim]
+            running.kill(victim, signal.SIGTERM)  # armed only now: the warm-up job has passed
+            child.env["HADIS_CRASH_AT"] = point
+            running.start(victim)
+            crashed_pid = child.process.pid
+            since = await client.store.last_event_id()
+            jobs = [Job(prompt=f"crash test {i}: a lighthouse on a cliff", seed=i, slo_s=120) for i in range(JOBS)]
+            for job in jobs:
+                await client.submit(job)
+            code = await wait_exit(child.process, timeout_s=60)
+            assert code == CRASH_EXIT_CODE, f"{victim} did not crash at {point} (exit {code})"
+            del child.env["HADIS_CRASH_AT"]
+            running.start(victim)
+            finished = await client.store.wait_many([job.job_id for job in jobs], since, timeout_s=120)
+            records = [await client.status(job.job_id) for job in jobs]
+            events = [event for _, event in await client.store.read_events(since, count=10_000)]
+            for event in events:
+                event.pop("transition", None)
+            alive = {name: c.process.poll() is None for name, c in running.children.items()}
+    finally:
+        await client.close()
+    assert len(finished) == JOBS, [(r.job_id, r.state) if r else None for r in records]
+    assert all(record.state is JobState.done for record in records), \
+        [(r.job_id, r.state, r.error) for r in records if r.state is not JobState.done]
+    assert all(alive.values()), alive
+    assert doubled(events, {crashed_pid}) == [], orjson.dumps(events).decode()[:4000]
