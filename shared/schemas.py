@@ -13,19 +13,69 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+import pydantic_core
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from shared.errors import InvalidJob
 
 # Bounds on everything a caller controls. Documented in docs/jobs.md.
 MAX_PROMPT_CHARS = 2000
-MAX_METADATA_BYTES = 4096
+MAX_METADATA_BYTES = 4096  # of its JSON encoding
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_CHARS = 64
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_SLO_S = 3600.0
 MAX_MESSAGE_BYTES = 64 * 1024
+# submitted_at and deadline are Unix times in [2000-01-01, 2100-01-01]: finite, and plausible.
+MIN_TIMESTAMP, MAX_TIMESTAMP = 946_684_800.0, 4_102_444_800.0
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+# A job id is part of Redis keys (`<ns>:job:<id>`, `<ns>:job:<id>:history`, `<ns>:image:<id>`,
+# `<ns>:image:<id>:light`, `<ns>:done:<id>`), so it may not contain ':', the key separator: the
+# id `X:history` would otherwise name job X's history. ASCII letters, digits, `_ . -`, 1-128 of them,
+# the whole string (no trailing newline either).
+MAX_JOB_ID_CHARS = 128
+_JOB_ID_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_JOB_ID_CHARS}}}")
+JOB_ID_PATTERN = f"^{_JOB_ID_RE.pattern}$"  # the same rule in JSON Schema (ECMA-262: `$` is the very end)
+
+# Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) other than tab, newline
+# and carriage return: refused in every text a caller sends (they garble logs and terminals).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def valid_job_id(text: object) -> bool:
+    """The one rule for a job id, applied by `Job` and by `job_id_of` alike."""
+    return isinstance(text, str) and _JOB_ID_RE.fullmatch(text) is not None
+
+
+def _checked_job_id(job_id: str) -> str:
+    if not valid_job_id(job_id):
+        raise ValueError(f"job_id must be 1-{MAX_JOB_ID_CHARS} characters of A-Z a-z 0-9 _ . - "
+                         "(':' separates the parts of Redis keys)")
+    return job_id
+
+
+def check_printable(text: str, what: str) -> str:
+    """Refuse control characters other than tab, newline and carriage return."""
+    if _CONTROL_RE.search(text):
+        raise ValueError(f"{what} contains control characters")
+    return text
+
+
+JobId = Annotated[
+    str,
+    AfterValidator(_checked_job_id),
+    WithJsonSchema({"type": "string", "pattern": JOB_ID_PATTERN, "minLength": 1, "maxLength": MAX_JOB_ID_CHARS}),
+]
+UnixTime = Annotated[float, Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP, allow_inf_nan=False)]
 
 
 def new_job_id() -> str:
@@ -66,6 +116,9 @@ TERMINAL_STATES = frozenset({JobState.done, JobState.failed, JobState.expired})
 class Job(Strict):
     """What another backend publishes to the ingress queue `<ns>.requests`."""
 
+    # No NaN or infinity anywhere in a job (slo_s, deadline, submitted_at, metadata values).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     job_id: JobId = Field(default_factory=new_job_id, description="Idempotency key: a job id is served once.")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -73,37 +126,51 @@ class Job(Strict):
     width: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     height: int = Field(default=512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     slo_s: float | None = Field(default=None, gt=0, le=MAX_SLO_S, description="Latency objective from submitted_at.")
-    deadline: float | None = Field(default=None, description="Unix time after which the job is expired, not generated.")
-    submitted_at: float = Field(default_factory=now, description="Unix time the caller submitted the job.")
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    deadline: UnixTime | None = Field(default=None,
+                                      description="Unix time after which the job is expired, not generated.")
+    submitted_at: UnixTime = Field(default_factory=now, description="Unix time the caller submitted the job.")
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Stored with the record, never interpreted.",
+        json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
-    def prompt_has_text(cls, prompt: str) -> str:
-        if not prompt.strip():
+    def text_is_printable(cls, text: str, info: ValidationInfo) -> str:
+        if info.field_name == "prompt" and not text.strip():
             raise ValueError("prompt is blank")
-        if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in prompt):
-            raise ValueError("prompt contains control characters")
-        return prompt
+        return check_printable(text, info.field_name)
 
     @field_validator("metadata")
     @classmethod
     def metadata_is_small(cls, metadata: dict) -> dict:
-        if len(repr(metadata)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+        if len(metadata) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has more than {MAX_METADATA_KEYS} keys")
+        for key, value in metadata.items():
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"metadata key is longer than {MAX_METADATA_KEY_CHARS} characters")
+            check_printable(key, "metadata key")
+            if isinstance(value, str):
+                check_printable(value, "metadata value")
+        try:
+            size = len(orjson.dumps(metadata))
+        except orjson.JSONEncodeError as error:  # an integer beyond 64 bits
+            raise ValueError(f"metadata does not encode as JSON: {error} (integers must fit in 64 bits)") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
         return metadata
 
     def effective_deadline(self, default_slo_s: float) -> float:
+        """The deadline, else submitted_at + the SLO; never beyond MAX_TIMESTAMP (a Task's bound)."""
         if self.deadline is not None:
             return self.deadline
-        return self.submitted_at + (self.slo_s or default_slo_s)
+        return min(self.submitted_at + (self.slo_s or default_slo_s), MAX_TIMESTAMP)
 
 
 class Task(Strict):
     """A routed job travelling between the router, the workers and the judge."""
 
     job: Job
-    deadline: float
+    deadline: UnixTime
     tier: Tier
     router_score: float | None = None
     escalated: bool = False
@@ -173,17 +240,17 @@ class JobRecord(Strict):
 
 def job_id_of(body: bytes) -> str | None:
     """The job id of a raw message (a Job or a Task), if one can be read from it: used to
-    write a `failed` record for a message too broken to parse as a whole."""
+    write a `failed` record for a message too broken to parse as a whole. The JSON is read by
+    the parser `parse_message` uses (it reads NaN, Infinity and 1e999, which the model then
+    refuses), and the id must pass `valid_job_id`, as in a `Job`."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        data = pydantic_core.from_json(body)
+    except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("job"), dict):
         data = data["job"]
     job_id = data.get("job_id") if isinstance(data, dict) else None
-    if isinstance(job_id, str) and re.match(JOB_ID_PATTERN, job_id):
-        return job_id
-    return None
+    return job_id if valid_job_id(job_id) else None
 
 
 def parse_message(model: type[Strict], body: bytes) -> Strict:
