@@ -1,8 +1,10 @@
 """Runs the services as child processes on one machine (`hadis serve all`, `make run`): the
 controller, the router, the quality judge and this host's agent, which in turn runs one worker
-per GPU (light or heavy, as the plan assigns). It restarts a child that dies (at most
-MAX_RESTARTS per child per RESTART_WINDOW_S, then gives up loudly), and on Ctrl-C/SIGTERM
-stops them all gracefully."""
+per GPU (light or heavy, as the plan assigns). It restarts a child that dies, with exponential
+backoff (shared/policies/restarts.py: 0.5 s doubling to 30 s, forgotten after 60 s up), and never
+gives up on one: a child that dies because RabbitMQ or Redis is restarting comes back when they
+do, and the rest of the stack keeps serving meanwhile. On Ctrl-C/SIGTERM it stops them all
+gracefully."""
 
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.logging import get_logger
+from shared.policies.restarts import RestartBackoff
 from shared.settings import get_settings
 
 log = get_logger(__name__)
 
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
+POLL_S = 0.5
 STOP_TIMEOUT_S = 40.0
 
 
@@ -30,8 +32,11 @@ class Child:
     module: str
     env: dict[str, str]
     process: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: int = 0  # restarts after a death, in all
     log_path: Path | None = None  # its stdout and stderr (appended); None: this process's
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)  # its deaths; the rule's constants
+    started_at: float | None = None  # time.monotonic() at the last start
+    restart_at: float | None = None  # dead, waiting out its backoff until then; None: not dead (or not seen)
 
     def start(self) -> None:
         output = open(self.log_path, "ab") if self.log_path else None
@@ -41,13 +46,14 @@ class Child:
         finally:
             if output:
                 output.close()
+        self.started_at, self.restart_at = time.monotonic(), None
         log.info("child_started", child=self.name, pid=self.process.pid)
 
-    def may_restart(self) -> bool:
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
-        self.restarts.append(now)
-        return len(self.restarts) <= MAX_RESTARTS
+    def died(self, now: float) -> RestartBackoff:
+        """Record a death seen at `now`; the child is to be restarted at `restart_at`."""
+        self.backoff = self.backoff.after_death(now, self.started_at if self.started_at is not None else now)
+        self.restart_at = self.backoff.ready_at
+        return self.backoff
 
 
 def default_children() -> list[Child]:
@@ -64,7 +70,9 @@ def default_children() -> list[Child]:
     return children
 
 
-def supervise(children: list[Child]) -> int:
+def supervise(children: list[Child], poll_s: float = POLL_S) -> int:
+    """Start the children and keep them running until SIGINT/SIGTERM, then stop them all; 0.
+    A dead child waits out its backoff while the others are still watched (nothing blocks)."""
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -75,21 +83,28 @@ def supervise(children: list[Child]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     for child in children:
         child.start()
-    exit_code = 0
     while not stopping:
-        time.sleep(0.5)
+        time.sleep(poll_s)
         for child in children:
-            code = child.process.poll()
-            if code is None:
-                continue
-            if not child.may_restart():
-                log.error("child_keeps_dying", child=child.name, code=code)
-                stopping, exit_code = True, 1
+            if stopping:
                 break
-            log.warning("child_died_restarting", child=child.name, code=code)
-            child.start()
+            now, restart_at = time.monotonic(), child.restart_at
+            if restart_at is None:
+                code = child.process.poll() if child.process else None
+                if code is None:
+                    continue
+                backoff = child.died(now)
+                restart_at = backoff.ready_at
+                log.warning("child_died", child=child.name, code=code, deaths=backoff.deaths,
+                            restart_in_s=round(backoff.delay_s, 3))
+                if backoff.at_cap:
+                    log.warning("child_keeps_dying", child=child.name, deaths=backoff.deaths,
+                                restart_in_s=round(backoff.delay_s, 3))
+            if now >= restart_at:
+                child.restarts += 1
+                child.start()
     stop_all(children)
-    return exit_code
+    return 0
 
 
 def stop_all(children: list[Child]) -> None:
