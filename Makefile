@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults chaos bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-faults chaos soak drill bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -28,9 +28,20 @@ test: install services
 test-faults: install services
 	$(PY) -m pytest -q -m slow
 
-# Random kill -9 of services under load; last line lost=<n> duplicated=<n> failed=<n> of <submitted>.
+# Random kill -9 of services, a RabbitMQ restart and a kill -9 of the run's own Redis, under load (minutes);
+# last line lost=<n> duplicated=<n> failed=<n> of <submitted>.
 chaos: install services
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
+
+# Ten minutes of steady load, RabbitMQ restarted every two minutes; every job must end done.
+# Last line lost=<n> duplicated=<n> failed=<n> of <submitted>. SOAK_ARGS="--minutes 2" for a short one.
+soak: install services
+	$(PY) scripts/soak.py $(SOAK_ARGS)
+
+# The acceptance drill against `hadis serve all` (make run's stack): 400 jobs at 8/s, kill -9 of a service
+# every 4 s, a broker restart; last line drill done=<n> of <n> lost=<n> duplicated=<n> ... kills=<n>.
+drill: install services
+	$(PY) scripts/drill.py $(DRILL_ARGS)
 
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py

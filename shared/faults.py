@@ -1,17 +1,23 @@
 """Fault injection at the process level: the services as real processes (what a fault test or
-`make chaos` kills), a steady load to break them under, and the accounting of the outcome."""
+`make chaos` kills), a steady load to break them under, and the accounting of the outcome.
+
+The accounting reads two things: each job's record (lost: not terminal; failed, expired, done) and the
+event stream `<ns>:events`, which has one entry per state change (see shared/store.py). From the
+stream, `double_work` finds jobs whose work was done twice: a second `generating` claim of the same
+tier while the first claim's owner was alive, or an image stored twice."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any
 
 from shared.client import Client
-from shared.schemas import Job, JobRecord, JobState, TERMINAL_STATES
+from shared.schemas import TERMINAL_STATES, Job, JobRecord, JobState
 from shared.settings import Settings
 from shared.supervisor import Child, stop_all
 
@@ -24,18 +30,26 @@ PROCESSES = {
 }
 
 
+# Every pid a Cluster of this process SIGKILLed: what Load.outcome takes as died when not told.
+_KILLED_PIDS: set[int] = set()
+
+
 class Cluster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.children = {
             name: Child(name, module, {**settings.as_env(), **extra}) for name, (module, extra) in PROCESSES.items()
         }
+        self.killed: list[int] = []  # pids this cluster SIGKILLed (their claims may pass to another worker)
 
     def start(self, name: str) -> None:
         self.children[name].start()
 
     def kill(self, name: str, signum: int = signal.SIGKILL) -> int:
         process = self.children[name].process
+        if signum == signal.SIGKILL:
+            self.killed.append(process.pid)
+            _KILLED_PIDS.add(process.pid)
         process.send_signal(signum)
         return process.wait(timeout=self.settings.shutdown_grace_s + 15)
 
@@ -88,24 +102,134 @@ class Load:
             await self.client.submit(job)
             self.jobs.append(job)
 
-    async def outcome(self, timeout_s: float = 120.0) -> "Outcome":
+    async def outcome(self, timeout_s: float = 120.0, died_pids: Iterable[int] | None = None) -> Outcome:
+        """Wait (bounded) for every job to be terminal, then account for them: their records, and
+        the event stream since the load began, read with the pids known to have died (default:
+        those the Clusters of this process SIGKILLed)."""
+        died_pids = set(_KILLED_PIDS) if died_pids is None else died_pids
         ids = [job.job_id for job in self.jobs]
         await self.client.store.wait_many(ids, self.since_id, timeout_s)
         records = [await self.client.status(job_id) for job_id in ids]
-        return Outcome(records)
+        events = await read_all_events(self.client.store, self.since_id)
+        return Outcome(records, set(double_work(events, died_pids)))
+
+
+async def read_all_events(store: Any, since_id: str = "0-0", page: int = 5000) -> list[tuple[str, dict[str, str]]]:
+    """Every event of the stream after `since_id`, oldest first (no blocking)."""
+    events: list[tuple[str, dict[str, str]]] = []
+    last_id = since_id
+    while True:
+        batch = await store.read_events(last_id, count=page)
+        if not batch:
+            return events
+        events += batch
+        last_id = batch[-1][0]
+
+
+def owner_pid(owner: str) -> int | None:
+    """The pid of a claim's owner (`<gpu>/<pid>`, see shared.store.owner_id); None if there is none."""
+    _, _, pid = (owner or "").rpartition("/")
+    return int(pid) if pid.isdigit() else None
+
+
+class DoubleWork:
+    """Finds, from a run's events (oldest first), jobs whose work was done twice:
+
+    (a) a second `generating` claim for the same (job, tier) when the previous claim's owner
+        process is not known to have died (a claim by the same owner twice counts too), or when
+        that tier's result was already stored: only a claim whose owner died *before storing*
+        may pass to another worker;
+    (b) an image stored twice: two `light` writes, or two of `final`/`promote`;
+    (c) a verdict drawn twice: more than one `judging` or `escalated` transition;
+    (d) more than one terminal transition.
+
+    Feed it events with `add` (or all at once with `feed`); `findings` maps each job id to why."""
+
+    def __init__(self, died_pids: Iterable[int] = ()) -> None:
+        self.died_pids = {int(pid) for pid in died_pids}
+        self.findings: dict[str, list[str]] = {}
+        self._claims: dict[tuple[str, str], list[str]] = {}  # (job, tier) -> owners, in order
+        self._images: dict[tuple[str, str], int] = {}  # (job, light | final) -> writes
+        self._terminal: dict[str, int] = {}
+        self._stored: set[tuple[str, str]] = set()  # (job, tier) whose result is stored
+        self._steps: dict[tuple[str, str], int] = {}  # (job, judging | escalated) -> transitions
+
+    def feed(self, events: Iterable[Any]) -> DoubleWork:
+        for event in events:
+            self.add(event)
+        return self
+
+    def add(self, event: Any) -> None:
+        """One event: a `{field: value}` dict, or the `(event_id, dict)` pair read_events returns."""
+        fields = event[1] if isinstance(event, tuple) else event
+        job_id, state = fields.get("job_id", ""), fields.get("state", "")
+        if state == JobState.generating.value:
+            owners = self._claims.setdefault((job_id, fields.get("tier", "")), [])
+            owner = fields.get("owner", "")
+            if (job_id, fields.get("tier", "")) in self._stored:
+                self._flag(job_id, f"claimed by {owner!r} after its {fields.get('tier')} result was stored")
+            elif owners:
+                previous = owners[-1]
+                if previous == owner:
+                    self._flag(job_id, f"claimed twice by the same owner {owner!r} ({fields.get('tier')})")
+                elif owner_pid(previous) not in self.died_pids:
+                    self._flag(job_id, f"claimed by {owner!r} while the previous owner {previous!r} was not "
+                                       f"known to have died ({fields.get('tier')})")
+            owners.append(owner)
+        if state in (JobState.judging.value, JobState.escalated.value):
+            count = self._steps[(job_id, state)] = self._steps.get((job_id, state), 0) + 1
+            if count > 1:
+                self._flag(job_id, f"{state} recorded {count} times (a verdict or a light result twice)")
+        image = fields.get("image", "")
+        if image:
+            kind = "light" if image == "light" else "final"
+            self._stored.add((job_id, "light" if kind == "light" else fields.get("tier", "")))
+            count = self._images[(job_id, kind)] = self._images.get((job_id, kind), 0) + 1
+            if count > 1:
+                self._flag(job_id, f"{kind} image stored {count} times (this one: {image})")
+        if state in _TERMINAL_VALUES:
+            count = self._terminal[job_id] = self._terminal.get(job_id, 0) + 1
+            if count > 1:
+                self._flag(job_id, f"{count} terminal transitions (this one: {state})")
+
+    def _flag(self, job_id: str, reason: str) -> None:
+        self.findings.setdefault(job_id, []).append(reason)
+
+    @property
+    def jobs(self) -> list[str]:
+        """The jobs found, in the order they were first found."""
+        return list(self.findings)
+
+
+_TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_STATES)
+
+
+def double_work(events: Iterable[Any], died_pids: Iterable[int] = ()) -> list[str]:
+    """The ids of the jobs generated (or stored, or finished) twice in `events`; see DoubleWork."""
+    return DoubleWork(died_pids).feed(events).jobs
 
 
 @dataclass
 class Outcome:
+    """What became of a load's jobs: their records (None: no record), and `doubled`, the jobs the
+    event stream shows were worked on twice (double_work)."""
+
     records: list[JobRecord | None]
+    doubled: set[str] = field(default_factory=set)
 
     @property
     def lost(self) -> int:
         return sum(1 for r in self.records if r is None or not r.state.terminal)
 
     @property
+    def duplicated_ids(self) -> list[str]:
+        """Jobs of this load with more than one terminal transition, or found by double_work."""
+        return [r.job_id for r in self.records
+                if r is not None and (terminal_count(r) > 1 or r.job_id in self.doubled)]
+
+    @property
     def duplicated(self) -> int:
-        return sum(1 for r in self.records if r is not None and terminal_count(r) > 1)
+        return len(self.duplicated_ids)
 
     def count(self, state: JobState) -> int:
         return sum(1 for r in self.records if r is not None and r.state is state)

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import defaultdict
-
 import orjson
 import pytest
 
 from shared.client import Client
 from shared.crashpoints import CRASH_EXIT_CODE
-from shared.faults import cluster
+from shared.faults import cluster, double_work
 from shared.schemas import Job, JobState
 from tests.faults.harness import fault_settings
 
@@ -33,31 +31,6 @@ POINTS = {
     "heavy.after_store": ("heavy", 0.0, 1.0),
 }
 JOBS = 6
-
-
-def doubled(events: list[dict], died: set[int]) -> list[str]:
-    """Jobs whose work was done twice, from the event stream in order: a `generating` claim for a
-    tier whose result was already stored, or whose earlier owner did not die; an image of one kind
-    written twice; a verdict (`judging` stored, `escalated`) recorded twice."""
-    claims: dict[tuple[str, str], list[int]] = defaultdict(list)
-    stored: set[tuple[str, str]] = set()
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    found = set()
-    for event in events:
-        job_id, state, tier = event["job_id"], event["state"], event.get("tier", "")
-        if state == JobState.generating:
-            owners = claims[(job_id, tier)]
-            if (job_id, tier) in stored or any(pid not in died for pid in owners):
-                found.add(job_id)
-            owners.append(int(event.get("owner", "/0").rsplit("/", 1)[1]))
-        if state in (JobState.judging, JobState.escalated):
-            counts[(job_id, state)] += 1
-        if "image" in event:
-            kind = "light" if event["image"] == "light" else "final"
-            counts[(job_id, kind)] += 1
-            stored.add((job_id, tier if kind == "final" else "light"))
-    found |= {job_id for (job_id, _), count in counts.items() if count > 1}
-    return sorted(found)
 
 
 async def wait_exit(process, timeout_s: float) -> int | None:
@@ -101,4 +74,4 @@ async def test_a_crash_at_each_point_loses_and_repeats_nothing(point):
     assert all(record.state is JobState.done for record in records), \
         [(r.job_id, r.state, r.error) for r in records if r.state is not JobState.done]
     assert all(alive.values()), alive
-    assert doubled(events, {crashed_pid}) == [], orjson.dumps(events).decode()[:4000]
+    assert double_work(events, {crashed_pid}) == [], orjson.dumps(events).decode()[:4000]
