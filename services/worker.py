@@ -40,6 +40,7 @@ log = get_logger(__name__)
 
 # Batches whose images are being encoded and stored at once (bounds the memory they hold).
 MAX_FINISHING_BATCHES = 2
+FEED_RETRY_S = 0.5  # after a failed turn of the feeder
 
 
 
@@ -109,7 +110,8 @@ class TierWorker:
             if feeder.done():
                 # A feeder that died would leave a worker with a green heartbeat and a stopped tier:
                 # exit instead, and let the agent start a fresh one (its deliveries are redelivered).
-                raise RuntimeError(f"the feeder stopped: {feeder.exception() if not feeder.cancelled() else 'cancelled'}")
+                error = None if feeder.cancelled() else feeder.exception()
+                raise RuntimeError(f"the feeder stopped: {type(error).__name__}: {error}")
             await self.ensure_model()
             try:
                 items = await asyncio.wait_for(admitted.get(), timeout=1.0)
@@ -134,19 +136,34 @@ class TierWorker:
         await self.stop(consumer)
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
+        """Collect, admit and hand on batches. One failed turn (a broker that is restarting under a
+        prefetch change, an unexpected error) is logged and the next turn tries again: the feeder
+        must not end while the worker lives (run() exits the worker if it does)."""
         batch_size = self.service.plans.current.batch_for(self.tier)
         while not self.service.stopping.is_set():
-            plan = self.service.plans.current
-            if plan.batch_for(self.tier) != batch_size:
-                batch_size = plan.batch_for(self.tier)
-                await consumer.set_prefetch(PREFETCH_BATCHES * batch_size)
-            await self.slots.acquire()
+            try:
+                batch_size = await self.feed_once(consumer, admitted, batch_size)
+            except Exception as error:
+                log.warning("feed_failed", error=f"{type(error).__name__}: {error}")
+                await asyncio.sleep(FEED_RETRY_S)
+
+    async def feed_once(self, consumer, admitted: asyncio.Queue, batch_size: int) -> int:
+        plan = self.service.plans.current
+        if plan.batch_for(self.tier) != batch_size:
+            await consumer.set_prefetch(PREFETCH_BATCHES * plan.batch_for(self.tier))
+            batch_size = plan.batch_for(self.tier)
+        await self.slots.acquire()
+        try:
             batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
             items = await self.admit(batch) if batch else []
-            if items:
-                await admitted.put(items)
-            else:
-                self.slots.release()
+        except BaseException:
+            self.slots.release()
+            raise
+        if items:
+            await admitted.put(items)
+        else:
+            self.slots.release()
+        return batch_size
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it), and keep this

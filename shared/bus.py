@@ -138,10 +138,11 @@ class Delivery:
                 await self._message.nack(requeue=True)
             else:
                 await self._message.reject(requeue=False)
-        except (ChannelInvalidStateError, AMQPError, ConnectionError) as error:
-            # The channel died under us: the broker redelivers the message, which is safe
-            # because every handler is idempotent.
-            log.warning("settle_failed", disposition=disposition.value, error=str(error))
+        except Exception as error:
+            # The channel died under us (whatever aio-pika raises for it: a closed channel, a
+            # timeout, a reconnecting connection): the broker redelivers the message, which is
+            # safe because every step is idempotent (shared/policies/steps.py).
+            log.warning("settle_failed", disposition=disposition.value, error=f"{type(error).__name__}: {error}")
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
@@ -153,16 +154,22 @@ class Consumer:
         self._channel = channel
         self._queue = queue
         self._callback = callback
-        self._tag = tag
+        self._tag: str | None = tag
 
     async def set_prefetch(self, prefetch: int) -> None:
         """RabbitMQ applies a prefetch to consumers started after it, so the consumer is
         restarted on the same channel; its unacked messages stay with it."""
         await self._channel.set_qos(prefetch_count=prefetch)
-        await self._queue.cancel(self._tag)
+        if self._tag is not None:
+            with contextlib.suppress(Exception):  # a consumer the broker already dropped
+                await self._queue.cancel(self._tag)
+            self._tag = None
+        # Raises during an outage; the caller tries again, and this call then only consumes.
         self._tag = await self._queue.consume(self._callback)
 
     async def cancel(self) -> None:
+        if self._tag is None:
+            return
         try:
             await self._queue.cancel(self._tag)
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as error:
