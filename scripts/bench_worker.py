@@ -93,7 +93,7 @@ class Cpus:
     serving: frozenset[int]
 
     @classmethod
-    def choose(cls, choice: str, case: "Case", device: str) -> "Cpus | None":
+    def choose(cls, choice: str, case: Case, device: str) -> Cpus | None:
         """`auto`: for a model that computes on this machine's CPUs, if there are two or more, the
         one that serves the fewest device interrupts. On a GPU nothing is pinned, as deployed."""
         available = sorted(os.sched_getaffinity(0))

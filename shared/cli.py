@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schema", help="print the Job JSON Schema")
     p.set_defaults(handler=schema)
 
-    from shared.commands import plan as plan_command
     from shared.commands import experiment, router_eval, train_judge
+    from shared.commands import plan as plan_command
 
     plan_command.add_parser(commands)
     experiment.add_parsers(commands)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from services import controller, judge, router, worker
 from shared.bus import Bus
@@ -14,7 +14,6 @@ from shared.schemas import Job, JobRecord, Plan, Tier
 from shared.service import Service, ServiceMain, serve
 from shared.settings import Settings
 from shared.store import Store
-
 
 PLAN_APPLIED_S = 30.0
 

@@ -42,7 +42,7 @@ import orjson
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.backends.base import GenerationInput, Generated, Generator
+from shared.backends.base import Generated, GenerationInput, Generator
 from shared.errors import BackendFailed
 from shared.profiles import ModelProfile, load_profile
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 POLICY_ORDER = ("hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
                 "infaas-acc", "clipper-light", "clipper-heavy")

@@ -23,8 +23,8 @@ import heapq
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class Simulation:
         self.queues = {Tier.light: deque(), Tier.heavy: deque()}
         self.next_worker = {Tier.light: 0, Tier.heavy: 0}
         self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
-        self.saturated = {tier: False for tier in Tier}
+        self.saturated = dict.fromkeys(Tier, False)
         self.events: list = []
         self.sequence = itertools.count()
         self.plan: Plan | None = None
@@ -206,7 +206,7 @@ class Simulation:
     def refresh_serving(self) -> None:
         self.serving = {tier: [w for w in self.workers.values()
                                if w.tier == tier and not w.retiring and w.ready_at <= self.now] for tier in Tier}
-        self.saturated = {tier: False for tier in Tier}
+        self.saturated = dict.fromkeys(Tier, False)
 
     def worker_ready(self, tier: Tier) -> None:
         self.refresh_serving()

@@ -28,12 +28,12 @@ class Trace:
         prompts = reference.prompts()
         return prompts[int(self.prompt_ids[index]) % len(prompts)]
 
-    def head(self, seconds: float) -> "Trace":
+    def head(self, seconds: float) -> Trace:
         """The arrivals of the first `seconds` (a short trace for tests and smoke runs)."""
         keep = self.arrival_s < seconds
         return Trace(f"{self.name}[:{seconds:g}s]", self.arrival_s[keep], self.prompt_ids[keep])
 
-    def scaled(self, factor: int) -> "Trace":
+    def scaled(self, factor: int) -> Trace:
         """The same shape at `factor` times the rate: each gap between two arrivals holds `factor`
         evenly spaced copies of the first, each with another prompt."""
         if factor < 1:

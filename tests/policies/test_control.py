@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from shared.policies.control import (COMPARED, InfaasAccuracyPolicy, Observation, PlanSchedule, keep_draining,
-                                     make_policy, quality_ladder, single_model_batch)
+from shared.policies.control import (
+    COMPARED,
+    InfaasAccuracyPolicy,
+    Observation,
+    PlanSchedule,
+    keep_draining,
+    make_policy,
+    quality_ladder,
+    single_model_batch,
+)
 from shared.profiles import load_profile
 from shared.schemas import Plan
 from tests.helpers import make_settings
