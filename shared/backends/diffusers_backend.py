@@ -18,10 +18,11 @@ profiled latencies hold for that size); the job's width and height are not used.
 
 fp16 on CUDA, fp32 on the CPU, unless a dtype is given. Each image has its own CPU
 torch.Generator seeded from the job, so an image starts from the same noise whatever
-its batch or device (batched kernels may still round a pixel one level apart). A CUDA out-of-memory splits the batch in halves and retries them (and
-later batches are cut to the size that fitted) instead of failing the jobs. Pipelines
-live in a ModelCache: a closed generator's model waits in pinned host memory, and the
-time each generator took to become resident is `swap`.
+its batch or device (batched kernels may still round a pixel one level apart). A CUDA
+out-of-memory splits the batch in halves and retries them (and later batches are cut to
+the size that fitted) instead of failing the jobs. Pipelines live in a ModelCache: a
+closed generator's model waits in pinned host memory, and the time each generator took
+to become resident is `swap`.
 """
 
 from __future__ import annotations

@@ -192,7 +192,8 @@ def differences_table(folder: Path, against: Path) -> Path:
     for policy in sorted(ours.keys() & theirs.keys(), key=_order_key):
         a, b = ours[policy], theirs[policy]
         fid_difference = None if a["mean_fid"] is None or b["mean_fid"] is None else a["mean_fid"] - b["mean_fid"]
-        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} | {_fmt(b['slo_violation_ratio'], 100, '%')} "
+        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} "
+                     f"| {_fmt(b['slo_violation_ratio'], 100, '%')} "
                      f"| {_fmt(a['slo_violation_ratio'] - b['slo_violation_ratio'], 100)} | {_fmt(a['mean_fid'])} "
                      f"| {_fmt(b['mean_fid'])} | {_fmt(fid_difference)} |")
     path = Path(folder) / "differences.md"

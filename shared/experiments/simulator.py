@@ -269,7 +269,8 @@ class Simulation:
         """The emulated worker's sleep: the profiled batch time, scaled."""
         seconds = self.latencies.get((model, size))
         if seconds is None:
-            seconds = self.latencies[(model, size)] = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            seconds = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            self.latencies[(model, size)] = seconds
         return seconds
 
     def too_late(self, job: SimJob, tier: Tier) -> None:
@@ -322,7 +323,8 @@ class Simulation:
         heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
         calibration = self.calibration(model)
         for job in batch:
-            score = float(self.judge_scores[job.prompt_id % len(self.judge_scores), column]) if column is not None else 0.5
+            score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
+                     if column is not None else 0.5)
             escalate = calibration.escalate(score, plan.d)
             calibration.observe(score)
             if escalate and self.now + heavy_s < job.deadline_s:
@@ -340,7 +342,8 @@ class Simulation:
     def outcome(self, job: SimJob) -> JobOutcome:
         plan = job.plan
         return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.settings.slo_s,
-                          light_model=plan.light_model if plan else None, heavy_model=plan.heavy_model if plan else None,
+                          light_model=plan.light_model if plan else None,
+                          heavy_model=plan.heavy_model if plan else None,
                           tier=job.tier.value if job.tier else None, routed_heavy=job.routed_heavy,
                           escalated=job.escalated)
 

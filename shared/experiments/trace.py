@@ -40,7 +40,8 @@ class Trace:
             raise ValueError("the scale factor must be >= 1")
         if factor == 1 or len(self) == 0:
             return self
-        gaps = np.diff(self.arrival_s, append=self.arrival_s[-1] + np.median(np.diff(self.arrival_s)) if len(self) > 1 else 1.0)
+        gaps = np.diff(self.arrival_s,
+                       append=self.arrival_s[-1] + np.median(np.diff(self.arrival_s)) if len(self) > 1 else 1.0)
         offsets = np.arange(factor) / factor
         arrivals = (self.arrival_s[:, None] + gaps[:, None] * offsets[None, :]).ravel()
         prompts = ((self.prompt_ids[:, None] + 7919 * np.arange(factor)[None, :]) % len(reference.prompts())).ravel()
