@@ -140,7 +140,7 @@ def image_frames(images: list[Image.Image]) -> tuple[list[ImageFrame], list[byte
     rgb = [image.convert("RGB") if image.mode != "RGB" else image for image in images]
     pixels = [image.tobytes() for image in rgb]
     frames = [ImageFrame(mode="RGB", width=image.width, height=image.height, size=len(data))
-              for image, data in zip(rgb, pixels)]
+              for image, data in zip(rgb, pixels, strict=True)]
     return frames, pixels
 
 
@@ -274,7 +274,7 @@ class ModelProcess:
         sending, if the child was idle) to its reply, its busy time is the child's own."""
         reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs), self.generate_timeout_s)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
-                  for frame, data in zip(reply.images, pixels)]
+                  for frame, data in zip(reply.images, pixels, strict=True)]
         return Generated(images, seconds, reply.seconds)
 
     def unload(self) -> None:

@@ -131,7 +131,7 @@ def _comparison_bars(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
               ("SLO violation ratio (%)", "slo_violation_ratio", 100.0),
               ("p99 latency (s), dashed: SLO", "p99_latency_s", 1.0))
     fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.4 * len(runs)), 5))
-    for ax, (title, key, scale) in zip(axes, panels):
+    for ax, (title, key, scale) in zip(axes, panels, strict=True):
         values = [None if r.get(key) is None else r[key] * scale for r in reports]
         bars = ax.bar(policies, [0.0 if v is None else v for v in values], color=colors)
         ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=9)

@@ -173,7 +173,9 @@ class Experiment:
             if time.monotonic() - last_plan_poll >= PLAN_POLL_S:
                 plans.observe(await client.store.get_plan(), time.time())
                 last_plan_poll = time.monotonic()
-            for last_id, event in await client.store.read_events(last_id, count=5000, block_ms=int(PLAN_POLL_S * 1000)):
+            events = await client.store.read_events(last_id, count=5000, block_ms=int(PLAN_POLL_S * 1000))
+            for event_id, event in events:
+                last_id = event_id  # the next read starts after it
                 if event["job_id"] in ours and event["state"] in ("done", "failed", "expired"):
                     ended.add(event["job_id"])
             progress.ended = len(ended)

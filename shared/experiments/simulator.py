@@ -104,7 +104,7 @@ class Simulation:
         self.plans: list[PlanEvent] = []
         self.version = 0
         self.jobs = [SimJob(i, float(t), float(t) + settings.slo_s, int(p))
-                     for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids))]
+                     for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids, strict=True))]
         self.open_jobs = len(self.jobs)
         self.arrived = 0
 
