@@ -15,18 +15,22 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 POLICY_ORDER = ("hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
                 "infaas-acc", "clipper-light", "clipper-heavy")
 TEXT_COLUMNS = {"light_model", "heavy_model"}
 MARKERS = "osD^v<>pPX*h"
-STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
-         "xtick.labelsize": 11, "ytick.labelsize": 11}
+STYLE: dict[RcKeyType, float] = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
+                                  "xtick.labelsize": 11, "ytick.labelsize": 11}
 TIMELINE_SIZE = (10, 8)
 
 

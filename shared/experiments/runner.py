@@ -120,8 +120,9 @@ class Experiment:
                 if len(workers) >= len(plan.assignment):
                     return time.monotonic() - started
             for child in self.children:
-                if child.process.poll() is not None:
-                    raise RuntimeError(f"service {child.name} exited with {child.process.returncode}; "
+                process = child.process  # started in run()
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"service {child.name} exited with {process.returncode}; "
                                        f"see {child.log_path}")
             await asyncio.sleep(0.25)
         raise TimeoutError(f"the workers were not ready within {READY_TIMEOUT_S:.0f} s; see {self.out_dir}/logs")

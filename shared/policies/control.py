@@ -299,6 +299,8 @@ class ProteusPolicy(PlannerPolicy):
 
     def linear_fid(self, row: ParetoRow) -> float:
         light, heavy = self.profile.model(row.light_model).fid, self.profile.model(row.heavy_model).fid
+        if light is None or heavy is None:
+            raise ValueError(f"proteus needs the stand-alone FID of {row.light_model} and {row.heavy_model}")
         return round((1.0 - row.r) * light + row.r * heavy, 6)
 
 
