@@ -24,6 +24,14 @@ run: install services
 test: install services
 	$(PY) -m pytest -q -m "not slow"
 
+# Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/ and services/.
+.PHONY: lint typecheck
+lint: install
+	$(VENV)/bin/ruff check shared services scripts tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
 # Fault tests: kill -9 each service, SIGTERM, restart RabbitMQ and Redis, under load (minutes).
 test-faults: install services
 	$(PY) -m pytest -q -m slow

@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.policies.planner import Planner, load_table  # noqa: E402
-from shared.profiles import load_profile  # noqa: E402
+from shared.policies.planner import Planner, load_table
+from shared.profiles import load_profile
 
 DEMANDS = {16: (1, 5, 10, 20, 40, 100, 1000), 1024: (64, 320, 640, 1280, 2560, 6400, 64000)}
 

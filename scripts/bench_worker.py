@@ -93,7 +93,7 @@ class Cpus:
     serving: frozenset[int]
 
     @classmethod
-    def choose(cls, choice: str, case: "Case", device: str) -> "Cpus | None":
+    def choose(cls, choice: str, case: Case, device: str) -> Cpus | None:
         """`auto`: for a model that computes on this machine's CPUs, if there are two or more, the
         one that serves the fewest device interrupts. On a GPU nothing is pinned, as deployed."""
         available = sorted(os.sched_getaffinity(0))
@@ -208,7 +208,8 @@ async def follow_until_finished(settings: Settings, job_ids: set[str], since_id:
             if worker.process.poll() is not None:
                 raise RuntimeError(f"the worker exited with code {worker.process.returncode}")
             events = await store.read_events(last_id, count=5000, block_ms=1000)
-            for last_id, event in events:
+            for event_id, event in events:
+                last_id = event_id  # the next read starts after it
                 if event["job_id"] not in job_ids:
                     continue
                 at = orjson.loads(event["transition"])["at"]
@@ -297,7 +298,7 @@ def measure(case: Case, args: argparse.Namespace, tier: Tier,
         bare_rates += epoch_bare
         service_rates += epoch_service
         busy += epoch_busy
-        epoch_ratio = statistics.median(service / bare for bare, service in zip(epoch_bare, epoch_service))
+        epoch_ratio = statistics.median(service / bare for bare, service in zip(epoch_bare, epoch_service, strict=True))
         print(f"{case.backend}: epoch {epoch + 1} of {case.epochs}: median ratio {epoch_ratio:.3f}",
               file=sys.stderr, flush=True)
     return bare_rates, service_rates, busy
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         cpus = Cpus.choose(args.model_cpu, case, args.device)
         with isolated(cpus) as where:
             bare, served, busy = measure(case, args, tier, cpus)
-        round_ratios = [service / bare for bare, service in zip(bare, served)]
+        round_ratios = [service / bare for bare, service in zip(bare, served, strict=True)]
         ratios[name] = statistics.median(round_ratios)
         print(f"{name}: {case.model} from {case.profile}, batch {args.batch} x {case.batches} batches, {tier.value} "
               f"tier, {args.device}, {args.torch_threads} torch thread(s): bare loop {statistics.median(bare):.2f} "

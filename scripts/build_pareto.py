@@ -19,6 +19,7 @@ import argparse
 import csv
 import hashlib
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +150,7 @@ def paper_hybrid_rows(data: Path) -> list[tuple[str, str, float, float, float]]:
 
 
 def compare_with_paper(table: ParetoTable, quality: QualityTable, paper: list[tuple]) -> None:
-    adjacent = set(zip(HADIS_MODELS, HADIS_MODELS[1:]))
+    adjacent = set(pairwise(HADIS_MODELS))
     ours = {(row.light_model, row.heavy_model, row.r, row.d): row for row in table.rows
             if row.cost_frontier and row.pair in adjacent}
     theirs = {row[:4]: row[4] for row in paper}

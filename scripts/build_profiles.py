@@ -277,7 +277,7 @@ def readme_table(data: Path) -> dict[str, dict[int, float]]:
         match = re.match(r"\|\s*([^|(]+?)\s*\((\d+) px[^|]*\)\s*\|(.*)\|\s*$", line)
         if match:
             cells = [float(cell) for cell in match.group(3).split("|")]
-            table[match.group(1)] = dict(zip((1, 2, 4, 8, 16), cells[:5]))
+            table[match.group(1)] = dict(zip((1, 2, 4, 8, 16), cells[:5], strict=False))
     return table
 
 

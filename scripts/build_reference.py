@@ -36,7 +36,7 @@ def main() -> None:
     with open(args.out / "judge_scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["prompt_id"] + [f"model_{i}" for i in range(4)])
-        for prompt_id, scores in enumerate(zip(*columns)):
+        for prompt_id, scores in enumerate(zip(*columns, strict=False)):
             writer.writerow([prompt_id] + [f"{s:.6f}" for s in scores])
     print(f"wrote {args.out}")
 

@@ -40,7 +40,8 @@ def main() -> int:
                    "--profile", args.profile, "--slo", str(args.slo), "--out", str(out), *extra]
         print(f"== {policy}: {' '.join(command)}", file=sys.stderr, flush=True)
         result = subprocess.run(command, stdout=subprocess.DEVNULL)
-        print(f"== {policy}: exit {result.returncode} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"== {policy}: exit {result.returncode} in {time.monotonic() - started:.0f} s", file=sys.stderr,
+              flush=True)
         if result.returncode != 0:
             failed.append(policy)
     subprocess.run([hadis, "compare", args.out], check=True)

@@ -35,7 +35,7 @@ def device_interrupts(text: str) -> dict[int, int]:
     for line in lines[1:]:
         label, *fields = line.split()
         if label.rstrip(":").isdigit():
-            for cpu, value in zip(cpus, fields):
+            for cpu, value in zip(cpus, fields, strict=False):  # after the counts: the chip, the type, the device
                 if value.isdigit():
                     counts[cpu] += int(value)
     return counts

@@ -20,9 +20,9 @@ from scipy.stats import pearsonr, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import reference  # noqa: E402
-from shared.policies.featurizer import featurize_many  # noqa: E402
-from shared.policies.router import RuleRouter  # noqa: E402
+from shared import reference
+from shared.policies.featurizer import featurize_many
+from shared.policies.router import RuleRouter
 
 
 def correlations(ours: np.ndarray, published: np.ndarray) -> tuple[float, float, float]:

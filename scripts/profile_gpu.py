@@ -106,9 +106,10 @@ def to_profile(record: Measurements, source: Profile) -> Profile:
     description = (
         f"Measured by scripts/profile_gpu.py through the diffusers backend: whole-pipeline batch latency "
         f"(p50 of {record.runs_per_batch} runs after one untimed run; prompt to PIL images), {record.weights} "
-        f"weights, {record.dtype}{compiled_text(record)}. Model definitions from profile {source.name}. Switch through host memory, "
-        f"pinned on CUDA (median of each model's swaps): {swaps or 'not measured (one model)'}. p90, peak memory "
-        f"({record.memory_kind}) and load times: measurements/{record.name}.json."
+        f"weights, {record.dtype}{compiled_text(record)}. Model definitions from profile {source.name}. "
+        f"Switch through host memory, pinned on CUDA (median of each model's swaps): "
+        f"{swaps or 'not measured (one model)'}. p90, peak memory ({record.memory_kind}) and load times: "
+        f"measurements/{record.name}.json."
     )
     return Profile(
         name=record.name, description=description, source=f"scripts/profile_gpu.py, measurements/{record.name}.json",

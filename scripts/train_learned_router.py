@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import reference  # noqa: E402
-from shared.backends.text_embedding import DEFAULT_CACHE_DIR, MODEL_ID, cached_embeddings  # noqa: E402
-from shared.policies.learned_router import (  # noqa: E402
+from shared import reference
+from shared.backends.text_embedding import DEFAULT_CACHE_DIR, MODEL_ID, cached_embeddings
+from shared.policies.learned_router import (
     DEFAULT_ROUTER_FILE,
     L2,
     LABEL_D,

@@ -35,7 +35,12 @@ async def submit(args: argparse.Namespace) -> int:
                         "record": (r.model_dump(mode="json") if (r := await client.status(job.job_id)) else None)})
             return 2
         if args.out and record.state == "done":
-            Path(args.out).write_bytes(await client.image(job.job_id))
+            image = await client.image(job.job_id)
+            if image is None:
+                print_json({"job_id": job.job_id, "error": "done, but its image is no longer in the store",
+                            "record": record_json(record)})
+                return 1
+            Path(args.out).write_bytes(image)
         print_json(record_json(record))
         return 0 if record.state == "done" else 1
 
@@ -142,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schema", help="print the Job JSON Schema")
     p.set_defaults(handler=schema)
 
-    from shared.commands import plan as plan_command
     from shared.commands import experiment, router_eval, train_judge
+    from shared.commands import plan as plan_command
 
     plan_command.add_parser(commands)
     experiment.add_parsers(commands)

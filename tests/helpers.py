@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from shared.bus import Bus
 from shared.settings import Settings

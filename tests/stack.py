@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from services import controller, judge, router, worker
 from shared.bus import Bus
@@ -14,7 +14,6 @@ from shared.schemas import Job, JobRecord, Plan, Tier
 from shared.service import Service, ServiceMain, serve
 from shared.settings import Settings
 from shared.store import Store
-
 
 PLAN_APPLIED_S = 30.0
 
@@ -44,7 +43,7 @@ class Stack:
 
     async def wait_all(self, job_ids: list[str], timeout_s: float = 120.0) -> list[JobRecord]:
         records = await asyncio.gather(*(self.client.wait(job_id, timeout_s) for job_id in job_ids))
-        missing = [job_id for job_id, record in zip(job_ids, records) if record is None]
+        missing = [job_id for job_id, record in zip(job_ids, records, strict=True) if record is None]
         assert not missing, f"{len(missing)} jobs not terminal in {timeout_s} s, e.g. {missing[:3]}"
         return list(records)
 
@@ -55,7 +54,7 @@ async def wait_for_consumers(bus: Bus, queues: list[str], timeout_s: float = 120
         counts = [await bus.consumers(queue) for queue in queues]
         if all(counts):
             return
-        assert time.monotonic() < give_up_at, f"services not consuming: {dict(zip(queues, counts))}"
+        assert time.monotonic() < give_up_at, f"services not consuming: {dict(zip(queues, counts, strict=True))}"
         await asyncio.sleep(0.2)
 
 
@@ -112,7 +111,7 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         await stack.bus.delete_namespace()
         await stack.store.delete_namespace()
         await client.close()
-        crashed = [(task.get_name(), r) for task, r in zip(tasks, results) if isinstance(r, BaseException)]
+        crashed = [(task.get_name(), r) for task, r in zip(tasks, results, strict=True) if isinstance(r, BaseException)]
         assert not crashed, f"services crashed: {crashed}"
 
 

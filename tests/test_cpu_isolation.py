@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from cpu_isolation import (  # noqa: E402
+from cpu_isolation import (
     Moved,
     device_interrupts,
     listening_inodes,
@@ -21,7 +21,7 @@ from cpu_isolation import (  # noqa: E402
     moved_to,
     running_on,
 )
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import free_port
 
 INTERRUPTS = """\
            CPU0       CPU1

@@ -1,7 +1,16 @@
 import pytest
 
-from shared.errors import (BackendFailed, Disposition, Expired, InvalidJob, Overloaded, StoreRejected, Unavailable,
-                           describe, disposition_for)
+from shared.errors import (
+    BackendFailed,
+    Disposition,
+    Expired,
+    InvalidJob,
+    Overloaded,
+    StoreRejected,
+    Unavailable,
+    describe,
+    disposition_for,
+)
 
 
 @pytest.mark.parametrize(

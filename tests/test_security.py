@@ -29,7 +29,8 @@ def problems(path: Path) -> list[str]:
 
 def call_problems(call: ast.Call) -> list[str]:
     function = call.func
-    name = function.id if isinstance(function, ast.Name) else function.attr if isinstance(function, ast.Attribute) else ""
+    name = (function.id if isinstance(function, ast.Name)
+            else function.attr if isinstance(function, ast.Attribute) else "")
     owner = function.value.id if isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name) else ""
     keywords = {k.arg: k.value for k in call.keywords}
     found = []

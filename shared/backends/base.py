@@ -62,10 +62,10 @@ class Generator(ABC):
         seconds = time.perf_counter() - started
         return Generated(images, seconds, seconds)
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 (an optional hook: nothing unless a backend overrides it)
         """Run once before the worker reports ready."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: nothing unless a backend overrides it)
         """Release the model."""
 
 
@@ -76,5 +76,5 @@ class Scorer(ABC):
     def score(self, batch: list[ScoreInput]) -> list[float]:
         """One score in [0, 1] per input, in order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: nothing unless a scorer overrides it)
         """Release the model."""

@@ -13,11 +13,21 @@ are deterministic but carry no meaning.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import open_clip
 import torch
 import torch.nn.functional as F
 
 from shared.backends.base import ScoreInput, Scorer
+
+
+class _ClipModel(Protocol):
+    """What the scorer uses of an open_clip model (open_clip has no type information)."""
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
 
 
 class ClipScoreJudge(Scorer):
@@ -30,7 +40,7 @@ class ClipScoreJudge(Scorer):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=checkpoint)
-        self.model: torch.nn.Module | None = model.eval().requires_grad_(False).to(self.device)
+        self.model: _ClipModel | None = model.eval().requires_grad_(False).to(self.device)
         self.tokenizer = open_clip.get_tokenizer(arch)
 
     def score(self, batch: list[ScoreInput]) -> list[float]:

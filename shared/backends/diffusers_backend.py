@@ -18,10 +18,11 @@ profiled latencies hold for that size); the job's width and height are not used.
 
 fp16 on CUDA, fp32 on the CPU, unless a dtype is given. Each image has its own CPU
 torch.Generator seeded from the job, so an image starts from the same noise whatever
-its batch or device (batched kernels may still round a pixel one level apart). A CUDA out-of-memory splits the batch in halves and retries them (and
-later batches are cut to the size that fitted) instead of failing the jobs. Pipelines
-live in a ModelCache: a closed generator's model waits in pinned host memory, and the
-time each generator took to become resident is `swap`.
+its batch or device (batched kernels may still round a pixel one level apart). A CUDA
+out-of-memory splits the batch in halves and retries them (and later batches are cut to
+the size that fitted) instead of failing the jobs. Pipelines live in a ModelCache: a
+closed generator's model waits in pinned host memory, and the time each generator took
+to become resident is `swap`.
 """
 
 from __future__ import annotations
@@ -82,12 +83,19 @@ def _is_local(source: str) -> bool:
     return Path(source).expanduser().is_dir()
 
 
+def _hf_id(model: ModelProfile) -> str:
+    if model.hf_id is None:
+        raise ValueError(f"model {model.name} has no hf_id: the diffusers backend needs a Hub id or a local path")
+    return model.hf_id
+
+
 def checkpoint_base(model: ModelProfile, base: str | None = None) -> str:
     """The pipeline that `model.unet_checkpoint` replaces the UNet of."""
     if base is not None:
         return base
-    if _is_local(model.hf_id) and (Path(model.hf_id).expanduser() / "model_index.json").exists():
-        return model.hf_id
+    hf_id = _hf_id(model)
+    if _is_local(hf_id) and (Path(hf_id).expanduser() / "model_index.json").exists():
+        return hf_id
     try:
         return CHECKPOINT_BASES[model.family]
     except KeyError:
@@ -96,14 +104,17 @@ def checkpoint_base(model: ModelProfile, base: str | None = None) -> str:
 
 def checkpoint_path(model: ModelProfile) -> Path:
     """The UNet file: an absolute path, a file in a local hf_id directory, or one fetched from the Hub."""
+    if model.unet_checkpoint is None:
+        raise ValueError(f"model {model.name} has no unet_checkpoint")
     path = Path(model.unet_checkpoint).expanduser()
     if path.is_absolute():
         return path
-    if _is_local(model.hf_id):
-        return Path(model.hf_id).expanduser() / path
+    hf_id = _hf_id(model)
+    if _is_local(hf_id):
+        return Path(hf_id).expanduser() / path
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(model.hf_id, model.unet_checkpoint))
+    return Path(hf_hub_download(hf_id, model.unet_checkpoint))
 
 
 def load_unet_checkpoint(path: Path, base: str, dtype: torch.dtype) -> UNet2DConditionModel:
@@ -122,11 +133,9 @@ def load_unet_checkpoint(path: Path, base: str, dtype: torch.dtype) -> UNet2DCon
 
 def load_pipeline(model: ModelProfile, dtype: torch.dtype, base: str | None = None) -> DiffusionPipeline:
     """The model's pipeline on the CPU, in `dtype`, with its scheduler."""
-    if model.hf_id is None:
-        raise ValueError(f"model {model.name} has no hf_id: the diffusers backend needs a Hub id or a local path")
+    source = _hf_id(model)
     pipeline_class = PIPELINE_CLASSES[model.family]
     options = dict(PIPELINE_OPTIONS[model.family])
-    source = model.hf_id
     if model.unet_checkpoint:
         source = checkpoint_base(model, base)
         options["unet"] = load_unet_checkpoint(checkpoint_path(model), source, dtype)

@@ -31,7 +31,8 @@ class GeneratorHost(Protocol):
 
 def load_request(settings: Settings, model: ModelProfile) -> LoadRequest:
     return LoadRequest(kind=settings.backend, profile=settings.profile, model=model.name, device=settings.device,
-                       dtype=settings.dtype, time_scale=settings.time_scale, fail_pattern=settings.emulated_fail_pattern)
+                       dtype=settings.dtype, time_scale=settings.time_scale,
+                       fail_pattern=settings.emulated_fail_pattern)
 
 
 class InlineHost:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -133,7 +134,13 @@ def train_judge_head(real_dir: Path, generated_dir: Path, out: Path, *, arch: st
     )
 
 
-def holdout_metrics(held_p: np.ndarray, held_real: np.ndarray) -> dict[str, float | int | None]:
+class HoldoutMetrics(TypedDict, total=False):
+    holdout_images: int
+    holdout_accuracy: float
+    holdout_auc: float | None
+
+
+def holdout_metrics(held_p: np.ndarray, held_real: np.ndarray) -> HoldoutMetrics:
     if len(held_p) == 0:
         return {}
     both_classes = 0 < held_real.sum() < len(held_real)

@@ -58,7 +58,7 @@ def pipeline_modules(pipeline: DiffusionPipeline) -> dict[str, torch.nn.Module]:
 
 def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Tied weights appear once: attaching the shared parameter once re-ties every use of it.
-    named = dict(module.named_parameters())
+    named: dict[str, torch.Tensor] = dict(module.named_parameters())
     named.update(module.named_buffers())
     return named
 
@@ -79,6 +79,7 @@ def _attach(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         owner = module.get_submodule(owner_name)
         if attribute in owner._parameters:
             parameter = owner._parameters[attribute]
+            assert parameter is not None  # the name came from named_parameters(), which skips None
             if torch._has_compatible_shallow_copy_type(parameter, tensor):
                 parameter.data = tensor  # the same Parameter object, so every tied use follows
             else:  # meta tensors: Module.to replaces such parameters too, rather than re-pointing them

@@ -25,6 +25,7 @@ SIGKILL if the worker dies first (Linux parent-death signal).
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -34,6 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Annotated, BinaryIO, Literal
@@ -42,7 +44,7 @@ import orjson
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.backends.base import GenerationInput, Generated, Generator
+from shared.backends.base import Generated, GenerationInput, Generator
 from shared.errors import BackendFailed
 from shared.profiles import ModelProfile, load_profile
 
@@ -108,7 +110,11 @@ class Reply(_Message):
 
 # Framing: both ends --------------------------------------------------------------------------
 
-def write_frame(stream: BinaryIO, header: _Message, blobs: list[bytes] = ()) -> None:
+# The read end of a pipe: os.fdopen(fd, "rb") is buffered, with buffering=0 raw; both have readinto.
+ReadStream = io.BufferedIOBase | io.RawIOBase
+
+
+def write_frame(stream: BinaryIO, header: _Message, blobs: Sequence[bytes] = ()) -> None:
     data = orjson.dumps(header.model_dump(mode="json"))
     stream.write(HEADER_LENGTH.pack(len(data)))
     stream.write(data)
@@ -117,7 +123,7 @@ def write_frame(stream: BinaryIO, header: _Message, blobs: list[bytes] = ()) -> 
     stream.flush()
 
 
-def read_exactly(stream: BinaryIO, size: int) -> bytes:
+def read_exactly(stream: ReadStream, size: int) -> bytes:
     """`size` bytes; an unbuffered pipe returns at most what is there, so read until complete."""
     data = bytearray(size)
     view, got = memoryview(data), 0
@@ -129,7 +135,7 @@ def read_exactly(stream: BinaryIO, size: int) -> bytes:
     return bytes(data)
 
 
-def read_header(stream: BinaryIO) -> bytes:
+def read_header(stream: ReadStream) -> bytes:
     (length,) = HEADER_LENGTH.unpack(read_exactly(stream, HEADER_LENGTH.size))
     if length > MAX_HEADER_BYTES:
         raise ValueError(f"frame header of {length} bytes exceeds {MAX_HEADER_BYTES}")
@@ -140,7 +146,7 @@ def image_frames(images: list[Image.Image]) -> tuple[list[ImageFrame], list[byte
     rgb = [image.convert("RGB") if image.mode != "RGB" else image for image in images]
     pixels = [image.tobytes() for image in rgb]
     frames = [ImageFrame(mode="RGB", width=image.width, height=image.height, size=len(data))
-              for image, data in zip(rgb, pixels)]
+              for image, data in zip(rgb, pixels, strict=True)]
     return frames, pixels
 
 
@@ -186,7 +192,7 @@ class ModelServer:
             generator.close()
 
 
-def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+def serve(requests: ReadStream, replies: BinaryIO) -> None:
     server = ModelServer()
     while True:
         try:
@@ -274,20 +280,20 @@ class ModelProcess:
         sending, if the child was idle) to its reply, its busy time is the child's own."""
         reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs), self.generate_timeout_s)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
-                  for frame, data in zip(reply.images, pixels)]
+                  for frame, data in zip(reply.images, pixels, strict=True)]
         return Generated(images, seconds, reply.seconds)
 
     def unload(self) -> None:
         if self.alive:
             self.call(UnloadRequest(), self.load_timeout_s)
 
-    def call(self, request: _Message, timeout_s: float) -> tuple[Reply, list[bytes], float]:
+    def call(self, request: Request, timeout_s: float) -> tuple[Reply, list[bytes], float]:
         reply, pixels, seconds = self.send(request, timeout_s).reply.result()
         if not reply.ok:
             raise BackendFailed(f"{reply.error_type}: {reply.error}")
         return reply, pixels, seconds
 
-    def send(self, request: _Message, timeout_s: float) -> Pending:
+    def send(self, request: Request, timeout_s: float) -> Pending:
         """Write the request (starting the child, or restarting it with its last model, first)."""
         pending = Pending(timeout_s)
         with self.lock:
@@ -295,6 +301,7 @@ class ModelProcess:
                 if not self.alive:
                     self.start(reload=not isinstance(request, LoadRequest))
                 self.pending.append(pending)
+                assert self.requests is not None  # set and cleared with the process, under the lock
                 write_frame(self.requests, request)
             except OSError as error:
                 ended, reason = self.detach(), f"{request.op}: {error}"
@@ -337,7 +344,7 @@ class ModelProcess:
             self.pending.append(Pending(self.load_timeout_s))
             write_frame(self.requests, self.loaded)
 
-    def read_replies(self, process: subprocess.Popen, replies: BinaryIO) -> None:
+    def read_replies(self, process: subprocess.Popen, replies: ReadStream) -> None:
         """The reader thread of one child: replies in request order, each within its bound."""
         with replies:
             last_end = 0.0
@@ -412,7 +419,7 @@ def end_child(child: subprocess.Popen | None, failed: list[Pending], reason: str
             pending.reply.set_exception(ModelProcessDied(f"{reason} (exit code {code})"))
 
 
-def wait_readable(stream: BinaryIO, timeout_s: float) -> bool:
+def wait_readable(stream: ReadStream, timeout_s: float) -> bool:
     ready, _, _ = select.select([stream], [], [], timeout_s)
     return bool(ready)
 

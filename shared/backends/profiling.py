@@ -262,7 +262,8 @@ def loader_for(model: ModelProfile, weights: Weights, device: str, dtype: str) -
     if weights == "tiny":
         from shared.backends.tiny import build_pipeline
 
-        return lambda: build_pipeline(model) if torch_dtype == torch.float32 else build_pipeline(model).to(dtype=torch_dtype)
+        return lambda: (build_pipeline(model) if torch_dtype == torch.float32
+                        else build_pipeline(model).to(dtype=torch_dtype))
     from shared.backends.published import build_random_pipeline
 
     return lambda: build_random_pipeline(model, torch_device, torch_dtype)

@@ -102,7 +102,7 @@ ARCHITECTURES = {
 }
 
 
-def _text_encoder(shape: dict, with_projection: bool) -> CLIPTextModel:
+def _text_encoder(shape: dict, with_projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:
     config = CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=CLIP_MAX_LENGTH,
                             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **shape)
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)

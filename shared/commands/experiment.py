@@ -77,8 +77,8 @@ def finish(args: argparse.Namespace, mode: str, trace, settings, outcomes, plans
 
 
 def run_simulation(args: argparse.Namespace) -> int:
-    from shared.experiments.simulator import simulate
     from shared.experiments.runner import Progress
+    from shared.experiments.simulator import simulate
     from shared.settings import Settings
 
     trace, base, overrides = prepare(args)

@@ -64,7 +64,7 @@ def evaluate(embeddings: np.ndarray, paper_scores: np.ndarray, judge_scores: np.
     from shared.policies.learned_router import escalation_labels, fit_logistic, roc_auc
 
     splits = fold_indices(len(paper_scores), folds, seed)
-    results = []
+    results: list[RouterScore] = []
     for model in LIGHT_INDICES:
         labels = escalation_labels(judge_scores[:, model], d)
         auc: dict[str, list[float]] = {name: [] for name in ROUTERS}

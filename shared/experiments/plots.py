@@ -15,18 +15,22 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 POLICY_ORDER = ("hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
                 "infaas-acc", "clipper-light", "clipper-heavy")
 TEXT_COLUMNS = {"light_model", "heavy_model"}
 MARKERS = "osD^v<>pPX*h"
-STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
-         "xtick.labelsize": 11, "ytick.labelsize": 11}
+STYLE: dict[RcKeyType, float] = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
+                                  "xtick.labelsize": 11, "ytick.labelsize": 11}
 TIMELINE_SIZE = (10, 8)
 
 
@@ -131,7 +135,7 @@ def _comparison_bars(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
               ("SLO violation ratio (%)", "slo_violation_ratio", 100.0),
               ("p99 latency (s), dashed: SLO", "p99_latency_s", 1.0))
     fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.4 * len(runs)), 5))
-    for ax, (title, key, scale) in zip(axes, panels):
+    for ax, (title, key, scale) in zip(axes, panels, strict=True):
         values = [None if r.get(key) is None else r[key] * scale for r in reports]
         bars = ax.bar(policies, [0.0 if v is None else v for v in values], color=colors)
         ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=9)
@@ -192,7 +196,8 @@ def differences_table(folder: Path, against: Path) -> Path:
     for policy in sorted(ours.keys() & theirs.keys(), key=_order_key):
         a, b = ours[policy], theirs[policy]
         fid_difference = None if a["mean_fid"] is None or b["mean_fid"] is None else a["mean_fid"] - b["mean_fid"]
-        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} | {_fmt(b['slo_violation_ratio'], 100, '%')} "
+        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} "
+                     f"| {_fmt(b['slo_violation_ratio'], 100, '%')} "
                      f"| {_fmt(a['slo_violation_ratio'] - b['slo_violation_ratio'], 100)} | {_fmt(a['mean_fid'])} "
                      f"| {_fmt(b['mean_fid'])} | {_fmt(fid_difference)} |")
     path = Path(folder) / "differences.md"

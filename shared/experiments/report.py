@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -234,9 +235,11 @@ def build_report(outcomes: list[JobOutcome], plans: list[PlanEvent], lookup: Fid
     latencies = np.array([job.latency_s for job in done])
     cascade = [job for job in done if job.cascade]
     fid_groups = [(row["fid"], row["completed"]) for row in series if row["fid"] is not None]
-    models = defaultdict(int)
+    models: defaultdict[str, int] = defaultdict(int)
     for job in done:
-        models[job.served_model] += 1
+        served = job.served_model
+        if served is not None:  # None: the plan it ran under is not in the plan log
+            models[served] += 1
     violations = len(outcomes) - within
     report = Report(
         policy=policy, mode=mode, trace=trace, profile=profile, slo_s=slo_s, gpus=gpus, submitted=len(outcomes),
@@ -263,11 +266,11 @@ def write_run(out_dir: Path, report: Report, series: list[dict[str, Any]], plans
         for row in series:
             writer.writerow({key: "" if value is None else round_value(value) for key, value in row.items()})
     with open(out_dir / "plans.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("t_s", "light_model", "heavy_model", "r", "d", "light_gpus", "heavy_gpus"))
+        plan_writer = csv.writer(handle)
+        plan_writer.writerow(("t_s", "light_model", "heavy_model", "r", "d", "light_gpus", "heavy_gpus"))
         for plan in plans:
-            writer.writerow((round(plan.t_s, 3), plan.light_model, plan.heavy_model, plan.r, plan.d,
-                             plan.light_gpus, plan.heavy_gpus))
+            plan_writer.writerow((round(plan.t_s, 3), plan.light_model, plan.heavy_model, plan.r, plan.d,
+                                  plan.light_gpus, plan.heavy_gpus))
     from shared.experiments.plots import plot_run
 
     return [out_dir / "report.json", out_dir / "timeseries.csv", out_dir / "plans.csv", plot_run(out_dir)]

@@ -120,8 +120,9 @@ class Experiment:
                 if len(workers) >= len(plan.assignment):
                     return time.monotonic() - started
             for child in self.children:
-                if child.process.poll() is not None:
-                    raise RuntimeError(f"service {child.name} exited with {child.process.returncode}; "
+                process = child.process  # started in run()
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"service {child.name} exited with {process.returncode}; "
                                        f"see {child.log_path}")
             await asyncio.sleep(0.25)
         raise TimeoutError(f"the workers were not ready within {READY_TIMEOUT_S:.0f} s; see {self.out_dir}/logs")
@@ -173,7 +174,9 @@ class Experiment:
             if time.monotonic() - last_plan_poll >= PLAN_POLL_S:
                 plans.observe(await client.store.get_plan(), time.time())
                 last_plan_poll = time.monotonic()
-            for last_id, event in await client.store.read_events(last_id, count=5000, block_ms=int(PLAN_POLL_S * 1000)):
+            events = await client.store.read_events(last_id, count=5000, block_ms=int(PLAN_POLL_S * 1000))
+            for event_id, event in events:
+                last_id = event_id  # the next read starts after it
                 if event["job_id"] in ours and event["state"] in ("done", "failed", "expired"):
                     ended.add(event["job_id"])
             progress.ended = len(ended)

@@ -23,8 +23,8 @@ import heapq
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class SimJob:
 @dataclass
 class SimWorker:
     gpu: str
-    tier: Tier | None
+    tier: Tier
     ready_at: float
     buffer: deque = field(default_factory=deque)  # delivered, not yet admitted
     batches: deque = field(default_factory=deque)  # admitted: [generating, queued]
@@ -94,19 +94,26 @@ class Simulation:
         self.gpus = [f"sim-emu{i}" for i in range(settings.emulated_gpus)]
         self.workers: dict[str, SimWorker] = {}
         self.retired: list[SimWorker] = []
-        self.queues = {Tier.light: deque(), Tier.heavy: deque()}
+        self.queues: dict[Tier, deque[SimJob]] = {Tier.light: deque(), Tier.heavy: deque()}
         self.next_worker = {Tier.light: 0, Tier.heavy: 0}
         self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
-        self.saturated = {tier: False for tier in Tier}
+        self.saturated = dict.fromkeys(Tier, False)
         self.events: list = []
         self.sequence = itertools.count()
         self.plan: Plan | None = None
         self.plans: list[PlanEvent] = []
         self.version = 0
         self.jobs = [SimJob(i, float(t), float(t) + settings.slo_s, int(p))
-                     for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids))]
+                     for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids, strict=True))]
         self.open_jobs = len(self.jobs)
         self.arrived = 0
+
+    @property
+    def in_force(self) -> Plan:
+        """The plan: the first control() sets it, before the first job arrives."""
+        if self.plan is None:
+            raise RuntimeError("no plan yet")
+        return self.plan
 
     # --- the event loop -----------------------------------------------------------------------
 
@@ -162,7 +169,7 @@ class Simulation:
     def reconcile(self) -> None:
         """The agent: a GPU whose tier changes gets a new worker once the old one has finished."""
         for gpu in self.gpus:
-            wanted = self.plan.assignment.get(gpu)
+            wanted = self.in_force.assignment.get(gpu)
             worker = self.workers.get(gpu)
             if worker is not None and worker.tier == wanted:
                 continue
@@ -190,10 +197,10 @@ class Simulation:
     def arrive(self, job: SimJob) -> None:
         self.arrived += 1
         self.demand.arrived()
-        job.plan = self.plan
-        threshold = self.thresholds.get(self.plan.r)
+        plan = job.plan = self.in_force
+        threshold = self.thresholds.get(plan.r)
         if threshold is None:
-            threshold = self.thresholds[self.plan.r] = self.router.threshold(self.plan.r)
+            threshold = self.thresholds[plan.r] = self.router.threshold(plan.r)
         job.routed_heavy = bool(self.router_scores[job.prompt_id % len(self.router_scores)] >= threshold)
         self.enqueue(job, Tier.heavy if job.routed_heavy else Tier.light)
 
@@ -206,7 +213,7 @@ class Simulation:
     def refresh_serving(self) -> None:
         self.serving = {tier: [w for w in self.workers.values()
                                if w.tier == tier and not w.retiring and w.ready_at <= self.now] for tier in Tier}
-        self.saturated = {tier: False for tier in Tier}
+        self.saturated = dict.fromkeys(Tier, False)
 
     def worker_ready(self, tier: Tier) -> None:
         self.refresh_serving()
@@ -227,7 +234,7 @@ class Simulation:
         workers, queue = self.serving[tier], self.queues[tier]
         if not workers:
             return []
-        limit = PREFETCH_BATCHES * self.plan.batch_for(tier)
+        limit = PREFETCH_BATCHES * self.in_force.batch_for(tier)
         count, position, misses, touched = len(workers), self.next_worker[tier], 0, {}
         while queue and misses < count:
             worker = workers[position % count]
@@ -245,9 +252,9 @@ class Simulation:
     def admit(self, worker: SimWorker) -> None:
         """The feeder: while a pipeline slot is free, take a batch from the buffer and check it."""
         tier = worker.tier
-        model = self.plan.model_for(tier)
+        model = self.in_force.model_for(tier)
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
-            size = min(self.plan.batch_for(tier), len(worker.buffer))
+            size = min(self.in_force.batch_for(tier), len(worker.buffer))
             prior = self.batch_seconds(model, size)
             finishes_at = max(worker.admitted_until, self.now) + worker.timer.expected(model, size, prior)
             batch = []
@@ -269,13 +276,14 @@ class Simulation:
         """The emulated worker's sleep: the profiled batch time, scaled."""
         seconds = self.latencies.get((model, size))
         if seconds is None:
-            seconds = self.latencies[(model, size)] = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            seconds = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            self.latencies[(model, size)] = seconds
         return seconds
 
     def too_late(self, job: SimJob, tier: Tier) -> None:
         """As the worker: an escalated job gets its light image, a routed one the light tier if a
         light batch can still make it, any other is shed."""
-        plan = self.plan
+        plan = self.in_force
         if tier is Tier.heavy and job.escalated:
             job.escalated, job.tier = False, Tier.light
             self.end(job, "done")
@@ -317,12 +325,13 @@ class Simulation:
         return self.calibrations[model]
 
     def judge(self, batch: list[SimJob], model: str) -> None:
-        plan = self.plan
+        plan = self.in_force
         column = self.profile.model(model).reference_index
         heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
         calibration = self.calibration(model)
         for job in batch:
-            score = float(self.judge_scores[job.prompt_id % len(self.judge_scores), column]) if column is not None else 0.5
+            score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
+                     if column is not None else 0.5)
             escalate = calibration.escalate(score, plan.d)
             calibration.observe(score)
             if escalate and self.now + heavy_s < job.deadline_s:
@@ -340,7 +349,8 @@ class Simulation:
     def outcome(self, job: SimJob) -> JobOutcome:
         plan = job.plan
         return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.settings.slo_s,
-                          light_model=plan.light_model if plan else None, heavy_model=plan.heavy_model if plan else None,
+                          light_model=plan.light_model if plan else None,
+                          heavy_model=plan.heavy_model if plan else None,
                           tier=job.tier.value if job.tier else None, routed_heavy=job.routed_heavy,
                           escalated=job.escalated)
 

@@ -28,19 +28,20 @@ class Trace:
         prompts = reference.prompts()
         return prompts[int(self.prompt_ids[index]) % len(prompts)]
 
-    def head(self, seconds: float) -> "Trace":
+    def head(self, seconds: float) -> Trace:
         """The arrivals of the first `seconds` (a short trace for tests and smoke runs)."""
         keep = self.arrival_s < seconds
         return Trace(f"{self.name}[:{seconds:g}s]", self.arrival_s[keep], self.prompt_ids[keep])
 
-    def scaled(self, factor: int) -> "Trace":
+    def scaled(self, factor: int) -> Trace:
         """The same shape at `factor` times the rate: each gap between two arrivals holds `factor`
         evenly spaced copies of the first, each with another prompt."""
         if factor < 1:
             raise ValueError("the scale factor must be >= 1")
         if factor == 1 or len(self) == 0:
             return self
-        gaps = np.diff(self.arrival_s, append=self.arrival_s[-1] + np.median(np.diff(self.arrival_s)) if len(self) > 1 else 1.0)
+        gaps = np.diff(self.arrival_s,
+                       append=self.arrival_s[-1] + np.median(np.diff(self.arrival_s)) if len(self) > 1 else 1.0)
         offsets = np.arange(factor) / factor
         arrivals = (self.arrival_s[:, None] + gaps[:, None] * offsets[None, :]).ravel()
         prompts = ((self.prompt_ids[:, None] + 7919 * np.arange(factor)[None, :]) % len(reference.prompts())).ravel()

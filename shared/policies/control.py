@@ -222,7 +222,8 @@ class HadisPaperPolicy(PlannerPolicy):
         return 0.0
 
 
-def filtered_table(profile: Profile, quality_name: str, keep, pairs: list[tuple[str, str]] | None = None) -> ParetoTable:
+def filtered_table(profile: Profile, quality_name: str, keep,
+                   pairs: list[tuple[str, str]] | None = None) -> ParetoTable:
     """A Pareto table built from the quality rows that `keep(row)` accepts (ablations and baselines)."""
     quality = load_quality(quality_name)
     rows = [row for row in quality.rows if keep(row) and (pairs is None or (row.light_model, row.heavy_model) in pairs)]
@@ -298,6 +299,8 @@ class ProteusPolicy(PlannerPolicy):
 
     def linear_fid(self, row: ParetoRow) -> float:
         light, heavy = self.profile.model(row.light_model).fid, self.profile.model(row.heavy_model).fid
+        if light is None or heavy is None:
+            raise ValueError(f"proteus needs the stand-alone FID of {row.light_model} and {row.heavy_model}")
         return round((1.0 - row.r) * light + row.r * heavy, 6)
 
 

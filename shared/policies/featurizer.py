@@ -508,7 +508,7 @@ def count_named_entities(tokens: list[str]) -> int:
     capitalised first word is ordinary sentence case, not a name."""
     count = 0
     previous = "none"
-    for i, token in enumerate(tokens):
+    for i in range(len(tokens)):
         kind = _name_kind(tokens, i)
         count += kind != "none" and kind != previous
         previous = kind

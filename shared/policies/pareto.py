@@ -93,7 +93,7 @@ def dominated(points: np.ndarray) -> np.ndarray:
     no_worse = (points[None, :, :] <= points[:, None, :]).all(axis=2)
     better = (points[None, :, :] < points[:, None, :]).any(axis=2)
     earlier = np.tri(len(points), k=-1, dtype=bool)
-    return (no_worse & (better | earlier)).any(axis=1)
+    return np.any(no_worse & (better | earlier), axis=1)
 
 
 def cost_frontier(costs: np.ndarray, fids: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def cost_frontier(costs: np.ndarray, fids: np.ndarray) -> np.ndarray:
     points = np.column_stack([np.round(costs, DECIMALS), fids])
     no_worse = (points[None, :, :] <= points[:, None, :]).all(axis=2)
     better = (points[None, :, :] < points[:, None, :]).any(axis=2)
-    return ~(no_worse & better).any(axis=1)
+    return ~np.any(no_worse & better, axis=1)
 
 
 def load_frontier(rows: list[QualityRow]) -> np.ndarray:

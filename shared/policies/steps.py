@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from shared.schemas import JobState, Tier
 from shared.outcome import Applied, Outcome
+from shared.schemas import JobState, Tier
 
 # A delivery whose claim is held by a live worker waits this long before it is looked at again.
 # The claim passes on at the latest when the holder's liveness key expires (3 heartbeats).

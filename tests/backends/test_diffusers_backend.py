@@ -71,7 +71,7 @@ def test_each_family_loads_by_local_path_and_matches_the_saved_weights(saved, fa
     loaded = pixels(generator.generate(inputs([3, 4])))
     built = pixels(TinyGenerator(tiny_model(name)).generate(inputs([3, 4])))
     assert [image.shape for image in loaded] == [(64, 64, 3)] * 2
-    assert all(close_enough(a, b) for a, b in zip(loaded, built))
+    assert all(close_enough(a, b) for a, b in zip(loaded, built, strict=True))
 
 
 def test_seeded_images_repeat_and_do_not_depend_on_the_batch(saved) -> None:
@@ -168,7 +168,7 @@ def test_out_of_memory_splits_the_batch_and_caps_later_batches() -> None:
     assert pipeline.calls == [5, 2, 2, 1]
     assert generator.oom_splits == 1 and generator.batch_cap == 2
     one_by_one = [pixels(generator.generate(inputs([seed])))[0] for seed in [1, 2, 3, 4, 5]]
-    assert all(close_enough(a, b) for a, b in zip(images, one_by_one))
+    assert all(close_enough(a, b) for a, b in zip(images, one_by_one, strict=True))
     pipeline.calls.clear()
     assert len(generator.generate(inputs([6, 7, 8, 9]))) == 4
     assert pipeline.calls == [2, 2]  # no second out-of-memory: the learnt cap applies

@@ -25,8 +25,8 @@ def profile_gpu():
 
 
 def test_tiny_profile_run_writes_a_loadable_profile(profile_gpu, tmp_path: Path, capsys) -> None:
-    profile_gpu.main(["--tiny", "--models", "tiny-sd-turbo", "tiny-sdxl-lightning", "--batches", "1", "2", "--runs", "2",
-                      "--swap-runs", "1", "--out", str(tmp_path), "--name", "tiny-test"])
+    profile_gpu.main(["--tiny", "--models", "tiny-sd-turbo", "tiny-sdxl-lightning", "--batches", "1", "2",
+                      "--runs", "2", "--swap-runs", "1", "--out", str(tmp_path), "--name", "tiny-test"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line == f"profile_written {tmp_path / 'tiny-test.json'}"
 

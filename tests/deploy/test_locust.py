@@ -22,7 +22,8 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 
 
 def write_trace(path: Path, arrivals: int, spacing_ms: int) -> Path:
-    path.write_text("# arrival_ms,prompt_id\n" + "".join(f"{i * spacing_ms},{i * 37 % 5000}\n" for i in range(arrivals)))
+    path.write_text("# arrival_ms,prompt_id\n"
+                    + "".join(f"{i * spacing_ms},{i * 37 % 5000}\n" for i in range(arrivals)))
     return path
 
 

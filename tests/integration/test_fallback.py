@@ -21,7 +21,8 @@ def settings_for(**plan):
 
 
 async def test_escalated_jobs_the_heavy_tier_cannot_finish_get_their_light_image():
-    async with running_stack(settings_for(plan_r=0.0, plan_d=1.0), services=("router", "light", "heavy", "judge")) as stack:
+    services = ("router", "light", "heavy", "judge")
+    async with running_stack(settings_for(plan_r=0.0, plan_d=1.0), services=services) as stack:
         jobs = [Job(prompt=f"a lighthouse on a cliff, take {i}") for i in range(4)]
         await stack.submit_many(jobs)
         records = await stack.wait_all([job.job_id for job in jobs], timeout_s=60)
@@ -36,7 +37,8 @@ async def test_escalated_jobs_the_heavy_tier_cannot_finish_get_their_light_image
 
 
 async def test_routed_jobs_the_heavy_tier_cannot_finish_go_to_the_light_tier():
-    async with running_stack(settings_for(plan_r=1.0, plan_d=0.0), services=("router", "light", "heavy", "judge")) as stack:
+    services = ("router", "light", "heavy", "judge")
+    async with running_stack(settings_for(plan_r=1.0, plan_d=0.0), services=services) as stack:
         jobs = [Job(prompt=f"a red bicycle in the rain, take {i}") for i in range(4)]
         await stack.submit_many(jobs)
         records = await stack.wait_all([job.job_id for job in jobs], timeout_s=60)

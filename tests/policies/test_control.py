@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from shared.policies.control import (COMPARED, InfaasAccuracyPolicy, Observation, PlanSchedule, keep_draining,
-                                     make_policy, quality_ladder, single_model_batch)
+from shared.policies.control import (
+    COMPARED,
+    InfaasAccuracyPolicy,
+    Observation,
+    PlanSchedule,
+    keep_draining,
+    make_policy,
+    quality_ladder,
+    single_model_batch,
+)
 from shared.profiles import load_profile
 from shared.schemas import Plan
 from tests.helpers import make_settings
@@ -123,5 +131,6 @@ def test_window_rate_spans_the_last_slo_of_decisions():
     window = WindowRate(span_s=6.0)
     assert window.rate(observe(0.0, 3.0, arrivals=0)) == 3.0  # nothing measured yet: the EWMA
     assert window.rate(observe(5.0, 3.0, arrivals=50)) == pytest.approx(10.0)
-    assert window.rate(observe(10.0, 3.0, arrivals=60)) == pytest.approx(6.0)  # from t=0: 60 in 10 s (the span reaches back at least 6 s)
+    # from t=0: 60 in 10 s (the span reaches back at least 6 s)
+    assert window.rate(observe(10.0, 3.0, arrivals=60)) == pytest.approx(6.0)
     assert window.rate(observe(15.0, 3.0, arrivals=60)) == pytest.approx(1.0)  # from t=5: 10 in 10 s

@@ -1,4 +1,5 @@
 import csv
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_quality_table_is_the_hybrid_csv_with_model_names():
         lines = list(csv.DictReader(handle))
     quality = load_quality("hadis-imagenet")
     assert len(quality.rows) == len(lines) == 726
-    for line, row in zip(lines, quality.rows):
+    for line, row in zip(lines, quality.rows, strict=True):
         names = (HADIS[int(line["light_model"])], HADIS[int(line["heavy_model"])])
         assert (row.light_model, row.heavy_model) == names
         assert (row.r, row.d, row.fid) == (float(line["router_ratio"]), float(line["disc_ratio"]), float(line["fid"]))
@@ -108,7 +109,7 @@ def test_comparison_with_the_papers_49_rows():
     with open(PAPER_TABLES, newline="") as handle:
         paper = {(HADIS[int(float(x["light"]))], HADIS[int(float(x["heavy"]))], float(x["router_thres"]),
                   float(x["conf_thres"])) for x in csv.DictReader(handle) if x["table"] == "hybrid"}
-    adjacent = set(zip(HADIS, HADIS[1:]))
+    adjacent = set(pairwise(HADIS))
     ours = {key(row) for row in load_table("paper-l40s").rows if row.cost_frontier and row.pair in adjacent}
     assert len(paper) == 49
     assert len(paper & ours) == 47
