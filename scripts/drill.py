@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos import SteadyLoad, Timeline, restart_rabbitmq
-
 from shared.client import Client
 from shared.faults import DoubleWork, read_all_events
 from shared.schemas import Job, JobState
@@ -407,7 +406,8 @@ async def drill(args: argparse.Namespace, say: Timeline, figures: Figures) -> No
         others = [job_id for job_id in found.jobs if job_id not in ids_set]
         if others:
             say(f"double work also found for jobs outside the load: {others[:5]}")
-        unserved = [(job_id, r) for job_id, r in zip(ids, records) if r is None or r.state is not JobState.done]
+        unserved = [(job_id, r) for job_id, r in zip(ids, records, strict=True)
+                    if r is None or r.state is not JobState.done]
         for job_id, record in unserved[:args.evidence]:
             what = "no record" if record is None else f"{record.state.value} ({record.error or ''})"
             say(f"NOT DONE {job_id}: {what}\n      events: {history(events, job_id)}")

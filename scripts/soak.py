@@ -28,7 +28,6 @@ from chaos import (
     restart_rabbitmq,
     run_main,
 )
-
 from shared.client import Client
 from shared.faults import cluster
 from shared.schemas import JobState

@@ -114,7 +114,7 @@ class Agent:
             await self.release_dead_owners()
             try:
                 await asyncio.wait_for(self.service.stopping.wait(), timeout=TICK_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         await self.stop_all()
 

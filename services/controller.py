@@ -15,8 +15,8 @@ from typing import Any
 
 from shared import metrics
 from shared.bus import Delivery
-from shared.demand import DemandTracker, queueing_delay_s
 from shared.crashpoints import crash_point
+from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition, InvalidJob, Unavailable
 from shared.logging import bind_job, get_logger
 from shared.policies import steps
@@ -51,9 +51,11 @@ class Controller:
                 log.warning("event_stream_failed", error=str(error))
                 await asyncio.sleep(TICK_S)
                 continue
-            for last_id, event in events:
+            for _, event in events:
                 if event["state"] == JobState.queued:
                     self.demand.arrived()
+            if events:
+                last_id = events[-1][0]
 
     async def observe(self, now: float) -> tuple[Observation, list[str]]:
         store, bus = self.service.store, self.service.bus
@@ -121,7 +123,7 @@ class Controller:
     async def sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.service.stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def on_dead_letter(self, delivery: Delivery) -> None:

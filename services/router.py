@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
@@ -34,7 +37,7 @@ SCORE_BATCH = 32
 class PromptRouter(Protocol):
     inline: bool  # cheap enough to score on the event loop
 
-    def score_many(self, prompts: list[str]) -> list[float]: ...
+    def score_many(self, prompts: list[str]) -> Sequence[float] | np.ndarray: ...
     def threshold(self, r: float) -> float: ...
 
 
@@ -154,6 +157,7 @@ class Router:
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
         tier = Tier.heavy if score >= self.threshold(plan.light_model, plan.r) else Tier.light
         expired = time.time() >= deadline
+        outcome: dict[str, Any]
         if expired:
             state, outcome = JobState.expired, {"error": "408 Expired: deadline passed before routing"}
         else:

@@ -27,13 +27,13 @@ from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import BackendFailed, Disposition, Expired, InvalidJob, Overloaded
 from shared.logging import bind_job, get_logger
+from shared.outcome import Applied
 from shared.policies import steps
 from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
 from shared.policies.steps import Next
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
-from shared.outcome import Applied
 from shared.store import Change, owner_id, serve_light
 
 log = get_logger(__name__)
@@ -85,6 +85,12 @@ class TierWorker:
         self.claimed: dict[str, Item] = {}  # job id -> the item, from its claim until it is settled
 
     @property
+    def loaded(self) -> Generator:
+        """The generator of the plan's model (ensure_model loads it before anything runs)."""
+        assert self.generator is not None, "no model loaded yet"
+        return self.generator
+
+    @property
     def queue(self) -> str:
         return self.service.bus.queues.tier(self.tier)
 
@@ -101,7 +107,7 @@ class TierWorker:
             self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
         )
         metrics.mark_ready("worker")
-        log.info("worker_ready", tier=self.tier.value, model=self.generator.model.name, gpu=self.settings.gpu)
+        log.info("worker_ready", tier=self.tier.value, model=self.loaded.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         admitted: asyncio.Queue[list[Item]] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
@@ -115,11 +121,11 @@ class TierWorker:
             await self.ensure_model()
             try:
                 items = await asyncio.wait_for(admitted.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             # Batch k+1 goes to the model's executor before batch k is awaited, so the model
             # thread starts it the moment k ends, without waiting for the event loop.
-            following = asyncio.create_task(self.generate_and_hand_off(items, self.generator))
+            following = asyncio.create_task(self.generate_and_hand_off(items, self.loaded))
             if running is not None:
                 await running
             running = following
@@ -176,7 +182,7 @@ class TierWorker:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def beat(self) -> None:
-        info = {"tier": self.tier.value, "model": self.generator.model.name, "host": self.settings.host,
+        info = {"tier": self.tier.value, "model": self.loaded.model.name, "host": self.settings.host,
                 "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
                 "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
         await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
@@ -196,7 +202,7 @@ class TierWorker:
 
     async def ensure_model(self) -> None:
         wanted = self.service.plans.current.model_for(self.tier)
-        if self.generator is not None and self.generator.model.name == wanted:
+        if self.generator is not None and self.loaded.model.name == wanted:
             return
         model = self.profile.model(wanted)
         started = time.perf_counter()
@@ -220,7 +226,7 @@ class TierWorker:
         left out (shared/policies/steps.py decides what each claim's outcome means)."""
         parsed: list[Item] = []
         # This batch starts when the batches admitted before it have ended.
-        finishes_at = max(self.busy_until, time.time()) + self.batch_s.expected(self.generator.model.name, len(batch),
+        finishes_at = max(self.busy_until, time.time()) + self.batch_s.expected(self.loaded.model.name, len(batch),
                                                                                   self.profiled_s(len(batch)))
         for delivery in batch:
             if delivery.stale:
@@ -242,7 +248,7 @@ class TierWorker:
                 parsed.append(Item(delivery, task))
         if parsed:
             self.busy_until = finishes_at
-        started = {"tier": self.tier.value, "model": self.generator.model.name}
+        started = {"tier": self.tier.value, "model": self.loaded.model.name}
         changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in parsed]
         try:
             outcomes = await self.service.store.apply_many(changes)
@@ -304,7 +310,8 @@ class TierWorker:
             except Exception as error:
                 await self.service.settle_failure(delivery, error, [task.job.job_id])
                 return
-            reason = "deadline passed before generation" if time.time() >= task.deadline else "would finish after its deadline"
+            reason = ("deadline passed before generation" if time.time() >= task.deadline
+                      else "would finish after its deadline")
             await self.service.settle_failure(delivery, Expired(reason), [task.job.job_id])
 
     async def serve_light_image(self, task: Task, reason: str) -> bool:
@@ -325,7 +332,7 @@ class TierWorker:
 
     def profiled_s(self, size: int) -> float:
         """The profile's time for a batch of the current model (before this worker has timed one)."""
-        model = self.generator.model
+        model = self.loaded.model
         return model.batch_latency_s(size) * self.settings.latency_scale if model.latency_ms else 0.0
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
@@ -347,7 +354,7 @@ class TierWorker:
             self.batch_s.observe(generator.model.name, len(inputs), generated.seconds)
             metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
                                   generated.busy_s)
-            return generated.images
+            return list[Image.Image | BaseException](generated.images)
         except ModelProcessFailed:
             raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
         except Exception as error:
@@ -408,7 +415,7 @@ class TierWorker:
         """The model that made the stored light image (the record says; this worker's model when
         the record does not)."""
         record = await self.service.store.get(item.job_id)
-        return (record.model if record is not None and record.model else None) or self.generator.model.name
+        return (record.model if record is not None and record.model else None) or self.loaded.model.name
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

@@ -24,7 +24,7 @@ class BatchCollector:
         look at the plan and at its stop flag)."""
         try:
             first = await asyncio.wait_for(self._pending.get(), timeout=idle_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         batch = [first]
         fill_by = asyncio.get_running_loop().time() + max_wait_s
@@ -37,7 +37,7 @@ class BatchCollector:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._pending.get(), timeout=remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return batch
 

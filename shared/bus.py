@@ -36,8 +36,14 @@ from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.exceptions import (AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity,
-                                 ChannelPreconditionFailed, DeliveryError, PublishError)
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 from aiormq.exceptions import ChannelAccessRefused
 from pydantic import BaseModel
 
@@ -186,7 +192,7 @@ class Bus:
         self._publisher = publisher
 
     @classmethod
-    async def connect(cls, settings: Settings, *, declare: bool = True, retry_s: float | None = None) -> "Bus":
+    async def connect(cls, settings: Settings, *, declare: bool = True, retry_s: float | None = None) -> Bus:
         """Connect (two connections: consuming, publishing) and declare the topology, waiting up to
         retry_s (default: HADIS_CONNECT_RETRY_S) for the broker."""
         bound_s = settings.connect_retry_s if retry_s is None else retry_s

@@ -25,14 +25,14 @@ class Client:
         self.store = store
 
     @classmethod
-    async def open(cls, settings: Settings | None = None) -> "Client":
+    async def open(cls, settings: Settings | None = None) -> Client:
         settings = settings or get_settings()
         bus = await Bus.connect(settings)
         store = await Store.connect(settings)
         return cls(bus, store)
 
     @classmethod
-    def connect(cls, settings: Settings | None = None) -> "_Connecting":
+    def connect(cls, settings: Settings | None = None) -> _Connecting:
         return _Connecting(settings)
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ class Cluster:
 
     def kill(self, name: str, signum: int = signal.SIGKILL) -> int:
         process = self.children[name].process
+        assert process is not None, f"{name} was never started"
         if signum == signal.SIGKILL:
             self.killed.append(process.pid)
             _KILLED_PIDS.add(process.pid)

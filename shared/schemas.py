@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import pydantic_core
@@ -90,6 +90,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+M = TypeVar("M", bound=Strict)
+
+
 class Tier(StrEnum):
     light = "light"
     heavy = "heavy"
@@ -138,7 +141,7 @@ class Job(Strict):
     def text_is_printable(cls, text: str, info: ValidationInfo) -> str:
         if info.field_name == "prompt" and not text.strip():
             raise ValueError("prompt is blank")
-        return check_printable(text, info.field_name)
+        return check_printable(text, info.field_name or "text")
 
     @field_validator("metadata")
     @classmethod
@@ -253,7 +256,7 @@ def job_id_of(body: bytes) -> str | None:
     return job_id if valid_job_id(job_id) else None
 
 
-def parse_message(model: type[Strict], body: bytes) -> Strict:
+def parse_message(model: type[M], body: bytes) -> M:
     """Parse a message body strictly, turning any problem into a readable InvalidJob."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise InvalidJob(f"message is {len(body)} bytes, more than {MAX_MESSAGE_BYTES}")

@@ -106,7 +106,7 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __enter__(self) -> "InFlight":
+    def __enter__(self) -> InFlight:
         self.count += 1
         self._idle.clear()
         return self
@@ -121,5 +121,5 @@ class InFlight:
         their queue when the channel closes."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("drain_timeout", in_flight=self.count)

@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     profile: str = "tiny-cpu"
     device: str = "cpu"
     time_scale: float = Field(default=1.0, ge=0.0, description="Multiplies emulated latencies.")
-    emulated_fail_pattern: str | None = Field(default=None, max_length=200,
-                                              description="Fault injection: the emulated model raises on matching prompts.")
+    emulated_fail_pattern: str | None = Field(
+        default=None, max_length=200, description="Fault injection: the emulated model raises on matching prompts.")
     crash_at: str = Field(default="", max_length=500,
                           description="Fault injection: exit at these named crash points (shared/crashpoints.py).")
     model_process: Literal["auto", "separate", "inline"] = Field(
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
-    def plan_models_exist(self) -> "Settings":
+    def plan_models_exist(self) -> Settings:
         from shared.profiles import load_profile
 
         profile = load_profile(self.profile)
@@ -136,14 +136,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def crash_points_known(self) -> "Settings":
+    def crash_points_known(self) -> Settings:
         from shared.crashpoints import parse
 
         parse(self.crash_at)
         return self
 
     @model_validator(mode="after")
-    def model_cpus_usable(self) -> "Settings":
+    def model_cpus_usable(self) -> Settings:
         if not self.model_cpus:
             return self
         cpus = parse_cpu_list(self.model_cpus)

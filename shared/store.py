@@ -209,7 +209,7 @@ class Store:
         self._lease = client.register_script(_LEASE)
 
     @classmethod
-    async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> "Store":
+    async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> Store:
         """Connect, waiting up to retry_s (default: the settings' store_retry_s) for Redis to answer."""
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(),
@@ -431,10 +431,13 @@ class Store:
         give_up_at, last_id = time.monotonic() + timeout_s, since_id
         while waiting and time.monotonic() < give_up_at:
             block_ms = max(int((give_up_at - time.monotonic()) * 1000), 1)
-            for last_id, event in await self.read_events(last_id, count=5000, block_ms=min(block_ms, 1000)):
+            events = await self.read_events(last_id, count=5000, block_ms=min(block_ms, 1000))
+            for _, event in events:
                 if event["job_id"] in waiting and JobState(event["state"]).terminal:
                     waiting.discard(event["job_id"])
                     finished[event["job_id"]] = event["state"]
+            if events:
+                last_id = events[-1][0]
         return finished
 
     async def read_events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list:
@@ -442,7 +445,8 @@ class Store:
         reply = await self._call(self._redis.xread, {self.events_key: last_id}, count=count, block=block_ms)
         if not reply:
             return []
-        return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()}) for event_id, data in reply[0][1]]
+        return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()})
+                for event_id, data in reply[0][1]]
 
     # The plan.
     async def publish_plan(self, plan_fields: dict[str, Any]) -> Plan:
