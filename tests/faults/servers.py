@@ -59,6 +59,14 @@ class RabbitNode:
                                             cwd=d, start_new_session=True)
         wait_port(self.port, timeout_s)
 
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl against this node (its cookie is in its own HOME)."""
+        done = subprocess.run([RABBITMQ_SERVER.replace("rabbitmq-server", "rabbitmqctl"), "-n",
+                               f"hadistest{self.port}@localhost", *args],
+                              env={**os.environ, "HOME": str(self.directory / "home")},
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout
+
     def kill(self) -> None:
         """SIGKILL the Erlang VM (what a crash or an OOM kill does), and whatever it started."""
         if self.process is None:
