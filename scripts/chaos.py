@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from datetime import datetime
 
 from shared.client import Client
 from shared.errors import Overloaded, Unavailable
-from shared.faults import DoubleWork, Load, Outcome, cluster, read_all_events
+from shared.faults import DoubleWork, Load, Outcome, RedisServer, cluster, read_all_events
 from shared.schemas import Job, JobState
 from shared.settings import Settings
 
@@ -155,53 +156,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class OwnRedis:
-    """A redis-server of this run only (the machine's one is shared: never killed): a free port,
-    a temp dir, and the compose file's persistence (append-only, fsync every second, no RDB)."""
+class OwnRedis(RedisServer):
+    """The Redis of this chaos run (the machine's one is shared: never killed): a free port, a temp
+    dir, and the compose file's persistence."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.directory = tempfile.mkdtemp(prefix="hadis-chaos-redis-")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--save", "", "--dir", self.directory, "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        give_up_at = time.monotonic() + timeout_s
-        while time.monotonic() < give_up_at:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode} (see {self.directory})")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not answer PING")
+        super().__init__(tempfile.mkdtemp(prefix="hadis-chaos-redis-"), free_port())
 
     def kill9(self) -> int:
-        assert self.process is not None
-        pid = self.process.pid
-        self.process.kill()
-        self.process.wait(timeout=30)
+        pid = self.stop(signal.SIGKILL)
+        assert pid is not None
         return pid
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+    def remove(self) -> None:
+        self.stop(signal.SIGTERM)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -210,7 +178,7 @@ async def restart_redis(redis: OwnRedis, say: Timeline, down_s: float) -> None:
     say(f"kill -9 redis-server (pid {pid}, port {redis.port}); back in {down_s:.0f} s")
     await asyncio.sleep(down_s)
     await asyncio.to_thread(redis.start)
-    say(f"redis-server restarted (pid {redis.process.pid}) on the same port and dir")
+    say(f"redis-server restarted (pid {redis.process.pid if redis.process else None}) on the same port and dir")
 
 
 # The accounting, with the evidence to print.
@@ -339,7 +307,7 @@ def main() -> None:
         os.environ.update(CHAOS_ENV, HADIS_NAMESPACE=f"chaos{uuid.uuid4().hex[:6]}", HADIS_REDIS_URL=redis.url)
         code = run_main(run(args, Settings(), redis), args.log)
     finally:
-        redis.stop()
+        redis.remove()
     sys.exit(code)
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.client import Client
@@ -242,3 +245,64 @@ class Outcome:
 
 def terminal_count(record: JobRecord) -> int:
     return sum(1 for transition in record.history if transition.state in TERMINAL_STATES)
+
+
+# A Redis of a fault run's own: the machine's one serves everything else and is never killed.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_redis_args() -> list[str]:
+    """The persistence flags compose.yaml gives Redis, so a fault run crashes the Redis users get."""
+    import yaml  # a dev dependency: only fault runs read the compose file
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    command = " ".join(compose["services"]["redis"]["command"])
+    flags = []
+    for name in ("--appendonly", "--appendfsync"):
+        flags += [name, command.split(name, 1)[1].split()[0]]
+    return flags
+
+
+class RedisServer:
+    """A redis-server on its own port and data directory, persisted as compose persists it, to be
+    killed with SIGKILL and started again on the same data."""
+
+    def __init__(self, directory: Path | str, port: int, password: str = "") -> None:
+        self.directory, self.port, self.password = Path(directory), port, password
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0" if self.password else \
+            f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        auth = ["--requirepass", self.password] if self.password else []
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *compose_redis_args(), "--save", "",
+             "--dir", str(self.directory), "--logfile", "redis.log", *auth],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        give_up_at = time.monotonic() + timeout_s
+        while time.monotonic() < give_up_at:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode} (see {self.directory})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not listen on {self.port} within {timeout_s} s")
+
+    def stop(self, signum: int = signal.SIGKILL) -> int | None:
+        """Signal it (SIGKILL by default) and wait; its pid, or None when it was not running."""
+        if self.process is None:
+            return None
+        pid = self.process.pid
+        self.process.send_signal(signum)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+        return pid

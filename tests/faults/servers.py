@@ -11,10 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def wait_port(port: int, timeout_s: float) -> None:
@@ -83,39 +80,3 @@ class RabbitNode:
             pass
         self.process.wait(timeout=30)
         self.process = None
-
-
-def compose_redis_args() -> list[str]:
-    """The persistence flags the compose file gives Redis, so a test crashes the Redis users get."""
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
-    command = " ".join(compose["services"]["redis"]["command"])
-    flags = []
-    for name in ("--appendonly", "--appendfsync"):
-        value = command.split(name, 1)[1].split()[0]
-        flags += [name, value]
-    return flags
-
-
-class RedisServer:
-    """A Redis of its own, persisted as compose persists it, killed and restarted on the same data."""
-
-    def __init__(self, directory: Path, port: int, password: str = "test-secret") -> None:
-        self.directory, self.port, self.password = directory, port, password
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *compose_redis_args(), "--save", "",
-             "--dir", str(self.directory), "--requirepass", self.password],
-            stdout=subprocess.DEVNULL)
-        wait_port(self.port, 10)
-
-    def stop(self, signum: int = signal.SIGKILL) -> None:
-        if self.process is not None:
-            self.process.send_signal(signum)
-            self.process.wait(timeout=30)
-            self.process = None

@@ -11,9 +11,10 @@ import pytest
 
 from shared.bus import Bus, Delivery
 from shared.errors import Disposition, Unavailable
+from shared.faults import RedisServer
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings, under_load
-from tests.faults.servers import RabbitNode, RedisServer
+from tests.faults.servers import RabbitNode
 from tests.helpers import free_port, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,7 +70,7 @@ async def test_a_memory_alarm_bounds_a_publish_and_acks_still_flow(tmp_path):
 async def test_a_redis_outage_of_40_seconds_fails_no_job(tmp_path):
     """Redis away for 40 s under load: every Redis call waits (HADIS_STORE_RETRY_S, 300 s) instead of
     failing the job after 10 s x 3 deliveries; the broker keeps the work meanwhile."""
-    server = RedisServer(tmp_path, free_port())
+    server = RedisServer(tmp_path, free_port(), password="test-secret")
     server.start()
     settings = fault_settings(redis_url=server.url, slo_s=600)
 

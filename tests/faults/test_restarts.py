@@ -10,10 +10,10 @@ import time
 import pytest
 
 from shared.client import Client
-from shared.faults import Load, cluster
+from shared.faults import Load, RedisServer, cluster
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings, under_load
-from tests.faults.servers import RabbitNode, RedisServer
+from tests.faults.servers import RabbitNode
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -95,7 +95,7 @@ async def test_rabbitmq_kill_9_while_clients_keep_publishing_loses_nothing(tmp_p
 async def test_redis_kill_9_with_the_compose_persistence_loses_nothing(tmp_path):
     """Redis dies mid-load (SIGKILL) while the load goes on publishing, persisted as compose runs
     it (compose_redis_args reads compose.yaml: the test cannot drift from what is deployed)."""
-    server = RedisServer(tmp_path, free_port())
+    server = RedisServer(tmp_path, free_port(), password="test-secret")
     server.start()
     settings = fault_settings(redis_url=server.url)
 
