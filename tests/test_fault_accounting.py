@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from shared.faults import DoubleWork, Outcome, double_work, owner_pid
+from shared.faults import DoubleWork, Outcome, compose_redis_args, double_work, owner_pid
 from shared.schemas import JobRecord, JobState, Transition
 
 
@@ -126,3 +126,8 @@ def test_a_verdict_drawn_twice_is_flagged():
               event("a", "judging", "light", image="light"), event("a", "escalated", "light"),
               event("a", "escalated", "light")]
     assert double_work(events) == ["a"]
+
+
+def test_fault_runs_persist_redis_as_compose_does():
+    # docs/reliability.md promises that a kill -9 of Redis loses nothing: that needs fsync always.
+    assert compose_redis_args() == ["--appendonly", "yes", "--appendfsync", "always"]
