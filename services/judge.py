@@ -31,7 +31,6 @@ JUDGE_BATCH = 8
 JUDGE_PREFETCH = 3 * JUDGE_BATCH
 
 
-
 @dataclass
 class Judged:
     """A judge task with its duplicate deliveries (settled with it) and, once fetched, the light image."""

@@ -43,7 +43,6 @@ MAX_FINISHING_BATCHES = 2
 FEED_RETRY_S = 0.5  # after a failed turn of the feeder
 
 
-
 @dataclass
 class Item:
     """A job this worker has claimed: its delivery, and any duplicate deliveries of the same job

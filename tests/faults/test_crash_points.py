@@ -76,3 +76,34 @@ async def test_a_crash_at_each_point_loses_and_repeats_nothing(point):
         [(r.job_id, r.state, r.error) for r in records if r.state is not JobState.done]
     assert all(alive.values()), alive
     assert double_work(events, {crashed_pid}) == [], orjson.dumps(events).decode()[:4000]
+
+
+async def test_a_crash_after_recording_a_dead_letter_records_it_once():
+    """controller.after_dead_letter: the dead letter's `failed` record is written, the message is
+    not acked. Redelivered to the restarted controller, it changes nothing and is acked."""
+    settings = fault_settings(heartbeat_s=0.5)
+    client = await Client.open(settings)
+    try:
+        async with cluster(settings, client) as running:
+            child = running.children["controller"]
+            running.kill("controller", signal.SIGTERM)
+            child.env["HADIS_CRASH_AT"] = "controller.after_dead_letter"
+            running.start("controller")
+            # A job without a prompt: the router records it failed (422) and dead-letters it.
+            await client.bus.publish(client.bus.queues.requests, orjson.dumps({"job_id": "dead-letter-1"}))
+            code = await wait_exit(child.process, timeout_s=60)
+            assert code == CRASH_EXIT_CODE, f"the controller did not crash (exit {code})"
+            del child.env["HADIS_CRASH_AT"]
+            running.start("controller")
+            give_up_at = time.monotonic() + 60
+            while await client.bus.depth(client.bus.queues.dead_watch) or \
+                    await client.bus.consumers(client.bus.queues.dead_watch) == 0:
+                assert time.monotonic() < give_up_at, "the dead letter was not settled"
+                await asyncio.sleep(0.2)
+            record = await client.status("dead-letter-1")
+            alive = all(c.process.poll() is None for c in running.children.values())
+    finally:
+        await client.close()
+    assert record is not None and record.state is JobState.failed and record.error.startswith("422")
+    assert [t.state for t in record.history].count(JobState.failed) == 1
+    assert alive
