@@ -12,6 +12,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
     ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed
     ns:lease:<name>       string the holder of a lease (the planning controller)
+    ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
 
 State changes run as Lua scripts, so each is atomic. Terminal states are final:
 a second `done` for a redelivered job is a no-op, which is what makes completion
@@ -140,7 +141,6 @@ end
 return 0
 """
 
-APPLIED, REFUSED, MISSING, STALE, BUSY = Applied.applied, Applied.refused, Applied.missing, Applied.stale, Applied.busy
 
 
 @dataclass(frozen=True)
