@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[models,experiments,dev]'
+	$(PY) -m pip install --quiet -e '.[serve,models,experiments,dev]'
 	touch $(STAMP)
 
 services:

@@ -2,7 +2,7 @@
 
     .venv/bin/python docker/lock.py        # after changing pyproject.toml's dependencies
 
-docker/requirements-slim.txt  the closure of [project.dependencies]: router and controller
+docker/requirements-slim.txt  the closure of [project.dependencies] and the `serve` extra: api, router, controller
 docker/requirements-gpu.txt   the same plus the `models` extra (torch, diffusers, ...): workers and judge
 
 Every package the roots need, transitively, at the exact version installed here (markers are
@@ -69,8 +69,10 @@ def render(pins: dict[str, str], title: str) -> str:
 
 def locks() -> dict[str, str]:
     return {
-        "slim": render(closure(project_roots()), "router and controller: pyproject's dependencies"),
-        "gpu": render(closure(project_roots(("models",))), "workers and judge: dependencies + the models extra"),
+        "slim": render(closure(project_roots(("serve",))),
+                       "api, router and controller: pyproject's dependencies + the serve extra"),
+        "gpu": render(closure(project_roots(("serve", "models"))),
+                      "workers and judge: dependencies + the serve and models extras"),
     }
 
 

@@ -120,7 +120,7 @@ def test_compose_builds_targets_that_exist():
     assert targets == {"slim", "gpu"} and targets <= set(stages())
 
 
-@pytest.mark.parametrize("kind, extras", [("slim", ()), ("gpu", ("models",))])
+@pytest.mark.parametrize("kind, extras", [("slim", ("serve",)), ("gpu", ("serve", "models"))])
 def test_locks_pin_every_dependency_within_pyproject_bounds(kind, extras):
     pins = lock(kind)
     lines = list(project()["dependencies"])
