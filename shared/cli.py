@@ -106,6 +106,53 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def api_key(args: argparse.Namespace) -> int:
+    """Keys of the HTTP api's tenants: a new key is printed once; only its salted hash is stored."""
+    from shared import apikeys
+    from shared.policies.tenancy import Limits
+    from shared.settings import get_settings
+    from shared.store import Store
+
+    settings = get_settings()
+    store = await Store.connect(settings)
+    try:
+        if args.action == "create":
+            key, stored = apikeys.new_key(args.tenant)
+            await store.put_api_key(stored)
+            limits = None
+            if args.rate is not None or args.burst is not None or args.max_active is not None:
+                current = await store.tenant_limits(args.tenant) or Limits(
+                    settings.api_rate_per_s, settings.api_burst, settings.api_max_active)
+                limits = Limits(args.rate if args.rate is not None else current.rate,
+                                args.burst if args.burst is not None else current.burst,
+                                args.max_active if args.max_active is not None else current.max_active)
+                await store.set_tenant_limits(args.tenant, limits)
+            limits = limits or await store.tenant_limits(args.tenant)
+            print_json({"key": key, "key_id": stored.key_id, "tenant": stored.tenant,
+                        "limits": vars(limits) if limits else "the defaults (HADIS_API_RATE_PER_S, ...)",
+                        "note": "shown once: only a salted hash is stored"})
+        elif args.action == "list":
+            print_json([{"key_id": key.key_id, "tenant": key.tenant, "created_at": key.created_at}
+                        for key in await store.api_keys()])
+        else:
+            if not await store.delete_api_key(args.key_id):
+                print_json({"key_id": args.key_id, "error": "no such key"})
+                return 1
+            print_json({"key_id": args.key_id, "revoked": True,
+                        "note": f"api replicas trust a checked key up to {settings.api_key_cache_s:g} s"})
+    finally:
+        await store.close()
+    return 0
+
+
+def tenant_name(text: str) -> str:
+    from shared.schemas import valid_tenant
+
+    if not valid_tenant(text):
+        raise argparse.ArgumentTypeError("1-64 of a-z 0-9 _ -, starting with a letter or digit")
+    return text
+
+
 def schema(args: argparse.Namespace) -> int:
     print_json(Job.model_json_schema())
     return 0
@@ -141,8 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=set_plan)
 
     p = commands.add_parser("serve", help="run one service, or all of them under a supervisor")
-    p.add_argument("service", choices=["all", "router", "worker", "judge", "controller", "agent"])
+    p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent"])
     p.set_defaults(handler=serve)
+
+    p = commands.add_parser("api-key", help="make, list or revoke the HTTP api's keys (one tenant each)")
+    keys = p.add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="a new key for a tenant, printed once")
+    create.add_argument("--tenant", required=True, type=tenant_name)
+    create.add_argument("--rate", type=float, help="the tenant's requests per second (all its keys)")
+    create.add_argument("--burst", type=int, help="requests at once above the rate")
+    create.add_argument("--max-active", type=int, help="jobs in flight (not yet terminal)")
+    keys.add_parser("list", help="key ids and tenants (never the keys)")
+    revoke = keys.add_parser("revoke", help="delete a key")
+    revoke.add_argument("key_id")
+    p.set_defaults(handler=api_key)
 
     p = commands.add_parser("schema", help="print the Job JSON Schema")
     p.set_defaults(handler=schema)

@@ -14,6 +14,10 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_slo_violations_total{tier,reason}    late | expired | failed (every service that writes a terminal state)
     hadis_plan_version, hadis_plan_share{kind}, hadis_plan_batch_size{tier}   the plan this process applies
     hadis_gpu_memory_bytes{gpu,kind}           used | total per visible GPU, read from nvidia-smi where present
+    hadis_api_requests_total{route,code,tenant}  HTTP requests answered (api); tenant "-" before a key is checked
+    hadis_api_request_seconds{route}           time to answer (an images request includes its wait)
+    hadis_api_jobs_accepted_total{tenant}      jobs the api published (202, or an images request's jobs)
+    hadis_api_refused_total{tenant,reason}     auth | rate | quota | invalid | unavailable | busy
 
 The escalation rate is a ratio of counters, computed where it is read, e.g. in PromQL:
     sum(rate(hadis_judge_verdicts_total{verdict="escalated"}[1m])) / sum(rate(hadis_judge_verdicts_total[1m]))
@@ -77,6 +81,13 @@ DEAD_LETTERS_PARKED = Counter("hadis_dead_letters_parked", "Dead letters the con
                               "(kept in <ns>.dead)", ["reason"], registry=REGISTRY)
 STORE_MEMORY = Gauge("hadis_store_memory_bytes", "Redis memory: used, and its maxmemory (0: unbounded)", ["kind"],
                      registry=REGISTRY)
+API_REQUESTS = Counter("hadis_api_requests", "HTTP requests answered", ["route", "code", "tenant"],
+                       registry=REGISTRY)
+API_SECONDS = Histogram("hadis_api_request_seconds", "Seconds to answer an HTTP request", ["route"],
+                        buckets=LATENCY_BUCKETS, registry=REGISTRY)
+API_JOBS = Counter("hadis_api_jobs_accepted", "Jobs the api published", ["tenant"], registry=REGISTRY)
+API_REFUSED = Counter("hadis_api_refused", "Requests the api refused, by reason", ["tenant", "reason"],
+                      registry=REGISTRY)
 PLAN_VERSION = Gauge("hadis_plan_version", "Version of the plan this process applies", registry=REGISTRY)
 PLAN_SHARE = Gauge("hadis_plan_share", "The plan's fractions: r (routed), d (escalated), heavy (h = r + (1-r)d)",
                    ["kind"], registry=REGISTRY)
@@ -206,3 +217,16 @@ def observe_parked_dead_letter(reason: str) -> None:
 def observe_store_memory(used: int, maxmemory: int) -> None:
     STORE_MEMORY.labels(kind="used").set(used)
     STORE_MEMORY.labels(kind="max").set(maxmemory)
+
+
+def observe_api_request(route: str, code: int, tenant: str, seconds: float) -> None:
+    API_REQUESTS.labels(route, str(code), tenant).inc()
+    API_SECONDS.labels(route).observe(seconds)
+
+
+def observe_api_accepted(tenant: str, jobs: int) -> None:
+    API_JOBS.labels(tenant).inc(jobs)
+
+
+def observe_api_refused(tenant: str, reason: str) -> None:
+    API_REFUSED.labels(tenant, reason).inc()

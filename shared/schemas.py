@@ -46,6 +46,11 @@ MAX_JOB_ID_CHARS = 128
 _JOB_ID_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_JOB_ID_CHARS}}}")
 JOB_ID_PATTERN = f"^{_JOB_ID_RE.pattern}$"  # the same rule in JSON Schema (ECMA-262: `$` is the very end)
 
+# A tenant (the HTTP api's unit of keys, quotas and visibility) is named in metrics labels, logs and
+# job records: lower-case ASCII letters, digits, `_` and `-`, 1-64 characters, not starting with `_`/`-`.
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+TENANT_PATTERN = f"^{_TENANT_RE.pattern}$"
+
 # Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) other than tab, newline
 # and carriage return: refused in every text a caller sends (they garble logs and terminals).
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -54,6 +59,10 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 def valid_job_id(text: object) -> bool:
     """The one rule for a job id, applied by `Job` and by `job_id_of` alike."""
     return isinstance(text, str) and _JOB_ID_RE.fullmatch(text) is not None
+
+
+def valid_tenant(name: object) -> bool:
+    return isinstance(name, str) and _TENANT_RE.fullmatch(name) is not None
 
 
 def _checked_job_id(job_id: str) -> str:
@@ -132,6 +141,10 @@ class Job(Strict):
     deadline: UnixTime | None = Field(default=None,
                                       description="Unix time after which the job is expired, not generated.")
     submitted_at: UnixTime = Field(default_factory=now, description="Unix time the caller submitted the job.")
+    tenant: str | None = Field(
+        default=None, pattern=TENANT_PATTERN,
+        description="Who the job is for. The HTTP api sets it from the caller's key (a tenant sees only its own "
+                    "jobs there); an AMQP producer is trusted to set it (docs/security.md).")
     metadata: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Stored with the record, never interpreted.",
         json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
@@ -230,6 +243,7 @@ class JobRecord(Strict):
     escalated: bool = False
     plan_version: int | None = None
     error: str | None = None
+    tenant: str | None = None
     image_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)

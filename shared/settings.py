@@ -117,6 +117,31 @@ class Settings(BaseSettings):
     redis_memory_warn: float = Field(default=0.8, gt=0, le=1,
                                      description="The controller warns when Redis uses this share of its maxmemory.")
 
+    # The HTTP api (services/api.py, docs/backends.md, docs/security.md).
+    api_host: str = Field(default="127.0.0.1", description="Address the api listens on (0.0.0.0 in containers).")
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_public_url: str | None = Field(default=None, max_length=500,
+                                       description="Base of the image URLs the api hands out; unset: the request's.")
+    api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 2**20, description="Largest request body.")
+    api_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=2**20,
+                                      description="Largest request line and headers, together.")
+    api_body_timeout_s: float = Field(default=10.0, gt=0, le=600,
+                                      description="A client must send its whole body within this time.")
+    api_max_connections: int = Field(default=1000, ge=1, le=100_000,
+                                     description="Open connections at once; beyond it the api answers 503.")
+    api_max_waiters: int = Field(default=1000, ge=1, le=100_000,
+                                 description="Images requests and event streams waiting at once; beyond it 503.")
+    api_max_n: int = Field(default=10, ge=1, le=100, description="Most images one images request may ask for.")
+    api_wait_grace_s: float = Field(default=5.0, ge=0, le=600,
+                                    description="An images request waits for its jobs until the deadline and this.")
+    api_rate_per_s: float = Field(default=10.0, gt=0, le=100_000,
+                                  description="A tenant's request rate, unless its own limits are set.")
+    api_burst: int = Field(default=20, ge=1, le=1_000_000, description="A tenant's burst, unless set.")
+    api_max_active: int = Field(default=100, ge=1, le=1_000_000,
+                                description="A tenant's jobs not yet terminal, unless set.")
+    api_key_cache_s: float = Field(default=30.0, ge=0, le=3600,
+                                   description="A checked key is trusted this long: a revoked key works at most so.")
+
     # Observability.
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="Serve Prometheus metrics on this port; unset: none.")

@@ -14,7 +14,17 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:lease:<name>       string the holder of a lease (the planning controller)
     ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
 
-State changes run as Lua scripts, so each is atomic. Terminal states are final:
+The HTTP api's keys (docs/security.md):
+
+    ns:api:key:<id>           hash   an API key's tenant, salt and salted hash; no TTL (revoked by deleting)
+    ns:api:tenant:<tenant>    hash   the tenant's limits (rate, burst, max_active); no TTL
+    ns:api:rate:<tenant>      string the tenant's GCRA time (shared/policies/tenancy.py), expires when idle
+    ns:api:slots:<tenant>     zset   the tenant's jobs not yet terminal, scored by when the slot lapses
+    ns:api:idem:<tenant>:<h>  string the job an Idempotency-Key (SHA-256 h) was given, for job_ttl_s
+    ns:api:url-secret         string the secret that signs image URLs, made once; no TTL
+
+Job keys, and the api's rate and idempotency keys, have TTLs; keys, tenants and the URL secret are
+configuration and last until deleted. State changes run as Lua scripts, so each is atomic. Terminal states are final:
 a second `done` for a redelivered job is a no-op, which is what makes completion
 idempotent (exactly one visible result per job).
 """
@@ -22,6 +32,7 @@ idempotent (exactly one visible result per job).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +43,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.apikeys import StoredKey
 from shared.errors import StoreRejected, Unavailable
 from shared.outcome import Applied, Outcome
+from shared.policies.tenancy import Limits
 from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
 from shared.settings import Settings
 
@@ -132,6 +145,25 @@ end
 return {{1, current}}
 """
 
+# KEYS: the rate key. ARGV: the expected value ("" when none), the new value, its TTL in ms.
+_SWAP = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: a tenant's slots. ARGV: now, job id, when its slot lapses, the limit, the key's TTL in ms.
+# Lapsed slots are dropped first; a job that holds a slot already keeps it (a retried request).
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -207,6 +239,8 @@ class Store:
         self._redis = client
         self._transition = client.register_script(_TRANSITION)
         self._lease = client.register_script(_LEASE)
+        self._swap = client.register_script(_SWAP)
+        self._take_slot = client.register_script(_TAKE_SLOT)
 
     @classmethod
     async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> Store:
@@ -518,6 +552,77 @@ class Store:
         """Take or renew a lease; False while another holder has it (one planning controller)."""
         return bool(await self._call(self._lease, keys=[f"{self.ns}:lease:{name}"],
                                      args=[holder, int(ttl_s * 1000)]))
+
+    # The HTTP api: keys, tenants' limits, rate state, quota slots, idempotency keys.
+    def _api(self, *parts: str) -> str:
+        return ":".join((self.ns, "api", *parts))
+
+    async def put_api_key(self, stored: StoredKey) -> None:
+        await self._call(self._redis.hset, self._api("key", stored.key_id), mapping=stored.as_fields())
+
+    async def get_api_key(self, key_id: str) -> StoredKey | None:
+        fields = await self._call(self._redis.hgetall, self._api("key", key_id))
+        if not fields:
+            return None
+        return StoredKey.from_fields(key_id, {k.decode(): v.decode() for k, v in fields.items()})
+
+    async def api_keys(self) -> list[StoredKey]:
+        async def scan() -> list[str]:
+            return [key.decode() async for key in self._redis.scan_iter(match=self._api("key", "*"), count=1000)]
+
+        found = [await self.get_api_key(key.rsplit(":", 1)[1]) for key in await self._call(scan)]
+        return sorted((key for key in found if key is not None), key=lambda key: key.created_at)
+
+    async def delete_api_key(self, key_id: str) -> bool:
+        return bool(await self._call(self._redis.delete, self._api("key", key_id)))
+
+    async def set_tenant_limits(self, tenant: str, limits: Limits) -> None:
+        await self._call(self._redis.hset, self._api("tenant", tenant),
+                         mapping={"rate": repr(limits.rate), "burst": limits.burst, "max_active": limits.max_active})
+
+    async def tenant_limits(self, tenant: str) -> Limits | None:
+        fields = await self._call(self._redis.hgetall, self._api("tenant", tenant))
+        if not fields:
+            return None
+        values = {k.decode(): v.decode() for k, v in fields.items()}
+        return Limits(float(values["rate"]), int(values["burst"]), int(values["max_active"]))
+
+    async def rate_tat(self, tenant: str) -> tuple[str, float | None]:
+        """The tenant's GCRA time, as stored (for swap_rate_tat) and as a number (None: none yet)."""
+        raw = await self._call(self._redis.get, self._api("rate", tenant))
+        return (raw.decode(), float(raw)) if raw else ("", None)
+
+    async def swap_rate_tat(self, tenant: str, expected: str, tat: float, ttl_s: float) -> bool:
+        """Store the tenant's new GCRA time if nobody changed it since it was read (another replica)."""
+        return bool(await self._call(self._swap, keys=[self._api("rate", tenant)],
+                                     args=[expected, repr(tat), max(int(ttl_s * 1000), 1)]))
+
+    async def take_slot(self, tenant: str, job_id: str, lapses_at: float, limit: int, now: float) -> bool:
+        """A quota slot for the job (False: the tenant has `limit` jobs in flight)."""
+        ttl_ms = max(int((lapses_at - now) * 1000), 1)
+        return bool(await self._call(self._take_slot, keys=[self._api("slots", tenant)],
+                                     args=[repr(now), job_id, repr(lapses_at), limit, ttl_ms]))
+
+    async def slots(self, tenant: str) -> list[str]:
+        return [raw.decode() for raw in await self._call(self._redis.zrange, self._api("slots", tenant), 0, -1)]
+
+    async def release_slots(self, tenant: str, job_ids: list[str]) -> None:
+        if job_ids:
+            await self._call(self._redis.zrem, self._api("slots", tenant), *job_ids)
+
+    async def claim_idempotency_key(self, tenant: str, key_digest: str, value: str) -> str | None:
+        """Bind an Idempotency-Key to `value` for job_ttl_s; the value it was bound to already, if any."""
+        key = self._api("idem", tenant, key_digest)
+        if await self._call(self._redis.set, key, value, nx=True, ex=self.ttl):
+            return None
+        existing = await self._call(self._redis.get, key)
+        return existing.decode() if existing else None
+
+    async def url_secret(self) -> bytes:
+        """The secret that signs image URLs: made by the first api replica, shared by all."""
+        key = self._api("url-secret")
+        await self._call(self._redis.set, key, secrets.token_hex(32), nx=True)
+        return await self._call(self._redis.get, key)
 
     # Housekeeping (tests, experiments).
     async def delete_namespace(self) -> int:

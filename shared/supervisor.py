@@ -1,5 +1,5 @@
 """Runs the services as child processes on one machine (`hadis serve all`, `make run`): the
-controller, the router, the quality judge and this host's agent, which in turn runs one worker
+controller, the router, the quality judge, the HTTP api and this host's agent, which in turn runs one worker
 per GPU (light or heavy, as the plan assigns). It restarts a child that dies, with exponential
 backoff (shared/policies/restarts.py: 0.5 s doubling to 30 s, forgotten after 60 s up), and never
 gives up on one: a child that dies because RabbitMQ or Redis is restarting comes back when they
@@ -61,6 +61,7 @@ def default_children() -> list[Child]:
         Child("controller", "services.controller", {}),
         Child("router", "services.router", {}),
         Child("judge", "services.judge", {}),
+        Child("api", "services.api", {}),
         Child("agent", "services.agent", {}),  # last: its workers take the ports after its own
     ]
     base = get_settings().metrics_port

@@ -1,0 +1,165 @@
+"""The HTTP api's request and response shapes, and the rules that turn a request into jobs.
+
+Framework-free (pydantic only), so the rules are tested without a server. `services/api.py` serves
+them.
+
+**The OpenAI Images API** (`POST /v1/images/generations`), as OpenAI's clients send it:
+`prompt`, `n` (1 to HADIS_API_MAX_N), `size` (`WIDTHxHEIGHT`, each 64-2048 and a multiple of 8, or
+`auto` = 512x512), `response_format` (`b64_json`, the default, or `url`), `output_format` (`png`
+only), `user` (kept in the job's metadata), `quality` and `style` (accepted and ignored: hadis picks
+the model per prompt within the latency objective; that is its whole point), and `model`:
+
+* `model` names a latency class. `hadis` (the default) is the deployment's SLO (HADIS_SLO_S).
+  `hadis-<N>s` asks for an SLO of N seconds (1-3600), e.g. `hadis-10s`. OpenAI's own image model
+  names (`dall-e-2`, `dall-e-3`, `gpt-image-1`, `gpt-image-1-mini`) are aliases of `hadis`, so
+  clients that hard-code one work unchanged. Anything else is 404 `model_not_found`.
+
+Fields OpenAI has and hadis cannot honour (`stream`, `partial_images`, a transparent `background`,
+other output formats) are refused with 400 naming the field, never silently dropped."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.schemas import MAX_SIDE, MAX_SLO_S, MIN_SIDE, Job, JobRecord, check_printable
+
+DEFAULT_MODEL = "hadis"
+OPENAI_ALIASES = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini")
+_SLO_MODEL_RE = re.compile(r"hadis-([0-9]{1,4})s")
+_SIZE_RE = re.compile(r"([0-9]{2,4})x([0-9]{2,4})")
+DEFAULT_SIZE = (512, 512)
+MAX_USER_CHARS = 256
+
+
+class ApiError(Exception):
+    """An error the api answers in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def not_found(what: str = "job") -> ApiError:
+    # The same answer for "no such job" and "another tenant's job": an id reveals nothing.
+    return ApiError(404, f"no such {what}", code="not_found")
+
+
+class ImagesRequest(BaseModel):
+    """The body of `POST /v1/images/generations`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(description="What to draw (the Job contract's bounds apply).")
+    model: str | None = Field(default=None, description="A latency class: hadis, hadis-<N>s, or an OpenAI alias.")
+    n: int = Field(default=1, ge=1, description="How many images (separate jobs, distinct seeds).")
+    size: str | None = Field(default=None, description="WIDTHxHEIGHT (64-2048, multiples of 8) or auto (512x512).")
+    response_format: Literal["b64_json", "url"] | None = Field(default=None, description="Default b64_json.")
+    output_format: Literal["png"] | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS, description="Kept in the job's metadata.")
+    quality: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
+    style: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
+    moderation: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
+    background: Literal["auto", "opaque"] | None = None
+    stream: Literal[False] | None = None
+
+    @field_validator("user")
+    @classmethod
+    def user_is_printable(cls, user: str | None) -> str | None:
+        return check_printable(user, "user") if user is not None else None
+
+
+def slo_of_model(model: str | None, default_slo_s: float) -> float:
+    """The latency objective a `model` asks for (see the module's docstring)."""
+    if model is None or model == DEFAULT_MODEL or model in OPENAI_ALIASES:
+        return default_slo_s
+    match = _SLO_MODEL_RE.fullmatch(model)
+    if match and 1 <= int(match.group(1)) <= MAX_SLO_S:
+        return float(match.group(1))
+    raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists them", param="model",
+                   code="model_not_found")
+
+
+def parse_size(size: str | None) -> tuple[int, int]:
+    if size is None or size == "auto":
+        return DEFAULT_SIZE
+    match = _SIZE_RE.fullmatch(size)
+    if match:
+        width, height = int(match.group(1)), int(match.group(2))
+        if all(MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+            return width, height
+    raise bad_request(f"size must be WIDTHxHEIGHT, each {MIN_SIDE}-{MAX_SIDE} and a multiple of 8, or auto; "
+                      f"not {size!r}", param="size")
+
+
+def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: int,
+             job_ids: list[str]) -> list[Job]:
+    """The jobs an images request becomes: one per image, each with its own seed."""
+    if request.n > max_n:
+        raise bad_request(f"n must be at most {max_n}", param="n")
+    if len(job_ids) != request.n:
+        raise ValueError("one job id per image")
+    slo_s = slo_of_model(request.model, default_slo_s)
+    width, height = parse_size(request.size)
+    metadata: dict[str, str | int | float | bool | None] = {"api": "images"}
+    if request.user is not None:
+        metadata["user"] = request.user
+    submitted_at = time.time()
+    seeds = [secrets.randbits(32) for _ in job_ids]
+    try:
+        return [Job(job_id=job_id, prompt=request.prompt, width=width, height=height, slo_s=slo_s, seed=seed,
+                    submitted_at=submitted_at, tenant=tenant, metadata=metadata)
+                for job_id, seed in zip(job_ids, seeds, strict=True)]
+    except ValidationError as error:
+        raise from_validation(error) from None
+
+
+def from_validation(error: ValidationError) -> ApiError:
+    """A pydantic error as one readable 400: the first problem, with the field it is about."""
+    first = error.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"] if param is None else f"{param}: {first['msg']}"
+    more = len(error.errors()) - 1
+    return bad_request(message + (f" (and {more} more)" if more else ""), param=param)
+
+
+def image_data(record: JobRecord, png: bytes | None, response_format: str, url: str) -> dict:
+    """One entry of the response's `data`."""
+    if response_format == "url":
+        return {"url": url, "revised_prompt": None}
+    if png is None:
+        raise ApiError(500, "the job is done but its image is no longer stored", type="server_error",
+                       code="image_missing")
+    return {"b64_json": base64.b64encode(png).decode(), "revised_prompt": None}
+
+
+def unserved_error(record: JobRecord) -> ApiError:
+    """The answer for a job that ended without an image."""
+    reason = record.error or record.state.value
+    if record.state.value == "expired":
+        return ApiError(408, f"the job's deadline passed before it was served: {reason}", type="timeout",
+                        code="deadline_exceeded")
+    if reason.startswith("422"):
+        return bad_request(f"the job was refused: {reason}", code="invalid_job")
+    return ApiError(500, f"the job failed: {reason}", type="server_error", code="job_failed")
+
+
+def models_list(created: int) -> dict:
+    """`GET /v1/models`: the latency classes (see the module's docstring)."""
+    names = [DEFAULT_MODEL, "hadis-<N>s", *OPENAI_ALIASES]
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "hadis"}
+                                       for name in names]}
