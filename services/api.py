@@ -499,6 +499,7 @@ def create_app(api: Api) -> FastAPI:
             return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
         return JSONResponse({"status": "ok", "waiters": api.waiters})
 
+    app.add_middleware(HeaderLimit, limit=settings.api_max_header_bytes)
     app.add_middleware(RequestMetrics)
     return app
 
@@ -555,6 +556,26 @@ class RequestMetrics:
             route = getattr(scope.get("route"), "path", "unmatched")
             tenant = scope.get("state", {}).get("tenant", ANONYMOUS)
             metrics.observe_api_request(route, status, tenant, time.monotonic() - started)
+
+
+class HeaderLimit:
+    """431 for a request line and headers larger than HADIS_API_MAX_HEADER_BYTES together. The HTTP
+    server bounds headers that arrive in pieces (h11's incomplete-event limit) but not ones that
+    arrive in one read; this bounds both."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
+                sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.limit:
+                error = ApiError(431, f"the request's headers are larger than {self.limit} bytes",
+                                 code="headers_too_large")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Server(uvicorn.Server):

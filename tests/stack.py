@@ -7,13 +7,16 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from services import controller, judge, router, worker
+import httpx
+
+from services import api, controller, judge, router, worker
 from shared.bus import Bus
 from shared.client import Client
 from shared.schemas import Job, JobRecord, Plan, Tier
 from shared.service import Service, ServiceMain, serve
 from shared.settings import Settings
 from shared.store import Store
+from tests.helpers import free_port
 
 PLAN_APPLIED_S = 30.0
 
@@ -115,3 +118,28 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         assert not crashed, f"services crashed: {crashed}"
 
 
+
+
+@asynccontextmanager
+async def running_api(settings: Settings, timeout_s: float = 60.0) -> AsyncIterator[str]:
+    """The api service in this process on a free port, until the block ends; yields its base URL."""
+    settings = settings.model_copy(update={"api_port": free_port()})
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve("api", api.main, settings, stopping), name="api")
+    base = f"http://127.0.0.1:{settings.api_port}"
+    try:
+        give_up_at = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            while True:
+                assert not task.done(), f"the api stopped: {task.exception() if not task.cancelled() else 'cancelled'}"
+                try:
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < give_up_at, f"the api did not answer /healthz in {timeout_s} s"
+                await asyncio.sleep(0.1)
+        yield base
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 60)

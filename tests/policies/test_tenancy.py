@@ -1,0 +1,63 @@
+"""The api's rate limit (GCRA) and quota slot rule, without a broker or a store."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.policies.tenancy import SLOT_GRACE_S, Limits, rate_decision, retry_after_header, slot_expires_at
+
+LIMITS = Limits(rate=2.0, burst=4, max_active=10)
+
+
+def run(times: list[float], limits: Limits = LIMITS, cost: int = 1) -> list[bool]:
+    tat, admitted = None, []
+    for now in times:
+        decision = rate_decision(tat, now, limits, cost)
+        admitted.append(decision.allowed)
+        tat = decision.tat
+    return admitted
+
+
+def test_a_burst_is_admitted_then_the_rate():
+    assert run([100.0] * 6) == [True] * 4 + [False] * 2
+    # Half a second later (rate 2/s) one more fits, not two.
+    assert run([100.0] * 4 + [100.5, 100.5]) == [True] * 5 + [False]
+
+
+def test_a_refusal_says_when_to_retry_and_does_not_cost():
+    tat = None
+    for _ in range(4):
+        tat = rate_decision(tat, 100.0, LIMITS).tat
+    refused = rate_decision(tat, 100.0, LIMITS)
+    assert not refused.allowed and refused.tat == tat and refused.retry_after_s == pytest.approx(0.5)
+    assert rate_decision(tat, 100.0 + refused.retry_after_s, LIMITS).allowed
+
+
+def test_an_idle_tenant_gets_its_burst_back_but_no_more():
+    assert run([0.0] * 4 + [1000.0] * 5) == [True] * 4 + [True] * 4 + [False]
+
+
+def test_a_cost_counts_as_that_many_requests():
+    assert run([0.0, 0.0, 0.0], cost=2) == [True, True, False]
+    assert not rate_decision(None, 0.0, LIMITS, cost=5).allowed  # above the burst: never
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=200))
+def test_never_more_than_burst_plus_rate_times_elapsed(offsets):
+    times = sorted(offsets)
+    admitted = [t for t, ok in zip(times, run(times), strict=True) if ok]
+    if admitted:
+        assert len(admitted) <= LIMITS.burst + LIMITS.rate * (admitted[-1] - admitted[0]) + 1e-6
+
+
+@pytest.mark.parametrize("rate, burst, active", [(0, 1, 1), (-1, 1, 1), (float("inf"), 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_limits_are_checked(rate, burst, active):
+    with pytest.raises(ValueError):
+        Limits(rate, burst, active)
+
+
+def test_slots_and_retry_after():
+    assert slot_expires_at(1000.0) == 1000.0 + SLOT_GRACE_S
+    assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"

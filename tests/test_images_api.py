@@ -1,0 +1,86 @@
+"""The OpenAI Images API's rules, without a server: model names, sizes, the jobs a request becomes,
+and what an unserved job answers."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared.images_api import (
+    ApiError,
+    ImagesRequest,
+    jobs_for,
+    models_list,
+    parse_size,
+    slo_of_model,
+    unserved_error,
+)
+from shared.schemas import JobRecord, JobState
+
+
+@pytest.mark.parametrize("model, slo", [(None, 6.0), ("hadis", 6.0), ("dall-e-3", 6.0), ("gpt-image-1", 6.0),
+                                        ("hadis-10s", 10.0), ("hadis-1s", 1.0), ("hadis-3600s", 3600.0)])
+def test_models_are_latency_classes(model, slo):
+    assert slo_of_model(model, 6.0) == slo
+
+
+@pytest.mark.parametrize("model", ["sdxl", "hadis-0s", "hadis-3601s", "hadis-10", "HADIS", "hadis-1.5s"])
+def test_unknown_models_are_404(model):
+    with pytest.raises(ApiError) as error:
+        slo_of_model(model, 6.0)
+    assert error.value.status == 404 and error.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("size, expected", [(None, (512, 512)), ("auto", (512, 512)), ("1024x768", (1024, 768)),
+                                            ("64x2048", (64, 2048))])
+def test_sizes(size, expected):
+    assert parse_size(size) == expected
+
+
+@pytest.mark.parametrize("size", ["1024", "63x64", "64x2056", "100x100", "0x0", "512X512", " 512x512", "-64x64"])
+def test_bad_sizes(size):
+    with pytest.raises(ApiError) as error:
+        parse_size(size)
+    assert error.value.status == 400 and error.value.param == "size"
+
+
+def test_a_request_becomes_one_job_per_image_with_its_own_seed():
+    request = ImagesRequest(prompt="a fox", n=3, size="256x128", user="u-1", model="hadis-9s")
+    jobs = jobs_for(request, "acme", 6.0, 10, ["a", "b", "c"])
+    assert [job.job_id for job in jobs] == ["a", "b", "c"]
+    assert {(job.width, job.height, job.slo_s, job.tenant) for job in jobs} == {(256, 128, 9.0, "acme")}
+    assert len({job.seed for job in jobs}) == 3
+    assert jobs[0].metadata == {"api": "images", "user": "u-1"}
+
+
+def test_n_and_the_job_bounds_apply():
+    with pytest.raises(ApiError) as error:
+        jobs_for(ImagesRequest(prompt="a fox", n=11), "acme", 6.0, 10, ["x"] * 11)
+    assert error.value.param == "n"
+    with pytest.raises(ApiError) as error:
+        jobs_for(ImagesRequest(prompt="x" * 2001), "acme", 6.0, 10, ["x"])
+    assert error.value.status == 400 and error.value.param == "prompt"
+
+
+@pytest.mark.parametrize("body", [{"prompt": "a", "stream": True}, {"prompt": "a", "partial_images": 2},
+                                  {"prompt": "a", "background": "transparent"}, {"prompt": "a", "n": 0},
+                                  {"prompt": "a", "output_format": "jpeg"}, {"prompt": "a", "user": "\x00"}])
+def test_what_cannot_be_honoured_is_refused(body):
+    with pytest.raises(ValidationError):
+        ImagesRequest.model_validate(body)
+
+
+@pytest.mark.parametrize("state, error, status", [
+    (JobState.expired, "408 Expired: deadline passed", 408),
+    (JobState.failed, "422 InvalidJob: bad", 400),
+    (JobState.failed, "424 BackendFailed: the model raised", 500),
+])
+def test_unserved_jobs_answer_by_what_happened(state, error, status):
+    answer = unserved_error(JobRecord(job_id="j", state=state, error=error))
+    assert answer.status == status and error in answer.message
+    assert set(answer.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_models_list_has_the_openai_shape():
+    listed = models_list(0)
+    assert listed["object"] == "list" and all(entry["object"] == "model" for entry in listed["data"])
