@@ -86,6 +86,9 @@ class Api:
         self.url_secret = url_secret
         self._keys: dict[str, tuple[apikeys.StoredKey, float]] = {}  # key id -> (key, when checked)
         self.waiters = 0
+        # One rate check per tenant at a time in this process: the compare-and-set then only
+        # contends with other replicas.
+        self._rate_locks: dict[str, asyncio.Lock] = {}
 
     # Who is calling.
     async def caller(self, request: Request) -> Caller:
@@ -121,6 +124,11 @@ class Api:
         if cost > caller.limits.burst:
             raise bad_request(f"{cost} images at once is more than this tenant's burst ({caller.limits.burst})",
                               param="n")
+        lock = self._rate_locks.setdefault(caller.tenant, asyncio.Lock())
+        async with lock:
+            await self._take_rate(caller, cost)
+
+    async def _take_rate(self, caller: Caller, cost: int) -> None:
         for _attempt in range(CAS_ATTEMPTS):
             raw, tat = await self.store.rate_tat(caller.tenant)
             now = time.time()
