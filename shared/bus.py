@@ -107,6 +107,12 @@ class Queues:
     def dead_letter_exchange(self) -> str:
         return f"{self.namespace}.dlx"
 
+    @property
+    def ingress_exchange(self) -> str:
+        """A fanout exchange whose one queue is `requests`: a producer allowed to write to it and
+        nothing else can submit jobs and do nothing more (docs/security.md)."""
+        return f"{self.namespace}.ingress"
+
     def tier(self, tier: Tier) -> str:
         return f"{self.namespace}.tier.{tier.value}"
 
@@ -241,8 +247,11 @@ class Bus:
         for name in (self.queues.dead, self.queues.dead_watch):
             queue = await channel.declare_queue(name, durable=True, arguments=dead_arguments)
             await queue.bind(dlx)
-        for name in self.queues.work:
-            await channel.declare_queue(name, durable=True, arguments=self._work_queue_arguments())
+        declared = {name: await channel.declare_queue(name, durable=True, arguments=self._work_queue_arguments())
+                    for name in self.queues.work}
+        ingress = await channel.declare_exchange(self.queues.ingress_exchange, aio_pika.ExchangeType.FANOUT,
+                                                 durable=True)
+        await declared[self.queues.requests].bind(ingress)
 
     async def publish(self, queue: str, payload: BaseModel | bytes, *, message_id: str | None = None) -> None:
         """Publish persistently to a queue and wait for the broker's confirm, for at most
@@ -339,6 +348,7 @@ class Bus:
         for name in (*self.queues.work, self.queues.dead, self.queues.dead_watch):
             await channel.queue_delete(name)
         await channel.exchange_delete(self.queues.dead_letter_exchange)
+        await channel.exchange_delete(self.queues.ingress_exchange)
         await channel.close()
 
     async def close(self) -> None:
