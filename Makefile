@@ -24,10 +24,10 @@ run: install services
 test: install services
 	$(PY) -m pytest -q -m "not slow"
 
-# Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/ and services/.
+# Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/, services/, hadis/.
 .PHONY: lint typecheck
 lint: install
-	$(VENV)/bin/ruff check shared services scripts tests
+	$(VENV)/bin/ruff check shared services hadis scripts tests
 
 typecheck: install
 	$(VENV)/bin/mypy
