@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-faults chaos soak drill bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-wheel test-faults chaos soak drill bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -24,10 +24,16 @@ run: install services
 test: install services
 	$(PY) -m pytest -q -m "not slow"
 
-# Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/ and services/.
+# What `pip install hadis` gives: the sdist and wheel built, the wheel alone installed into a fresh venv
+# outside the checkout (no torch), then plan, simulate, schema, the client's imports, and submit against
+# `hadis serve all` from this venv in a namespace of its own (about a minute).
+test-wheel: install services
+	$(PY) scripts/test_wheel.py
+
+# Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/, services/, hadis/.
 .PHONY: lint typecheck
 lint: install
-	$(VENV)/bin/ruff check shared services scripts tests
+	$(VENV)/bin/ruff check shared services hadis scripts tests
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -249,6 +249,8 @@ def terminal_count(record: JobRecord) -> int:
 
 
 # A Redis of a fault run's own: the machine's one serves everything else and is never killed.
+# Its flags come from the checkout's compose.yaml: the fault harness (make test-faults, chaos, soak,
+# drill) runs in a checkout only, never from an installed hadis.
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -3,12 +3,18 @@
 A profile is a JSON file under `profiles/` (see docs/profiles.md for where each
 number came from). Batch latency comes from measured points, interpolated
 linearly between them and extrapolated from the last two: never a fixed discount.
+
+`profiles/` (with the quality and Pareto tables, the reference prompts and the learned router)
+is package data of `hadis`: `hadis/profiles` links to it in a checkout, and the wheel carries a
+copy, so one `importlib.resources` lookup finds it in both; `HADIS_PROFILES_DIR` replaces it.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +23,24 @@ from pydantic import Field, field_validator
 
 from shared.schemas import Strict
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+def profiles_dir() -> Path:
+    """HADIS_PROFILES_DIR when set (a folder laid out as profiles/), else the packaged one.
+
+    Read from the environment, not from Settings: the settings themselves validate HADIS_PROFILE
+    against this folder, and the processes a service starts inherit the variable.
+    """
+    configured = os.environ.get("HADIS_PROFILES_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    packaged = resources.files("hadis") / "profiles"
+    if not isinstance(packaged, Path):  # a zip import: the readers below open files by path
+        raise RuntimeError(f"hadis's profiles are not a folder ({packaged!r}): install hadis unpacked "
+                           "(pip does), or set HADIS_PROFILES_DIR to a copy of profiles/")
+    return packaged
+
+
+PROFILES_DIR = profiles_dir()
 
 Family = Literal["sd", "sdxl", "sd3"]
 
@@ -82,7 +105,7 @@ def profile_path(name_or_path: str) -> Path:
     path = PROFILES_DIR / f"{name_or_path}.json"
     if not path.exists():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
-        raise FileNotFoundError(f"no profile {name_or_path!r}; known: {known}")
+        raise FileNotFoundError(f"no profile {name_or_path!r} in {PROFILES_DIR}; known: {known}")
     return path
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "profiles" / "reference"
+from shared.profiles import PROFILES_DIR
+
+REFERENCE_DIR = PROFILES_DIR / "reference"
 FEATURE_NAMES = (
     "prompt_length",
     "token_rarity",

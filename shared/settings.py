@@ -154,7 +154,11 @@ class Settings(BaseSettings):
     def plan_models_exist(self) -> Settings:
         from shared.profiles import load_profile
 
-        profile = load_profile(self.profile)
+        try:
+            profile = load_profile(self.profile)
+        except FileNotFoundError as error:
+            # Name the setting: a command's own --profile is not what failed here.
+            raise ValueError(f"HADIS_PROFILE={self.profile}: {error}") from None
         for name in (self.plan_light_model, self.plan_heavy_model):
             if name is not None:
                 profile.model(name)

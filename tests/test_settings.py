@@ -44,3 +44,10 @@ def test_unusable_model_cpus_stop_the_start(fields: dict, message: str) -> None:
                           ("emulated", "separate", True), ("tiny", "inline", False)])
 def test_where_the_model_runs(backend: str, choice: str, own: bool) -> None:
     assert Settings(backend=backend, model_process=choice).model_in_own_process is own
+
+
+def test_an_unknown_profile_names_the_setting_and_the_folder() -> None:
+    # A command's own --profile is not what failed: the error says HADIS_PROFILE, and where it looked.
+    expected = r"HADIS_PROFILE=no-such: no profile 'no-such' in .+; known: \[.*tiny-cpu"
+    with pytest.raises(ValidationError, match=expected):
+        Settings(profile="no-such")

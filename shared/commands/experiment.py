@@ -115,8 +115,13 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from shared.experiments.plots import differences_table, plot_comparison
-
+    try:
+        from shared.experiments.plots import differences_table, plot_comparison
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":
+            raise
+        sys.stderr.write("hadis compare draws figures with matplotlib: pip install 'hadis[experiments]'\n")
+        return 2
     paths = plot_comparison(Path(args.folder))
     if args.against:
         paths.append(differences_table(Path(args.folder), Path(args.against)))

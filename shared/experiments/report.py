@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from pydantic import Field
 
+from shared.logging import get_logger
 from shared.policies.pareto import QualityTable
 from shared.profiles import Profile
 from shared.schemas import Strict
@@ -257,7 +258,8 @@ def build_report(outcomes: list[JobOutcome], plans: list[PlanEvent], lookup: Fid
 
 
 def write_run(out_dir: Path, report: Report, series: list[dict[str, Any]], plans: list[PlanEvent]) -> list[Path]:
-    """report.json, timeseries.csv, plans.csv and the timeline figure."""
+    """report.json, timeseries.csv, plans.csv and the timeline figure (the figure only with the
+    `experiments` extra: matplotlib is not needed to run, or to read, a simulation)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_bytes(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
     with open(out_dir / "timeseries.csv", "w", newline="") as handle:
@@ -271,9 +273,16 @@ def write_run(out_dir: Path, report: Report, series: list[dict[str, Any]], plans
         for plan in plans:
             plan_writer.writerow((round(plan.t_s, 3), plan.light_model, plan.heavy_model, plan.r, plan.d,
                                   plan.light_gpus, plan.heavy_gpus))
-    from shared.experiments.plots import plot_run
-
-    return [out_dir / "report.json", out_dir / "timeseries.csv", out_dir / "plans.csv", plot_run(out_dir)]
+    written = [out_dir / "report.json", out_dir / "timeseries.csv", out_dir / "plans.csv"]
+    try:
+        from shared.experiments.plots import plot_run
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":
+            raise
+        get_logger(__name__).warning("no figure: matplotlib is not installed", folder=str(out_dir),
+                                     install="pip install 'hadis[experiments]'")
+        return written
+    return [*written, plot_run(out_dir)]
 
 
 def round_value(value: Any) -> Any:

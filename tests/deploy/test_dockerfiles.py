@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 LOCKS = {"slim": ROOT / "docker" / "requirements-slim.txt", "gpu": ROOT / "docker" / "requirements-gpu.txt"}
-FIRST_PARTY = {"shared", "services"}
+FIRST_PARTY = {"shared", "services", "hadis"}
 
 
 def hadolint() -> str | None:
@@ -114,6 +114,18 @@ def test_every_copied_path_exists_and_is_not_dockerignored():
             assert source.split("/")[0] not in ignored, f"COPY {source} is excluded by .dockerignore"
 
 
+def test_each_build_copies_every_first_party_package_and_what_its_links_point_to():
+    # hadis/profiles links to profiles/: an image with the one and not the other has no data.
+    linked = {(path.parent / path.readlink()).resolve().relative_to(ROOT).parts[0]
+              for path in (ROOT / "hadis").iterdir() if path.is_symlink()}
+    assert linked == {"profiles"}
+    builds = {name: {rest.split()[0] for keyword, rest in found if keyword == "COPY" and "--from=" not in rest}
+              for name, found in stages().items() if name.endswith("-build")}
+    assert set(builds) == {"slim-build", "gpu-build"}
+    for name, copied in builds.items():
+        assert FIRST_PARTY | linked <= copied, f"{name} does not copy {sorted(FIRST_PARTY | linked - copied)}"
+
+
 def test_compose_builds_targets_that_exist():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     targets = {service["build"]["target"] for service in compose["services"].values() if "build" in service}
@@ -152,7 +164,8 @@ def imported_modules(paths: list[Path]) -> set[str]:
 
 
 def image_sources(kind: str) -> list[Path]:
-    paths = [*(ROOT / "shared").rglob("*.py"), *(ROOT / "services").glob("*.py"), ROOT / "docker" / "healthcheck.py"]
+    paths = [*(ROOT / "shared").rglob("*.py"), *(ROOT / "services").glob("*.py"), *(ROOT / "hadis").glob("*.py"),
+             ROOT / "docker" / "healthcheck.py"]
     # The experiments' figures need the `experiments` extra (matplotlib): a development tool, not in the images.
     paths = [p for p in paths if p != ROOT / "shared" / "experiments" / "plots.py"]
     if kind == "slim":  # the model stack is never imported by the router and the controller

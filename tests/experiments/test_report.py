@@ -1,4 +1,5 @@
 import csv
+import sys
 
 import orjson
 import pytest
@@ -73,3 +74,16 @@ def test_a_run_folder_holds_the_report_the_series_the_plans_and_a_figure(lookup,
     rows = list(csv.DictReader(paths[1].open()))
     assert [row["completed"] for row in rows] == ["1", "0"] and rows[1]["fid"] == ""
     assert paths[3].read_bytes().startswith(b"\x89PNG")
+
+
+def test_without_matplotlib_a_run_folder_has_no_figure(lookup, tmp_path, monkeypatch):
+    # The base install (no `experiments` extra) still simulates and writes the report.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "shared.experiments.plots", raising=False)
+    plans = [PlanEvent(0.0, *PAIR, 0.2, 0.5, 1, 1)]
+    report, series = build_report([job(0.1, "done", 1.0)], plans, lookup, policy="hadis", mode="simulate",
+                                  trace="t", profile="paper-l40s-x10", slo_s=6.0, gpus=1, window_s=6.0,
+                                  duration_s=6.0, wall_s=0.0)
+    paths = write_run(tmp_path / "run", report, series, plans)
+    assert [path.name for path in paths] == ["report.json", "timeseries.csv", "plans.csv"]
+    assert not (tmp_path / "run" / "timeline.png").exists()
