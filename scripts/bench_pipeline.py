@@ -31,6 +31,7 @@ from shared.schemas import Job
 from shared.settings import Settings
 
 SERVICE_ENV = {
+    "HADIS_API_PORT": "0",  # the stack's api listens on a port of its own: nothing here uses it
     "HADIS_BACKEND": "emulated",
     "HADIS_JUDGE_BACKEND": "emulated",
     "HADIS_PROFILE": "paper-l40s-x10",

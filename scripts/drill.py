@@ -222,7 +222,8 @@ async def broker_restart(after_s: float, down_s: float, say: Timeline) -> None:
 
 # The stack.
 def start_stack(namespace: str, gpus: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "HADIS_NAMESPACE": namespace, "HADIS_EMULATED_GPUS": str(gpus)}
+    # The api on a port of its own (0: any free one): the drill submits over AMQP.
+    env = {**os.environ, "HADIS_NAMESPACE": namespace, "HADIS_EMULATED_GPUS": str(gpus), "HADIS_API_PORT": "0"}
     hadis = Path(sys.executable).with_name("hadis")
     with open(log_path, "ab") as log:
         return subprocess.Popen([str(hadis), "serve", "all"], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -170,7 +170,9 @@ def start_stack(namespace: str, log: Path) -> subprocess.Popen[bytes]:
     """`hadis serve all` from this checkout's virtualenv (the one with the models), in a session of its own."""
     hadis = Path(sys.executable).parent / "hadis"
     with open(log, "wb") as output:
-        return subprocess.Popen([str(hadis), "serve", "all"], cwd=ROOT, env=clean_env(HADIS_NAMESPACE=namespace),
+        # The stack's api on a port of its own (0: any free one): this test submits over AMQP.
+        env = clean_env(HADIS_NAMESPACE=namespace, HADIS_API_PORT="0")
+        return subprocess.Popen([str(hadis), "serve", "all"], cwd=ROOT, env=env,
                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
