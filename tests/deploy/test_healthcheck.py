@@ -11,7 +11,7 @@ import pytest
 
 from shared import metrics
 from tests.helpers import make_settings
-from tests.stack import running_stack
+from tests.stack import running_api, running_stack
 
 pytestmark = [pytest.mark.integration]
 
@@ -32,6 +32,9 @@ async def test_probe_follows_the_consumers_and_the_metrics_endpoint():
     port = str(server.server_port)
     try:
         async with running_stack(settings, services=("router",)):
+            # The router marks itself ready once it consumes (the probe a container runs, unaided).
+            code, output = await probe(settings.namespace, "router", "--metrics-port", port)
+            assert (code, output.strip()) == (0, "healthy"), output
             code, output = await probe(settings.namespace, "router")
             assert (code, output.strip()) == (0, "healthy")
             code, output = await probe(settings.namespace, "worker")
@@ -50,3 +53,22 @@ async def test_probe_follows_the_consumers_and_the_metrics_endpoint():
 async def test_probe_without_the_namespace_is_unhealthy():
     code, output = await probe(make_settings().namespace, "controller")
     assert code == 1 and "dead.watch" in output
+
+
+async def test_every_service_marks_itself_ready_as_it_runs():
+    """Each service's own main, run as a container runs it, turns its readiness on: nothing in the
+    test marks it (the router once never did, and its container never became healthy)."""
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="tiny-cpu", time_scale=0)
+    server = metrics.start_metrics_server(0, addr="127.0.0.1")
+    port = str(server.server_port)
+    for name in ("router", "judge", "worker", "controller", "api"):
+        metrics.mark_ready(name, False)
+    try:
+        async with running_stack(settings, services=("controller", "router", "judge", "light")), \
+                running_api(settings):
+            for name in ("router", "judge", "worker", "controller", "api"):
+                code, output = await probe(settings.namespace, name, "--metrics-port", port)
+                assert (code, output.strip()) == (0, "healthy"), (name, output)
+    finally:
+        server.shutdown()
+        server.server_close()
