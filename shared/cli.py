@@ -145,6 +145,19 @@ async def api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(kind: type[int] | type[float]):
+    """An argparse type: a finite number above zero."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+        return value
+    return parse
+
+
 def tenant_name(text: str) -> str:
     from shared.schemas import valid_tenant
 
@@ -195,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = p.add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="a new key for a tenant, printed once")
     create.add_argument("--tenant", required=True, type=tenant_name)
-    create.add_argument("--rate", type=float, help="the tenant's requests per second (all its keys)")
-    create.add_argument("--burst", type=int, help="requests at once above the rate")
-    create.add_argument("--max-active", type=int, help="jobs in flight (not yet terminal)")
+    create.add_argument("--rate", type=positive(float), help="the tenant's requests per second (all its keys)")
+    create.add_argument("--burst", type=positive(int), help="requests at once above the rate")
+    create.add_argument("--max-active", type=positive(int), help="jobs in flight (not yet terminal)")
     keys.add_parser("list", help="key ids and tenants (never the keys)")
     revoke = keys.add_parser("revoke", help="delete a key")
     revoke.add_argument("key_id")

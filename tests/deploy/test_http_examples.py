@@ -41,12 +41,12 @@ def test_the_doc_has_tested_examples_of_both_kinds():
 
 
 async def run(kind: str, code: str, env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """The setup block, the api's real address, then the example (bash, or python from the setup's shell)."""
+    prelude = "set -euo pipefail\n" + setup_block() + f"export HADIS_API_URL={env['HADIS_API_URL']}\n"
     if kind == "sh":
-        command = ["bash", "-c", "set -euo pipefail\n" + setup_block() +
-                   f"export HADIS_API_URL={env['HADIS_API_URL']}\n" + code]
+        command = ["bash", "-c", prelude + code]
     else:
-        command = ["bash", "-c", "set -euo pipefail\n" + setup_block() + f"export HADIS_API_URL={env['HADIS_API_URL']}\n"
-                   f"exec {sys.executable} -c \"$EXAMPLE\""]
+        command = ["bash", "-c", prelude + f"exec {sys.executable} -c \"$EXAMPLE\""]
         env = {**env, "EXAMPLE": code}
     process = await asyncio.create_subprocess_exec(*command, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT)
