@@ -422,7 +422,13 @@ def create_app(api: Api) -> FastAPI:
         caller = await api.caller(request)
         digest = idempotency_digest(request.headers.get("idempotency-key"))
         data, body = await read_json(request, settings.api_max_body_bytes, settings.api_body_timeout_s)
-        job_id, replay = new_job_id(), False
+        try:
+            job = job_from_body(data, caller.tenant, new_job_id())
+        except ApiError:
+            metrics.observe_api_refused(caller.tenant, "invalid")
+            raise
+        # The key is bound only to a valid body: a client that fixes its body may retry with the same key.
+        job_id, replay = job.job_id, False
         if digest is not None:
             body_digest = hashlib.sha256(body).hexdigest()
             existing = await api.store.claim_idempotency_key(caller.tenant, digest, f"{job_id} {body_digest}")
@@ -431,12 +437,7 @@ def create_app(api: Api) -> FastAPI:
                 if first_body != body_digest:
                     raise bad_request("this Idempotency-Key was used with another body", param="Idempotency-Key",
                                       code="idempotency_key_reused")
-                replay = True
-        try:
-            job = job_from_body(data, caller.tenant, job_id)
-        except ApiError:
-            metrics.observe_api_refused(caller.tenant, "invalid")
-            raise
+                job, replay = job.model_copy(update={"job_id": job_id}), True
         if replay and await api.store.get(job_id) is not None:
             return JSONResponse({"id": job_id, "object": "job", "status": "accepted"}, status_code=202,
                                 headers={"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"})

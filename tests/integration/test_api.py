@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import time
 
@@ -190,6 +191,12 @@ async def test_idempotency_key_gives_one_job(deployment):
         record = await wait_done(http, first.json()["id"])
         assert record["state"] == "done"
         assert [t["state"] for t in record["history"]].count("generating") == 1
+    # A key is bound only to a valid body: the client that fixes its body may keep its key.
+    async with deployment.http(await deployment.key("idem3")) as http:
+        wrong = await http.post("/v1/jobs", json={**body, "width": 65}, headers={"Idempotency-Key": "fix-me"})
+        assert wrong.status_code == 400
+        fixed = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "fix-me"})
+        assert fixed.status_code == 202
     # Keys are per tenant: another tenant's same key is another job.
     async with deployment.http(await deployment.key("idem2")) as http:
         third = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-42"})
@@ -202,3 +209,21 @@ async def test_a_finished_job_cannot_be_cancelled(deployment):
         await wait_done(http, job_id)
         response = await http.delete(f"/v1/jobs/{job_id}")
         assert response.status_code == 409 and response.json()["error"]["code"] == "not_cancellable"
+
+
+async def test_a_retry_after_a_death_before_the_publish_publishes(deployment):
+    """The api bound the key, then died before the broker confirmed (nothing was published, no
+    record): the client's retry with the same key must publish the job, not answer 202 for nothing."""
+    key = await deployment.key("crashed")
+    body = orjson.dumps({"prompt": "a kite", "width": 64, "height": 64})
+    digest = hashlib.sha256(b"retry-7").hexdigest()
+    bound = await deployment.stack.store.claim_idempotency_key(
+        "crashed", digest, f"deadbeef00000000 {hashlib.sha256(body).hexdigest()}")
+    assert bound is None
+    async with deployment.http(key) as http:
+        retry = await http.post("/v1/jobs", content=body,
+                                headers={"Idempotency-Key": "retry-7", "content-type": "application/json"})
+        assert retry.status_code == 202 and retry.json()["id"] == "deadbeef00000000"
+        assert "idempotent-replayed" not in retry.headers
+        record = await wait_done(http, "deadbeef00000000")
+        assert record["state"] == "done"
