@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-wheel test-faults chaos soak drill bench-pipeline bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-wheel test-faults chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ drill: install services
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py
 
+# The HTTP api's front door vs AMQP's (accepted jobs/s, added latency at 100 jobs/s) and bench-pipeline's rate, one run.
+bench-api: install services
+	$(PY) scripts/bench_api.py $(BENCH_API_ARGS)
+
 # Bare generation loop vs queue -> worker -> store, tiny on the CPU and emulated; last line worker_efficiency.
 bench-worker: install services
 	$(PY) scripts/bench_worker.py
@@ -93,6 +97,7 @@ simulations: install
 		--profile paper-l40s-x10 --gpus 16 --slo 6 --out out/simulations/heldout_$${t}qps || exit 1; done
 
 # Locust against a running stack (default: make run's): a 60 s trace; reports in out/loadtest/.
+# LOADTEST_ARGS=--http: the same trace through the HTTP api (a key made if HADIS_API_KEY is unset), out/loadtest-http/.
 loadtest: install
 	bash scripts/loadtest.sh $(LOADTEST_ARGS)
 

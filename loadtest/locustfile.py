@@ -1,27 +1,43 @@
-"""Locust load test of a running hadis stack, through the public contract only (docs/jobs.md):
-jobs are published to `<ns>.requests` over AMQP and their results read from Redis, as any other
-backend would.
+"""Locust load test of a running hadis stack, through its public contracts only, in one of two ways:
+
+* `JobUser` (the default, `--via amqp`) as another backend would (docs/jobs.md): jobs are
+  published to `<ns>.requests` over AMQP and their results read from Redis;
+* `HttpJobUser` (`--via http`, `--http`, or `HADIS_LOADTEST_VIA=http`) as a client of the HTTP
+  api (services/api.py) with a key: `POST /v1/jobs`, then the job's event stream until its
+  terminal state; or, with `--http-route images`, `POST /v1/images/generations`, which answers
+  with the image, as OpenAI's clients do.
 
     locust -f loadtest/locustfile.py --headless --trace loadtest/traces/maf-peak-60s.csv \\
-        --csv out/loadtest/locust --html out/loadtest/report.html
+        --csv out/loadtest/locust --html out/loadtest/report.html [--http]
 
 `TraceShape` replays a trace file (`arrival_ms,prompt_id` lines; prompt i is line i of
-profiles/reference/prompts.txt): each arrival is published at its time by one of enough users
+profiles/reference/prompts.txt): each arrival is submitted at its time by one of enough users
 (open loop), and the test ends when every job has finished or timed out. Each job is reported to
-Locust as one request: type "job", name its path (light, heavy, escalated), response time its
-submit-to-done latency as this client saw it, so Locust's percentiles, CSV and HTML hold the
-latency distribution. Failed and expired jobs are Locust failures, and so are lost ones (not
-terminal within --job-timeout). The summary adds the SLO outcome; the exit code is non-zero when
-any job failed, expired or was lost, or when none was submitted.
+Locust as one request: type "job", name its path (light, heavy, escalated; `images` for the
+images route, whose answer does not say), response time its submit-to-done latency as this client
+saw it, so Locust's percentiles, CSV and HTML hold the latency distribution, the same rows for
+both users. Failed and expired jobs are Locust failures, and so are lost ones (not terminal within
+--job-timeout). The HTTP user's own calls are Locust rows too (type GET/POST, the route as name):
+`POST /v1/jobs` is the HTTP hop's cost. The summary adds the SLO outcome; the exit code is
+non-zero when any job failed, expired or was lost, or when none was submitted.
 
-Blocking clients (pika, redis-py), as Locust runs on gevent. Defaults come from the HADIS_*
-settings, so it targets `make run`'s stack (namespace `hadis`) unless told otherwise.
+Blocking clients (pika, redis-py, geventhttpclient), as Locust runs on gevent. Defaults come from
+the HADIS_* settings, so it targets `make run`'s stack (namespace `hadis`, api on
+127.0.0.1:8080) unless told otherwise.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import math
+import os
 import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +45,7 @@ import gevent
 import orjson
 import pika
 import redis
-from locust import LoadTestShape, User, events, task
+from locust import FastHttpUser, LoadTestShape, User, events, task
 from locust.env import Environment
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
@@ -42,6 +58,11 @@ DEFAULT_PROMPTS = ROOT / "profiles" / "reference" / "prompts.txt"
 TERMINAL = ("done", "failed", "expired")
 LAG_TOLERANCE_S = 1.0  # an arrival published later than this behind its trace time counts as lagging
 IDLE_POLL_S = 0.2
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+VIAS = ("amqp", "http")
+# Answers of the api that mean the job was not accepted (auth, rate limit, quota, ingress full):
+# the HTTP user's counterpart of a failed publish.
+NOT_ACCEPTED = (401, 403, 429, 503)
 
 log = logging.getLogger("hadis.loadtest")
 
@@ -60,6 +81,18 @@ def add_arguments(parser) -> None:
                        help="seconds after which a job not terminal counts as lost (default: 2 x slo + 30)")
     parser.add_argument("--max-users", type=int, default=200, help="most concurrent jobs in flight")
     parser.add_argument("--summary", default="", help="also write the summary here as JSON")
+    parser.add_argument("--via", default=os.environ.get("HADIS_LOADTEST_VIA", "amqp"), choices=VIAS,
+                        help="amqp: publish to the ingress queue and read Redis; http: through the api "
+                             "(default HADIS_LOADTEST_VIA, else amqp)")
+    # After --via: the first action of a dest gives its default.
+    parser.add_argument("--http", dest="via", action="store_const", const="http", include_in_web_ui=False,
+                        help="same as --via http")
+    parser.add_argument("--http-route", default="jobs", choices=("jobs", "images"),
+                        help="jobs: POST /v1/jobs, then the job's events; images: POST /v1/images/generations")
+    parser.add_argument("--api-url", default=os.environ.get("HADIS_API_URL", DEFAULT_API_URL),
+                        help="the api's base URL (HADIS_API_URL); --host overrides it")
+    parser.add_argument("--api-key", default=os.environ.get("HADIS_API_KEY", ""), is_secret=True,
+                        help="a key of the api (HADIS_API_KEY): hadis api-key create --tenant NAME")
 
 
 # ---- the trace and its progress -----------------------------------------------------------
@@ -130,10 +163,11 @@ class Tally:
 class Replay:
     """The trace being replayed: hands out arrivals in order, tracks jobs in flight."""
 
-    def __init__(self, arrivals: list[Arrival], prompts: list[str], options) -> None:
+    def __init__(self, arrivals: list[Arrival], prompts: list[str], options, via: str = "amqp") -> None:
         self.arrivals = arrivals
         self.prompts = prompts
         self.options = options
+        self.via = via  # amqp (JobUser) or http (HttpJobUser)
         self.slo_s = options.slo
         self.job_timeout_s = options.job_timeout or 2 * options.slo + 30
         self.users = users_needed(arrivals, min(self.slo_s, self.job_timeout_s), options.max_users)
@@ -183,10 +217,27 @@ def load_trace(environment: Environment, **kwargs) -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
     arrivals = read_trace(Path(options.trace), options.trace_speed)
     prompts = Path(options.prompts).read_text(encoding="utf-8").splitlines()
-    REPLAY = Replay(arrivals, prompts, options)
-    check_stack(options)
-    log.info("trace %s: %d arrivals over %.1f s, %d users, job timeout %.0f s, namespace %s",
-             options.trace, len(arrivals), arrivals[-1].at_s, REPLAY.users, REPLAY.job_timeout_s, options.namespace)
+    REPLAY = Replay(arrivals, prompts, options, via_of(options))
+    if REPLAY.via == "http":
+        target = check_api(environment, options)
+    else:
+        check_stack(options)
+        target = f"namespace {options.namespace}"
+    log.info("trace %s: %d arrivals over %.1f s, %d users, job timeout %.0f s, via %s, %s",
+             options.trace, len(arrivals), arrivals[-1].at_s, REPLAY.users, REPLAY.job_timeout_s, REPLAY.via, target)
+
+
+def via_of(options) -> str:
+    """amqp or http: from a user class named on the command line (`locust -f ... HttpJobUser`),
+    else --via / --http / HADIS_LOADTEST_VIA."""
+    named = list(getattr(options, "user_classes", None) or [])
+    if named:
+        if len(named) != 1 or named[0] not in VIA_OF_CLASS:
+            raise SystemExit(f"name one user class of {sorted(VIA_OF_CLASS)}, or none and --via amqp|http")
+        return VIA_OF_CLASS[named[0]]
+    if options.via not in VIAS:
+        raise SystemExit(f"--via / HADIS_LOADTEST_VIA must be one of {VIAS}, not {options.via!r}")
+    return options.via
 
 
 def check_stack(options) -> None:
@@ -206,12 +257,50 @@ def check_stack(options) -> None:
         raise SystemExit(f"no router consumes {queue}: start the stack (make run) or pass its --namespace")
 
 
+def check_api(environment: Environment, options) -> str:
+    """Point the HTTP user at the api, and refuse to start unless it is healthy and takes the key
+    (a wrong key would only measure 401s). The api's /healthz does not say whether a router
+    consumes its queue: a stack without one shows as lost jobs."""
+    url = (environment.host or options.api_url).rstrip("/")
+    HttpJobUser.host = url
+    # One read can last a whole job: the images route answers when the image is done.
+    HttpJobUser.network_timeout = REPLAY.job_timeout_s + 30.0
+    if not options.api_key:
+        raise SystemExit("--via http needs an api key: HADIS_API_KEY or --api-key "
+                         "(hadis api-key create --tenant NAME --rate R --burst B --max-active N)")
+    try:
+        health = http_get(f"{url}/healthz")
+        models = http_get(f"{url}/v1/models", auth_headers(options.api_key))
+    except OSError as error:
+        raise SystemExit(f"hadis api not reachable at {url}: {error!r}. Is it running (make run)?") from None
+    if health[0] != 200:
+        raise SystemExit(f"the api at {url} is not healthy ({health[0]}): {health[1][:300]!r}")
+    if models[0] != 200:
+        raise SystemExit(f"the api at {url} refused the key ({models[0]}): {models[1][:300]!r}")
+    return f"api {url}"
+
+
+def auth_headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a GET outside the users (checks, the final count): the standard library,
+    which gevent has patched, so that nothing imports urllib3 before Locust patches ssl."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 @events.test_start.add_listener
 def start_clock(environment: Environment, **kwargs) -> None:
     REPLAY.start()
 
 
-# ---- talking to the stack -----------------------------------------------------------------
+# ---- what both users do with a job ---------------------------------------------------------
 
 class JobFailed(Exception):
     pass
@@ -220,6 +309,62 @@ class JobFailed(Exception):
 class JobLost(Exception):
     pass
 
+
+def replay_next(submit: Callable[[Job], None]) -> None:
+    """Take the trace's next arrival, wait for its time, and submit it (the user sees it through)."""
+    arrival = REPLAY.take()
+    if arrival is None:
+        gevent.sleep(IDLE_POLL_S)
+        return
+    try:
+        gevent.sleep(max(REPLAY.due_in(arrival), 0.0))
+        REPLAY.note_lag(-REPLAY.due_in(arrival))
+        submit(REPLAY.job(arrival))
+    finally:
+        REPLAY.outstanding -= 1
+
+
+def path_of(record: dict) -> str:
+    """The path a job took, from its record: Redis's hash (strings) or the api's JSON."""
+    if record.get("escalated") in ("1", True):
+        return "escalated"
+    return record.get("tier") or "none"
+
+
+def settle(environment: Environment, record: dict | None, latency_s: float, image_size: Callable[[], int]) -> None:
+    """Count a submitted job by its record and report it as one `job` row, the same for both users:
+    lost when not terminal, a failure under its path when not done or done without an image."""
+    if record is None or record.get("state") not in TERMINAL:
+        REPLAY.tally.lost += 1
+        report(environment, "lost", latency_s, JobLost(f"not terminal within {REPLAY.job_timeout_s:.0f} s"))
+        return
+    path = path_of(record)
+    if record["state"] != "done":
+        REPLAY.tally.count_unserved(record["state"])
+        report(environment, path, latency_s, JobFailed(f"{record['state']}: {record.get('error') or ''}"))
+        return
+    size = image_size()
+    if not size:
+        REPLAY.tally.failed += 1
+        report(environment, path, latency_s, JobFailed("done, but no image in the store"))
+        return
+    count_done(path, latency_s)
+    report(environment, path, latency_s, None, length=size)
+
+
+def count_done(path: str, latency_s: float) -> None:
+    REPLAY.tally.done += 1
+    REPLAY.tally.by_path[path] = REPLAY.tally.by_path.get(path, 0) + 1
+    if latency_s > REPLAY.slo_s:
+        REPLAY.tally.late += 1
+
+
+def report(environment: Environment, name: str, latency_s: float, error: Exception | None, length: int = 0) -> None:
+    environment.events.request.fire(request_type="job", name=name, response_time=latency_s * 1000.0,
+                                    response_length=length, exception=error, context={})
+
+
+# ---- over AMQP and Redis -------------------------------------------------------------------
 
 class Stack:
     """One user's connections: a confirmed AMQP channel and a Redis client."""
@@ -276,12 +421,6 @@ class Stack:
             pubsub.close()
 
 
-def path_of(record: dict[str, str]) -> str:
-    if record.get("escalated") == "1":
-        return "escalated"
-    return record.get("tier") or "none"
-
-
 class JobUser(User):
     """Publishes the trace's next arrival at its time, waits for the job, reports its latency."""
 
@@ -293,16 +432,7 @@ class JobUser(User):
 
     @task
     def replay_next_arrival(self) -> None:
-        arrival = REPLAY.take()
-        if arrival is None:
-            gevent.sleep(IDLE_POLL_S)
-            return
-        try:
-            gevent.sleep(max(REPLAY.due_in(arrival), 0.0))
-            REPLAY.note_lag(-REPLAY.due_in(arrival))
-            self.submit_and_wait(REPLAY.job(arrival))
-        finally:
-            REPLAY.outstanding -= 1
+        replay_next(self.submit_and_wait)
 
     def submit_and_wait(self, job: Job) -> None:
         started = time.monotonic()
@@ -310,53 +440,202 @@ class JobUser(User):
             self.stack.publish(job)
         except (UnroutableError, NackError, AMQPError) as error:
             REPLAY.tally.publish_errors += 1
-            self.report("publish", started, error)
+            report(self.environment, "publish", time.monotonic() - started, error)
             return
         REPLAY.tally.submitted += 1
         # Left in flight if this user is stopped while it waits: the summary settles it.
         REPLAY.in_flight[job.job_id] = started
         record = self.stack.wait(job.job_id, REPLAY.job_timeout_s)
-        del REPLAY.in_flight[job.job_id]
-        if record is None:
-            REPLAY.tally.lost += 1
-            self.report("lost", started, JobLost(f"not terminal within {REPLAY.job_timeout_s:.0f} s"))
-        elif record["state"] != "done":
-            REPLAY.tally.count_unserved(record["state"])
-            self.report(path_of(record), started, JobFailed(f"{record['state']}: {record.get('error', '')}"))
-        else:
-            self.finish(job, record, started)
-
-    def finish(self, job: Job, record: dict[str, str], started: float) -> None:
         latency_s = time.monotonic() - started
-        image_bytes = self.stack.image_size(job.job_id)
-        if not image_bytes:
-            REPLAY.tally.failed += 1
-            self.report(path_of(record), started, JobFailed("done, but no image in the store"))
-            return
-        path = path_of(record)
-        REPLAY.tally.done += 1
-        REPLAY.tally.by_path[path] = REPLAY.tally.by_path.get(path, 0) + 1
-        if latency_s > REPLAY.slo_s:
-            REPLAY.tally.late += 1
-        self.report(path, started, None, length=image_bytes)
+        del REPLAY.in_flight[job.job_id]
+        settle(self.environment, record, latency_s, lambda: self.stack.image_size(job.job_id))
 
-    def report(self, name: str, started: float, error: Exception | None, length: int = 0) -> None:
-        self.environment.events.request.fire(
-            request_type="job", name=name, response_time=(time.monotonic() - started) * 1000.0,
-            response_length=length, exception=error, context={},
-        )
+
+# ---- through the HTTP api ------------------------------------------------------------------
+
+def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, dict]]:
+    """(event, data) of a server-sent event stream as its chunks arrive; comment lines (the
+    keep-alives) and events without data are skipped."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            event, data = "message", b""
+            for line in block.split(b"\n"):
+                if line.startswith(b"event:"):
+                    event = line[6:].strip().decode()
+                elif line.startswith(b"data:"):
+                    data += line[5:].strip()
+            if data:
+                yield event, orjson.loads(data)
+
+
+def png_size(answer: dict | None) -> int:
+    """Bytes of the first image of an images answer ({"data": [{"b64_json"}]}); 0 without one."""
+    try:
+        return len(base64.b64decode(answer["data"][0]["b64_json"], validate=True))
+    except (KeyError, IndexError, TypeError, binascii.Error):
+        return 0
+
+
+def json_or_none(response) -> dict | None:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def api_error(response) -> str:
+    """The api's error message (OpenAI's shape), or the start of the body."""
+    try:
+        return f"{response.status_code} {response.json()['error']['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{response.status_code} {(response.text or '')[:200]}"
+
+
+class HttpJobUser(FastHttpUser):
+    """Submits the trace's next arrival through the HTTP api at its time, follows the job to its
+    end and reports it as JobUser does; the api calls it makes are Locust rows of their own."""
+
+    host = DEFAULT_API_URL  # --api-url or --host, at init
+    connection_timeout = 10.0
+    network_timeout = 180.0  # per read; raised at init above the job timeout
+
+    def on_start(self) -> None:
+        self.auth = auth_headers(self.environment.parsed_options.api_key)
+
+    @task
+    def replay_next_arrival(self) -> None:
+        replay_next(self.generate if REPLAY.options.http_route == "images" else self.submit_and_follow)
+
+    # --http-route jobs: POST /v1/jobs, then the job's events (what a client that polls less does).
+    def submit_and_follow(self, job: Job) -> None:
+        started = time.monotonic()
+        job_id = self.submit(job)
+        if job_id is None:
+            REPLAY.tally.publish_errors += 1
+            return
+        REPLAY.tally.submitted += 1
+        REPLAY.in_flight[job_id] = started
+        ended_at = self.follow(job_id, started + REPLAY.job_timeout_s)
+        record = self.record(job_id) if ended_at is not None else None
+        del REPLAY.in_flight[job_id]
+        latency_s = (ended_at or time.monotonic()) - started
+        settle(self.environment, record, latency_s, lambda: self.image_size(job_id))
+
+    def submit(self, job: Job) -> str | None:
+        """POST /v1/jobs: the job's id once the api answered 202 (the broker has it), else None."""
+        body = job.model_dump(mode="json", include={"prompt", "slo_s", "metadata"})
+        with self.client.post("/v1/jobs", json=body, headers=self.auth, catch_response=True) as response:
+            if response.status_code == 202:
+                return response.json()["id"]
+            response.failure(api_error(response))
+            return None
+
+    def follow(self, job_id: str, give_up_at: float) -> float | None:
+        """When the job reached a terminal state (time.monotonic()), from its event stream; if the
+        stream ends without one (refused, broken, the api's own time limit), the record is read
+        and the stream opened again. None when give_up_at passes first."""
+        while (remaining := give_up_at - time.monotonic()) > 0:
+            ended_at = self.watch(job_id, remaining)
+            if ended_at is not None:
+                return ended_at
+            record = self.record(job_id)
+            if record is not None and record["state"] in TERMINAL:
+                return time.monotonic()
+            gevent.sleep(min(1.0, max(give_up_at - time.monotonic(), 0.0)))
+        return None
+
+    def watch(self, job_id: str, timeout_s: float) -> float | None:
+        """Read GET /v1/jobs/{id}/events to its end (the api ends it at the terminal state); when
+        the terminal event arrived, or None."""
+        ended_at = None
+        with gevent.Timeout(timeout_s, False), self.client.get(
+                f"/v1/jobs/{job_id}/events", name="/v1/jobs/{id}/events", headers=self.auth, stream=True,
+                catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(api_error(response))
+                return None
+            try:
+                for event, data in sse_events(response.iter_content(256, decode_content=False)):
+                    if event == "state" and data.get("state") in TERMINAL:
+                        ended_at = time.monotonic()
+            except (OSError, ValueError) as error:  # a broken stream, or a garbled event
+                response.failure(f"event stream broke: {error!r}")
+        return ended_at
+
+    def record(self, job_id: str) -> dict | None:
+        with self.client.get(f"/v1/jobs/{job_id}", name="/v1/jobs/{id}", headers=self.auth,
+                             catch_response=True) as response:
+            if response.status_code == 200:
+                return response.json()
+            response.failure(api_error(response))
+            return None
+
+    def image_size(self, job_id: str) -> int:
+        with self.client.get(f"/v1/jobs/{job_id}/image", name="/v1/jobs/{id}/image", headers=self.auth,
+                             catch_response=True) as response:
+            if response.status_code == 200:
+                return len(response.content or b"")
+            response.failure(api_error(response))
+            return 0
+
+    # --http-route images: one call that answers with the image (what OpenAI's clients do).
+    def generate(self, job: Job) -> None:
+        """POST /v1/images/generations, reported as the job row `images` (its answer does not say
+        the path). No job id comes back, so it is in flight under a token of its own."""
+        started, token = time.monotonic(), f"images-{uuid.uuid4().hex}"
+        REPLAY.tally.submitted += 1
+        REPLAY.in_flight[token] = started
+        body = {"prompt": job.prompt, "model": f"hadis-{max(1, math.ceil(REPLAY.slo_s))}s", "user": "locust"}
+        try:
+            with self.client.post("/v1/images/generations", json=body, headers=self.auth,
+                                  catch_response=True) as response:
+                response.request_meta.update(request_type="job", name="images")
+                self.settle_images(response, time.monotonic() - started)
+        finally:
+            REPLAY.in_flight.pop(token, None)
+
+    def settle_images(self, response, latency_s: float) -> None:
+        """200 with an image: done; refused before it was queued (401, 429, 503): a publish error,
+        as JobUser's; 408 (the deadline passed, or the api stopped waiting): expired; else failed."""
+        size = png_size(json_or_none(response)) if response.status_code == 200 else 0
+        if size:
+            count_done("images", latency_s)
+            response.request_meta["response_length"] = size
+            response.success()
+            return
+        if response.status_code in NOT_ACCEPTED:
+            REPLAY.tally.submitted -= 1
+            REPLAY.tally.publish_errors += 1
+            response.request_meta["name"] = "publish"
+        elif response.status_code == 408:
+            REPLAY.tally.expired += 1
+        else:
+            REPLAY.tally.failed += 1
+        response.failure(JobFailed(api_error(response) if response.status_code != 200 else "200 without an image"))
+
+
+VIA_OF_CLASS = {JobUser.__name__: "amqp", HttpJobUser.__name__: "http"}
+USER_CLASS_OF_VIA = {"amqp": JobUser, "http": HttpJobUser}
 
 
 class TraceShape(LoadTestShape):
-    """Enough users for the trace's busiest SLO window, all at once; stops when the trace is
-    replayed and every job has finished or timed out. --run-time still bounds the whole test."""
+    """Enough users of the chosen class for the trace's busiest SLO window, all at once; stops
+    when the trace is replayed and every job has finished or timed out, or at --run-time (Locust
+    itself starts that clock only once a shape has ended, so the shape keeps it)."""
 
     use_common_options = True
 
-    def tick(self) -> tuple[int, float] | None:
+    def tick(self) -> tuple[int, float, list[type[User]]] | None:
         if REPLAY.started_at is not None and REPLAY.finished:
             return None
-        return (REPLAY.users, REPLAY.users)
+        run_time_s = getattr(REPLAY.options, "run_time", None)
+        if run_time_s and self.get_run_time() >= run_time_s:
+            log.warning("--run-time of %s s reached before the trace was replayed and settled", run_time_s)
+            return None
+        return (REPLAY.users, REPLAY.users, [USER_CLASS_OF_VIA[REPLAY.via]])
 
 
 @events.quitting.add_listener
@@ -366,7 +645,9 @@ def summarise(environment: Environment, **kwargs) -> None:
     settle_in_flight(REPLAY)
     summary = {**REPLAY.tally.summary(), "slo_s": REPLAY.slo_s, "trace": REPLAY.options.trace,
                "arrivals": len(REPLAY.arrivals), "replayed": REPLAY.next_index, "users": REPLAY.users,
-               "namespace": REPLAY.options.namespace}
+               "via": REPLAY.via, "namespace": REPLAY.options.namespace}
+    if REPLAY.via == "http":
+        summary.update(api_url=HttpJobUser.host, http_route=REPLAY.options.http_route)
     log.info("hadis summary: %s", orjson.dumps(summary).decode())
     if REPLAY.options.summary:
         Path(REPLAY.options.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -381,13 +662,11 @@ def summarise(environment: Environment, **kwargs) -> None:
 
 def settle_in_flight(replay: Replay) -> None:
     """Jobs still awaited when the run was cut short (--run-time, Ctrl-C): count them by their
-    record now; one that is not terminal is lost."""
-    if not replay.in_flight:
+    record now; one that is not terminal is lost (and so is an images request without an answer)."""
+    job_ids = list(replay.in_flight)
+    if not job_ids:
         return
-    client = redis.Redis.from_url(replay.options.redis_url, socket_timeout=5)
-    for job_id in list(replay.in_flight):
-        state = client.hget(f"{replay.options.namespace}:job:{job_id}", "state")
-        state = state.decode() if state else None
+    for job_id, state in zip(job_ids, states_now(replay, job_ids), strict=True):
         if state == "done":
             replay.tally.done += 1
         elif state in TERMINAL:
@@ -395,4 +674,25 @@ def settle_in_flight(replay: Replay) -> None:
         else:
             replay.tally.lost += 1
         del replay.in_flight[job_id]
-    client.close()
+
+
+def states_now(replay: Replay, job_ids: list[str]) -> list[str | None]:
+    """The jobs' states as their records say now: from Redis, or from the api for the HTTP user."""
+    if replay.via == "http":
+        return [api_state(replay.options.api_key, job_id) for job_id in job_ids]
+    client = redis.Redis.from_url(replay.options.redis_url, socket_timeout=5)
+    try:
+        states = [client.hget(f"{replay.options.namespace}:job:{job_id}", "state") for job_id in job_ids]
+        return [state.decode() if state else None for state in states]
+    finally:
+        client.close()
+
+
+def api_state(key: str, job_id: str) -> str | None:
+    if job_id.startswith("images-"):
+        return None
+    try:
+        status, body = http_get(f"{HttpJobUser.host}/v1/jobs/{job_id}", auth_headers(key))
+        return orjson.loads(body).get("state") if status == 200 else None
+    except (OSError, ValueError):
+        return None

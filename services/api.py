@@ -85,6 +85,7 @@ class Api:
         self.hub = hub
         self.url_secret = url_secret
         self._keys: dict[str, tuple[apikeys.StoredKey, float]] = {}  # key id -> (key, when checked)
+        self._tenant_limits: dict[str, tuple[tenancy.Limits, float]] = {}  # tenant -> (limits, when read)
         self.waiters = 0
         # One rate check per tenant at a time in this process: the compare-and-set then only
         # contends with other replicas.
@@ -104,9 +105,7 @@ class Api:
             metrics.observe_api_refused(ANONYMOUS, "auth")
             raise ApiError(401, "invalid API key", code="invalid_api_key")
         request.scope.setdefault("state", {})["tenant"] = stored.tenant
-        limits = await self.store.tenant_limits(stored.tenant) or tenancy.Limits(
-            self.settings.api_rate_per_s, self.settings.api_burst, self.settings.api_max_active)
-        return Caller(stored.tenant, limits)
+        return Caller(stored.tenant, await self._limits(stored.tenant))
 
     async def _stored_key(self, key_id: str) -> apikeys.StoredKey | None:
         cached = self._keys.get(key_id)
@@ -118,6 +117,18 @@ class Api:
                 self._keys.clear()
             self._keys[key_id] = (stored, time.monotonic())
         return stored
+
+    async def _limits(self, tenant: str) -> tenancy.Limits:
+        """The tenant's limits, read again after HADIS_API_KEY_CACHE_S like its keys."""
+        cached = self._tenant_limits.get(tenant)
+        if cached is not None and time.monotonic() - cached[1] < self.settings.api_key_cache_s:
+            return cached[0]
+        limits = await self.store.tenant_limits(tenant) or tenancy.Limits(
+            self.settings.api_rate_per_s, self.settings.api_burst, self.settings.api_max_active)
+        if len(self._tenant_limits) > 10_000:
+            self._tenant_limits.clear()
+        self._tenant_limits[tenant] = (limits, time.monotonic())
+        return limits
 
     # Admission.
     async def admit_rate(self, caller: Caller, cost: int) -> None:
@@ -399,7 +410,7 @@ def create_app(api: Api) -> FastAPI:
         if len(records) < len(jobs):
             raise ApiError(408, f"{len(jobs) - len(records)} of {len(jobs)} images not ready within the "
                            f"objective; GET /v1/jobs/{{id}} follows them: {[j.job_id for j in jobs]}",
-                           type="timeout", code="deadline_exceeded")
+                           type="timeout", code="not_ready_in_time")
         for job in jobs:
             if records[job.job_id].state is not JobState.done:
                 raise unserved_error(records[job.job_id])
@@ -503,10 +514,12 @@ def create_app(api: Api) -> FastAPI:
     async def healthz() -> JSONResponse:
         try:
             await asyncio.wait_for(api.store.ping(), 2.0)
-            await asyncio.wait_for(api.service.bus.consumers(api.service.bus.queues.requests), 2.0)
+            consumers = await asyncio.wait_for(api.service.bus.consumers(api.service.bus.queues.requests), 2.0)
         except (TimeoutError, HadisError, OSError) as error:
             return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
-        return JSONResponse({"status": "ok", "waiters": api.waiters})
+        # 200 without routers too: jobs are durable in the queue; `ingress_consumers` says whether
+        # anything takes them now.
+        return JSONResponse({"status": "ok", "ingress_consumers": consumers, "waiters": api.waiters})
 
     app.add_middleware(HeaderLimit, limit=settings.api_max_header_bytes)
     app.add_middleware(RequestMetrics)
