@@ -117,6 +117,10 @@ class Agent:
             except TimeoutError:
                 pass
         await self.stop_all()
+        try:  # the controller drops this host's GPUs from the plan now, not after HADIS_GPU_ABSENT_S
+            await self.service.store.register_agent_left(settings.host, self.gpus)
+        except Exception as error:
+            log.warning("agent_departure_not_recorded", error=str(error))
 
     async def release_dead_owners(self) -> None:
         """A worker that died holds no claims: they pass to the next worker now, not when its

@@ -1,6 +1,7 @@
 """The controller: measures demand (an EWMA of arrivals, read from the event stream) and queue
-depths, asks its policy for a plan every planning period, assigns tiers to the GPUs the live
-agents own, and publishes the result as a new plan version when it changes. A planned change
+depths, asks its policy for a plan every planning period, assigns tiers to the GPUs of the fleet
+(the live agents' and, failing static, those whose agent went quiet less than HADIS_GPU_ABSENT_S
+ago), and publishes the result as a new plan version when it changes. A planned change
 waits out a minimum dwell time (re-planning faster than a model swap completes makes plans
 flap); a change of GPUs applies at once. One controller plans at a time (a lease in Redis);
 every controller turns dead letters into `failed` records and keeps the plan's TTL fresh."""
@@ -22,6 +23,7 @@ from shared.logging import bind_job, get_logger
 from shared.policies import steps
 from shared.policies.assignment import moves
 from shared.policies.control import Observation, PlanSchedule, make_policy
+from shared.policies.fleet import Fleet
 from shared.schemas import Job, JobState, Plan, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
 
@@ -40,6 +42,9 @@ class Controller:
         self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.demand = DemandTracker(self.settings.demand_halflife_s, time.time())
         self.schedule = PlanSchedule(self.policy, self.settings.plan_period_s, self.settings.plan_min_dwell_s)
+        self.fleet = Fleet(self.settings.gpu_absent_s)
+        self.fleet_seeded = False
+        self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
 
     async def follow_arrivals(self) -> None:
         """Count `queued` transitions in the event stream: every job the router accepts."""
@@ -57,9 +62,26 @@ class Controller:
             if events:
                 last_id = events[-1][0]
 
+    async def planned_gpus(self, now: float) -> list[str]:
+        """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;
+        a controller that starts counts the current plan's GPUs as just seen."""
+        store = self.service.store
+        if not self.fleet_seeded:
+            current = await store.get_plan()
+            self.fleet.remember(current.assignment if current else {}, now)
+            self.fleet_seeded = True
+        live = sorted(gpu for owned in (await store.agents()).values() for gpu in owned)
+        departed = [gpu for owned in (await store.departed_agents()).values() for gpu in owned]
+        gpus = self.fleet.update(live, departed, now)
+        absent = self.fleet.absent(live)
+        if absent != self.absent:
+            log.warning("gpus_absent_kept", gpus=absent, grace_s=self.settings.gpu_absent_s)
+            self.absent = absent
+        return gpus
+
     async def observe(self, now: float) -> tuple[Observation, list[str]]:
-        store, bus = self.service.store, self.service.bus
-        gpus = sorted(gpu for owned in (await store.agents()).values() for gpu in owned)
+        bus = self.service.bus
+        gpus = await self.planned_gpus(now)
         depths = await bus.depths()
         metrics.observe_queue_depths(depths)
         queued = sum(depths[name] for name in (bus.queues.tier(Tier.light), bus.queues.tier(Tier.heavy),

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")
     demand_margin: float = Field(default=0.1, ge=0, le=10, description="Plan for demand x (1 + margin).")
     planner_light_share: Literal["routed", "all"] = "routed"
+    gpu_absent_s: float = Field(
+        default=300.0, ge=0, le=86_400,
+        description="A GPU whose agent stops renewing its registration stays in the plan this long (fail "
+                    "static: a late heartbeat is not a lost GPU); an agent's clean shutdown removes it at once.")
 
     # The static plan (controller_policy=static, and every service's plan until one is published).
     plan_light_model: str | None = None

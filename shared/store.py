@@ -10,6 +10,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:events             stream every transition (job_id, state, at, tier, model), capped
     ns:plan               string the current Plan JSON;  ns:plan:version  its counter
     ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
+    ns:agent-left:<host>  string the GPUs of an agent that shut down cleanly (JSON), for AGENT_LEFT_TTL_S
     ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed
     ns:lease:<name>       string the holder of a lease (the planning controller)
     ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
@@ -51,6 +52,7 @@ from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
 from shared.settings import Settings
 
 EVENTS_MAX_LENGTH = 200_000
+AGENT_LEFT_TTL_S = 86_400  # longer than any HADIS_GPU_ABSENT_S: the controller sees the departure
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0  # backoff of a Redis call during an outage
 
 _TERMINAL = ",".join(sorted(s.value for s in TERMINAL_STATES))
@@ -502,7 +504,31 @@ class Store:
     # The cluster: agents (one per host, owning its GPUs), worker heartbeats, the controller's lease.
     async def register_agent(self, host: str, gpus: list[str], ttl_s: float) -> None:
         record = {"host": host, "gpus": gpus, "at": time.time()}
-        await self._call(self._redis.set, f"{self.ns}:agent:{host}", orjson.dumps(record), px=int(ttl_s * 1000))
+
+        async def register() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"{self.ns}:agent:{host}", orjson.dumps(record), px=int(ttl_s * 1000))
+                pipe.delete(f"{self.ns}:agent-left:{host}")
+                await pipe.execute()
+
+        await self._call(register)
+
+    async def register_agent_left(self, host: str, gpus: list[str]) -> None:
+        """A clean shutdown: the controller drops these GPUs from the plan at once (shared/policies/fleet.py)."""
+        record = {"host": host, "gpus": gpus, "at": time.time()}
+
+        async def leave() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(f"{self.ns}:agent:{host}")
+                pipe.set(f"{self.ns}:agent-left:{host}", orjson.dumps(record), ex=AGENT_LEFT_TTL_S)
+                await pipe.execute()
+
+        await self._call(leave)
+
+    async def departed_agents(self) -> dict[str, list[str]]:
+        """Agents that shut down cleanly and have not registered since: host -> its GPU ids."""
+        records = await self._scan_json(f"{self.ns}:agent-left:*")
+        return {record["host"]: record["gpus"] for record in records}
 
     async def agents(self) -> dict[str, list[str]]:
         """Live agents (their registration has not expired): host -> its GPU ids."""

@@ -72,8 +72,11 @@ class PlanSchedule:
         return not (self.policy.degrade_at_once and cheaper)
 
     def step(self, observation: Observation, current: Plan | None, gpus: list[str]) -> dict[str, Any] | None:
-        """The plan fields to publish now (assignment included), or None when nothing changes."""
+        """The plan fields to publish now (assignment included), or None when nothing changes. With
+        no GPUs at all the current plan stays: a plan that serves nothing is never published."""
         now = observation.now
+        if not gpus and current is not None:
+            return None
         if self.decision is None or now - self.decided_at >= self.period_s:
             self.decision, self.decided_at = self.policy.decide(observation), now
         fields = dict(self.decision)

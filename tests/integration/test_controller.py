@@ -64,3 +64,46 @@ async def test_a_standby_controller_does_not_plan_while_another_holds_the_lease(
         await stack.store.register_agent("host-a", GPUS[:2], ttl_s=60)
         plan = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 2, 10)
         assert plan.version > first.version
+
+
+async def test_lost_heartbeats_under_load_withdraw_no_gpu_and_a_clean_departure_does():
+    """Fail static: the agents go quiet (their registrations lapse, as when a noisy neighbour starves
+    them) while jobs keep arriving; the controller keeps planning with their GPUs. Only an agent's
+    clean shutdown takes its GPUs out of the plan at once; a long absence does after its grace."""
+    settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
+                             plan_min_dwell_s=0.0, gpu_absent_s=300.0)
+    async with running_stack(settings, services=("controller",)) as stack:
+        await stack.store.register_agent("host-a", GPUS[:8], ttl_s=1.0)
+        await stack.store.register_agent("host-b", GPUS[8:], ttl_s=1.0)
+        full = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 10)
+        # Both registrations lapse a second later and are not renewed for 12 s, under steady load.
+        plans = []
+
+        async def watch_plans(seconds: float) -> None:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                plans.append(await stack.store.get_plan())
+                await asyncio.sleep(0.2)
+
+        await asyncio.gather(arrivals(stack.store, 20, 12, "quiet"), watch_plans(12))
+        assert await stack.store.agents() == {}
+        assert all(sorted(plan.assignment) == GPUS for plan in plans), \
+            [sorted(plan.assignment) for plan in plans if sorted(plan.assignment) != GPUS][:1]
+        assert all(plan.light_gpus + plan.heavy_gpus == 16 for plan in plans)
+
+        # host-b shuts down cleanly: its GPUs leave the plan at once (host-a is still only quiet).
+        await stack.store.register_agent_left("host-b", GPUS[8:])
+        after = await wait_for_plan(stack.store, lambda p: sorted(p.assignment) == GPUS[:8], 10)
+        assert after.version > full.version
+
+
+async def test_a_quiet_agent_leaves_the_plan_after_its_grace():
+    settings = make_settings(plan_period_s=0.5, gpu_absent_s=3.0, plan_light_gpus=2, plan_heavy_gpus=2)
+    async with running_stack(settings, services=("controller",)) as stack:
+        await stack.store.register_agent("host-b", GPUS[2:4], ttl_s=60)
+        await stack.store.register_agent("host-a", GPUS[:2], ttl_s=2.0)
+        lapses_at = time.monotonic() + 2.0
+        await wait_for_plan(stack.store, lambda p: len(p.assignment) == 4, 10)
+        plan = await wait_for_plan(stack.store, lambda p: sorted(p.assignment) == GPUS[2:4], 15)
+        # Not when the registration lapsed: HADIS_GPU_ABSENT_S (3 s) after host-a was last seen.
+        assert time.monotonic() - lapses_at >= 2.0, plan
