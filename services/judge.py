@@ -18,6 +18,7 @@ from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob, Overloaded
 from shared.logging import bind_job, get_logger
 from shared.policies import steps
+from shared.policies.admission import may_escalate, profiled_batch_s
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.steps import Next
 from shared.profiles import load_profile
@@ -151,12 +152,9 @@ class Judge:
         return items
 
     def heavy_batch_s(self, plan) -> float:
-        """The profiled time of a heavy batch (0 when the profile has no latencies): an escalation
-        that cannot finish by the deadline is not made; the light image is served instead."""
-        heavy = self.profile.model(plan.heavy_model)
-        if not heavy.latency_ms:
-            return 0.0
-        return heavy.batch_latency_s(plan.heavy_batch) * self.settings.latency_scale
+        """The profiled time of a heavy batch: an escalation that cannot finish by the deadline is
+        not made; the light image is served instead."""
+        return profiled_batch_s(self.profile.model(plan.heavy_model), plan.heavy_batch, self.settings.latency_scale)
 
     def verdict(self, item: Judged, score: float) -> Change:
         """Escalate the lowest fraction d (when there is still time for the heavy model), else done
@@ -165,7 +163,7 @@ class Judge:
         calibration = self.calibration(item.model)
         escalate = calibration.escalate(score, plan.d)
         calibration.observe(score)
-        if escalate and time.time() + self.heavy_batch_s(plan) < item.task.deadline:
+        if escalate and may_escalate(time.time(), self.heavy_batch_s(plan), item.task.deadline):
             return Change(item.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
         fields = {"judge_score": score, "tier": Tier.light.value, "model": item.model}
         return Change(item.job_id, JobState.done, fields, promote_light=True,

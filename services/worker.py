@@ -29,7 +29,16 @@ from shared.errors import BackendFailed, Disposition, Expired, InvalidJob, Overl
 from shared.logging import bind_job, get_logger
 from shared.outcome import Applied
 from shared.policies import steps
-from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
+from shared.policies.admission import (
+    PIPELINE_DEPTH,
+    PREFETCH_BATCHES,
+    BatchTimer,
+    Fallback,
+    ends_too_late,
+    light_can_make,
+    profiled_batch_s,
+    too_late_fallback,
+)
 from shared.policies.steps import Next
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
@@ -294,12 +303,17 @@ class TierWorker:
         an escalated job is served the light image it already has, and a job the router sent
         straight to heavy goes to the light tier when a light batch can still make it."""
         with bind_job(task.job.job_id):
+            plan = self.service.plans.current
+            light_s = profiled_batch_s(self.profile.model(plan.light_model), plan.light_batch,
+                                       self.settings.latency_scale)
+            fallback = too_late_fallback(self.tier, task.escalated,
+                                         light_can_make(plan, light_s, time.time(), task.deadline))
             try:
-                if self.tier is Tier.heavy and task.escalated and await self.serve_light_image(
+                if fallback is Fallback.serve_light and await self.serve_light_image(
                         task, "the heavy model could not finish in time: served the light image"):
                     await delivery.settle(Disposition.ack)
                     return
-                if self.tier is Tier.heavy and not task.escalated and self.light_can_make(task):
+                if fallback is Fallback.to_light:
                     light_task = task.model_copy(update={"tier": Tier.light})
                     await self.service.bus.publish(self.service.bus.queues.tier(Tier.light), light_task,
                                                    message_id=task.job.job_id)
@@ -321,18 +335,9 @@ class TierWorker:
             metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
         return outcome.result is not Applied.no_image
 
-    def light_can_make(self, task: Task) -> bool:
-        plan = self.service.plans.current
-        if plan.light_gpus == 0 or plan.light_model == plan.heavy_model:
-            return False
-        light = self.profile.model(plan.light_model)
-        batch_s = light.batch_latency_s(plan.light_batch) * self.settings.latency_scale if light.latency_ms else 0.0
-        return not ends_too_late(time.time() + batch_s, task.deadline)
-
     def profiled_s(self, size: int) -> float:
         """The profile's time for a batch of the current model (before this worker has timed one)."""
-        model = self.loaded.model
-        return model.batch_latency_s(size) * self.settings.latency_scale if model.latency_ms else 0.0
+        return profiled_batch_s(self.loaded.model, size, self.settings.latency_scale)
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
         for item in items:

@@ -32,7 +32,17 @@ from shared import reference
 from shared.demand import DemandTracker, queueing_delay_s
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
-from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, BatchTimer, ends_too_late
+from shared.policies.admission import (
+    PIPELINE_DEPTH,
+    PREFETCH_BATCHES,
+    BatchTimer,
+    Fallback,
+    ends_too_late,
+    light_can_make,
+    may_escalate,
+    profiled_batch_s,
+    too_late_fallback,
+)
 from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.router import default_router
@@ -276,7 +286,7 @@ class Simulation:
         """The emulated worker's sleep: the profiled batch time, scaled."""
         seconds = self.latencies.get((model, size))
         if seconds is None:
-            seconds = self.profile.model(model).batch_latency_s(size) * self.settings.time_scale
+            seconds = profiled_batch_s(self.profile.model(model), size, self.settings.time_scale)
             self.latencies[(model, size)] = seconds
         return seconds
 
@@ -284,11 +294,13 @@ class Simulation:
         """As the worker: an escalated job gets its light image, a routed one the light tier if a
         light batch can still make it, any other is shed."""
         plan = self.in_force
-        if tier is Tier.heavy and job.escalated:
+        light_in_time = light_can_make(plan, self.batch_seconds(plan.light_model, plan.light_batch), self.now,
+                                       job.deadline_s)
+        fallback = too_late_fallback(tier, job.escalated, light_in_time)
+        if fallback is Fallback.serve_light:
             job.escalated, job.tier = False, Tier.light
             self.end(job, "done")
-        elif (tier is Tier.heavy and plan.light_gpus > 0 and plan.light_model != plan.heavy_model
-              and not ends_too_late(self.now + self.batch_seconds(plan.light_model, plan.light_batch), job.deadline_s)):
+        elif fallback is Fallback.to_light:
             job.routed_heavy = False
             self.enqueue(job, Tier.light)
         else:
@@ -334,7 +346,7 @@ class Simulation:
                      if column is not None else 0.5)
             escalate = calibration.escalate(score, plan.d)
             calibration.observe(score)
-            if escalate and self.now + heavy_s < job.deadline_s:
+            if escalate and may_escalate(self.now, heavy_s, job.deadline_s):
                 job.escalated = True
                 self.enqueue(job, Tier.heavy)
             else:

@@ -1,8 +1,14 @@
-"""Admission at the worker: how many batches a worker commits to, and whether a job can still end
-by its deadline if it joins the batch being formed. The worker service and the simulator use
-this module, so that both shed the same jobs."""
+"""Admission at the worker and the judge: how many batches a worker commits to, whether a job can
+still end by its deadline if it joins the batch being formed, what becomes of one that cannot, and
+whether an escalation can still finish. The services and the simulator use this module, so that
+both shed, reroute and escalate the same jobs."""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+from shared.profiles import ModelProfile
+from shared.schemas import Plan, Tier
 
 # Batches admitted to the model at once: the one generating and the next, queued behind it on the
 # model's thread. A deeper pipeline commits jobs to this GPU that an idle GPU could serve sooner.
@@ -37,3 +43,39 @@ class BatchTimer:
 def ends_too_late(batch_ends_at: float, deadline: float) -> bool:
     """A job whose batch would end at `batch_ends_at` cannot be done by `deadline`."""
     return batch_ends_at + HANDOFF_S >= deadline
+
+
+def profiled_batch_s(model: ModelProfile, size: int, scale: float) -> float:
+    """The profile's time for a batch, times `scale` (emulated models sleep it; real ones take 1):
+    0 when the profile has no latencies (nothing is then refused for lack of time)."""
+    return model.batch_latency_s(size) * scale if model.latency_ms else 0.0
+
+
+class Fallback(StrEnum):
+    """What becomes of a job its GPU cannot finish by the deadline."""
+
+    serve_light = "serve_light"  # an escalated job: the light image it already has becomes its result
+    to_light = "to_light"  # a job the router sent straight to heavy: the light tier, which can still make it
+    expire = "expire"  # shed: the GPU's time goes to jobs that can still make their deadline
+
+
+def light_can_make(plan: Plan, light_batch_s: float, now: float, deadline: float) -> bool:
+    """A light batch started now would end in time, and the plan has a distinct light tier."""
+    if plan.light_gpus == 0 or plan.light_model == plan.heavy_model:
+        return False
+    return not ends_too_late(now + light_batch_s, deadline)
+
+
+def too_late_fallback(tier: Tier, escalated: bool, light_in_time: bool) -> Fallback:
+    """The one rule for a job that would end too late on `tier` (the worker and the simulator)."""
+    if tier is Tier.heavy and escalated:
+        return Fallback.serve_light
+    if tier is Tier.heavy and light_in_time:
+        return Fallback.to_light
+    return Fallback.expire
+
+
+def may_escalate(now: float, heavy_batch_s: float, deadline: float) -> bool:
+    """The judge escalates a low score only when a heavy batch started now ends before the
+    deadline; otherwise the light image is served (the judge and the simulator)."""
+    return now + heavy_batch_s < deadline

@@ -13,3 +13,40 @@ def test_the_profile_stands_in_until_a_batch_is_measured():
 def test_a_job_needs_its_handoff_time_before_the_deadline():
     assert ends_too_late(10.0 - HANDOFF_S / 2, 10.0)
     assert not ends_too_late(10.0 - 2 * HANDOFF_S, 10.0)
+
+
+def plan(**changes):
+    from tests.helpers import make_settings
+
+    return make_settings(profile="paper-l40s-x10").static_plan(version=1).model_copy(update=changes)
+
+
+def test_what_becomes_of_a_job_that_would_end_too_late():
+    from shared.policies.admission import Fallback, too_late_fallback
+    from shared.schemas import Tier
+
+    assert too_late_fallback(Tier.heavy, escalated=True, light_in_time=True) is Fallback.serve_light
+    assert too_late_fallback(Tier.heavy, escalated=True, light_in_time=False) is Fallback.serve_light
+    assert too_late_fallback(Tier.heavy, escalated=False, light_in_time=True) is Fallback.to_light
+    assert too_late_fallback(Tier.heavy, escalated=False, light_in_time=False) is Fallback.expire
+    assert too_late_fallback(Tier.light, escalated=False, light_in_time=True) is Fallback.expire
+
+
+def test_light_can_make_needs_a_distinct_light_tier_and_the_time():
+    from shared.policies.admission import light_can_make
+
+    assert light_can_make(plan(), light_batch_s=1.0, now=0.0, deadline=2.0)
+    assert not light_can_make(plan(), light_batch_s=1.0, now=0.0, deadline=1.0 + HANDOFF_S / 2)
+    assert not light_can_make(plan(light_gpus=0), light_batch_s=0.1, now=0.0, deadline=10.0)
+    same = plan()
+    assert not light_can_make(same.model_copy(update={"light_model": same.heavy_model}), 0.1, 0.0, 10.0)
+
+
+def test_escalation_only_when_heavy_can_still_finish_and_profiled_times():
+    from shared.policies.admission import may_escalate, profiled_batch_s
+    from shared.profiles import load_profile
+
+    assert may_escalate(0.0, 1.0, 1.5) and not may_escalate(0.0, 1.0, 1.0)
+    model = load_profile("paper-l40s-x10").model(plan().heavy_model)
+    assert profiled_batch_s(model, 2, 3.0) == 3.0 * model.batch_latency_s(2)
+    assert profiled_batch_s(model.model_copy(update={"latency_ms": {}}), 2, 3.0) == 0.0
