@@ -183,3 +183,10 @@ def test_the_image_has_every_package_its_code_imports(kind):
         if not names & set(pins):
             missing.append(f"{module} ({', '.join(sorted(names)) or 'not installed'})")
     assert not missing, f"imported but not in {LOCKS[kind].name}: {missing}; add to pyproject, run docker/lock.py"
+
+
+def test_no_syntax_directive_so_builds_pull_no_frontend_image():
+    """`# syntax=` makes BuildKit pull a frontend image on every build (no registry: no build); the
+    engine's built-in frontend handles everything the file uses (RUN --mount=type=cache included)."""
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not [line for line in first_lines if line.replace(" ", "").lower().startswith("#syntax=")]
