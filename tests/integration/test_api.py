@@ -86,7 +86,8 @@ async def test_openai_sdk_gets_a_png_and_its_errors(deployment):
             tampered = await anonymous.get(image.url.replace("signature=", "signature=0"))
             assert tampered.status_code == 401
 
-    wrong = openai.AsyncOpenAI(base_url=f"{deployment.base}/v1", api_key=key[:-1] + "A", max_retries=0)
+    wrong_key = key[:-1] + ("B" if key.endswith("A") else "A")  # one character off
+    wrong = openai.AsyncOpenAI(base_url=f"{deployment.base}/v1", api_key=wrong_key, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await wrong.images.generate(prompt="a cat", size="64x64")
     with pytest.raises(openai.NotFoundError):
