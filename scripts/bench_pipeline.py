@@ -9,7 +9,9 @@ second measured is the system's own: broker, store, routing, batching, encoding.
 3. added latency at a paced 100 jobs/s: p50 / p99 of submit -> done;
 4. lost: jobs without a terminal record at the end (must be 0).
 
-Last line: `pipeline_jobs_per_s <number>`.
+Phases 2-4 run once per event loop of --loops (asyncio's own, then uvloop, every service's default
+where installed), side by side in one run. Last lines: `broker use ... = <ratio>` and
+`pipeline_jobs_per_s <number>`, for the last loop.
 """
 
 from __future__ import annotations
@@ -146,12 +148,28 @@ async def delete_namespace(settings: Settings) -> None:
     await client.close()
 
 
+def pipeline_rate(args: argparse.Namespace, settings: Settings, loop: str) -> float:
+    """Saturation and paced latency with every service on `loop` (HADIS_EVENT_LOOP), in a namespace of its own."""
+    os.environ.update(HADIS_EVENT_LOOP=loop, HADIS_NAMESPACE=settings.namespace)
+    backlog, since_id = asyncio.run(prefill(settings, args.jobs))
+    children = supervisor.default_children()
+    for child in children:
+        child.start()
+    try:
+        return asyncio.run(measure(args, settings, backlog, since_id))
+    finally:
+        supervisor.stop_all(children)
+        asyncio.run(delete_namespace(settings))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=6000)
     parser.add_argument("--raw-messages", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--loops", default="asyncio,uvloop",
+                        help="the services' event loops, measured side by side; the last one's figures end the output")
     args = parser.parse_args()
 
     namespace = f"bench{uuid.uuid4().hex[:6]}"
@@ -161,15 +179,15 @@ def main() -> None:
                                            args.raw_messages))
     print(f"raw broker: {raw_rate:.0f} msg/s (publish with confirms + consume + ack, one quorum queue)")
 
-    backlog, since_id = asyncio.run(prefill(settings, args.jobs))
-    children = supervisor.default_children()
-    for child in children:
-        child.start()
-    try:
-        jobs_per_s = asyncio.run(measure(args, settings, backlog, since_id))
-    finally:
-        supervisor.stop_all(children)
-        asyncio.run(delete_namespace(settings))
+    rates = {}
+    for loop in args.loops.split(","):
+        print(f"the services on {loop}:")
+        rates[loop] = pipeline_rate(args, settings.model_copy(update={"namespace": f"{namespace}{loop[:2]}"}), loop)
+    if len(rates) > 1:
+        first, *others = rates
+        print("event loops: " + ", ".join(f"{loop} {rate:.0f} jobs/s" for loop, rate in rates.items()) + "; "
+              + ", ".join(f"{loop}/{first} {rates[loop] / rates[first]:.2f}" for loop in others))
+    jobs_per_s = rates[args.loops.split(",")[-1]]
     ratio = jobs_per_s * MESSAGES_PER_JOB / raw_rate
     print(f"broker use: {jobs_per_s:.0f} jobs/s x {MESSAGES_PER_JOB:.2f} msg/job / {raw_rate:.0f} msg/s = {ratio:.2f}")
     print(f"pipeline_jobs_per_s {jobs_per_s:.0f}")

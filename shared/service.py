@@ -93,9 +93,25 @@ def run(name: str, main: ServiceMain) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+        log.info("event_loop", loop=type(loop).__module__.split(".")[0])
         await serve(name, main, settings, stopping)
 
-    asyncio.run(run_with_signals())
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(run_with_signals())
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop (HADIS_EVENT_LOOP=auto or uvloop): the services spend most of their time in the
+    loop's socket and callback machinery, which libuv runs in C; None: asyncio's default loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RuntimeError("HADIS_EVENT_LOOP=uvloop, and uvloop is not installed (the serve extra)") from None
+        return None
+    return uvloop.new_event_loop
 
 
 class InFlight:

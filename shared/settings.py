@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=30.0, ge=0, le=3600,
                                    description="A checked key is trusted this long: a revoked key works at most so.")
 
+    # The event loop of every service process: uvloop (libuv) where it is installed (the `serve`
+    # extra), else asyncio's own; "asyncio" forces the latter.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+
     # Observability.
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="Serve Prometheus metrics on this port; unset: none.")
