@@ -25,9 +25,9 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 import uvicorn
@@ -67,6 +67,29 @@ CAS_ATTEMPTS = 8  # tries of the rate limit's compare-and-set when replicas cont
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 CANCELLABLE = (JobState.queued, JobState.routed)
 ANONYMOUS = "-"
+V = TypeVar("V")
+
+
+class Recent(Generic[V]):
+    """Values read from the store, trusted for ttl_s, at most BOUND of them (then forgotten at
+    once: a flood of distinct keys cannot grow the process). What the store lacks is not kept."""
+
+    BOUND = 10_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[str, tuple[V, float]] = {}
+
+    async def get(self, key: str, read: Callable[[], Awaitable[V | None]]) -> V | None:
+        cached = self._values.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.ttl_s:
+            return cached[0]
+        value = await read()
+        if value is not None:
+            if len(self._values) >= self.BOUND:
+                self._values.clear()
+            self._values[key] = (value, time.monotonic())
+        return value
 
 
 @dataclass(frozen=True)
@@ -84,8 +107,10 @@ class Api:
         self.store = service.store
         self.hub = hub
         self.url_secret = url_secret
-        self._keys: dict[str, tuple[apikeys.StoredKey, float]] = {}  # key id -> (key, when checked)
-        self._tenant_limits: dict[str, tuple[tenancy.Limits, float]] = {}  # tenant -> (limits, when read)
+        # Keys and tenants' limits are trusted for HADIS_API_KEY_CACHE_S: a revocation or a new
+        # limit takes effect within it (docs/security.md).
+        self._keys: Recent[apikeys.StoredKey] = Recent(self.settings.api_key_cache_s)
+        self._tenant_limits: Recent[tenancy.Limits] = Recent(self.settings.api_key_cache_s)
         self.waiters = 0
         # One rate check per tenant at a time in this process: the compare-and-set then only
         # contends with other replicas.
@@ -108,27 +133,16 @@ class Api:
         return Caller(stored.tenant, await self._limits(stored.tenant))
 
     async def _stored_key(self, key_id: str) -> apikeys.StoredKey | None:
-        cached = self._keys.get(key_id)
-        if cached is not None and time.monotonic() - cached[1] < self.settings.api_key_cache_s:
-            return cached[0]
-        stored = await self.store.get_api_key(key_id)
-        if stored is not None:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[key_id] = (stored, time.monotonic())
-        return stored
+        return await self._keys.get(key_id, lambda: self.store.get_api_key(key_id))
 
     async def _limits(self, tenant: str) -> tenancy.Limits:
-        """The tenant's limits, read again after HADIS_API_KEY_CACHE_S like its keys."""
-        cached = self._tenant_limits.get(tenant)
-        if cached is not None and time.monotonic() - cached[1] < self.settings.api_key_cache_s:
-            return cached[0]
-        limits = await self.store.tenant_limits(tenant) or tenancy.Limits(
-            self.settings.api_rate_per_s, self.settings.api_burst, self.settings.api_max_active)
-        if len(self._tenant_limits) > 10_000:
-            self._tenant_limits.clear()
-        self._tenant_limits[tenant] = (limits, time.monotonic())
-        return limits
+        """The tenant's own limits (hadis api-key create --rate ...), else the settings' defaults."""
+        defaults = tenancy.Limits(self.settings.api_rate_per_s, self.settings.api_burst, self.settings.api_max_active)
+
+        async def read() -> tenancy.Limits:
+            return await self.store.tenant_limits(tenant) or defaults
+
+        return await self._tenant_limits.get(tenant, read) or defaults
 
     # Admission.
     async def admit_rate(self, caller: Caller, cost: int) -> None:
