@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     # Outside systems.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_sentinels: str = Field(
+        default="", pattern=r"^([A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*)?$",
+        description="host:port,... of Redis Sentinels: the store asks them for the primary of "
+                    "HADIS_REDIS_SENTINEL_MASTER and follows a failover (HADIS_REDIS_URL then gives only the "
+                    "password and the database); empty: HADIS_REDIS_URL is the server.")
+    redis_sentinel_master: str = Field(default="hadis", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    redis_replicas_acked: int = Field(
+        default=0, ge=0, le=16,
+        description="Terminal writes wait (WAIT) for this many replicas to have them before they count as "
+                    "done: with replication a failover then cannot lose a finished job's record.")
+    redis_replicas_wait_ms: int = Field(default=1000, ge=1, le=60_000,
+                                        description="The longest a terminal write waits for its replicas.")
     namespace: str = Field(default="hadis", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
                            description="Prefix of every queue and Redis key: isolates experiments.")
 

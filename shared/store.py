@@ -37,19 +37,24 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.apikeys import StoredKey
 from shared.errors import StoreRejected, Unavailable
+from shared.logging import get_logger
 from shared.outcome import Applied, Outcome
 from shared.policies.tenancy import Limits
 from shared.schemas import TERMINAL_STATES, JobRecord, JobState, Plan
 from shared.settings import Settings
+
+log = get_logger(__name__)
 
 EVENTS_MAX_LENGTH = 200_000
 AGENT_LEFT_TTL_S = 86_400  # longer than any HADIS_GPU_ABSENT_S: the controller sees the departure
@@ -231,6 +236,17 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _sentinel_client(settings: Settings, options: dict[str, Any]) -> aioredis.Redis:
+    """A client of whichever server the Sentinels name primary: on a lost connection or a READONLY
+    answer (a demoted primary) it asks them again, and _call's retry carries the command over."""
+    url = urlparse(settings.redis_url.get_secret_value())
+    database = int(url.path.lstrip("/") or 0)
+    addresses = [(host, int(port)) for host, port in
+                 (entry.rsplit(":", 1) for entry in settings.redis_sentinels.split(","))]
+    sentinel = Sentinel(addresses, socket_timeout=2, socket_connect_timeout=2)
+    return sentinel.master_for(settings.redis_sentinel_master, password=url.password, db=database, **options)
+
+
 class Store:
     def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
         self.settings = settings
@@ -247,13 +263,12 @@ class Store:
     @classmethod
     async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> Store:
         """Connect, waiting up to retry_s (default: the settings' store_retry_s) for Redis to answer."""
-        client = aioredis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            health_check_interval=15,
-            retry_on_timeout=True,
-        )
+        options: dict[str, Any] = dict(socket_connect_timeout=5, socket_timeout=10, health_check_interval=15,
+                                       retry_on_timeout=True)
+        if settings.redis_sentinels:
+            client = _sentinel_client(settings, options)
+        else:
+            client = aioredis.from_url(settings.redis_url.get_secret_value(), **options)
         store = cls(settings, client)
         await store._call(client.ping, retry_s=retry_s)
         return store
@@ -332,8 +347,13 @@ class Store:
 
     async def apply(self, change: Change) -> Outcome:
         """Apply one change atomically (see _TRANSITION for what is refused and why)."""
+        if self._waits_for_replicas([change]):
+            return (await self.apply_many([change]))[0]
         keys, argv = self._script_call(change)
         return self._outcome(await self._call(self._transition, keys=keys, args=argv))
+
+    def _waits_for_replicas(self, changes: list[Change]) -> bool:
+        return self.settings.redis_replicas_acked > 0 and any(change.state.terminal for change in changes)
 
     async def apply_many(self, changes: list[Change]) -> list[Outcome]:
         """Several changes in one round trip (each still atomic on its own)."""
@@ -348,13 +368,20 @@ class Store:
                     for change in changes:
                         keys, argv = self._script_call(change)
                         pipe.evalsha(self._transition.sha, len(keys), *keys, *argv)
+                    if wait:  # on the pipeline's connection: WAIT covers that connection's writes
+                        pipe.execute_command("WAIT", self.settings.redis_replicas_acked,
+                                             self.settings.redis_replicas_wait_ms)
                     try:
                         return await pipe.execute()
                     except NoScriptError:
                         await self._redis.script_load(_TRANSITION)
             raise Unavailable("Redis refused the transition script")
 
-        return [self._outcome(reply) for reply in await self._call(run_pipeline)]
+        wait = self._waits_for_replicas(changes)
+        replies = await self._call(run_pipeline)
+        if wait and int(replies[-1]) < self.settings.redis_replicas_acked:
+            log.warning("store_replicas_behind", acked=int(replies[-1]), wanted=self.settings.redis_replicas_acked)
+        return [self._outcome(reply) for reply in replies[:len(changes)]]
 
     async def create(self, job_id: str, state: JobState = JobState.queued, **fields: Any) -> bool:
         """Create the record; False when a record with this id already exists."""
