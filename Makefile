@@ -42,6 +42,11 @@ typecheck: install
 test-faults: install services
 	$(PY) -m pytest -q -m slow
 
+# A three-node RabbitMQ cluster (the quorum leader's node killed under load) and Redis with a replica and
+# three Sentinels (the primary killed mid-load); both are also part of test-faults.
+test-cluster: install services
+	$(PY) -m pytest -q -s tests/faults/test_cluster.py tests/faults/test_sentinel.py
+
 # Random kill -9 of services, a RabbitMQ restart and a kill -9 of the run's own Redis, under load (minutes);
 # last line lost=<n> duplicated=<n> failed=<n> of <submitted>.
 chaos: install services

@@ -46,6 +46,7 @@ from aio_pika.exceptions import (
 )
 from aiormq.exceptions import ChannelAccessRefused
 from pydantic import BaseModel
+from yarl import URL
 
 from shared.errors import Disposition, Overloaded, Unavailable
 from shared.logging import get_logger
@@ -188,6 +189,38 @@ class Consumer:
             log.warning("cancel_failed", error=str(error))
 
 
+def broker_urls(text: str) -> list[str]:
+    """HADIS_AMQP_URL: one broker URL, or several separated by commas (the nodes of a cluster)."""
+    return [url.strip() for url in text.split(",") if url.strip()]
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection that tries the cluster's nodes in turn: each connection attempt (the
+    first, and every reconnection after a node died) takes the next URL, so a dead node costs one
+    failed attempt (RECONNECT_INTERVAL_S), not an outage. aio-pika reads `url` once per connection
+    attempt (and once when constructed); printing the connection does not move it on."""
+
+    def __init__(self, url: object, *args: object, failover_urls: list[str] | None = None, **kwargs: object) -> None:
+        self._urls = [URL(each) for each in (failover_urls or [str(url)])]
+        self._next = 0
+        super().__init__(url, *args, **kwargs)  # type: ignore[arg-type]
+        self._next = 0  # the constructor's read: the first attempt still takes the first URL
+
+    @property
+    def url(self) -> URL:
+        url = self._urls[self._next % len(self._urls)]
+        self._next += 1
+        return url
+
+    @url.setter
+    def url(self, value: URL) -> None:
+        pass  # the list given at construction is the truth
+
+    def __str__(self) -> str:
+        current = self._urls[(self._next - 1) % len(self._urls)]
+        return str(current.with_password("******") if current.password else current)
+
+
 class Bus:
     def __init__(self, settings: Settings, consuming: AbstractRobustConnection, publishing: AbstractRobustConnection,
                  publisher: AbstractRobustChannel):
@@ -217,12 +250,26 @@ class Bus:
 
     @staticmethod
     async def _open(settings: Settings, role: str) -> AbstractRobustConnection:
-        return await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
-            timeout=CONNECT_TIMEOUT_S,
-            reconnect_interval=RECONNECT_INTERVAL_S,
-            client_properties={"connection_name": f"hadis-{settings.namespace}-{role}"},
-        )
+        """The first node that answers, of the cluster's (a first attempt that fails is not retried
+        by aio-pika: the next node is tried here; `retry` repeats the round)."""
+        urls = broker_urls(settings.amqp_url.get_secret_value())
+        if not urls:
+            raise ValueError("HADIS_AMQP_URL names no broker")
+        failure: BaseException = ConnectionError("no broker answered")
+        for first in range(len(urls)):
+            order = urls[first:] + urls[:first]
+            try:
+                return await aio_pika.connect_robust(
+                    order[0],
+                    timeout=CONNECT_TIMEOUT_S,
+                    reconnect_interval=RECONNECT_INTERVAL_S,
+                    client_properties={"connection_name": f"hadis-{settings.namespace}-{role}"},
+                    connection_class=FailoverConnection,
+                    failover_urls=order,
+                )
+            except CONNECTION_ERRORS as error:
+                failure = error
+        raise failure
 
     def _work_queue_arguments(self) -> dict:
         return {

@@ -29,9 +29,13 @@ class RabbitNode:
     """A RabbitMQ node of its own (own node name, ports, data and config: the system config pins
     5672), with its data kept across a kill -9 and a restart, as a crashed broker would."""
 
-    def __init__(self, directory: Path, port: int, dist_port: int) -> None:
+    def __init__(self, directory: Path, port: int, dist_port: int, cookie: str = "") -> None:
         self.directory, self.port, self.dist_port = directory, port, dist_port
         (directory / "home").mkdir(parents=True, exist_ok=True)
+        if cookie:  # nodes of one cluster share their Erlang cookie
+            cookie_file = directory / "home" / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
         (directory / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
         (directory / "enabled_plugins").write_text("[].\n")  # no management UI (it would take 15672)
         self.process: subprocess.Popen | None = None
@@ -55,6 +59,10 @@ class RabbitNode:
             self.process = subprocess.Popen([RABBITMQ_SERVER], env=env, stdout=output, stderr=subprocess.STDOUT,
                                             cwd=d, start_new_session=True)
         wait_port(self.port, timeout_s)
+
+    @property
+    def name(self) -> str:
+        return f"hadistest{self.port}@localhost"
 
     def ctl(self, *args: str) -> str:
         """rabbitmqctl against this node (its cookie is in its own HOME)."""
@@ -80,3 +88,43 @@ class RabbitNode:
             pass
         self.process.wait(timeout=30)
         self.process = None
+
+
+class RabbitCluster:
+    """Three RabbitMQ nodes joined in one cluster (quorum queues declared on it get three members),
+    beside the machine's own broker, which is left alone."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        from tests.helpers import free_port
+
+        cookie = "HADISTESTCLUSTER" + os.urandom(8).hex().upper()
+        self.nodes = [RabbitNode(directory / f"node{index}", free_port(), free_port(), cookie)
+                      for index in range(size)]
+
+    @property
+    def url(self) -> str:
+        """HADIS_AMQP_URL for the cluster: every node, comma-separated."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.name)
+            node.ctl("start_app")
+        for node in self.nodes:
+            node.ctl("await_startup")
+
+    def leader_of(self, queue: str) -> RabbitNode:
+        """The node that leads a quorum queue now."""
+        for line in self.nodes[0].ctl("list_queues", "name", "leader", "--no-table-headers", "--quiet").splitlines():
+            name, _, leader = line.strip().partition("\t")
+            if name == queue:
+                return next(node for node in self.nodes if node.name == leader.strip())
+        raise RuntimeError(f"no quorum queue {queue} on the cluster")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()

@@ -2,6 +2,7 @@ import asyncio
 
 import pytest
 
+from shared.bus import Bus
 from shared.errors import Disposition, Overloaded
 from shared.schemas import Job
 from tests.helpers import make_settings, namespace
@@ -66,3 +67,19 @@ async def test_broker_dead_letters_a_message_that_keeps_crashing_its_consumer():
         await asyncio.sleep(0.5)
         assert await bus.depth(bus.queues.requests) == 0
         assert await bus.depth(bus.queues.dead_watch) == 1
+
+
+async def test_a_list_of_brokers_skips_one_that_is_down():
+    """HADIS_AMQP_URL with several nodes: the first is down (nothing listens), the bus connects to
+    the next and works."""
+    from tests.helpers import free_port
+
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    settings = make_settings(amqp_url=f"{dead},amqp://guest:guest@127.0.0.1:5672/", connect_retry_s=30)
+    bus = await Bus.connect(settings)
+    try:
+        await bus.publish(bus.queues.requests, b'{"prompt": "x"}', message_id="x")
+        assert await bus.depth(bus.queues.requests) == 1
+    finally:
+        await bus.delete_namespace()
+        await bus.close()
