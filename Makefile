@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-wheel test-faults chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-wheel test-faults test-cluster chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
