@@ -59,6 +59,7 @@ T = TypeVar("T")
 DEAD_LETTER_MAX_LENGTH = 10_000
 RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+INSPECT_TIMEOUT_S = 5.0  # reading a refused queue's depth
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 5.0  # between attempts to connect, declare or start a consumer
 CONNECTION_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError,
                      RuntimeError)  # aio-pika raises RuntimeError for a robust connection that is reconnecting
@@ -229,6 +230,8 @@ class Bus:
         self._connection = consuming
         self._publishing = publishing
         self._publisher = publisher
+        self._publisher_generation = 0  # counts renewals of the publishing channel
+        self._renewing = asyncio.Lock()
 
     @classmethod
     async def connect(cls, settings: Settings, *, declare: bool = True, retry_s: float | None = None) -> Bus:
@@ -303,7 +306,8 @@ class Bus:
     async def publish(self, queue: str, payload: BaseModel | bytes, *, message_id: str | None = None) -> None:
         """Publish persistently to a queue and wait for the broker's confirm, for at most
         HADIS_PUBLISH_TIMEOUT_S in all (a reconnection, a blocked connection included): then
-        Unavailable. A full queue raises Overloaded."""
+        Unavailable. A queue at its length bound, or one that does not exist, raises Overloaded; a
+        refusal below the bound (a quorum queue electing a leader) is retried within the bound."""
         body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
         message = aio_pika.Message(
             body,
@@ -316,18 +320,28 @@ class Bus:
         delay = BACKOFF_FIRST_S
         while True:
             remaining = give_up_at - time.monotonic()
+            generation = self._publisher_generation
             try:
                 await asyncio.wait_for(self._publisher.default_exchange.publish(message, routing_key=queue),
                                        timeout=max(remaining, 0.01))
                 return
-            except (DeliveryError, PublishError) as error:
-                raise Overloaded(f"queue {queue} refused the message (full or unroutable)") from error
+            except PublishError as error:  # returned: no queue of that name (the stack never declared it)
+                raise Overloaded(f"queue {queue} does not exist: the message came back unroutable") from error
+            except DeliveryError as error:
+                if await self._at_bound(queue):
+                    raise Overloaded(f"queue {queue} is full ({self.settings.queue_max_length} messages)") from error
+                # Refused below its bound: a quorum queue whose leader's node died. RabbitMQ 3.10 goes on
+                # refusing that channel's publishes after a new leader is elected (seconds later; seen in
+                # tests/faults/test_cluster.py), and a new channel is accepted: publish again on one.
+                problem: BaseException = error
+                await self._renew_publisher(generation)
             except CONNECTION_ERRORS as error:
-                if time.monotonic() + delay > give_up_at:
-                    raise Unavailable(f"publish to {queue} failed for {bound_s:.0f} s: "
-                                      f"{error or type(error).__name__}") from error
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                problem = error
+            if time.monotonic() + delay > give_up_at:
+                raise Unavailable(f"publish to {queue} failed for {bound_s:.0f} s: "
+                                  f"{problem or type(problem).__name__}") from problem
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
         """Consume on a channel of its own (so its prefetch can change with the plan), retried
@@ -369,6 +383,29 @@ class Bus:
                 log.warning("queue_not_ready", queue=queue)
                 raise ConnectionError(f"queue {queue} is not ready: {error}") from error
             raise
+
+    async def _renew_publisher(self, seen_generation: int) -> None:
+        """A new publishing channel, once for all the publishes refused on the current one."""
+        async with self._renewing:
+            if self._publisher_generation != seen_generation:
+                return  # another publish renewed it already
+            try:
+                channel = await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
+            except CONNECTION_ERRORS as error:
+                log.warning("publisher_channel_not_renewed", error=str(error))
+                return
+            old, self._publisher = self._publisher, channel
+            self._publisher_generation += 1
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await old.close()
+
+    async def _at_bound(self, queue: str) -> bool:
+        """Whether a queue that refused a message is at its length bound (reject-publish); False
+        when that cannot be read just now (a cluster electing a leader): then it was not full."""
+        try:
+            return await asyncio.wait_for(self.depth(queue), INSPECT_TIMEOUT_S) >= self.settings.queue_max_length
+        except (*CONNECTION_ERRORS, ChannelNotFoundEntity):
+            return False
 
     async def _inspect(self, queue: str):
         # A channel of its own: the robust publisher channel answers passive declares from a cache.
