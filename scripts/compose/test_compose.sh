@@ -90,6 +90,14 @@ ENV
 
 env_value() { sed -n "s/^$1=//p" "$WORK/env" | tail -1; }
 
+# `hadis status --cluster` from the host against the stack: the agent's GPUs and the controller's plan.
+cluster_status() {
+    (cd "$ROOT" && HADIS_AMQP_URL="amqp://hadis:$(env_value RABBITMQ_PASSWORD)@127.0.0.1:$(env_value HADIS_AMQP_PORT)/" \
+        HADIS_REDIS_URL="redis://:$(env_value REDIS_PASSWORD)@127.0.0.1:$(env_value HADIS_REDIS_PORT)/0" \
+        "$PY" -c 'import sys; from shared.cli import main; sys.argv[0] = "hadis"; main()' status --cluster) 2>&1 \
+        | sed 's/^/    /' >&2 || true
+}
+
 compose() { docker compose --project-name "$PROJECT" -f "$ROOT/compose.yaml" --env-file "$WORK/env" --profile cpu "$@"; }
 
 cleanup() {
@@ -121,12 +129,16 @@ main() {
     local total healthy
     total=$(compose ps -q | wc -l)
     healthy=$(compose ps -q | xargs docker inspect -f '{{.State.Health.Status}}' | grep -c '^healthy$' || true)
-    say "up: $healthy/$total healthy"
+    say "up: $healthy/$total healthy; hadis status --cluster:"
+    cluster_status
+    local code=0
     "$PY" "$ROOT/scripts/compose/fault_run.py" --project "$PROJECT" --healthy "$healthy/$total" \
         --amqp-url "amqp://hadis:$(env_value RABBITMQ_PASSWORD)@127.0.0.1:$(env_value HADIS_AMQP_PORT)/" \
         --redis-url "redis://:$(env_value REDIS_PASSWORD)@127.0.0.1:$(env_value HADIS_REDIS_PORT)/0" \
-        ${FAULT_ARGS:-} -- -f "$ROOT/compose.yaml" --env-file "$WORK/env" --profile cpu >"$WORK/fault.log"
-    local code=${PIPESTATUS[0]}
+        ${FAULT_ARGS:-} -- -f "$ROOT/compose.yaml" --env-file "$WORK/env" --profile cpu >"$WORK/fault.log" 2>"$WORK/fault.err" || code=$?
+    cat "$WORK/fault.log"
+    say "after the load, hadis status --cluster:"
+    cluster_status
     say "took ${SECONDS} s"
     RESULT=$(tail -1 "$WORK/fault.log")
     return "$code"
