@@ -1,7 +1,8 @@
 """The fault run of `make test-compose` (scripts/compose/test_compose.sh): steady load from the host
 through the compose stack's published ports while, one after the other, a worker container, the
 judge and the RabbitMQ container are killed (`docker kill`) and Redis is restarted
-(`docker compose restart redis`); then every job must end `done`.
+(`docker compose restart redis`), and the router crashes (kill -9 of its container's process 1,
+which its `restart:` policy must repair); then every job must end `done`.
 
 A killed container comes back by its `restart:` policy; when the engine does not restart it (Engine
 20.10 counts a `docker kill` as a manual stop: no restart) the run starts it, and says so.
@@ -53,6 +54,22 @@ async def kill_container(project: str, service: str, say: Timeline) -> None:
     say(f"{service} not restarted by the engine after docker kill: docker start")
 
 
+async def crash_container(project: str, service: str, say: Timeline) -> None:
+    """kill -9 of the container's first process from the host: a crash, which its `restart:` policy
+    (unless-stopped) must repair by itself within 30 s."""
+    container = container_of(project, service)
+    restarts = docker("inspect", "-f", "{{.RestartCount}}", container)
+    subprocess.run(["kill", "-9", docker("inspect", "-f", "{{.State.Pid}}", container)], check=True)
+    say(f"kill -9 of {service}'s process 1 (a crash)")
+    for _ in range(60):
+        await asyncio.sleep(0.5)
+        if docker("inspect", "-f", "{{.State.Running}} {{.RestartCount}}", container) != f"true {restarts}":
+            if docker("inspect", "-f", "{{.State.Running}}", container) == "true":
+                say(f"{service} restarted by its restart policy")
+                return
+    raise SystemExit(f"{service} was not restarted by its restart policy within 30 s")
+
+
 async def restart_redis(compose: list[str], say: Timeline) -> None:
     say("docker compose restart redis")
     await asyncio.to_thread(subprocess.run, [*compose, "restart", "redis"], check=True, capture_output=True)
@@ -62,6 +79,7 @@ async def restart_redis(compose: list[str], say: Timeline) -> None:
 async def faults(args: argparse.Namespace, compose: list[str], say: Timeline) -> None:
     """The faults, spread over the load (none in its last quarter, so each is seen through)."""
     steps = [lambda service=service: kill_container(args.project, service, say) for service in args.kill]
+    steps += [lambda service=service: crash_container(args.project, service, say) for service in args.crash]
     steps.append(lambda: restart_redis(compose, say))
     gap = args.seconds * 0.75 / (len(steps) + 1)
     for step in steps:
@@ -77,7 +95,8 @@ async def run(args: argparse.Namespace) -> int:
     client = await Client.open(settings)
     try:
         load = SteadyLoad(client, rate_qps=args.rate, give_up_s=120.0, say=say)
-        say(f"{args.seconds:.0f} s of load at {args.rate} jobs/s; faults: kill {', '.join(args.kill)}, restart redis")
+        say(f"{args.seconds:.0f} s of load at {args.rate} jobs/s; faults: kill {', '.join(args.kill)}, "
+            f"crash {', '.join(args.crash)}, restart redis")
         await asyncio.gather(load.run(seconds=args.seconds, prefix="compose"), faults(args, compose, say))
         say(f"load over: {len(load.jobs)} submitted, {len(load.refused)} refused, {load.retried} retried")
         result = await account(load, set(), args.timeout, say)
@@ -102,6 +121,8 @@ def main() -> None:
     parser.add_argument("--healthy", default="?", help="healthy/total services after up --wait (for the last line)")
     parser.add_argument("--kill", nargs="+", default=["agent-cpu", "quality-judge-cpu", "rabbitmq"],
                         help="services whose container is killed, in order")
+    parser.add_argument("--crash", nargs="*", default=["router"],
+                        help="services whose container's process 1 is killed from the host (restart policy)")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the load lasts")
     parser.add_argument("--rate", type=float, default=2.0, help="jobs per second")
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the wait for terminal states")
