@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-wheel test-faults test-cluster chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-compose test-wheel test-faults test-cluster chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: install services
 # `hadis serve all` from this venv in a namespace of its own (about a minute).
 test-wheel: install services
 	$(PY) scripts/test_wheel.py
+
+# The compose stack for real (root, Debian): engine and stand-in base images when missing, project images,
+# `docker compose --profile cpu up --wait`, load with docker kill of a worker, the judge and RabbitMQ and a
+# Redis restart; last line compose_test healthy=<n>/<n> done=<n> of <n> lost=<n> (scripts/compose/).
+test-compose: install
+	PY=$(abspath $(PY)) bash scripts/compose/test_compose.sh
 
 # Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/, services/, hadis/.
 .PHONY: lint typecheck

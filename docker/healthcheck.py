@@ -1,9 +1,10 @@
 """The health probe each service container runs (compose.yaml's `healthcheck`):
 
-    python docker/healthcheck.py router|judge|worker|controller|api [--metrics-port PORT]
+    python docker/healthcheck.py router|judge|worker|controller|api|agent [--metrics-port PORT]
 
 Healthy (exit 0) when RabbitMQ and Redis answer, the service's queue has a consumer (the api
-consumes none: its HTTP server is up when its readiness says so), and,
+consumes none: its HTTP server is up when its readiness says so; the agent neither: it is ready
+once it has registered its GPUs, and its workers come and go with the plan), and,
 with --metrics-port, the service's own metrics endpoint on 127.0.0.1 says
 `hadis_service_ready{service=...} 1`: the queue check sees any replica, the endpoint sees this
 process. Unhealthy (exit 1) prints one line saying why; `docker inspect` shows it.
@@ -27,7 +28,8 @@ from shared.bus import Bus, Queues  # noqa: E402
 from shared.settings import Settings, get_settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 
-SERVICES = ("router", "judge", "worker", "controller", "api")
+SERVICES = ("router", "judge", "worker", "controller", "api", "agent")
+CONSUME_NOTHING = ("api", "agent")
 CHECK_TIMEOUT_S = 8.0
 
 
@@ -36,10 +38,10 @@ class Unhealthy(Exception):
 
 
 def queue_of(service: str, settings: Settings) -> str:
-    """The queue the service consumes, or, for the api, the one it publishes to."""
+    """The queue the service consumes, or, for the api and the agent, the ingress (it must exist)."""
     queues = Queues(settings.namespace)
     return {"router": queues.requests, "judge": queues.judge, "worker": queues.tier(settings.tier),
-            "controller": queues.dead_watch, "api": queues.requests}[service]
+            "controller": queues.dead_watch, "api": queues.requests, "agent": queues.requests}[service]
 
 
 async def check_broker_and_store(service: str, settings: Settings) -> None:
@@ -54,7 +56,7 @@ async def check_broker_and_store(service: str, settings: Settings) -> None:
         raise Unhealthy(f"queue {queue}: {error}") from error
     finally:
         await bus.close()
-    if consumers < 1 and service != "api":
+    if consumers < 1 and service not in CONSUME_NOTHING:
         raise Unhealthy(f"queue {queue} has no consumer")
     try:
         store = await Store.connect(settings)

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from shared import metrics
 from shared.logging import get_logger
 from shared.policies.restarts import RestartBackoff
 from shared.schemas import Tier
@@ -108,6 +109,7 @@ class Agent:
                 try:
                     await self.service.store.register_agent(settings.host, self.gpus, ttl_s=3 * settings.heartbeat_s)
                     last_registered = time.monotonic()
+                    metrics.mark_ready("agent")  # its container's health check: registered, so planned for
                 except Exception as error:
                     log.warning("agent_registration_failed", error=str(error))
             self.reconcile(self.service.plans.current.assignment)
@@ -116,6 +118,7 @@ class Agent:
                 await asyncio.wait_for(self.service.stopping.wait(), timeout=TICK_S)
             except TimeoutError:
                 pass
+        metrics.mark_ready("agent", False)
         await self.stop_all()
         try:  # the controller drops this host's GPUs from the plan now, not after HADIS_GPU_ABSENT_S
             await self.service.store.register_agent_left(settings.host, self.gpus)

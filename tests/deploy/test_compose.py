@@ -22,8 +22,8 @@ COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SECRETS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_PASSWORD")
 INFRASTRUCTURE = {"rabbitmq", "redis"}
-GPU_SERVICES = {"quality-judge", "light-worker", "heavy-worker"}
-CPU_SERVICES = {"quality-judge-cpu", "light-worker-cpu", "heavy-worker-cpu"}
+GPU_SERVICES = {"quality-judge", "agent"}
+CPU_SERVICES = {"quality-judge-cpu", "agent-cpu"}
 ALWAYS = {"rabbitmq", "redis", "api", "router", "controller"}
 
 
@@ -164,6 +164,8 @@ def test_services_are_configured_through_settings_that_exist():
     for name, service in hadis_services(config).items():
         for variable in service["environment"]:
             assert variable.startswith("HADIS_") and variable.removeprefix("HADIS_").lower() in fields, (name, variable)
+    # .env.example runs tiny-cpu, which has no Pareto table for the hadis policy (compose's default)
+    assert config["services"]["controller"]["environment"]["HADIS_CONTROLLER_POLICY"] == "static"
     router = config["services"]["router"]["environment"]
     assert router["HADIS_AMQP_URL"].startswith("amqp://hadis:change-me-rabbitmq@rabbitmq:5672")
     assert router["HADIS_LOG_FORMAT"] == "json"
@@ -177,3 +179,35 @@ def test_compose_file_has_no_default_credentials():
     assert "guest" not in text
     for secret in SECRETS:
         assert re.search(rf"^{secret}=\S+", ENV_EXAMPLE.read_text(), re.MULTILINE), secret
+
+
+@needs_compose
+def test_the_controller_runs_the_hadis_policy_unless_told_otherwise(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
+                                if not line.startswith("HADIS_CONTROLLER_POLICY=")))
+    result = run_compose("config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["services"]["controller"]["environment"]["HADIS_CONTROLLER_POLICY"] == "hadis"
+
+
+@needs_compose
+def test_an_agent_per_host_runs_the_workers_and_no_fixed_worker_is_left():
+    """The controller's plan decides each GPU's tier; the agent follows it. A fixed light or heavy
+    worker container would serve beside the plan, so none is defined."""
+    config = resolved("--profile", "gpu", "--profile", "cpu")
+    for name in ("agent", "agent-cpu"):
+        assert config["services"][name]["command"] == ["serve", "agent"], name
+    assert config["services"]["agent"]["environment"]["HADIS_GPUS"] == "0,1"  # .env.example
+    assert int(config["services"]["agent-cpu"]["environment"]["HADIS_EMULATED_GPUS"]) >= 2
+    assert not [name for name in config["services"] if "worker" in name]
+
+
+@needs_compose
+def test_every_container_rotates_its_log_and_slim_ones_are_memory_bound():
+    config = resolved("--profile", "gpu", "--profile", "cpu")
+    for name, service in config["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file" and {"max-size", "max-file"} <= set(logging["options"]), name
+    for name in ("api", "router", "controller", "rabbitmq", "redis"):
+        assert config["services"][name].get("mem_limit"), name

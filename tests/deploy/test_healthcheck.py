@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from services import agent
 from shared import metrics
+from shared.service import serve
 from tests.helpers import make_settings
 from tests.stack import running_api, running_stack
 
@@ -70,5 +72,27 @@ async def test_every_service_marks_itself_ready_as_it_runs():
                 code, output = await probe(settings.namespace, name, "--metrics-port", port)
                 assert (code, output.strip()) == (0, "healthy"), (name, output)
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_agent_marks_itself_ready_once_registered():
+    """The agent container's probe: healthy once the agent's own main has registered its GPUs."""
+    settings = make_settings(emulated_gpus=0)
+    server = metrics.start_metrics_server(0, addr="127.0.0.1")
+    metrics.mark_ready("agent", False)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve("agent", agent.main, settings, stopping))
+    try:
+        async with running_stack(settings, services=("router",)):
+            for _ in range(40):
+                code, output = await probe(settings.namespace, "agent", "--metrics-port", str(server.server_port))
+                if code == 0:
+                    break
+                await asyncio.sleep(0.25)
+            assert (code, output.strip()) == (0, "healthy"), output
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
         server.shutdown()
         server.server_close()
