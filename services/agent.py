@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ class WorkerProcess:
     gpu: str
     tier: Tier
     process: subprocess.Popen
+    instance: str = ""  # the token of its claims' owner id (shared.store.owner_id)
     stopping_since: float | None = None
     started_at: float = field(default_factory=time.monotonic)  # for the restart backoff
 
@@ -52,14 +54,16 @@ class Agent:
         return self.service.settings.owned_gpus()
 
     def start_worker(self, gpu: str, tier: Tier) -> None:
-        env = {**self.service.settings.as_env(), "HADIS_TIER": tier.value, "HADIS_GPU": gpu}
+        instance = secrets.token_hex(4)
+        env = {**self.service.settings.as_env(), "HADIS_TIER": tier.value, "HADIS_GPU": gpu,
+               "HADIS_WORKER_INSTANCE": instance}
         if gpu.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = gpu.removeprefix("cuda")
         if self.service.settings.metrics_port is not None:
             env["HADIS_METRICS_PORT"] = str(self.service.settings.metrics_port + 1 + self.gpus.index(gpu))
         process = subprocess.Popen([sys.executable, "-m", "services.worker"], env={**os.environ, **env},
                                    preexec_fn=stop_with_parent)
-        self.workers[gpu] = WorkerProcess(gpu, tier, process)
+        self.workers[gpu] = WorkerProcess(gpu, tier, process, instance)
         log.info("worker_started", gpu=gpu, tier=tier.value, pid=process.pid)
 
     def stop_worker(self, worker: WorkerProcess) -> None:
@@ -91,7 +95,7 @@ class Agent:
                     if backoff.at_cap:  # once per death, so at most once per cap_s
                         log.warning("worker_keeps_dying", gpu=gpu, deaths=backoff.deaths,
                                     restart_in_s=round(backoff.delay_s, 3))
-                self.dead_owners.append(owner_id(gpu, worker.process.pid))
+                self.dead_owners.append(owner_id(gpu, worker.process.pid, worker.instance))
                 del self.workers[gpu]
                 worker = None
             if worker is not None and worker.tier != wanted:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class TierWorker:
         self.batch_s = BatchTimer()
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self.busy_until = 0.0  # when the batches admitted so far are expected to have ended
-        self.owner = owner_id(self.settings.gpu, os.getpid())  # who holds this worker's claims
+        # Who holds this worker's claims: unique per start, even when a pid comes round again.
+        self.owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.claimed: dict[str, Item] = {}  # job id -> the item, from its claim until it is settled
 
     @property

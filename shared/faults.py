@@ -132,8 +132,9 @@ async def read_all_events(store: Any, since_id: str = "0-0", page: int = 5000) -
 
 
 def owner_pid(owner: str) -> int | None:
-    """The pid of a claim's owner (`<gpu>/<pid>`, see shared.store.owner_id); None if there is none."""
-    _, _, pid = (owner or "").rpartition("/")
+    """The pid of a claim's owner (`<gpu>/<pid>[.<instance>]`, see shared.store.owner_id); None if there is none."""
+    _, _, tail = (owner or "").rpartition("/")
+    pid = tail.partition(".")[0]
     return int(pid) if pid.isdigit() else None
 
 

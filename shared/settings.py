@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # The worker.
     tier: Tier = Tier.light
     gpu: str = Field(default="cpu0", description="The GPU (or emulated GPU) this worker owns.")
+    worker_instance: str = Field(default="", pattern=r"^[0-9a-f]{0,32}$",
+                                 description="Set by the agent for each worker it starts (unique per start; "
+                                             "see shared.store.owner_id); empty: the worker makes one.")
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000, description="Longest wait to fill a batch.")
 
     # The agent: the GPUs of this host (CUDA ids "0,1,...") or, without GPUs, emulated ones.

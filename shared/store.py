@@ -216,10 +216,12 @@ def serve_light(job_id: str, reason: str) -> Change:
     return Change(job_id, JobState.done, {"tier": "light", "escalated": False}, promote_light=True, detail=reason)
 
 
-def owner_id(gpu: str, pid: int) -> str:
-    """Who holds a `generating` claim: a worker process (its GPU and pid), alive while its
-    heartbeat renews `<ns>:owner:<owner>`."""
-    return f"{gpu}/{pid}"
+def owner_id(gpu: str, pid: int, instance: str = "") -> str:
+    """Who holds a `generating` claim: a worker process (its GPU, pid and an instance token), alive
+    while its heartbeat renews `<ns>:owner:<owner>`. The token tells apart two workers with the same
+    pid on one GPU, which containers make common (a restarted container numbers its processes
+    from 1 again): without it a new worker would keep its dead namesake's claims alive."""
+    return f"{gpu}/{pid}.{instance}" if instance else f"{gpu}/{pid}"
 
 
 _RECORD_FIELDS = frozenset(JobRecord.model_fields)

@@ -96,6 +96,7 @@ def test_two_terminal_transitions_are_flagged():
 def test_events_as_plain_dicts_and_owner_pids():
     assert double_work([fields for _, fields in light_flow("a", "x/1")]) == []
     assert owner_pid("host-emu0/4242") == 4242
+    assert owner_pid("host-emu0/11.9f3a01bc") == 11  # with the instance token a worker adds
     assert owner_pid("") is None and owner_pid("gpu/") is None
 
 

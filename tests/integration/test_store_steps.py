@@ -117,3 +117,20 @@ async def test_a_message_cannot_fail_a_job_it_does_not_own():
         assert (await store.get("j")).state is JobState.routed
         assert await store.fail("fresh", JobState.failed, "422 InvalidJob: bad", create_only=True)
         assert (await store.get("fresh")).state is JobState.failed
+
+
+async def test_a_new_worker_with_a_dead_workers_pid_does_not_keep_its_claims():
+    """Containers reuse pids: a restarted worker on the same GPU with the same pid has another
+    owner id (its instance token), so the dead worker's claim passes on once its key is gone."""
+    settings = make_settings()
+    async with namespace(settings) as (_, store):
+        dead, reborn = owner_id("gpu0", 11, "aaaa0001"), owner_id("gpu0", 11, "bbbb0002")
+        assert dead != reborn
+        await store.apply(Change("j", JobState.routed, {"tier": "light"}, create=True, passing=(JobState.queued,)))
+        await store.heartbeat_worker("gpu0", {"tier": "light"}, ttl_s=30, owner=dead)
+        assert (await store.apply(Change("j", JobState.generating, {"tier": "light"}, owner=dead))).applied
+        await store.forget_owner(dead)  # the agent saw it die
+        await store.heartbeat_worker("gpu0", {"tier": "light"}, ttl_s=30, owner=reborn)
+        other = owner_id("gpu1", 22, "cccc0003")
+        await store.heartbeat_worker("gpu1", {"tier": "light"}, ttl_s=30, owner=other)
+        assert (await store.apply(Change("j", JobState.generating, {"tier": "light"}, owner=other))).applied
