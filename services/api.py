@@ -272,9 +272,8 @@ class Api:
 
 
 def queued_record(job: Job, default_slo_s: float) -> Change:
-    return Change(job.job_id, JobState.queued, {
-        "prompt": job.prompt, "submitted_at": job.submitted_at, "deadline": job.effective_deadline(default_slo_s),
-        "metadata": job.metadata, "tenant": job.tenant}, create=True, detail="accepted by the api")
+    return Change(job.job_id, JobState.queued, job.record_fields(job.effective_deadline(default_slo_s)),
+                  create=True, detail="accepted by the api")
 
 
 def unavailable(error: BaseException, tenant: str) -> ApiError:

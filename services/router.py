@@ -163,8 +163,7 @@ class Router:
             state, outcome = JobState.expired, {"error": "408 Expired: deadline passed before routing"}
         else:
             state, outcome = JobState.routed, {"tier": tier.value, "router_score": score, "plan_version": plan.version}
-        record = {"prompt": job.prompt, "submitted_at": job.submitted_at, "deadline": deadline,
-                  "metadata": job.metadata, "tenant": job.tenant, **outcome}
+        record = {**job.record_fields(deadline), **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
         created = await store.apply(Change(job.job_id, state, record, create=True, passing=(JobState.queued,)))
         if not created.applied:

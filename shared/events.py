@@ -136,7 +136,6 @@ class EventHub:
                 queue.put_nowait(event)
 
 
-
 def _stream_order(event_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = event_id.partition("-")
     return int(milliseconds), int(sequence or 0)

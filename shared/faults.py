@@ -272,8 +272,9 @@ class RedisServer:
     """A redis-server on its own port and data directory, persisted as compose persists it, to be
     killed with SIGKILL and started again on the same data."""
 
-    def __init__(self, directory: Path | str, port: int, password: str = "") -> None:
+    def __init__(self, directory: Path | str, port: int, password: str = "", extra_args: tuple[str, ...] = ()) -> None:
         self.directory, self.port, self.password = Path(directory), port, password
+        self.extra_args = extra_args  # e.g. --replicaof HOST PORT
         self.process: subprocess.Popen | None = None
 
     @property
@@ -285,7 +286,7 @@ class RedisServer:
         auth = ["--requirepass", self.password] if self.password else []
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *compose_redis_args(), "--save", "",
-             "--dir", str(self.directory), "--logfile", "redis.log", *auth],
+             "--dir", str(self.directory), "--logfile", "redis.log", *auth, *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         give_up_at = time.monotonic() + timeout_s
         while time.monotonic() < give_up_at:

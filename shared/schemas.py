@@ -175,6 +175,11 @@ class Job(Strict):
             raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
         return metadata
 
+    def record_fields(self, deadline: float) -> dict[str, Any]:
+        """What a job record keeps of the job (the router and the api write the same fields)."""
+        return {"prompt": self.prompt, "submitted_at": self.submitted_at, "deadline": deadline,
+                "metadata": self.metadata, "tenant": self.tenant}
+
     def effective_deadline(self, default_slo_s: float) -> float:
         """The deadline, else submitted_at + the SLO; never beyond MAX_TIMESTAMP (a Task's bound)."""
         if self.deadline is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.faults import compose_redis_args
+from shared.faults import RedisServer
 from shared.schemas import JobState
 from shared.store import Change, Store
 from tests.faults.servers import wait_port
@@ -30,7 +30,8 @@ class RedisGroup:
         self.directory = directory
         self.primary_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.servers: dict[str, RedisServer] = {}  # primary, replica
+        self.processes: dict[str, subprocess.Popen] = {}  # the Sentinels
 
     def start(self) -> None:
         self._server("primary", self.primary_port)
@@ -60,24 +61,21 @@ class RedisGroup:
             time.sleep(0.2)
 
     def _server(self, name: str, port: int, *extra: str) -> None:
-        data = self.directory / name
-        data.mkdir()
-        self.processes[name] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *compose_redis_args(), "--save", "",
-             "--dir", str(data), "--repl-diskless-sync-delay", "0", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, 30)
+        (self.directory / name).mkdir()
+        server = RedisServer(self.directory / name, port, extra_args=("--repl-diskless-sync-delay", "0", *extra))
+        server.start()
+        self.servers[name] = server
 
     @property
     def sentinels(self) -> str:
         return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
 
     def kill(self, name: str) -> None:
-        process = self.processes[name]
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        self.servers[name].stop(signal.SIGKILL)
 
     def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
