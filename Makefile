@@ -48,10 +48,16 @@ typecheck: install
 test-faults: install services
 	$(PY) -m pytest -q -m slow
 
-# A three-node RabbitMQ cluster (the quorum leader's node killed under load) and Redis with a replica and
-# three Sentinels (the primary killed mid-load); both are also part of test-faults.
+# Redis with a replica and three Sentinels (the primary killed mid-write: what a failover loses, with and
+# without WAIT), then three RabbitMQ nodes, Redis with Sentinel and two of each control-plane service, with
+# the quorum leader's node, the Redis primary, a router, a judge and the planning controller killed under
+# load (tests/faults/test_cluster.py; about 3 minutes; also part of test-faults).
+# Last line: cluster_test nodes=3 kills=<n> done=<n> of <n> lost=<n> duplicated=<n>.
+test-cluster: SHELL := /bin/bash
+test-cluster: .SHELLFLAGS := -o pipefail -c
 test-cluster: install services
-	$(PY) -m pytest -q -s tests/faults/test_cluster.py tests/faults/test_sentinel.py
+	$(PY) -m pytest -q -s tests/faults/test_sentinel.py tests/faults/test_cluster.py 2>&1 | tee $(VENV)/test-cluster.log
+	@grep '^cluster_test ' $(VENV)/test-cluster.log | tail -1
 
 # Random kill -9 of services, a RabbitMQ restart and a kill -9 of the run's own Redis, under load (minutes);
 # last line lost=<n> duplicated=<n> failed=<n> of <submitted>.

@@ -39,11 +39,16 @@ _KILLED_PIDS: set[int] = set()
 
 
 class Cluster:
-    def __init__(self, settings: Settings) -> None:
+    """The services as processes; `replicas` runs more than one of a stateless service (competing
+    consumers, or controllers contending for the lease): `router`, `router2`, ..."""
+
+    def __init__(self, settings: Settings, replicas: dict[str, int] | None = None) -> None:
         self.settings = settings
-        self.children = {
-            name: Child(name, module, {**settings.as_env(), **extra}) for name, (module, extra) in PROCESSES.items()
-        }
+        self.children: dict[str, Child] = {}
+        for name, (module, extra) in PROCESSES.items():
+            for index in range(1, (replicas or {}).get(name, 1) + 1):
+                replica = name if index == 1 else f"{name}{index}"
+                self.children[replica] = Child(replica, module, {**settings.as_env(), **extra})
         self.killed: list[int] = []  # pids this cluster SIGKILLed (their claims may pass to another worker)
 
     def start(self, name: str) -> None:
@@ -63,8 +68,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(settings: Settings, client: Client) -> AsyncIterator[Cluster]:
-    running = Cluster(settings)
+async def cluster(settings: Settings, client: Client,
+                  replicas: dict[str, int] | None = None) -> AsyncIterator[Cluster]:
+    running = Cluster(settings, replicas)
     for name in running.children:
         running.start(name)
     try:

@@ -608,6 +608,11 @@ class Store:
         return bool(await self._call(self._lease, keys=[f"{self.ns}:lease:{name}"],
                                      args=[holder, int(ttl_s * 1000)]))
 
+    async def lease_holder(self, name: str) -> str | None:
+        """Who holds a lease now (`<host>:<pid>:<token>` for a controller); None when nobody does."""
+        holder = await self._call(self._redis.get, f"{self.ns}:lease:{name}")
+        return holder.decode() if isinstance(holder, bytes) else holder
+
     # The HTTP api: keys, tenants' limits, rate state, quota slots, idempotency keys.
     def _api(self, *parts: str) -> str:
         return ":".join((self.ns, "api", *parts))

@@ -11,6 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from shared.faults import RedisServer
+from tests.helpers import free_port
+
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
@@ -95,8 +98,6 @@ class RabbitCluster:
     beside the machine's own broker, which is left alone."""
 
     def __init__(self, directory: Path, size: int = 3) -> None:
-        from tests.helpers import free_port
-
         cookie = "HADISTESTCLUSTER" + os.urandom(8).hex().upper()
         self.nodes = [RabbitNode(directory / f"node{index}", free_port(), free_port(), cookie)
                       for index in range(size)]
@@ -118,8 +119,9 @@ class RabbitCluster:
             node.ctl("await_startup")
 
     def leader_of(self, queue: str) -> RabbitNode:
-        """The node that leads a quorum queue now."""
-        for line in self.nodes[0].ctl("list_queues", "name", "leader", "--no-table-headers", "--quiet").splitlines():
+        """The node that leads a quorum queue now (asked of a node still running)."""
+        alive = next(node for node in self.nodes if node.process is not None)
+        for line in alive.ctl("list_queues", "name", "leader", "--no-table-headers", "--quiet").splitlines():
             name, _, leader = line.strip().partition("\t")
             if name == queue:
                 return next(node for node in self.nodes if node.name == leader.strip())
@@ -128,3 +130,74 @@ class RabbitCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+MASTER = "hadis"
+
+
+class RedisGroup:
+    """A primary, two replicas and three Sentinels on free ports, in a directory of their own (as
+    compose.cluster.yaml runs them): after a failover one replica is left to acknowledge WAIT."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.primary_port = free_port()
+        self.replica_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.servers: dict[str, RedisServer] = {}  # primary, replica0, replica1
+        self.processes: dict[str, subprocess.Popen] = {}  # the Sentinels
+
+    def start(self) -> None:
+        self._server("primary", self.primary_port)
+        for index, port in enumerate(self.replica_ports):
+            self._server(f"replica{index}", port, "--replicaof", "127.0.0.1", str(self.primary_port))
+        for index, port in enumerate(self.sentinel_ports):
+            config = self.directory / f"sentinel{index}.conf"
+            config.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                              f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+                              f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                              f"sentinel failover-timeout {MASTER} 10000\n")
+            self.processes[f"sentinel{index}"] = subprocess.Popen(
+                ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port, 30)
+        # Load starts once the replica is in sync and every Sentinel knows it (they learn replicas
+        # from the primary's INFO, every 10 s): before that a failover has nowhere to go.
+        for replica in self.replica_ports:
+            self._wait_for("the replicas' sync",
+                           lambda replica=replica: "master_link_status:up" in cli(replica, "info", "replication"))
+            for port in self.sentinel_ports:
+                self._wait_for("the Sentinels to see the replicas",
+                               lambda port=port, replica=replica: str(replica) in cli(port, "sentinel", "replicas",
+                                                                                      MASTER))
+
+    @staticmethod
+    def _wait_for(what: str, ready, timeout_s: float = 60.0) -> None:
+        give_up_at = time.monotonic() + timeout_s
+        while not ready():
+            assert time.monotonic() < give_up_at, f"no {what} within {timeout_s} s"
+            time.sleep(0.2)
+
+    def _server(self, name: str, port: int, *extra: str) -> None:
+        (self.directory / name).mkdir()
+        server = RedisServer(self.directory / name, port, extra_args=("--repl-diskless-sync-delay", "0", *extra))
+        server.start()
+        self.servers[name] = server
+
+    @property
+    def sentinels(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def kill(self, name: str) -> None:
+        self.servers[name].stop(signal.SIGKILL)
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10).stdout

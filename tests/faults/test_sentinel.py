@@ -5,86 +5,16 @@ finished job's record is lost. Without it, the test measures what asynchronous r
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from shared.faults import RedisServer
 from shared.schemas import JobState
 from shared.store import Change, Store
-from tests.faults.servers import wait_port
-from tests.helpers import free_port, make_settings
+from tests.faults.servers import MASTER, RedisGroup
+from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-MASTER = "hadis"
-
-
-class RedisGroup:
-    """A primary, a replica and three Sentinels on free ports, in a directory of their own."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.primary_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.servers: dict[str, RedisServer] = {}  # primary, replica
-        self.processes: dict[str, subprocess.Popen] = {}  # the Sentinels
-
-    def start(self) -> None:
-        self._server("primary", self.primary_port)
-        self._server("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
-        for index, port in enumerate(self.sentinel_ports):
-            config = self.directory / f"sentinel{index}.conf"
-            config.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                              f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
-                              f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                              f"sentinel failover-timeout {MASTER} 10000\n")
-            self.processes[f"sentinel{index}"] = subprocess.Popen(
-                ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(port, 30)
-        # Load starts once the replica is in sync and every Sentinel knows it (they learn replicas
-        # from the primary's INFO, every 10 s): before that a failover has nowhere to go.
-        self._wait_for("the replica's sync", lambda: "master_link_status:up" in cli(self.replica_port, "info",
-                                                                                   "replication"))
-        for port in self.sentinel_ports:
-            self._wait_for("the Sentinels to see the replica",
-                           lambda port=port: str(self.replica_port) in cli(port, "sentinel", "replicas", MASTER))
-
-    @staticmethod
-    def _wait_for(what: str, ready, timeout_s: float = 60.0) -> None:
-        give_up_at = time.monotonic() + timeout_s
-        while not ready():
-            assert time.monotonic() < give_up_at, f"no {what} within {timeout_s} s"
-            time.sleep(0.2)
-
-    def _server(self, name: str, port: int, *extra: str) -> None:
-        (self.directory / name).mkdir()
-        server = RedisServer(self.directory / name, port, extra_args=("--repl-diskless-sync-delay", "0", *extra))
-        server.start()
-        self.servers[name] = server
-
-    @property
-    def sentinels(self) -> str:
-        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-
-    def kill(self, name: str) -> None:
-        self.servers[name].stop(signal.SIGKILL)
-
-    def stop(self) -> None:
-        for server in self.servers.values():
-            server.stop()
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
-
-
-def cli(port: int, *args: str) -> str:
-    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10).stdout
-
 
 async def finish_jobs(store: Store, prefix: str, until: asyncio.Event, acked: list[str],
                       finished_at: dict[str, float]) -> None:
