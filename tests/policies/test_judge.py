@@ -69,3 +69,28 @@ def test_calibration_for_a_reference_model():
 
 def test_calibration_for_a_model_without_reference_scores():
     assert calibration_for(model(None)).threshold(0.4) == 0.4
+
+
+def test_judge_replicas_on_competing_consumers_converge_to_one_threshold():
+    """Two judges share the judge queue (competing consumers, deliveries in prefetch-sized runs): each
+    calibrates on its own half of the scores. Their thresholds agree to within the window's sampling
+    error, and together they escalate the fraction d that one judge would, also after the score
+    distribution shifts (a new light model): no shared state is needed. The one difference: with k
+    replicas a window of 2048 spans 2048 k jobs of the stream, so each follows a shift k times slower."""
+    rng = np.random.default_rng(7)
+    scores = np.concatenate([rng.normal(0.0, 1.0, 8000), rng.normal(1.5, 0.7, 8000)])  # a shift half-way
+    d = 0.3
+    replicas, alone = [JudgeCalibration(None) for _ in range(2)], JudgeCalibration(None)
+    escalated, escalated_alone = [], []
+    for start in range(0, len(scores), 8):  # a run of 8 deliveries goes to one replica at random
+        judge = replicas[rng.integers(2)]
+        for score in scores[start:start + 8]:
+            escalated.append(judge.escalate(score, d))
+            judge.observe(score)
+            escalated_alone.append(alone.escalate(score, d))
+            alone.observe(score)
+    gap = abs(replicas[0].threshold(d) - replicas[1].threshold(d))
+    assert gap < 0.1, gap  # ~0.03 expected: two windows of 2048 draws
+    for part in (slice(4200, 8000), slice(12200, 16000)):  # settled (2 x 2048 on), before and after the shift
+        assert abs(np.mean(escalated[part]) - d) < 0.03
+        assert abs(np.mean(escalated[part]) - np.mean(escalated_alone[part])) < 0.03
