@@ -10,8 +10,13 @@ second measured is the system's own: broker, store, routing, batching, encoding.
 4. lost: jobs without a terminal record at the end (must be 0).
 
 Phases 2-4 run once per event loop of --loops (asyncio's own, then uvloop, every service's default
-where installed), side by side in one run. Last lines: `broker use ... = <ratio>` and
-`pipeline_jobs_per_s <number>`, for the last loop.
+where installed), side by side in one run, then once more with two routers and two judges
+(competing consumers). Last lines: `broker_use <ratio>` and `pipeline_jobs_per_s <number>`, for the
+last loop with one replica of each service.
+
+--profile DIR: every service process runs under cProfile (HADIS_CPU_PROFILE_DIR) and the script
+prints, per service, its CPU per job and the functions it spends it in. cProfile slows the services
+down: a profiled run's rates are not comparable with an unprofiled one's.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pstats
 import time
 import uuid
+from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -148,11 +156,22 @@ async def delete_namespace(settings: Settings) -> None:
     await client.close()
 
 
-def pipeline_rate(args: argparse.Namespace, settings: Settings, loop: str) -> float:
+def service_children(replicas: int) -> list[supervisor.Child]:
+    """The stack of `hadis serve all`, with `replicas` routers and judges."""
+    children = supervisor.default_children()
+    for name in ("router", "judge"):
+        model = next(child for child in children if child.name == name)
+        children += [supervisor.Child(f"{name}{index}", model.module, {key: value for key, value in model.env.items()
+                                                                     if key != "HADIS_METRICS_PORT"})
+                     for index in range(2, replicas + 1)]
+    return children
+
+
+def pipeline_rate(args: argparse.Namespace, settings: Settings, loop: str, replicas: int = 1) -> float:
     """Saturation and paced latency with every service on `loop` (HADIS_EVENT_LOOP), in a namespace of its own."""
     os.environ.update(HADIS_EVENT_LOOP=loop, HADIS_NAMESPACE=settings.namespace)
     backlog, since_id = asyncio.run(prefill(settings, args.jobs))
-    children = supervisor.default_children()
+    children = service_children(replicas)
     for child in children:
         child.start()
     try:
@@ -170,10 +189,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--loops", default="asyncio,uvloop",
                         help="the services' event loops, measured side by side; the last one's figures end the output")
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="a last run with this many routers and judges (1: none)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="profile the services with cProfile into this directory and print where the time goes")
     args = parser.parse_args()
 
     namespace = f"bench{uuid.uuid4().hex[:6]}"
     os.environ.update(SERVICE_ENV, HADIS_NAMESPACE=namespace)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ["HADIS_CPU_PROFILE_DIR"] = str(args.profile.resolve())
     settings = Settings()
     raw_rate = asyncio.run(raw_broker_rate(settings.model_copy(update={"namespace": namespace + "raw"}),
                                            args.raw_messages))
@@ -187,10 +213,37 @@ def main() -> None:
         first, *others = rates
         print("event loops: " + ", ".join(f"{loop} {rate:.0f} jobs/s" for loop, rate in rates.items()) + "; "
               + ", ".join(f"{loop}/{first} {rates[loop] / rates[first]:.2f}" for loop in others))
-    jobs_per_s = rates[args.loops.split(",")[-1]]
+    last_loop = args.loops.split(",")[-1]
+    if args.profile:
+        print_profiles(args.profile, jobs=len(rates) * (args.jobs + int(args.rate * args.seconds)))
+    elif args.replicas > 1:
+        print(f"{args.replicas} routers and {args.replicas} judges, on {last_loop}:")
+        replicated = pipeline_rate(args, settings.model_copy(update={"namespace": f"{namespace}rp"}), last_loop,
+                                   replicas=args.replicas)
+        print(f"replicas: {args.replicas} routers and judges {replicated:.0f} jobs/s, one of each "
+              f"{rates[last_loop]:.0f} jobs/s; broker use {replicated * MESSAGES_PER_JOB / raw_rate:.2f}")
+    jobs_per_s = rates[last_loop]
     ratio = jobs_per_s * MESSAGES_PER_JOB / raw_rate
-    print(f"broker use: {jobs_per_s:.0f} jobs/s x {MESSAGES_PER_JOB:.2f} msg/job / {raw_rate:.0f} msg/s = {ratio:.2f}")
+    print(f"broker use: {jobs_per_s:.0f} jobs/s x {MESSAGES_PER_JOB:.2f} msg/job / {raw_rate:.0f} msg/s")
+    print(f"broker_use {ratio:.2f}")
     print(f"pipeline_jobs_per_s {jobs_per_s:.0f}")
+
+
+def print_profiles(directory: Path, jobs: int, top: int = 12) -> None:
+    """Per service (all its processes together): CPU seconds per job (process time), and the
+    functions with the most time of their own."""
+    by_service: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(directory.glob("*.prof")):
+        by_service[path.stem.rsplit("-", 1)[0]].append(path)
+    for service, paths in sorted(by_service.items()):
+        stats = pstats.Stats(*map(str, paths))
+        total_s = stats.total_tt  # type: ignore[attr-defined]
+        print(f"\n== {service} ({len(paths)} process{'es' if len(paths) > 1 else ''}): {total_s:.1f} s, "
+              f"{total_s / jobs * 1000:.2f} ms per job (profiled)")
+        rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+        for (filename, line, function), (_, calls, own_s, cumulative_s, _) in rows:
+            where = f"{Path(filename).name}:{line}" if line else filename
+            print(f"  {own_s:7.2f} s own {cumulative_s:7.2f} s cum {calls:>9} calls  {function}  {where}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ stop gracefully on SIGTERM/SIGINT, and settle a failed message in one place."""
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared import crashpoints, metrics
 from shared.bus import Bus, Delivery
@@ -96,8 +101,27 @@ def run(name: str, main: ServiceMain) -> None:
         log.info("event_loop", loop=type(loop).__module__.split(".")[0])
         await serve(name, main, settings, stopping)
 
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+    with cpu_profile(settings.cpu_profile_dir, name), \
+            asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(run_with_signals())
+
+
+@contextmanager
+def cpu_profile(directory: str, name: str) -> Iterator[None]:
+    """cProfile over the service's life, on CPU time (process_time: idle waits cost nothing; the CPU of
+    the model and scoring threads lands on whatever the loop thread runs then), when a directory is set:
+    where a job's CPU goes, per service (scripts/bench_pipeline.py --profile)."""
+    if not directory:
+        yield
+        return
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(Path(directory) / f"{name}-{os.getpid()}.prof")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     # The event loop of every service process: uvloop (libuv) where it is installed (the `serve`
     # extra), else asyncio's own; "asyncio" forces the latter.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    cpu_profile_dir: str = Field(default="", description="Profile each service process's event-loop thread "
+                                 "with cProfile and write <dir>/<service>-<pid>.prof when it stops (make "
+                                 "bench-pipeline BENCH_ARGS=--profile); empty: no profiling.")
 
     # Observability.
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
