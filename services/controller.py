@@ -45,22 +45,16 @@ class Controller:
         self.fleet = Fleet(self.settings.gpu_absent_s)
         self.fleet_seeded = False
         self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
+        self.arrivals_seen: int | None = None  # the store's arrivals counter at the last tick
 
-    async def follow_arrivals(self) -> None:
-        """Count `queued` transitions in the event stream: every job the router accepts."""
-        last_id = await self.service.store.last_event_id()
-        while not self.service.stopping.is_set():
-            try:
-                events = await self.service.store.read_events(last_id, count=5000, block_ms=1000)
-            except Exception as error:
-                log.warning("event_stream_failed", error=str(error))
-                await asyncio.sleep(TICK_S)
-                continue
-            for _, event in events:
-                if event["state"] == JobState.queued:
-                    self.demand.arrived()
-            if events:
-                last_id = events[-1][0]
+    async def count_arrivals(self) -> None:
+        """Fold the jobs recorded `queued` since the last tick into the demand (the store's counter:
+        one read a tick, not every event of every job). The first read, and a counter that went back
+        (a store that lost its data), only set the baseline."""
+        arrivals = await self.service.store.arrivals()
+        if self.arrivals_seen is not None and arrivals >= self.arrivals_seen:
+            self.demand.arrived(arrivals - self.arrivals_seen)
+        self.arrivals_seen = arrivals
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;
@@ -86,7 +80,7 @@ class Controller:
         metrics.observe_queue_depths(depths)
         queued = sum(depths[name] for name in (bus.queues.tier(Tier.light), bus.queues.tier(Tier.heavy),
                                                 bus.queues.judge))
-        rate = self.demand.update(now)
+        rate = self.demand.rate_qps
         metrics.observe_demand(rate)
         queueing = queueing_delay_s(queued, rate, cap_s=self.settings.slo_s)
         observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current,
@@ -95,10 +89,14 @@ class Controller:
         return observation, gpus
 
     async def step(self) -> None:
-        """One tick: plan (when this controller holds the lease) and publish a changed plan."""
+        """One tick: measure demand (a standby too, so that it takes over warm), then plan (when this
+        controller holds the lease) and publish a changed plan."""
+        now = time.time()
+        await self.count_arrivals()
+        self.demand.update(now)
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
             return
-        observation, gpus = await self.observe(time.time())
+        observation, gpus = await self.observe(now)
         current = await self.service.store.get_plan()
         fields = self.schedule.step(observation, current, gpus)
         if fields is not None:
@@ -202,7 +200,7 @@ async def main(service: Service) -> None:
     consumer = await service.bus.consume(service.bus.queues.dead_watch, controller.on_dead_letter,
                                          prefetch=DEAD_WATCH_PREFETCH)
     metrics.mark_ready("controller")
-    await asyncio.gather(controller.follow_arrivals(), controller.plan_loop(), controller.housekeeping())
+    await asyncio.gather(controller.plan_loop(), controller.housekeeping())
     await consumer.cancel()
 
 
