@@ -57,6 +57,8 @@ class ModelProfile(Strict):
     reference_index: int | None = Field(default=None, description="Column of the reference judge scores.")
     latency_ms: dict[int, float] = Field(default_factory=dict, description="Batch size -> ms per batch.")
     max_batch: int | None = None
+    load_s: float | None = Field(default=None, ge=0, description="Seconds to load the model from the host's cache "
+                                 "onto a GPU (scripts/profile_gpu.py measures it); None: not measured, planned as 0.")
 
     @field_validator("latency_ms")
     @classmethod

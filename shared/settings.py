@@ -101,6 +101,26 @@ class Settings(BaseSettings):
     plan_min_dwell_s: float = Field(default=30.0, ge=0, description="Least time between two planned changes.")
     demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")
     demand_margin: float = Field(default=0.1, ge=0, le=10, description="Plan for demand x (1 + margin).")
+    demand_hold_s: float = Field(default=9.0, gt=0, le=600,
+                                 description="hadis: a rise in arrivals counts as demand once it has lasted this "
+                                             "long; a burst shorter than a third of it never does "
+                                             "(shared/policies/demand.py).")
+    demand_window_s: float = Field(default=30.0, gt=0, le=3600,
+                                   description="hadis: the span of the demand estimate (at least demand_hold_s); a "
+                                               "fall is followed over it.")
+    plan_horizon_s: float = Field(default=60.0, gt=0, le=3600,
+                                  description="hadis: a change of model pair or tier sizes must serve more jobs over "
+                                              "this horizon than keeping the plan, its switch's lost capacity "
+                                              "included (shared/policies/transitions.py).")
+    plan_min_gain_fid: float = Field(default=0.25, ge=0, le=100,
+                                     description="hadis: while the plan keeps up, a change of model pair or tier "
+                                                 "sizes must improve the FID by at least this much.")
+    worker_start_s: float = Field(default=3.0, ge=0, le=600,
+                                  description="A worker process's start, to its first batch (measured: about 3 s "
+                                              "here); the planner prices tier moves with it, the simulator models it.")
+    worker_start_each_s: float = Field(default=1.25, ge=0, le=600,
+                                       description="What each other worker starting at once on the host adds to a "
+                                                   "start (16 at once: 21-23 s on 2 cores).")
     planner_light_share: Literal["routed", "all"] = "routed"
     gpu_absent_s: float = Field(
         default=300.0, ge=0, le=86_400,

@@ -14,9 +14,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared.demand import queueing_delay_s
 from shared.policies.assignment import assign
+from shared.policies.demand import SustainedRate
 from shared.policies.pareto import ParetoRow, ParetoTable, build_table, load_quality, load_table
 from shared.policies.planner import Planner
+from shared.policies.transitions import Structure, Verdict, transition, worth_switching
 from shared.profiles import Profile, load_profile
 from shared.schemas import Plan
 from shared.settings import Settings
@@ -75,6 +78,9 @@ class PlanSchedule:
         """The plan fields to publish now (assignment included), or None when nothing changes. With
         no GPUs at all the current plan stays: a plan that serves nothing is never published."""
         now = observation.now
+        observe = getattr(self.policy, "observe", None)  # a policy that measures every tick (hadis's demand)
+        if observe is not None:
+            observe(observation)
         if not gpus and current is not None:
             return None
         if self.decision is None or now - self.decided_at >= self.period_s:
@@ -180,26 +186,85 @@ class WindowRate:
 
 
 class HadisPolicy(PlannerPolicy):
-    """Ours: the best-quality row of the whole Pareto table that covers the demand plus a margin,
-    with the light tier sized for the prompts routed to it, the queue's wait counted against the
-    SLO, and the GPUs the row does not need given to the busier tier as headroom. Demand is the
-    higher of the EWMA and the arrival rate over the last SLO (a burst shorter than that is
-    absorbed by the queue within the SLO; one longer is seen at once). A cheaper plan applies at
-    once, a better one waits out the dwell time."""
+    """Ours, in two layers.
+
+    The structure (model pair, GPUs per tier) is the best-quality row of the whole Pareto table that
+    covers the sustained demand plus a margin (shared/policies/demand.py: a burst is not demand),
+    with the light tier sized for the prompts routed to it and the GPUs the row does not need given
+    to the busier tier as headroom. A new structure replaces the current one only when it pays for
+    its transition (shared/policies/transitions.py: the GPUs that load a model serve nothing
+    meanwhile).
+
+    The operating point (r, d, batch sizes) is the best-quality row of the structure's pair that its
+    GPUs cover with the queue's wait (Little's law) counted against the SLO: it changes without
+    loading a model, so it follows a backlog at once. A cheaper plan applies at once, a better one
+    waits out the dwell time."""
 
     name = "hadis"
     degrade_at_once = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.window = WindowRate(span_s=settings.slo_s)
+        self.sustained = SustainedRate(settings.demand_hold_s, max(settings.demand_window_s, settings.demand_hold_s))
+        self.last_verdict: Verdict | None = None  # the last priced change of structure (logged by the caller)
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
                        margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
 
+    def observe(self, observation: Observation) -> None:
+        """Every tick (PlanSchedule): the demand estimate needs the arrivals at a finer grain than
+        the planning period."""
+        self.sustained.observe(observation.now, observation.arrivals)
+
     def demand(self, observation: Observation) -> float:
-        return max(observation.demand_qps, self.window.rate(observation))
+        if len(self.sustained.samples) < 2:  # not observed yet (the first tick): the controller's EWMA
+            return observation.demand_qps
+        return self.sustained.rate()
+
+    def queueing(self, observation: Observation) -> float:
+        return queueing_delay_s(observation.queued_jobs, self.demand(observation), cap_s=self.settings.slo_s)
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        demand, slo = self.demand(observation), self.settings.slo_s
+        structure, why = self.structure(demand, observation)
+        point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, demand, slo,
+                                         queueing_s=self.queueing(observation))
+        assert point is not None  # structure() keeps only pairs of the table
+        fields = point.plan_fields()
+        fields["reason"] = f"{fields['reason']}{why}"
+        return fields
+
+    def structure(self, demand: float, observation: Observation) -> tuple[Structure, str]:
+        """The structure to run: the planner's for the sustained demand, unless the current one is
+        worth keeping (its switch would not pay for itself)."""
+        target = Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
+        current = observation.current
+        if current is None or target == Structure.of(current):
+            return target, ""
+        old = Structure.of(current)
+        slo = self.settings.slo_s
+        keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
+        if keep is None or old.light_gpus + old.heavy_gpus > observation.gpus:
+            return target, ""  # a pair this policy does not plan with, or GPUs that are gone
+        cost = transition(old, target, self.profile, worker_start_s=self.settings.worker_start_s,
+                          worker_start_each_s=self.settings.worker_start_each_s)
+        serving = cost.serving
+        during = self.planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
+        new = self.planner.plan_within(target.pair, target.light_gpus, target.heavy_gpus, demand, slo)
+        assert during is not None and new is not None
+        if keep.feasible and new.fid > keep.fid - self.settings.plan_min_gain_fid:
+            # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
+            return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: "
+                         f"FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch")
+        verdict = worth_switching(keep_qps=keep.capacity_qps, new_qps=new.capacity_qps,
+                                  during_qps=during.capacity_qps, demand_qps=demand, switch_s=cost.seconds,
+                                  horizon_s=self.settings.plan_horizon_s, slack_s=slo - new.expected_latency_s)
+        self.last_verdict = verdict
+        if verdict.switch:
+            return target, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
+                            f"({cost.new_workers} new workers), {verdict.why}")
+        return old, f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: {verdict.why}"
 
 
 class HadisPaperPolicy(PlannerPolicy):

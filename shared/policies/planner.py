@@ -154,6 +154,36 @@ class Planner:
             return self._decision(row, i, j, g_light, g_heavy, feasible=True, started=started)
         return self._decision(*self._highest_capacity(gpus, slo_s, queueing), feasible=False, started=started)
 
+    def plan_within(self, pair: tuple[str, str], light_gpus: int, heavy_gpus: int, demand_qps: float,
+                    slo_s: float, queueing_s: float = 0.0) -> PlanDecision | None:
+        """The operating point within a structure that stays: the best-quality row of `pair` (its r, d
+        and batch sizes, which change without loading a model) that the tiers' current GPUs cover,
+        the queueing delay counted against the SLO; failing that, the pair's highest-capacity row
+        with those GPUs. None when the table has no row of that pair."""
+        started = time.perf_counter()
+        of_pair = np.array([row.pair == tuple(pair) for row in self.rows])
+        if not of_pair.any():
+            return None
+        demand = demand_qps if demand_qps > 0 else 0.0
+        queueing = queueing_s if queueing_s > 0 else 0.0
+        g_l, g_h = self._min_gpus(demand * (1.0 + self.margin))
+        usable = self.valid & of_pair[:, None, None]
+        within_slo = usable & (self.path_latency + queueing <= slo_s + TIME_SLACK)
+        fits = within_slo & (g_l[:, :, None] <= light_gpus) & (g_h[:, None, :] <= heavy_gpus)
+        if fits.any():
+            row, i, j, _, _ = self._best_quality(fits, g_l, g_h)
+            return self._decision(row, i, j, light_gpus, heavy_gpus, feasible=True, started=started)
+        shape = self.path_latency.shape
+        g_light, g_heavy = np.full(shape, float(light_gpus)), np.full(shape, float(heavy_gpus))
+        capacity = self._capacity(g_light, g_heavy)
+        for budget in (slo_s - queueing, slo_s):
+            allowed = usable & (self.path_latency <= budget + TIME_SLACK)
+            if allowed.any():
+                picked = self._pick(np.where(allowed, capacity, -np.inf), capacity, g_light, g_heavy)
+                return self._decision(*picked, feasible=False, started=started)
+        picked = self._pick(np.where(usable, -self.path_latency, -np.inf), capacity, g_light, g_heavy)
+        return self._decision(*picked, feasible=False, started=started)
+
     def _min_gpus(self, demand: float) -> tuple[np.ndarray, np.ndarray]:
         """[row, batch]: the fewest GPUs per tier whose throughput covers that tier's demand
         (at least one for a tier with traffic, none for a tier without); inf where impossible."""

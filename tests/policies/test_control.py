@@ -99,14 +99,82 @@ def test_hadis_paper_measures_demand_over_its_own_period():
     assert policy.window.rate(observe(50.0, 99.0, arrivals=500)) == pytest.approx(10.0)
 
 
+class Ticks:
+    """The controller's loop without the services: one PlanSchedule step a second, arrivals at a
+    given rate (evenly spaced), the plan it publishes kept as the current one."""
+
+    def __init__(self, policy: str, min_dwell_s: float = 30.0, **overrides) -> None:
+        self.schedule = PlanSchedule(make_policy(settings_for(policy, **overrides)), period_s=1.0,
+                                     min_dwell_s=min_dwell_s)
+        self.now, self.arrivals, self.carry = 0.0, 0, 0.0
+        self.plan: Plan | None = None
+        self.published: list[tuple[float, Plan]] = []
+
+    def run(self, seconds: int, rate: float, queued: int = 0) -> list[tuple[float, Plan]]:
+        new = []
+        for _ in range(seconds):
+            self.now += 1.0
+            self.carry += rate
+            self.arrivals += int(self.carry)
+            self.carry -= int(self.carry)
+            fields = self.schedule.step(observe(self.now, rate, current=self.plan, arrivals=self.arrivals,
+                                                light_queued=queued), self.plan, GPUS)
+            if fields is not None:
+                self.plan = as_plan(fields, version=len(self.published) + 1)
+                self.published.append((self.now, self.plan))
+                new.append((self.now, self.plan))
+        return new
+
+
+def pair(plan: Plan) -> tuple[str, str]:
+    return plan.light_model, plan.heavy_model
+
+
 def test_schedule_holds_a_better_plan_for_the_dwell_time_but_not_a_cheaper_one_for_hadis():
-    schedule = PlanSchedule(make_policy(settings_for("hadis")), period_s=1.0, min_dwell_s=30.0)
-    busy = as_plan(schedule.step(observe(0.0, 40.0, arrivals=0), None, GPUS))
-    assert schedule.step(observe(1.0, 0.5, current=busy, arrivals=40), busy, GPUS) is None  # better: waits
-    quiet = as_plan(schedule.step(observe(31.0, 0.5, current=busy, arrivals=41), busy, GPUS), version=2)
+    ticks = Ticks("hadis")
+    ticks.run(60, rate=40.0)
+    busy = ticks.plan
+    assert busy is not None
+    calm = ticks.run(60, rate=0.5)
+    assert calm and calm[0][0] >= ticks.published[-len(calm) - 1][0] + 30  # better: after the dwell time
+    quiet = ticks.plan
     assert quiet.fid < busy.fid
-    cheaper = schedule.step(observe(32.0, 40.0, current=quiet, arrivals=400), quiet, GPUS)
-    assert cheaper is not None and cheaper["fid"] > quiet.fid  # cheaper: at once
+    rising = ticks.run(20, rate=40.0)
+    cheaper = [(at, plan) for at, plan in rising if plan.fid > quiet.fid]
+    assert cheaper and cheaper[0][0] - 120 <= 9 + 2  # cheaper: at once, once the rise has lasted hold_s
+
+
+def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
+    """Steady 8 jobs/s, then 80 jobs/s for 2 s (its backlog queued behind): the pair and the GPUs per
+    tier stay; only the operating point may move while the backlog drains."""
+    ticks = Ticks("hadis")
+    ticks.run(90, rate=8.0)
+    before = ticks.plan
+    ticks.run(2, rate=80.0, queued=150)
+    ticks.run(30, rate=8.0, queued=0)
+    for _, plan in ticks.published[-5:]:
+        assert plan is before or (pair(plan), plan.light_gpus, plan.heavy_gpus) == (
+            pair(before), before.light_gpus, before.heavy_gpus), plan.reason
+
+
+def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
+    """Demand falls from 40 to 7 jobs/s: a better pair is wanted (sd35-medium -> sd35-large), but
+    every GPU would load a model, for a profiled 60 s here, while 7 jobs/s keep coming: the plan
+    keeps its pair and says why. With instant loads (0 s), at 2 jobs/s, it switches."""
+    ticks = Ticks("hadis", min_dwell_s=0.0)
+    ticks.run(60, rate=40.0)
+    busy = ticks.plan
+    profile = ticks.schedule.policy.profile
+    for model in profile.models.values():
+        object.__setattr__(model, "load_s", 60.0)
+    ticks.run(60, rate=7.0)
+    verdict = ticks.schedule.policy.last_verdict
+    assert pair(ticks.plan) == pair(busy) and not verdict.switch, ticks.plan.reason
+    assert "would leave 0 qps" in verdict.why and "wait" in verdict.why
+    for model in profile.models.values():
+        object.__setattr__(model, "load_s", None)
+    ticks.run(40, rate=2.0)  # and lower demand: the backlog of a 5 s switch drains within the SLO
+    assert pair(ticks.plan) == ("sd35-medium", "sd35-large"), ticks.plan.reason
 
 
 def test_schedule_holds_any_change_for_the_dwell_time_for_the_baselines():
