@@ -24,6 +24,8 @@ from shared.policies import steps
 from shared.policies.assignment import moves
 from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.policies.fleet import Fleet
+from shared.policies.transitions import Structure, Switch, SwitchWatch, changing_gpus, transition
+from shared.profiles import load_profile
 from shared.schemas import Job, JobState, Plan, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
 
@@ -46,6 +48,7 @@ class Controller:
         self.fleet_seeded = False
         self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
         self.arrivals_seen: int | None = None  # the store's arrivals counter at the last tick
+        self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
 
     async def count_arrivals(self) -> None:
         """Fold the jobs recorded `queued` since the last tick into the demand (the store's counter:
@@ -96,15 +99,46 @@ class Controller:
         self.demand.update(now)
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
             return
+        await self.follow_switch(now)
         observation, gpus = await self.observe(now)
         current = await self.service.store.get_plan()
         fields = self.schedule.step(observation, current, gpus)
         if fields is not None:
             await self.publish(current, fields, observation)
 
+    async def follow_switch(self, now: float) -> None:
+        """Log (and count) what the last switch realised, once its GPUs report their new work."""
+        if self.switches.current is None:
+            return
+        switch = self.switches.update(now, await self.service.store.workers())
+        if switch is not None:
+            metrics.observe_plan_switch(switch.realised_s, switch.dark_gpu_s)
+            log.info("plan_switch_done", version=switch.version, gpus=len(switch.waiting),
+                     expected_s=round(switch.expected_s, 2), realised_s=round(switch.realised_s, 2),
+                     dark_gpu_s=round(switch.dark_gpu_s, 1))
+
+    def start_switch(self, current: Plan | None, plan: Plan) -> None:
+        """Follow the GPUs that a new plan moves (tier or model), with the switch's priced cost."""
+        waiting = changing_gpus(current.assignment if current else {}, plan.assignment,
+                                (current.light_model, current.heavy_model) if current else None,
+                                (plan.light_model, plan.heavy_model))
+        if not waiting:
+            return
+        expected = 0.0
+        if current is not None:
+            expected = transition(Structure.of(current), Structure.of(plan), load_profile(self.settings.profile),
+                                  worker_start_s=self.settings.worker_start_s,
+                                  worker_start_each_s=self.settings.worker_start_each_s).seconds
+        superseded = self.switches.start(Switch(plan.version, time.time(), expected, waiting))
+        if superseded is not None:
+            log.warning("plan_switch_superseded", version=superseded.version, ready=len(superseded.ready),
+                        gpus=len(superseded.waiting))
+        log.info("plan_switch", version=plan.version, gpus=len(waiting), expected_s=round(expected, 2))
+
     async def publish(self, current: Plan | None, fields: dict[str, Any], observation: Observation) -> None:
         plan = await self.service.store.publish_plan(fields)
         await self.service.plans.refresh()
+        self.start_switch(current, plan)
         log.info("plan_published", version=plan.version, policy=self.policy.name, light=plan.light_model,
                  heavy=plan.heavy_model, r=plan.r, d=plan.d, light_gpus=plan.light_gpus,
                  heavy_gpus=plan.heavy_gpus, gpu_moves=moves(current.assignment if current else {},

@@ -62,6 +62,10 @@ SERVICE_READY = Gauge("hadis_service_ready", "1 once the service consumes its qu
 QUEUE_DEPTH = Gauge("hadis_queue_depth", "Messages ready in a work queue", ["queue"], registry=REGISTRY)
 DEMAND = Gauge("hadis_demand_qps", "Arrival rate the controller measures (EWMA), jobs per second",
                registry=REGISTRY)
+PLAN_SWITCH_SECONDS = Histogram("hadis_plan_switch_seconds", "From a plan that moves GPUs (tier or model) until "
+                                "every moved GPU serves again", buckets=LATENCY_BUCKETS, registry=REGISTRY)
+PLAN_SWITCH_DARK = Counter("hadis_plan_switch_dark_gpu_seconds", "GPU-seconds that served nothing while switching",
+                           registry=REGISTRY)
 ROUTED = Counter("hadis_routed", "Jobs routed to each tier", ["tier"], registry=REGISTRY)
 JUDGE_VERDICTS = Counter("hadis_judge_verdicts", "Judge decisions on light images", ["model", "verdict"],
                          registry=REGISTRY)
@@ -176,6 +180,11 @@ def observe_queue_depths(depths: Mapping[str, int]) -> None:
 
 def observe_demand(rate_qps: float) -> None:
     DEMAND.set(rate_qps)
+
+
+def observe_plan_switch(realised_s: float, dark_gpu_s: float) -> None:
+    PLAN_SWITCH_SECONDS.observe(realised_s)
+    PLAN_SWITCH_DARK.inc(dark_gpu_s)
 
 
 def observe_routed(tier: str) -> None:

@@ -35,8 +35,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--margin", type=float, default=0.05, help="plan for demand x (1 + margin) (default 0.05)")
         if name == "simulate":
             parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
-            parser.add_argument("--worker-start", type=float, default=3.0,
-                                help="seconds for a moved GPU's new worker to be ready (default 3, measured)")
+            parser.add_argument("--worker-start", type=float, default=None,
+                                help="seconds for a moved GPU's new worker to be ready (default: HADIS_WORKER_START_S, "
+                                     "3, measured; each other worker starting at once adds HADIS_WORKER_START_EACH_S)")
         parser.set_defaults(handler=handler)
     parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
     parser.add_argument("folder", help="a folder whose subfolders hold report.json")
@@ -92,7 +93,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     progress.show(trace.duration_s, force=True)
     progress.close()
     return finish(args, "simulate", trace, settings, outcomes, plans, wall_s,
-                  {"scale": args.scale, "worker_start_s": args.worker_start, **overrides})
+                  {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
+                   else args.worker_start, "worker_start_each_s": settings.worker_start_each_s, **overrides})
 
 
 def show(progress, trace_s: float, arrived: int, ended: int) -> None:

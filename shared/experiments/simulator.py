@@ -14,7 +14,10 @@ What it models of the services (docs/experiments.md lists what it leaves out):
 - the judge: a fixed delay, then the reference judge score of the prompt on the light model,
   the lowest-d fraction escalated unless the heavy batch cannot end by the deadline;
 - a GPU moved to another tier: its worker finishes what it admitted, hands back its buffer,
-  and the new worker is ready `worker_start_s` later (a process start, measured).
+  and the new worker is ready after a process start (`worker_start_s`, plus `worker_start_each_s`
+  for every other worker starting at once: they share the host's CPUs; shared/policies/
+  transitions.py) and its model's load (the profile's `load_s`);
+- a tier's model replaced in place: the worker finishes its batches, then loads (`load_s`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from shared.policies.admission import (
 from shared.policies.control import Observation, PlanSchedule, make_policy
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.router import default_router
+from shared.policies.transitions import load_s
+from shared.policies.transitions import start_s as transition_start_s
 from shared.profiles import load_profile
 from shared.schemas import Plan, Tier
 from shared.settings import Settings
@@ -84,12 +89,12 @@ class SimWorker:
 
 
 class Simulation:
-    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float = 3.0, judge_s: float = 0.02,
+    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float | None = None, judge_s: float = 0.02,
                  finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None) -> None:
         self.settings = settings
         self.trace = trace
         self.profile = load_profile(settings.profile)
-        self.worker_start_s = worker_start_s
+        self.worker_start_s = settings.worker_start_s if worker_start_s is None else worker_start_s
         self.judge_s = judge_s
         self.finish_s = finish_s
         self.progress = progress
@@ -171,28 +176,43 @@ class Simulation:
         fields = self.schedule.step(observation, self.plan, self.gpus)
         if fields is not None:
             self.version += 1
-            self.plan = Plan.model_validate({**fields, "version": self.version})
+            before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
             self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
                                         self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
-            self.reconcile()
+            self.reconcile(before)
 
-    def reconcile(self) -> None:
-        """The agent: a GPU whose tier changes gets a new worker once the old one has finished."""
+    def reconcile(self, before: Plan | None = None) -> None:
+        """The agent: a GPU whose tier changes gets a new worker once the old one has finished (all
+        the starts at once share the host); a worker whose tier's model changes loads it in place."""
+        plan = self.in_force
+        starting = sum(1 for gpu in self.gpus if plan.assignment.get(gpu) is not None
+                       and (gpu not in self.workers or self.workers[gpu].tier != plan.assignment[gpu]))
+        start_s = transition_start_s(starting, self.worker_start_s, self.settings.worker_start_each_s)
         for gpu in self.gpus:
-            wanted = self.in_force.assignment.get(gpu)
+            wanted = plan.assignment.get(gpu)
             worker = self.workers.get(gpu)
             if worker is not None and worker.tier == wanted:
+                if before is not None and before.model_for(wanted) != plan.model_for(wanted):
+                    self.reload(worker, plan.model_for(wanted))
                 continue
             start = self.now
             if worker is not None:
                 start = self.retire(worker)
                 del self.workers[gpu]
             if wanted is not None:
-                self.workers[gpu] = SimWorker(gpu, wanted, ready_at=start + self.worker_start_s)
-                self.at(start + self.worker_start_s, self.worker_ready, wanted)
+                ready_at = start + start_s + load_s(self.profile, plan.model_for(wanted))
+                self.workers[gpu] = SimWorker(gpu, wanted, ready_at=ready_at)
+                self.at(ready_at, self.worker_ready, wanted)
         self.refresh_serving()
         for tier in Tier:
             self.feed(tier)
+
+    def reload(self, worker: SimWorker, model: str) -> None:
+        """The worker loads its tier's new model once its admitted batches end; it serves nothing meanwhile."""
+        seconds = load_s(self.profile, model)
+        if seconds > 0:
+            worker.ready_at = max(self.now, worker.busy_until) + seconds
+            self.at(worker.ready_at, self.worker_ready, worker.tier)
 
     def retire(self, worker: SimWorker) -> float:
         """SIGTERM: the buffer goes back to the queue's head; admitted batches finish."""

@@ -20,7 +20,7 @@ capacity included. A burst never reaches this rule: its demand is not sustained
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.profiles import Profile
@@ -144,3 +144,62 @@ def worth_switching(*, keep_qps: float, new_qps: float, during_qps: float, deman
         return Verdict(True, f"serves {switch:.0f} jobs in {horizon_s:g} s instead of {keep:.0f}", keep, switch)
     return Verdict(False, f"the switch costs more than it brings in {horizon_s:g} s ({switch:.0f} jobs served "
                           f"instead of {keep:.0f})", keep, switch)
+
+
+def changing_gpus(before: Mapping[str, str], after: Mapping[str, str], before_pair: tuple[str, str] | None,
+                  after_pair: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    """GPU -> (tier, model) it must serve after a plan change, for the GPUs whose worker changes
+    tier or model (assignments map GPU -> tier)."""
+    def model(pair: tuple[str, str] | None, tier: str | None) -> str | None:
+        return None if pair is None or tier is None else pair[0] if tier == "light" else pair[1]
+
+    return {gpu: (tier, model(after_pair, tier) or "") for gpu, tier in after.items()
+            if (before.get(gpu), model(before_pair, before.get(gpu))) != (tier, model(after_pair, tier))}
+
+
+@dataclass
+class Switch:
+    """A published change of structure, from its plan until every moved GPU serves again."""
+
+    version: int
+    started: float
+    expected_s: float  # as priced (transition().seconds)
+    waiting: dict[str, tuple[str, str]]  # GPU -> the (tier, model) its worker must report
+    ready: dict[str, float] = field(default_factory=dict)  # GPU -> seconds until it did
+
+    @property
+    def realised_s(self) -> float:
+        return max(self.ready.values(), default=0.0)
+
+    @property
+    def dark_gpu_s(self) -> float:
+        """GPU-seconds that served nothing: the switch's realised cost."""
+        return sum(self.ready.values())
+
+
+class SwitchWatch:
+    """Follows switches through the workers' heartbeats (tier and model per GPU) to measure what each
+    realised: when its last GPU served again, and the GPU-seconds lost. A newer switch replaces one
+    still in progress (it is reported as superseded)."""
+
+    def __init__(self) -> None:
+        self.current: Switch | None = None
+
+    def start(self, switch: Switch) -> Switch | None:
+        """Begin following `switch`; the one it supersedes, if any."""
+        superseded, self.current = self.current, (switch if switch.waiting else None)
+        return superseded
+
+    def update(self, now: float, workers: list[dict[str, Any]]) -> Switch | None:
+        """The switch, once all its GPUs report their new tier and model (else None)."""
+        switch = self.current
+        if switch is None:
+            return None
+        serving = {worker.get("gpu"): (worker.get("tier"), worker.get("model")) for worker in workers}
+        for gpu, wanted in switch.waiting.items():
+            if gpu not in switch.ready and serving.get(gpu) == wanted:
+                switch.ready[gpu] = now - switch.started
+        if len(switch.ready) < len(switch.waiting):
+            return None
+        self.current = None
+        return switch

@@ -51,3 +51,33 @@ def test_gpus_moved_between_tiers_restart_their_workers():
 def test_the_baselines_run_in_the_simulator(policy):
     outcomes, _, _ = simulate(settings_for(policy), steady(10.0, 30.0))
     assert not [job for job in outcomes if job.state == "lost"]
+
+
+def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_its_load():
+    """Eight GPUs moved to the other tier at once: each new worker is ready after 3 s + 7 x 1.25 s
+    (the measured growth); a tier whose model changes in place loads it (a profiled 4 s here)."""
+    from shared.schemas import Plan, Tier
+
+    settings = settings_for("static", gpus=8, worker_start_s=3.0, worker_start_each_s=1.25, plan_light_gpus=4,
+                            plan_heavy_gpus=4)
+    simulation = Simulation(settings, steady(1.0, 5.0))
+    simulation.now = 0.0
+    simulation.control()
+    first = simulation.in_force
+    simulation.now = 10.0
+    moved = {gpu: (Tier.heavy if tier is Tier.light else Tier.light) for gpu, tier in first.assignment.items()}
+    simulation.plan = Plan.model_validate({**first.model_dump(), "version": 2, "assignment": moved})
+    simulation.reconcile(first)
+    assert len(moved) == 8
+    assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {10.0 + 3.0 + 7 * 1.25}
+    simulation.now = 30.0
+    simulation.profile = simulation.profile.model_copy(deep=True)  # load_profile's is shared (cached)
+    object.__setattr__(simulation.profile.model("sd35-large"), "load_s", 4.0)
+    swapped = simulation.in_force.model_copy(update={"version": 3, "heavy_model": "sd35-large"})
+    before, simulation.plan = simulation.plan, swapped
+    simulation.reconcile(before)
+    heavy = [w for w in simulation.workers.values() if w.tier is Tier.heavy]
+    light = [w for w in simulation.workers.values() if w.tier is Tier.light]
+    assert before.heavy_model != "sd35-large"
+    assert heavy and all(w.ready_at == pytest.approx(34.0) for w in heavy)
+    assert all(w.ready_at < 30.0 for w in light)

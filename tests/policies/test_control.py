@@ -164,7 +164,8 @@ def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
     ticks = Ticks("hadis", min_dwell_s=0.0)
     ticks.run(60, rate=40.0)
     busy = ticks.plan
-    profile = ticks.schedule.policy.profile
+    policy = ticks.schedule.policy
+    profile = policy.profile = policy.profile.model_copy(deep=True)  # load_profile's is shared (cached)
     for model in profile.models.values():
         object.__setattr__(model, "load_s", 60.0)
     ticks.run(60, rate=7.0)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policies.transitions import Structure, backlog_wait_s, start_s, transition, worth_switching
+from shared.policies.transitions import (
+    Structure,
+    Switch,
+    SwitchWatch,
+    backlog_wait_s,
+    changing_gpus,
+    start_s,
+    transition,
+    worth_switching,
+)
 from shared.profiles import load_profile
 
 START = {"worker_start_s": 3.0, "worker_start_each_s": 1.25}
@@ -58,3 +67,27 @@ def test_a_plan_that_falls_behind_switches_when_the_switch_pays_back_within_the_
     assert worth_switching(**behind, during_qps=4.0, switch_s=10.0, horizon_s=60.0).switch  # 40 + 600 > 480
     verdict = worth_switching(**behind, during_qps=0.0, switch_s=50.0, horizon_s=60.0)  # 120 < 480
     assert not verdict.switch and verdict.served_keep == pytest.approx(480.0)
+
+
+def test_a_switch_is_followed_until_every_moved_gpu_serves_its_new_work():
+    before, after = {"g0": "light", "g1": "heavy", "g2": "heavy"}, {"g0": "light", "g1": "light", "g2": "heavy"}
+    waiting = changing_gpus(before, after, ("a", "b"), ("a", "c"))
+    assert waiting == {"g1": ("light", "a"), "g2": ("heavy", "c")}  # g0 keeps tier and model
+    watch = SwitchWatch()
+    assert watch.start(Switch(7, started=100.0, expected_s=5.0, waiting=waiting)) is None
+    old = [{"gpu": "g1", "tier": "heavy", "model": "b"}, {"gpu": "g2", "tier": "heavy", "model": "b"}]
+    assert watch.update(101.0, old) is None
+    assert watch.update(103.0, [{"gpu": "g1", "tier": "light", "model": "a"}]) is None  # g2 still loading
+    done = watch.update(106.5, [{"gpu": "g1", "tier": "light", "model": "a"},
+                                {"gpu": "g2", "tier": "heavy", "model": "c"}])
+    assert done is not None and done.version == 7
+    assert done.realised_s == pytest.approx(6.5) and done.dark_gpu_s == pytest.approx(3.0 + 6.5)
+    assert watch.current is None
+
+
+def test_a_newer_switch_supersedes_one_in_progress():
+    watch = SwitchWatch()
+    first = Switch(1, 0.0, 3.0, {"g0": ("heavy", "b")})
+    watch.start(first)
+    assert watch.start(Switch(2, 1.0, 3.0, {"g0": ("light", "a")})) is first
+    assert watch.start(Switch(3, 2.0, 0.0, {})) is not None and watch.current is None  # nothing moves
