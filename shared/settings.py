@@ -101,13 +101,14 @@ class Settings(BaseSettings):
     plan_min_dwell_s: float = Field(default=30.0, ge=0, description="Least time between two planned changes.")
     demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")
     demand_margin: float = Field(default=0.1, ge=0, le=10, description="Plan for demand x (1 + margin).")
-    demand_hold_s: float = Field(default=9.0, gt=0, le=600,
-                                 description="hadis: a rise in arrivals counts as demand once it has lasted this "
-                                             "long; a burst shorter than a third of it never does "
-                                             "(shared/policies/demand.py).")
-    demand_window_s: float = Field(default=30.0, gt=0, le=3600,
-                                   description="hadis: the span of the demand estimate (at least demand_hold_s); a "
-                                               "fall is followed over it.")
+    demand_hold_s: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="hadis: a rise in arrivals counts as demand once it has lasted this long; a burst up to a third "
+                    "of it never does (shared/policies/demand.py). Unset: the SLO (a burst the queue absorbs within "
+                    "the SLO is not demand).")
+    demand_window_s: float | None = Field(
+        default=None, gt=0, le=36_000,
+        description="hadis: the span of the demand estimate, over which a fall is followed. Unset: 5 x the SLO.")
     plan_horizon_s: float = Field(default=60.0, gt=0, le=3600,
                                   description="hadis: a change of model pair or tier sizes must serve more jobs over "
                                               "this horizon than keeping the plan, its switch's lost capacity "
@@ -115,6 +116,9 @@ class Settings(BaseSettings):
     plan_min_gain_fid: float = Field(default=0.25, ge=0, le=100,
                                      description="hadis: while the plan keeps up, a change of model pair or tier "
                                                  "sizes must improve the FID by at least this much.")
+    plan_max_moving_gpus: int = Field(default=2, ge=1, le=4096,
+                                      description="hadis: GPUs that change tier in one step of a switch (each gets a "
+                                                  "new worker); the rest serve meanwhile and move in later steps.")
     worker_start_s: float = Field(default=3.0, ge=0, le=600,
                                   description="A worker process's start, to its first batch (measured: about 3 s "
                                               "here); the planner prices tier moves with it, the simulator models it.")

@@ -19,7 +19,7 @@ from shared.policies.assignment import assign
 from shared.policies.demand import SustainedRate
 from shared.policies.pareto import ParetoRow, ParetoTable, build_table, load_quality, load_table
 from shared.policies.planner import Planner
-from shared.policies.transitions import Structure, Verdict, transition, worth_switching
+from shared.policies.transitions import Structure, Verdict, stagger, transition, worth_switching
 from shared.profiles import Profile, load_profile
 from shared.schemas import Plan
 from shared.settings import Settings
@@ -202,11 +202,15 @@ class HadisPolicy(PlannerPolicy):
 
     name = "hadis"
     degrade_at_once = True
+    period_s = 1.0  # every tick: bursts cannot move the structure, and a better plan still waits out the dwell
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.sustained = SustainedRate(settings.demand_hold_s, max(settings.demand_window_s, settings.demand_hold_s))
+        hold = settings.demand_hold_s or settings.slo_s
+        self.sustained = SustainedRate(hold, max(settings.demand_window_s or 5 * settings.slo_s, hold))
         self.last_verdict: Verdict | None = None  # the last priced change of structure (logged by the caller)
+        self.moving_until = -math.inf  # a staggered switch's step is under way until then
+        self.proposed: tuple[Structure, float] | None = None  # a step not yet seen in force, and its seconds
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -245,8 +249,12 @@ class HadisPolicy(PlannerPolicy):
         old = Structure.of(current)
         slo = self.settings.slo_s
         keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
-        if keep is None or old.light_gpus + old.heavy_gpus > observation.gpus:
-            return target, ""  # a pair this policy does not plan with, or GPUs that are gone
+        if keep is None or not 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
+            return target, ""  # a pair this policy does not plan with, GPUs that are gone, or none yet
+        if self.proposed is not None and self.proposed[0] == old:  # the step is in force: it takes its time
+            self.moving_until, self.proposed = observation.now + self.proposed[1], None
+        if observation.now < self.moving_until:
+            return old, "; a switch is under way"
         cost = transition(old, target, self.profile, worker_start_s=self.settings.worker_start_s,
                           worker_start_each_s=self.settings.worker_start_each_s)
         serving = cost.serving
@@ -262,8 +270,13 @@ class HadisPolicy(PlannerPolicy):
                                   horizon_s=self.settings.plan_horizon_s, slack_s=slo - new.expected_latency_s)
         self.last_verdict = verdict
         if verdict.switch:
-            return target, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
-                            f"({cost.new_workers} new workers), {verdict.why}")
+            step = stagger(old, target, self.settings.plan_max_moving_gpus)
+            step_cost = transition(old, step, self.profile, worker_start_s=self.settings.worker_start_s,
+                                   worker_start_each_s=self.settings.worker_start_each_s)
+            self.proposed = (step, step_cost.seconds)  # the schedule may hold it (dwell) before it is in force
+            then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
+            return step, (f"; switch: {step_cost.moving} GPUs loading for {step_cost.seconds:.3g} s "
+                          f"({step_cost.new_workers} new workers), {verdict.why}{then}")
         return old, f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: {verdict.why}"
 
 

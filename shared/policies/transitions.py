@@ -102,6 +102,17 @@ def transition(current: Structure, new: Structure, profile: Profile, *, worker_s
                       serving=serving, seconds=seconds)
 
 
+def stagger(current: Structure, target: Structure, max_moving: int) -> Structure:
+    """The next step from `current` towards `target`: the target's pair (a model swap in place
+    restarts nothing), with at most `max_moving` GPUs changing tier; the rest serve meanwhile and
+    move in later steps (make before break)."""
+    shift = target.light_gpus - current.light_gpus
+    shift = max(-max_moving, min(max_moving, shift))
+    light = current.light_gpus + shift
+    total = target.light_gpus + target.heavy_gpus
+    return Structure(target.light_model, target.heavy_model, light, max(total - light, 0))
+
+
 @dataclass(frozen=True)
 class Verdict:
     switch: bool

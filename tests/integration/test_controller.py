@@ -48,8 +48,9 @@ async def test_planner_policy_follows_demand_on_the_registered_gpus():
         assert (quiet.light_model, quiet.heavy_model) == ("sd35-medium", "sd35-large")
         assert set(quiet.assignment) <= set(GPUS) and quiet.reason.startswith("hadis planner")
 
-        loading = asyncio.create_task(arrivals(stack.store, rate_qps=120, seconds=8, prefix="burst"))
-        busy = await wait_for_plan(stack.store, lambda p: p.light_model == "sdxl-lightning", 15)
+        # Sustained (longer than the SLO, hadis's hold time): demand, not a burst.
+        loading = asyncio.create_task(arrivals(stack.store, rate_qps=120, seconds=16, prefix="rise"))
+        busy = await wait_for_plan(stack.store, lambda p: p.light_model == "sdxl-lightning", 20)
         await loading
         assert busy.heavy_model == "sd35-large-turbo" and busy.light_gpus + busy.heavy_gpus <= 16
         # A cheaper plan applies at once for hadis (tests/policies/test_control.py covers the dwell).
