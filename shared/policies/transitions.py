@@ -104,13 +104,23 @@ def transition(current: Structure, new: Structure, profile: Profile, *, worker_s
 
 def stagger(current: Structure, target: Structure, max_moving: int) -> Structure:
     """The next step from `current` towards `target`: the target's pair (a model swap in place
-    restarts nothing), with at most `max_moving` GPUs changing tier; the rest serve meanwhile and
-    move in later steps (make before break)."""
-    shift = target.light_gpus - current.light_gpus
-    shift = max(-max_moving, min(max_moving, shift))
-    light = current.light_gpus + shift
-    total = target.light_gpus + target.heavy_gpus
-    return Structure(target.light_model, target.heavy_model, light, max(total - light, 0))
+    restarts nothing), GPUs new to the plan where the target wants them, and at most `max_moving`
+    of the GPUs already serving changing tier; the rest serve meanwhile and move in later steps
+    (make before break)."""
+    added = max(target.light_gpus + target.heavy_gpus - current.light_gpus - current.heavy_gpus, 0)
+    need_light, need_heavy = target.light_gpus - current.light_gpus, target.heavy_gpus - current.heavy_gpus
+    light, heavy = current.light_gpus, current.heavy_gpus
+    if need_light > 0:  # new GPUs first, then heavy ones moved over
+        from_new = min(need_light, added)
+        moved = min(need_light - from_new, max_moving, heavy)
+        light, heavy = light + from_new + moved, heavy - moved + (added - from_new)
+    elif need_heavy > 0:
+        from_new = min(need_heavy, added)
+        moved = min(need_heavy - from_new, max_moving, light)
+        light, heavy = light - moved + (added - from_new), heavy + from_new + moved
+    else:  # both tiers shrink (GPUs left the plan): nothing to move
+        light, heavy = target.light_gpus, target.heavy_gpus
+    return Structure(target.light_model, target.heavy_model, light, heavy)
 
 
 @dataclass(frozen=True)

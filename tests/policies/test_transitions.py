@@ -10,6 +10,7 @@ from shared.policies.transitions import (
     SwitchWatch,
     backlog_wait_s,
     changing_gpus,
+    stagger,
     start_s,
     transition,
     worth_switching,
@@ -91,3 +92,19 @@ def test_a_newer_switch_supersedes_one_in_progress():
     watch.start(first)
     assert watch.start(Switch(2, 1.0, 3.0, {"g0": ("light", "a")})) is first
     assert watch.start(Switch(3, 2.0, 0.0, {})) is not None and watch.current is None  # nothing moves
+
+
+@pytest.mark.parametrize(("current", "target", "step"), [
+    ((6, 10), (12, 4), (8, 8)),  # two heavy GPUs move over
+    ((12, 4), (1, 15), (10, 6)),
+    ((1, 1), (6, 10), (6, 10)),  # GPUs new to the plan are not moves
+    ((2, 2), (8, 8), (8, 8)),
+    ((2, 2), (12, 4), (12, 4)),  # the new GPUs cover the light tier's need, heavy keeps its two
+    ((4, 4), (1, 15), (2, 14)),  # 8 new GPUs go heavy, two light ones move too
+    ((8, 8), (6, 6), (6, 6)),  # GPUs gone: nothing moves
+])
+def test_a_switch_moves_at_most_two_serving_gpus_per_step(current, target, step):
+    old = Structure("a", "b", *current)
+    new = stagger(old, Structure("c", "d", *target), max_moving=2)
+    assert (new.light_model, new.heavy_model) == ("c", "d")
+    assert (new.light_gpus, new.heavy_gpus) == step
