@@ -74,8 +74,10 @@ soak: install services
 drill: install services
 	$(PY) scripts/drill.py $(DRILL_ARGS)
 
+# The services' overhead against the raw broker, on asyncio and uvloop and with two routers and judges; last lines
+# broker_use <ratio> and pipeline_jobs_per_s <n>. BENCH_ARGS="--profile out/profile" prints where each service's CPU goes.
 bench-pipeline: install services
-	$(PY) scripts/bench_pipeline.py
+	$(PY) scripts/bench_pipeline.py $(BENCH_ARGS)
 
 # The HTTP api's front door vs AMQP's (accepted jobs/s, added latency at 100 jobs/s) and bench-pipeline's rate, one run.
 bench-api: install services
