@@ -18,8 +18,8 @@ from shared.demand import queueing_delay_s
 from shared.policies.assignment import assign
 from shared.policies.demand import SustainedRate
 from shared.policies.pareto import ParetoRow, ParetoTable, build_table, load_quality, load_table
-from shared.policies.planner import Planner
-from shared.policies.transitions import Structure, Verdict, stagger, transition, worth_switching
+from shared.policies.planner import PlanDecision, Planner
+from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
 from shared.profiles import Profile, load_profile
 from shared.schemas import Plan
 from shared.settings import Settings
@@ -247,37 +247,44 @@ class HadisPolicy(PlannerPolicy):
         if current is None or target == Structure.of(current):
             return target, ""
         old = Structure.of(current)
-        slo = self.settings.slo_s
-        keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
+        keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, self.settings.slo_s)
         if keep is None or not 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             return target, ""  # a pair this policy does not plan with, GPUs that are gone, or none yet
         if self.proposed is not None and self.proposed[0] == old:  # the step is in force: it takes its time
             self.moving_until, self.proposed = observation.now + self.proposed[1], None
         if observation.now < self.moving_until:
             return old, "; a switch is under way"
-        cost = transition(old, target, self.profile, worker_start_s=self.settings.worker_start_s,
-                          worker_start_each_s=self.settings.worker_start_each_s)
+        return self.priced(old, target, keep, demand)
+
+    def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float) -> tuple[Structure, str]:
+        """Keep `old`, or take the first step towards `target`, as the switch's price says
+        (shared/policies/transitions.py); the reason, for the plan."""
+        slo = self.settings.slo_s
+        cost = self.transition(old, target)
         serving = cost.serving
         during = self.planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
         new = self.planner.plan_within(target.pair, target.light_gpus, target.heavy_gpus, demand, slo)
         assert during is not None and new is not None
+        kept = f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: "
         if keep.feasible and new.fid > keep.fid - self.settings.plan_min_gain_fid:
             # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
-            return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: "
-                         f"FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch")
+            return old, f"{kept}FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch"
         verdict = worth_switching(keep_qps=keep.capacity_qps, new_qps=new.capacity_qps,
                                   during_qps=during.capacity_qps, demand_qps=demand, switch_s=cost.seconds,
                                   horizon_s=self.settings.plan_horizon_s, slack_s=slo - new.expected_latency_s)
         self.last_verdict = verdict
-        if verdict.switch:
-            step = stagger(old, target, self.settings.plan_max_moving_gpus)
-            step_cost = transition(old, step, self.profile, worker_start_s=self.settings.worker_start_s,
-                                   worker_start_each_s=self.settings.worker_start_each_s)
-            self.proposed = (step, step_cost.seconds)  # the schedule may hold it (dwell) before it is in force
-            then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
-            return step, (f"; switch: {step_cost.moving} GPUs loading for {step_cost.seconds:.3g} s "
-                          f"({step_cost.new_workers} new workers), {verdict.why}{then}")
-        return old, f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: {verdict.why}"
+        if not verdict.switch:
+            return old, f"{kept}{verdict.why}"
+        step = stagger(old, target, self.settings.plan_max_moving_gpus)
+        step_cost = self.transition(old, step)
+        self.proposed = (step, step_cost.seconds)  # the schedule may hold it (dwell) before it is in force
+        then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
+        return step, (f"; switch: {step_cost.moving} GPUs loading for {step_cost.seconds:.3g} s "
+                      f"({step_cost.new_workers} new workers), {verdict.why}{then}")
+
+    def transition(self, old: Structure, new: Structure) -> Transition:
+        return transition(old, new, self.profile, worker_start_s=self.settings.worker_start_s,
+                          worker_start_each_s=self.settings.worker_start_each_s)
 
 
 class HadisPaperPolicy(PlannerPolicy):
