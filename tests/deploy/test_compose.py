@@ -95,13 +95,18 @@ def test_compose_config_is_valid():
     assert result.returncode == 0, result.stderr
 
 
+def env_without(directory: Path, secret: str) -> Path:
+    """.env.example without the line that sets `secret`."""
+    env_file = directory / "env"
+    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
+                                if not line.startswith(f"{secret}=")))
+    return env_file
+
+
 @needs_compose
 @pytest.mark.parametrize("secret", SECRETS)
 def test_a_missing_secret_fails_loudly(tmp_path, secret):
-    env_file = tmp_path / "env"
-    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
-                                if not line.startswith(f"{secret}=")))
-    result = run_compose("config", "-q", env_file=env_file)
+    result = run_compose("config", "-q", env_file=env_without(tmp_path, secret))
     assert result.returncode != 0
     assert secret in result.stderr
 

@@ -18,7 +18,7 @@ import yaml
 
 from shared.bus import broker_urls
 from shared.settings import Settings
-from tests.deploy.test_compose import COMPOSE, COMPOSE_COMMAND, ENV_EXAMPLE, SECRETS, compose_version
+from tests.deploy.test_compose import COMPOSE, COMPOSE_COMMAND, ENV_EXAMPLE, SECRETS, compose_version, env_without
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "compose.cluster.yaml"
@@ -88,10 +88,7 @@ def test_the_cluster_override_is_valid():
 @needs_compose
 @pytest.mark.parametrize("secret", CLUSTER_SECRETS)
 def test_a_missing_secret_fails_loudly(tmp_path, secret):
-    env_file = tmp_path / "env"
-    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
-                                if not line.startswith(f"{secret}=")))
-    result = run_cluster_compose("config", "-q", env_file=env_file)
+    result = run_cluster_compose("config", "-q", env_file=env_without(tmp_path, secret))
     assert result.returncode != 0
     assert secret in result.stderr
 
