@@ -229,9 +229,17 @@ class HadisPolicy(PlannerPolicy):
     def queueing(self, observation: Observation) -> float:
         return queueing_delay_s(observation.queued_jobs, self.demand(observation), cap_s=self.settings.slo_s)
 
+    def ahead(self, demand: float) -> float:
+        """The demand the structure is chosen for: the sustained demand plus its sustained rise over
+        plan_ahead_s. A structure takes the estimate's lag plus a switch to change, so one chosen for
+        today's demand on a ramp is overloaded by the time it serves."""
+        lead = self.settings.plan_ahead_s
+        lead = 2 * self.sustained.hold_s if lead is None else lead
+        return demand + self.sustained.trend() * lead
+
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
-        structure, why = self.structure(demand, observation)
+        structure, why = self.structure(self.ahead(demand), observation)
         point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, demand, slo,
                                          queueing_s=self.queueing(observation))
         assert point is not None  # structure() keeps only pairs of the table

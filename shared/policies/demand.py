@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 PARTS = 3  # the held rate's parts: a burst shorter than hold_s / PARTS leaves one untouched
+TREND_HOLDS = 2  # the trend's span, in holds
 
 
 @dataclass
@@ -78,10 +79,20 @@ class SustainedRate:
             trim -= part
         return kept / kept_s if kept_s > 0 else 0.0
 
-    def held(self) -> float:
-        """The lowest of the rates over the PARTS equal parts of the last hold_s (less when the
-        history is shorter)."""
-        now = self.samples[-1][0]
+    def trend(self) -> float:
+        """How fast the demand rises, in jobs/s per second: the held rate now less the held rate
+        TREND_HOLDS x hold_s ago (within the window), over that span; 0 while it falls or before the
+        history covers it. Built from held rates it ignores a burst as they do: a rise must last to
+        count; over two holds rather than one, the Poisson noise of two held rates is halved."""
+        span = min(TREND_HOLDS * self.hold_s, self.window_s - self.hold_s)
+        if span <= 0 or len(self.samples) < 2 or self.samples[-1][0] - self.samples[0][0] < span + self.hold_s:
+            return 0.0
+        return max(0.0, (self.held() - self.held(self.samples[-1][0] - span)) / span)
+
+    def held(self, end: float | None = None) -> float:
+        """The lowest of the rates over the PARTS equal parts of the hold_s up to `end` (default:
+        the last sample; less when the history is shorter)."""
+        now = self.samples[-1][0] if end is None else end
         span = min(self.hold_s, now - self.samples[0][0])
         if span <= 0:
             return 0.0

@@ -157,6 +157,29 @@ def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
             pair(before), before.light_gpus, before.heavy_gpus), plan.reason
 
 
+def first_pair_change(ticks: Ticks, rates: list[float]) -> float | None:
+    start = ticks.plan
+    for rate in rates:
+        ticks.run(1, rate=rate)
+        if ticks.plan is not start and pair(ticks.plan) != pair(start):
+            return ticks.now
+    return None
+
+
+def test_on_a_ramp_the_pair_changes_ahead_of_the_demand():
+    """6 -> 18 jobs/s over 60 s: the pair for the demand expected plan_ahead_s later is loaded while
+    the current one still keeps up; planned for today's demand only, it changes seconds later, when
+    the old pair is already at its limit."""
+    ramp = [6.0 + 0.2 * tick for tick in range(60)]
+    changed = {}
+    for ahead in (None, 0.0):
+        ticks = Ticks("hadis", min_dwell_s=0.0, plan_ahead_s=ahead)
+        ticks.run(60, rate=6.0)
+        changed[ahead] = first_pair_change(ticks, ramp)
+    assert changed[None] is not None and changed[0.0] is not None
+    assert changed[None] + 10 <= changed[0.0], changed
+
+
 def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
     """At 7 jobs/s after a peak a better pair is wanted (sd35-medium -> sd35-large), but every GPU
     would load a model, for a profiled 60 s here, while 7 jobs/s keep coming: the structure stays, and

@@ -88,3 +88,45 @@ def test_bad_parameters_are_refused():
         SustainedRate(hold_s=0)
     with pytest.raises(ValueError):
         SustainedRate(hold_s=10, window_s=5)
+
+
+def trends(counts: list[int], estimator: SustainedRate) -> list[float]:
+    total, out = 0, []
+    for tick, count in enumerate(counts, start=1):
+        total += count
+        estimator.observe(tick * TICK_S, total)
+        out.append(estimator.trend())
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_ramp_shows_as_a_trend_near_its_slope(seed):
+    """5 -> 35 jobs/s over 60 s (0.5 jobs/s per second): once two holds of the ramp are seen, the
+    trend is within half of the slope either way on average and positive at most ticks (it is the
+    difference of two noisy rates); it is 0 before there is history for it."""
+    rates = [5.0] * 30 + [5.0 + 0.5 * tick for tick in range(60)] + [35.0] * 30
+    values = np.array(trends(arrivals(rates, seed=seed), SustainedRate(hold_s=6.0, window_s=30.0)))
+    assert values[:17].max() == 0.0
+    on_ramp = values[30 + 18:90]
+    assert 0.25 < on_ramp.mean() < 0.75 and (on_ramp > 0.1).mean() > 0.8, on_ramp
+
+
+@pytest.mark.parametrize("rate", [2.0, 5.0, 20.0])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_tenfold_burst_of_two_seconds_is_no_trend(rate, seed):
+    """A 2 s burst of 10x is no rise: the trend moves by no more than the noise of two held rates over
+    the trend's span (the planner multiplies it by plan_ahead_s, 12 s by default)."""
+    quiet = arrivals([rate] * 122, seed=seed)
+    burst = list(quiet)
+    for tick in (60, 61):
+        burst[tick] += int(np.random.default_rng(seed + 100).poisson(9 * rate))
+    estimator = SustainedRate(hold_s=6.0, window_s=30.0)
+    moved = np.array(trends(burst, estimator)) - np.array(trends(quiet, SustainedRate(hold_s=6.0, window_s=30.0)))
+    part_s, lead_s = 2.0, 12.0
+    assert moved.max() * lead_s <= max(0.25 * rate, 2 * 2 * np.sqrt(rate * part_s) / part_s), moved.max()
+
+
+def test_a_fall_is_no_trend():
+    values = trends(arrivals([30.0] * 40 + [30.0 - 0.5 * tick for tick in range(50)], seed=7),
+                    SustainedRate(hold_s=6.0, window_s=30.0))
+    assert max(values[60:]) == 0.0
