@@ -93,8 +93,16 @@ class Experiment:
         self.out_dir = out_dir
         self.grace_s = grace_s
         self.job_ids = [f"{settings.namespace}-{i}" for i in range(len(trace))]
-        self.children = [Child(name, f"services.{name}", settings.as_env(), log_path=out_dir / "logs" / f"{name}.log")
+        self.children = [Child(name, f"services.{name}", self.env_for(name), log_path=out_dir / "logs" / f"{name}.log")
                          for name in SERVICES]
+
+    def env_for(self, service: str) -> dict[str, str]:
+        """The run's settings; the controller logs at info, so that every plan and every switch with
+        its realised cost (plan_switch, plan_switch_done) is in logs/controller.log."""
+        env = self.settings.as_env()
+        if service == "controller":
+            env["HADIS_LOG_LEVEL"] = "info"
+        return env
 
     async def run(self) -> tuple[list[JobOutcome], list[PlanEvent], dict]:
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
