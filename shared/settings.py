@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         default=None, ge=0, le=3600,
         description="hadis: the model pair and tier sizes are chosen for the demand expected this far ahead, at "
                     "its sustained rise (shared/policies/demand.py: trend); a falling demand is not extrapolated. "
-                    "Unset: 2 x the demand hold (the estimate's lag, then as long again for a switch).")
+                    "Unset: 3 x the demand hold (the estimate's lag, a switch, and the services' own delay).")
     plan_horizon_s: float = Field(default=60.0, gt=0, le=3600,
                                   description="hadis: a change of model pair or tier sizes must serve more jobs over "
                                               "this horizon than keeping the plan, its switch's lost capacity "

@@ -27,6 +27,10 @@ from shared.settings import Settings
 # The fields that make two plans the same decision (a new version is published only on a change).
 DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus")
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# hadis's lead, in demand holds, when HADIS_PLAN_AHEAD_S is unset: one for the estimate's lag, one
+# for a switch, and one because the services were measured to switch about 5 s after the simulator
+# on the same ramp (process starts, the store's counter, the replayer).
+AHEAD_HOLDS = 3
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,7 @@ class HadisPolicy(PlannerPolicy):
         plan_ahead_s. A structure takes the estimate's lag plus a switch to change, so one chosen for
         today's demand on a ramp is overloaded by the time it serves."""
         lead = self.settings.plan_ahead_s
-        lead = 2 * self.sustained.hold_s if lead is None else lead
+        lead = AHEAD_HOLDS * self.sustained.hold_s if lead is None else lead
         return demand + self.sustained.trend() * lead
 
     def decide(self, observation: Observation) -> dict[str, Any]:
@@ -261,7 +265,13 @@ class HadisPolicy(PlannerPolicy):
         if self.proposed is not None and self.proposed[0] == old:  # the step is in force: it takes its time
             self.moving_until, self.proposed = observation.now + self.proposed[1], None
         if observation.now < self.moving_until:
-            return old, "; a switch is under way"
+            if keep.feasible or target.pair == old.pair:
+                return old, "; a switch is under way"
+            # Falling behind mid-step: the target's pair at once, in place (it restarts no worker);
+            # the tier sizes follow once the step is done.
+            in_place = Structure(target.light_model, target.heavy_model, old.light_gpus, old.heavy_gpus)
+            structure, why = self.priced(old, in_place, keep, demand)
+            return structure, f"{why}; while a step is under way" if structure != old else why
         return self.priced(old, target, keep, demand)
 
     def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float) -> tuple[Structure, str]:

@@ -180,6 +180,23 @@ def test_on_a_ramp_the_pair_changes_ahead_of_the_demand():
     assert changed[None] + 10 <= changed[0.0], changed
 
 
+def test_mid_step_a_structure_falling_behind_changes_its_pair_in_place():
+    """While a step of a switch is under way the structure holds, unless it falls behind the demand
+    and the target has another pair: then that pair comes at once, on the same GPUs per tier (a
+    swap in place restarts no worker), and the tier sizes follow later."""
+    ticks = Ticks("hadis", min_dwell_s=0.0)
+    ticks.run(60, rate=6.0)
+    quiet = ticks.plan
+    policy = ticks.schedule.policy
+    policy.moving_until = ticks.now + 100.0
+    held, why = policy.structure(6.5, observe(ticks.now + 1, 6.5, current=quiet))
+    assert (held.pair, held.light_gpus, held.heavy_gpus) == (pair(quiet), quiet.light_gpus, quiet.heavy_gpus)
+    assert "under way" in why, why
+    escaped, why = policy.structure(16.0, observe(ticks.now + 2, 16.0, current=quiet))
+    assert escaped.pair != pair(quiet) and "while a step is under way" in why, why
+    assert (escaped.light_gpus, escaped.heavy_gpus) == (quiet.light_gpus, quiet.heavy_gpus)
+
+
 def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
     """At 7 jobs/s after a peak a better pair is wanted (sd35-medium -> sd35-large), but every GPU
     would load a model, for a profiled 60 s here, while 7 jobs/s keep coming: the structure stays, and
