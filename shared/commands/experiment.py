@@ -33,6 +33,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--dwell", type=float, help="least seconds between plan changes (default: 2 x the SLO)")
         parser.add_argument("--halflife", type=float, help="demand EWMA half-life, seconds (default: the SLO)")
         parser.add_argument("--margin", type=float, default=0.05, help="plan for demand x (1 + margin) (default 0.05)")
+        parser.add_argument("--speed", type=float, default=1.0,
+                            help="replay the trace this many times faster (with a profile and an SLO compressed as "
+                                 "much: trace_1_6qps at 10 with paper-l40s-x10 and a 6 s SLO) (default 1)")
         if name == "simulate":
             parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
             parser.add_argument("--worker-start", type=float, default=None,
@@ -53,6 +56,8 @@ def prepare(args: argparse.Namespace):
     trace = load_trace(args.trace)
     if args.head:
         trace = trace.head(args.head)
+    if args.speed != 1:
+        trace = trace.compressed(args.speed)
     if getattr(args, "scale", 1) > 1:
         trace = trace.scaled(args.scale)
     # The controller's time constants scale with the SLO: it sets how long a burst can be

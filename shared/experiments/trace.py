@@ -33,6 +33,16 @@ class Trace:
         keep = self.arrival_s < seconds
         return Trace(f"{self.name}[:{seconds:g}s]", self.arrival_s[keep], self.prompt_ids[keep])
 
+    def compressed(self, factor: float) -> Trace:
+        """The same arrivals `factor` times sooner: the shape and the jobs of a real-time trace,
+        replayed in 1/factor of its time (with a profile and an SLO compressed as much, e.g.
+        paper-l40s-x10 and 6 s for a trace made for paper-l40s and 60 s)."""
+        if not factor > 0:
+            raise ValueError("the compression factor must be > 0")
+        if factor == 1:
+            return self
+        return Trace(f"{self.name}@{factor:g}x", self.arrival_s / factor, self.prompt_ids)
+
     def scaled(self, factor: int) -> Trace:
         """The same shape at `factor` times the rate: each gap between two arrivals holds `factor`
         evenly spaced copies of the first, each with another prompt."""

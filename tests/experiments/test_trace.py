@@ -32,3 +32,12 @@ def test_scaling_multiplies_the_rate_over_the_same_span(tmp_path):
     assert np.all(np.diff(scaled.arrival_s) >= 0)
     assert scaled.arrival_s[0] == trace.arrival_s[0] and scaled.duration_s < trace.duration_s + 0.1
     assert len(set(scaled.prompt_ids.tolist())) > len(set(trace.prompt_ids.tolist()))
+
+
+def test_compressing_replays_the_same_jobs_sooner(tmp_path):
+    trace = load_trace(write(tmp_path, "".join(f"{i * 1000},{i}\n" for i in range(1, 21))))
+    fast = trace.compressed(10)
+    assert list(fast.prompt_ids) == list(trace.prompt_ids) and fast.duration_s == pytest.approx(2.0)
+    assert fast.name.endswith("@10x") and trace.compressed(1) is trace
+    with pytest.raises(ValueError):
+        trace.compressed(0)
