@@ -243,7 +243,10 @@ class HadisPolicy(PlannerPolicy):
 
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
-        structure, why = self.structure(self.ahead(demand), observation)
+        ahead = self.ahead(demand)
+        structure, why = self.structure(ahead, observation)
+        if ahead > demand:
+            why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
         point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, demand, slo,
                                          queueing_s=self.queueing(observation))
         assert point is not None  # structure() keeps only pairs of the table
