@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from shared.client import Client
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
@@ -151,6 +153,7 @@ class Experiment:
         progress.show(time.time() - started_at, force=True)
         progress.close()
         records = await self.read_records(client)
+        self.write_unfinished(records, started_at)
         outcomes = [self.outcome(record, i, started_at, plans) for i, record in enumerate(records)]
         lags.sort()
         notes = {"namespace": self.settings.namespace, "workers_ready_s": round(ready_s, 2),
@@ -188,6 +191,19 @@ class Experiment:
                 if event["job_id"] in ours and event["state"] in ("done", "failed", "expired"):
                     ended.add(event["job_id"])
             progress.ended = len(ended)
+
+    def write_unfinished(self, records: list[JobRecord | None], started_at: float) -> None:
+        """The jobs not terminal when the run gave up (the report counts them lost), with their
+        records, to unfinished.json: the namespace is deleted after the run, and they are what a
+        reader of a run with lost > 0 needs first."""
+        unfinished = [{"job_id": job_id, "trace_index": index, "arrival_s": float(self.trace.arrival_s[index]),
+                       "record": None if record is None else record.model_dump(mode="json"),
+                       "history_s": None if record is None else
+                       [(step.state.value, round(step.at - started_at, 3)) for step in record.history]}
+                      for index, (job_id, record) in enumerate(zip(self.job_ids, records, strict=True))
+                      if record is None or not record.state.terminal]
+        if unfinished:
+            (self.out_dir / "unfinished.json").write_bytes(orjson.dumps(unfinished, option=orjson.OPT_INDENT_2))
 
     async def read_records(self, client: Client) -> list[JobRecord | None]:
         records: list[JobRecord | None] = []
