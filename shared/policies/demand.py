@@ -18,6 +18,12 @@ With the defaults (hold 9 s, window 30 s) a 10x burst of up to 3 s does not move
 step up is seen in full after 9 s; a step down is followed over the window (capacity is released
 slowly, which costs quality for a while, not deadlines).
 
+The *trend* (`trend`) is how fast that demand rises: the held rate now less the held rate two
+holds ago, over two holds, never negative. The hadis policy chooses its model pair and tier sizes
+for the demand plus the trend times a lead (shared/policies/control.py: HadisPolicy.ahead), since a
+new structure serves only after the estimate's lag and a switch. Made of held rates, the trend
+ignores a burst as they do.
+
 The backlog itself enters the plan as queueing delay, by Little's law (shared/demand.py:
 queueing_delay_s): the wait of a new job behind the queued ones at the sustained rate.
 """
