@@ -294,6 +294,20 @@ class TierWorker:
                 log.info("duplicate_delivery_dropped")
                 await self.settle(item, Disposition.ack)
 
+    async def reroute_to_light(self, task: Task) -> bool:
+        """Record the job as routed to the light tier, then hand it there. Only a job still
+        `routed` can move (the store's re-route); one a heavy worker has claimed (it died mid-batch,
+        so this is a redelivery) cannot go back a step, and a light worker's claim would be refused
+        as stale, leaving the job unfinished: it is shed instead (the caller expires it)."""
+        moved = await self.service.store.apply(Change(task.job.job_id, JobState.routed, {"tier": Tier.light.value}))
+        if not moved.applied:
+            log.info("not_rerouted", state=moved.before.value if moved.before else None)
+            return False
+        light_task = task.model_copy(update={"tier": Tier.light})
+        await self.service.bus.publish(self.service.bus.queues.tier(Tier.light), light_task, message_id=task.job.job_id)
+        log.info("rerouted_to_light", reason="the heavy tier cannot finish it in time")
+        return True
+
     async def settle(self, item: Item, disposition: Disposition) -> None:
         self.claimed.pop(item.job_id, None)
         for delivery in (item.delivery, *item.also):
@@ -315,11 +329,7 @@ class TierWorker:
                         task, "the heavy model could not finish in time: served the light image"):
                     await delivery.settle(Disposition.ack)
                     return
-                if fallback is Fallback.to_light:
-                    light_task = task.model_copy(update={"tier": Tier.light})
-                    await self.service.bus.publish(self.service.bus.queues.tier(Tier.light), light_task,
-                                                   message_id=task.job.job_id)
-                    log.info("rerouted_to_light", reason="the heavy tier cannot finish it in time")
+                if fallback is Fallback.to_light and await self.reroute_to_light(task):
                     await delivery.settle(Disposition.ack)
                     return
             except Exception as error:
