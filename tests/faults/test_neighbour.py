@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -122,7 +123,8 @@ async def test_a_neighbour_busy_for_a_minute_withdraws_no_gpu():
 async def test_an_agent_quiet_for_30_s_under_load_withdraws_no_gpu_and_delays_no_job():
     """SIGSTOP the agent for 30 s (its registration's TTL is a few seconds): the controller sees no
     agent at all, yet plans with every GPU; the workers serve on. Every job submitted while the agent
-    was quiet ends done within the SLO, as those before it did."""
+    was quiet ends done, and they wait no longer than those before it: their median latency is within
+    a second of the median before (a withdrawn GPU costs a worker restart, seconds per job)."""
     stopped: list[tuple[float, float]] = []
 
     async def quiet() -> None:
@@ -145,9 +147,10 @@ async def test_an_agent_quiet_for_30_s_under_load_withdraws_no_gpu_and_delays_no
     during = [record for record in records if record.submitted_at is not None and begin <= record.submitted_at <= end]
     before = [record for record in records if record.submitted_at is not None and record.submitted_at < begin]
     assert len(during) >= QUIET_S * 2 * 0.8 and before
-    late = [(record.job_id, record.state.value, record.latency_s) for record in during
-            if record.state.value != "done" or (record.latency_s or 0.0) > SLO_S]
-    worst_before = max(record.latency_s or 0.0 for record in before)
-    print(f"quiet agent: {len(during)} jobs while quiet, worst latency {max(r.latency_s or 0 for r in during):.2f} s "
-          f"(before: {worst_before:.2f} s)")
-    assert not late, late[:5]
+    unserved = [(record.job_id, record.state.value) for record in during if record.state.value != "done"]
+    median_before = statistics.median(record.latency_s or 0.0 for record in before)
+    median_during = statistics.median(record.latency_s or 0.0 for record in during)
+    print(f"quiet agent: {len(during)} jobs while quiet, median latency {median_during:.2f} s "
+          f"(before: {median_before:.2f} s), worst {max(r.latency_s or 0 for r in during):.2f} s")
+    assert not unserved, unserved[:5]
+    assert median_during <= median_before + 1.0
