@@ -40,9 +40,12 @@ def container_of(project: str, service: str) -> str:
     return ids[0]
 
 
-async def kill_container(project: str, service: str, say: Timeline) -> None:
-    """docker kill, then wait (5 s) for the restart policy to bring it back, else start it."""
+async def kill_container(project: str, service: str, say: Timeline, client: Client, died: set[int]) -> None:
+    """docker kill, then wait (5 s) for the restart policy to bring it back, else start it. Killing
+    an agent's container kills its workers: their pids (as their claims name them) go to `died`."""
     container = container_of(project, service)
+    if service.startswith("agent"):
+        died.update(int(worker["pid"]) for worker in await client.store.workers() if "pid" in worker)
     docker("kill", container)
     say(f"docker kill {service}")
     for _ in range(10):
@@ -76,9 +79,9 @@ async def restart_redis(compose: list[str], say: Timeline) -> None:
     say("redis restarted")
 
 
-async def faults(args: argparse.Namespace, compose: list[str], say: Timeline) -> None:
+async def faults(args: argparse.Namespace, compose: list[str], say: Timeline, client: Client, died: set[int]) -> None:
     """The faults, spread over the load (none in its last quarter, so each is seen through)."""
-    steps = [lambda service=service: kill_container(args.project, service, say) for service in args.kill]
+    steps = [lambda service=service: kill_container(args.project, service, say, client, died) for service in args.kill]
     steps += [lambda service=service: crash_container(args.project, service, say) for service in args.crash]
     steps.append(lambda: restart_redis(compose, say))
     gap = args.seconds * 0.75 / (len(steps) + 1)
@@ -97,9 +100,10 @@ async def run(args: argparse.Namespace) -> int:
         load = SteadyLoad(client, rate_qps=args.rate, give_up_s=120.0, say=say)
         say(f"{args.seconds:.0f} s of load at {args.rate} jobs/s; faults: kill {', '.join(args.kill)}, "
             f"crash {', '.join(args.crash)}, restart redis")
-        await asyncio.gather(load.run(seconds=args.seconds, prefix="compose"), faults(args, compose, say))
+        died: set[int] = set()
+        await asyncio.gather(load.run(seconds=args.seconds, prefix="compose"), faults(args, compose, say, client, died))
         say(f"load over: {len(load.jobs)} submitted, {len(load.refused)} refused, {load.retried} retried")
-        result = await account(load, set(), args.timeout, say)
+        result = await account(load, died, args.timeout, say)
     finally:
         await client.close()
     outcome = result.outcome
