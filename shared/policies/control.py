@@ -76,6 +76,8 @@ class PlanSchedule:
         if now - self.last_change >= self.min_dwell_s:
             return False
         cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
+        if getattr(self.policy, "continuing", False):  # the next step of a switch already decided
+            return False
         return not (self.policy.degrade_at_once and cheaper)
 
     def step(self, observation: Observation, current: Plan | None, gpus: list[str]) -> dict[str, Any] | None:
@@ -215,6 +217,11 @@ class HadisPolicy(PlannerPolicy):
         self.last_verdict: Verdict | None = None  # the last priced change of structure (logged by the caller)
         self.moving_until = -math.inf  # a staggered switch's step is under way until then
         self.proposed: tuple[Structure, float] | None = None  # a step not yet seen in force, and its seconds
+        # A staggered switch's target while steps remain, and whether the last decision is one of
+        # its later steps: the dwell keeps plans from flapping, it does not space out the steps of
+        # one switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
+        self.heading: Structure | None = None
+        self.continuing = False
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -244,6 +251,7 @@ class HadisPolicy(PlannerPolicy):
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
         ahead = self.ahead(demand)
+        self.continuing = False
         structure, why = self.structure(ahead, observation)
         if ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
@@ -260,6 +268,7 @@ class HadisPolicy(PlannerPolicy):
         target = Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         current = observation.current
         if current is None or target == Structure.of(current):
+            self.heading = None
             return target, ""
         old = Structure.of(current)
         keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, self.settings.slo_s)
@@ -297,6 +306,8 @@ class HadisPolicy(PlannerPolicy):
         if not verdict.switch:
             return old, f"{kept}{verdict.why}"
         step = stagger(old, target, self.settings.plan_max_moving_gpus)
+        self.continuing = self.heading == target
+        self.heading = target if step != target else None
         step_cost = self.transition(old, step)
         self.proposed = (step, step_cost.seconds)  # the schedule may hold it (dwell) before it is in force
         then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"

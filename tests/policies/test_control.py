@@ -144,6 +144,28 @@ def test_schedule_holds_a_better_plan_for_the_dwell_time_but_not_a_cheaper_one_f
     assert cheaper and cheaper[0][0] - 120 <= 9 + 2  # cheaper: at once, once the rise has lasted hold_s
 
 
+def test_the_steps_of_one_staggered_switch_follow_each_other_without_a_dwell_each():
+    """After a peak, the quiet structure moves many GPUs, a few per step. The first step waits out
+    the dwell (a better plan, not a cheaper one); the later steps of the same switch follow as soon
+    as the one before is done. Spaced by the dwell (2 x a 60 s SLO, 120 s, in experiments) the
+    switch took ten minutes, and the demand had changed before it was done."""
+    ticks = Ticks("hadis", min_dwell_s=60.0)
+    ticks.run(60, rate=40.0)
+    busy = ticks.plan
+    assert busy is not None
+    calm = ticks.run(240, rate=0.5)
+    moves, last = [], busy
+    for at, plan in calm:
+        if (plan.light_gpus, plan.heavy_gpus, pair(plan)) != (last.light_gpus, last.heavy_gpus, pair(last)):
+            moves.append((at, plan))
+        last = plan
+    assert len(moves) >= 2, [(at, plan.reason) for at, plan in moves]  # staggered: several steps
+    assert moves[0][0] >= ticks.published[-len(calm) - 1][0] + 60  # the first, after the dwell
+    gaps = [later[0] - earlier[0] for earlier, later in zip(moves, moves[1:], strict=False)]
+    assert max(gaps) < 30, gaps  # each later step once the one before is done, not a dwell apart
+    assert moves[-1][1].light_gpus + moves[-1][1].heavy_gpus == len(GPUS)
+
+
 def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
     """Steady 8 jobs/s, then 80 jobs/s for 2 s (its backlog queued behind): the pair and the GPUs per
     tier stay; only the operating point may move while the backlog drains."""
