@@ -39,7 +39,7 @@ test-compose: install
 # Static checks, configured in pyproject.toml: ruff over the code, scripts and tests; mypy over shared/, services/, hadis/.
 .PHONY: lint typecheck
 lint: install
-	$(VENV)/bin/ruff check shared services hadis scripts tests
+	$(VENV)/bin/ruff check shared services hadis scripts tests docker
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
-from shared.bus import Bus, Queues  # noqa: E402
-from shared.settings import Settings, get_settings  # noqa: E402
-from shared.store import Store  # noqa: E402
+from shared.bus import Bus, Queues
+from shared.settings import Settings, get_settings
+from shared.store import Store
 
 SERVICES = ("router", "judge", "worker", "controller", "api", "agent")
 CONSUME_NOTHING = ("api", "agent")
@@ -90,7 +90,7 @@ async def check(service: str, settings: Settings, metrics_port: int | None) -> N
         check_metrics(service, metrics_port)
     try:
         await asyncio.wait_for(check_broker_and_store(service, settings), timeout=CHECK_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Unhealthy(f"RabbitMQ or Redis did not answer within {CHECK_TIMEOUT_S} s") from None
 
 
