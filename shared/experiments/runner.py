@@ -33,6 +33,7 @@ SERVICES = ("controller", "router", "judge", "agent")
 READY_TIMEOUT_S = 120.0
 PLAN_POLL_S = 0.25
 RECORD_CHUNK = 500
+MISSED_MAX = 500  # jobs written to missed.json (a collapsed run misses thousands; the first show why)
 
 
 def new_namespace() -> str:
@@ -153,7 +154,7 @@ class Experiment:
         progress.show(time.time() - started_at, force=True)
         progress.close()
         records = await self.read_records(client)
-        self.write_unfinished(records, started_at)
+        self.write_job_lists(records, started_at)
         outcomes = [self.outcome(record, i, started_at, plans) for i, record in enumerate(records)]
         lags.sort()
         notes = {"namespace": self.settings.namespace, "workers_ready_s": round(ready_s, 2),
@@ -192,18 +193,33 @@ class Experiment:
                     ended.add(event["job_id"])
             progress.ended = len(ended)
 
-    def write_unfinished(self, records: list[JobRecord | None], started_at: float) -> None:
+    def write_job_lists(self, records: list[JobRecord | None], started_at: float) -> None:
         """The jobs not terminal when the run gave up (the report counts them lost), with their
-        records, to unfinished.json: the namespace is deleted after the run, and they are what a
-        reader of a run with lost > 0 needs first."""
-        unfinished = [{"job_id": job_id, "trace_index": index, "arrival_s": float(self.trace.arrival_s[index]),
-                       "record": None if record is None else record.model_dump(mode="json"),
-                       "history_s": None if record is None else
-                       [(step.state.value, round(step.at - started_at, 3)) for step in record.history]}
-                      for index, (job_id, record) in enumerate(zip(self.job_ids, records, strict=True))
-                      if record is None or not record.state.terminal]
-        if unfinished:
-            (self.out_dir / "unfinished.json").write_bytes(orjson.dumps(unfinished, option=orjson.OPT_INDENT_2))
+        records, to unfinished.json; and the first MISSED_MAX that missed their SLO (done late, or
+        shed), with where their time went, to missed.json. The namespace is deleted after the run,
+        and these are what a reader of a run with lost > 0 or violations needs first."""
+        unfinished: list[dict] = []
+        missed: list[dict] = []
+        for index, (job_id, record) in enumerate(zip(self.job_ids, records, strict=True)):
+            if record is None or not record.state.terminal:
+                unfinished.append(self.described(index, job_id, record, started_at))
+            elif len(missed) < MISSED_MAX and self.missed(index, record, started_at):
+                missed.append(self.described(index, job_id, record, started_at))
+        for name, jobs in (("unfinished.json", unfinished), ("missed.json", missed)):
+            if jobs:
+                (self.out_dir / name).write_bytes(orjson.dumps(jobs, option=orjson.OPT_INDENT_2))
+
+    def missed(self, index: int, record: JobRecord, started_at: float) -> bool:
+        """Shed, or done after its SLO (the report's own accounting: JobOutcome.within_slo)."""
+        if record.state.value != "done":
+            return True
+        return record.history[-1].at - started_at - float(self.trace.arrival_s[index]) > self.settings.slo_s
+
+    def described(self, index: int, job_id: str, record: JobRecord | None, started_at: float) -> dict:
+        return {"job_id": job_id, "trace_index": index, "arrival_s": float(self.trace.arrival_s[index]),
+                "record": None if record is None else record.model_dump(mode="json"),
+                "history_s": None if record is None else
+                [(step.state.value, round(step.at - started_at, 3)) for step in record.history]}
 
     async def read_records(self, client: Client) -> list[JobRecord | None]:
         records: list[JobRecord | None] = []
