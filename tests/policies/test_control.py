@@ -166,6 +166,21 @@ def test_the_steps_of_one_staggered_switch_follow_each_other_without_a_dwell_eac
     assert moves[-1][1].light_gpus + moves[-1][1].heavy_gpus == len(GPUS)
 
 
+def test_a_structure_far_from_its_target_is_priced_by_the_step_it_takes():
+    """13 light GPUs on sd35-large-turbo -> sd35-medium where the target wants 1 (a pair swapped in
+    place mid-step leaves such a structure): moving all 12 at once would leave too little serving
+    for 16.8 s, but the switch moves two per step, for 4.25 s, and that is its price. Priced as
+    the whole move, it was refused for three minutes on trace_1to20qps."""
+    ticks = Ticks("hadis", min_dwell_s=0.0)
+    ticks.run(60, rate=12.5)
+    assert (ticks.plan.light_gpus, ticks.plan.heavy_gpus) == (1, 15)  # the target at this demand
+    far = ticks.plan.model_copy(update={"light_gpus": 13, "heavy_gpus": 3})
+    policy = ticks.schedule.policy
+    step, why = policy.structure(12.5, observe(ticks.now + 1, 12.5, current=far))
+    assert (step.pair, step.light_gpus, step.heavy_gpus) == (pair(far), 11, 5), why
+    assert "2 GPUs loading for 4.25 s" in why and "step towards 1/15" in why, why
+
+
 def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
     """Steady 8 jobs/s, then 80 jobs/s for 2 s (its backlog queued behind): the pair and the GPUs per
     tier stay; only the operating point may move while the backlog drains."""
