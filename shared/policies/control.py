@@ -216,10 +216,12 @@ class HadisPolicy(PlannerPolicy):
         self.sustained = SustainedRate(hold, max(settings.demand_window_s or 5 * settings.slo_s, hold))
         self.last_verdict: Verdict | None = None  # the last priced change of structure (logged by the caller)
         self.moving_until = -math.inf  # a staggered switch's step is under way until then
-        self.proposed: tuple[Structure, float] | None = None  # a step not yet seen in force, and its seconds
-        # A staggered switch's target while steps remain, and whether the last decision is one of
-        # its later steps: the dwell keeps plans from flapping, it does not space out the steps of
-        # one switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
+        # A step not yet seen in force: the step, its seconds, and the target it heads for.
+        self.proposed: tuple[Structure, float, Structure] | None = None
+        # A staggered switch's target while steps remain (set once a step is in force, so a step
+        # the dwell held back is not one), and whether the last decision is one of its later
+        # steps: the dwell keeps plans from flapping, it does not space out the steps of one
+        # switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
         self.heading: Structure | None = None
         self.continuing = False
 
@@ -275,7 +277,9 @@ class HadisPolicy(PlannerPolicy):
         if keep is None or not 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             return target, ""  # a pair this policy does not plan with, GPUs that are gone, or none yet
         if self.proposed is not None and self.proposed[0] == old:  # the step is in force: it takes its time
-            self.moving_until, self.proposed = observation.now + self.proposed[1], None
+            step, seconds, towards = self.proposed
+            self.moving_until, self.proposed = observation.now + seconds, None
+            self.heading = towards if step != towards else None
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
@@ -313,8 +317,7 @@ class HadisPolicy(PlannerPolicy):
         if not verdict.switch:
             return old, f"{kept}{verdict.why}"
         self.continuing = self.heading == target
-        self.heading = target if step != target else None
-        self.proposed = (step, cost.seconds)  # the schedule may hold it (dwell) before it is in force
+        self.proposed = (step, cost.seconds, target)  # the schedule may hold it (dwell) before it is in force
         then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
         return step, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
                       f"({cost.new_workers} new workers), {verdict.why}{then}")

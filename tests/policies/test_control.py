@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from shared.policies.assignment import assign
 from shared.policies.control import (
     COMPARED,
     InfaasAccuracyPolicy,
@@ -145,25 +146,24 @@ def test_schedule_holds_a_better_plan_for_the_dwell_time_but_not_a_cheaper_one_f
 
 
 def test_the_steps_of_one_staggered_switch_follow_each_other_without_a_dwell_each():
-    """After a peak, the quiet structure moves many GPUs, a few per step. The first step waits out
-    the dwell (a better plan, not a cheaper one); the later steps of the same switch follow as soon
-    as the one before is done. Spaced by the dwell (2 x a 60 s SLO, 120 s, in experiments) the
-    switch took ten minutes, and the demand had changed before it was done."""
+    """13 light GPUs where the target wants 1: a switch of twelve GPUs, two per step. The first step
+    waits out the dwell (a better plan, not a cheaper one); the later steps of the same switch
+    follow as soon as the one before is done. Spaced by the dwell (2 x a 60 s SLO, 120 s, in
+    experiments) such a switch took ten minutes, and the demand had changed before it was done."""
     ticks = Ticks("hadis", min_dwell_s=60.0)
-    ticks.run(60, rate=40.0)
-    busy = ticks.plan
-    assert busy is not None
-    calm = ticks.run(240, rate=0.5)
-    moves, last = [], busy
-    for at, plan in calm:
-        if (plan.light_gpus, plan.heavy_gpus, pair(plan)) != (last.light_gpus, last.heavy_gpus, pair(last)):
-            moves.append((at, plan))
-        last = plan
-    assert len(moves) >= 2, [(at, plan.reason) for at, plan in moves]  # staggered: several steps
-    assert moves[0][0] >= ticks.published[-len(calm) - 1][0] + 60  # the first, after the dwell
+    ticks.run(60, rate=12.5)
+    assert ticks.plan is not None and (ticks.plan.light_gpus, ticks.plan.heavy_gpus) == (1, 15)
+    policy = ticks.schedule.policy
+    worse = policy.planner.plan_within(pair(ticks.plan), 13, 3, 12.5, 6.0)
+    far = ticks.plan.model_copy(update={"light_gpus": 13, "heavy_gpus": 3, "fid": worse.fid,
+                                        "assignment": assign(GPUS, 13, 3, {})})
+    ticks.plan, last_change = far, ticks.schedule.last_change
+    moves = ticks.run(180, rate=12.5)
+    sizes = [(plan.light_gpus, plan.heavy_gpus) for _, plan in moves]
+    assert sizes[:5] == [(11, 5), (9, 7), (7, 9), (5, 11), (3, 13)], sizes  # staggered: two GPUs per step
+    assert moves[0][0] >= last_change + 60  # the first, after the dwell
     gaps = [later[0] - earlier[0] for earlier, later in zip(moves, moves[1:], strict=False)]
     assert max(gaps) < 30, gaps  # each later step once the one before is done, not a dwell apart
-    assert moves[-1][1].light_gpus + moves[-1][1].heavy_gpus == len(GPUS)
 
 
 def test_a_structure_far_from_its_target_is_priced_by_the_step_it_takes():
@@ -179,6 +179,24 @@ def test_a_structure_far_from_its_target_is_priced_by_the_step_it_takes():
     step, why = policy.structure(12.5, observe(ticks.now + 1, 12.5, current=far))
     assert (step.pair, step.light_gpus, step.heavy_gpus) == (pair(far), 11, 5), why
     assert "2 GPUs loading for 4.25 s" in why and "step towards 1/15" in why, why
+
+
+def test_a_step_the_dwell_holds_back_is_not_a_later_step_of_its_switch():
+    """The policy decides every tick; while the dwell holds its first step back, deciding the same
+    step again is not a switch under way (it would skip the dwell, and plans near a boundary
+    flapped every 20 s at a 60 s SLO). Once the step is in force, the next one is."""
+    ticks = Ticks("hadis", min_dwell_s=0.0)
+    ticks.run(60, rate=12.5)
+    far = ticks.plan.model_copy(update={"light_gpus": 13, "heavy_gpus": 3})
+    policy = ticks.schedule.policy
+    for tick in range(1, 4):  # held back: `far` stays the current plan
+        fields = policy.decide(observe(ticks.now + tick, 12.5, current=far))
+        assert (fields["light_gpus"], fields["heavy_gpus"]) == (11, 5) and not policy.continuing
+    in_force = far.model_copy(update={"light_gpus": 11, "heavy_gpus": 5})
+    policy.decide(observe(ticks.now + 4, 12.5, current=in_force))  # seen in force: under way
+    policy.moving_until = 0.0  # and done
+    fields = policy.decide(observe(ticks.now + 5, 12.5, current=in_force))
+    assert (fields["light_gpus"], fields["heavy_gpus"]) == (9, 7) and policy.continuing
 
 
 def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
