@@ -11,6 +11,7 @@ tears the services down, deletes the namespace and writes the report.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 import uuid
@@ -108,7 +109,14 @@ class Experiment:
         return env
 
     async def run(self) -> tuple[list[JobOutcome], list[PlanEvent], dict]:
+        """Start the services, replay, and whatever happens stop them and delete the namespace: a
+        SIGTERM (a `kill`, a CI timeout) cancels the run as Ctrl-C does. Killed without it, a run
+        left its services serving an orphaned namespace, and every later run on the machine
+        shared its CPUs with them."""
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        run_task = asyncio.current_task()
+        assert run_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, run_task.cancel)
         client = await Client.open(self.settings)
         try:
             for child in self.children:

@@ -5,8 +5,10 @@ on the same trace."""
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -46,3 +48,31 @@ def test_a_short_trace_through_the_real_services_and_the_simulator(tmp_path):
     simulated = run("simulate", trace, tmp_path / "sim")
     assert simulated["submitted"] == 36 and simulated["lost"] == 0
     assert simulated["completed"] + simulated["dropped"] == 36 and simulated["mean_fid"] is not None
+
+
+def children_of(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in result.stdout.split()]
+
+
+def test_a_run_killed_with_sigterm_stops_its_services_and_deletes_its_namespace(tmp_path):
+    """`kill` (SIGTERM) while the services run: none of them is left serving, no queue of the
+    run's namespace is left in the broker."""
+    trace = short_trace(tmp_path / "trace.txt", jobs=400)
+    command = [HADIS, "experiment", "--trace", str(trace), "--policy", "hadis", "--gpus", "2", "--profile",
+               "paper-l40s-x10", "--slo", "6", "--out", str(tmp_path / "exp")]
+    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    give_up = time.monotonic() + 90
+    while time.monotonic() < give_up and not (tmp_path / "exp" / "logs" / "controller.log").exists():
+        time.sleep(0.2)
+    time.sleep(5.0)  # the services are up and the replay has begun or is about to
+    services = children_of(runner.pid)
+    assert len(services) >= 4, services
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) != 0
+    alive = [pid for pid in services if Path(f"/proc/{pid}").exists()]
+    assert not alive, alive
+    queues = subprocess.run(["rabbitmqctl", "list_queues", "name", "-q"], capture_output=True, text=True).stdout
+    namespaces = {name.split(".")[0] for name in queues.split() if name.startswith("exp-")}
+    log = (tmp_path / "exp" / "logs" / "controller.log").read_text()
+    assert not any(namespace in log for namespace in namespaces), namespaces
