@@ -75,9 +75,9 @@ class PlanSchedule:
     def dwelling(self, now: float, current: Plan, fields: dict[str, Any]) -> bool:
         if now - self.last_change >= self.min_dwell_s:
             return False
-        cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
-        if getattr(self.policy, "continuing", False):  # the next step of a switch already decided
+        if getattr(self.policy, "continuing", False):  # a later step of a switch whose first is in force
             return False
+        cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
         return not (self.policy.degrade_at_once and cheaper)
 
     def step(self, observation: Observation, current: Plan | None, gpus: list[str]) -> dict[str, Any] | None:
