@@ -218,10 +218,10 @@ class Experiment:
                 (self.out_dir / name).write_bytes(orjson.dumps(jobs, option=orjson.OPT_INDENT_2))
 
     def missed(self, index: int, record: JobRecord, started_at: float) -> bool:
-        """Shed, or done after its SLO (the report's own accounting: JobOutcome.within_slo)."""
-        if record.state.value != "done":
-            return True
-        return record.history[-1].at - started_at - float(self.trace.arrival_s[index]) > self.settings.slo_s
+        """Shed, failed, or done after its SLO: the report's own rule (JobOutcome.within_slo)."""
+        outcome = JobOutcome(arrival_s=float(self.trace.arrival_s[index]), state=record.state.value,
+                             end_s=record.history[-1].at - started_at, slo_s=self.settings.slo_s)
+        return not outcome.within_slo
 
     def described(self, index: int, job_id: str, record: JobRecord | None, started_at: float) -> dict:
         return {"job_id": job_id, "trace_index": index, "arrival_s": float(self.trace.arrival_s[index]),
