@@ -44,7 +44,7 @@ from shared.policies.steps import Next
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
-from shared.store import Change, owner_id, serve_light
+from shared.store import Change, hand_back, owner_id, serve_light
 
 log = get_logger(__name__)
 
@@ -147,8 +147,7 @@ class TierWorker:
             task.cancel()
         await asyncio.wait([heartbeat, feeder], timeout=5.0)
         while not admitted.empty():
-            for item in admitted.get_nowait():
-                await self.settle(item, Disposition.requeue)
+            await self.hand_back(admitted.get_nowait())
         await self.stop(consumer)
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
@@ -169,6 +168,9 @@ class TierWorker:
             await consumer.set_prefetch(PREFETCH_BATCHES * plan.batch_for(self.tier))
             batch_size = plan.batch_for(self.tier)
         await self.slots.acquire()
+        if self.service.stopping.is_set():  # waited for a slot while the worker began to stop: claim nothing
+            self.slots.release()
+            return batch_size
         try:
             batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
             items = await self.admit(batch) if batch else []
@@ -176,7 +178,11 @@ class TierWorker:
             self.slots.release()
             raise
         if items:
-            await admitted.put(items)
+            try:
+                await admitted.put(items)
+            except asyncio.CancelledError:  # the worker stops while the model runs the batch before
+                await self.hand_back(items)
+                raise
         else:
             self.slots.release()
         return batch_size
@@ -197,6 +203,20 @@ class TierWorker:
                 "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
         await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
                                                   owner=self.owner)
+
+    async def hand_back(self, items: list[Item]) -> None:
+        """Claimed, not started, and this worker stops: give the claims back before requeueing, so
+        a redelivery that comes too late for this tier can still go to the light one (a claimed job
+        cannot move, and would be shed). A failed hand-back leaves the claims to pass on when this
+        worker's liveness key goes (stop clears it)."""
+        changes = [hand_back(item.job_id, self.owner, escalated=item.task.escalated,
+                             reason="its worker stopped before starting it") for item in items]
+        try:
+            await self.service.store.apply_many(changes)
+        except Exception as error:
+            log.warning("hand_back_failed", jobs=len(items), error=f"{type(error).__name__}: {error}")
+        for item in items:
+            await self.settle(item, Disposition.requeue)
 
     async def stop(self, consumer) -> None:
         """No new deliveries; hand back what was not started; let started batches finish (bounded)."""

@@ -144,6 +144,10 @@ def owner_pid(owner: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
+# A `routed` or `escalated` event with an owner is a claim handed back (shared.store.hand_back).
+_HAND_BACK_VALUES = (JobState.routed.value, JobState.escalated.value)
+
+
 class DoubleWork:
     """Finds, from a run's events (oldest first), jobs whose work was done twice:
 
@@ -155,6 +159,7 @@ class DoubleWork:
     (c) a verdict drawn twice: more than one `judging` or `escalated` transition;
     (d) more than one terminal transition.
 
+    A claim its owner handed back before starting it is no claim (the next one is a first).
     Feed it events with `add` (or all at once with `feed`); `findings` maps each job id to why."""
 
     def __init__(self, died_pids: Iterable[int] = ()) -> None:
@@ -175,6 +180,9 @@ class DoubleWork:
         """One event: a `{field: value}` dict, or the `(event_id, dict)` pair read_events returns."""
         fields = event[1] if isinstance(event, tuple) else event
         job_id, state = fields.get("job_id", ""), fields.get("state", "")
+        if state in _HAND_BACK_VALUES and fields.get("owner"):
+            self._hand_back(job_id, fields.get("tier", ""), fields["owner"])
+            return
         if state == JobState.generating.value:
             owners = self._claims.setdefault((job_id, fields.get("tier", "")), [])
             owner = fields.get("owner", "")
@@ -203,6 +211,16 @@ class DoubleWork:
             count = self._terminal[job_id] = self._terminal.get(job_id, 0) + 1
             if count > 1:
                 self._flag(job_id, f"{count} terminal transitions (this one: {state})")
+
+    def _hand_back(self, job_id: str, tier: str, owner: str) -> None:
+        """A claim its owner gave back before starting it (shared.store.hand_back): the next claim
+        is a first one again. A hand-back by anyone but the claim's holder is double work waiting
+        to happen (the store refuses it)."""
+        owners = self._claims.get((job_id, tier), [])
+        if not owners or owners[-1] != owner:
+            self._flag(job_id, f"claim handed back by {owner!r}, who did not hold it ({tier})")
+            return
+        owners.clear()
 
     def _flag(self, job_id: str, reason: str) -> None:
         self.findings.setdefault(job_id, []).append(reason)

@@ -78,7 +78,9 @@ _TERMINAL = ",".join(sorted(s.value for s in TERMINAL_STATES))
 # escalated 4, generating on heavy 5, terminal 9 (the rank of `generating` depends on the tier). A change to a
 # lower rank is refused as stale, so a late redelivery cannot reset a later state; the same rank is refused
 # too (a verdict or a light image is stored once), except a re-route and a `generating` claim: a claim passes
-# to a new owner only when the old owner's liveness key has expired (it died before storing).
+# to a new owner only when the old owner's liveness key has expired (it died before storing). The one step
+# back: a claim's own owner may hand it back (`routed`, or `escalated` on heavy) before it starts the job
+# (see hand_back); the event names that owner, the record forgets it.
 # The transition's time is Redis's clock, so a history is in order whichever process wrote it.
 _TRANSITION = f"""
 local terminal = {{}}
@@ -91,6 +93,7 @@ local function rank(state, tier)
   if state == 'escalated' then return 4 end
   return 9
 end
+local handback = false
 local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner')
 local current, current_tier, current_owner = record[1], record[2], record[3]
 local extra = cjson.decode(ARGV[12])
@@ -105,7 +108,11 @@ elseif terminal[current] then
   return {{0, current}}
 else
   local new_rank, old_rank = rank(state, tier), rank(current, current_tier)
-  if new_rank < old_rank then return {{2, current}} end
+  if new_rank < old_rank then
+    handback = current == 'generating' and ARGV[10] ~= '' and current_owner == ARGV[10] and
+               (state == 'routed' or state == 'escalated')
+    if not handback then return {{2, current}} end
+  end
   if new_rank == old_rank then
     if state == 'generating' then
       if current_owner and current_owner ~= ARGV[10] and
@@ -133,7 +140,11 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
   if s == 'queued' then redis.call('INCR', KEYS[6]); redis.call('EXPIRE', KEYS[6], ttl) end
 end
 local fields = {{'state', state}}
-if ARGV[10] ~= '' then fields[#fields + 1] = 'owner'; fields[#fields + 1] = ARGV[10] end
+if handback then
+  redis.call('HDEL', KEYS[1], 'owner')
+elseif ARGV[10] ~= '' then
+  fields[#fields + 1] = 'owner'; fields[#fields + 1] = ARGV[10]
+end
 for name, value in pairs(extra) do fields[#fields + 1] = name; fields[#fields + 1] = value end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -216,6 +227,14 @@ def serve_light(job_id: str, reason: str) -> Change:
     """`done` with the light image as the final one: a heavy step that cannot be had (too late, its
     queue full) serves the image the job already has."""
     return Change(job_id, JobState.done, {"tier": "light", "escalated": False}, promote_light=True, detail=reason)
+
+
+def hand_back(job_id: str, owner: str, *, escalated: bool, reason: str) -> Change:
+    """Give up a `generating` claim its owner has not started (a worker that stops): the record
+    goes back to the step before the claim, so whoever gets the redelivery may still move the job,
+    to the light tier when the heavy one is too late. Only the claim's owner can (the store
+    refuses anyone else as stale)."""
+    return Change(job_id, JobState.escalated if escalated else JobState.routed, owner=owner, detail=reason)
 
 
 def owner_id(gpu: str, pid: int, instance: str = "") -> str:

@@ -87,7 +87,10 @@ def noting_start(main: ServiceMain, started: dict[str, Service]) -> ServiceMain:
 
 
 @asynccontextmanager
-async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SERVICES)) -> AsyncIterator[Stack]:
+async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SERVICES),
+                        keep_namespace: bool = False) -> AsyncIterator[Stack]:
+    """The services in this process until the block ends; their namespace goes with them unless
+    `keep_namespace` (a test that looks at what stopped services left, or starts others on it)."""
     stopping = asyncio.Event()
     tasks, started = [], {}
     for name in services:
@@ -111,8 +114,9 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         done, pending = await asyncio.wait(tasks, timeout=120)
         assert not pending, f"services did not stop within 120 s: {[task.get_name() for task in pending]}"
         results = [task.exception() if not task.cancelled() else asyncio.CancelledError() for task in tasks]
-        await stack.bus.delete_namespace()
-        await stack.store.delete_namespace()
+        if not keep_namespace:
+            await stack.bus.delete_namespace()
+            await stack.store.delete_namespace()
         await client.close()
         crashed = [(task.get_name(), r) for task, r in zip(tasks, results, strict=True) if isinstance(r, BaseException)]
         assert not crashed, f"services crashed: {crashed}"

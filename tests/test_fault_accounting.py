@@ -73,6 +73,29 @@ def test_a_chain_is_judged_by_the_claim_just_before():
     assert double_work(events, died_pids={100, 101}) == []
 
 
+def test_a_claim_handed_back_by_its_owner_is_no_claim():
+    # emu1/200 stopped (it lives on) and handed back; its redelivery went to the light tier.
+    events = [event("a", "routed", "heavy"), event("a", "generating", "heavy", "emu1/200"),
+              event("a", "routed", "heavy", "emu1/200"), event("a", "routed", "light"),
+              event("a", "generating", "light", "emu0/100"), event("a", "judging", "light", image="light"),
+              event("a", "done", "light", image="promote")]
+    assert double_work(events) == []
+    # An escalated job's heavy claim goes back to `escalated`: not a second verdict.
+    escalated = light_flow("b", "emu0/100")[:-1] + [
+        event("b", "escalated", "heavy"), event("b", "generating", "heavy", "emu1/200"),
+        event("b", "escalated", "heavy", "emu1/200"), event("b", "generating", "heavy", "emu1/201"),
+        event("b", "done", "heavy", image="final")]
+    assert double_work(escalated) == []
+
+
+def test_a_hand_back_by_who_does_not_hold_the_claim_is_flagged():
+    events = [event("a", "generating", "heavy", "emu1/200"), event("a", "routed", "heavy", "emu1/201"),
+              event("a", "generating", "heavy", "emu1/202"), event("a", "done", "heavy", image="final")]
+    found = DoubleWork().feed(events)
+    assert found.jobs == ["a"]
+    assert any("did not hold it" in reason for reason in found.findings["a"])
+
+
 def test_two_images_of_a_kind_are_flagged():
     two_light = light_flow("a", "emu0/100")
     two_light.insert(4, event("a", "judging", "light", image="light"))

@@ -4,10 +4,14 @@ straight to heavy goes to the light tier."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from shared.schemas import Job, JobState, Task, Tier
-from tests.helpers import make_settings
+from shared.store import Change
+from tests.helpers import make_settings, namespace
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.integration
@@ -54,7 +58,6 @@ async def test_a_job_claimed_by_a_heavy_worker_that_died_is_not_rerouted_and_not
     step past `routed`, so a light worker's claim would be refused as stale and the job never end):
     it is shed, a terminal state. Before the fix it stayed `generating` for ever (3 of 7,733 jobs of
     a proteus run, 1 of 3,931 of a hadis run)."""
-    from shared.store import Change
 
     services = ("light", "heavy")
     async with running_stack(settings_for(plan_r=1.0, plan_d=0.0), services=services) as stack:
@@ -70,3 +73,40 @@ async def test_a_job_claimed_by_a_heavy_worker_that_died_is_not_rerouted_and_not
         await bus.publish(bus.queues.tier(Tier.heavy), task, message_id=job.job_id)
         (ended,) = await stack.wait_all([job.job_id], timeout_s=30)
         assert ended.state is JobState.expired, ended.history
+
+
+async def test_a_stopping_worker_leaves_its_unstarted_jobs_free_to_go_light_when_late():
+    """A heavy worker stops (its GPU moves to another tier) while one batch runs, one waits on the
+    model's thread and one more is delivered. The first two finish; the third must not stay claimed
+    by the stopped worker (it claims nothing once stopping, and hands back what it claimed and did
+    not start): its redelivery, now too late for the heavy model, goes to the light tier. Before,
+    the claim stayed and the job was shed (1 of 2,989 jobs of a hadis run of trace_1_6qps at 10x)."""
+    settings = settings_for(plan_r=1.0, plan_d=0.0)
+    async with namespace(settings) as (bus, store):
+        jobs = [Job(prompt=f"a red bicycle in the rain, batch {i}") for i in range(3)]
+        # The third could follow the first two on one heavy GPU (3 x 2.7 s), but not once they
+        # have ended and their worker has stopped.
+        deadlines = [job.submitted_at + slack for job, slack in zip(jobs, (60.0, 60.0, 9.0), strict=True)]
+        async with running_stack(settings, services=("heavy",), keep_namespace=True):
+            for job, deadline in zip(jobs, deadlines, strict=True):
+                record = {**job.record_fields(deadline), "tier": Tier.heavy.value}
+                assert (await store.apply(Change(job.job_id, JobState.routed, record, create=True,
+                                                 passing=(JobState.queued,)))).applied
+                task = Task(job=job, deadline=deadline, tier=Tier.heavy)
+                await bus.publish(bus.queues.tier(Tier.heavy), task, message_id=job.job_id)
+            for _ in range(100):  # the first two claimed: one runs, one waits on the model's thread
+                records = [await store.get(job.job_id) for job in jobs[:2]]
+                if all(record.state is JobState.generating for record in records):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the heavy worker did not claim the first two jobs")
+        # The block's end stopped the worker; what it had started, it finished.
+        assert [(await store.get(job.job_id)).state for job in jobs[:2]] == [JobState.done] * 2
+        left = await store.get(jobs[2].job_id)
+        assert left.state is JobState.routed and left.tier is Tier.heavy, left.history
+        await asyncio.sleep(max(0.0, jobs[2].submitted_at + 6.5 - time.time()))  # heavy: too late now
+        async with running_stack(settings, services=("light", "heavy", "judge"), keep_namespace=True) as stack:
+            (ended,) = await stack.wait_all([jobs[2].job_id], timeout_s=30)
+        assert ended.state is JobState.done and ended.tier is Tier.light, ended.history
+        assert ended.model == "sd35-large-turbo"

@@ -7,7 +7,7 @@ import pytest
 from shared.errors import StoreRejected
 from shared.outcome import Applied
 from shared.schemas import JobState
-from shared.store import Change, owner_id, serve_light
+from shared.store import Change, hand_back, owner_id, serve_light
 from tests.helpers import make_settings, namespace
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,46 @@ async def test_a_claim_passes_on_only_when_its_owner_is_gone():
         events = [event for _, event in await store.read_events() if event["state"] == "generating"]
         assert [event["owner"] for event in events] == [alive, alive, other]
         assert {event["tier"] for event in events} == {"light"}
+
+
+async def test_only_a_claims_owner_hands_it_back_and_the_job_moves_on_from_there():
+    """A worker that stops gives back what it claimed and did not start: the record goes back to
+    the step before (routed; escalated on heavy), so the redelivery may still go to the light tier.
+    Nobody else can move a claim back: that would let a late redelivery reset a job."""
+    async with namespace(make_settings()) as (_, store):
+        await routed(store, "j", tier="heavy")
+        holder, other = owner_id("gpu0", 11), owner_id("gpu1", 22)
+        await store.heartbeat_worker("gpu0", {}, ttl_s=30, owner=holder)
+        assert (await store.apply(Change("j", JobState.generating, HEAVY, owner=holder))).applied
+        refused = await store.apply(hand_back("j", other, escalated=False, reason="not mine"))
+        assert refused.result is Applied.stale and refused.before is JobState.generating
+        assert (await store.apply(Change("j", JobState.routed, {"tier": "heavy"}))).result is Applied.stale
+        assert (await store.apply(hand_back("j", holder, escalated=False, reason="stopping"))).applied
+        record = await store.get("j")
+        assert record.state is JobState.routed and record.tier.value == "heavy"
+        assert record.history[-1].detail == "stopping"
+        # Its owner is still alive, yet the job is free: the re-route to light and a claim there.
+        assert (await store.apply(Change("j", JobState.routed, LIGHT))).applied
+        assert (await store.apply(Change("j", JobState.generating, LIGHT, owner=other))).applied
+        # A second hand-back by the first owner is stale: it holds nothing now.
+        again = await store.apply(hand_back("j", holder, escalated=False, reason="stopping"))
+        assert again.result is Applied.stale
+        events = [event for _, event in await store.read_events() if event["state"] == "routed"]
+        assert [event.get("owner") for event in events] == [None, holder, None]
+
+
+async def test_an_escalated_jobs_heavy_claim_is_handed_back_to_escalated():
+    async with namespace(make_settings()) as (_, store):
+        await routed(store, "j")
+        await store.apply(Change("j", JobState.generating, LIGHT, owner="w/1"))
+        await store.apply(Change("j", JobState.judging, LIGHT, image=b"L", image_variant="light"))
+        await store.apply(Change("j", JobState.escalated, {"judge_score": 0.1, "tier": "heavy"}))
+        assert (await store.apply(Change("j", JobState.generating, HEAVY, owner="h/1"))).applied
+        assert (await store.apply(hand_back("j", "h/1", escalated=True, reason="stopping"))).applied
+        assert (await store.get("j")).state is JobState.escalated
+        # The light image is still there for the heavy tier's too-late fallback.
+        assert (await store.apply(serve_light("j", "too late"))).applied
+        assert await store.get_image("j") == b"L"
 
 
 async def test_the_light_image_becomes_the_final_one_and_is_stored_once():
