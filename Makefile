@@ -102,7 +102,8 @@ bench-simulator: install
 		--profile paper-l40s-x10 --slo 6 --out out/bench-simulator | grep -E '"(submitted|lost|slo_violation_ratio|mean_fid|wall_s)"'
 
 # The four compared policies on every trace through the real services on 16 emulated GPUs, each
-# beside the simulator's run of the same (differences.md): out/experiments/. About 7 minutes per
+# beside the simulator's run of the same and its band (differences.md: does each agree;
+# shared/experiments/band.py): out/experiments/. About 7 minutes per
 # run on the three 347 s traces, one run at a time (1.5 hours); trace_1_6qps is real time (58 min,
 # 60 s SLO) at about 1 job/s, so its four runs go at once (an hour more):
 # EXPERIMENT_TRACES="1to40 1to20 1to58" leaves it out. A run with a report.json is kept (rm to redo).
@@ -112,8 +113,9 @@ experiments: install services
 	for t in $(EXPERIMENT_TRACES); do \
 		if [ $$t = 1_6 ]; then setup="--profile paper-l40s --slo 60 --jobs 4"; else setup="--profile paper-l40s-x10 --slo 6"; fi; \
 		for mode in simulate experiment; do \
+			band=; if [ $$mode = simulate ]; then band=--band; fi; \
 			$(PY) scripts/compare.py --mode $$mode --trace traces/trace_$${t}qps.txt $$setup --gpus 16 \
-				--policies $(EXPERIMENT_POLICIES) --skip-done --out out/experiments/trace_$${t}qps-$$mode || exit 1; \
+				--policies $(EXPERIMENT_POLICIES) --skip-done --out out/experiments/trace_$${t}qps-$$mode $$band || exit 1; \
 		done; \
 		$(VENV)/bin/hadis compare out/experiments/trace_$${t}qps-experiment \
 			--against out/experiments/trace_$${t}qps-simulate > /dev/null || exit 1; \

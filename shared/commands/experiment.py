@@ -41,6 +41,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("--worker-start", type=float, default=None,
                                 help="seconds for a moved GPU's new worker to be ready (default: HADIS_WORKER_START_S, "
                                      "3, measured; each other worker starting at once adds HADIS_WORKER_START_EACH_S)")
+            parser.add_argument("--worker-start-each", type=float, default=None,
+                                help="seconds each other worker starting at once adds (default: "
+                                     "HADIS_WORKER_START_EACH_S); the policy still prices switches with the settings'")
+            parser.add_argument("--band", action="store_true",
+                                help="also run the simulator over the plan period's phase and the spread of worker "
+                                     "start times (12 runs in all) and write band.json: what an experiment, which "
+                                     "controls neither, is compared with (shared/experiments/band.py)")
+            parser.add_argument("--offset", type=float, default=0.0,
+                                help="seconds the controller runs before the trace begins: the phase of its plan "
+                                     "period (default 0; an experiment's is however long its first workers took)")
         parser.set_defaults(handler=handler)
     parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
     parser.add_argument("folder", help="a folder whose subfolders hold report.json")
@@ -67,16 +77,22 @@ def prepare(args: argparse.Namespace):
     return trace, get_settings(), overrides
 
 
-def finish(args: argparse.Namespace, mode: str, trace, settings, outcomes, plans, wall_s: float, notes: dict) -> int:
-    from shared.experiments.report import FidLookup, build_report, write_run
+def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: float, notes: dict):
+    """The run's report and time series."""
+    from shared.experiments.report import FidLookup, build_report
     from shared.policies.pareto import load_quality, load_table
     from shared.profiles import load_profile
 
     lookup = FidLookup(load_quality(load_table(args.profile).quality_table), load_profile(args.profile))
-    report, series = build_report(outcomes, plans, lookup, policy=args.policy, mode=mode, trace=trace.name,
-                                  profile=args.profile, slo_s=args.slo, gpus=args.gpus,
-                                  window_s=args.window or args.slo, duration_s=trace.duration_s, wall_s=wall_s,
-                                  notes=notes)
+    return build_report(outcomes, plans, lookup, policy=args.policy, mode=mode, trace=trace.name,
+                        profile=args.profile, slo_s=args.slo, gpus=args.gpus, window_s=args.window or args.slo,
+                        duration_s=trace.duration_s, wall_s=wall_s, notes=notes)
+
+
+def finish(args: argparse.Namespace, mode: str, trace, settings, outcomes, plans, wall_s: float, notes: dict) -> int:
+    from shared.experiments.report import write_run
+
+    report, series = build(args, mode, trace, outcomes, plans, wall_s, notes)
     write_run(Path(args.out), report, series, plans)
     sys.stdout.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if report.lost == 0 else 1
@@ -93,13 +109,42 @@ def run_simulation(args: argparse.Namespace) -> int:
                            "judge_backend": "emulated", **overrides})
     progress = Progress(len(trace), trace.duration_s, f"simulate {args.policy}")
     outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=args.worker_start,
+                                       worker_start_each_s=args.worker_start_each, offset_s=args.offset,
                                        progress=lambda t, arrived, ended: show(progress, t, arrived, ended))
     progress.submitted = progress.ended = len(trace)
     progress.show(trace.duration_s, force=True)
     progress.close()
+    if args.band:
+        write_band(args, trace, settings, build(args, "simulate", trace, outcomes, plans, wall_s, {})[0])
     return finish(args, "simulate", trace, settings, outcomes, plans, wall_s,
                   {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
-                   else args.worker_start, "worker_start_each_s": settings.worker_start_each_s, **overrides})
+                   else args.worker_start, "worker_start_each_s": settings.worker_start_each_s
+                   if args.worker_start_each is None else args.worker_start_each, "offset_s": args.offset,
+                   **overrides})
+
+
+def write_band(args: argparse.Namespace, trace, settings, nominal) -> None:
+    """band.json in the run's folder: the nominal run and the other perturbations'."""
+    from shared.experiments.band import Band, perturbations, points_of
+    from shared.experiments.simulator import simulate
+
+    start = settings.worker_start_s if args.worker_start is None else args.worker_start
+    each = settings.worker_start_each_s if args.worker_start_each is None else args.worker_start_each
+    grid = perturbations(settings.plan_period_s, start, each)
+    reports = [nominal.model_dump(mode="json")]
+    for perturbation in grid[1:]:
+        outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=perturbation.worker_start_s,
+                                           worker_start_each_s=perturbation.worker_start_each_s,
+                                           offset_s=args.offset + perturbation.offset_s)
+        reports.append(build(args, "simulate", trace, outcomes, plans, wall_s, {})[0].model_dump(mode="json"))
+    band = Band.of(points_of(reports))
+    rows = [{"offset_s": args.offset + p.offset_s, "worker_start_s": p.worker_start_s,
+             "worker_start_each_s": p.worker_start_each_s, "slo_violation_ratio": r["slo_violation_ratio"],
+             "mean_fid": r["mean_fid"]}
+            for p, r in zip(grid, reports, strict=True)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "band.json").write_bytes(orjson.dumps({**band.to_json(), "perturbations": rows}, option=orjson.OPT_INDENT_2))
 
 
 def show(progress, trace_s: float, arrived: int, ended: int) -> None:

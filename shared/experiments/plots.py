@@ -22,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from shared.experiments.band import Band, Point, agrees
+
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
@@ -193,22 +195,46 @@ def _comparison_table(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path
 
 def differences_table(folder: Path, against: Path) -> Path:
     """`folder/differences.md`: per policy in both folders, the SLO violation ratio and mean FID
-    of each and the difference (folder minus against), e.g. experiment minus simulator."""
+    of each and the difference (folder minus against), e.g. experiment minus simulator. Where the
+    other folder's run has a band.json (`hadis simulate --band`), the band too, and whether this
+    folder's run agrees with it (shared/experiments/band.py)."""
     ours = {report["policy"]: report for report, _ in _find_runs(Path(folder))}
     theirs = {report["policy"]: report for report, _ in _find_runs(Path(against))}
-    lines = [f"| policy | violations ({Path(folder).name}) | violations ({Path(against).name}) | difference (points) "
-             f"| mean FID ({Path(folder).name}) | mean FID ({Path(against).name}) | difference |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    bands = _bands(Path(against))
+    name, other = Path(folder).name, Path(against).name
+    lines = [f"| policy | violations ({name}) | violations ({other}) | difference (points) "
+             f"| mean FID ({name}) | mean FID ({other}) | difference |"
+             + (f" violations, band of {other} | mean FID, band of {other} | agrees |" if bands else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---|" if bands else "")]
     for policy in sorted(ours.keys() & theirs.keys(), key=_order_key):
         a, b = ours[policy], theirs[policy]
         fid_difference = None if a["mean_fid"] is None or b["mean_fid"] is None else a["mean_fid"] - b["mean_fid"]
-        lines.append(f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} "
-                     f"| {_fmt(b['slo_violation_ratio'], 100, '%')} "
-                     f"| {_fmt(a['slo_violation_ratio'] - b['slo_violation_ratio'], 100)} | {_fmt(a['mean_fid'])} "
-                     f"| {_fmt(b['mean_fid'])} | {_fmt(fid_difference)} |")
+        line = (f"| {policy} | {_fmt(a['slo_violation_ratio'], 100, '%')} "
+                f"| {_fmt(b['slo_violation_ratio'], 100, '%')} "
+                f"| {_fmt(a['slo_violation_ratio'] - b['slo_violation_ratio'], 100)} | {_fmt(a['mean_fid'])} "
+                f"| {_fmt(b['mean_fid'])} | {_fmt(fid_difference)} |")
+        band = bands.get(policy)
+        if band is not None:
+            fid_band = "–" if band.fid is None else f"{band.fid[0]:.2f}–{band.fid[1]:.2f}"
+            verdict = "yes" if agrees(Point(a["slo_violation_ratio"], a["mean_fid"]), band) else "no"
+            line += (f" {band.violations[0] * 100:.2f}–{band.violations[1] * 100:.2f} % | {fid_band} "
+                     f"| {verdict} ({band.runs} runs) |")
+        elif bands:
+            line += " – | – | – |"
+        lines.append(line)
     path = Path(folder) / "differences.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _bands(parent: Path) -> dict:
+    """The band.json of each run under `parent`, by policy."""
+    bands = {}
+    for run in sorted(parent.iterdir()):
+        if (run / "report.json").is_file() and (run / "band.json").is_file():
+            policy = json.loads((run / "report.json").read_text())["policy"]
+            bands[policy] = Band.from_json(json.loads((run / "band.json").read_text()))
+    return bands
 
 
 def _fmt(value: float | None, scale: float = 1.0, suffix: str = "") -> str:

@@ -89,17 +89,24 @@ class SimWorker:
 
 
 class Simulation:
-    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float | None = None, judge_s: float = 0.02,
+    def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float | None = None,
+                 worker_start_each_s: float | None = None, offset_s: float = 0.0, judge_s: float = 0.02,
                  finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None) -> None:
+        """`worker_start_s` and `worker_start_each_s` are what a start takes here (the policy
+        prices switches with the settings' figures, as the services' controller does); `offset_s`
+        is how long the controller ran before the trace began (its plan period's phase: in an
+        experiment, however long the first plan's workers took to start)."""
         self.settings = settings
         self.trace = trace
         self.profile = load_profile(settings.profile)
         self.worker_start_s = settings.worker_start_s if worker_start_s is None else worker_start_s
+        self.worker_start_each_s = settings.worker_start_each_s if worker_start_each_s is None else worker_start_each_s
+        self.offset_s = offset_s
         self.judge_s = judge_s
         self.finish_s = finish_s
         self.progress = progress
         self.schedule = PlanSchedule(make_policy(settings), settings.plan_period_s, settings.plan_min_dwell_s)
-        self.demand = DemandTracker(settings.demand_halflife_s, 0.0)
+        self.demand = DemandTracker(settings.demand_halflife_s, 0.0 - offset_s)
         self.router = default_router()
         self.router_scores = self.router.reference_scores
         self.thresholds: dict[float, float] = {}
@@ -136,12 +143,13 @@ class Simulation:
         heapq.heappush(self.events, (t, next(self.sequence), action, args))
 
     def run(self) -> list[JobOutcome]:
-        self.now = 0.0
+        self.now = 0.0 - self.offset_s  # (not -0.0 in the plans.csv)
         self.control()
         for worker in self.workers.values():
             worker.ready_at = 0.0  # the experiment starts replaying once the first workers are up
-        self.refresh_serving()
-        self.at(TICK_S, self.tick)
+        for tier in Tier:
+            self.at(0.0, self.worker_ready, tier)
+        self.at(self.now + TICK_S, self.tick)
         arrival = 0
         end_by = self.trace.duration_s + 10 * self.settings.slo_s + 60.0
         while self.open_jobs > 0:
@@ -187,7 +195,7 @@ class Simulation:
         plan = self.in_force
         starting = sum(1 for gpu in self.gpus if plan.assignment.get(gpu) is not None
                        and (gpu not in self.workers or self.workers[gpu].tier != plan.assignment[gpu]))
-        start_s = transition_start_s(starting, self.worker_start_s, self.settings.worker_start_each_s)
+        start_s = transition_start_s(starting, self.worker_start_s, self.worker_start_each_s)
         for gpu in self.gpus:
             wanted = plan.assignment.get(gpu)
             worker = self.workers.get(gpu)

@@ -99,3 +99,36 @@ def test_a_switch_of_pair_under_load_keeps_every_window_under_the_target():
     windows = [bad[(arrived >= start) & (arrived < start + 6)].mean() for start in range(0, int(arrived[-1]) - 6, 6)]
     assert max(windows) <= 0.20, max(windows)
     assert bad.mean() < 0.02
+
+
+def test_an_offset_moves_the_planning_instants_before_the_trace_and_zero_changes_nothing():
+    """The controller of an experiment runs a while before the trace begins (its first workers
+    start), so its plan period's phase is chance: the simulator's offset is that while."""
+    trace = steady(8.0, 60.0)
+    nominal, nominal_plans, _ = simulate(settings_for("hadis"), trace)
+    zero, zero_plans, _ = simulate(settings_for("hadis"), trace, offset_s=0.0)
+    assert zero == nominal and zero_plans == nominal_plans
+    shifted, plans, _ = simulate(settings_for("hadis"), trace, offset_s=2.5)
+    assert plans[0].t_s == -2.5
+    assert len(shifted) == len(trace) and all(job.state in ("done", "expired") for job in shifted)
+    # Plans come on the controller's 1 s ticks, counted from its own start.
+    assert all(abs((plan.t_s + 2.5) - round(plan.t_s + 2.5)) < 1e-9 for plan in plans)
+
+
+def test_the_start_times_of_the_simulated_host_are_its_own_and_not_the_policys():
+    """The band varies what a start takes on the simulated host (worker_start_each_s); the
+    policy goes on pricing switches with the settings' figures, as the services' controller does."""
+    from shared.schemas import Plan, Tier
+
+    settings = settings_for("static", gpus=8, worker_start_s=3.0, worker_start_each_s=1.25, plan_light_gpus=4,
+                            plan_heavy_gpus=4)
+    simulation = Simulation(settings, steady(1.0, 5.0), worker_start_s=2.5, worker_start_each_s=1.4)
+    simulation.now = 0.0
+    simulation.control()
+    first = simulation.in_force
+    simulation.now = 10.0
+    moved = {gpu: (Tier.heavy if tier is Tier.light else Tier.light) for gpu, tier in first.assignment.items()}
+    simulation.plan = Plan.model_validate({**first.model_dump(), "version": 2, "assignment": moved})
+    simulation.reconcile(first)
+    assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {22.3}  # 10 + 2.5 + 7 x 1.4
+    assert simulation.settings.worker_start_each_s == 1.25

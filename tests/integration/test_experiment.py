@@ -21,9 +21,9 @@ def short_trace(path: Path, jobs: int = 36, gap_ms: int = 250) -> Path:
     return path
 
 
-def run(mode: str, trace: Path, out: Path, policy: str = "hadis") -> dict:
+def run(mode: str, trace: Path, out: Path, policy: str = "hadis", *extra: str) -> dict:
     command = [HADIS, mode, "--trace", str(trace), "--policy", policy, "--gpus", "4", "--profile", "paper-l40s-x10",
-               "--slo", "6", "--out", str(out), "--plan-period", "2", "--dwell", "4"]
+               "--slo", "6", "--out", str(out), "--plan-period", "2", "--dwell", "4", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return orjson.loads(result.stdout)
@@ -31,23 +31,34 @@ def run(mode: str, trace: Path, out: Path, policy: str = "hadis") -> dict:
 
 def test_a_short_trace_through_the_real_services_and_the_simulator(tmp_path):
     trace = short_trace(tmp_path / "trace.txt")
-    report = run("experiment", trace, tmp_path / "exp")
+    report = run("experiment", trace, tmp_path / "exp" / "hadis")
     assert report["submitted"] == 36 and report["lost"] == 0 and report["failed"] == 0
     assert report["completed"] + report["dropped"] == 36 and report["completed"] > 0
     assert report["mean_fid"] is not None and report["p99_latency_s"] is not None
-    rows = list(csv.DictReader((tmp_path / "exp" / "timeseries.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "exp" / "hadis" / "timeseries.csv").open()))
     assert sum(int(row["completed"]) for row in rows) == report["completed"]
-    assert (tmp_path / "exp" / "timeline.png").read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "exp" / "logs" / "controller.log").exists()
+    assert (tmp_path / "exp" / "hadis" / "timeline.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "exp" / "hadis" / "logs" / "controller.log").exists()
     namespace = report["notes"]["namespace"]
     queues = subprocess.run(["rabbitmqctl", "list_queues", "name", "-q"], capture_output=True, text=True).stdout
     assert namespace not in queues
 
     # The same trace through the simulator (docs/experiments.md compares the two on full traces;
     # 36 jobs are too few for their FIDs to agree closely).
-    simulated = run("simulate", trace, tmp_path / "sim")
+    simulated = run("simulate", trace, tmp_path / "sim" / "hadis", "hadis", "--band")
     assert simulated["submitted"] == 36 and simulated["lost"] == 0
     assert simulated["completed"] + simulated["dropped"] == 36 and simulated["mean_fid"] is not None
+    # The band: the simulator over the plan period's phase and the spread of worker starts.
+    band = orjson.loads((tmp_path / "sim" / "hadis" / "band.json").read_bytes())
+    assert band["runs"] == len(band["perturbations"]) == 12
+    assert band["nominal"]["violations"] == simulated["slo_violation_ratio"]
+    assert band["violations"][0] <= simulated["slo_violation_ratio"] <= band["violations"][1]
+    assert {row["offset_s"] for row in band["perturbations"]} == {0.0, 0.5, 1.0, 1.5}  # quarters of 2 s
+    compared = subprocess.run([HADIS, "compare", str(tmp_path / "exp"), "--against", str(tmp_path / "sim")],
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    (row,) = (tmp_path / "exp" / "differences.md").read_text().splitlines()[2:]
+    assert row.startswith("| hadis |") and ("| yes (12 runs) |" in row or "| no (12 runs) |" in row)
 
 
 def children_of(pid: int) -> list[int]:
