@@ -31,6 +31,7 @@ from shared.logging import bind_job, get_logger
 from shared.outcome import Applied
 from shared.policies import steps
 from shared.policies.admission import (
+    HANDOFF_S,
     PIPELINE_DEPTH,
     PREFETCH_BATCHES,
     BatchTimer,
@@ -62,6 +63,7 @@ class Item:
     delivery: Delivery
     task: Task
     also: list[Delivery] = field(default_factory=list)
+    ends_by: float = 0.0  # when admission expected its batch to end (the batches ahead of it included)
 
     @property
     def job_id(self) -> str:
@@ -244,11 +246,25 @@ class TierWorker:
             results = await self.generate(items, generator)
         finally:
             self.slots.release()
+        self.check_overrun(items, generator.model.name)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         finishing = asyncio.create_task(self.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
+
+    def check_overrun(self, items: list[Item], model: str) -> None:
+        """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
+        later than that by more than the handoff margin makes jobs admitted as in time end late.
+        Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
+        overrun = time.time() - items[0].ends_by
+        if overrun <= 0:
+            return
+        metrics.observe_batch_overrun(self.tier.value, model, overrun)
+        if overrun > HANDOFF_S:
+            log.warning("batch_overran", model=model, size=len(items), seconds=round(overrun, 3),
+                        margin_s=HANDOFF_S, estimated_end=round(items[0].ends_by, 3),
+                        busy_until=round(self.busy_until, 3))
 
     async def admit(self, batch: list[Delivery]) -> list[Item]:
         """Parse and check a batch, and claim its jobs (`generating`, owned by this worker) in one
@@ -275,7 +291,7 @@ class TierWorker:
             elif ends_too_late(finishes_at, task.deadline):
                 await self.too_late(delivery, task)
             else:
-                parsed.append(Item(delivery, task))
+                parsed.append(Item(delivery, task, ends_by=finishes_at))
         if parsed:
             self.busy_until = finishes_at
         started = {"tier": self.tier.value, "model": self.loaded.model.name}

@@ -73,6 +73,9 @@ BATCH_SIZE = Histogram("hadis_batch_size", "Images per generated batch", ["tier"
                        registry=REGISTRY)
 BATCH_SECONDS = Histogram("hadis_batch_seconds", "Seconds to generate one batch", ["tier", "model"],
                           buckets=BATCH_SECONDS_BUCKETS, registry=REGISTRY)
+BATCH_OVERRUN = Counter("hadis_batch_overrun_seconds", "Seconds batches ended after the end their admission "
+                        "estimated (what admission counts on to let a job in: a job admitted as in time ends late "
+                        "when it exceeds the handoff margin)", ["tier", "model"], registry=REGISTRY)
 MODEL_BUSY = Counter("hadis_model_busy_seconds", "Seconds the model spent generating (its share of wall time is "
                      "how busy the GPU was kept)", ["tier", "model"], registry=REGISTRY)
 JOB_LATENCY = Histogram("hadis_job_latency_seconds", "Submit-to-done latency of finished jobs", ["tier"],
@@ -201,6 +204,10 @@ def observe_batch(tier: str, model: str, size: int, seconds: float, busy_s: floa
     BATCH_SIZE.labels(tier).observe(size)
     BATCH_SECONDS.labels(tier, model).observe(seconds)
     MODEL_BUSY.labels(tier, model).inc(busy_s)
+
+
+def observe_batch_overrun(tier: str, model: str, seconds: float) -> None:
+    BATCH_OVERRUN.labels(tier, model).inc(seconds)
 
 
 def observe_done(tier: str, submitted_at: float, deadline: float, finished_at: float | None = None) -> None:

@@ -110,3 +110,31 @@ async def test_a_stopping_worker_leaves_its_unstarted_jobs_free_to_go_light_when
             (ended,) = await stack.wait_all([jobs[2].job_id], timeout_s=30)
         assert ended.state is JobState.done and ended.tier is Tier.light, ended.history
         assert ended.model == "sd35-large-turbo"
+
+
+async def test_a_batch_that_ends_after_its_admission_estimate_is_counted_and_logged(monkeypatch):
+    """Admission lets a job in on an estimate of when its batch ends; when batches end later than
+    that, jobs admitted as in time end late (trace_1_6qps in real time: 7 heavy jobs 1-3 s late).
+    The worker counts the overrun and logs it with its figures. Here the estimate is made wrong on
+    purpose (every batch expected to take no time), so each batch overruns by its whole length."""
+    from shared import metrics
+    from shared.policies.admission import BatchTimer
+
+    def overrun_total() -> float:
+        return metrics.REGISTRY.get_sample_value("hadis_batch_overrun_seconds_total",
+                                                 {"tier": "heavy", "model": "sd35-large"}) or 0.0
+
+    monkeypatch.setattr(BatchTimer, "expected", lambda self, model, size, prior_s=0.0: 0.0)
+    before = overrun_total()
+    warnings = []
+    monkeypatch.setattr("services.worker.log.warning",
+                        lambda event, **fields: warnings.append((event, fields)))
+    services = ("router", "light", "heavy", "judge")
+    async with running_stack(settings_for(plan_r=1.0, plan_d=0.0), services=services) as stack:
+        jobs = [Job(prompt=f"a lighthouse at dusk, take {i}") for i in range(2)]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs], timeout_s=60)
+    assert all(record.state is JobState.done and record.tier is Tier.heavy for record in records)
+    assert overrun_total() - before >= 2 * 2.7 - 0.5  # two batches of one, each 2.7 s past "now"
+    overran = [fields for event, fields in warnings if event == "batch_overran"]
+    assert len(overran) == 2 and all(fields["model"] == "sd35-large" and fields["seconds"] > 2.0 for fields in overran)
