@@ -89,10 +89,9 @@ def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: f
                         duration_s=trace.duration_s, wall_s=wall_s, notes=notes)
 
 
-def finish(args: argparse.Namespace, mode: str, trace, settings, outcomes, plans, wall_s: float, notes: dict) -> int:
+def finish(args: argparse.Namespace, report, series, plans) -> int:
     from shared.experiments.report import write_run
 
-    report, series = build(args, mode, trace, outcomes, plans, wall_s, notes)
     write_run(Path(args.out), report, series, plans)
     sys.stdout.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if report.lost == 0 else 1
@@ -114,13 +113,13 @@ def run_simulation(args: argparse.Namespace) -> int:
     progress.submitted = progress.ended = len(trace)
     progress.show(trace.duration_s, force=True)
     progress.close()
+    notes = {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
+             else args.worker_start, "worker_start_each_s": settings.worker_start_each_s
+             if args.worker_start_each is None else args.worker_start_each, "offset_s": args.offset, **overrides}
+    report, series = build(args, "simulate", trace, outcomes, plans, wall_s, notes)
     if args.band:
-        write_band(args, trace, settings, build(args, "simulate", trace, outcomes, plans, wall_s, {})[0])
-    return finish(args, "simulate", trace, settings, outcomes, plans, wall_s,
-                  {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
-                   else args.worker_start, "worker_start_each_s": settings.worker_start_each_s
-                   if args.worker_start_each is None else args.worker_start_each, "offset_s": args.offset,
-                   **overrides})
+        write_band(args, trace, settings, report)
+    return finish(args, report, series, plans)
 
 
 def write_band(args: argparse.Namespace, trace, settings, nominal) -> None:
@@ -162,8 +161,9 @@ def run_experiment(args: argparse.Namespace) -> int:
                                    **overrides)
     started = time.perf_counter()
     outcomes, plans, notes = asyncio.run(Experiment(settings, trace, Path(args.out)).run())
-    return finish(args, "experiment", trace, settings, outcomes, plans, time.perf_counter() - started,
-                  {**notes, **overrides})
+    report, series = build(args, "experiment", trace, outcomes, plans, time.perf_counter() - started,
+                           {**notes, **overrides})
+    return finish(args, report, series, plans)
 
 
 def run_compare(args: argparse.Namespace) -> int:
