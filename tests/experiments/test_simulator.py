@@ -3,6 +3,7 @@ import pytest
 
 from shared.experiments.simulator import Simulation, simulate
 from shared.experiments.trace import Trace
+from shared.schemas import Plan, Tier
 from tests.helpers import make_settings
 
 
@@ -53,14 +54,14 @@ def test_the_baselines_run_in_the_simulator(policy):
     assert not [job for job in outcomes if job.state == "lost"]
 
 
-def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_its_load():
-    """Eight GPUs moved to the other tier at once: each new worker is ready after 3 s + 7 x 1.25 s
-    (the measured growth); a tier whose model changes in place loads it (a profiled 4 s here)."""
-    from shared.schemas import Plan, Tier
+def static_eight():
+    """A static plan of 4 light and 4 heavy GPUs; the settings price a start at 3 s + 1.25 s per other."""
+    return settings_for("static", gpus=8, worker_start_s=3.0, worker_start_each_s=1.25, plan_light_gpus=4,
+                        plan_heavy_gpus=4)
 
-    settings = settings_for("static", gpus=8, worker_start_s=3.0, worker_start_each_s=1.25, plan_light_gpus=4,
-                            plan_heavy_gpus=4)
-    simulation = Simulation(settings, steady(1.0, 5.0))
+
+def move_every_gpu_at_10_s(simulation: Simulation) -> dict:
+    """The first plan at 0 s, then every GPU moved to the other tier at 10 s; the new assignment."""
     simulation.now = 0.0
     simulation.control()
     first = simulation.in_force
@@ -68,6 +69,14 @@ def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_
     moved = {gpu: (Tier.heavy if tier is Tier.light else Tier.light) for gpu, tier in first.assignment.items()}
     simulation.plan = Plan.model_validate({**first.model_dump(), "version": 2, "assignment": moved})
     simulation.reconcile(first)
+    return moved
+
+
+def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_its_load():
+    """Eight GPUs moved to the other tier at once: each new worker is ready after 3 s + 7 x 1.25 s
+    (the measured growth); a tier whose model changes in place loads it (a profiled 4 s here)."""
+    simulation = Simulation(static_eight(), steady(1.0, 5.0))
+    moved = move_every_gpu_at_10_s(simulation)
     assert len(moved) == 8
     assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {10.0 + 3.0 + 7 * 1.25}
     simulation.now = 30.0
@@ -118,17 +127,7 @@ def test_an_offset_moves_the_planning_instants_before_the_trace_and_zero_changes
 def test_the_start_times_of_the_simulated_host_are_its_own_and_not_the_policys():
     """The band varies what a start takes on the simulated host (worker_start_each_s); the
     policy goes on pricing switches with the settings' figures, as the services' controller does."""
-    from shared.schemas import Plan, Tier
-
-    settings = settings_for("static", gpus=8, worker_start_s=3.0, worker_start_each_s=1.25, plan_light_gpus=4,
-                            plan_heavy_gpus=4)
-    simulation = Simulation(settings, steady(1.0, 5.0), worker_start_s=2.5, worker_start_each_s=1.4)
-    simulation.now = 0.0
-    simulation.control()
-    first = simulation.in_force
-    simulation.now = 10.0
-    moved = {gpu: (Tier.heavy if tier is Tier.light else Tier.light) for gpu, tier in first.assignment.items()}
-    simulation.plan = Plan.model_validate({**first.model_dump(), "version": 2, "assignment": moved})
-    simulation.reconcile(first)
+    simulation = Simulation(static_eight(), steady(1.0, 5.0), worker_start_s=2.5, worker_start_each_s=1.4)
+    move_every_gpu_at_10_s(simulation)
     assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {22.3}  # 10 + 2.5 + 7 x 1.4
     assert simulation.settings.worker_start_each_s == 1.25
