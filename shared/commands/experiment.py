@@ -124,20 +124,22 @@ def run_simulation(args: argparse.Namespace) -> int:
 
 def write_band(args: argparse.Namespace, trace, settings, nominal) -> None:
     """band.json in the run's folder: the nominal run and the other perturbations'."""
+    from dataclasses import replace
+
     from shared.experiments.band import Band, perturbations, points_of
     from shared.experiments.simulator import simulate
 
     start = settings.worker_start_s if args.worker_start is None else args.worker_start
     each = settings.worker_start_each_s if args.worker_start_each is None else args.worker_start_each
-    grid = perturbations(settings.plan_period_s, start, each)
+    grid = [replace(p, offset_s=args.offset + p.offset_s) for p in perturbations(settings.plan_period_s, start, each)]
     reports = [nominal.model_dump(mode="json")]
     for perturbation in grid[1:]:
         outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=perturbation.worker_start_s,
                                            worker_start_each_s=perturbation.worker_start_each_s,
-                                           offset_s=args.offset + perturbation.offset_s)
+                                           offset_s=perturbation.offset_s)
         reports.append(build(args, "simulate", trace, outcomes, plans, wall_s, {})[0].model_dump(mode="json"))
     band = Band.of(points_of(reports))
-    rows = [{"offset_s": args.offset + p.offset_s, "worker_start_s": p.worker_start_s,
+    rows = [{"offset_s": p.offset_s, "worker_start_s": p.worker_start_s,
              "worker_start_each_s": p.worker_start_each_s, "slo_violation_ratio": r["slo_violation_ratio"],
              "mean_fid": r["mean_fid"]}
             for p, r in zip(grid, reports, strict=True)]
