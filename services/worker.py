@@ -36,12 +36,14 @@ from shared.policies.admission import (
     PREFETCH_BATCHES,
     BatchTimer,
     Fallback,
+    batch_ends_at,
     ends_too_late,
     light_can_make,
     profiled_batch_s,
     too_late_fallback,
 )
 from shared.policies.steps import Next
+from shared.policies.transitions import load_s
 from shared.profiles import load_profile
 from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
 from shared.service import Service, run
@@ -63,11 +65,22 @@ class Item:
     delivery: Delivery
     task: Task
     also: list[Delivery] = field(default_factory=list)
-    ends_by: float = 0.0  # when admission expected its batch to end (the batches ahead of it included)
 
     @property
     def job_id(self) -> str:
         return self.task.job.job_id
+
+
+@dataclass
+class Batch:
+    """Jobs admitted together, for one model: they run with it even when the plan has changed the
+    tier's model since (admission timed them with it; run with another, they would end at another
+    time: a batch admitted for sd35-medium and run with sd35-large ended 14 s after its estimate).
+    The model is swapped between batches, where admission expected it."""
+
+    items: list[Item]
+    model: str
+    ends_by: float  # when admission expected it to end (the batches ahead of it and a model load included)
 
 
 def seed_of(task: Task) -> int:
@@ -92,13 +105,14 @@ class TierWorker:
         self.batch_s = BatchTimer()
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self.busy_until = 0.0  # when the batches admitted so far are expected to have ended
+        self.admitted_model = ""  # the model of the last batch admitted (the one loaded once they have run)
         # Who holds this worker's claims: unique per start, even when a pid comes round again.
         self.owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.claimed: dict[str, Item] = {}  # job id -> the item, from its claim until it is settled
 
     @property
     def loaded(self) -> Generator:
-        """The generator of the plan's model (ensure_model loads it before anything runs)."""
+        """The generator of the model loaded now (ensure_model loads one before anything runs)."""
         assert self.generator is not None, "no model loaded yet"
         return self.generator
 
@@ -112,7 +126,8 @@ class TierWorker:
     async def run(self) -> None:
         """Two stages: a feeder collects and admits batch k+1 while the model runs batch k; the
         finishing of batch k-1 (PNG, store, hand-on) runs as a task of its own."""
-        await self.ensure_model()
+        await self.ensure_model(self.planned_model())
+        self.admitted_model = self.loaded.model.name
         await self.beat()  # the claims' owner is alive before the first claim
         batch_size = self.service.plans.current.batch_for(self.tier)
         consumer = await self.service.bus.consume(
@@ -121,7 +136,7 @@ class TierWorker:
         metrics.mark_ready("worker")
         log.info("worker_ready", tier=self.tier.value, model=self.loaded.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
-        admitted: asyncio.Queue[list[Item]] = asyncio.Queue(maxsize=1)
+        admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
         running: asyncio.Task | None = None
         while not self.service.stopping.is_set():
@@ -130,14 +145,20 @@ class TierWorker:
                 # exit instead, and let the agent start a fresh one (its deliveries are redelivered).
                 error = None if feeder.cancelled() else feeder.exception()
                 raise RuntimeError(f"the feeder stopped: {type(error).__name__}: {error}")
-            await self.ensure_model()
+            if (running is None or running.done()) and admitted.empty():
+                await self.ensure_model(self.planned_model())  # idle: take the plan's model now
             try:
-                items = await asyncio.wait_for(admitted.get(), timeout=1.0)
+                batch = await asyncio.wait_for(admitted.get(), timeout=1.0)
             except TimeoutError:
                 continue
+            if batch.model != self.loaded.model.name:  # the plan changed the model: after the batch ahead
+                if running is not None:
+                    await running
+                    running = None
+                await self.ensure_model(batch.model)
             # Batch k+1 goes to the model's executor before batch k is awaited, so the model
             # thread starts it the moment k ends, without waiting for the event loop.
-            following = asyncio.create_task(self.generate_and_hand_off(items, self.loaded))
+            following = asyncio.create_task(self.generate_and_hand_off(batch, self.loaded))
             if running is not None:
                 await running
             running = following
@@ -149,7 +170,7 @@ class TierWorker:
             task.cancel()
         await asyncio.wait([heartbeat, feeder], timeout=5.0)
         while not admitted.empty():
-            await self.hand_back(admitted.get_nowait())
+            await self.hand_back(admitted.get_nowait().items)
         await self.stop(consumer)
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
@@ -174,16 +195,16 @@ class TierWorker:
             self.slots.release()
             return batch_size
         try:
-            batch = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
-            items = await self.admit(batch) if batch else []
+            deliveries = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
+            batch = await self.admit(deliveries) if deliveries else None
         except BaseException:
             self.slots.release()
             raise
-        if items:
+        if batch is not None:
             try:
-                await admitted.put(items)
+                await admitted.put(batch)
             except asyncio.CancelledError:  # the worker stops while the model runs the batch before
-                await self.hand_back(items)
+                await self.hand_back(batch.items)
                 raise
         else:
             self.slots.release()
@@ -232,8 +253,10 @@ class TierWorker:
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
 
-    async def ensure_model(self) -> None:
-        wanted = self.service.plans.current.model_for(self.tier)
+    def planned_model(self) -> str:
+        return self.service.plans.current.model_for(self.tier)
+
+    async def ensure_model(self, wanted: str) -> None:
         if self.generator is not None and self.loaded.model.name == wanted:
             return
         model = self.profile.model(wanted)
@@ -241,40 +264,41 @@ class TierWorker:
         self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
-    async def generate_and_hand_off(self, items: list[Item], generator: Generator) -> None:
+    async def generate_and_hand_off(self, batch: Batch, generator: Generator) -> None:
+        items = batch.items
         try:
             results = await self.generate(items, generator)
         finally:
             self.slots.release()
-        self.check_overrun(items, generator.model.name)
+        self.check_overrun(batch)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         finishing = asyncio.create_task(self.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
-    def check_overrun(self, items: list[Item], model: str) -> None:
+    def check_overrun(self, batch: Batch) -> None:
         """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
         later than that by more than the handoff margin makes jobs admitted as in time end late.
         Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
-        overrun = time.time() - items[0].ends_by
+        overrun = time.time() - batch.ends_by
         if overrun <= 0:
             return
-        metrics.observe_batch_overrun(self.tier.value, model, overrun)
+        metrics.observe_batch_overrun(self.tier.value, batch.model, overrun)
         if overrun > HANDOFF_S:
-            log.warning("batch_overran", model=model, size=len(items), seconds=round(overrun, 3),
-                        margin_s=HANDOFF_S, estimated_end=round(items[0].ends_by, 3),
+            log.warning("batch_overran", model=batch.model, size=len(batch.items), seconds=round(overrun, 3),
+                        margin_s=HANDOFF_S, estimated_end=round(batch.ends_by, 3),
                         busy_until=round(self.busy_until, 3))
 
-    async def admit(self, batch: list[Delivery]) -> list[Item]:
-        """Parse and check a batch, and claim its jobs (`generating`, owned by this worker) in one
-        round trip; deliveries that are bad, expired, stale or duplicates are settled here and
-        left out (shared/policies/steps.py decides what each claim's outcome means)."""
+    async def admit(self, deliveries: list[Delivery]) -> Batch | None:
+        """Parse and check a batch for the plan's model, and claim its jobs (`generating`, owned by
+        this worker) in one round trip; deliveries that are bad, expired, stale or duplicates are
+        settled here and left out (shared/policies/steps.py decides what each claim's outcome
+        means). None when no job is left to run."""
         parsed: list[Item] = []
-        # This batch starts when the batches admitted before it have ended.
-        finishes_at = max(self.busy_until, time.time()) + self.batch_s.expected(self.loaded.model.name, len(batch),
-                                                                                  self.profiled_s(len(batch)))
-        for delivery in batch:
+        model = self.planned_model()
+        finishes_at = self.batch_end(model, len(deliveries))
+        for delivery in deliveries:
             if delivery.stale:
                 log.info("stale_delivery_dropped")  # the broker has handed it out again
                 continue
@@ -291,16 +315,16 @@ class TierWorker:
             elif ends_too_late(finishes_at, task.deadline):
                 await self.too_late(delivery, task)
             else:
-                parsed.append(Item(delivery, task, ends_by=finishes_at))
+                parsed.append(Item(delivery, task))
         if parsed:
-            self.busy_until = finishes_at
-        started = {"tier": self.tier.value, "model": self.loaded.model.name}
+            self.busy_until, self.admitted_model = finishes_at, model
+        started = {"tier": self.tier.value, "model": model}
         changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in parsed]
         try:
             outcomes = await self.service.store.apply_many(changes)
         except Exception as error:
             await self.settle_all(parsed, error)
-            return []
+            return None
         crash_point(f"{self.tier.value}.after_claim")
         items = []
         for item, outcome in zip(parsed, outcomes, strict=True):
@@ -310,7 +334,17 @@ class TierWorker:
                 items.append(item)
             else:
                 await self.follow(item, step)
-        return items
+        return Batch(items, model, finishes_at) if items else None
+
+    def batch_end(self, model: str, size: int) -> float:
+        """When a batch of `size` admitted now for `model` would end (its time as measured here,
+        else as profiled). The model before it is the last admitted batch's while batches are
+        pending, else the one loaded."""
+        now = time.time()
+        previous = self.admitted_model if self.busy_until > now else self.loaded.model.name
+        prior = profiled_batch_s(self.profile.model(model), size, self.settings.latency_scale)
+        return batch_ends_at(now=now, busy_until=self.busy_until, batch_s=self.batch_s.expected(model, size, prior),
+                             model=model, previous_model=previous, load_s=load_s(self.profile, model))
 
     async def follow(self, item: Item, step: Next, model: str | None = None) -> None:
         """Carry out a step decision for an item this worker does not generate (now); `model`
@@ -382,10 +416,6 @@ class TierWorker:
         if outcome.applied:
             metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
         return outcome.result is not Applied.no_image
-
-    def profiled_s(self, size: int) -> float:
-        """The profile's time for a batch of the current model (before this worker has timed one)."""
-        return profiled_batch_s(self.loaded.model, size, self.settings.latency_scale)
 
     async def settle_all(self, items: list[Item], error: BaseException) -> None:
         for item in items:

@@ -40,6 +40,7 @@ from shared.policies.admission import (
     PREFETCH_BATCHES,
     BatchTimer,
     Fallback,
+    batch_ends_at,
     ends_too_late,
     light_can_make,
     may_escalate,
@@ -81,6 +82,7 @@ class SimWorker:
     batches: deque = field(default_factory=deque)  # admitted: [generating, queued]
     busy_until: float = 0.0
     admitted_until: float = 0.0  # the worker's own estimate of when its admitted batches end
+    admitted_model: str = ""  # the model of its last admitted batch
     retiring: bool = False
     timer: BatchTimer = field(default_factory=BatchTimer)
 
@@ -294,7 +296,11 @@ class Simulation:
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
             size = min(self.in_force.batch_for(tier), len(worker.buffer))
             prior = self.batch_seconds(model, size)
-            finishes_at = max(worker.admitted_until, self.now) + worker.timer.expected(model, size, prior)
+            finishes_at = batch_ends_at(now=self.now, busy_until=worker.admitted_until,
+                                        batch_s=worker.timer.expected(model, size, prior), model=model,
+                                        previous_model=worker.admitted_model if worker.admitted_until > self.now
+                                        else model,  # idle: it has loaded the plan's model (reload)
+                                        load_s=load_s(self.profile, model))
             batch = []
             for _ in range(size):
                 job = worker.buffer.popleft()
@@ -305,7 +311,7 @@ class Simulation:
                     batch.append(job)
             if not batch:
                 continue
-            worker.admitted_until = finishes_at
+            worker.admitted_until, worker.admitted_model = finishes_at, model
             worker.batches.append((batch, model))
             if len(worker.batches) == 1:
                 self.start_batch(worker)

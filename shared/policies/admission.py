@@ -40,6 +40,14 @@ class BatchTimer:
         return seconds * size / nearest_size if nearest_size < size else seconds
 
 
+def batch_ends_at(*, now: float, busy_until: float, batch_s: float, model: str, previous_model: str,
+                  load_s: float = 0.0) -> float:
+    """When a batch admitted now for `model` ends: once the batches admitted before it have ended
+    (`busy_until`, the worker's own estimate), after a model load when theirs was another (a batch
+    runs with the model it was admitted for: the swap comes between batches), plus its own time."""
+    return max(busy_until, now) + (load_s if model != previous_model else 0.0) + batch_s
+
+
 def ends_too_late(batch_ends_at: float, deadline: float) -> bool:
     """A job whose batch would end at `batch_ends_at` cannot be done by `deadline`."""
     return batch_ends_at + HANDOFF_S >= deadline

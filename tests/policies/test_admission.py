@@ -1,4 +1,4 @@
-from shared.policies.admission import HANDOFF_S, BatchTimer, ends_too_late
+from shared.policies.admission import HANDOFF_S, BatchTimer, batch_ends_at, ends_too_late
 
 
 def test_the_profile_stands_in_until_a_batch_is_measured():
@@ -13,6 +13,17 @@ def test_the_profile_stands_in_until_a_batch_is_measured():
 def test_a_job_needs_its_handoff_time_before_the_deadline():
     assert ends_too_late(10.0 - HANDOFF_S / 2, 10.0)
     assert not ends_too_late(10.0 - 2 * HANDOFF_S, 10.0)
+
+
+def test_a_batch_ends_after_those_ahead_of_it_and_after_a_load_of_another_model():
+    def ends(now, busy_until, model="m", previous="m", load_s=5.0):
+        return batch_ends_at(now=now, busy_until=busy_until, batch_s=2.0, model=model, previous_model=previous,
+                             load_s=load_s)
+
+    assert ends(now=10.0, busy_until=0.0) == 12.0  # an idle worker starts it now
+    assert ends(now=10.0, busy_until=13.0) == 15.0  # behind the batches admitted before it
+    assert ends(now=10.0, busy_until=13.0, model="n") == 20.0  # the model swap comes between batches
+    assert ends(now=10.0, busy_until=13.0, model="n", load_s=0.0) == 15.0
 
 
 def plan(**changes):
