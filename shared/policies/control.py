@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from shared.demand import queueing_delay_s
 from shared.policies.assignment import assign
-from shared.policies.demand import SustainedRate
+from shared.policies.demand import PARTS, SustainedRate
 from shared.policies.pareto import ParetoRow, ParetoTable, build_table, load_quality, load_table
 from shared.policies.planner import PlanDecision, Planner
 from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
@@ -224,6 +224,7 @@ class HadisPolicy(PlannerPolicy):
         # switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
         self.heading: Structure | None = None
         self.continuing = False
+        self.recent: deque[tuple[float, float]] = deque()  # (time, demand the structure was chosen for)
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -266,20 +267,30 @@ class HadisPolicy(PlannerPolicy):
 
     def structure(self, demand: float, observation: Observation) -> tuple[Structure, str]:
         """The structure to run: the planner's for the sustained demand, unless the current one is
-        worth keeping (its switch would not pay for itself)."""
-        target = Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
+        worth keeping (its switch would not pay for itself, or the recent estimates disagree)."""
         current = observation.current
-        if current is None or target == Structure.of(current):
+        old = Structure.of(current) if current is not None else None
+        lowest, highest = self.envelope(observation.now, demand)
+        if old is not None and self.proposed is not None and self.proposed[0] == old:
+            step, seconds, towards = self.proposed  # the step is in force: it takes its time
+            self.moving_until, self.proposed = observation.now + seconds, None
+            self.heading = towards if step != towards else None
+        if old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
+            at_highest, at_lowest = (self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
+                                                              self.settings.slo_s) for value in (highest, lowest))
+            if at_highest is not None and at_highest.feasible:
+                demand = highest  # a better structure only if every recent estimate allows it
+            elif at_lowest is not None and at_lowest.feasible:
+                return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}:"
+                             f" it serves {lowest:.3g} qps, the lowest estimate of the last"
+                             f" {self.confirm_s:g} s (a change must be confirmed)")
+        target = Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
+        if old is None or target == old:
             self.heading = None
             return target, ""
-        old = Structure.of(current)
         keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, self.settings.slo_s)
         if keep is None or not 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             return target, ""  # a pair this policy does not plan with, GPUs that are gone, or none yet
-        if self.proposed is not None and self.proposed[0] == old:  # the step is in force: it takes its time
-            step, seconds, towards = self.proposed
-            self.moving_until, self.proposed = observation.now + seconds, None
-            self.heading = towards if step != towards else None
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
@@ -289,6 +300,25 @@ class HadisPolicy(PlannerPolicy):
             structure, why = self.priced(old, in_place, keep, demand)
             return structure, f"{why}; while a step is under way" if structure != old else why
         return self.priced(old, target, keep, demand)
+
+    @property
+    def confirm_s(self) -> float:
+        """How long the estimates must agree before the structure changes: a third of the hold (the
+        held rate's part), 20 s at a 60 s SLO, 2 s at 6 s."""
+        return self.sustained.hold_s / PARTS
+
+    def envelope(self, now: float, demand: float) -> tuple[float, float]:
+        """The lowest and highest demand the structure was to be chosen for over the last
+        confirm_s (this one included). The structure moves to a better one only if it suits the
+        highest, and away from the current one only if that fails even the lowest: a Schmitt
+        trigger in time. Without it, at about 1 job/s and a 60 s SLO, the estimate's Poisson noise
+        (amplified by the trend's lead) crossed a pair's boundary every few seconds, and each
+        crossing after the dwell swapped all 16 GPUs' models and back (71 plans where 46 sufficed)."""
+        self.recent.append((now, demand))
+        while self.recent and self.recent[0][0] < now - self.confirm_s:
+            self.recent.popleft()
+        values = [value for _, value in self.recent]
+        return min(values), max(values)
 
     def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float) -> tuple[Structure, str]:
         """Keep `old`, or take the first step towards `target`, as the switch's price says

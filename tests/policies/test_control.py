@@ -17,6 +17,7 @@ from shared.policies.control import (
     quality_ladder,
     single_model_batch,
 )
+from shared.policies.transitions import Structure
 from shared.profiles import load_profile
 from shared.schemas import Plan
 from tests.helpers import make_settings
@@ -247,9 +248,36 @@ def test_mid_step_a_structure_falling_behind_changes_its_pair_in_place():
     held, why = policy.structure(6.5, observe(ticks.now + 1, 6.5, current=quiet))
     assert (held.pair, held.light_gpus, held.heavy_gpus) == (pair(quiet), quiet.light_gpus, quiet.heavy_gpus)
     assert "under way" in why, why
-    escaped, why = policy.structure(16.0, observe(ticks.now + 2, 16.0, current=quiet))
+    held, why = policy.structure(16.0, observe(ticks.now + 2, 16.0, current=quiet))
+    assert held == Structure.of(quiet) and "must be confirmed" in why, why  # 6.5 was seen 1 s before
+    escaped, why = policy.structure(16.0, observe(ticks.now + 4, 16.0, current=quiet))  # 16 for confirm_s
     assert escaped.pair != pair(quiet) and "while a step is under way" in why, why
     assert (escaped.light_gpus, escaped.heavy_gpus) == (quiet.light_gpus, quiet.heavy_gpus)
+
+
+def test_estimates_that_flicker_across_a_boundary_leave_the_structure_alone():
+    """At about 1 job/s and a 60 s SLO the estimate's noise, amplified by the trend's lead, crossed a
+    pair's boundary every few seconds; each crossing after the dwell swapped every GPU's model, and
+    back seconds later (71 plans on trace_1_6qps in real time). The structure now changes only when
+    the estimates of the last confirm_s agree: it leaves a structure that fails even the lowest."""
+    ticks = Ticks("hadis", min_dwell_s=0.0)
+    ticks.run(60, rate=6.0)
+    quiet = ticks.plan
+    policy = ticks.schedule.policy
+    policy.moving_until = -math.inf  # no step under way
+
+    def serves(demand: float) -> bool:
+        return policy.planner.plan_within(pair(quiet), quiet.light_gpus, quiet.heavy_gpus, demand, 6.0).feasible
+
+    over = 16.0
+    assert serves(6.0) and not serves(over) and policy.confirm_s == 2.0
+    for tick in range(1, 11):  # over, under, over, ... every second
+        demand = over if tick % 2 else 6.0
+        kept, why = policy.structure(demand, observe(ticks.now + tick, demand, current=quiet))
+        assert kept == Structure.of(quiet), why
+    for tick in range(11, 14):  # over for confirm_s
+        moved, why = policy.structure(over, observe(ticks.now + tick, over, current=quiet))
+    assert moved != Structure.of(quiet) and "must be confirmed" not in why, why
 
 
 def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
@@ -263,12 +291,12 @@ def test_a_switch_that_would_leave_too_few_gpus_serving_waits():
     profile = policy.profile = policy.profile.model_copy(deep=True)  # load_profile's is shared (cached)
     for model in profile.models.values():
         object.__setattr__(model, "load_s", 60.0)
-    kept, why = policy.structure(7.0, observe(ticks.now + 1, 7.0, current=busy))
+    kept, why = policy.structure(7.0, observe(ticks.now + 5, 7.0, current=busy))  # 40 jobs/s no longer recent
     assert (kept.light_model, kept.heavy_model) == pair(busy) and "would leave 0 qps" in why, why
     assert policy.planner.plan(7.0, len(GPUS), 6.0).light_model == "sd35-medium"  # what it would have liked
     for model in profile.models.values():
         object.__setattr__(model, "load_s", None)
-    step, why = policy.structure(2.0, observe(ticks.now + 2, 2.0, current=busy))
+    step, why = policy.structure(2.0, observe(ticks.now + 10, 2.0, current=busy))  # nor 7
     assert (step.light_model, step.heavy_model) == ("sd35-medium", "sd35-large") and "switch" in why, why
     assert abs(step.light_gpus - busy.light_gpus) <= policy.settings.plan_max_moving_gpus  # staggered
 
