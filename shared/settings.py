@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         description="hadis: the model pair and tier sizes are chosen for the demand expected this far ahead, at "
                     "its sustained rise (shared/policies/demand.py: trend); a falling demand is not extrapolated. "
                     "Unset: 3 x the demand hold (the estimate's lag, a switch, and the services' own delay).")
+    plan_confirm_s: float | None = Field(
+        default=None, ge=0, le=3600,
+        description="hadis: the model pair and tier sizes change only when the demand estimates of this many "
+                    "seconds agree: a better structure must suit the highest of them, the current one is left only "
+                    "when it fails the lowest (0: every estimate acts at once). Unset: a third of the demand hold.")
     plan_horizon_s: float = Field(default=60.0, gt=0, le=3600,
                                   description="hadis: a change of model pair or tier sizes must serve more jobs over "
                                               "this horizon than keeping the plan, its switch's lost capacity "

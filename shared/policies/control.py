@@ -303,9 +303,10 @@ class HadisPolicy(PlannerPolicy):
 
     @property
     def confirm_s(self) -> float:
-        """How long the estimates must agree before the structure changes: a third of the hold (the
-        held rate's part), 20 s at a 60 s SLO, 2 s at 6 s."""
-        return self.sustained.hold_s / PARTS
+        """How long the estimates must agree before the structure changes (HADIS_PLAN_CONFIRM_S):
+        by default a third of the hold (the held rate's part), 20 s at a 60 s SLO, 2 s at 6 s."""
+        confirm = self.settings.plan_confirm_s
+        return self.sustained.hold_s / PARTS if confirm is None else confirm
 
     def envelope(self, now: float, demand: float) -> tuple[float, float]:
         """The lowest and highest demand the structure was to be chosen for over the last
