@@ -1,9 +1,9 @@
 """The agent: one per host. It owns the host's GPUs (real CUDA devices, or emulated ones on a
 CPU host), registers them with the cluster, and keeps one worker process per GPU serving the
 tier the plan assigns to it: it starts, stops and moves workers between tiers. A worker that
-is moved finishes its batch (SIGTERM: graceful stop, the rest requeued) before the GPU gets
-its new worker. A worker that dies is restarted with backoff (shared/policies/restarts.py), never
-given up on."""
+is moved finishes the batches it committed to (SIGTERM: graceful stop, the rest requeued) before
+the GPU gets its new worker; it is killed only once they are overdue. A worker that dies is
+restarted with backoff (shared/policies/restarts.py), never given up on."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from shared.store import owner_id
 log = get_logger(__name__)
 
 TICK_S = 0.5
+# A stopping worker is killed this long after both its grace and the end of the batches it had
+# committed to (its heartbeat's busy_until): a hung worker still goes, a slow batch is not cut.
+KILL_AFTER_S = 10.0
 
 
 @dataclass
@@ -36,6 +39,7 @@ class WorkerProcess:
     instance: str = ""  # the token of its claims' owner id (shared.store.owner_id)
     stopping_since: float | None = None
     started_at: float = field(default_factory=time.monotonic)  # for the restart backoff
+    drain_until: float = 0.0  # wall clock: when the batches it committed to end (its heartbeats, once stopping)
 
     @property
     def alive(self) -> bool:
@@ -71,9 +75,34 @@ class Agent:
             worker.stopping_since = time.monotonic()
             worker.process.send_signal(signal.SIGTERM)
             log.info("worker_stopping", gpu=worker.gpu, tier=worker.tier.value, pid=worker.process.pid)
-        elif time.monotonic() - worker.stopping_since > self.service.settings.shutdown_grace_s + 10:
+        elif self.overdue(worker):
             worker.process.kill()
-            log.warning("worker_killed", gpu=worker.gpu, pid=worker.process.pid)
+            log.warning("worker_killed", gpu=worker.gpu, pid=worker.process.pid,
+                        drain_until=round(worker.drain_until, 3))
+
+    def overdue(self, worker: WorkerProcess) -> bool:
+        """Past its grace and past the end of its committed batches, each by KILL_AFTER_S. A fixed
+        grace alone cut batches short: an sd35-large batch of 2 takes 48.6 s on an L40S, and a
+        worker moved while it ran was killed after 40 s; its jobs came back too late and were shed."""
+        assert worker.stopping_since is not None
+        grace_over = time.monotonic() - worker.stopping_since > self.service.settings.shutdown_grace_s + KILL_AFTER_S
+        return grace_over and time.time() > worker.drain_until + KILL_AFTER_S
+
+    async def note_drains(self) -> None:
+        """Read when each stopping worker's committed batches end, from its heartbeats (it admits
+        nothing once stopping, so the figure is bounded: PIPELINE_DEPTH batches)."""
+        stopping = [worker for worker in self.workers.values() if worker.stopping_since is not None]
+        if not stopping:
+            return
+        try:
+            records = {record.get("gpu"): record for record in await self.service.store.workers()}
+        except Exception as error:  # the grace alone bounds the stop meanwhile
+            log.warning("worker_records_unread", error=str(error))
+            return
+        for worker in stopping:
+            busy_until = records.get(worker.gpu, {}).get("busy_until")
+            if isinstance(busy_until, int | float):
+                worker.drain_until = max(worker.drain_until, float(busy_until))
 
     def may_restart(self, gpu: str, now: float) -> bool:
         """The GPU's worker is not waiting out its backoff after a death."""
@@ -117,6 +146,7 @@ class Agent:
                 except Exception as error:
                     log.warning("agent_registration_failed", error=str(error))
             self.reconcile(self.service.plans.current.assignment)
+            await self.note_drains()
             await self.release_dead_owners()
             try:
                 await asyncio.wait_for(self.service.stopping.wait(), timeout=TICK_S)

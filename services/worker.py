@@ -223,7 +223,8 @@ class TierWorker:
     async def beat(self) -> None:
         info = {"tier": self.tier.value, "model": self.loaded.model.name, "host": self.settings.host,
                 "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
-                "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting}
+                "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting,
+                "busy_until": round(self.busy_until, 3)}  # a stopping worker's agent waits for it (agent.py)
         await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
                                                   owner=self.owner)
 

@@ -54,3 +54,43 @@ async def test_agent_reconciles_workers_with_the_plan_under_load():
             done, _ = await asyncio.wait([agent_task], timeout=120)
             assert done, f"the agent did not stop within 120 s; workers: {await stack.store.workers()}"
         assert await stack.store.workers() == []
+
+
+async def test_a_moved_worker_finishes_a_batch_longer_than_its_grace(monkeypatch):
+    """A worker moved to the other tier finishes the batch it runs, even one longer than the stop's
+    grace: the agent kills it only once its committed batches (its heartbeat's busy_until) are
+    overdue. Before, a fixed grace (30 s + 10) cut an sd35-large batch of 2 (48.6 s) short in a
+    real-time run; its jobs came back too late and were shed."""
+    killed = []
+    monkeypatch.setattr("services.agent.log.warning", lambda event, **fields: killed.append(fields)
+                        if event == "worker_killed" else None)
+    # sd35-large: 2.7 s x 5 = 13.5 s a batch, against a kill 0.5 + 10 s after the stop.
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=5.0,
+                             emulated_gpus=2, plan_light_gpus=1, plan_heavy_gpus=1, plan_r=1.0, plan_d=0.0,
+                             plan_light_model="sd35-large-turbo", plan_heavy_model="sd35-large", plan_heavy_batch=1,
+                             slo_s=120.0, heartbeat_s=0.3, shutdown_grace_s=0.5)
+    async with running_stack(settings, services=("controller", "router", "judge")) as stack:
+        stopping = asyncio.Event()
+        agent_task = asyncio.create_task(serve("agent", agent.main, settings, stopping))
+        try:
+            await wait_for_workers(stack.store, light=1, heavy=1)
+            job = Job(prompt="a lighthouse in a storm, on a GPU about to move")
+            await stack.client.submit(job)
+            for _ in range(200):
+                if (record := await stack.store.get(job.job_id)) is not None and record.state is JobState.generating:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the heavy worker did not claim the job")
+            plan = await stack.store.get_plan()
+            swapped = {gpu: ("light" if tier == "heavy" else "heavy") for gpu, tier in plan.assignment.items()}
+            await stack.store.publish_plan({**plan.model_dump(exclude={"version", "created_at"}),
+                                            "assignment": swapped})
+            (done,) = await stack.wait_all([job.job_id], timeout_s=90)
+        finally:
+            stopping.set()
+            finished, _ = await asyncio.wait([agent_task], timeout=120)
+            assert finished, "the agent did not stop within 120 s"
+    assert done.state is JobState.done and done.model == "sd35-large", done.history
+    assert [step.state for step in done.history].count(JobState.generating) == 1, done.history  # not redone
+    assert killed == []
