@@ -296,11 +296,12 @@ class Simulation:
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
             size = min(self.in_force.batch_for(tier), len(worker.buffer))
             prior = self.batch_seconds(model, size)
+            # The model before this batch: its last batch's while batches are pending; once idle, the
+            # plan's (reload() has loaded it), as services/worker.py reads it.
+            previous = worker.admitted_model if worker.admitted_until > self.now else model
             finishes_at = batch_ends_at(now=self.now, busy_until=worker.admitted_until,
                                         batch_s=worker.timer.expected(model, size, prior), model=model,
-                                        previous_model=worker.admitted_model if worker.admitted_until > self.now
-                                        else model,  # idle: it has loaded the plan's model (reload)
-                                        load_s=load_s(self.profile, model))
+                                        previous_model=previous, load_s=load_s(self.profile, model))
             batch = []
             for _ in range(size):
                 job = worker.buffer.popleft()

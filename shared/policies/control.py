@@ -314,7 +314,8 @@ class HadisPolicy(PlannerPolicy):
         highest, and away from the current one only if that fails even the lowest: a Schmitt
         trigger in time. Without it, at about 1 job/s and a 60 s SLO, the estimate's Poisson noise
         (amplified by the trend's lead) crossed a pair's boundary every few seconds, and each
-        crossing after the dwell swapped all 16 GPUs' models and back (71 plans where 46 sufficed)."""
+        crossing after the dwell swapped all 16 GPUs' models and back (71 plans through the
+        services on trace_1_6qps, 38 with it)."""
         self.recent.append((now, demand))
         while self.recent and self.recent[0][0] < now - self.confirm_s:
             self.recent.popleft()
