@@ -276,11 +276,14 @@ class HadisPolicy(PlannerPolicy):
             self.moving_until, self.proposed = observation.now + seconds, None
             self.heading = towards if step != towards else None
         if old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
-            at_highest, at_lowest = (self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
-                                                              self.settings.slo_s) for value in (highest, lowest))
-            if at_highest is not None and at_highest.feasible:
+            def serves(value: float) -> bool:
+                decision = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
+                                                    self.settings.slo_s)
+                return decision is not None and decision.feasible
+
+            if serves(highest):
                 demand = highest  # a better structure only if every recent estimate allows it
-            elif at_lowest is not None and at_lowest.feasible:
+            elif serves(lowest):
                 return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}:"
                              f" it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
