@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.policies.control import COMPARED as POLICIES
+from shared.policies.catalog import COMPARED as POLICIES
 
 
 def main() -> int:

@@ -22,7 +22,8 @@ from shared.errors import Disposition, InvalidJob, Unavailable
 from shared.logging import bind_job, get_logger
 from shared.policies import steps
 from shared.policies.assignment import moves
-from shared.policies.control import Observation, PlanSchedule, make_policy
+from shared.policies.catalog import make_policy
+from shared.policies.control import Observation, PlanSchedule
 from shared.policies.fleet import Fleet
 from shared.policies.transitions import Structure, Switch, SwitchWatch, changing_gpus, transition
 from shared.profiles import load_profile

@@ -47,7 +47,8 @@ from shared.policies.admission import (
     profiled_batch_s,
     too_late_fallback,
 )
-from shared.policies.control import Observation, PlanSchedule, make_policy
+from shared.policies.catalog import make_policy
+from shared.policies.control import Observation, PlanSchedule
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.router import default_router
 from shared.policies.transitions import load_s

@@ -20,7 +20,7 @@ slowly, which costs quality for a while, not deadlines).
 
 The *trend* (`trend`) is how fast that demand rises: the held rate now less the held rate two
 holds ago, over two holds, never negative. The hadis policy chooses its model pair and tier sizes
-for the demand plus the trend times a lead (shared/policies/control.py: HadisPolicy.ahead), since a
+for the demand plus the trend times a lead (shared/policies/hadis.py: HadisPolicy.ahead), since a
 new structure serves only after the estimate's lag and a switch. Made of held rates, the trend
 ignores a burst as they do.
 

@@ -7,16 +7,9 @@ import math
 import pytest
 
 from shared.policies.assignment import assign
-from shared.policies.control import (
-    COMPARED,
-    InfaasAccuracyPolicy,
-    Observation,
-    PlanSchedule,
-    keep_draining,
-    make_policy,
-    quality_ladder,
-    single_model_batch,
-)
+from shared.policies.baselines import InfaasAccuracyPolicy, quality_ladder, single_model_batch
+from shared.policies.catalog import COMPARED, make_policy
+from shared.policies.control import Observation, PlanSchedule, keep_draining
 from shared.policies.transitions import Structure
 from shared.profiles import load_profile
 from shared.schemas import Plan
