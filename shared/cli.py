@@ -221,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shared.commands import experiment, router_eval, train_judge
     from shared.commands import plan as plan_command
+    from shared.commands import trace as trace_command
 
     plan_command.add_parser(commands)
     experiment.add_parsers(commands)
+    trace_command.add_parsers(commands)
     router_eval.add_parser(commands)
     train_judge.add_parser(commands)
     return parser
