@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         description="hadis: the model pair and tier sizes change only when the demand estimates of this many "
                     "seconds agree: a better structure must suit the highest of them, the current one is left only "
                     "when it fails the lowest (0: every estimate acts at once). Unset: a third of the demand hold.")
+    plan_risk: float = Field(default=0.005, ge=0, le=1,
+                             description="hadis: the share of jobs the structure may risk missing over the "
+                                         "remembered bursts (shared/policies/bursts.py); 1 turns the burst risk off.")
+    burst_prior: float = Field(default=0.0, ge=0, le=1,
+                               description="hadis: the burst assumed before any is seen, as a share of the "
+                                           "fleet's highest capacity for one SLO, fading with a half-life of 10 SLOs "
+                                           "(0: none).")
+    burst_memory_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description="hadis: the half-life of the burst history (kept for three). Unset: 30 x the SLO.")
     plan_horizon_s: float = Field(default=60.0, gt=0, le=3600,
                                   description="hadis: a change of model pair or tier sizes must serve more jobs over "
                                               "this horizon than keeping the plan, its switch's lost capacity "

@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 from shared.demand import queueing_delay_s
+from shared.policies.bursts import BurstHistory, Capacity
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
 from shared.policies.demand import PARTS, SustainedRate
 from shared.policies.pareto import load_table
@@ -18,6 +19,10 @@ from shared.settings import Settings
 # for a switch, and one because the services were measured to switch about 5 s after the simulator
 # on the same ramp (process starts, the store's counter, the replayer).
 AHEAD_HOLDS = 3
+# The operating point follows the arrivals of the last third of the SLO once they are this many
+# times the sustained demand: a burst, not the Poisson noise of a few seconds' count.
+BURST_FACTOR = 2.0
+PRIOR_HALFLIFE_SLOS = 10.0
 
 
 class HadisPolicy(PlannerPolicy):
@@ -54,6 +59,12 @@ class HadisPolicy(PlannerPolicy):
         self.heading: Structure | None = None
         self.continuing = False
         self.recent: deque[tuple[float, float]] = deque()  # (time, demand the structure was chosen for)
+        halflife = settings.burst_memory_s or 30 * settings.slo_s
+        self.bursts = BurstHistory(reaction_s=self.lead, halflife_s=halflife, memory_s=3 * halflife)
+        self.capacities: dict[tuple[Structure, int], Capacity] = {}
+        self.ladders: dict[int, list[tuple[float, Structure]]] = {}
+        self.risk_why = ""
+        self.arriving = math.inf  # the arrivals a switch must serve through: until measured, all of its demand
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -63,6 +74,7 @@ class HadisPolicy(PlannerPolicy):
         """Every tick (PlanSchedule): the demand estimate needs the arrivals at a finer grain than
         the planning period."""
         self.sustained.observe(observation.now, observation.arrivals)
+        self.bursts.observe(observation.now, observation.arrivals, self.sustained.rate())
 
     def demand(self, observation: Observation) -> float:
         if len(self.sustained.samples) < 2:  # not observed yet (the first tick): the controller's EWMA
@@ -76,18 +88,103 @@ class HadisPolicy(PlannerPolicy):
         """The demand the structure is chosen for: the sustained demand plus its sustained rise over
         plan_ahead_s. A structure takes the estimate's lag plus a switch to change, so one chosen for
         today's demand on a ramp is overloaded by the time it serves."""
+        return demand + self.sustained.trend() * self.lead
+
+    @property
+    def lead(self) -> float:
+        """How far ahead the structure is chosen: what it takes to change it (plan_ahead_s)."""
         lead = self.settings.plan_ahead_s
-        lead = AHEAD_HOLDS * self.sustained.hold_s if lead is None else lead
-        return demand + self.sustained.trend() * lead
+        return AHEAD_HOLDS * self.sustained.hold_s if lead is None else lead
+
+    def capacity(self, structure: Structure, gpus: int) -> Capacity:
+        """A structure's fastest operating point: the most jobs/s its GPUs serve within the SLO, and
+        its batches' seconds (what a burst meets once the operating point has degraded)."""
+        key = (structure, gpus)
+        if key not in self.capacities:
+            fastest = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, math.inf,
+                                               self.settings.slo_s)
+            assert fastest is not None
+            self.capacities[key] = Capacity(fastest.capacity_qps, fastest.expected_latency_s)
+        return self.capacities[key]
+
+    def ladder(self, gpus: int) -> list[tuple[float, Structure]]:
+        """The distinct structures the planner chooses as the demand rises from nothing to the fleet's
+        highest capacity, each with the least demand (on a grid of 1 % steps) that chooses it."""
+        if gpus not in self.ladders:
+            slo = self.settings.slo_s
+            top = self.planner.plan(math.inf, gpus, slo).capacity_qps
+            steps, rungs = max(int(math.log(max(top, 0.2) / 0.1) / math.log(1.01)), 1), []
+            for index in range(steps + 1):
+                value = 0.1 * 1.01 ** index
+                structure = Structure.of(self.planner.plan(value, gpus, slo).plan_fields())
+                if not rungs or rungs[-1][1] != structure:
+                    rungs.append((value, structure))
+            self.ladders[gpus] = rungs
+        return self.ladders[gpus]
+
+    def burst_demand(self, demand: float, gpus: int) -> float:
+        """The lowest demand, `demand` or above, whose planned structure risks at most plan_risk of
+        the jobs over the remembered bursts (shared/policies/bursts.py); the fleet's highest
+        capacity when none does. The planner's ladder of structures is walked upwards (its capacity
+        is not monotone in the demand: 6 + 10 GPUs may come before 5 + 11), skipping a structure
+        no faster than one that failed."""
+        self.risk_why = ""
+        intervals = self.bursts.intervals()
+        if not intervals or gpus <= 0:
+            return demand
+        prior = self.settings.burst_prior
+        if prior > 0:
+            # Before the history has seen a burst, one is assumed: a burst of `prior` x the fleet's
+            # highest capacity for an SLO, at the start, fading with a half-life of 10 SLOs.
+            weight = 0.5 ** (self.bursts.span_s / (PRIOR_HALFLIFE_SLOS * self.settings.slo_s))
+            top = self.planner.plan(math.inf, gpus, self.settings.slo_s).capacity_qps
+            intervals = [(self.settings.slo_s, prior * top, weight), *intervals]
+        slo, budget = self.settings.slo_s, self.settings.plan_risk
+        rungs = [(value, structure) for value, structure in self.ladder(gpus) if value > demand]
+        base = Structure.of(self.planner.plan(demand, gpus, slo).plan_fields())
+        candidates = [(demand, base)] + [rung for rung in rungs if rung[1] != base]
+
+        first = self.bursts.risk(self.capacity(base, gpus), slo, intervals)
+        if first <= budget:
+            return demand
+        failed: list[Capacity] = []
+        for value, structure in candidates[1:]:
+            capacity = self.capacity(structure, gpus)
+            if any(capacity.qps <= worse.qps and capacity.latency_s >= worse.latency_s for worse in failed):
+                continue  # no faster than one that failed: it fails too
+            if self.bursts.risk(capacity, slo, intervals) <= budget:
+                self.risk_why = (f"; structure for {value:.3g} qps: the remembered bursts would miss "
+                                 f"{first:.1%} of jobs with the structure for {demand:.3g}")
+                return value
+            failed.append(capacity)
+        return candidates[-1][0]
 
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
         ahead = self.ahead(demand)
+        # A level the demand has been at and left before: its rise is a burst of the kind remembered,
+        # no ramp to extrapolate, and the replay alone says what the structure must absorb.
+        seen = demand <= self.bursts.peak_before(self.lead)
+        risky = self.burst_demand(0.0 if seen else demand, observation.gpus)
+        if seen:
+            ahead = max(risky, demand)
         self.continuing = False
-        structure, why = self.structure(ahead, observation)
-        if ahead > demand:
+        # The operating point changes for free: it follows the arrivals of the last third of the SLO
+        # at once (a burst's first seconds), where the structure waits for the demand to last.
+        recent = self.bursts.recent_rate(slo / PARTS)
+        now = recent if recent > BURST_FACTOR * max(demand, 1.0) else demand
+        self.arriving = max(now, demand)  # what a switch must serve through (priced)
+        structure, why = self.structure(max(ahead, risky), observation)
+        if self.risk_why and risky >= ahead:
+            why = f"{self.risk_why}{why}"
+        elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
-        point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, demand, slo,
+        if seen:
+            # Between bursts the next one comes without warning, and the jobs r and d send to the heavy
+            # tier in its first second wait there behind the slow model: the operating point stays
+            # ready for what the structure was chosen to absorb (the few jobs of a silence gain little).
+            now = max(now, risky)
+        point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, now, slo,
                                          queueing_s=self.queueing(observation))
         assert point is not None  # structure() keeps only pairs of the table
         fields = point.plan_fields()
@@ -174,8 +271,10 @@ class HadisPolicy(PlannerPolicy):
         during = self.planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
         after = self.planner.plan_within(step.pair, step.light_gpus, step.heavy_gpus, demand, slo)
         assert during is not None and after is not None
+        # A switch serves through what arrives now (a silence's, when the structure is chosen for bursts).
         verdict = worth_switching(keep_qps=keep.capacity_qps, new_qps=after.capacity_qps,
-                                  during_qps=during.capacity_qps, demand_qps=demand, switch_s=cost.seconds,
+                                  during_qps=during.capacity_qps, demand_qps=min(demand, self.arriving),
+                                  switch_s=cost.seconds,
                                   horizon_s=self.settings.plan_horizon_s, slack_s=slo - after.expected_latency_s)
         self.last_verdict = verdict
         if not verdict.switch:

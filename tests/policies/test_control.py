@@ -193,17 +193,33 @@ def test_a_step_the_dwell_holds_back_is_not_a_later_step_of_its_switch():
     assert (fields["light_gpus"], fields["heavy_gpus"]) == (9, 7) and policy.continuing
 
 
-def test_a_tenfold_burst_of_two_seconds_does_not_change_the_model_pair():
-    """Steady 8 jobs/s, then 80 jobs/s for 2 s (its backlog queued behind): the pair and the GPUs per
-    tier stay; only the operating point may move while the backlog drains."""
+def test_a_burst_the_queue_absorbs_does_not_change_the_model_pair():
+    """Steady 8 jobs/s, then twice that for 2 s (its backlog queued behind): the structure's slack
+    (its capacity for the SLO less its batches) absorbs it, so the pair and the GPUs per tier stay;
+    only the operating point may move while the backlog drains."""
+    ticks = Ticks("hadis")
+    ticks.run(90, rate=8.0)
+    before = ticks.plan
+    ticks.run(2, rate=16.0, queued=20)
+    ticks.run(30, rate=8.0, queued=0)
+    for _, plan in ticks.published[-5:]:
+        assert plan is before or (pair(plan), plan.light_gpus, plan.heavy_gpus) == (
+            pair(before), before.light_gpus, before.heavy_gpus), plan.reason
+
+
+def test_a_burst_the_queue_cannot_absorb_makes_the_structure_ready_for_the_next():
+    """Steady 8 jobs/s on sd35-medium -> sd35-large (9.3 jobs/s at its fastest), then 80 jobs/s for
+    2 s: 160 jobs that its slack cannot absorb. Once seen, such a burst is what the structure must
+    absorb next time (shared/policies/bursts.py): it moves to a faster pair while the load is back
+    at 8 jobs/s, and says why."""
     ticks = Ticks("hadis")
     ticks.run(90, rate=8.0)
     before = ticks.plan
     ticks.run(2, rate=80.0, queued=150)
     ticks.run(30, rate=8.0, queued=0)
-    for _, plan in ticks.published[-5:]:
-        assert plan is before or (pair(plan), plan.light_gpus, plan.heavy_gpus) == (
-            pair(before), before.light_gpus, before.heavy_gpus), plan.reason
+    assert pair(before) == ("sd35-medium", "sd35-large")
+    assert pair(ticks.plan) != pair(before), ticks.plan.reason
+    assert "the remembered bursts would miss" in ticks.plan.reason, ticks.plan.reason
 
 
 def first_pair_change(ticks: Ticks, rates: list[float]) -> float | None:
