@@ -95,8 +95,12 @@ class Settings(BaseSettings):
 
     # The controller.
     controller_policy: Literal["static", "hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
-                               "infaas-acc", "clipper-light", "clipper-heavy"] = Field(
+                               "infaas-acc", "clipper-light", "clipper-heavy", "planned-static"] = Field(
         default="static", description="static, ours (hadis), or a baseline (docs/experiments.md).")
+    static_demand_qps: float | None = Field(
+        default=None, ge=0,
+        description="planned-static: the one demand (qps) the planner plans for, once; the plan never changes "
+                    "(a baseline: `hadis simulate --policy best-static` sweeps it).")
     plan_period_s: float = Field(default=10.0, gt=0, le=3600, description="How often the controller re-plans.")
     plan_min_dwell_s: float = Field(default=30.0, ge=0, description="Least time between two planned changes.")
     demand_halflife_s: float = Field(default=10.0, gt=0, description="Half-life of the arrival-rate EWMA.")

@@ -118,6 +118,36 @@ class ProteusPolicy(PlannerPolicy):
         return round((1.0 - row.r) * light + row.r * heavy, 6)
 
 
+class PlannedStaticPolicy(PlannerPolicy):
+    """The planner's plan for one fixed demand (HADIS_STATIC_DEMAND_QPS), asked once and never
+    changed (re-planned only if the GPUs change): the baseline an adaptive controller must beat.
+    Its planner is hadis's (the whole table, the routed light share, the margin, spare GPUs as
+    headroom), so the only thing it lacks is adaptation; `hadis simulate --policy best-static`
+    sweeps the demand and keeps the best plan in hindsight (shared/experiments/best_static.py)."""
+
+    name = "planned-static"
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.static_demand_qps is None:
+            raise ValueError("the planned-static policy plans for one fixed demand: set HADIS_STATIC_DEMAND_QPS "
+                             "(hadis experiment/simulate --static-demand QPS)")
+        super().__init__(settings)
+        self.fixed: tuple[int, dict[str, Any]] | None = None  # (GPUs, the decision for them)
+
+    def make_planner(self) -> Planner:
+        return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
+                       margin=self.settings.demand_margin, batch_sizes=BATCH_SIZES, use_spare_gpus=True)
+
+    def decide(self, observation: Observation) -> dict[str, Any]:
+        if self.fixed is None or self.fixed[0] != observation.gpus:
+            demand = float(self.settings.static_demand_qps or 0.0)
+            decision = self.planner.plan(demand, observation.gpus, self.settings.slo_s, queueing_s=0.0)
+            fields = decision.plan_fields()
+            fields["reason"] = fields["reason"].replace("hadis planner", f"{self.name} planner for {demand:g} qps", 1)
+            self.fixed = (observation.gpus, fields)
+        return dict(self.fixed[1])
+
+
 class SingleModelPolicy:
     """One model on every GPU (no router split, no judge): a single-model plan sends every job
     to the heavy tier (r = 1) with light_model = heavy_model. The batch size is the smallest that

@@ -10,6 +10,7 @@ from shared.policies.baselines import (
     DiscOnlyPolicy,
     HadisPaperPolicy,
     InfaasAccuracyPolicy,
+    PlannedStaticPolicy,
     ProteusPolicy,
     RouterOnlyPolicy,
 )
@@ -28,8 +29,10 @@ POLICIES: dict[str, type] = {
     "infaas-acc": InfaasAccuracyPolicy,
     "clipper-light": ClipperLightPolicy,
     "clipper-heavy": ClipperHeavyPolicy,
+    "planned-static": PlannedStaticPolicy,
 }
-COMPARED = [name for name in POLICIES if name != "static"]
+# The default set of scripts/compare.py: the fixed plans need a plan (static) or a demand (planned-static).
+COMPARED = [name for name in POLICIES if name not in ("static", "planned-static")]
 
 
 def make_policy(settings: Settings) -> ControlPolicy:
