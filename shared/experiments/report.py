@@ -103,6 +103,28 @@ class Report(Strict):
     duration_s: float
     wall_s: float
     notes: dict[str, Any] = Field(default_factory=dict)
+    oracle_fid: float | None = Field(
+        default=None, description="The oracle's bound on the mean FID of any policy with at most 1 % SLO violations "
+                                  "on this trace and fleet (shared/experiments/oracle.py); None: no bound.")
+    light_only_fid: float | None = Field(
+        default=None, description="The FID of serving every job with the profile's lightest model.")
+    oracle_gain_share: float | None = Field(
+        default=None, description="(light_only_fid - mean_fid) / (light_only_fid - oracle_fid): the share of the "
+                                  "gain over the lightest model that the oracle bounds, that this run got.")
+
+    def with_oracle(self, oracle_fid: float | None, light_only_fid: float | None) -> Report:
+        """This report with the oracle's bound and its share of the bound's gain."""
+        return self.model_copy(update={"oracle_fid": oracle_fid, "light_only_fid": light_only_fid,
+                                       "oracle_gain_share": gain_share(self.mean_fid, light_only_fid, oracle_fid)})
+
+
+def gain_share(mean_fid: float | None, light_only_fid: float | None, oracle_fid: float | None) -> float | None:
+    """How much of the oracle's gain over the lightest model a run got (1: all of it; 0: none,
+    negative: worse than the lightest model); None when a number is missing or the oracle
+    gains nothing."""
+    if mean_fid is None or light_only_fid is None or oracle_fid is None or light_only_fid - oracle_fid <= 0:
+        return None
+    return (light_only_fid - mean_fid) / (light_only_fid - oracle_fid)
 
 
 class FidLookup:
