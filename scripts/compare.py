@@ -2,6 +2,10 @@
 
     python scripts/compare.py --mode experiment --trace T --profile P --gpus N --slo S --out DIR
     python scripts/compare.py --mode simulate ... [--scale K]
+    python scripts/compare.py --mode simulate --policies hadis,diffserve,best-static,oracle ...
+
+best-static (the best fixed plan in hindsight) and oracle (the bound on any policy) are simulate-only:
+`hadis simulate` computes them, `hadis experiment` has nothing to run for them.
 
 Each policy's run goes to DIR/<policy>/; DIR/comparison.md, comparison_bars.png and
 comparison_timeline.png come last. A run that fails is reported and the others go on.
@@ -15,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from shared.commands.experiment import POLICY_CHOICES, SIMULATE_ONLY
 from shared.policies.catalog import COMPARED as POLICIES
 
 
@@ -33,9 +38,16 @@ def main() -> int:
                              "as trace_1_6qps in real time, they barely load the machine, at tens of jobs/s they "
                              "compete for its CPUs and the results say more about the machine than the policy")
     args, extra = parser.parse_known_args()
+    policies = args.policies.split(",")
+    known = POLICY_CHOICES + (SIMULATE_ONLY if args.mode == "simulate" else [])
+    unknown = [policy for policy in policies if policy not in known]
+    if unknown:
+        only = [policy for policy in unknown if policy in SIMULATE_ONLY]
+        parser.error(f"{', '.join(only)}: simulate only (--mode simulate)" if only
+                     else f"unknown policies {', '.join(unknown)}; known: {', '.join(known)}")
     hadis = str(Path(sys.executable).parent / "hadis")
     commands = {}
-    for policy in args.policies.split(","):
+    for policy in policies:
         out = Path(args.out) / policy
         if args.skip_done and (out / "report.json").exists():
             continue

@@ -14,6 +14,9 @@ import orjson
 from shared.settings import Settings
 
 POLICY_CHOICES = list(get_args(Settings.model_fields["controller_policy"].annotation))
+# Not controller policies: bounds that only the simulator computes (shared/experiments/best_static.py
+# sweeps fixed plans; shared/experiments/oracle.py solves a relaxation and simulates nothing).
+SIMULATE_ONLY = ["best-static", "oracle"]
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +25,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             ("simulate", run_simulation, "replay a trace through the discrete-event simulator")):
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--trace", required=True, help="a trace file: arrival_ms,prompt_id per line")
-        parser.add_argument("--policy", required=True, choices=POLICY_CHOICES)
+        parser.add_argument("--policy", required=True,
+                            choices=POLICY_CHOICES + (SIMULATE_ONLY if name == "simulate" else []))
+        parser.add_argument("--static-demand", type=float, metavar="QPS",
+                            help="the demand planned-static plans for, once (required with --policy planned-static)")
         parser.add_argument("--gpus", type=int, required=True, help="emulated GPUs")
         parser.add_argument("--profile", required=True, help="a profile name under profiles/")
         parser.add_argument("--slo", type=float, required=True, help="latency objective, seconds")
@@ -51,7 +57,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("--offset", type=float, default=0.0,
                                 help="seconds the controller runs before the trace begins: the phase of its plan "
                                      "period (default 0; an experiment's is however long its first workers took)")
-        parser.set_defaults(handler=handler)
+        parser.set_defaults(handler=handler, command_parser=parser)
     parser = subparsers.add_parser("compare", help="tables and figures of the runs in a folder")
     parser.add_argument("folder", help="a folder whose subfolders hold report.json")
     parser.add_argument("--against", help="another such folder (the same trace and policies, e.g. the simulator's): "
@@ -74,7 +80,22 @@ def prepare(args: argparse.Namespace):
     # absorbed by the queue, and the real-time traces are the compressed ones at 10x the scale.
     overrides = {"plan_period_s": args.plan_period or args.slo, "plan_min_dwell_s": args.dwell or 2 * args.slo,
                  "demand_halflife_s": args.halflife or args.slo, "demand_margin": args.margin}
+    if args.static_demand is not None:
+        overrides["static_demand_qps"] = args.static_demand
     return trace, get_settings(), overrides
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse alone cannot check: --static-demand goes with planned-static, and only with it."""
+    parser = args.command_parser
+    if args.policy == "planned-static" and args.static_demand is None:
+        parser.error("--policy planned-static needs --static-demand QPS (the demand it plans for)")
+    if args.policy != "planned-static" and args.static_demand is not None:
+        parser.error("--static-demand is for --policy planned-static")
+    if args.static_demand is not None and args.static_demand < 0:
+        parser.error("--static-demand must be >= 0")
+    if args.policy == "oracle" and getattr(args, "band", False):
+        parser.error("--band perturbs a simulation; the oracle simulates nothing")
 
 
 def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: float, notes: dict):
@@ -84,9 +105,24 @@ def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: f
     from shared.profiles import load_profile
 
     lookup = FidLookup(load_quality(load_table(args.profile).quality_table), load_profile(args.profile))
-    return build_report(outcomes, plans, lookup, policy=args.policy, mode=mode, trace=trace.name,
-                        profile=args.profile, slo_s=args.slo, gpus=args.gpus, window_s=args.window or args.slo,
-                        duration_s=trace.duration_s, wall_s=wall_s, notes=notes)
+    report, series = build_report(outcomes, plans, lookup, policy=args.policy, mode=mode, trace=trace.name,
+                                  profile=args.profile, slo_s=args.slo, gpus=args.gpus,
+                                  window_s=args.window or args.slo, duration_s=trace.duration_s, wall_s=wall_s,
+                                  notes=notes)
+    return with_oracle(args, trace, report), series
+
+
+def with_oracle(args: argparse.Namespace, trace, report):
+    """The report with the oracle's bound for the same trace and fleet (solved once per process)
+    and the lightest model's FID: its share of the gain that any policy could get."""
+    from shared.experiments.oracle import oracle_for
+    from shared.policies.baselines import quality_ladder
+    from shared.profiles import load_profile
+    from shared.settings import get_settings
+
+    oracle = oracle_for(trace, args.profile, args.slo, args.gpus, get_settings().time_scale, args.window or args.slo)
+    light_only = load_profile(args.profile).model(quality_ladder(args.profile)[0]).fid
+    return report.with_oracle(oracle.fid, light_only)
 
 
 def finish(args: argparse.Namespace, report, series, plans) -> int:
@@ -102,24 +138,66 @@ def run_simulation(args: argparse.Namespace) -> int:
     from shared.experiments.simulator import simulate
     from shared.settings import Settings
 
+    check_args(args)
+    if args.policy == "oracle":
+        return run_oracle(args)
     trace, base, overrides = prepare(args)
+    policy = "planned-static" if args.policy == "best-static" else args.policy
     settings = Settings(**{**base.model_dump(), "profile": args.profile, "slo_s": args.slo,
-                           "controller_policy": args.policy, "emulated_gpus": args.gpus, "backend": "emulated",
+                           "controller_policy": policy, "emulated_gpus": args.gpus, "backend": "emulated",
                            "judge_backend": "emulated", **overrides})
-    progress = Progress(len(trace), trace.duration_s, f"simulate {args.policy}")
-    outcomes, plans, wall_s = simulate(settings, trace, worker_start_s=args.worker_start,
-                                       worker_start_each_s=args.worker_start_each, offset_s=args.offset,
-                                       progress=lambda t, arrived, ended: show(progress, t, arrived, ended))
-    progress.submitted = progress.ended = len(trace)
-    progress.show(trace.duration_s, force=True)
-    progress.close()
+    options = {"worker_start_s": args.worker_start, "worker_start_each_s": args.worker_start_each,
+               "offset_s": args.offset}
     notes = {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
              else args.worker_start, "worker_start_each_s": settings.worker_start_each_s
              if args.worker_start_each is None else args.worker_start_each, "offset_s": args.offset, **overrides}
+    best = None
+    if args.policy == "best-static":
+        best, settings = run_best_static(args, trace, settings, options)
+        outcomes, plans, wall_s = best.outcomes, best.plans, best.wall_s
+        notes.update(best.notes())
+    else:
+        progress = Progress(len(trace), trace.duration_s, f"simulate {args.policy}")
+        outcomes, plans, wall_s = simulate(settings, trace, **options,
+                                           progress=lambda t, arrived, ended: show(progress, t, arrived, ended))
+        progress.submitted = progress.ended = len(trace)
+        progress.show(trace.duration_s, force=True)
+        progress.close()
     report, series = build(args, "simulate", trace, outcomes, plans, wall_s, notes)
     if args.band:
         write_band(args, trace, settings, report)
+    if best is not None:
+        from shared.experiments.best_static import write_sweep
+
+        write_sweep(Path(args.out), best)
     return finish(args, report, series, plans)
+
+
+def run_best_static(args: argparse.Namespace, trace, settings, options: dict):
+    """The sweep of fixed plans (one line per plan on stderr); the chosen run, and its settings."""
+    from shared.experiments.best_static import static_settings, stderr_line, sweep
+    from shared.experiments.report import FidLookup
+    from shared.policies.pareto import load_quality, load_table
+    from shared.profiles import load_profile
+
+    lookup = FidLookup(load_quality(load_table(args.profile).quality_table), load_profile(args.profile))
+    best = sweep(settings, trace, lookup, window_s=args.window or args.slo, progress=stderr_line, **options)
+    stderr_line(f"best-static: {best.demand_qps:g} qps" + (f" ({best.note})" if best.note else ""))
+    return best, static_settings(settings, best.demand_qps)
+
+
+def run_oracle(args: argparse.Namespace) -> int:
+    """The oracle's bound as a run (shared/experiments/oracle.py): nothing is simulated."""
+    import time
+
+    from shared.experiments.oracle import oracle_for, oracle_report
+
+    trace, base, _ = prepare(args)
+    started = time.perf_counter()
+    oracle = oracle_for(trace, args.profile, args.slo, args.gpus, base.time_scale, args.window or args.slo)
+    report, series = oracle_report(oracle, trace=trace.name, profile=args.profile, slo_s=args.slo, gpus=args.gpus,
+                                   duration_s=trace.duration_s, wall_s=time.perf_counter() - started)
+    return finish(args, with_oracle(args, trace, report), series, [])
 
 
 def write_band(args: argparse.Namespace, trace, settings, nominal) -> None:
@@ -158,6 +236,7 @@ def run_experiment(args: argparse.Namespace) -> int:
 
     from shared.experiments.runner import Experiment, experiment_settings
 
+    check_args(args)
     trace, base, overrides = prepare(args)
     settings = experiment_settings(base, policy=args.policy, profile=args.profile, gpus=args.gpus, slo_s=args.slo,
                                    **overrides)

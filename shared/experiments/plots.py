@@ -7,7 +7,8 @@ A run folder holds `report.json` (totals) and `timeseries.csv` (one row per time
 - `plot_comparison` takes a folder of sibling runs on the same trace (one per policy) and draws the
   same three panels with one line per policy, bar charts of mean FID, SLO violation ratio and p99
   latency per policy, each policy as a point of (SLO violation ratio, mean FID) with the Pareto
-  front, and writes a Markdown table of the totals.
+  front, and writes a Markdown table of the totals (with each run's share of the oracle's gain,
+  shared/experiments/oracle.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
 POLICY_ORDER = ("hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
-                "infaas-acc", "clipper-light", "clipper-heavy")
+                "infaas-acc", "clipper-light", "clipper-heavy", "planned-static", "best-static", "oracle")
 TEXT_COLUMNS = {"light_model", "heavy_model"}
 MARKERS = "osD^v<>pPX*h"
 STYLE: dict[RcKeyType, float] = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
@@ -179,12 +180,13 @@ def worst_window(rows: list[dict]) -> float | None:
 
 
 def _comparison_table(parent: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
-    lines = ["| policy | SLO violation ratio | worst window | mean FID | p99 latency (s) | heavy share "
-             "| submitted | lost |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | SLO violation ratio | worst window | mean FID | oracle gain share | p99 latency (s) "
+             "| heavy share | submitted | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for report, rows in runs:
         cells = [report["policy"], _fmt(report.get("slo_violation_ratio"), 100.0, "%"),
-                 _fmt(worst_window(rows), 100.0, "%"), _fmt(report.get("mean_fid")), _fmt(report.get("p99_latency_s")),
+                 _fmt(worst_window(rows), 100.0, "%"), _fmt(report.get("mean_fid")),
+                 _fmt(report.get("oracle_gain_share"), 100.0, "%"), _fmt(report.get("p99_latency_s")),
                  _fmt(report.get("heavy_share")), _fmt_int(report.get("submitted")),
                  _fmt_int(report.get("lost"))]
         lines.append("| " + " | ".join(cells) + " |")

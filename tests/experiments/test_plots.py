@@ -67,7 +67,7 @@ def test_plot_comparison_writes_figures_and_table(parent):
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
     assert [row[0] for row in rows] == ["hadis", "diffserve", "zeta-policy"]
     hadis, diffserve, _ = rows
-    assert hadis[1:] == ["13.79%", "20.00%", "16.00", "2.50", "0.40", "120", "4"]  # worst window: t = 20 s
+    assert hadis[1:] == ["13.79%", "20.00%", "16.00", "–", "2.50", "0.40", "120", "4"]  # worst window: t = 20 s
     assert diffserve[3] == "–" and diffserve[4] == "–"
 
 
