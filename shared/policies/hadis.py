@@ -113,7 +113,8 @@ class HadisPolicy(PlannerPolicy):
         if gpus not in self.ladders:
             slo = self.settings.slo_s
             top = self.planner.plan(math.inf, gpus, slo).capacity_qps
-            steps, rungs = max(int(math.log(max(top, 0.2) / 0.1) / math.log(1.01)), 1), []
+            steps = max(int(math.log(max(top, 0.2) / 0.1) / math.log(1.01)), 1)
+            rungs: list[tuple[float, Structure]] = []
             for index in range(steps + 1):
                 value = 0.1 * 1.01 ** index
                 structure = Structure.of(self.planner.plan(value, gpus, slo).plan_fields())
@@ -228,7 +229,22 @@ class HadisPolicy(PlannerPolicy):
             in_place = Structure(target.light_model, target.heavy_model, old.light_gpus, old.heavy_gpus)
             structure, why = self.priced(old, in_place, keep, demand)
             return structure, f"{why}; while a step is under way" if structure != old else why
+        if not keep.feasible and target.pair != old.pair and target != Structure(*target.pair, *self.split(old)):
+            # Behind: the target's pair at once on the GPUs as they are (a model load each, no worker
+            # restarts), where moving GPUs between tiers takes steps of worker starts; the split
+            # follows in later steps. A burst out of a silence met the silence's pair for 10 s.
+            in_place = Structure(target.light_model, target.heavy_model, old.light_gpus, old.heavy_gpus)
+            faster = self.planner.plan_within(in_place.pair, old.light_gpus, old.heavy_gpus, demand,
+                                              self.settings.slo_s)
+            if faster is not None and faster.capacity_qps > keep.capacity_qps:
+                structure, why = self.priced(old, in_place, keep, demand)
+                if structure != old:
+                    return structure, f"{why}; the pair first, in place"
         return self.priced(old, target, keep, demand)
+
+    @staticmethod
+    def split(structure: Structure) -> tuple[int, int]:
+        return structure.light_gpus, structure.heavy_gpus
 
     @property
     def confirm_s(self) -> float:

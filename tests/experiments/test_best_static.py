@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-import structlog
 
 from shared import cli
 from shared.experiments.best_static import distinct_plans, sweep
@@ -20,15 +19,6 @@ from tests.helpers import make_settings
 
 PROFILE, SLO = "paper-l40s-x10", 6.0
 TRACE = "traces/trace_1to40qps.txt"
-
-
-@pytest.fixture(autouse=True)
-def logging_kept():
-    """`hadis` configures logging to the stderr that pytest captures for this test and closes after
-    it: the tests that run later would log to a closed file."""
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
 
 
 def settings_for(**overrides):
