@@ -126,9 +126,9 @@ class Settings(BaseSettings):
     plan_risk: float = Field(default=0.005, ge=0, le=1,
                              description="hadis: the share of jobs the structure may risk missing over the "
                                          "remembered bursts (shared/policies/bursts.py); 1 turns the burst risk off.")
-    burst_prior: float = Field(default=0.0, ge=0, le=1,
+    burst_prior: float = Field(default=0.2, ge=0, le=1,
                                description="hadis: the burst assumed before any is seen, as a share of the "
-                                           "fleet's highest capacity for one SLO, fading with a half-life of 10 SLOs "
+                                           "fleet's highest capacity for one SLO, fading with a half-life of 3 SLOs "
                                            "(0: none).")
     burst_memory_s: float | None = Field(
         default=None, gt=0, le=86_400,

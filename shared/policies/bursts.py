@@ -1,25 +1,23 @@
-"""Burst risk: how much capacity the structure must hold for the demand it may meet before it can
+"""Burst risk: how much capacity the structure must hold for the bursts it may meet before it can
 react, learned online from the arrivals themselves.
 
 The sustained estimate (shared/policies/demand.py) is built to ignore bursts, and on smooth ramps
 that is right. Production traffic is often *made of* bursts: minutes of near silence, then 10-60x
-the mean within seconds. Planned for the silence, the fleet holds its slowest, best models when
-the next burst comes, and a structure takes the estimate's hold, a confirmation and a switch
-(`reaction_s`, about 3 holds) to move; meanwhile the burst misses its deadlines.
+the mean within seconds. Planned for the silence, the fleet holds its slowest, best models when the
+next burst comes, and a structure takes the estimate's hold, a confirmation and a switch (about
+three holds) to move; meanwhile the burst misses its deadlines.
 
-What this module learns, per tick: the *surprise*, how far the arrival rate rose above the estimate
-the controller held `reaction_s` earlier (never negative). On a ramp the surprise is the ramp's rise
-over the reaction time, small; on bursty traffic it is the bursts themselves, since the estimate
-that preceded them was the silence. What it computes, for a candidate structure: replay the
-remembered surprises on top of today's estimate through a fluid queue with the structure's
-highest capacity (its fastest operating point: the operating point degrades at once, only the
-structure is slow) and the slack the SLO leaves after its batches; the jobs that would wait longer
-than that slack are the misses it risks. Recent history counts more (a half-life), and the risk is
-a share of *jobs*, not of time: a burst holds most of a bursty trace's jobs.
+What this module keeps: every tick's interval and its arrival rate (`BurstHistory`), recent ones
+weighing more (a half-life). What it computes for a structure: replay the remembered arrivals
+through a fluid queue served at the structure's highest capacity (its fastest operating point: the
+operating point degrades at once, only the structure is slow); a job misses when the backlog ahead
+of it is more than that capacity clears in the SLO's slack (the SLO less the batches), and is shed.
+The risk is the share of *jobs* it would miss, not of time: a burst holds most of a bursty
+trace's jobs.
 
 So a burst the queue's slack absorbs costs nothing and moves nothing; how large a burst a plan
-absorbs is computed from the plan (capacity x (time + slack)), not assumed. The policy
-(shared/policies/hadis.py) holds the best-quality structure whose risk is within its budget.
+absorbs is computed from the plan (capacity x (burst length + slack)), not assumed. The choice of
+structure is shared/policies/readiness.py's.
 """
 
 from __future__ import annotations
@@ -27,6 +25,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+# The share of the SLO's slack a burst's backlog may fill: the operating point degrades on the next
+# tick and the jobs routed to the heavy tier before it wait behind the slow model, so a burst that
+# just fits the fluid queue's slack still sheds jobs in the simulator.
+SLACK_USABLE = 0.75
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def replay_misses(intervals: list[tuple[float, float, float]], capacity: Capacit
     misses when the backlog ahead of it is more than the capacity clears in the SLO's slack; such
     jobs are shed (they take no capacity), as the workers shed a job that cannot end in time."""
     slack = max(slo_s - capacity.latency_s, 0.0)
-    limit = capacity.qps * slack
+    limit = capacity.qps * slack * SLACK_USABLE
     backlog = missed = jobs = 0.0
     for seconds, rate, weight in intervals:
         arrivals = rate * seconds
@@ -60,21 +63,23 @@ def replay_misses(intervals: list[tuple[float, float, float]], capacity: Capacit
 
 @dataclass
 class BurstHistory:
-    """The surprises of the last `memory_s` (a half-life of `halflife_s`) at the tick's grain."""
+    """The arrivals of the last `memory_s` (a half-life of `halflife_s`) at the tick's grain."""
 
-    reaction_s: float
     halflife_s: float
     memory_s: float
-    # (time, seconds, arrival rate, estimate held then): one per observed interval
+    # (time, seconds, arrival rate, the sustained estimate then): one per observed interval
     samples: deque[tuple[float, float, float, float]] = field(default_factory=deque)
     last: tuple[float, int] | None = None
+    first_arrivals: int | None = None  # the counter at the first observation: jobs_seen counts from it
 
     def observe(self, now: float, arrivals: int, estimate: float) -> None:
-        """Record the interval since the last call: its arrival rate, and the estimate now (which a
-        later interval's surprise is measured against)."""
+        """Record the interval since the last call: its arrival rate, and the sustained estimate now
+        (`peak_before` reads it)."""
         if self.last is not None and arrivals < self.last[1]:
             self.samples.clear()  # a counter that went back: the controller restarted
-            self.last = None
+            self.last = self.first_arrivals = None
+        if self.first_arrivals is None:
+            self.first_arrivals = arrivals
         if self.last is not None and now > self.last[0]:
             seconds = now - self.last[0]
             self.samples.append((now, seconds, (arrivals - self.last[1]) / seconds, estimate))
@@ -86,31 +91,23 @@ class BurstHistory:
             self.samples.popleft()
 
     @property
+    def jobs_seen(self) -> int:
+        """Jobs arrived since the first observation (all of them, not only the remembered ones)."""
+        return 0 if self.last is None or self.first_arrivals is None else self.last[1] - self.first_arrivals
+
+    @property
     def span_s(self) -> float:
         return self.samples[-1][0] - self.samples[0][0] if len(self.samples) > 1 else 0.0
 
     def intervals(self) -> list[tuple[float, float, float]]:
-        """(seconds, rate qps, weight) of every remembered interval, replayed from today's level:
-        an interval's rate less however far the estimate has fallen since the one held
-        `reaction_s` before it (the first interval's own before the history covers that). A falling
-        ramp's past is thus its surprises on top of today's demand, while a burst out of a silence
-        like today's is replayed whole."""
+        """(seconds, rate qps, weight) of every remembered interval, as it came. (Replaying it from
+        today's level instead, less however far the estimate had fallen since, changed nothing on
+        the ramps, whose own structure is always ready, and nothing on the bursty traces.)"""
         if not self.samples:
             return []
-        now, today = self.samples[-1][0], self.samples[-1][3]
-        held = self.samples[min(1, len(self.samples) - 1)][3]  # the first interval's own, until one is old enough
-        result = []
-        earlier = iter(self.samples)
-        pending = next(earlier, None)
-        for time, seconds, rate, _ in self.samples:
-            while pending is not None and pending[0] <= time - seconds - self.reaction_s:
-                if pending[1] > 0:  # the first sample, with no interval, has no estimate yet
-                    held = pending[3]
-                pending = next(earlier, None)
-            if seconds > 0:
-                weight = math.pow(0.5, (now - time) / self.halflife_s)
-                result.append((seconds, max(rate - max(held - today, 0.0), 0.0), weight))
-        return result
+        now = self.samples[-1][0]
+        return [(seconds, rate, math.pow(0.5, (now - time) / self.halflife_s))
+                for time, seconds, rate, _ in self.samples if seconds > 0]
 
     def recent_rate(self, span_s: float) -> float:
         """Arrivals per second over the last `span_s` (at least the last interval): what the

@@ -7,11 +7,12 @@ from collections import deque
 from typing import Any
 
 from shared.demand import queueing_delay_s
-from shared.policies.bursts import BurstHistory, Capacity
+from shared.policies.bursts import BurstHistory
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
 from shared.policies.demand import PARTS, SustainedRate
 from shared.policies.pareto import load_table
 from shared.policies.planner import PlanDecision, Planner
+from shared.policies.readiness import Readiness
 from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
 from shared.settings import Settings
 
@@ -22,7 +23,6 @@ AHEAD_HOLDS = 3
 # The operating point follows the arrivals of the last third of the SLO once they are this many
 # times the sustained demand: a burst, not the Poisson noise of a few seconds' count.
 BURST_FACTOR = 2.0
-PRIOR_HALFLIFE_SLOS = 10.0
 
 
 class HadisPolicy(PlannerPolicy):
@@ -60,10 +60,8 @@ class HadisPolicy(PlannerPolicy):
         self.continuing = False
         self.recent: deque[tuple[float, float]] = deque()  # (time, demand the structure was chosen for)
         halflife = settings.burst_memory_s or 30 * settings.slo_s
-        self.bursts = BurstHistory(reaction_s=self.lead, halflife_s=halflife, memory_s=3 * halflife)
-        self.capacities: dict[tuple[Structure, int], Capacity] = {}
-        self.ladders: dict[int, list[tuple[float, Structure]]] = {}
-        self.risk_why = ""
+        self.bursts = BurstHistory(halflife_s=halflife, memory_s=3 * halflife)
+        self.readiness = Readiness(self.planner, settings.slo_s, settings.plan_risk, settings.burst_prior, self.bursts)
         self.arriving = math.inf  # the arrivals a switch must serve through: until measured, all of its demand
 
     def make_planner(self) -> Planner:
@@ -96,95 +94,43 @@ class HadisPolicy(PlannerPolicy):
         lead = self.settings.plan_ahead_s
         return AHEAD_HOLDS * self.sustained.hold_s if lead is None else lead
 
-    def capacity(self, structure: Structure, gpus: int) -> Capacity:
-        """A structure's fastest operating point: the most jobs/s its GPUs serve within the SLO, and
-        its batches' seconds (what a burst meets once the operating point has degraded)."""
-        key = (structure, gpus)
-        if key not in self.capacities:
-            fastest = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, math.inf,
-                                               self.settings.slo_s)
-            assert fastest is not None
-            self.capacities[key] = Capacity(fastest.capacity_qps, fastest.expected_latency_s)
-        return self.capacities[key]
-
-    def ladder(self, gpus: int) -> list[tuple[float, Structure]]:
-        """The distinct structures the planner chooses as the demand rises from nothing to the fleet's
-        highest capacity, each with the least demand (on a grid of 1 % steps) that chooses it."""
-        if gpus not in self.ladders:
-            slo = self.settings.slo_s
-            top = self.planner.plan(math.inf, gpus, slo).capacity_qps
-            steps = max(int(math.log(max(top, 0.2) / 0.1) / math.log(1.01)), 1)
-            rungs: list[tuple[float, Structure]] = []
-            for index in range(steps + 1):
-                value = 0.1 * 1.01 ** index
-                structure = Structure.of(self.planner.plan(value, gpus, slo).plan_fields())
-                if not rungs or rungs[-1][1] != structure:
-                    rungs.append((value, structure))
-            self.ladders[gpus] = rungs
-        return self.ladders[gpus]
-
-    def burst_demand(self, demand: float, gpus: int) -> float:
-        """The lowest demand, `demand` or above, whose planned structure risks at most plan_risk of
-        the jobs over the remembered bursts (shared/policies/bursts.py); the fleet's highest
-        capacity when none does. The planner's ladder of structures is walked upwards (its capacity
-        is not monotone in the demand: 6 + 10 GPUs may come before 5 + 11), skipping a structure
-        no faster than one that failed."""
-        self.risk_why = ""
-        intervals = self.bursts.intervals()
+    def ready_for_bursts(self, demand: float, gpus: int) -> tuple[Structure | None, str]:
+        """The structure to hold instead of the planner's for `demand` when that one risks more than
+        plan_risk of the jobs over the remembered bursts (shared/policies/readiness.py), and why;
+        None when the planner's is ready (or nothing is remembered yet)."""
+        intervals = self.readiness.intervals(gpus)
         if not intervals or gpus <= 0:
-            return demand
-        prior = self.settings.burst_prior
-        if prior > 0:
-            # Before the history has seen a burst, one is assumed: a burst of `prior` x the fleet's
-            # highest capacity for an SLO, at the start, fading with a half-life of 10 SLOs.
-            weight = 0.5 ** (self.bursts.span_s / (PRIOR_HALFLIFE_SLOS * self.settings.slo_s))
-            top = self.planner.plan(math.inf, gpus, self.settings.slo_s).capacity_qps
-            intervals = [(self.settings.slo_s, prior * top, weight), *intervals]
-        slo, budget = self.settings.slo_s, self.settings.plan_risk
-        rungs = [(value, structure) for value, structure in self.ladder(gpus) if value > demand]
-        base = Structure.of(self.planner.plan(demand, gpus, slo).plan_fields())
-        candidates = [(demand, base)] + [rung for rung in rungs if rung[1] != base]
-
-        first = self.bursts.risk(self.capacity(base, gpus), slo, intervals)
-        if first <= budget:
-            return demand
-        failed: list[Capacity] = []
-        for value, structure in candidates[1:]:
-            capacity = self.capacity(structure, gpus)
-            if any(capacity.qps <= worse.qps and capacity.latency_s >= worse.latency_s for worse in failed):
-                continue  # no faster than one that failed: it fails too
-            if self.bursts.risk(capacity, slo, intervals) <= budget:
-                self.risk_why = (f"; structure for {value:.3g} qps: the remembered bursts would miss "
-                                 f"{first:.1%} of jobs with the structure for {demand:.3g}")
-                return value
-            failed.append(capacity)
-        return candidates[-1][0]
+            return None, ""
+        planned = Structure.of(self.planner.plan(demand, gpus, self.settings.slo_s).plan_fields())
+        first = self.readiness.risk(planned, gpus, intervals)
+        if first <= self.settings.plan_risk:
+            return None, ""
+        ready = self.readiness.best(demand, gpus, intervals)
+        if ready is None:
+            return None, ""
+        return ready, (f"; ready for the remembered bursts: {ready.light_model} x{ready.light_gpus} -> "
+                       f"{ready.heavy_model} x{ready.heavy_gpus} (the structure for {demand:.3g} qps would miss "
+                       f"{first:.1%} of them)")
 
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
         ahead = self.ahead(demand)
-        # A level the demand has been at and left before: its rise is a burst of the kind remembered,
-        # no ramp to extrapolate, and the replay alone says what the structure must absorb.
-        seen = demand <= self.bursts.peak_before(self.lead)
-        risky = self.burst_demand(0.0 if seen else demand, observation.gpus)
-        if seen:
-            ahead = max(risky, demand)
-        self.continuing = False
-        # The operating point changes for free: it follows the arrivals of the last third of the SLO
-        # at once (a burst's first seconds), where the structure waits for the demand to last.
-        recent = self.bursts.recent_rate(slo / PARTS)
+        if demand <= self.bursts.peak_before(self.lead):
+            ahead = demand  # a level the demand has been at and left: a burst's rise, no ramp to extrapolate
+        # The operating point changes for free: it follows the arrivals of the last SLO at once when
+        # they are a burst (BURST_FACTOR x the sustained demand), where the structure waits.
+        recent = self.bursts.recent_rate(slo)
         now = recent if recent > BURST_FACTOR * max(demand, 1.0) else demand
         self.arriving = max(now, demand)  # what a switch must serve through (priced)
-        structure, why = self.structure(max(ahead, risky), observation)
-        if self.risk_why and risky >= ahead:
-            why = f"{self.risk_why}{why}"
+        self.continuing = False
+        # Ready for the remembered bursts when the structure for the sustained demand is not: then the
+        # replay, which holds the rise so far, sizes it, and a burst's rise is not extrapolated.
+        ready, ready_why = self.ready_for_bursts(demand, observation.gpus)
+        structure, why = self.structure(demand if ready is not None else ahead, observation, ready)
+        if ready is not None:
+            why = f"{ready_why}{why}"
         elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
-        if seen:
-            # Between bursts the next one comes without warning, and the jobs r and d send to the heavy
-            # tier in its first second wait there behind the slow model: the operating point stays
-            # ready for what the structure was chosen to absorb (the few jobs of a silence gain little).
-            now = max(now, risky)
         point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, now, slo,
                                          queueing_s=self.queueing(observation))
         assert point is not None  # structure() keeps only pairs of the table
@@ -192,9 +138,11 @@ class HadisPolicy(PlannerPolicy):
         fields["reason"] = f"{fields['reason']}{why}"
         return fields
 
-    def structure(self, demand: float, observation: Observation) -> tuple[Structure, str]:
-        """The structure to run: the planner's for the sustained demand, unless the current one is
-        worth keeping (its switch would not pay for itself, or the recent estimates disagree)."""
+    def structure(self, demand: float, observation: Observation,
+                  ready: Structure | None = None) -> tuple[Structure, str]:
+        """The structure to run: the planner's for the sustained demand (or `ready`, the one ready for
+        the remembered bursts), unless the current one is worth keeping (its switch would not pay for
+        itself, or the recent estimates disagree, or it is ready too and nearly as good)."""
         current = observation.current
         old = Structure.of(current) if current is not None else None
         lowest, highest = self.envelope(observation.now, demand)
@@ -202,7 +150,11 @@ class HadisPolicy(PlannerPolicy):
             step, seconds, towards = self.proposed  # the step is in force: it takes its time
             self.moving_until, self.proposed = observation.now + seconds, None
             self.heading = towards if step != towards else None
-        if old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
+        if ready is not None:
+            kept = self.still_ready(old, ready, demand, observation.gpus)
+            if kept is not None:
+                return old, kept  # type: ignore[return-value]  # still_ready returns None without `old`
+        elif old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             def serves(value: float) -> bool:
                 decision = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
                                                     self.settings.slo_s)
@@ -214,7 +166,7 @@ class HadisPolicy(PlannerPolicy):
                 return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}:"
                              f" it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
-        target = Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
+        target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
             self.heading = None
             return target, ""
@@ -240,7 +192,23 @@ class HadisPolicy(PlannerPolicy):
                 structure, why = self.priced(old, in_place, keep, demand)
                 if structure != old:
                     return structure, f"{why}; the pair first, in place"
-        return self.priced(old, target, keep, demand)
+        return self.priced(old, target, keep, demand, ready=ready is not None)
+
+    def still_ready(self, old: Structure | None, ready: Structure, demand: float, gpus: int) -> str | None:
+        """Why the current structure stays although `ready` is the best ready one: it serves the demand,
+        it is ready for the remembered bursts too, and `ready` is not plan_min_gain_fid better. None
+        when it must change."""
+        if old is None or old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
+            return None
+        slo = self.settings.slo_s
+        keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
+        new = self.planner.plan_within(ready.pair, ready.light_gpus, ready.heavy_gpus, demand, slo)
+        if keep is None or new is None or not keep.feasible or new.fid <= keep.fid - self.settings.plan_min_gain_fid:
+            return None
+        if self.readiness.risk(old, gpus, self.readiness.intervals(gpus)) > self.settings.plan_risk:
+            return None
+        return (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: ready for the "
+                f"remembered bursts too, FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch")
 
     @staticmethod
     def split(structure: Structure) -> tuple[int, int]:
@@ -267,7 +235,8 @@ class HadisPolicy(PlannerPolicy):
         values = [value for _, value in self.recent]
         return min(values), max(values)
 
-    def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float) -> tuple[Structure, str]:
+    def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float,
+               ready: bool = False) -> tuple[Structure, str]:
         """Keep `old`, or take the first step towards `target`, as the switch's price says
         (shared/policies/transitions.py); the reason, for the plan. The target's quality is what a
         switch is for; its price is the step it takes now (stagger: a few GPUs dark for a few
@@ -278,7 +247,7 @@ class HadisPolicy(PlannerPolicy):
         new = self.planner.plan_within(target.pair, target.light_gpus, target.heavy_gpus, demand, slo)
         assert new is not None
         kept = f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: "
-        if keep.feasible and new.fid > keep.fid - self.settings.plan_min_gain_fid:
+        if keep.feasible and not ready and new.fid > keep.fid - self.settings.plan_min_gain_fid:
             # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
             return old, f"{kept}FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch"
         step = stagger(old, target, self.settings.plan_max_moving_gpus)

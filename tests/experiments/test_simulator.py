@@ -131,3 +131,22 @@ def test_the_start_times_of_the_simulated_host_are_its_own_and_not_the_policys()
     move_every_gpu_at_10_s(simulation)
     assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {22.3}  # 10 + 2.5 + 7 x 1.4
     assert simulation.settings.worker_start_each_s == 1.25
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_bursts_out_of_silence_are_met_by_a_structure_ready_for_them(seed):
+    """On/off arrivals (near silence, then 25x the mean within a second): hadis holds a structure
+    whose fastest operating point absorbs the bursts it remembers (and, before any, the one it
+    assumes), and misses at most 1 % of the jobs. Without the burst risk (plan_risk 1, no assumed
+    burst) it plans for the silence and the bursts miss their deadlines: the test fails without it."""
+    from shared.experiments.bursty import on_off
+
+    trace = on_off(mean_qps=3.0, peak_to_mean=25.0, off_s=60.0, duration_s=300.0, seed=seed)
+    ready, _, _ = simulate(settings_for("hadis"), trace)
+    blind, _, _ = simulate(settings_for("hadis", plan_risk=1.0, burst_prior=0.0), trace)
+
+    def violations(outcomes) -> float:
+        return float(np.mean([not job.within_slo for job in outcomes]))
+
+    assert violations(ready) <= 0.01, violations(ready)
+    assert violations(blind) > 0.05, violations(blind)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policies.bursts import BurstHistory, Capacity, replay_misses
+from shared.policies.bursts import SLACK_USABLE, BurstHistory, Capacity, replay_misses
 
 
 def test_a_burst_within_the_slack_misses_nothing_and_one_beyond_it_misses_the_excess():
-    """Capacity 10 jobs/s with 3 s of slack (a 6 s SLO, 3 s batches) absorbs a backlog of 30 jobs."""
+    """Capacity 10 jobs/s with 3 s of slack (a 6 s SLO, 3 s batches) absorbs a backlog of
+    30 x SLACK_USABLE jobs."""
+    bound = 30.0 * SLACK_USABLE
     capacity = Capacity(qps=10.0, latency_s=3.0)
-    absorbed = [(1.0, 10.0, 1.0)] * 5 + [(1.0, 25.0, 1.0), (1.0, 25.0, 1.0)] + [(1.0, 0.0, 1.0)] * 5
+    absorbed = [(1.0, 10.0, 1.0)] * 5 + [(1.0, 10 + bound / 2, 1.0)] * 2 + [(1.0, 0.0, 1.0)] * 5
     missed, jobs = replay_misses(absorbed, capacity, slo_s=6.0)
-    assert missed == 0.0 and jobs == pytest.approx(100.0)
+    assert missed == 0.0 and jobs == pytest.approx(70.0 + bound)
     beyond = [(1.0, 10.0, 1.0)] * 5 + [(1.0, 40.0, 1.0)] * 2 + [(1.0, 0.0, 1.0)] * 5
     missed, jobs = replay_misses(beyond, capacity, slo_s=6.0)
-    assert missed == pytest.approx(2 * 30.0 - 30.0)  # a backlog of 60 against a bound of 30
+    assert missed == pytest.approx(2 * 30.0 - bound)  # a backlog of 60 against the bound
     assert jobs == pytest.approx(130.0)
 
 
@@ -23,7 +25,7 @@ def test_older_intervals_weigh_less():
     capacity = Capacity(qps=10.0, latency_s=3.0)
     burst = [(1.0, 100.0, 0.25)] + [(1.0, 0.0, 1.0)] * 10 + [(1.0, 5.0, 1.0)] * 10
     missed, jobs = replay_misses(burst, capacity, slo_s=6.0)
-    assert missed == pytest.approx(0.25 * (100 - 10 - 30))
+    assert missed == pytest.approx(0.25 * (100 - 10 - 30 * SLACK_USABLE))
     assert jobs == pytest.approx(25.0 + 50.0)
 
 
@@ -38,18 +40,16 @@ def feed(history: BurstHistory, rates: list[tuple[float, float]], start: float =
     return now
 
 
-def test_a_burst_out_of_silence_is_replayed_whole_and_a_falling_ramp_from_todays_level():
-    history = BurstHistory(reaction_s=3.0, halflife_s=1e9, memory_s=1e9)
+def test_intervals_are_the_arrivals_as_they_came_weighted_by_age():
+    history = BurstHistory(halflife_s=10.0, memory_s=1e9)
     feed(history, [(0.0, 0.0)] * 10 + [(60.0, 0.0)] * 3 + [(0.0, 0.0)] * 10)
-    rates = [rate for _, rate, _ in history.intervals()]
-    assert max(rates) == pytest.approx(60.0)  # silence then, silence now: the burst as it came
-    ramp = BurstHistory(reaction_s=3.0, halflife_s=1e9, memory_s=1e9)
-    feed(ramp, [(40.0, 40.0)] * 10 + [(40.0 - 3 * i, 40.0 - 3 * i) for i in range(1, 11)])
-    assert max(rate for _, rate, _ in ramp.intervals()) <= 10.0 + 9.0  # the peak shifted down to today's level
+    intervals = history.intervals()
+    assert [rate for _, rate, _ in intervals] == pytest.approx([0.0] * 10 + [60.0] * 3 + [0.0] * 10)
+    assert intervals[-1][2] == 1.0 and intervals[0][2] == pytest.approx(0.5 ** 2.2)
 
 
 def test_history_is_forgotten_after_its_memory_and_restarts_with_the_counter():
-    history = BurstHistory(reaction_s=3.0, halflife_s=10.0, memory_s=30.0)
+    history = BurstHistory(halflife_s=10.0, memory_s=30.0)
     feed(history, [(50.0, 0.0)] * 5 + [(1.0, 1.0)] * 40)
     assert max(rate for _, rate, _ in history.intervals()) < 2.0
     history.observe(100.0, 0, 0.0)  # the controller restarted: its arrival counter went back
@@ -58,7 +58,7 @@ def test_history_is_forgotten_after_its_memory_and_restarts_with_the_counter():
 
 
 def test_recent_rate_and_the_peak_before():
-    history = BurstHistory(reaction_s=3.0, halflife_s=100.0, memory_s=300.0)
+    history = BurstHistory(halflife_s=100.0, memory_s=300.0)
     now = feed(history, [(5.0, 5.0)] * 10 + [(30.0, 20.0)] * 4)
     assert history.recent_rate(2.0) == pytest.approx(30.0)
     assert history.peak_before(3.0) == pytest.approx(20.0)

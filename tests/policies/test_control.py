@@ -19,6 +19,8 @@ GPUS = [f"gpu{i:02d}" for i in range(16)]
 
 
 def settings_for(policy: str, **overrides):
+    """The structure's machinery alone: no burst assumed before one is seen (its own tests set it)."""
+    overrides.setdefault("burst_prior", 0.0)
     return make_settings(controller_policy=policy, profile="paper-l40s-x10", slo_s=6.0, demand_margin=0.1, **overrides)
 
 
@@ -194,14 +196,14 @@ def test_a_step_the_dwell_holds_back_is_not_a_later_step_of_its_switch():
 
 
 def test_a_burst_the_queue_absorbs_does_not_change_the_model_pair():
-    """Steady 8 jobs/s, then twice that for 2 s (its backlog queued behind): the structure's slack
+    """Steady 5 jobs/s, then twice that for 2 s (its backlog queued behind): the structure's slack
     (its capacity for the SLO less its batches) absorbs it, so the pair and the GPUs per tier stay;
     only the operating point may move while the backlog drains."""
     ticks = Ticks("hadis")
-    ticks.run(90, rate=8.0)
+    ticks.run(90, rate=5.0)
     before = ticks.plan
-    ticks.run(2, rate=16.0, queued=20)
-    ticks.run(30, rate=8.0, queued=0)
+    ticks.run(2, rate=10.0, queued=10)
+    ticks.run(30, rate=5.0, queued=0)
     for _, plan in ticks.published[-5:]:
         assert plan is before or (pair(plan), plan.light_gpus, plan.heavy_gpus) == (
             pair(before), before.light_gpus, before.heavy_gpus), plan.reason
@@ -219,7 +221,7 @@ def test_a_burst_the_queue_cannot_absorb_makes_the_structure_ready_for_the_next(
     ticks.run(30, rate=8.0, queued=0)
     assert pair(before) == ("sd35-medium", "sd35-large")
     assert pair(ticks.plan) != pair(before), ticks.plan.reason
-    assert "the remembered bursts would miss" in ticks.plan.reason, ticks.plan.reason
+    assert "ready for the remembered bursts" in ticks.plan.reason, ticks.plan.reason
 
 
 def first_pair_change(ticks: Ticks, rates: list[float]) -> float | None:

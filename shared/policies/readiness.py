@@ -1,0 +1,135 @@
+"""Risk-priced structures: of every structure the fleet can take (a model pair and GPUs per tier),
+the one with the best quality at today's demand whose risk over the remembered bursts is within the
+budget (shared/policies/bursts.py has the history and the replay; the hadis policy,
+shared/policies/hadis.py, asks this module only when the structure the planner would choose for
+the sustained demand is not ready).
+
+Why search every structure and not the planner's choice for a higher demand: the planner picks the
+best quality *at* a demand, so the structure it picks for a burst's rate serves the silence between
+bursts with the burst's models. A structure is judged here on two separate things: its quality at
+the demand that arrives now (its best operating point, `Planner.plan_within`) and what a burst
+meets (its fastest operating point). A fast light tier beside the best heavy model can be both.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.policies.bursts import BurstHistory, Capacity
+from shared.policies.planner import PlanDecision, Planner
+from shared.policies.transitions import Structure
+
+# GPU splits searched per pair: every split up to this many GPUs, this many evenly spaced above.
+SPLITS = 32
+# Today's demand is rounded to steps of this factor, so that a steady demand finds its quality cached.
+DEMAND_STEP = 1.025
+# The burst assumed before any is seen (`burst_prior`) fades with this half-life, in SLOs.
+PRIOR_HALFLIFE_JOBS = 100.0
+
+
+class Readiness:
+    def __init__(self, planner: Planner, slo_s: float, budget: float, prior: float, history: BurstHistory) -> None:
+        self.planner = planner
+        self.slo_s = slo_s
+        self.budget = budget
+        self.prior = prior
+        self.history = history
+        self.capacities: dict[tuple[Structure, int], Capacity] = {}
+        self.points: dict[tuple[Structure, float], PlanDecision | None] = {}
+        self.layouts: dict[int, list[Structure]] = {}
+
+    def intervals(self, gpus: int) -> list[tuple[float, float, float]]:
+        """The remembered intervals, after the assumed burst while the history is young (a burst of
+        `prior` x the fleet's highest capacity for one SLO at the start, fading with a half-life
+        of PRIOR_HALFLIFE_SLOS SLOs)."""
+        intervals = self.history.intervals()
+        if self.prior > 0 and intervals and gpus > 0:
+            weight = 0.5 ** (self.history.jobs_seen / PRIOR_HALFLIFE_JOBS)
+            top = self.planner.plan(math.inf, gpus, self.slo_s).capacity_qps
+            intervals = [(self.slo_s, self.prior * top, weight), *intervals]
+        return intervals
+
+    def capacity(self, structure: Structure, gpus: int) -> Capacity:
+        """A structure's fastest operating point: the most jobs/s its GPUs serve within the SLO, and
+        its batches' seconds (what a burst meets once the operating point has degraded)."""
+        key = (structure, gpus)
+        if key not in self.capacities:
+            fastest = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, math.inf,
+                                               self.slo_s)
+            self.capacities[key] = (Capacity(0.0, math.inf) if fastest is None
+                                    else Capacity(fastest.capacity_qps, fastest.expected_latency_s))
+        return self.capacities[key]
+
+    def risk(self, structure: Structure, gpus: int, intervals: list[tuple[float, float, float]]) -> float:
+        return self.history.risk(self.capacity(structure, gpus), self.slo_s, intervals)
+
+    def point(self, structure: Structure, demand: float) -> PlanDecision | None:
+        """The structure's best operating point at `demand` (rounded to DEMAND_STEP), cached."""
+        rounded = self.rounded(demand)
+        key = (structure, rounded)
+        if key not in self.points:
+            self.points[key] = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus,
+                                                        rounded, self.slo_s)
+        return self.points[key]
+
+    def layouts_for(self, gpus: int) -> list[Structure]:
+        """Every pair of the planner's table on every split of `gpus` (every split up to SPLITS GPUs,
+        SPLITS + 1 evenly spaced ones above)."""
+        if gpus not in self.layouts:
+            splits = sorted({round(gpus * index / SPLITS) for index in range(SPLITS + 1)} if gpus > SPLITS
+                            else set(range(gpus + 1)))
+            pairs = sorted({row.pair for row in self.planner.rows})
+            self.layouts[gpus] = [Structure(light, heavy, split, gpus - split)
+                                  for light, heavy in pairs for split in splits]
+        return self.layouts[gpus]
+
+    def rounded(self, rate: float) -> float:
+        return DEMAND_STEP ** round(math.log(max(rate, 0.05)) / math.log(DEMAND_STEP))
+
+    def levels(self, intervals: list[tuple[float, float, float]]) -> dict[float, float]:
+        """The remembered jobs by the (rounded) rate they arrived at: the demand distribution a
+        structure's quality is judged over (a burst's jobs are most of a bursty trace's)."""
+        jobs: dict[float, float] = {}
+        for seconds, rate, weight in intervals:
+            if rate > 0:
+                level = self.rounded(rate)
+                jobs[level] = jobs.get(level, 0.0) + rate * seconds * weight
+        return jobs
+
+    def expected_fid(self, structure: Structure, gpus: int, levels: dict[float, float]) -> float:
+        """The job-weighted FID of the structure's operating points over the remembered demand (at a
+        rate it cannot serve, its fastest point's: the operating point degrades there)."""
+        total = weighted = 0.0
+        for level, jobs in levels.items():
+            point = self.point(structure, level)
+            if point is None:
+                return math.inf
+            weighted += jobs * point.fid
+            total += jobs
+        return weighted / total if total > 0 else math.inf
+
+    def best(self, demand: float, gpus: int, intervals: list[tuple[float, float, float]]) -> Structure | None:
+        """Of the structures with a point for `demand`, the one with the best expected quality over the
+        remembered demand whose risk is within the budget (ties: more capacity); the fastest
+        structure when none is; None with no GPUs. A structure no faster than one that failed is
+        not replayed: it fails too."""
+        if gpus <= 0:
+            return None
+        levels = self.levels(intervals)
+        options = []
+        for structure in self.layouts_for(gpus):
+            # Whether it keeps up is the replay's to say (the recent intervals are in it): planned
+            # for a burst's rate as if it lasted, only the fastest pair would do.
+            if self.point(structure, demand) is not None:
+                options.append((self.expected_fid(structure, gpus, levels), -self.capacity(structure, gpus).qps,
+                                structure))
+        options.sort(key=lambda option: (option[0], option[1]))
+        failed: list[Capacity] = []
+        for _, _, structure in options:
+            capacity = self.capacity(structure, gpus)
+            if any(capacity.qps <= worse.qps and capacity.latency_s >= worse.latency_s for worse in failed):
+                continue
+            if self.history.risk(capacity, self.slo_s, intervals) <= self.budget:
+                return structure
+            failed.append(capacity)
+        return max(self.layouts_for(gpus), key=lambda structure: self.capacity(structure, gpus).qps)
