@@ -23,6 +23,7 @@ from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob
 from shared.logging import bind_job, get_logger
 from shared.policies import steps
+from shared.policies.admission import HeavyRoom, heavy_share_qps, may_route_heavy, profiled_batch_s
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
 from shared.profiles import load_profile
@@ -118,6 +119,8 @@ class Router:
         self.routers: dict[str, PromptRouter] = {}  # by the plan's light model
         self.thresholds: dict[tuple[str, float], float] = {}  # (light model, r) -> score threshold
         self.scorer = BatchedScorer()
+        self.room = HeavyRoom()  # this router's backlog in the heavy tier (shared/policies/admission.py)
+        self.profile = load_profile(service.settings.profile)
 
     def router_for(self, light_model: str) -> PromptRouter:
         if light_model not in self.routers:
@@ -151,12 +154,25 @@ class Router:
             self.thresholds[key] = self.router_for(light_model).threshold(r)
         return self.thresholds[key]
 
+    def heavy_room(self, plan, deadline: float) -> bool:
+        """Whether the heavy tier's share for this router clears a job sent now by its deadline (the
+        simulator asks the same, shared/experiments/simulator.py: heavy_room); always, when the
+        plan has no light tier to send it to instead."""
+        if not may_route_heavy(plan):
+            return True
+        heavy_s = profiled_batch_s(self.profile.model(plan.heavy_model), plan.heavy_batch,
+                                   self.service.settings.latency_scale)
+        return self.room.admit(time.time(), deadline, heavy_share_qps(plan, heavy_s, Tier.light), heavy_s)
+
     async def route(self, job: Job, redelivered: bool) -> None:
         store, settings = self.service.store, self.service.settings
         plan = self.service.plans.current
         deadline = job.effective_deadline(settings.slo_s)
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
         tier = Tier.heavy if score >= self.threshold(plan.light_model, plan.r) else Tier.light
+        if tier is Tier.heavy and not self.heavy_room(plan, deadline):
+            tier = Tier.light
+            metrics.observe_heavy_full()
         expired = time.time() >= deadline
         outcome: dict[str, Any]
         if expired:

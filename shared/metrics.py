@@ -6,6 +6,7 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_queue_depth{queue}                   messages ready in a work queue (controller)
     hadis_demand_qps                           the controller's measured arrival rate (EWMA)
     hadis_routed_total{tier}                   jobs the router sent to each tier (router)
+    hadis_routed_light_heavy_full_total        heavy by score, light by the heavy tier's room (router)
     hadis_judge_verdicts_total{model,verdict}  escalated | accepted | too_late (judge): the escalation rate
     hadis_batch_size{tier}                     images per generated batch (worker)
     hadis_batch_seconds{tier,model}            time to generate one batch (worker)
@@ -67,6 +68,8 @@ PLAN_SWITCH_SECONDS = Histogram("hadis_plan_switch_seconds", "From a plan that m
 PLAN_SWITCH_DARK = Counter("hadis_plan_switch_dark_gpu_seconds", "GPU-seconds that served nothing while switching",
                            registry=REGISTRY)
 ROUTED = Counter("hadis_routed", "Jobs routed to each tier", ["tier"], registry=REGISTRY)
+HEAVY_FULL = Counter("hadis_routed_light_heavy_full", "Jobs the score sent to heavy that the router sent down the "
+                     "light path: the heavy tier's share could not clear them by their deadline", registry=REGISTRY)
 JUDGE_VERDICTS = Counter("hadis_judge_verdicts", "Judge decisions on light images", ["model", "verdict"],
                          registry=REGISTRY)
 BATCH_SIZE = Histogram("hadis_batch_size", "Images per generated batch", ["tier"], buckets=BATCH_SIZE_BUCKETS,
@@ -192,6 +195,10 @@ def observe_plan_switch(realised_s: float, dark_gpu_s: float) -> None:
 
 def observe_routed(tier: str) -> None:
     ROUTED.labels(tier).inc()
+
+
+def observe_heavy_full() -> None:
+    HEAVY_FULL.inc()
 
 
 def observe_verdict(model: str, verdict: str) -> None:

@@ -40,10 +40,13 @@ from shared.policies.admission import (
     PREFETCH_BATCHES,
     BatchTimer,
     Fallback,
+    HeavyRoom,
     batch_ends_at,
     ends_too_late,
+    heavy_share_qps,
     light_can_make,
     may_escalate,
+    may_route_heavy,
     profiled_batch_s,
     too_late_fallback,
 )
@@ -132,6 +135,7 @@ class Simulation:
                      for i, (t, p) in enumerate(zip(trace.arrival_s, trace.prompt_ids, strict=True))]
         self.open_jobs = len(self.jobs)
         self.arrived = 0
+        self.room = HeavyRoom()  # the router's backlog in the heavy tier
 
     @property
     def in_force(self) -> Plan:
@@ -243,7 +247,16 @@ class Simulation:
         if threshold is None:
             threshold = self.thresholds[plan.r] = self.router.threshold(plan.r)
         job.routed_heavy = bool(self.router_scores[job.prompt_id % len(self.router_scores)] >= threshold)
+        if job.routed_heavy and may_route_heavy(plan):
+            job.routed_heavy = self.heavy_room(job)
         self.enqueue(job, Tier.heavy if job.routed_heavy else Tier.light)
+
+    def heavy_room(self, job: SimJob) -> bool:
+        """As the router does (services/router.py): room in the heavy tier's share for the router
+        before the job's deadline (shared/policies/admission.py: HeavyRoom)."""
+        plan = self.in_force
+        heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
+        return self.room.admit(self.now, job.deadline_s, heavy_share_qps(plan, heavy_s, Tier.light), heavy_s)
 
     def enqueue(self, job: SimJob, tier: Tier) -> None:
         self.queues[tier].append(job)

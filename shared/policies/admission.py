@@ -5,6 +5,7 @@ both shed, reroute and escalate the same jobs."""
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 from shared.profiles import ModelProfile
@@ -83,7 +84,55 @@ def too_late_fallback(tier: Tier, escalated: bool, light_in_time: bool) -> Fallb
     return Fallback.expire
 
 
+def may_route_heavy(plan: Plan) -> bool:
+    """Only a plan with a light tier of its own can send a job there instead of to the heavy tier."""
+    return plan.light_gpus > 0 and plan.light_model != plan.heavy_model
+
+
 def may_escalate(now: float, heavy_batch_s: float, deadline: float) -> bool:
     """The judge escalates a low score only when a heavy batch started now ends before the
     deadline; otherwise the light image is served (the judge and the simulator)."""
     return now + heavy_batch_s < deadline
+
+
+def heavy_share_qps(plan: Plan, heavy_batch_s: float, sender: Tier) -> float:
+    """The heavy tier's throughput (jobs/s) that one sender may fill: the router's share is r / h of
+    it, the judge's (1 - r) d / h (h = r + (1 - r) d, the plan's heavy share); 0 without heavy GPUs."""
+    if plan.heavy_gpus <= 0:
+        return 0.0
+    if heavy_batch_s <= 0:
+        return math.inf  # no latency profile (tiny models): nothing is refused for lack of time
+    heavy = plan.r + (1.0 - plan.r) * plan.d
+    if heavy <= 0:
+        return 0.0
+    share = plan.r / heavy if sender is Tier.light else (1.0 - plan.r) * plan.d / heavy
+    return plan.heavy_gpus * plan.heavy_batch / heavy_batch_s * share
+
+
+class HeavyRoom:
+    """Degrade inside the SLO, before the heavy queue: the backlog the router has put in the heavy
+    tier, as a fluid that the tier clears at the router's share of its throughput (heavy_share_qps
+    with `Tier.light`). A job the score sends to heavy goes there only when it would be cleared,
+    behind that backlog, with one heavy batch and the handoff left before its deadline; otherwise it
+    takes the light path. In a burst's first second the plan's r still sent its fraction to the slow
+    model, where it waited until its worker saw it was late. The backlog is this process's only:
+    several routers each fill the share as if alone (docs/planner.md). The judge does not use it:
+    its escalations are few and spread out, and with it the smooth ramps lost 0.2 FID in the
+    simulator; it keeps may_escalate."""
+
+    def __init__(self) -> None:
+        self.backlog = 0.0
+        self.at = -math.inf
+
+    def admit(self, now: float, deadline: float, share_qps: float, heavy_batch_s: float) -> bool:
+        if share_qps <= 0:
+            return False
+        if math.isinf(share_qps):
+            return True
+        if now > self.at:
+            self.backlog = max(self.backlog - share_qps * (now - self.at), 0.0)
+            self.at = now
+        if now + (self.backlog + 1.0) / share_qps + heavy_batch_s + HANDOFF_S >= deadline:
+            return False
+        self.backlog += 1.0
+        return True

@@ -1,3 +1,5 @@
+import pytest
+
 from shared.policies.admission import HANDOFF_S, BatchTimer, batch_ends_at, ends_too_late
 
 
@@ -61,3 +63,38 @@ def test_escalation_only_when_heavy_can_still_finish_and_profiled_times():
     model = load_profile("paper-l40s-x10").model(plan().heavy_model)
     assert profiled_batch_s(model, 2, 3.0) == 3.0 * model.batch_latency_s(2)
     assert profiled_batch_s(model.model_copy(update={"latency_ms": {}}), 2, 3.0) == 0.0
+
+
+def room_plan(**fields):
+    from shared.schemas import Plan
+
+    base = {"version": 1, "light_model": "sd35-large-turbo", "heavy_model": "sd35-medium", "r": 0.5, "d": 0.0,
+            "light_batch": 2, "heavy_batch": 2, "light_gpus": 4, "heavy_gpus": 2}
+    return Plan(**{**base, **fields})
+
+
+def test_the_routers_share_of_the_heavy_tier():
+    from shared.policies.admission import heavy_share_qps
+    from shared.schemas import Tier
+
+    plan = room_plan(r=0.5, d=0.0)  # all heavy work comes from the router: 2 GPUs x 2 / 2 s
+    assert heavy_share_qps(plan, 2.0, Tier.light) == pytest.approx(2.0)
+    plan = room_plan(r=0.2, d=0.5)  # h = 0.6: the router's share is 0.2 / 0.6
+    assert heavy_share_qps(plan, 2.0, Tier.light) == pytest.approx(2.0 / 3)
+    assert heavy_share_qps(room_plan(heavy_gpus=0), 2.0, Tier.light) == 0.0
+    assert heavy_share_qps(plan, 0.0, Tier.light) == float("inf")  # no latency profile: never refused
+
+
+def test_a_burst_fills_the_heavy_room_and_the_rest_takes_the_light_path():
+    """2 jobs/s of room, a 2 s batch and the handoff, a 6 s deadline: 3.9 s for the backlog and the
+    job itself, so the first 7 jobs of a burst go heavy (the eighth would be cleared after 4 s) and
+    the rest go light; as the backlog drains, heavy again."""
+    from shared.policies.admission import HeavyRoom
+
+    room = HeavyRoom()
+    sent = [room.admit(100.0, 106.0, 2.0, 2.0) for _ in range(10)]
+    assert sent == [True] * 7 + [False] * 3
+    assert room.admit(101.6, 107.6, 2.0, 2.0)  # 3.2 jobs cleared since: room for one more
+    assert room.admit(120.0, 126.0, 2.0, 2.0) and room.backlog == pytest.approx(1.0)
+    assert not HeavyRoom().admit(0.0, 2.05, 2.0, 2.0)  # a batch alone would end too late
+    assert HeavyRoom().admit(0.0, 1.0, float("inf"), 0.0)
