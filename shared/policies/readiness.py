@@ -43,7 +43,7 @@ class Readiness:
         `prior` x the fleet's highest capacity for one SLO at the start, fading with a half-life
         of PRIOR_HALFLIFE_SLOS SLOs)."""
         intervals = self.history.intervals()
-        if self.prior > 0 and intervals and gpus > 0:
+        if self.prior > 0 and gpus > 0:  # from the first plan on: a switch under way holds the structure
             weight = 0.5 ** (self.history.jobs_seen / PRIOR_HALFLIFE_JOBS)
             top = self.planner.plan(math.inf, gpus, self.slo_s).capacity_qps
             intervals = [(self.slo_s, self.prior * top, weight), *intervals]
