@@ -45,3 +45,27 @@ async def test_clipscore_judge_kind() -> None:
         records = await stack.wait_all([job.job_id for job in jobs])
     assert all(record.state is JobState.done for record in records)
     assert all(record.judge_score is not None and 0.0 <= record.judge_score <= 1.0 for record in records)
+
+
+async def test_a_burst_beyond_the_heavy_tiers_share_takes_the_light_path() -> None:
+    """r = 0.9 on one sd35-medium GPU (1.3 s a job at batch 1, 0.77 jobs/s) and a 6 s deadline: of
+    a burst of 40 jobs submitted at once, the router sends to heavy only the few that GPU can clear
+    in time (shared/policies/admission.py: HeavyRoom), and the rest, which the score sends to heavy,
+    down the light path at once. Before, about 36 waited in the heavy queue until the heavy worker
+    found them late and handed them to light (the same end, seconds later, or shed)."""
+    from shared import metrics
+
+    diverted = metrics.HEAVY_FULL._value.get()
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", slo_s=6.0,
+                             router="rule")
+    async with running_stack(settings) as stack:
+        await stack.set_plan(light_model="sd35-large-turbo", heavy_model="sd35-medium", r=0.9, d=0.0,
+                             light_batch=4, heavy_batch=1)
+        jobs = [Job(prompt=prompt, seed=i) for i, prompt in enumerate(PROMPTS)]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs])
+    heavy = [record for record in records if record.tier is not None and record.tier.value == "heavy"]
+    light_done = [record for record in records if record.state is JobState.done and record.tier.value == "light"]
+    assert 1 <= len(heavy) <= 6, len(heavy)
+    assert len(light_done) >= 30, len(light_done)
+    assert metrics.HEAVY_FULL._value.get() - diverted >= 25  # by the router, not by the heavy worker
