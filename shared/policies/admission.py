@@ -112,9 +112,9 @@ def heavy_share_qps(plan: Plan, heavy_batch_s: float, sender: Tier) -> float:
 class HeavyRoom:
     """Degrade inside the SLO, before the heavy queue: the backlog the router has put in the heavy
     tier, as a fluid that the tier clears at the router's share of its throughput (heavy_share_qps
-    with `Tier.light`). A job the score sends to heavy goes there only when it would be cleared,
-    behind that backlog, with one heavy batch and the handoff left before its deadline; otherwise it
-    takes the light path. In a burst's first second the plan's r still sent its fraction to the slow
+    with `Tier.light`). A job the score sends to heavy goes there only when, once that backlog has
+    cleared, one heavy batch and the handoff still end before its deadline; otherwise it takes the
+    light path. In a burst's first second the plan's r still sent its fraction to the slow
     model, where it waited until its worker saw it was late. The backlog is this process's only:
     several routers each fill the share as if alone (docs/planner.md). The judge does not use it:
     its escalations are few and spread out, and with it the smooth ramps lost 0.2 FID in the
@@ -132,7 +132,7 @@ class HeavyRoom:
         if now > self.at:
             self.backlog = max(self.backlog - share_qps * (now - self.at), 0.0)
             self.at = now
-        if now + (self.backlog + 1.0) / share_qps + heavy_batch_s + HANDOFF_S >= deadline:
+        if now + self.backlog / share_qps + heavy_batch_s + HANDOFF_S >= deadline:
             return False
         self.backlog += 1.0
         return True

@@ -39,8 +39,10 @@ async def wait_for_plan(store, predicate, timeout_s: float):
 
 
 async def test_planner_policy_follows_demand_on_the_registered_gpus():
+    # No burst assumed before one is seen: the quiet plan is then the silence's own (with one, a
+    # structure ready for it: tests/policies/test_readiness.py).
     settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
-                             plan_min_dwell_s=2.0, demand_halflife_s=1.0, demand_margin=0.0)
+                             plan_min_dwell_s=2.0, demand_halflife_s=1.0, demand_margin=0.0, burst_prior=0.0)
     async with running_stack(settings, services=("controller",)) as stack:
         await stack.store.register_agent("host-a", GPUS[:8], ttl_s=60)
         await stack.store.register_agent("host-b", GPUS[8:], ttl_s=60)

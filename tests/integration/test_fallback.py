@@ -130,7 +130,10 @@ async def test_a_batch_that_ends_after_its_admission_estimate_is_counted_and_log
     monkeypatch.setattr("services.worker.log.warning",
                         lambda event, **fields: warnings.append((event, fields)))
     services = ("router", "light", "heavy", "judge")
-    async with running_stack(settings_for(plan_r=1.0, plan_d=0.0), services=services) as stack:
+    # A 6 s deadline: the router's heavy room (shared/policies/admission.py) sends both jobs to the
+    # one heavy GPU (the second starts after the first's 2.7 s and ends by 5.5 s).
+    settings = settings_for(plan_r=1.0, plan_d=0.0).model_copy(update={"slo_s": 6.0})
+    async with running_stack(settings, services=services) as stack:
         jobs = [Job(prompt=f"a lighthouse at dusk, take {i}") for i in range(2)]
         await stack.submit_many(jobs)
         records = await stack.wait_all([job.job_id for job in jobs], timeout_s=60)

@@ -86,15 +86,16 @@ def test_the_routers_share_of_the_heavy_tier():
 
 
 def test_a_burst_fills_the_heavy_room_and_the_rest_takes_the_light_path():
-    """2 jobs/s of room, a 2 s batch and the handoff, a 6 s deadline: 3.9 s for the backlog and the
-    job itself, so the first 7 jobs of a burst go heavy (the eighth would be cleared after 4 s) and
-    the rest go light; as the backlog drains, heavy again."""
+    """2 jobs/s of room, a 2 s batch and the handoff, a 6 s deadline: 3.9 s for the backlog ahead,
+    so the first 8 jobs of a burst go heavy (the ninth would wait 4 s) and the rest go light; as the
+    backlog drains, heavy again."""
     from shared.policies.admission import HeavyRoom
 
     room = HeavyRoom()
     sent = [room.admit(100.0, 106.0, 2.0, 2.0) for _ in range(10)]
-    assert sent == [True] * 7 + [False] * 3
+    assert sent == [True] * 8 + [False] * 2
     assert room.admit(101.6, 107.6, 2.0, 2.0)  # 3.2 jobs cleared since: room for one more
     assert room.admit(120.0, 126.0, 2.0, 2.0) and room.backlog == pytest.approx(1.0)
     assert not HeavyRoom().admit(0.0, 2.05, 2.0, 2.0)  # a batch alone would end too late
+    assert HeavyRoom().admit(0.0, 2.2, 2.0, 2.0)  # with no backlog, a batch and the handoff fit
     assert HeavyRoom().admit(0.0, 1.0, float("inf"), 0.0)
