@@ -72,8 +72,10 @@ class Watched:
 
 @asynccontextmanager
 async def stack() -> AsyncIterator[Watched]:
+    # No burst assumed before one is seen: its fading would change the plan (and the models' speed)
+    # in the middle of the disturbance, which these tests compare latencies across.
     settings = fault_settings(controller_policy="hadis", emulated_gpus=GPUS, slo_s=SLO_S, plan_period_s=1.0,
-                              plan_min_dwell_s=12.0, time_scale=1.0)
+                              plan_min_dwell_s=12.0, time_scale=1.0, burst_prior=0.0)
     children = {name: Child(name, f"services.{name}", settings.as_env())
                 for name in ("controller", "router", "judge", "agent")}
     for child in children.values():
