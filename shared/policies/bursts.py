@@ -95,10 +95,6 @@ class BurstHistory:
         """Jobs arrived since the first observation (all of them, not only the remembered ones)."""
         return 0 if self.last is None or self.first_arrivals is None else self.last[1] - self.first_arrivals
 
-    @property
-    def span_s(self) -> float:
-        return self.samples[-1][0] - self.samples[0][0] if len(self.samples) > 1 else 0.0
-
     def intervals(self) -> list[tuple[float, float, float]]:
         """(seconds, rate qps, weight) of every remembered interval, as it came. (Replaying it from
         today's level instead, less however far the estimate had fallen since, changed nothing on

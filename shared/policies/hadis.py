@@ -151,9 +151,8 @@ class HadisPolicy(PlannerPolicy):
             self.moving_until, self.proposed = observation.now + seconds, None
             self.heading = towards if step != towards else None
         if ready is not None:
-            kept = self.still_ready(old, ready, demand, observation.gpus)
-            if kept is not None:
-                return old, kept  # type: ignore[return-value]  # still_ready returns None without `old`
+            if old is not None and (kept := self.still_ready(old, ready, demand, observation.gpus)) is not None:
+                return old, kept
         elif old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             def serves(value: float) -> bool:
                 decision = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
@@ -181,7 +180,8 @@ class HadisPolicy(PlannerPolicy):
             in_place = Structure(target.light_model, target.heavy_model, old.light_gpus, old.heavy_gpus)
             structure, why = self.priced(old, in_place, keep, demand)
             return structure, f"{why}; while a step is under way" if structure != old else why
-        if not keep.feasible and target.pair != old.pair and target != Structure(*target.pair, *self.split(old)):
+        if (not keep.feasible and target.pair != old.pair
+                and (target.light_gpus, target.heavy_gpus) != (old.light_gpus, old.heavy_gpus)):
             # Behind: the target's pair at once on the GPUs as they are (a model load each, no worker
             # restarts), where moving GPUs between tiers takes steps of worker starts; the split
             # follows in later steps. A burst out of a silence met the silence's pair for 10 s.
@@ -194,11 +194,11 @@ class HadisPolicy(PlannerPolicy):
                     return structure, f"{why}; the pair first, in place"
         return self.priced(old, target, keep, demand, ready=ready is not None)
 
-    def still_ready(self, old: Structure | None, ready: Structure, demand: float, gpus: int) -> str | None:
+    def still_ready(self, old: Structure, ready: Structure, demand: float, gpus: int) -> str | None:
         """Why the current structure stays although `ready` is the best ready one: it serves the demand,
         it is ready for the remembered bursts too, and `ready` is not plan_min_gain_fid better. None
         when it must change."""
-        if old is None or old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
+        if old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
             return None
         slo = self.settings.slo_s
         keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
@@ -209,10 +209,6 @@ class HadisPolicy(PlannerPolicy):
             return None
         return (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: ready for the "
                 f"remembered bursts too, FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch")
-
-    @staticmethod
-    def split(structure: Structure) -> tuple[int, int]:
-        return structure.light_gpus, structure.heavy_gpus
 
     @property
     def confirm_s(self) -> float:
