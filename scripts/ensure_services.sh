@@ -42,3 +42,17 @@ if ! reachable 15672 && command -v rabbitmq-plugins >/dev/null 2>&1; then
   wait_for 15672 rabbitmq-management 60 || true
 fi
 install_if_missing jq jq || echo "warning: jq not installed (the shell example's test will skip)"
+
+# The broker's bound on a message's size: 128 KiB, as compose sets it (docker/rabbitmq-limits.conf;
+# shared/bus.py: BROKER_MAX_MESSAGE_BYTES), not RabbitMQ's default of 128 MiB. Set at run time on the
+# local node, whether found running or started above: it lasts until that node restarts (stop_app and
+# start_app keep it), and every `make run` / `make test` sets it again. A broker rabbitmqctl cannot
+# reach or may not change (another host, a container, no root) keeps its own bound: a warning, and
+# tests/hostile says which of its checks it skipped.
+BROKER_MAX_MESSAGE_BYTES=131072
+if command -v rabbitmqctl >/dev/null 2>&1 && as_root timeout 60 rabbitmqctl -q eval \
+    "application:set_env(rabbit, max_message_size, $BROKER_MAX_MESSAGE_BYTES)." >/dev/null 2>&1; then
+  echo "RabbitMQ max_message_size: $BROKER_MAX_MESSAGE_BYTES bytes"
+else
+  echo "warning: RabbitMQ's max_message_size not set to $BROKER_MAX_MESSAGE_BYTES (rabbitmqctl missing or refused)" >&2
+fi

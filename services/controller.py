@@ -27,7 +27,7 @@ from shared.policies.control import Observation, PlanSchedule
 from shared.policies.fleet import Fleet
 from shared.policies.transitions import Structure, Switch, SwitchWatch, changing_gpus, transition
 from shared.profiles import load_profile
-from shared.schemas import Job, JobState, Plan, Task, Tier, job_id_of, parse_message
+from shared.schemas import MAX_MESSAGE_BYTES, Job, JobState, Plan, Task, Tier, job_id_of, parse_message, valid_job_id
 from shared.service import Service, run
 
 log = get_logger(__name__)
@@ -35,7 +35,7 @@ log = get_logger(__name__)
 TICK_S = 1.0
 HOUSEKEEPING_S = 30.0
 DEAD_WATCH_PREFETCH = 32
-DEAD_LETTER_RETRY_S = 5.0  # a dead letter that meets a Redis outage waits this long before it goes back
+DEAD_LETTER_RETRY_S = 5.0  # a dead letter that meets a Redis outage waits this long before it is tried again
 
 class Controller:
     def __init__(self, service: Service) -> None:
@@ -183,40 +183,63 @@ class Controller:
 
     async def on_dead_letter(self, delivery: Delivery) -> None:
         """Turn a dead letter into a `failed` record, once. Nothing here can loop: a dead letter that
-        cannot be recorded (no readable id, a record Redis refuses) is acked and counted as parked:
-        its copy stays in <ns>.dead for an operator. During a Redis outage it waits and goes back."""
-        job_id = job_id_of(delivery.body)
+        cannot be recorded (too large to read, no readable id, a record Redis refuses) is acked and
+        counted as parked: its copy stays in <ns>.dead for an operator. Nothing raises out of here
+        (the bus requeues the message of a handler that raises: the same dead letter, for ever), and
+        a Redis outage holds the message rather than requeue it (each requeue counts as a delivery,
+        and <ns>.dead.watch drops a message at its delivery limit)."""
+        try:
+            await self.record_dead_letter(delivery)
+        except Exception as error:
+            park(type(error).__name__, f"{type(error).__name__}: {error}")
+        await delivery.settle(Disposition.ack)  # nothing, when it was settled already
+
+    async def record_dead_letter(self, delivery: Delivery) -> None:
+        size, reason = len(delivery.body), ""
+        if size <= MAX_MESSAGE_BYTES:
+            job_id = job_id_of(delivery.body)
+        else:
+            # Not parsed (shared/schemas.py: job_id_of). Its message_id, if it is a job id, gets a
+            # record where none exists: it proves as little as an id in a body.
+            job_id = delivery.message_id if valid_job_id(delivery.message_id) else None
+            reason = f"dead-lettered: the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
         if job_id is None:
-            metrics.observe_parked_dead_letter("no_job_id")
-            log.warning("dead_letter_parked", reason="no readable job id")
-            await delivery.settle(Disposition.ack)
+            park("oversized" if reason else "no_job_id", reason or "no readable job id")
             return
         with bind_job(job_id):
-            try:
-                if await self.fail_dead_letter(job_id, delivery.body):
-                    metrics.observe_unserved(JobState.failed)
-                    log.warning("dead_letter_recorded")
-                crash_point("controller.after_dead_letter")
-            except Unavailable as error:
-                log.warning("dead_letter_waits", error=str(error))
-                await self.sleep(DEAD_LETTER_RETRY_S)  # not a hot loop while Redis is away
-                await delivery.settle(Disposition.requeue)
-                return
-            except Exception as error:
-                metrics.observe_parked_dead_letter(type(error).__name__)
-                log.warning("dead_letter_parked", reason=str(error))
-            await delivery.settle(Disposition.ack)
+            while True:
+                try:
+                    recorded = await self.fail_dead_letter(job_id, delivery, reason)
+                    break
+                except Unavailable as error:
+                    if self.service.stopping.is_set() or delivery.stale:
+                        await delivery.settle(Disposition.requeue)
+                        return
+                    log.warning("dead_letter_waits", error=str(error))
+                    await self.sleep(DEAD_LETTER_RETRY_S)  # not a hot loop while Redis is away
+            if recorded:
+                metrics.observe_unserved(JobState.failed)
+                log.warning("dead_letter_recorded")
+            crash_point("controller.after_dead_letter")
 
-    async def fail_dead_letter(self, job_id: str, body: bytes) -> bool:
+    async def fail_dead_letter(self, job_id: str, delivery: Delivery, reason: str = "") -> bool:
         """Fail the job a dead letter describes; only a missing record when the message does not
-        prove it is that job's own (shared/policies/steps.py: same_job)."""
+        prove it is that job's own: the same job (shared/policies/steps.py: same_job), for the tenant
+        its sender may act for (Delivery.tenant_for: the body's word is not enough)."""
         store = self.service.store
-        reason = "dead-lettered: the job could not be processed"
-        job = job_of(body)
+        reason = reason or "dead-lettered: the job could not be processed"
+        job = job_of(delivery.body)  # None for an oversized one: parse_message refuses it unread
         record = await store.get(job_id) if job is not None else None
         owned = job is not None and record is not None and steps.same_job(
-            record.prompt, record.submitted_at, job.prompt, job.submitted_at)
+            record.prompt, record.submitted_at, job.prompt, job.submitted_at) and \
+            record.tenant == delivery.tenant_for(job.tenant)
         return await store.fail(job_id, JobState.failed, reason, create_only=not owned)
+
+
+def park(reason: str, detail: str) -> None:
+    """A dead letter acked without a record of its own (its copy stays in <ns>.dead)."""
+    metrics.observe_parked_dead_letter(reason)
+    log.warning("dead_letter_parked", reason=detail)
 
 
 def job_of(body: bytes) -> Job | None:

@@ -5,7 +5,12 @@ HADIS_ROUTER picks the score: "rule" (the paper's features · weights, microseco
 "learned" (a MiniLM prompt embedding and a per-light-model classifier, which predicts
 whether the judge would escalate the plan's light model's image). The learned score
 costs ~20 ms a prompt alone on a CPU and ~3 ms in a batch, so prompts are scored in
-small batches on one thread, never on the event loop."""
+small batches on one thread, never on the event loop.
+
+Anybody allowed to publish to the ingress can write any tenant and any job id into a body, so
+the router believes neither on the body's word (docs/security.md, "AMQP door"): the tenant is
+the one the sending broker user may act for (Delivery.tenant_for), and a body naming a job that
+is already recorded routes it only when it is that very job (`same_job`)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from shared import metrics
 from shared.bus import Delivery
@@ -27,13 +33,16 @@ from shared.policies.admission import HeavyRoom, heavy_share_qps, may_route_heav
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
 from shared.profiles import load_profile
-from shared.schemas import Job, JobState, Task, Tier, job_id_of, parse_message
+from shared.schemas import Job, JobRecord, JobState, Task, Tier, job_id_of, parse_message, valid_tenant
 from shared.service import InFlight, Service, run
 from shared.store import Change
 
 log = get_logger(__name__)
 INGRESS_PREFETCH = 64
 SCORE_BATCH = 32
+DISTRUSTED = Counter("hadis_ingress_distrusted", "Ingress claims the router did not believe: tenant (the body named "
+                     "a tenant its sender may not act for: replaced), job_id_taken (the body names a recorded job "
+                     "it is not: dropped)", ["reason"], registry=metrics.REGISTRY)
 
 
 class PromptRouter(Protocol):
@@ -135,7 +144,7 @@ class Router:
 
     async def handle(self, delivery: Delivery) -> None:
         try:
-            job = parse_message(Job, delivery.body)
+            job = as_sent_by(parse_message(Job, delivery.body), delivery)
         except InvalidJob as error:
             job_id = job_id_of(delivery.body)
             await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
@@ -183,19 +192,63 @@ class Router:
         # Recorded before publishing, so the worker's `generating` always comes after it.
         created = await store.apply(Change(job.job_id, state, record, create=True, passing=(JobState.queued,)))
         if not created.applied:
-            existing = await store.get(job.job_id)
-            if existing is None or not steps.rerouting(existing.state, redelivered):
-                log.info("duplicate_job_ignored")
+            existing = await self.recorded(job, redelivered)
+            if existing is None:
                 return
             if existing.state is JobState.routed and existing.tier is not None:
                 # The routing decision was stored once: a redelivery publishes the same one again.
                 tier, score = existing.tier, existing.router_score if existing.router_score is not None else score
-            else:
-                await store.transition(job.job_id, state, **outcome)
+            elif not await store.transition(job.job_id, state, **outcome):
+                # Refused: cancelled, or routed by another delivery, since the record was read.
+                log.info("route_refused_by_store", state=state.value)
+                return
         crash_point("router.after_record")
         if not expired:
             task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
             await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
+
+    async def recorded(self, job: Job, redelivered: bool) -> JobRecord | None:
+        """The job's record exists (the api wrote it `queued`, or an earlier delivery routed it):
+        the record, when this delivery is to route it; None for a duplicate, and for a body that
+        names the recorded job's id without being that job (acked: it must not change the job)."""
+        existing = await self.service.store.get(job.job_id)
+        if existing is None or not steps.rerouting(existing.state, redelivered):
+            log.info("duplicate_job_ignored")
+            return None
+        if not same_job(existing, job, self.service.settings.slo_s):
+            DISTRUSTED.labels("job_id_taken").inc()
+            log.warning("job_id_taken", state=existing.state.value, tenant=job.tenant, recorded_tenant=existing.tenant)
+            return None
+        return existing
+
+
+def as_sent_by(job: Job, delivery: Delivery) -> Job:
+    """The job with the tenant its sender may act for (Delivery.tenant_for), whatever its body says:
+    a producer's broker user names its tenant; only the services' own user is believed."""
+    tenant = delivery.tenant_for(job.tenant)
+    if tenant is not None and not valid_tenant(tenant):
+        raise InvalidJob(f"the broker user {tenant!r} that sent the job is not a tenant name (lower-case "
+                         "letters, digits, _ and -, 1-64): see docs/security.md, AMQP door")
+    if tenant == job.tenant:
+        return job
+    if job.tenant is not None:
+        DISTRUSTED.labels("tenant").inc()
+        log.warning("tenant_replaced", job_id=job.job_id, claimed=job.tenant, tenant=tenant, user_id=delivery.user_id)
+    return job.model_copy(update={"tenant": tenant})
+
+
+def same_job(record: JobRecord, job: Job, default_slo_s: float) -> bool:
+    """Whether an ingress job is the job a record was written for: the same prompt and submit time
+    (shared/policies/steps.py: same_job), tenant and metadata, and deadline where the job sets one
+    (otherwise the record's, from the same default SLO). A record keeps no seed, size or negative
+    prompt: those cannot be compared, and no other tenant can reach them (its tenant differs)."""
+    if not steps.same_job(record.prompt, record.submitted_at, job.prompt, job.submitted_at):
+        return False
+    if record.tenant != job.tenant or record.metadata != job.metadata:
+        return False
+    if job.deadline is None and job.slo_s is None:
+        return True
+    return record.deadline is not None and abs(record.deadline - job.effective_deadline(default_slo_s)) < 1e-3
 
 
 async def main(service: Service) -> None:

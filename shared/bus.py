@@ -6,15 +6,21 @@ Topology of a namespace `ns` (every name is prefixed, so experiments are isolate
     ns.tier.light    quorum  Task for the light workers
     ns.tier.heavy    quorum  Task for the heavy workers
     ns.judge         quorum  Task for the quality judge
+    ns.ingress       fanout exchange whose one queue is ns.requests (producers' door)
     ns.dlx           fanout exchange: where every work queue dead-letters
     ns.dead          quorum  dead letters kept for operators (bounded, oldest dropped)
     ns.dead.watch    quorum  dead letters the controller turns into `failed` records
 
-Work queues are bounded (x-max-length, reject-publish: a full queue refuses the
-publish, which the publisher sees as Overloaded) and carry x-delivery-limit as a
-backstop: a message that crashes its consumer again and again is dead-lettered by
-the broker itself. Publishes wait for the broker's confirm; consumers ack only
-after the result is stored.
+Work queues are bounded in messages and in bytes (x-max-length, x-max-length-bytes,
+reject-publish: a full queue refuses the publish, which the publisher sees as Overloaded)
+and carry x-delivery-limit as a backstop: a message that crashes its consumer again and
+again is dead-lettered by the broker itself. The dead queues are bounded the same ways
+(oldest dropped) and drop a message delivered DEAD_LETTER_DELIVERY_LIMIT times: a dead
+letter that crashes its consumer cannot loop for ever. The broker itself refuses a body over
+BROKER_MAX_MESSAGE_BYTES (its max_message_size, set where the broker is configured:
+compose, scripts/ensure_services.sh). Publishes wait for the broker's confirm; consumers
+ack only after the result is stored. Every publish carries the connection's user as
+user_id, which the broker checks: a consumer knows which user sent a message (Delivery).
 
 Outages: a service waits for the broker at start (HADIS_CONNECT_RETRY_S, with backoff) and
 through it at run time: both connections are aio-pika's robust ones, which reconnect and
@@ -57,6 +63,16 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 DEAD_LETTER_MAX_LENGTH = 10_000
+# Bytes: the largest message a service accepts is MAX_MESSAGE_BYTES (64 KiB; a valid Job is ~21 KB
+# at the most, and the Task that wraps it a few hundred bytes more). The broker refuses twice that
+# (its max_message_size, configured outside this code): never a service's own message, and no
+# producer can make the broker or a consumer buffer more than 128 KiB a message (default: 128 MiB).
+BROKER_MAX_MESSAGE_BYTES = 128 * 1024
+# A queue's bytes: its length bound times 4 KiB, several times a typical job (under 1 KiB), so that
+# the count bound is what legitimate traffic meets, while bodies near the broker's bound fill it
+# 32 times sooner than their count would.
+QUEUE_BYTES_PER_MESSAGE = 4 * 1024
+DEAD_LETTER_DELIVERY_LIMIT = 20  # returned 20 times (20 crashes of its consumer, 20 looks with requeue): dropped
 RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 INSPECT_TIMEOUT_S = 5.0  # reading a refused queue's depth
@@ -126,14 +142,27 @@ class Queues:
 class Delivery:
     """One received message; services settle it with a Disposition and never see aio-pika."""
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, message: AbstractIncomingMessage, service_users: frozenset[str] = frozenset()) -> None:
         self._message = message
         self.body: bytes = message.body
         self.message_id: str | None = message.message_id
+        # The broker refuses a publish whose user_id is not the publishing connection's user (unless
+        # that user has the `impersonator` tag): the one fact a consumer has about who sent it.
+        self.user_id: str | None = message.user_id
+        self._service_users = service_users
         # Quorum queues count earlier failed deliveries in x-delivery-count.
         earlier = (message.headers or {}).get("x-delivery-count", 0)
         self.delivery_count: int = int(earlier) + 1 if isinstance(earlier, int) else 1
         self.settled = False
+
+    def tenant_for(self, claimed: str | None) -> str | None:
+        """The tenant this message may act for (docs/security.md, "AMQP door"): the tenant it names
+        when the services' own broker user sent it (the api sets it from an API key); the sending
+        user's name for any other user, whatever it names; none for a message without user_id
+        (its sender is unknown). The caller checks that a user's name is a valid tenant."""
+        if self.user_id is None:
+            return None
+        return claimed if self.user_id in self._service_users else self.user_id
 
     @property
     def stale(self) -> bool:
@@ -204,6 +233,7 @@ class FailoverConnection(aio_pika.RobustConnection):
     def __init__(self, url: object, *args: object, failover_urls: list[str] | None = None, **kwargs: object) -> None:
         self._urls = [URL(each) for each in (failover_urls or [str(url)])]
         self._next = 0
+        self.current = self._urls[0]
         super().__init__(url, *args, **kwargs)  # type: ignore[arg-type]
         self._next = 0  # the constructor's read: the first attempt still takes the first URL
 
@@ -211,15 +241,20 @@ class FailoverConnection(aio_pika.RobustConnection):
     def url(self) -> URL:
         url = self._urls[self._next % len(self._urls)]
         self._next += 1
+        self.current = url
         return url
 
     @url.setter
     def url(self, value: URL) -> None:
         pass  # the list given at construction is the truth
 
+    @property
+    def user(self) -> str:
+        """The user this connection logs in as now (aiormq's default: guest)."""
+        return self.current.user or "guest"
+
     def __str__(self) -> str:
-        current = self._urls[(self._next - 1) % len(self._urls)]
-        return str(current.with_password("******") if current.password else current)
+        return str(self.current.with_password("******") if self.current.password else self.current)
 
 
 class Bus:
@@ -232,6 +267,9 @@ class Bus:
         self._publisher = publisher
         self._publisher_generation = 0  # counts renewals of the publishing channel
         self._renewing = asyncio.Lock()
+        # Whose messages are the services' own: the users of HADIS_AMQP_URL (one per cluster, usually).
+        self.service_users = frozenset(URL(url).user or "guest"
+                                       for url in broker_urls(settings.amqp_url.get_secret_value()))
 
     @classmethod
     async def connect(cls, settings: Settings, *, declare: bool = True, retry_s: float | None = None) -> Bus:
@@ -280,11 +318,22 @@ class Bus:
             "x-dead-letter-exchange": self.queues.dead_letter_exchange,
             "x-delivery-limit": self.settings.max_deliveries + 2,
             "x-max-length": self.settings.queue_max_length,
+            "x-max-length-bytes": self.settings.queue_max_length * QUEUE_BYTES_PER_MESSAGE,
             "x-overflow": "reject-publish",
         }
 
     async def declare(self) -> None:
-        """Declare the whole topology; idempotent, every service calls it at start."""
+        """Declare the whole topology; idempotent, every service calls it at start. A queue declared
+        earlier with other arguments (an older version's) is refused (PRECONDITION_FAILED): the
+        queues are replaced as docs/security.md ("AMQP door") says, never changed here."""
+        try:
+            await self._declare()
+        except ChannelPreconditionFailed as error:
+            log.error("topology_differs", error=str(error),
+                      hint="queues declared with other arguments: see docs/security.md, AMQP door, upgrading")
+            raise
+
+    async def _declare(self) -> None:
         channel = self._publisher
         dlx = await channel.declare_exchange(
             self.queues.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
@@ -292,7 +341,9 @@ class Bus:
         dead_arguments = {
             "x-queue-type": "quorum",
             "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-max-length-bytes": DEAD_LETTER_MAX_LENGTH * QUEUE_BYTES_PER_MESSAGE,
             "x-overflow": "drop-head",
+            "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT,  # no dead-letter exchange: then dropped
         }
         for name in (self.queues.dead, self.queues.dead_watch):
             queue = await channel.declare_queue(name, durable=True, arguments=dead_arguments)
@@ -307,20 +358,18 @@ class Bus:
         """Publish persistently to a queue and wait for the broker's confirm, for at most
         HADIS_PUBLISH_TIMEOUT_S in all (a reconnection, a blocked connection included): then
         Unavailable. A queue at its length bound, or one that does not exist, raises Overloaded; a
-        refusal below the bound (a quorum queue electing a leader) is retried within the bound."""
+        refusal below the bound (a quorum queue electing a leader; one at its byte bound, which a
+        publisher cannot read) is retried within the bound."""
         body = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-        )
         bound_s = self.settings.publish_timeout_s
         give_up_at = time.monotonic() + bound_s
         delay = BACKOFF_FIRST_S
         while True:
             remaining = give_up_at - time.monotonic()
             generation = self._publisher_generation
+            # user_id: the user of the node connected now (after a failover, another URL's).
+            message = aio_pika.Message(body, content_type="application/json", message_id=message_id,
+                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT, user_id=self._user())
             try:
                 await asyncio.wait_for(self._publisher.default_exchange.publish(message, routing_key=queue),
                                        timeout=max(remaining, 0.01))
@@ -343,13 +392,16 @@ class Bus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
+    def _user(self) -> str | None:
+        return self._publishing.user if isinstance(self._publishing, FailoverConnection) else None
+
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
         """Consume on a channel of its own (so its prefetch can change with the plan), retried
         through an outage for HADIS_CONNECT_RETRY_S. A handler that raises leaves the message
         unsettled: it is requeued, never dropped."""
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            delivery = Delivery(message)
+            delivery = Delivery(message, self.service_users)
             try:
                 await handler(delivery)
             except Exception:

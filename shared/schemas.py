@@ -264,7 +264,11 @@ def job_id_of(body: bytes) -> str | None:
     """The job id of a raw message (a Job or a Task), if one can be read from it: used to
     write a `failed` record for a message too broken to parse as a whole. The JSON is read by
     the parser `parse_message` uses (it reads NaN, Infinity and 1e999, which the model then
-    refuses), and the id must pass `valid_job_id`, as in a `Job`."""
+    refuses), and the id must pass `valid_job_id`, as in a `Job`. A body over MAX_MESSAGE_BYTES
+    is not read at all (None): parsing costs up to several times the body's size in memory (a
+    16 MiB array of numbers: 64 MiB), and it is done exactly for the messages nobody vouches for."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        return None
     try:
         data = pydantic_core.from_json(body)
     except ValueError:

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from shared.bus import BROKER_MAX_MESSAGE_BYTES
 from shared.faults import RedisServer
 from tests.helpers import free_port
 
@@ -39,7 +40,9 @@ class RabbitNode:
             cookie_file = directory / "home" / ".erlang.cookie"
             cookie_file.write_text(cookie)
             cookie_file.chmod(0o400)
-        (directory / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
+        # The bound on a message's size that compose gives the broker (docker/rabbitmq-limits.conf).
+        (directory / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n"
+                                                 f"max_message_size = {BROKER_MAX_MESSAGE_BYTES}\n")
         (directory / "enabled_plugins").write_text("[].\n")  # no management UI (it would take 15672)
         self.process: subprocess.Popen | None = None
 
