@@ -15,30 +15,39 @@ confirm: an accepted job is durable, whatever happens to this process next.
     GET    /healthz                 200 when the store and the broker answer
     GET    /openapi.json, /docs     the schema and its page
 
-Rules live elsewhere: shapes and the request-to-jobs mapping in shared/images_api.py, the rate limit
-and quota in shared/policies/tenancy.py, keys in shared/apikeys.py. Bounds: docs/backends.md."""
+Rules live elsewhere: shapes and the request-to-jobs mapping in shared/images_api.py, every
+budget a tenant is charged in services/api_admission.py (its rules in shared/policies/tenancy.py),
+keys in shared/apikeys.py, signed URLs in shared/urlsigning.py, the HTTP plumbing in
+services/api_http.py. Bounds: docs/security.md."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator
 
-import orjson
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import apikeys, metrics
+from services.api_admission import ANONYMOUS, Admission, Caller
+from services.api_http import (
+    HeaderLimit,
+    HeldStream,
+    RequestMetrics,
+    b64_body,
+    disconnected,
+    error_response,
+    json_body,
+    read_json,
+    server_for,
+    sse,
+)
+from shared import apikeys, metrics, urlsigning
 from shared.errors import HadisError, Overloaded, Unavailable
 from shared.events import EventHub, JobEvent
 from shared.images_api import (
@@ -46,15 +55,17 @@ from shared.images_api import (
     ImagesRequest,
     bad_request,
     from_validation,
+    idempotency_digest,
     image_data,
+    job_from_body,
     jobs_for,
     models_list,
     not_found,
+    record_view,
     unserved_error,
 )
 from shared.logging import get_logger
-from shared.policies import tenancy
-from shared.schemas import Job, JobRecord, JobState, check_printable, new_job_id, valid_job_id
+from shared.schemas import Job, JobRecord, JobState, new_job_id, valid_job_id
 from shared.service import Service, run
 from shared.store import Change
 
@@ -63,148 +74,43 @@ log = get_logger(__name__)
 RECHECK_S = 5.0  # a waiter reads the record again at least this often (an event can be missed)
 KEEPALIVE_S = 15.0  # an SSE comment line this often keeps proxies from closing an idle stream
 STREAM_GRACE_S = 60.0  # an event stream ends this long after the job's deadline, terminal or not
-CAS_ATTEMPTS = 8  # tries of the rate limit's compare-and-set when replicas contend
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 CANCELLABLE = (JobState.queued, JobState.routed)
-ANONYMOUS = "-"
-V = TypeVar("V")
-
-
-class Recent(Generic[V]):
-    """Values read from the store, trusted for ttl_s, at most BOUND of them (then forgotten at
-    once: a flood of distinct keys cannot grow the process). What the store lacks is not kept."""
-
-    BOUND = 10_000
-
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._values: dict[str, tuple[V, float]] = {}
-
-    async def get(self, key: str, read: Callable[[], Awaitable[V | None]]) -> V | None:
-        cached = self._values.get(key)
-        if cached is not None and time.monotonic() - cached[1] < self.ttl_s:
-            return cached[0]
-        value = await read()
-        if value is not None:
-            if len(self._values) >= self.BOUND:
-                self._values.clear()
-            self._values[key] = (value, time.monotonic())
-        return value
-
-
-@dataclass(frozen=True)
-class Caller:
-    tenant: str
-    limits: tenancy.Limits
 
 
 class Api:
     """What the routes do, apart from HTTP."""
 
-    def __init__(self, service: Service, hub: EventHub, url_secret: bytes) -> None:
+    def __init__(self, service: Service, hub: EventHub) -> None:
         self.service = service
         self.settings = service.settings
         self.store = service.store
         self.hub = hub
-        self.url_secret = url_secret
-        # Keys and tenants' limits are trusted for HADIS_API_KEY_CACHE_S: a revocation or a new
-        # limit takes effect within it (docs/security.md).
-        self._keys: Recent[apikeys.StoredKey] = Recent(self.settings.api_key_cache_s)
-        self._tenant_limits: Recent[tenancy.Limits] = Recent(self.settings.api_key_cache_s)
-        self.waiters = 0
-        # One rate check per tenant at a time in this process: the compare-and-set then only
-        # contends with other replicas.
-        self._rate_locks: dict[str, asyncio.Lock] = {}
+        # Read at most this long ago: a rotation or revocation reaches every replica within it.
+        self.url_secrets = urlsigning.SecretCache(self.store.url_secrets,
+                                                  min(urlsigning.CACHE_S, self.settings.api_key_cache_s))
+        self.admission = Admission(service)
 
     # Who is calling.
     async def caller(self, request: Request) -> Caller:
-        token = apikeys.bearer_token(request.headers.get("authorization"))
-        parsed = apikeys.parse_key(token) if token else None
-        if parsed is None:
-            metrics.observe_api_refused(ANONYMOUS, "auth")
-            raise ApiError(401, "missing or malformed API key: send `Authorization: Bearer hds_...` "
-                           "(hadis api-key create --tenant NAME makes one)", code="invalid_api_key")
-        key_id, secret = parsed
-        stored = await self._stored_key(key_id)
-        if stored is None or not apikeys.verify(stored, secret):
-            metrics.observe_api_refused(ANONYMOUS, "auth")
-            raise ApiError(401, "invalid API key", code="invalid_api_key")
-        request.scope.setdefault("state", {})["tenant"] = stored.tenant
-        return Caller(stored.tenant, await self._limits(stored.tenant))
+        return await self.admission.caller(request)
 
     async def _stored_key(self, key_id: str) -> apikeys.StoredKey | None:
-        return await self._keys.get(key_id, lambda: self.store.get_api_key(key_id))
-
-    async def _limits(self, tenant: str) -> tenancy.Limits:
-        """The tenant's own limits (hadis api-key create --rate ...), else the settings' defaults."""
-        defaults = tenancy.Limits(self.settings.api_rate_per_s, self.settings.api_burst, self.settings.api_max_active)
-
-        async def read() -> tenancy.Limits:
-            return await self.store.tenant_limits(tenant) or defaults
-
-        return await self._tenant_limits.get(tenant, read) or defaults
-
-    # Admission.
-    async def admit_rate(self, caller: Caller, cost: int) -> None:
-        if cost > caller.limits.burst:
-            raise bad_request(f"{cost} images at once is more than this tenant's burst ({caller.limits.burst})",
-                              param="n")
-        lock = self._rate_locks.setdefault(caller.tenant, asyncio.Lock())
-        async with lock:
-            await self._take_rate(caller, cost)
-
-    async def _take_rate(self, caller: Caller, cost: int) -> None:
-        for _attempt in range(CAS_ATTEMPTS):
-            raw, tat = await self.store.rate_tat(caller.tenant)
-            now = time.time()
-            decision = tenancy.rate_decision(tat, now, caller.limits, cost)
-            if not decision.allowed:
-                metrics.observe_api_refused(caller.tenant, "rate")
-                raise ApiError(429, f"rate limit of {caller.limits.rate:g} requests/s (burst {caller.limits.burst}) "
-                               "reached", type="rate_limit_error", code="rate_limit_exceeded",
-                               headers={"Retry-After": tenancy.retry_after_header(decision.retry_after_s)})
-            if await self.store.swap_rate_tat(caller.tenant, raw, decision.tat, decision.tat - now + 1.0):
-                return
-        raise ApiError(429, "too many concurrent requests for this tenant", type="rate_limit_error",
-                       code="rate_limit_exceeded", headers={"Retry-After": "1"})
-
-    async def take_slots(self, caller: Caller, jobs: list[Job]) -> None:
-        """A quota slot per job, or none: over quota, the slots of jobs already ended are given
-        back (read from their records) and the request tried once more."""
-        for attempt in range(2):
-            taken: list[str] = []
-            for job in jobs:
-                lapses_at = tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s))
-                if not await self.store.take_slot(caller.tenant, job.job_id, lapses_at,
-                                                  caller.limits.max_active, time.time()):
-                    break
-                taken.append(job.job_id)
-            else:
-                return
-            await self.store.release_slots(caller.tenant, taken)
-            if attempt == 0:
-                await self.release_ended(caller.tenant)
-        metrics.observe_api_refused(caller.tenant, "quota")
-        raise ApiError(429, f"this tenant has {caller.limits.max_active} jobs in flight, its quota",
-                       type="rate_limit_error", code="quota_exceeded", headers={"Retry-After": "1"})
-
-    async def release_ended(self, tenant: str) -> None:
-        job_ids = await self.store.slots(tenant)
-        states = await self.store.states(job_ids)
-        await self.store.release_slots(tenant, [job_id for job_id, state in zip(job_ids, states, strict=True)
-                                                if state is not None and state.terminal])
+        return await self.admission.stored_key(key_id)
 
     async def accept(self, caller: Caller, jobs: list[Job]) -> None:
         """Admit, publish with confirms, then record `queued` (the router records it too, whichever
         comes first): after this returns every job is durable in the broker."""
-        await self.admit_rate(caller, len(jobs))
-        await self.take_slots(caller, jobs)
+        await self.admission.admit(caller, jobs)
         bus = self.service.bus
-        try:
-            await asyncio.gather(*(bus.publish(bus.queues.requests, job, message_id=job.job_id) for job in jobs))
-        except (HadisError, OSError) as error:
-            await self.store.release_slots(caller.tenant, [job.job_id for job in jobs])
-            raise unavailable(error, caller.tenant) from None
+        results = await asyncio.gather(*(bus.publish(bus.queues.requests, job, message_id=job.job_id)
+                                         for job in jobs), return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            published = [job for job, result in zip(jobs, results, strict=True) if result is None]
+            await self.withdraw(caller, jobs, published)
+            if not all(isinstance(error, HadisError | OSError) for error in errors):
+                raise errors[0]
+            raise unavailable(errors[0], caller.tenant)
         metrics.observe_api_accepted(caller.tenant, len(jobs))
         for job in jobs:
             try:
@@ -212,8 +118,27 @@ class Api:
             except HadisError as error:  # published: the router writes the record
                 log.warning("queued_record_not_written", job_id=job.job_id, error=str(error))
 
+    async def withdraw(self, caller: Caller, jobs: list[Job], published: list[Job]) -> None:
+        """A request answered 503 leaves nothing running: the jobs already published are recorded
+        `failed` before the router takes them (or, routed already, moved there from `queued` or
+        `routed`), so the client's retry is the only copy. A job a worker took in between keeps its
+        slot until it ends (the api gives it back then)."""
+        running: list[str] = []
+        for job in published:
+            outcome = await self.store.apply(withdrawn_record(job, self.settings.slo_s))
+            if not outcome.applied:
+                outcome = await self.store.apply(Change(job.job_id, JobState.failed, {"error": WITHDRAWN},
+                                                        detail=WITHDRAWN, only_from=CANCELLABLE))
+            if not outcome.applied and outcome.before is not None and not outcome.before.terminal:
+                running.append(job.job_id)
+        await self.store.release_slots(caller.tenant, [job.job_id for job in jobs if job.job_id not in running])
+        if running:
+            log.warning("withdrawn_jobs_running", job_ids=running)
+
     # Reading.
     async def own_record(self, caller: Caller, job_id: str) -> JobRecord:
+        """The caller's job (404 for another tenant's, as for none), within its read rate."""
+        self.admission.admit_read(caller.tenant)
         record = await self.store.get(job_id) if valid_job_id(job_id) else None
         if record is None or record.tenant != caller.tenant:
             raise not_found()
@@ -221,8 +146,27 @@ class Api:
             await self.store.release_slots(caller.tenant, [job_id])
         return record
 
-    async def wait_terminal(self, job_ids: list[str], give_up_at: float) -> dict[str, JobRecord]:
-        """The records of these jobs once terminal; those not terminal by give_up_at are absent."""
+    async def wait_terminal(self, job_ids: list[str], give_up_at: float,
+                            request: Request | None = None) -> dict[str, JobRecord]:
+        """The records of these jobs once terminal; those not terminal by give_up_at are absent. A
+        client that disconnects stops the wait (499): it holds no waiter until the deadline."""
+        if request is None:
+            return await self._wait_terminal(job_ids, give_up_at)
+        waiting = asyncio.ensure_future(self._wait_terminal(job_ids, give_up_at))
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, gone):
+                task.cancel()
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        raise ApiError(499, "the client closed the request; its jobs go on (GET /v1/jobs/{id})",
+                       code="client_closed_request")
+
+    async def _wait_terminal(self, job_ids: list[str], give_up_at: float) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
         with self.hub.subscribe(job_ids) as events:
             await self._read_terminal(job_ids, records)
@@ -241,34 +185,51 @@ class Api:
                 if record is not None and record.state.terminal:
                     records[job_id] = record
 
-    def check_room(self, tenant: str) -> None:
-        """Requests that hold a connection while they wait (images, event streams) are bounded."""
-        if self.waiters >= self.settings.api_max_waiters:
-            metrics.observe_api_refused(tenant, "busy")
-            raise ApiError(503, f"{self.waiters} requests are waiting already; try again",
-                           type="service_unavailable", code="too_many_waiters", headers={"Retry-After": "1"})
-
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        self.waiters += 1
-        try:
-            yield
-        finally:
-            self.waiters -= 1
-
-    # Image URLs: signed, so a client can hand them on without its key (as OpenAI's are).
-    def image_url(self, request: Request, job_id: str) -> str:
+    # Image URLs: signed, so a client can hand them on without its key (as OpenAI's are), and bound
+    # to that key, so revoking it revokes them (shared/urlsigning.py).
+    async def image_url(self, request: Request, job_id: str, key_id: str) -> str:
         expires = int(time.time()) + self.store.image_ttl
         base = (self.settings.api_public_url or str(request.base_url)).rstrip("/")
-        return f"{base}/v1/jobs/{job_id}/image?expires={expires}&signature={self._sign(job_id, expires)}"
+        secret = (await self.url_secrets.get()).current
+        return f"{base}/v1/jobs/{job_id}/image?{urlsigning.query(secret, job_id, expires, key_id)}"
 
-    def _sign(self, job_id: str, expires: int) -> str:
-        return hmac.new(self.url_secret, f"{job_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+    async def signed(self, job_id: str, request: Request) -> JobRecord | None:
+        """The record a signed URL grants; None when the query carries no signature (the key decides).
+        Anybody may call this: nothing is read from the store before the signature verifies, and a
+        genuine URL's fetches count against its key's tenant's read rate, as the tenant's own would."""
+        params = request.query_params
+        try:
+            query = urlsigning.parse({name: params.getlist(name) for name in urlsigning.PARAMS})
+        except urlsigning.Malformed as error:
+            raise ApiError(401, f"malformed image URL: {error}", code="invalid_signature") from None
+        if query is None:
+            return None
+        verdict = urlsigning.Verdict.forged if not valid_job_id(job_id) else \
+            urlsigning.verify(await self.url_secrets.get(), job_id, query, time.time())
+        if verdict is urlsigning.Verdict.forged:
+            raise ApiError(401, "the image URL's signature does not verify (altered, or its secret was rotated "
+                           "or revoked)", code="invalid_signature")
+        if verdict is urlsigning.Verdict.expired:
+            raise ApiError(403, "the image URL has expired", code="url_expired")
+        stored = await self._stored_key(query.key_id)
+        if stored is None:
+            raise ApiError(403, "the API key that made this image URL was revoked", code="url_revoked")
+        self.admission.admit_read(stored.tenant)  # a URL's fetches count as its key's tenant's reads
+        record = await self.store.get(job_id)
+        if record is not None and record.tenant != stored.tenant:
+            raise ApiError(403, "the API key that made this image URL was revoked", code="url_revoked")
+        if record is None:
+            raise not_found()
+        return record
 
-    def signed(self, job_id: str, expires: str | None, signature: str | None) -> bool:
-        if not expires or not signature or not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(self._sign(job_id, int(expires)), signature)
+
+WITHDRAWN = "the request was answered 503 before every image was queued; the client retries it"
+
+
+def withdrawn_record(job: Job, default_slo_s: float) -> Change:
+    return Change(job.job_id, JobState.failed, {**job.record_fields(job.effective_deadline(default_slo_s)),
+                                                "error": WITHDRAWN}, create=True, passing=(JobState.queued,),
+                  detail=WITHDRAWN)
 
 
 def queued_record(job: Job, default_slo_s: float) -> Change:
@@ -287,85 +248,14 @@ def unavailable(error: BaseException, tenant: str) -> ApiError:
 
 
 async def _next_event(events: asyncio.Queue[JobEvent], timeout_s: float) -> JobEvent | None:
+    """The next event within timeout_s, else None. asyncio.timeout, not wait_for: on Python 3.11
+    wait_for swallows a cancellation that meets a completed get, and a waiter whose client left
+    would then wait on until the deadline."""
     try:
-        return await asyncio.wait_for(events.get(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await events.get()
     except TimeoutError:
         return None
-
-
-async def read_json(request: Request, limit: int, timeout_s: float) -> tuple[Any, bytes]:
-    """The body as JSON (and its bytes), within the size and time bounds."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise ApiError(413, f"the body is larger than {limit} bytes", code="body_too_large")
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise ApiError(415, f"send the body as application/json, not {content_type}", code="unsupported_media_type")
-    body = bytearray()
-
-    async def collect() -> None:
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise ApiError(413, f"the body is larger than {limit} bytes", code="body_too_large")
-
-    try:
-        await asyncio.wait_for(collect(), timeout_s)
-    except TimeoutError:
-        raise ApiError(408, f"the body did not arrive within {timeout_s:g} s", type="timeout",
-                       code="body_timeout") from None
-    try:
-        return orjson.loads(body), bytes(body)
-    except orjson.JSONDecodeError as error:
-        raise bad_request(f"the body is not valid JSON: {error}", code="invalid_json") from None
-
-
-def record_view(record: JobRecord) -> dict[str, Any]:
-    """A record as the api shows it: the store's image key is internal."""
-    data = record.model_dump(mode="json", exclude={"image_key"})
-    data["latency_s"] = record.latency_s
-    return data
-
-
-def job_from_body(data: Any, tenant: str, job_id: str) -> Job:
-    if not isinstance(data, dict):
-        raise bad_request("the body must be a JSON object (the Job contract, docs/job.schema.json)")
-    if "job_id" in data:
-        raise bad_request("the api assigns job ids; send an Idempotency-Key header to make a retry safe",
-                          param="job_id")
-    if "tenant" in data:
-        raise bad_request("the tenant comes from the API key", param="tenant")
-    try:
-        return Job.model_validate({**data, "job_id": job_id, "tenant": tenant})
-    except ValidationError as error:
-        raise from_validation(error) from None
-
-
-def idempotency_digest(key: str | None) -> str | None:
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-        raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters",
-                          param="Idempotency-Key")
-    try:
-        check_printable(key, "Idempotency-Key")
-    except ValueError as error:
-        raise bad_request(str(error), param="Idempotency-Key") from None
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads its own body (to bound its size and time)."""
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(api: Api) -> FastAPI:
@@ -404,7 +294,7 @@ def create_app(api: Api) -> FastAPI:
 
     @app.post("/v1/images/generations", openapi_extra=json_body(ImagesRequest), tags=["OpenAI Images API"],
               summary="Generate images (OpenAI-compatible); waits up to the SLO")
-    async def images_generations(request: Request) -> JSONResponse:
+    async def images_generations(request: Request) -> Response:
         caller = await api.caller(request)
         data, _ = await read_json(request, settings.api_max_body_bytes, settings.api_body_timeout_s)
         try:
@@ -412,13 +302,12 @@ def create_app(api: Api) -> FastAPI:
         except ValidationError as error:
             metrics.observe_api_refused(caller.tenant, "invalid")
             raise from_validation(error) from None
-        jobs = jobs_for(images, caller.tenant, settings.slo_s, settings.api_max_n,
-                        [new_job_id() for _ in range(images.n)])
-        api.check_room(caller.tenant)
-        with api.waiting():
+        jobs = jobs_for(images, caller.tenant, settings.slo_s, settings.api_max_n, new_job_id)
+        with api.admission.waiting(caller.tenant):
             await api.accept(caller, jobs)
             deadline = max(job.effective_deadline(settings.slo_s) for job in jobs)
-            records = await api.wait_terminal([job.job_id for job in jobs], deadline + settings.api_wait_grace_s)
+            records = await api.wait_terminal([job.job_id for job in jobs], deadline + settings.api_wait_grace_s,
+                                              request)
         await api.store.release_slots(caller.tenant, list(records))
         if len(records) < len(jobs):
             raise ApiError(408, f"{len(jobs) - len(records)} of {len(jobs)} images not ready within the "
@@ -427,13 +316,16 @@ def create_app(api: Api) -> FastAPI:
         for job in jobs:
             if records[job.job_id].state is not JobState.done:
                 raise unserved_error(records[job.job_id])
-        response_format = images.response_format or "b64_json"
-        pngs = await api.store.get_images([job.job_id for job in jobs]) if response_format == "b64_json" \
-            else [None] * len(jobs)
-        data_out = [image_data(records[job.job_id], png, response_format, api.image_url(request, job.job_id))
-                    for job, png in zip(jobs, pngs, strict=True)]
-        return JSONResponse({"created": int(time.time()), "data": data_out, "output_format": "png",
-                             "size": f"{jobs[0].width}x{jobs[0].height}"})
+        head = {"created": int(time.time()), "output_format": "png", "size": f"{jobs[0].width}x{jobs[0].height}"}
+        if images.response_format == "url":
+            urls = [await api.image_url(request, job.job_id, caller.key_id) for job in jobs]
+            return JSONResponse({**head, "data": [image_data(records[job.job_id], None, "url", url)
+                                                  for job, url in zip(jobs, urls, strict=True)]})
+        job_ids = [job.job_id for job in jobs]
+        if 0 in await api.store.image_lengths(job_ids):
+            raise ApiError(500, "the job is done but its image is no longer stored", type="server_error",
+                           code="image_missing")
+        return StreamingResponse(b64_body(api.store.get_image, head, job_ids), media_type="application/json")
 
     @app.get("/v1/models", tags=["OpenAI Images API"], summary="The latency classes `model` may name")
     async def models(request: Request) -> dict:
@@ -479,12 +371,15 @@ def create_app(api: Api) -> FastAPI:
     @app.get("/v1/jobs/{job_id}/image", tags=["Jobs"], summary="The job's PNG (with the key, or a signed URL)",
              responses={200: {"content": {"image/png": {}}}})
     async def get_image(job_id: str, request: Request) -> Response:
-        query = request.query_params
-        if valid_job_id(job_id) and api.signed(job_id, query.get("expires"), query.get("signature")):
-            record = await api.store.get(job_id)
-            if record is None:
-                raise not_found()
-        else:
+        try:
+            record = await api.signed(job_id, request)
+        except ApiError as error:
+            if "authorization" not in request.headers:
+                if error.status in (401, 403):
+                    metrics.observe_api_refused(ANONYMOUS, "auth")
+                raise
+            record = None  # a caller that sends a key is judged by its key
+        if record is None:
             record = await api.own_record(await api.caller(request), job_id)
         if record.state is not JobState.done:
             if record.state.terminal:
@@ -503,10 +398,10 @@ def create_app(api: Api) -> FastAPI:
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         caller = await api.caller(request)
         record = await api.own_record(caller, job_id)
-        api.check_room(caller.tenant)
         give_up_at = (record.deadline or time.time() + settings.slo_s) + STREAM_GRACE_S
-        return StreamingResponse(event_stream(api, caller.tenant, job_id, give_up_at), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        hold = api.admission.hold(caller.tenant)
+        return HeldStream(event_stream(api, caller.tenant, job_id, give_up_at), hold, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.delete("/v1/jobs/{job_id}", tags=["Jobs"], summary="Cancel a job that is still queued")
     async def cancel_job(job_id: str, request: Request) -> dict:
@@ -516,7 +411,10 @@ def create_app(api: Api) -> FastAPI:
             raise ApiError(409, f"the job is {record.state.value}; only a queued job can be cancelled",
                            code="not_cancellable")
         reason = "cancelled by the client (DELETE /v1/jobs)"
-        outcome = await api.store.apply(Change(job_id, JobState.failed, {"error": reason}, detail=reason))
+        # The from-state guard is the store script's: a worker that claims the job after the read
+        # above wins, and the cancel answers 409 having changed nothing.
+        outcome = await api.store.apply(Change(job_id, JobState.failed, {"error": reason}, detail=reason,
+                                               only_from=CANCELLABLE))
         if not outcome.applied:
             state = outcome.before.value if outcome.before else "gone"
             raise ApiError(409, f"the job is {state}; only a queued job can be cancelled", code="not_cancellable")
@@ -532,7 +430,7 @@ def create_app(api: Api) -> FastAPI:
             return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
         # 200 without routers too: jobs are durable in the queue; `ingress_consumers` says whether
         # anything takes them now.
-        return JSONResponse({"status": "ok", "ingress_consumers": consumers, "waiters": api.waiters})
+        return JSONResponse({"status": "ok", "ingress_consumers": consumers, "waiters": api.admission.waiters})
 
     app.add_middleware(HeaderLimit, limit=settings.api_max_header_bytes)
     app.add_middleware(RequestMetrics)
@@ -544,7 +442,7 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) ->
     one; a comment line every KEEPALIVE_S; `event: timeout` if the job is still open at give_up_at."""
     sent = 0
     last_sent_at = time.monotonic()
-    with api.waiting(), api.hub.subscribe([job_id]) as events:
+    with api.hub.subscribe([job_id]) as events:
         while True:
             record = await api.store.get(job_id)
             if record is None:
@@ -567,75 +465,12 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) ->
                 last_sent_at = time.monotonic()
 
 
-class RequestMetrics:
-    """Counts every answer by route template, status and tenant (pure ASGI: streams pass untouched)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.monotonic(), 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            tenant = scope.get("state", {}).get("tenant", ANONYMOUS)
-            metrics.observe_api_request(route, status, tenant, time.monotonic() - started)
-
-
-class HeaderLimit:
-    """431 for a request line and headers larger than HADIS_API_MAX_HEADER_BYTES together. The HTTP
-    server bounds headers that arrive in pieces (h11's incomplete-event limit) but not ones that
-    arrive in one read; this bounds both."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
-                sum(len(name) + len(value) + 4 for name, value in scope["headers"])
-            if size > self.limit:
-                error = ApiError(431, f"the request's headers are larger than {self.limit} bytes",
-                                 code="headers_too_large")
-                await error_response(error)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside the service's loop; the service owns SIGTERM/SIGINT (shared/service.py)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def server_for(app: FastAPI, api: Api) -> _Server:
-    settings = api.settings
-    config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, http="h11", lifespan="off", log_config=None,
-        access_log=False, server_header=False, limit_concurrency=settings.api_max_connections,
-        h11_max_incomplete_event_size=settings.api_max_header_bytes, timeout_keep_alive=5,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
-    return _Server(config)
-
-
 async def main(service: Service) -> None:
     hub = EventHub(service.store)
     await hub.start()
-    api = Api(service, hub, await service.store.url_secret())
-    server = server_for(create_app(api), api)
+    api = Api(service, hub)
+    await api.url_secrets.get()  # the first replica makes the secret
+    server = server_for(create_app(api), api.settings)
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     try:
         while not server.started:

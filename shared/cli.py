@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from shared.schemas import Job, JobRecord
+
+if TYPE_CHECKING:
+    from shared.store import Store
 
 
 def print_json(data: object) -> None:
@@ -116,16 +121,19 @@ async def api_key(args: argparse.Namespace) -> int:
     settings = get_settings()
     store = await Store.connect(settings)
     try:
+        if args.action in ("rotate-url-secret", "revoke-urls"):
+            return await url_secret(args, store)
         if args.action == "create":
             key, stored = apikeys.new_key(args.tenant)
             await store.put_api_key(stored)
             limits = None
-            if args.rate is not None or args.burst is not None or args.max_active is not None:
+            given = {name: getattr(args, name) for name in ("rate", "burst", "max_active", "weight", "image_mb")
+                     if getattr(args, name) is not None}
+            if given:
                 current = await store.tenant_limits(args.tenant) or Limits(
-                    settings.api_rate_per_s, settings.api_burst, settings.api_max_active)
-                limits = Limits(args.rate if args.rate is not None else current.rate,
-                                args.burst if args.burst is not None else current.burst,
-                                args.max_active if args.max_active is not None else current.max_active)
+                    settings.api_rate_per_s, settings.api_burst, settings.api_max_active,
+                    image_mb=settings.api_image_mb)
+                limits = dataclasses.replace(current, **given)
                 await store.set_tenant_limits(args.tenant, limits)
             limits = limits or await store.tenant_limits(args.tenant)
             print_json({"key": key, "key_id": stored.key_id, "tenant": stored.tenant,
@@ -139,9 +147,27 @@ async def api_key(args: argparse.Namespace) -> int:
                 print_json({"key_id": args.key_id, "error": "no such key"})
                 return 1
             print_json({"key_id": args.key_id, "revoked": True,
-                        "note": f"api replicas trust a checked key up to {settings.api_key_cache_s:g} s"})
+                        "note": f"api replicas trust a checked key (and its image URLs) up to "
+                                f"{settings.api_key_cache_s:g} s"})
     finally:
         await store.close()
+    return 0
+
+
+async def url_secret(args: argparse.Namespace, store: Store) -> int:
+    """The secret that signs image URLs: rotated (the old one verifies for a grace, so URLs handed out
+    stay valid; by default the image TTL, as long as any of them lives), or deleted with the previous
+    one (every URL handed out stops working). Api replicas read it at most CACHE_S before."""
+    from shared.urlsigning import CACHE_S
+
+    note = f"api replicas take this up within {CACHE_S:g} s"
+    if args.action == "revoke-urls":
+        await store.delete_url_secrets()
+        print_json({"revoked": "every signed image URL handed out", "note": note})
+        return 0
+    grace = store.image_ttl if args.grace is None else args.grace
+    had_one = await store.rotate_url_secret(grace)
+    print_json({"rotated": True, "previous_valid_s": grace if had_one else 0, "note": note})
     return 0
 
 
@@ -204,16 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent"])
     p.set_defaults(handler=serve)
 
-    p = commands.add_parser("api-key", help="make, list or revoke the HTTP api's keys (one tenant each)")
+    p = commands.add_parser("api-key", help="make, list or revoke the HTTP api's keys (one tenant each) and "
+                            "image URLs")
     keys = p.add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="a new key for a tenant, printed once")
     create.add_argument("--tenant", required=True, type=tenant_name)
-    create.add_argument("--rate", type=positive(float), help="the tenant's requests per second (all its keys)")
-    create.add_argument("--burst", type=positive(int), help="requests at once above the rate")
-    create.add_argument("--max-active", type=positive(int), help="jobs in flight (not yet terminal)")
+    create.add_argument("--rate", type=positive(float),
+                        help="the tenant's units per second, all its keys (a unit is one 512x512 image)")
+    create.add_argument("--burst", type=positive(int), help="units at once above the rate")
+    create.add_argument("--max-active", type=positive(int), help="units in flight (jobs not yet terminal)")
+    create.add_argument("--weight", type=positive(float), help="its share of a saturated fleet (default 1)")
+    create.add_argument("--image-mb", type=positive(float), help="image bytes it may add to the store per image TTL")
     keys.add_parser("list", help="key ids and tenants (never the keys)")
     revoke = keys.add_parser("revoke", help="delete a key")
     revoke.add_argument("key_id")
+    rotate = keys.add_parser("rotate-url-secret", help="a new secret for image URLs; the old one verifies for --grace")
+    rotate.add_argument("--grace", type=positive(float), help="seconds the old secret still verifies (default: the "
+                        "image TTL, so no URL handed out breaks)")
+    keys.add_parser("revoke-urls", help="delete the URL secrets: every signed image URL handed out stops working")
     p.set_defaults(handler=api_key)
 
     p = commands.add_parser("schema", help="print the Job JSON Schema")

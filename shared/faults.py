@@ -2,7 +2,7 @@
 `make chaos` kills), a steady load to break them under, and the accounting of the outcome.
 
 The accounting reads two things: each job's record (lost: not terminal; failed, expired, done) and the
-event stream `<ns>:events`, which has one entry per state change (see shared/store.py). From the
+event stream `<ns>:events`, which has one entry per state change (see shared/store/scripts.py). From the
 stream, `double_work` finds jobs whose work was done twice: a second `generating` claim of the same
 tier while the first claim's owner was alive, or an image stored twice."""
 

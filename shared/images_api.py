@@ -20,13 +20,16 @@ other output formats) are refused with 400 naming the field, never silently drop
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import secrets
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.policies import tenancy
 from shared.schemas import MAX_SIDE, MAX_SLO_S, MIN_SIDE, Job, JobRecord, check_printable
 
 DEFAULT_MODEL = "hadis"
@@ -35,6 +38,7 @@ _SLO_MODEL_RE = re.compile(r"hadis-([0-9]{1,4})s")
 _SIZE_RE = re.compile(r"([0-9]{2,4})x([0-9]{2,4})")
 DEFAULT_SIZE = (512, 512)
 MAX_USER_CHARS = 256
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 class ApiError(Exception):
@@ -107,12 +111,12 @@ def parse_size(size: str | None) -> tuple[int, int]:
 
 
 def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: int,
-             job_ids: list[str]) -> list[Job]:
-    """The jobs an images request becomes: one per image, each with its own seed."""
+             new_id: Callable[[], str]) -> list[Job]:
+    """The jobs an images request becomes: one per image, each with its own seed and id. `n` is
+    checked before anything proportional to it is made (an `n` of 10⁹ costs nothing)."""
     if request.n > max_n:
         raise bad_request(f"n must be at most {max_n}", param="n")
-    if len(job_ids) != request.n:
-        raise ValueError("one job id per image")
+    job_ids = [new_id() for _ in range(request.n)]
     slo_s = slo_of_model(request.model, default_slo_s)
     width, height = parse_size(request.size)
     metadata: dict[str, str | int | float | bool | None] = {"api": "images"}
@@ -163,3 +167,47 @@ def models_list(created: int) -> dict:
     names = [DEFAULT_MODEL, "hadis-<N>s", *OPENAI_ALIASES]
     return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "hadis"}
                                        for name in names]}
+
+
+def record_view(record: JobRecord) -> dict[str, Any]:
+    """A record as the api shows it: the store's image key is internal."""
+    data = record.model_dump(mode="json", exclude={"image_key"})
+    data["latency_s"] = record.latency_s
+    return data
+
+
+def job_from_body(data: Any, tenant: str, job_id: str) -> Job:
+    """The job a `POST /v1/jobs` body asks for: the Job contract, less what the api sets itself
+    (the id, the tenant, the time it was submitted), with a deadline the fleet can serve."""
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object (the Job contract, docs/job.schema.json)")
+    if "job_id" in data:
+        raise bad_request("the api assigns job ids; send an Idempotency-Key header to make a retry safe",
+                          param="job_id")
+    if "tenant" in data:
+        raise bad_request("the tenant comes from the API key", param="tenant")
+    if "submitted_at" in data:
+        raise bad_request("the api stamps submitted_at when it accepts the job (it starts the objective); set "
+                          "slo_s or deadline instead", param="submitted_at")
+    try:
+        job = Job.model_validate({**data, "job_id": job_id, "tenant": tenant})
+    except ValidationError as error:
+        raise from_validation(error) from None
+    problem = tenancy.deadline_problem(job.deadline, time.time(), MAX_SLO_S)
+    if problem is not None:
+        raise bad_request(problem, param="deadline")
+    return job
+
+
+def idempotency_digest(key: str | None) -> str | None:
+    """The SHA-256 of a valid Idempotency-Key header (what the store keeps of it); None without one."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters",
+                          param="Idempotency-Key")
+    try:
+        check_printable(key, "Idempotency-Key")
+    except ValueError as error:
+        raise bad_request(str(error), param="Idempotency-Key") from None
+    return hashlib.sha256(key.encode()).hexdigest()

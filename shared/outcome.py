@@ -18,6 +18,7 @@ class Applied(IntEnum):
     stale = 2  # the record is already at a later step (or this step's result is stored)
     busy = 3  # a live worker holds this step's claim
     no_image = 4  # promote: there is no light image to serve
+    guarded = 5  # the record is not in one of the states the change may leave (Change.only_from)
 
 
 @dataclass(frozen=True)

@@ -198,14 +198,28 @@ class Settings(BaseSettings):
                                      description="Open connections at once; beyond it the api answers 503.")
     api_max_waiters: int = Field(default=1000, ge=1, le=100_000,
                                  description="Images requests and event streams waiting at once; beyond it 503.")
+    api_max_waiters_per_tenant: int = Field(default=100, ge=1, le=100_000,
+                                            description="A tenant's images requests and event streams at once, "
+                                                        "per api replica; beyond it 429.")
+    api_read_rate_per_s: float = Field(default=50.0, gt=0, le=100_000,
+                                       description="A tenant's reads (records, events, images) per second, per "
+                                                   "replica; beyond its burst (twice) 429.")
+    api_fair_fill: float = Field(default=1.0, ge=0, le=10,
+                                 description="The fleet's capacity for the fair share, as a multiple of the units "
+                                             "it serves within one objective at its fastest; 0: no fair share.")
+    api_image_mb: float = Field(default=1024.0, gt=0, le=2**20,
+                                description="A tenant's image bytes added to the store per image TTL, unless set.")
+    api_store_full: float = Field(default=0.9, gt=0, le=1,
+                                  description="The api refuses new jobs (503) while Redis uses this share of its "
+                                              "maxmemory: the jobs in flight keep room for their images.")
     api_max_n: int = Field(default=10, ge=1, le=100, description="Most images one images request may ask for.")
     api_wait_grace_s: float = Field(default=5.0, ge=0, le=600,
                                     description="An images request waits for its jobs until the deadline and this.")
     api_rate_per_s: float = Field(default=10.0, gt=0, le=100_000,
-                                  description="A tenant's request rate, unless its own limits are set.")
-    api_burst: int = Field(default=20, ge=1, le=1_000_000, description="A tenant's burst, unless set.")
+                                  description="A tenant's rate in units (512x512 images) per second, unless set.")
+    api_burst: int = Field(default=40, ge=1, le=1_000_000, description="A tenant's burst in units, unless set.")
     api_max_active: int = Field(default=100, ge=1, le=1_000_000,
-                                description="A tenant's jobs not yet terminal, unless set.")
+                                description="A tenant's units not yet terminal, unless set.")
     api_key_cache_s: float = Field(default=30.0, ge=0, le=3600,
                                    description="A checked key is trusted this long: a revoked key works at most so.")
 

@@ -46,7 +46,7 @@ def test_bad_sizes(size):
 
 def test_a_request_becomes_one_job_per_image_with_its_own_seed():
     request = ImagesRequest(prompt="a fox", n=3, size="256x128", user="u-1", model="hadis-9s")
-    jobs = jobs_for(request, "acme", 6.0, 10, ["a", "b", "c"])
+    jobs = jobs_for(request, "acme", 6.0, 10, iter(["a", "b", "c"]).__next__)
     assert [job.job_id for job in jobs] == ["a", "b", "c"]
     assert {(job.width, job.height, job.slo_s, job.tenant) for job in jobs} == {(256, 128, 9.0, "acme")}
     assert len({job.seed for job in jobs}) == 3
@@ -55,10 +55,10 @@ def test_a_request_becomes_one_job_per_image_with_its_own_seed():
 
 def test_n_and_the_job_bounds_apply():
     with pytest.raises(ApiError) as error:
-        jobs_for(ImagesRequest(prompt="a fox", n=11), "acme", 6.0, 10, ["x"] * 11)
+        jobs_for(ImagesRequest(prompt="a fox", n=11), "acme", 6.0, 10, iter(["x"] * 11).__next__)
     assert error.value.param == "n"
     with pytest.raises(ApiError) as error:
-        jobs_for(ImagesRequest(prompt="x" * 2001), "acme", 6.0, 10, ["x"])
+        jobs_for(ImagesRequest(prompt="x" * 2001), "acme", 6.0, 10, iter(["x"]).__next__)
     assert error.value.status == 400 and error.value.param == "prompt"
 
 

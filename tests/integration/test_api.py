@@ -83,8 +83,10 @@ async def test_openai_sdk_gets_a_png_and_its_errors(deployment):
         for image in two.data:
             response = await anonymous.get(image.url)
             assert response.status_code == 200 and png_size(response.content) == (64, 64)
-            tampered = await anonymous.get(image.url.replace("signature=", "signature=0"))
-            assert tampered.status_code == 401
+            signature = image.url.rsplit("signature=", 1)[1]
+            flipped = signature[:-1] + ("1" if signature.endswith("0") else "0")
+            tampered = await anonymous.get(image.url.replace(signature, flipped))
+            assert tampered.status_code == 401 and tampered.json()["error"]["code"] == "invalid_signature"
 
     wrong_key = key[:-1] + ("B" if key.endswith("A") else "A")  # one character off
     wrong = openai.AsyncOpenAI(base_url=f"{deployment.base}/v1", api_key=wrong_key, max_retries=0)

@@ -61,3 +61,41 @@ def test_limits_are_checked(rate, burst, active):
 def test_slots_and_retry_after():
     assert slot_expires_at(1000.0) == 1000.0 + SLOT_GRACE_S
     assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
+
+
+def test_an_image_costs_its_pixels_with_a_floor_of_one_unit():
+    from shared.policies.tenancy import job_units
+
+    assert job_units(512, 512) == 1 and job_units(64, 64) == 1
+    assert job_units(1024, 1024) == 4 and job_units(2048, 2048) == 16
+
+
+def test_the_image_budget_is_a_gcra_over_the_image_ttl():
+    from shared.policies.tenancy import store_decision
+
+    limits = Limits(rate=1, burst=1, max_active=1, image_mb=3.0)
+    first = store_decision(None, 0.0, limits, 2 * 2**20, 3600)
+    assert first.allowed
+    assert not store_decision(first.tat, 0.0, limits, 2 * 2**20, 3600).allowed  # 4 MB of a 3 MB budget
+    later = store_decision(first.tat, 2400.0, limits, 2 * 2**20, 3600)  # two thirds of a TTL: 2 MB back
+    assert later.allowed
+
+
+def test_a_tenant_holds_its_weighted_share_only_when_others_hold_work():
+    from shared.policies.tenancy import fair_admits
+
+    assert fair_admits(5, mine=95, total=95, capacity=10, weight=1, active_weights=1)  # alone
+    assert fair_admits(1, mine=0, total=100, capacity=10, weight=1, active_weights=3)  # holds nothing
+    assert fair_admits(1, mine=3, total=8, capacity=10, weight=1, active_weights=2)  # below capacity
+    assert not fair_admits(1, mine=5, total=10, capacity=10, weight=1, active_weights=2)  # its share is 5
+    assert fair_admits(1, mine=5, total=10, capacity=10, weight=3, active_weights=4)  # weight 3 of 4: 7.5
+
+
+@pytest.mark.parametrize("offset, problem", [(-3600, "past"), (0.1, "past"), (5, None), (3599, None),
+                                             (3700, "more than")])
+def test_deadlines_a_client_may_set(offset, problem):
+    from shared.policies.tenancy import deadline_problem
+
+    found = deadline_problem(1000.0 + offset, 1000.0, 3600.0)
+    assert (found is None) if problem is None else (problem in found)
+    assert deadline_problem(None, 1000.0, 3600.0) is None

@@ -1,0 +1,266 @@
+"""Who may do what at the HTTP api, and how much of it: the tenant behind a key, and every budget a
+tenant can hold, each checked before work proportional to the request is done.
+
+    rate         units (512x512 images) per second, GCRA in the store: every replica shares it
+    image bytes  estimated bytes added to the store per image TTL, GCRA in the store
+    in flight    units not yet terminal (max_active), and the weighted fair share of a saturated
+                 fleet, both in one store script (an all-or-none take for the request's jobs)
+    waiters      requests that hold a connection while they wait (images, event streams), per
+                 tenant and for the process, counted in the same step as the check (no overshoot)
+    reads        records, events and images read per second, per tenant, in this process
+
+The rules are in shared/policies/tenancy.py; their bounds in docs/security.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from fastapi import Request
+
+from shared import apikeys, metrics
+from shared.images_api import ApiError, bad_request
+from shared.policies import tenancy
+from shared.policies.admission import profiled_batch_s
+from shared.profiles import load_profile
+from shared.schemas import Job
+from shared.service import Service
+
+ANONYMOUS = "-"
+CAS_ATTEMPTS = 8  # tries of a GCRA compare-and-set when replicas contend
+STORE_MEMORY_CHECK_S = 1.0  # the store's memory is read at most this often
+V = TypeVar("V")
+
+
+class Recent(Generic[V]):
+    """Values read from the store, trusted for ttl_s, at most BOUND of them (then forgotten at
+    once: a flood of distinct keys cannot grow the process). What the store lacks is not kept."""
+
+    BOUND = 10_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[str, tuple[V, float]] = {}
+
+    async def get(self, key: str, read: Callable[[], Awaitable[V | None]]) -> V | None:
+        cached = self._values.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.ttl_s:
+            return cached[0]
+        value = await read()
+        if value is not None:
+            if len(self._values) >= self.BOUND:
+                self._values.clear()
+            self._values[key] = (value, time.monotonic())
+        return value
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    limits: tenancy.Limits
+    key_id: str = ""
+
+
+class Hold:
+    """A waiter held by a request until it ends; release is idempotent (a stream may end twice)."""
+
+    def __init__(self, admission: Admission, tenant: str) -> None:
+        self.admission, self.tenant, self.held = admission, tenant, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.admission._give_back(self.tenant)
+
+
+def refused(status: int, message: str, code: str, tenant: str, reason: str, retry_after: str = "1",
+            type: str = "rate_limit_error") -> ApiError:
+    metrics.observe_api_refused(tenant, reason)
+    return ApiError(status, message, type=type, code=code, headers={"Retry-After": retry_after})
+
+
+class Admission:
+    """The api's budgets (see the module's docstring)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.store = service.store
+        # Keys and tenants' limits are trusted for HADIS_API_KEY_CACHE_S: a revocation or a new
+        # limit takes effect within it (docs/security.md).
+        self.keys: Recent[apikeys.StoredKey] = Recent(self.settings.api_key_cache_s)
+        self._tenant_limits: Recent[tenancy.Limits] = Recent(self.settings.api_key_cache_s)
+        # One GCRA check per tenant at a time in this process: the compare-and-set then only
+        # contends with other replicas.
+        self._rate_locks: dict[str, asyncio.Lock] = {}
+        self.waiters = 0
+        self._waiting: dict[str, int] = {}
+        self._reads: dict[str, float] = {}  # tenant -> its read GCRA time, in this process
+        self._store_full_until = 0.0
+        self._store_checked_at = -STORE_MEMORY_CHECK_S
+
+    # Who is calling.
+    async def caller(self, request: Request) -> Caller:
+        token = apikeys.bearer_token(request.headers.get("authorization"))
+        parsed = apikeys.parse_key(token) if token else None
+        if parsed is None:
+            metrics.observe_api_refused(ANONYMOUS, "auth")
+            raise ApiError(401, "missing or malformed API key: send `Authorization: Bearer hds_...` "
+                           "(hadis api-key create --tenant NAME makes one)", code="invalid_api_key")
+        key_id, secret = parsed
+        stored = await self.stored_key(key_id)
+        if stored is None or not apikeys.verify(stored, secret):
+            metrics.observe_api_refused(ANONYMOUS, "auth")
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+        request.scope.setdefault("state", {})["tenant"] = stored.tenant
+        return Caller(stored.tenant, await self.limits(stored.tenant), key_id)
+
+    async def stored_key(self, key_id: str) -> apikeys.StoredKey | None:
+        return await self.keys.get(key_id, lambda: self.store.get_api_key(key_id))
+
+    async def limits(self, tenant: str) -> tenancy.Limits:
+        """The tenant's own limits (hadis api-key create --rate ...), else the settings' defaults."""
+        settings = self.settings
+        defaults = tenancy.Limits(settings.api_rate_per_s, settings.api_burst, settings.api_max_active,
+                                  image_mb=settings.api_image_mb)
+
+        async def read() -> tenancy.Limits:
+            return await self.store.tenant_limits(tenant) or defaults
+
+        return await self._tenant_limits.get(tenant, read) or defaults
+
+    # New work: the budgets a request's jobs are charged, in order of cost (cheapest refusal first).
+    async def admit(self, caller: Caller, jobs: list[Job]) -> None:
+        units = sum(tenancy.job_units(job.width, job.height) for job in jobs)
+        if units > caller.limits.burst:
+            raise bad_request(f"these images cost {units:g} units (one unit is a 512x512 image), more than this "
+                              f"tenant's burst ({caller.limits.burst})", param="n", code="request_too_large")
+        await self.check_store_room(caller.tenant)
+        lock = self._rate_locks.setdefault(caller.tenant, asyncio.Lock())
+        async with lock:
+            await self._take_gcra(caller, "rate", units)
+            store_bytes = sum(tenancy.image_bytes(job.width, job.height) for job in jobs)
+            await self._take_gcra(caller, "bytes", store_bytes)
+        await self.take_slots(caller, jobs)
+
+    async def _take_gcra(self, caller: Caller, bucket: str, cost: float) -> None:
+        image_ttl_s = float(self.store.image_ttl)
+        for _attempt in range(CAS_ATTEMPTS):
+            raw, tat = await self.store.rate_tat(caller.tenant, bucket)
+            now = time.time()
+            if bucket == "rate":
+                decision = tenancy.rate_decision(tat, now, caller.limits, cost)
+            else:
+                decision = tenancy.store_decision(tat, now, caller.limits, cost, image_ttl_s)
+            if not decision.allowed:
+                raise self._over(caller, bucket, decision.retry_after_s)
+            if await self.store.swap_rate_tat(caller.tenant, raw, decision.tat, decision.tat - now + 1.0, bucket):
+                return
+        raise refused(429, "too many concurrent requests for this tenant", "rate_limit_exceeded", caller.tenant,
+                      "rate")
+
+    @staticmethod
+    def _over(caller: Caller, bucket: str, retry_after_s: float) -> ApiError:
+        retry = tenancy.retry_after_header(retry_after_s)
+        limits = caller.limits
+        if bucket == "rate":
+            return refused(429, f"rate limit of {limits.rate:g} units/s (burst {limits.burst}) reached",
+                           "rate_limit_exceeded", caller.tenant, "rate", retry)
+        return refused(429, f"this tenant's image budget ({limits.image_mb:g} MB per image TTL) is spent",
+                       "image_budget_exceeded", caller.tenant, "bytes", retry)
+
+    async def take_slots(self, caller: Caller, jobs: list[Job]) -> None:
+        """Slots for every job or none: refused, the slots of jobs already ended are given back (read
+        from their records) and the request tried once more."""
+        slots = [(job.job_id, tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s)),
+                  tenancy.job_units(job.width, job.height)) for job in jobs]
+        why = ""
+        for attempt in range(2):
+            why = await self.store.take_slots(caller.tenant, slots, caller.limits.max_active, self.capacity_units(),
+                                              caller.limits.weight, time.time())
+            if not why:
+                return
+            if attempt == 0:
+                await self.release_ended(caller.tenant)
+        if why == "fair":
+            raise refused(429, "the fleet is saturated and this tenant holds its share of it; try again",
+                          "fair_share_exceeded", caller.tenant, "fair")
+        raise refused(429, f"this tenant has {caller.limits.max_active} units in flight, its quota",
+                      "quota_exceeded", caller.tenant, "quota")
+
+    def capacity_units(self) -> float:
+        """What the fleet serves within one objective at its fastest (every GPU of the plan on its
+        light model at its batch), times HADIS_API_FAIR_FILL: above it, the fair share applies."""
+        settings = self.settings
+        if settings.api_fair_fill <= 0:
+            return 0.0
+        plan = self.service.plans.current
+        model = load_profile(settings.profile).model(plan.light_model)
+        batch_s = profiled_batch_s(model, plan.light_batch, settings.latency_scale)
+        if batch_s <= 0:  # a profile without latencies (or zero-latency emulation): no capacity to share
+            return 0.0
+        gpus = max(plan.light_gpus + plan.heavy_gpus, len(plan.assignment), 1)
+        return tenancy.capacity_units(gpus, plan.light_batch, batch_s, settings.slo_s, settings.api_fair_fill)
+
+    async def release_ended(self, tenant: str) -> None:
+        job_ids = await self.store.slots(tenant)
+        states = await self.store.states(job_ids)
+        await self.store.release_slots(tenant, [job_id for job_id, state in zip(job_ids, states, strict=True)
+                                                if state is not None and state.terminal])
+
+    async def check_store_room(self, tenant: str) -> None:
+        """New work is refused while the store is nearly full: the jobs in flight keep the rest for
+        their images, and every tenant's writes keep working (Redis runs `noeviction`)."""
+        now = time.monotonic()
+        if now - self._store_checked_at >= STORE_MEMORY_CHECK_S:
+            self._store_checked_at = now
+            used, limit = await self.store.memory()
+            self._store_full_until = now + STORE_MEMORY_CHECK_S if limit and used >= \
+                self.settings.api_store_full * limit else 0.0
+        if now < self._store_full_until:
+            raise refused(503, "the store is nearly full; new jobs wait until images expire", "store_full", tenant,
+                          "store_full", "5", type="service_unavailable")
+
+    # What a tenant holds while it waits, and what it reads.
+    def hold(self, tenant: str) -> Hold:
+        """One waiter of the process and one of the tenant's, checked and counted in one step (no
+        await between: concurrent requests cannot overshoot); given back by Hold.release."""
+        if self.waiters >= self.settings.api_max_waiters:
+            raise refused(503, f"{self.waiters} requests are waiting already; try again", "too_many_waiters", tenant,
+                          "busy", type="service_unavailable")
+        held = self._waiting.get(tenant, 0)
+        if held >= self.settings.api_max_waiters_per_tenant:
+            raise refused(429, f"this tenant has {held} requests waiting (images or event streams) on this replica, "
+                          "its bound", "too_many_waiters", tenant, "waiters")
+        self.waiters += 1
+        self._waiting[tenant] = held + 1
+        return Hold(self, tenant)
+
+    def _give_back(self, tenant: str) -> None:
+        self.waiters -= 1
+        self._waiting[tenant] -= 1
+        if not self._waiting[tenant]:
+            del self._waiting[tenant]
+
+    @contextlib.contextmanager
+    def waiting(self, tenant: str) -> Iterator[None]:
+        hold = self.hold(tenant)
+        try:
+            yield
+        finally:
+            hold.release()
+
+    def admit_read(self, tenant: str) -> None:
+        """A read (record, events, image) within the tenant's read rate on this replica."""
+        rate = self.settings.api_read_rate_per_s
+        decision = tenancy.gcra(self._reads.get(tenant), time.monotonic(), rate, 2 * rate, 1)
+        if not decision.allowed:
+            raise refused(429, f"read rate of {rate:g}/s reached", "read_rate_exceeded", tenant, "reads",
+                          tenancy.retry_after_header(decision.retry_after_s))
+        if len(self._reads) >= Recent.BOUND:
+            self._reads.clear()
+        self._reads[tenant] = decision.tat

@@ -1,0 +1,51 @@
+"""Redis: job records, images, the plan and completion events; the only module that imports redis.
+
+Keys of a namespace `ns` (every key has a TTL):
+
+    ns:job:<id>           hash   the record's scalar fields
+    ns:job:<id>:history   list   one Transition JSON per state change
+    ns:image:<id>         string the final PNG
+    ns:image:<id>:light   string the light model's PNG, kept for the judge
+    ns:done:<id>          pub/sub channel: the terminal state, published once
+    ns:events             stream every transition (job_id, state, at, tier, model), capped
+    ns:arrivals           counter jobs recorded `queued` (the controller's demand), set by the transition script
+                          (expires like a record: a counter that went back only resets the controller's baseline)
+    ns:plan               string the current Plan JSON;  ns:plan:version  its counter
+    ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
+    ns:agent-left:<host>  string the GPUs of an agent that shut down cleanly (JSON), for AGENT_LEFT_TTL_S
+    ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed
+    ns:lease:<name>       string the holder of a lease (the planning controller)
+    ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
+
+The HTTP api's keys (docs/security.md):
+
+    ns:api:key:<id>           hash   an API key's tenant, salt and salted hash; no TTL (revoked by deleting)
+    ns:api:tenant:<tenant>    hash   the tenant's limits (rate, burst, max_active); no TTL
+    ns:api:rate:<tenant>      string the tenant's GCRA time (shared/policies/tenancy.py), expires when idle
+    ns:api:bytes:<tenant>     string the GCRA time of its image-bytes budget, expires when idle
+    ns:api:slots:<tenant>     zset   the tenant's jobs not yet terminal, scored by when the slot lapses
+    ns:api:units:<tenant>     hash   those jobs' units (pixels over 512x512), expires with the slots
+    ns:api:inflight           hash   every tenant's units in flight (the fair share's total)
+    ns:api:lapse              zset   when each tenant's last slot lapses (a tenant gone quiet leaves the total)
+    ns:api:idem:<tenant>:<h>  string the job an Idempotency-Key (SHA-256 h) was given, for job_ttl_s
+    ns:api:url-secret         string the secret that signs image URLs, made by an api that finds none; no TTL
+    ns:api:url-secret:prev    string the secret before the last rotation, for its grace (shared/urlsigning.py)
+
+Job keys, and the api's rate and idempotency keys, have TTLs; keys, tenants and the URL secret are
+configuration and last until deleted. State changes run as Lua scripts, so each is atomic. Terminal states are final:
+a second `done` for a redelivered job is a no-op, which is what makes completion
+idempotent (exactly one visible result per job).
+"""
+
+from __future__ import annotations
+
+from shared.store.cluster import AGENT_LEFT_TTL_S, Cluster
+from shared.store.records import Change, JobRecords, hand_back, owner_id, serve_light
+from shared.store.scripts import EVENTS_MAX_LENGTH
+from shared.store.tenants import Tenants
+
+__all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Store", "hand_back", "owner_id", "serve_light"]
+
+
+class Store(JobRecords, Cluster, Tenants):
+    """Every part of the store on one connection: what the services hold as `service.store`."""

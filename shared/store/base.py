@@ -1,0 +1,126 @@
+"""The store's connection to Redis: retries through outages, Sentinel failover, the key names of
+a namespace. The parts of the store (records, cluster, tenants) build on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Self
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import StoreRejected, Unavailable
+from shared.settings import Settings
+from shared.store import scripts
+
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0  # backoff of a Redis call during an outage
+
+
+def _sentinel_client(settings: Settings, options: dict[str, Any]) -> aioredis.Redis:
+    """A client of whichever server the Sentinels name primary: on a lost connection or a READONLY
+    answer (a demoted primary) it asks them again, and _call's retry carries the command over."""
+    url = urlparse(settings.redis_url.get_secret_value())
+    database = int(url.path.lstrip("/") or 0)
+    addresses = [(host, int(port)) for host, port in
+                 (entry.rsplit(":", 1) for entry in settings.redis_sentinels.split(","))]
+    sentinel = Sentinel(addresses, socket_timeout=2, socket_connect_timeout=2)
+    return sentinel.master_for(settings.redis_sentinel_master, password=url.password, db=database, **options)
+
+
+class RedisStore:
+    """The connection, its retries and the namespace's key names, under every part of the store."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.ns = settings.namespace
+        self.ttl = settings.job_ttl_s
+        self.image_ttl = min(settings.image_ttl_s, settings.job_ttl_s)
+        self.retry_s = settings.store_retry_s
+        self._redis = client
+        self._transition = client.register_script(scripts._TRANSITION)
+        self._lease = client.register_script(scripts._LEASE)
+        self._swap = client.register_script(scripts._SWAP)
+        self._take_slots = client.register_script(scripts._TAKE_SLOTS)
+        self._release_slots = client.register_script(scripts._RELEASE_SLOTS)
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> Self:
+        """Connect, waiting up to retry_s (default: the settings' store_retry_s) for Redis to answer."""
+        options: dict[str, Any] = dict(socket_connect_timeout=5, socket_timeout=10, health_check_interval=15,
+                                       retry_on_timeout=True)
+        if settings.redis_sentinels:
+            client = _sentinel_client(settings, options)
+        else:
+            client = aioredis.from_url(settings.redis_url.get_secret_value(), **options)
+        store = cls(settings, client)
+        await store._call(client.ping, retry_s=retry_s)
+        return store
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _call(self, function, *args, retry_s: float | None = None, **kwargs):
+        """Run a Redis command, retrying a lost connection (or a Redis out of memory) with backoff
+        for retry_s (the settings' store_retry_s), then raise Unavailable. A command Redis refuses
+        for another reason (a key of the wrong type) raises StoreRejected at once."""
+        give_up_at = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return await function(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                problem: Exception = error
+            except NoScriptError:
+                raise  # redis-py's Script loads the script and retries; a pipeline handles it itself
+            except ResponseError as error:
+                if not str(error).startswith(("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY")):
+                    raise StoreRejected(f"Redis refused the command: {error}") from error
+                problem = error
+            if time.monotonic() + delay > give_up_at:
+                raise Unavailable(f"Redis unreachable: {problem}") from problem
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    # Keys.
+    def job_key(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def image_key(self, job_id: str, variant: str = "") -> str:
+        return f"{self.ns}:image:{job_id}" + (f":{variant}" if variant else "")
+
+    def done_channel(self, job_id: str) -> str:
+        return f"{self.ns}:done:{job_id}"
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.ns}:events"
+
+    @property
+    def arrivals_key(self) -> str:
+        return f"{self.ns}:arrivals"
+
+    @property
+    def plan_key(self) -> str:
+        return f"{self.ns}:plan"
+
+    @property
+    def owner_prefix(self) -> str:
+        return f"{self.ns}:owner:"
+
+    def _api(self, *parts: str) -> str:
+        return ":".join((self.ns, "api", *parts))
+
+    # Housekeeping (tests, experiments).
+    async def delete_namespace(self) -> int:
+        deleted = 0
+        async for key in self._redis.scan_iter(match=f"{self.ns}:*", count=1000):
+            deleted += await self._redis.delete(key)
+        return deleted
+
+    async def ping(self) -> bool:
+        return bool(await self._call(self._redis.ping))

@@ -1,0 +1,256 @@
+"""The HTTP door tried as a hostile tenant would (issue 29): what one request, or one tenant, may
+cost the api and the other tenants. One api in this process, no generating services unless a test
+starts them (jobs stay queued: they hold their slots and their waiters as long as a test needs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+
+from services import api as api_module
+from shared import apikeys
+from shared.bus import Bus
+from shared.errors import Unavailable
+from shared.outcome import Applied
+from shared.policies.tenancy import Limits
+from shared.schemas import Job, JobState
+from shared.store import Change, Store
+from tests.helpers import make_settings
+from tests.stack import running_api, running_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+SETTINGS = make_settings(slo_s=60.0, api_max_waiters=8, api_max_waiters_per_tenant=5, api_read_rate_per_s=5.0)
+SMALL = {"prompt": "a red bicycle", "width": 64, "height": 64}
+
+
+class Door:
+    def __init__(self, base: str, store: Store, bus: Bus) -> None:
+        self.base, self.store, self.bus = base, store, bus
+        self.tenants = 0
+
+    async def tenant(self, **limits) -> tuple[str, httpx.AsyncClient]:
+        self.tenants += 1
+        name = f"tenant-{self.tenants}"
+        key, stored = apikeys.new_key(name)
+        await self.store.put_api_key(stored)
+        values = {"rate": 10_000, "burst": 10_000, "max_active": 100_000, **limits}
+        await self.store.set_tenant_limits(name, Limits(**values))
+        return name, httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def door():
+    async with running_api(SETTINGS) as base:
+        store, bus = await Store.connect(SETTINGS), await Bus.connect(SETTINGS)
+        yield Door(base, store, bus)
+        await bus.delete_namespace()
+        await store.delete_namespace()
+        await bus.close()
+        await store.close()
+
+
+def code_of(response: httpx.Response) -> str | None:
+    return response.json()["error"]["code"] if response.status_code >= 400 else None
+
+
+async def test_a_huge_n_is_refused_before_any_id_is_made(door, monkeypatch):
+    made = []
+
+    def counting_id() -> str:
+        made.append(1)
+        return f"id-{len(made)}"
+
+    monkeypatch.setattr(api_module, "new_job_id", counting_id)
+    _, http = await door.tenant()
+    response = await http.post("/v1/images/generations", json={"prompt": "x", "n": 2_000_000})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n", response.text
+    assert made == []  # nothing proportional to n was built
+
+
+async def test_a_past_deadline_cannot_expire_the_quota(door):
+    tenant, http = await door.tenant(max_active=3)
+    held = [await http.post("/v1/jobs", json=SMALL) for _ in range(2)]
+    assert [r.status_code for r in held] == [202, 202]
+    past = await http.post("/v1/jobs", json={**SMALL, "deadline": 946_684_800.0})  # 2000-01-01
+    assert past.status_code == 400 and past.json()["error"]["param"] == "deadline", past.text
+    far = await http.post("/v1/jobs", json={**SMALL, "deadline": time.time() + 30 * 86_400})
+    assert far.status_code == 400 and far.json()["error"]["param"] == "deadline", far.text
+    more = [await http.post("/v1/jobs", json=SMALL) for _ in range(3)]
+    assert [r.status_code for r in more] == [202, 429, 429]
+    assert len(await door.store.slots(tenant)) == 3
+
+
+async def test_a_slot_that_lapses_first_does_not_shorten_the_others(door):
+    now = time.time()
+    assert await door.store.take_slots("lapsing", [("a", now + 600, 1), ("b", now + 600, 1)], 10, 0, 1, now) == ""
+    # A slot whose lapse is already near (a job with a close deadline) is taken after them.
+    assert await door.store.take_slots("lapsing", [("c", now + 0.2, 1)], 10, 0, 1, now) == ""
+    await asyncio.sleep(1.5)
+    assert {"a", "b"} <= set(await door.store.slots("lapsing"))  # the key lives on (c is pruned lazily)
+
+
+async def test_the_api_stamps_submitted_at(door):
+    _, http = await door.tenant()
+    response = await http.post("/v1/jobs", json={**SMALL, "submitted_at": time.time() - 3600})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "submitted_at"
+
+
+async def test_a_job_expired_on_arrival_is_no_demand():
+    settings = make_settings()
+    async with running_stack(settings, services=("router",)) as stack:
+        before = await stack.store.arrivals()
+        stale = Job(prompt="late", width=64, height=64, submitted_at=time.time() - 120, slo_s=5)
+        fresh = Job(prompt="now", width=64, height=64)
+        await stack.submit_many([stale, fresh])
+        records = await stack.wait_all([stale.job_id], timeout_s=30)
+        assert records[0].state is JobState.expired
+        give_up_at = time.monotonic() + 30
+        while (await stack.store.get(fresh.job_id)) is None:
+            assert time.monotonic() < give_up_at
+            await asyncio.sleep(0.05)
+        assert await stack.store.arrivals() == before + 1  # the fresh one only
+
+
+async def test_a_cancel_that_loses_the_race_to_a_worker_changes_nothing(door, monkeypatch):
+    tenant, http = await door.tenant()
+    job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
+    worker_store = await Store.connect(SETTINGS)
+    real_get = Store.get
+
+    async def get_then_worker_claims(self: Store, wanted: str):
+        record = await real_get(self, wanted)
+        if wanted == job_id and record is not None and record.state is JobState.queued:
+            # A worker claims the job between the api's read and its write.
+            await worker_store.apply(Change(job_id, JobState.routed, {"tier": "light"}))
+            await worker_store.apply(Change(job_id, JobState.generating, {"model": "m"}, owner="w1"))
+        return record
+
+    monkeypatch.setattr(Store, "get", get_then_worker_claims)
+    try:
+        response = await http.delete(f"/v1/jobs/{job_id}")
+    finally:
+        monkeypatch.undo()
+        await worker_store.close()
+    assert response.status_code == 409 and code_of(response) == "not_cancellable", response.text
+    record = await door.store.get(job_id)
+    assert record is not None and record.state is JobState.generating
+    assert job_id in await door.store.slots(tenant)  # the GPU is busy with it: its slot is held
+
+
+async def test_a_partial_publish_leaves_nothing_running_and_nothing_charged(door, monkeypatch):
+    tenant, http = await door.tenant()
+    published: list[str] = []
+    started: list[str] = []
+    real_publish = Bus.publish
+
+    async def second_publish_fails(self: Bus, queue: str, payload, *, message_id=None):
+        started.append(message_id)
+        if queue.endswith(".requests") and len(started) > 1:
+            raise Unavailable("the broker went away after the first image")
+        await real_publish(self, queue, payload, message_id=message_id)
+        published.append(message_id)
+
+    monkeypatch.setattr(Bus, "publish", second_publish_fails)
+    try:
+        response = await http.post("/v1/images/generations", json={"prompt": "a red bicycle", "n": 3, "size": "64x64"})
+    finally:
+        monkeypatch.undo()
+    assert response.status_code == 503, response.text
+    assert len(published) == 1
+    record = await door.store.get(published[0])
+    assert record is not None and record.state is JobState.failed  # the router will not generate it
+    assert await door.store.slots(tenant) == []
+
+
+async def test_a_client_that_leaves_gives_its_waiter_back(door):
+    _, http = await door.tenant()
+    async with httpx.AsyncClient(base_url=door.base) as anonymous:
+        async def waiters() -> int:
+            return (await anonymous.get("/healthz")).json()["waiters"]
+
+        others = await waiters()  # streams of earlier tests' clients may still be open
+        host, port = door.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = orjson.dumps({"prompt": "a lamp", "size": "64x64"})
+        writer.write(b"POST /v1/images/generations HTTP/1.1\r\nHost: api\r\nAuthorization: " +
+                     http.headers["authorization"].encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        give_up_at = time.monotonic() + 10
+        while await waiters() == others:
+            assert time.monotonic() < give_up_at
+            await asyncio.sleep(0.05)
+        writer.close()  # the client leaves; its job waits in the queue for a minute
+        give_up_at = time.monotonic() + 10
+        while await waiters() > others:
+            assert time.monotonic() < give_up_at, "the waiter is held after its client left"
+            await asyncio.sleep(0.1)
+
+
+async def test_one_tenant_cannot_hold_every_waiter(door):
+    _, greedy = await door.tenant()
+    _, honest = await door.tenant()
+    job_id = (await greedy.post("/v1/jobs", json=SMALL)).json()["id"]
+    own_id = (await honest.post("/v1/jobs", json=SMALL)).json()["id"]
+    async with contextlib.AsyncExitStack() as streams:
+        statuses, readers = [], []  # a reader dropped would close its stream
+        for _ in range(SETTINGS.api_max_waiters):
+            response = await streams.enter_async_context(greedy.stream("GET", f"/v1/jobs/{job_id}/events"))
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                readers.append(response.aiter_lines())
+                await anext(readers[-1])  # the stream is open: its first event came
+        assert statuses.count(200) == SETTINGS.api_max_waiters_per_tenant
+        assert set(statuses[SETTINGS.api_max_waiters_per_tenant:]) == {429}
+        async with honest.stream("GET", f"/v1/jobs/{own_id}/events") as response:
+            assert response.status_code == 200
+    await greedy.aclose()
+    await honest.aclose()
+
+
+async def test_reads_have_a_rate(door):
+    _, http = await door.tenant()
+    job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
+    codes = [code_of(await http.get(f"/v1/jobs/{job_id}")) for _ in range(3 * int(SETTINGS.api_read_rate_per_s))]
+    assert "read_rate_exceeded" in codes and codes[0] is None
+
+
+async def test_large_images_cost_their_pixels(door):
+    _, http = await door.tenant(burst=20, image_mb=4.0)
+    big = await http.post("/v1/images/generations", json={"prompt": "x", "n": 2, "size": "2048x2048"})
+    assert big.status_code == 400 and code_of(big) == "request_too_large", big.text  # 32 units
+    assert (await http.post("/v1/jobs", json={**SMALL, "width": 1024, "height": 1024})).status_code == 202
+    # 4 MB of images per image TTL: one 1024x1024 (3 MB raw) fits, a second does not.
+    spent = await http.post("/v1/jobs", json={**SMALL, "width": 1024, "height": 1024})
+    assert spent.status_code == 429 and code_of(spent) == "image_budget_exceeded", spent.text
+    assert (await http.post("/v1/jobs", json=SMALL)).status_code == 202  # a small one still fits
+
+
+async def test_a_flooding_tenant_keeps_only_its_share_of_a_saturated_fleet():
+    store, now = await Store.connect(make_settings()), time.time()  # a namespace of its own: no other tenant
+    flood = [(f"a{i}", now + 600, 1.0) for i in range(10)]
+    assert await store.take_slots("fair-a", flood, 1000, 10, 1, now) == ""  # alone: its quota only
+    assert await store.take_slots("fair-a", [("a10", now + 600, 1.0)], 1000, 10, 1, now) == ""
+    assert await store.take_slots("fair-b", [("b0", now + 600, 2.0)], 1000, 10, 1, now) == ""  # within its 5
+    assert await store.take_slots("fair-a", [("a11", now + 600, 1.0)], 1000, 10, 1, now) == "fair"
+    # Released below its share, the flooding tenant gets in again.
+    await store.release_slots("fair-a", [f"a{i}" for i in range(8)])
+    assert await store.take_slots("fair-a", [("a12", now + 600, 1.0)], 1000, 10, 1, now) == ""
+    await store.delete_namespace()
+    await store.close()
+
+
+async def test_a_cancel_guard_is_decided_in_the_store(door):
+    job_id = "guarded-1"
+    assert await door.store.create(job_id, JobState.queued, prompt="x")
+    await door.store.apply(Change(job_id, JobState.routed, {"tier": "light"}))
+    await door.store.apply(Change(job_id, JobState.generating, {"model": "m"}, owner="w"))
+    outcome = await door.store.apply(Change(job_id, JobState.failed, only_from=(JobState.queued, JobState.routed)))
+    assert outcome.result is Applied.guarded and outcome.before is JobState.generating
