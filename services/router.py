@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
-from prometheus_client import Counter
 
 from shared import metrics
 from shared.bus import Delivery
@@ -40,10 +39,6 @@ from shared.store import Change
 log = get_logger(__name__)
 INGRESS_PREFETCH = 64
 SCORE_BATCH = 32
-DISTRUSTED = Counter("hadis_ingress_distrusted", "Ingress claims the router did not believe: tenant (the body named "
-                     "a tenant its sender may not act for: replaced), job_id_taken (the body names a recorded job "
-                     "it is not: dropped)", ["reason"], registry=metrics.REGISTRY)
-
 
 class PromptRouter(Protocol):
     inline: bool  # cheap enough to score on the event loop
@@ -216,7 +211,7 @@ class Router:
             log.info("duplicate_job_ignored")
             return None
         if not same_job(existing, job, self.service.settings.slo_s):
-            DISTRUSTED.labels("job_id_taken").inc()
+            metrics.observe_distrusted("job_id_taken")
             log.warning("job_id_taken", state=existing.state.value, tenant=job.tenant, recorded_tenant=existing.tenant)
             return None
         return existing
@@ -232,7 +227,7 @@ def as_sent_by(job: Job, delivery: Delivery) -> Job:
     if tenant == job.tenant:
         return job
     if job.tenant is not None:
-        DISTRUSTED.labels("tenant").inc()
+        metrics.observe_distrusted("tenant")
         log.warning("tenant_replaced", job_id=job.job_id, claimed=job.tenant, tenant=tenant, user_id=delivery.user_id)
     return job.model_copy(update={"tenant": tenant})
 

@@ -98,6 +98,10 @@ API_SECONDS = Histogram("hadis_api_request_seconds", "Seconds to answer an HTTP 
 API_JOBS = Counter("hadis_api_jobs_accepted", "Jobs the api published", ["tenant"], registry=REGISTRY)
 API_REFUSED = Counter("hadis_api_refused", "Requests the api refused, by reason", ["tenant", "reason"],
                       registry=REGISTRY)
+INGRESS_DISTRUSTED = Counter(
+    "hadis_ingress_distrusted", "Ingress claims the router did not believe: tenant (the body named a tenant its "
+    "sender may not act for: replaced), job_id_taken (the body names a recorded job it is not: dropped)",
+    ["reason"], registry=REGISTRY)
 PLAN_VERSION = Gauge("hadis_plan_version", "Version of the plan this process applies", registry=REGISTRY)
 PLAN_SHARE = Gauge("hadis_plan_share", "The plan's fractions: r (routed), d (escalated), heavy (h = r + (1-r)d)",
                    ["kind"], registry=REGISTRY)
@@ -195,6 +199,10 @@ def observe_plan_switch(realised_s: float, dark_gpu_s: float) -> None:
 
 def observe_routed(tier: str) -> None:
     ROUTED.labels(tier).inc()
+
+
+def observe_distrusted(reason: str) -> None:
+    INGRESS_DISTRUSTED.labels(reason).inc()
 
 
 def observe_heavy_full() -> None:

@@ -144,7 +144,8 @@ class Job(Strict):
     tenant: str | None = Field(
         default=None, pattern=TENANT_PATTERN,
         description="Who the job is for. The HTTP api sets it from the caller's key (a tenant sees only its own "
-                    "jobs there); an AMQP producer is trusted to set it (docs/security.md).")
+                    "jobs there); over AMQP the router sets it from the producer's broker user unless that is the "
+                    "services' own (docs/security.md).")
     metadata: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Stored with the record, never interpreted.",
         json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
