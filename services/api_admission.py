@@ -27,11 +27,12 @@ from shared.images_api import ApiError, bad_request
 from shared.policies import tenancy
 from shared.policies.admission import profiled_batch_s
 from shared.profiles import load_profile
-from shared.schemas import Job
+from shared.schemas import Job, Plan
 from shared.service import Service
 
 ANONYMOUS = "-"
 CAS_ATTEMPTS = 8  # tries of a GCRA compare-and-set when replicas contend
+GCRA_BUCKETS = ("rate", "bytes")
 STORE_MEMORY_CHECK_S = 1.0  # the store's memory is read at most this often
 V = TypeVar("V")
 
@@ -101,6 +102,7 @@ class Admission:
         self._waiting: dict[str, int] = {}
         self._reads: dict[str, float] = {}  # tenant -> its read GCRA time, in this process
         self._store_full_until = 0.0
+        self._capacity: tuple[int, float] = (-1, 0.0)  # (plan version, its capacity in units)
         self._store_checked_at = -STORE_MEMORY_CHECK_S
 
     # Who is calling.
@@ -133,35 +135,47 @@ class Admission:
 
         return await self._tenant_limits.get(tenant, read) or defaults
 
-    # New work: the budgets a request's jobs are charged, in order of cost (cheapest refusal first).
+    # New work: the budgets a request's jobs are charged, checked before anything proportional to them.
     async def admit(self, caller: Caller, jobs: list[Job]) -> None:
+        """The request's units within the burst, the store not full, then in one store script: the
+        rate and the image budget (GCRA times computed here, compare-and-set there), the quota and
+        the fair share, all or nothing. Refused for quota or share, the slots of jobs already ended
+        are given back (read from their records) and the request tried once more."""
         units = sum(tenancy.job_units(job.width, job.height) for job in jobs)
         if units > caller.limits.burst:
             raise bad_request(f"these images cost {units:g} units (one unit is a 512x512 image), more than this "
                               f"tenant's burst ({caller.limits.burst})", param="n", code="request_too_large")
         await self.check_store_room(caller.tenant)
-        lock = self._rate_locks.setdefault(caller.tenant, asyncio.Lock())
-        async with lock:
-            await self._take_gcra(caller, "rate", units)
-            store_bytes = sum(tenancy.image_bytes(job.width, job.height) for job in jobs)
-            await self._take_gcra(caller, "bytes", store_bytes)
-        await self.take_slots(caller, jobs)
+        slots = [(job.job_id, tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s)),
+                  tenancy.job_units(job.width, job.height)) for job in jobs]
+        store_bytes = sum(tenancy.image_bytes(job.width, job.height) for job in jobs)
+        why, released = "", False
+        async with self._rate_locks.setdefault(caller.tenant, asyncio.Lock()):
+            for _attempt in range(CAS_ATTEMPTS):
+                gcras = await self._charges(caller, units, store_bytes)
+                why = await self.store.take_slots(caller.tenant, slots, caller.limits.max_active,
+                                                  self.capacity_units(), caller.limits.weight, time.time(), gcras)
+                if not why:
+                    return
+                if why != "cas" and released:
+                    break
+                if why != "cas":
+                    await self.release_ended(caller.tenant)
+                    released = True
+        raise self._refusal(caller, why)
 
-    async def _take_gcra(self, caller: Caller, bucket: str, cost: float) -> None:
-        image_ttl_s = float(self.store.image_ttl)
-        for _attempt in range(CAS_ATTEMPTS):
-            raw, tat = await self.store.rate_tat(caller.tenant, bucket)
-            now = time.time()
-            if bucket == "rate":
-                decision = tenancy.rate_decision(tat, now, caller.limits, cost)
-            else:
-                decision = tenancy.store_decision(tat, now, caller.limits, cost, image_ttl_s)
-            if not decision.allowed:
-                raise self._over(caller, bucket, decision.retry_after_s)
-            if await self.store.swap_rate_tat(caller.tenant, raw, decision.tat, decision.tat - now + 1.0, bucket):
-                return
-        raise refused(429, "too many concurrent requests for this tenant", "rate_limit_exceeded", caller.tenant,
-                      "rate")
+    async def _charges(self, caller: Caller, units: float, store_bytes: float) -> list[tuple[str, str, float, float]]:
+        """The tenant's new GCRA times for this request, or its refusal (429 with when to retry)."""
+        (rate_raw, rate_tat), (bytes_raw, bytes_tat) = await self.store.gcra_times(caller.tenant, GCRA_BUCKETS)
+        now = time.time()
+        rate = tenancy.rate_decision(rate_tat, now, caller.limits, units)
+        if not rate.allowed:
+            raise self._over(caller, "rate", rate.retry_after_s)
+        stored = tenancy.store_decision(bytes_tat, now, caller.limits, store_bytes, float(self.store.image_ttl))
+        if not stored.allowed:
+            raise self._over(caller, "bytes", stored.retry_after_s)
+        return [("rate", rate_raw, rate.tat, rate.tat - now + 1.0),
+                ("bytes", bytes_raw, stored.tat, stored.tat - now + 1.0)]
 
     @staticmethod
     def _over(caller: Caller, bucket: str, retry_after_s: float) -> ApiError:
@@ -173,32 +187,30 @@ class Admission:
         return refused(429, f"this tenant's image budget ({limits.image_mb:g} MB per image TTL) is spent",
                        "image_budget_exceeded", caller.tenant, "bytes", retry)
 
-    async def take_slots(self, caller: Caller, jobs: list[Job]) -> None:
-        """Slots for every job or none: refused, the slots of jobs already ended are given back (read
-        from their records) and the request tried once more."""
-        slots = [(job.job_id, tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s)),
-                  tenancy.job_units(job.width, job.height)) for job in jobs]
-        why = ""
-        for attempt in range(2):
-            why = await self.store.take_slots(caller.tenant, slots, caller.limits.max_active, self.capacity_units(),
-                                              caller.limits.weight, time.time())
-            if not why:
-                return
-            if attempt == 0:
-                await self.release_ended(caller.tenant)
+    @staticmethod
+    def _refusal(caller: Caller, why: str) -> ApiError:
         if why == "fair":
-            raise refused(429, "the fleet is saturated and this tenant holds its share of it; try again",
-                          "fair_share_exceeded", caller.tenant, "fair")
-        raise refused(429, f"this tenant has {caller.limits.max_active} units in flight, its quota",
-                      "quota_exceeded", caller.tenant, "quota")
+            return refused(429, "the fleet is saturated and this tenant holds its share of it; try again",
+                           "fair_share_exceeded", caller.tenant, "fair")
+        if why == "quota":
+            return refused(429, f"this tenant has {caller.limits.max_active} units in flight, its quota",
+                           "quota_exceeded", caller.tenant, "quota")
+        return refused(429, "too many concurrent requests for this tenant", "rate_limit_exceeded", caller.tenant,
+                       "rate")
 
     def capacity_units(self) -> float:
         """What the fleet serves within one objective at its fastest (every GPU of the plan on its
-        light model at its batch), times HADIS_API_FAIR_FILL: above it, the fair share applies."""
+        light model at its batch), times HADIS_API_FAIR_FILL: above it, the fair share applies.
+        Computed once a plan version."""
+        plan = self.service.plans.current
+        if self._capacity[0] != plan.version:
+            self._capacity = (plan.version, self._capacity_of(plan))
+        return self._capacity[1]
+
+    def _capacity_of(self, plan: Plan) -> float:
         settings = self.settings
         if settings.api_fair_fill <= 0:
             return 0.0
-        plan = self.service.plans.current
         model = load_profile(settings.profile).model(plan.light_model)
         batch_s = profiled_batch_s(model, plan.light_batch, settings.latency_scale)
         if batch_s <= 0:  # a profile without latencies (or zero-latency emulation): no capacity to share

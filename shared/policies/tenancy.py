@@ -20,8 +20,8 @@ deadline, when a job can no longer be served usefully anyway.
 within the objective (`capacity_units`), a tenant is admitted only within its weighted share of that
 capacity, `capacity * weight / (sum of the weights of the tenants with work in flight)`: a tenant
 that floods cannot hold more than its share once others come, and one that asks for less than its
-share always gets in, as does one that holds nothing. Below capacity, or alone, nobody is held
-back. The store's slot script applies the rule atomically; `fair_admits` here is the same rule
+share always gets in, as does one job of a tenant that holds nothing. Below capacity, or alone,
+nobody is held back. The store's slot script applies the rule atomically; `fair_admits` here is the same rule
 (tests/integration/test_tenant_slots.py holds the two to the same answers).
 
 Pure: the caller passes the clock in and does the storing."""
@@ -108,11 +108,11 @@ def gcra(tat: float | None, now: float, rate: float, burst: float, cost: float) 
 
 
 def fair_admits(cost: float, mine: float, total: float, capacity: float, weight: float,
-                active_weights: float) -> bool:
-    """Whether `cost` units more fit a tenant holding `mine` of `total` units in flight (see the
-    module's docstring). `active_weights` sums the weights of the tenants holding work, this one
-    included."""
-    if active_weights <= weight or mine == 0 or total + cost <= capacity:
+                active_weights: float, jobs: int = 1) -> bool:
+    """Whether `cost` units more (`jobs` of them) fit a tenant holding `mine` of `total` units in
+    flight (see the module's docstring). `active_weights` sums the weights of the tenants holding
+    work, this one included. A tenant holding nothing gets one job in, not a request of many."""
+    if active_weights <= weight or (mine == 0 and jobs == 1) or total + cost <= capacity:
         return True
     return mine + cost <= capacity * weight / active_weights
 

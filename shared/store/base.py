@@ -44,8 +44,7 @@ class RedisStore:
         self._redis = client
         self._transition = client.register_script(scripts._TRANSITION)
         self._lease = client.register_script(scripts._LEASE)
-        self._swap = client.register_script(scripts._SWAP)
-        self._take_slots = client.register_script(scripts._TAKE_SLOTS)
+        self._admit = client.register_script(scripts._ADMIT)
         self._release_slots = client.register_script(scripts._RELEASE_SLOTS)
 
     @classmethod

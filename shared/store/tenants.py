@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from shared.apikeys import StoredKey
@@ -48,29 +49,30 @@ class Tenants(RedisStore):
         return Limits(float(values["rate"]), int(values["burst"]), int(values["max_active"]),
                       float(values.get("weight", 1.0)), float(values.get("image_mb", Limits.image_mb)))
 
-    async def rate_tat(self, tenant: str, bucket: str = "rate") -> tuple[str, float | None]:
-        """A GCRA time of the tenant (`rate`, or `bytes` for its image budget), as stored (for
-        swap_rate_tat) and as a number (None: none yet)."""
-        raw = await self._call(self._redis.get, self._api(bucket, tenant))
-        return (raw.decode(), float(raw)) if raw else ("", None)
-
-    async def swap_rate_tat(self, tenant: str, expected: str, tat: float, ttl_s: float, bucket: str = "rate") -> bool:
-        """Store the tenant's new GCRA time if nobody changed it since it was read (another replica)."""
-        return bool(await self._call(self._swap, keys=[self._api(bucket, tenant)],
-                                     args=[expected, repr(tat), max(int(ttl_s * 1000), 1)]))
+    async def gcra_times(self, tenant: str, buckets: tuple[str, ...]) -> list[tuple[str, float | None]]:
+        """The tenant's GCRA times (`rate`; `bytes`, its image budget), as stored (what take_slots
+        compares) and as numbers (None: none yet), in one round trip."""
+        raws = await self._call(self._redis.mget, [self._api(bucket, tenant) for bucket in buckets])
+        return [(raw.decode(), float(raw)) if raw else ("", None) for raw in raws]
 
     def _slot_keys(self, tenant: str) -> list[str]:
         return [self._api("slots", tenant), self._api("units", tenant), self._api("inflight"), self._api("lapse")]
 
     async def take_slots(self, tenant: str, slots: list[tuple[str, float, float]], max_units: float,
-                         capacity_units: float, weight: float, now: float) -> str:
-        """Quota slots for (job id, lapses at, units) of one request, all or none: "" when taken, else
-        "quota" (over the tenant's max_active units) or "fair" (over its share of a saturated fleet)."""
+                         capacity_units: float, weight: float, now: float,
+                         gcras: Sequence[tuple[str, str, float, float]] = ()) -> str:
+        """Admit one request in one step (scripts._ADMIT): its (bucket, expected, new time, TTL s) GCRA
+        times, and quota slots for its (job id, lapses at, units), all or none. "" when admitted, else
+        "cas" (a GCRA time moved: read again), "quota" (over max_active units) or "fair" (over the
+        tenant's share of a saturated fleet)."""
         args: list[Any] = [repr(now), tenant, repr(max_units), repr(capacity_units), repr(weight),
-                           self._api("tenant", "")]
+                           self._api("tenant", ""), len(gcras)]
+        for _bucket, expected, tat, ttl_s in gcras:
+            args += [expected, repr(tat), max(int(ttl_s * 1000), 1)]
         for job_id, lapses_at, units in slots:
             args += [job_id, repr(lapses_at), repr(units)]
-        reply = await self._call(self._take_slots, keys=self._slot_keys(tenant), args=args)
+        keys = self._slot_keys(tenant) + [self._api(bucket, tenant) for bucket, *_ in gcras]
+        reply = await self._call(self._admit, keys=keys, args=args)
         return reply.decode() if isinstance(reply, bytes) else str(reply or "")
 
     async def slots(self, tenant: str) -> list[str]:

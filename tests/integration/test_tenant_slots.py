@@ -19,19 +19,19 @@ pytestmark = [pytest.mark.integration]
 TENANTS = {"a": 1.0, "b": 2.0, "c": 1.0}
 CAPACITY, MAX_UNITS = 12.0, 10.0
 
-steps = st.lists(st.tuples(st.sampled_from(sorted(TENANTS)), st.sampled_from([1.0, 4.0, 16.0]), st.booleans()),
-                 min_size=1, max_size=25)
+steps = st.lists(st.tuples(st.sampled_from(sorted(TENANTS)), st.sampled_from([1.0, 4.0, 16.0]),
+                           st.integers(1, 3), st.booleans()), min_size=1, max_size=25)
 
 
-def model_take(held: dict[str, dict[str, float]], tenant: str, job: str, units: float) -> str:
-    mine = sum(held[tenant].values())
-    if mine + units > MAX_UNITS:
+def model_take(held: dict[str, dict[str, float]], tenant: str, jobs: list[str], units: float) -> str:
+    mine, cost = sum(held[tenant].values()), units * len(jobs)
+    if mine + cost > MAX_UNITS:
         return "quota"
-    total = sum(sum(jobs.values()) for jobs in held.values())
-    weights = TENANTS[tenant] + sum(TENANTS[t] for t, jobs in held.items() if t != tenant and sum(jobs.values()) > 0)
-    if not fair_admits(units, mine, total, CAPACITY, TENANTS[tenant], weights):
+    total = sum(sum(taken.values()) for taken in held.values())
+    weights = TENANTS[tenant] + sum(TENANTS[t] for t, taken in held.items() if t != tenant and sum(taken.values()) > 0)
+    if not fair_admits(cost, mine, total, CAPACITY, TENANTS[tenant], weights, len(jobs)):
         return "fair"
-    held[tenant][job] = units
+    held[tenant].update(dict.fromkeys(jobs, units))
     return ""
 
 
@@ -44,14 +44,15 @@ async def test_the_slot_script_and_the_rule_agree(plan):
             await store._redis.hset(store._api("tenant", tenant), "weight", repr(weight))
         held: dict[str, dict[str, float]] = {tenant: {} for tenant in TENANTS}
         now = time.time()
-        for index, (tenant, units, release_first) in enumerate(plan):
+        for index, (tenant, units, count, release_first) in enumerate(plan):
             if release_first and held[tenant]:
                 oldest = next(iter(held[tenant]))
                 del held[tenant][oldest]
-                await store.release_slots(tenant, [oldest])
-            job = f"j{index}"
-            got = await store.take_slots(tenant, [(job, now + 600, units)], MAX_UNITS, CAPACITY, TENANTS[tenant], now)
-            assert got == model_take(held, tenant, job, units), (index, tenant, units, held)
+                await store.release_slots(tenant, [oldest, "never-taken"])
+            jobs = [f"j{index}.{k}" for k in range(count)]
+            got = await store.take_slots(tenant, [(job, now + 600, units) for job in jobs], MAX_UNITS, CAPACITY,
+                                         TENANTS[tenant], now)
+            assert got == model_take(held, tenant, jobs, units), (index, tenant, units, count, held)
     finally:
         await store.delete_namespace()
         await store.close()
