@@ -7,8 +7,8 @@ Two front doors to the same ingress queue, each measured in a namespace of its o
   other backends and bench-pipeline's producers do;
 * api: `POST /v1/jobs` to the api service, a process of its own (`python -m services.api`, as
   `hadis serve` runs it), from --concurrency httpx clients of one keep-alive connection each,
-  with one key whose limits no run reaches: key check, rate limit and quota in Redis, the same
-  publish with confirm, the `queued` record in Redis, then 202.
+  with one key whose limits no run reaches (made by `hadis api-key create`): key check, rate
+  limit and quota in Redis, the same publish with confirm, the `queued` record in Redis, then 202.
 
 Nothing consumes the front-door namespaces: an accepted job is durable in the broker, which is all
 either door promises, so the figures are the doors alone, not generation. The jobs wait in the
@@ -22,13 +22,19 @@ queue (bounded at 10,000,000 here, not 100,000) and are deleted with the namespa
 3. pipeline: bench-pipeline's saturation (scripts/bench_pipeline.py: a backlog drained by every
    service, emulated models, zero latency), --pipeline-jobs jobs: the rate a front door must keep up
    with. `--pipeline-jobs 0` skips it.
+4. baseline (with --baseline REV): the api's saturation, as in 1, of the revision REV (a `git worktree`
+   of it in a temporary folder, run with this venv: scripts/checkout.py) and of the working tree, in
+   --rounds alternating rounds (ABBA), each a fresh api process in a fresh namespace with a key its
+   own code made; the medians and their ratio, working tree / REV: what the changes since REV cost
+   a submission (issue 29: the tenants' budgets may cost at most 10 %).
 
 Every process shares this machine's CPUs: the load generator (this process, one event loop),
 the api, RabbitMQ and Redis, and whatever else runs; the CPU seconds each used in a phase are
 printed with it.
 
 Last lines: `api_accept_jobs_per_s`, `amqp_accept_jobs_per_s`, `api_ratio`, `pipeline_jobs_per_s`
-(when measured), `http_hop_p50_ms`, `http_hop_p99_ms`.
+(when measured), `http_hop_p50_ms`, `http_hop_p99_ms`; with --baseline, then
+`api_accept_jobs_per_s_baseline`, `api_accept_jobs_per_s_worktree`, `api_accept_ratio_vs_baseline`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -49,18 +57,20 @@ import httpx
 import numpy as np
 import psutil
 
+import checkout
 from bench_pipeline import SERVICE_ENV, delete_namespace, prefill, saturation
 from cpu_isolation import listening_pids, local_ports
-from shared import apikeys, supervisor
+from shared import supervisor
 from shared.client import Client
 from shared.errors import Overloaded
-from shared.policies.tenancy import Limits
 from shared.reference import prompts
 from shared.schemas import Job
 from shared.settings import Settings
 
 Submit = Callable[[], Awaitable[bool]]  # submit the next job; True when accepted
-NO_LIMITS = Limits(100_000.0, 100_000, 1_000_000)
+# Limits no run reaches, as `hadis api-key create` options (those a revision lacks are left out): the
+# image budget too (MB per image TTL), which 512x512 jobs at these rates would spend in seconds.
+NO_LIMITS = {"rate": 100_000.0, "burst": 100_000, "max_active": 1_000_000, "image_mb": 1e9}
 # Nothing drains the front doors' queues: room for a run's worth of jobs (the default, 100,000,
 # is a few seconds of the AMQP door here), the same for every process that declares them.
 QUEUE_MAX_LENGTH = 10_000_000
@@ -253,18 +263,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def make_key(settings: Settings) -> str:
-    """A key whose tenant's limits no run reaches (in the store the api reads)."""
-    client = await Client.open(settings)
-    try:
-        key, stored = apikeys.new_key(TENANT)
-        await client.store.put_api_key(stored)
-        await client.store.set_tenant_limits(TENANT, NO_LIMITS)
-        return key
-    finally:
-        await client.close()
-
-
 async def wait_ready(base: str, child: supervisor.Child) -> None:
     give_up_at = time.monotonic() + API_READY_S
     async with httpx.AsyncClient(base_url=base, timeout=2) as http:
@@ -290,22 +288,44 @@ def log_tail(child: supervisor.Child) -> str:
         return ""
 
 
-async def api_door(settings: Settings, args: argparse.Namespace, log_dir: Path) -> Door:
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings, log_dir: Path, folder: Path | None = None,
+                      ) -> AsyncIterator[tuple[str, str, supervisor.Child]]:
+    """The api of `folder`'s code (None: the working tree's) as a process of its own in the settings'
+    namespace, with a key of its own making: (base URL, key, its child). At the end it is stopped
+    and the namespace deleted, by the same code."""
     port = free_port()
-    env = {**SERVICE_ENV, "HADIS_NAMESPACE": settings.namespace, "HADIS_API_HOST": "127.0.0.1",
-           "HADIS_API_PORT": str(port), "HADIS_QUEUE_MAX_LENGTH": str(settings.queue_max_length)}
-    key = await make_key(settings)
-    child = supervisor.Child("api", "services.api", env, log_path=log_dir / "api.log")
-    child.start()
+    code = checkout.Code.at(folder, {
+        **SERVICE_ENV, "HADIS_NAMESPACE": settings.namespace, "HADIS_API_HOST": "127.0.0.1",
+        "HADIS_API_PORT": str(port), "HADIS_QUEUE_MAX_LENGTH": str(settings.queue_max_length)})
+    key = await asyncio.to_thread(code.make_key, TENANT, NO_LIMITS)
+    log_path = log_dir / f"api-{settings.namespace}.log"
+    child = supervisor.Child("api", "services.api", {}, log_path=log_path)
+    child.process = code.popen([sys.executable, "-m", "services.api"], log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(base, child)
-        async with http_clients(base, key, args.concurrency) as clients:
-            meter = CpuMeter(settings, child.process.pid)
-            return await measure_door("api", api_submitter(clients), meter, args)
+        yield base, key, child
     finally:
         supervisor.stop_all([child])
-        await delete_namespace(settings)
+        await asyncio.to_thread(code.delete_namespace)
+
+
+async def api_door(settings: Settings, args: argparse.Namespace, log_dir: Path) -> Door:
+    async with running_api(settings, log_dir) as (base, key, child), \
+            http_clients(base, key, args.concurrency) as clients:
+        meter = CpuMeter(settings, child.process.pid)
+        return await measure_door("api", api_submitter(clients), meter, args)
+
+
+async def api_saturated(settings: Settings, args: argparse.Namespace, log_dir: Path, folder: Path | None) -> Phase:
+    """One api's accept rate at saturation (after the warm-up), as the api door's first phase."""
+    async with running_api(settings, log_dir, folder) as (base, key, child), \
+            http_clients(base, key, args.concurrency) as clients:
+        submit = api_submitter(clients)
+        await saturate(submit, args.concurrency, args.warmup_seconds)
+        return await CpuMeter(settings, child.process.pid).measure(
+            lambda: saturate(submit, args.concurrency, args.seconds))
 
 
 # ---- bench-pipeline's rate ------------------------------------------------------------------
@@ -335,6 +355,51 @@ async def drain(settings: Settings, backlog: list[Job], since_id: str) -> tuple[
         return await saturation(client, backlog, since_id)
     finally:
         await client.close()
+
+
+# ---- the api against a baseline revision ------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """The api's accept rates at saturation, per round, of a baseline revision and of the working tree."""
+
+    baseline: str  # the revision, described
+    rates: dict[str, list[float]]  # "baseline", "worktree" -> jobs/s, one per round
+
+    def median(self, which: str) -> float:
+        return statistics.median(self.rates[which])
+
+    @property
+    def ratio(self) -> float:
+        return self.median("worktree") / self.median("baseline")
+
+
+async def compare(settings: Settings, args: argparse.Namespace, log_dir: Path, folder: Path, label: str,
+                  ) -> Comparison:
+    """--rounds of the api's saturation, the baseline's and the working tree's in turn, each in a fresh
+    namespace with a fresh api process; every other round reverses the order (ABBA), so that a drift
+    of the machine's load falls on both alike."""
+    rates: dict[str, list[float]] = {"baseline": [], "worktree": []}
+    for index in range(args.rounds):
+        order: list[tuple[str, Path | None]] = [("baseline", folder), ("worktree", None)]
+        for which, code in order[::-1] if index % 2 else order:
+            namespace = f"{settings.namespace}{which[:4]}{index}"
+            phase = await api_saturated(settings.model_copy(update={"namespace": namespace}), args, log_dir, code)
+            rates[which].append(phase.jobs_per_s)
+            print(f"round {index + 1}, {which} ({label if code else 'the working tree'}): {phase.accepted} accepted "
+                  f"in {phase.seconds:.1f} s = {phase.jobs_per_s:.0f} jobs/s, {phase.refused} refused")
+            print(cpu_line(phase))
+    return Comparison(label, rates)
+
+
+def summarise_comparison(comparison: Comparison) -> None:
+    rounds = {which: ", ".join(f"{rate:.0f}" for rate in rates) for which, rates in comparison.rates.items()}
+    print(f"api accepted jobs/s at saturation, medians of {len(comparison.rates['worktree'])} rounds: working tree "
+          f"{comparison.median('worktree'):.0f} ({rounds['worktree']}), baseline {comparison.baseline} "
+          f"{comparison.median('baseline'):.0f} ({rounds['baseline']})")
+    print(f"api_accept_jobs_per_s_baseline {comparison.median('baseline'):.0f}")
+    print(f"api_accept_jobs_per_s_worktree {comparison.median('worktree'):.0f}")
+    print(f"api_accept_ratio_vs_baseline {comparison.ratio:.3f}")
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -373,6 +438,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="paced submissions per second")
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--pipeline-jobs", type=int, default=3000, help="bench-pipeline's backlog; 0: skip it")
+    parser.add_argument("--baseline", metavar="REV", help="also the api's accept rate of this git revision "
+                        "(a worktree of it, this venv) beside the working tree's, in alternation")
+    parser.add_argument("--rounds", type=int, default=2, help="--baseline: measurements of each, alternating")
     args = parser.parse_args()
 
     run = f"benchapi{uuid.uuid4().hex[:6]}"
@@ -382,8 +450,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as log_dir:
         amqp = asyncio.run(amqp_door(settings.model_copy(update={"namespace": run + "amqp"}), args))
         api = asyncio.run(api_door(settings.model_copy(update={"namespace": run + "http"}), args, Path(log_dir)))
+        comparison = None
+        if args.baseline:
+            label = checkout.git_log(args.baseline, "%h")
+            print(f"baseline {label}: {checkout.git_log(args.baseline, '%s')[:100]}")
+            with checkout.worktree(args.baseline) as folder:
+                comparison = asyncio.run(compare(settings.model_copy(update={"namespace": run}), args,
+                                                 Path(log_dir), folder, label))
     pipeline = pipeline_rate(run + "pipe", args.pipeline_jobs) if args.pipeline_jobs else None
     summarise(amqp, api, pipeline, args.rate)
+    if comparison:
+        summarise_comparison(comparison)
 
 
 if __name__ == "__main__":
