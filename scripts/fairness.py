@@ -65,7 +65,7 @@ STACK_ENV = {
     "HADIS_LOG_LEVEL": "warning",
     "HADIS_LOG_FORMAT": "json",
 }
-A_SIZE, B_SIZE = (2048, 2048), (512, 512)
+A_SIZE, B_SIZE = (2048, 2048), (512, 512)  # A's default (--a-size), B's
 READY_S = 120.0
 SAMPLE_S = 0.1
 
@@ -176,15 +176,16 @@ class Tenants:
     b_units: float
 
     @classmethod
-    def of(cls, code: Code) -> Tenants:
-        return cls(code.units(A_SIZE), code.units(B_SIZE))
+    def of(cls, code: Code, a_size: tuple[int, int] = A_SIZE) -> Tenants:
+        return cls(code.units(a_size), code.units(B_SIZE))
 
     def limits(self, args: argparse.Namespace, tenant: str) -> dict[str, float]:
         """A's generous limits (its rate alone over the fleet's capacity), B's that its load never reaches.
         Those the code's `hadis api-key create` lacks are left out (checkout.Code.make_key)."""
         if tenant == "a":
             request = args.n * self.a_units
-            image_mb = args.a_jobs_per_s * A_SIZE[0] * A_SIZE[1] * 3 / 2**20 * int(STACK_ENV["HADIS_IMAGE_TTL_S"]) * 4
+            width, height = args.a_size
+            image_mb = args.a_jobs_per_s * width * height * 3 / 2**20 * int(STACK_ENV["HADIS_IMAGE_TTL_S"]) * 4
             return {"rate": args.a_jobs_per_s * self.a_units, "burst": 2 * request, "max_active": 1000 * request,
                     "weight": args.a_weight, "image_mb": image_mb}
         return {"rate": 4 * args.b_rate * self.b_units, "burst": 20 * self.b_units, "max_active": 1000 * self.b_units,
@@ -225,7 +226,7 @@ async def flood(args: argparse.Namespace, base: str, keys: dict[str, str], repli
     a_seconds = args.lead_seconds + args.phase_seconds
     async with client_for(base, keys["a"], args.slo + 60) as a_http, \
             client_for(base, keys["b"], args.slo + 60) as b_http:
-        a_sending = asyncio.create_task(paced(a_http, "a", "flood", a_rate, a_seconds, args.n, A_SIZE, replies))
+        a_sending = asyncio.create_task(paced(a_http, "a", "flood", a_rate, a_seconds, args.n, args.a_size, replies))
         await asyncio.sleep(args.lead_seconds)
         b_tasks = await paced(b_http, "b", "flood", args.b_rate, args.phase_seconds, 1, B_SIZE, replies)
         await asyncio.gather(*b_tasks, *(await a_sending))
@@ -235,7 +236,7 @@ async def flood(args: argparse.Namespace, base: str, keys: dict[str, str], repli
 
 async def phases(args: argparse.Namespace, code: Code, stack: subprocess.Popen, base: str) -> Result:
     """Keys, a first image, both phases under the memory watch, then the accounting."""
-    tenants = Tenants.of(code)
+    tenants = Tenants.of(code, args.a_size)
     keys = {tenant: code.make_key(tenant, tenants.limits(args, tenant)) for tenant in ("a", "b")}
     passed = sorted(code.key_options() & {"--weight", "--image-mb"})
     print(f"keys: a {tenants.limits(args, 'a')}, b {tenants.limits(args, 'b')} (units: {tenants.a_units:g} per "
@@ -250,7 +251,7 @@ async def phases(args: argparse.Namespace, code: Code, stack: subprocess.Popen, 
         with MemoryWatch(stack) as memory:
             print(f"alone: B at {args.b_rate:g} requests/s for {args.phase_seconds:.0f} s")
             await alone(args, base, keys, replies)
-            print(f"flood: A at {args.flood:g}x its rate limit, n={args.n} at {A_SIZE[0]}x{A_SIZE[1]}, from "
+            print(f"flood: A at {args.flood:g}x its rate limit, n={args.n} at {args.a_size[0]}x{args.a_size[1]}, from "
                   f"{args.lead_seconds:.0f} s before B's load, as alone")
             flood_started = time.time()
             await flood(args, base, keys, replies)
@@ -293,6 +294,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="A's rate limit, in its 2048x2048 images per second (over the fleet's capacity)")
     parser.add_argument("--flood", type=float, default=20.0, help="A sends this many times its rate limit")
     parser.add_argument("--n", type=int, default=10, help="images per request of A's")
+    parser.add_argument("--a-size", type=lambda text: tuple(int(side) for side in text.split("x")), default=A_SIZE,
+                        help="the size of A's images, WIDTHxHEIGHT (default the largest, 2048x2048)")
     parser.add_argument("--a-weight", type=float, default=1.0, help="A's weight (when api-key create has --weight)")
     parser.add_argument("--b-weight", type=float, default=1.0, help="B's weight (when api-key create has --weight)")
     parser.add_argument("--gpus", type=int, default=2, help="emulated GPUs")

@@ -199,9 +199,8 @@ class Admission:
                        "rate")
 
     def capacity_units(self) -> float:
-        """What the fleet serves within one objective at its fastest (every GPU of the plan on its
-        light model at its batch), times HADIS_API_FAIR_FILL: above it, the fair share applies.
-        Computed once a plan version."""
+        """What the fleet serves under its current plan within HADIS_API_FAIR_FILL of one objective,
+        in units: above it, the fair share applies. Computed once a plan version."""
         plan = self.service.plans.current
         if self._capacity[0] != plan.version:
             self._capacity = (plan.version, self._capacity_of(plan))
@@ -211,12 +210,12 @@ class Admission:
         settings = self.settings
         if settings.api_fair_fill <= 0:
             return 0.0
-        model = load_profile(settings.profile).model(plan.light_model)
-        batch_s = profiled_batch_s(model, plan.light_batch, settings.latency_scale)
-        if batch_s <= 0:  # a profile without latencies (or zero-latency emulation): no capacity to share
-            return 0.0
-        gpus = max(plan.light_gpus + plan.heavy_gpus, len(plan.assignment), 1)
-        return tenancy.capacity_units(gpus, plan.light_batch, batch_s, settings.slo_s, settings.api_fair_fill)
+        profile = load_profile(settings.profile)
+        light_s, heavy_s = (profiled_batch_s(profile.model(name), batch, settings.latency_scale)
+                            for name, batch in ((plan.light_model, plan.light_batch),
+                                                (plan.heavy_model, plan.heavy_batch)))
+        return tenancy.capacity_units(tenancy.plan_qps(plan, light_s, heavy_s), settings.slo_s,
+                                      settings.api_fair_fill)
 
     async def release_ended(self, tenant: str) -> None:
         job_ids = await self.store.slots(tenant)

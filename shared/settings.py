@@ -204,9 +204,9 @@ class Settings(BaseSettings):
     api_read_rate_per_s: float = Field(default=50.0, gt=0, le=100_000,
                                        description="A tenant's reads (records, events, images) per second, per "
                                                    "replica; beyond its burst (twice) 429.")
-    api_fair_fill: float = Field(default=1.0, ge=0, le=10,
-                                 description="The fleet's capacity for the fair share, as a multiple of the units "
-                                             "it serves within one objective at its fastest; 0: no fair share.")
+    api_fair_fill: float = Field(default=0.5, ge=0, le=10,
+                                 description="The fleet's capacity for the fair share: the units its current plan "
+                                             "serves within this share of one objective; 0: no fair share.")
     api_image_mb: float = Field(default=1024.0, gt=0, le=2**20,
                                 description="A tenant's image bytes added to the store per image TTL, unless set.")
     api_store_full: float = Field(default=0.9, gt=0, le=1,

@@ -16,12 +16,15 @@ The quota bounds a tenant's units not yet terminal. A job that never reaches a t
 state (lost) would hold its slot for ever, so a slot also ends `SLOT_GRACE_S` after the job's
 deadline, when a job can no longer be served usefully anyway.
 
-**Fair share.** When the work in flight of every tenant together would pass what the fleet can serve
-within the objective (`capacity_units`), a tenant is admitted only within its weighted share of that
-capacity, `capacity * weight / (sum of the weights of the tenants with work in flight)`: a tenant
-that floods cannot hold more than its share once others come, and one that asks for less than its
-share always gets in, as does one job of a tenant that holds nothing. Below capacity, or alone,
-nobody is held back. The store's slot script applies the rule atomically; `fair_admits` here is the same rule
+**Fair share.** When the work in flight of every tenant together would pass what the fleet serves
+within HADIS_API_FAIR_FILL of one objective under its current plan (`plan_qps`, `capacity_units`),
+a tenant is admitted only within its weighted share of that capacity, `capacity * weight / (sum of
+the weights of the tenants with work in flight)`: a tenant that floods cannot hold more than its
+share once others come, and one that asks for less than its share always gets in, as does one job
+of a tenant that holds nothing and one that would still hold less for its weight than another
+(max-min: only the largest holder is held back; a tenant that got in alone, above its share, does
+not shut out the one that comes next). Below capacity, or alone, nobody is held back. The store's slot
+script applies the rule atomically; `fair_admits` here is the same rule
 (tests/integration/test_tenant_slots.py holds the two to the same answers).
 
 Pure: the caller passes the clock in and does the storing."""
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from shared.schemas import Plan
 
 # A job's quota slot outlives its deadline by this much: a worker may still finish a late job,
 # and the slot is released when the api sees it terminal. After it, the slot is given back whatever
@@ -108,19 +113,38 @@ def gcra(tat: float | None, now: float, rate: float, burst: float, cost: float) 
 
 
 def fair_admits(cost: float, mine: float, total: float, capacity: float, weight: float,
-                active_weights: float, jobs: int = 1) -> bool:
+                active_weights: float, jobs: int = 1, top: float = 0.0) -> bool:
     """Whether `cost` units more (`jobs` of them) fit a tenant holding `mine` of `total` units in
     flight (see the module's docstring). `active_weights` sums the weights of the tenants holding
-    work, this one included. A tenant holding nothing gets one job in, not a request of many."""
+    work, this one included; `top` is the most any other of them holds for its weight. A tenant
+    holding nothing gets one job in, not a request of many; one that would still hold less for its
+    weight than another gets in (max-min: only the largest holder is held back)."""
     if active_weights <= weight or (mine == 0 and jobs == 1) or total + cost <= capacity:
         return True
-    return mine + cost <= capacity * weight / active_weights
+    return mine + cost <= capacity * weight / active_weights or (mine + cost) / weight <= top
 
 
-def capacity_units(gpus: int, batch: int, batch_s: float, slo_s: float, fill: float) -> float:
-    """The units `gpus` serve within one objective, each running batches of `batch` in `batch_s`,
-    times `fill`: the fair share's capacity."""
-    return gpus * batch / max(batch_s, 1e-6) * slo_s * fill
+def plan_qps(plan: Plan, light_batch_s: float, heavy_batch_s: float) -> float:
+    """The jobs per second a plan serves: its light tier takes the (1 - r) of jobs not routed to heavy,
+    its heavy tier the share h = r + (1 - r) d, so the slower of the two over its share bounds it.
+    Infinite when a tier with work has no latency profile (nothing to bound it by)."""
+    heavy_share = plan.r + (1.0 - plan.r) * plan.d
+    rates = []
+    for gpus, batch, batch_s, share in ((plan.light_gpus, plan.light_batch, light_batch_s, 1.0 - plan.r),
+                                        (plan.heavy_gpus, plan.heavy_batch, heavy_batch_s, heavy_share)):
+        if share <= 0:
+            continue
+        if batch_s <= 0:
+            rates.append(math.inf)
+        else:
+            rates.append(gpus * batch / batch_s / share)
+    return min(rates, default=math.inf)
+
+
+def capacity_units(qps: float, slo_s: float, fill: float) -> float:
+    """The fair share's capacity: the units a fleet serving `qps` (512x512 images a second) clears
+    within `fill` of one objective. 0 (no fair share) when the rate is unbounded or unknown."""
+    return qps * slo_s * fill if math.isfinite(qps) else 0.0
 
 
 def deadline_problem(deadline: float | None, now: float, max_slo_s: float) -> str | None:

@@ -124,11 +124,13 @@ return {{1, current}}
 #       weight, 6 the prefix of tenants' limits hashes (their `weight`), 7 the number k of GCRA times, then k
 #       (expected value or "", new value, TTL in ms) triples, then (job id, lapses at, units) triples.
 # Returns "" when admitted, else why not: "cas" (a GCRA time moved since it was read: read again), "quota"
-# or "fair". The fair share binds only while another tenant holds work; a tenant that holds nothing always
-# gets one job in (a share smaller than one image would shut it out), not a request of many; alone, a
-# tenant is bounded by its quota only. Lapsed slots are dropped first (a lost job holds its units until
-# then); a job that holds a slot already keeps it (a retried request). The slot keys live until the latest
-# slot lapses: a slot with an earlier lapse never shortens them (a past deadline cannot expire the others).
+# or "fair". The fair share binds only while another tenant holds work, and only on the tenant that would
+# then hold the most for its weight (max-min: one below its share, or below another's holding, gets in).
+# A tenant that holds nothing always gets one job in (a share smaller than one image would shut it out),
+# not a request of many; alone, a tenant is bounded by its quota only. Lapsed slots are dropped first (a
+# lost job holds its units until then); a job that holds a slot already keeps it (a retried request). The
+# slot keys live until the latest slot lapses: a slot with an earlier lapse never shortens them (a past
+# deadline cannot expire the others).
 _ADMIT = """
 local now, tenant = tonumber(ARGV[1]), ARGV[2]
 local gcras = tonumber(ARGV[7])
@@ -153,15 +155,16 @@ local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
 if #gone > 0 then redis.call('ZREM', KEYS[4], unpack(gone)); redis.call('HDEL', KEYS[3], unpack(gone)) end
 local capacity, weight = tonumber(ARGV[4]), tonumber(ARGV[5])
 if capacity > 0 and not (mine == 0 and #new == 1) then
-  local total, weights, held = mine, weight, redis.call('HGETALL', KEYS[3])
+  local total, weights, top, held = mine, weight, 0, redis.call('HGETALL', KEYS[3])
   for i = 1, #held, 2 do
     local units = tonumber(held[i + 1])
     if held[i] ~= tenant and units > 0 then
-      total = total + units
-      weights = weights + tonumber(redis.call('HGET', ARGV[6] .. held[i], 'weight') or '1')
+      local other = tonumber(redis.call('HGET', ARGV[6] .. held[i], 'weight') or '1')
+      total, weights, top = total + units, weights + other, math.max(top, units / other)
     end
   end
-  if weights > weight and total + cost > capacity and mine + cost > capacity * weight / weights + 1e-9 then
+  if weights > weight and total + cost > capacity and mine + cost > capacity * weight / weights + 1e-9
+     and (mine + cost) / weight > top + 1e-9 then
     return 'fair'
   end
 end

@@ -28,8 +28,10 @@ def model_take(held: dict[str, dict[str, float]], tenant: str, jobs: list[str], 
     if mine + cost > MAX_UNITS:
         return "quota"
     total = sum(sum(taken.values()) for taken in held.values())
-    weights = TENANTS[tenant] + sum(TENANTS[t] for t, taken in held.items() if t != tenant and sum(taken.values()) > 0)
-    if not fair_admits(cost, mine, total, CAPACITY, TENANTS[tenant], weights, len(jobs)):
+    others = {t: sum(taken.values()) for t, taken in held.items() if t != tenant and sum(taken.values()) > 0}
+    weights = TENANTS[tenant] + sum(TENANTS[t] for t in others)
+    top = max((units / TENANTS[t] for t, units in others.items()), default=0.0)
+    if not fair_admits(cost, mine, total, CAPACITY, TENANTS[tenant], weights, len(jobs), top):
         return "fair"
     held[tenant].update(dict.fromkeys(jobs, units))
     return ""

@@ -99,3 +99,18 @@ def test_deadlines_a_client_may_set(offset, problem):
     found = deadline_problem(1000.0 + offset, 1000.0, 3600.0)
     assert (found is None) if problem is None else (problem in found)
     assert deadline_problem(None, 1000.0, 3600.0) is None
+
+
+def test_a_plan_serves_what_its_slower_tier_over_its_share_allows():
+    from shared.policies.tenancy import capacity_units, plan_qps
+    from shared.schemas import Plan
+
+    plan = Plan(version=1, light_model="l", heavy_model="h", r=0.2, d=0.25, light_batch=4, heavy_batch=2,
+                light_gpus=1, heavy_gpus=1)
+    # light: 4 / 1 s over 0.8 of the jobs = 5/s; heavy: 2 / 1 s over h = 0.2 + 0.8 * 0.25 = 0.4 of them = 5/s
+    assert plan_qps(plan, 1.0, 1.0) == pytest.approx(5.0)
+    assert plan_qps(plan, 1.0, 2.0) == pytest.approx(2.5)  # the heavy tier bounds it
+    light_only = plan.model_copy(update={"r": 0.0, "d": 0.0, "heavy_gpus": 0})
+    assert plan_qps(light_only, 1.0, 0.0) == pytest.approx(4.0)
+    assert capacity_units(plan_qps(plan, 0.0, 0.0), 10, 0.7) == 0.0  # no profile: no fair share
+    assert capacity_units(5.0, 10, 0.7) == pytest.approx(35.0)
