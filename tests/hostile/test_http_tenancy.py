@@ -218,8 +218,10 @@ async def test_one_tenant_cannot_hold_every_waiter(door):
 async def test_reads_have_a_rate(door):
     _, http = await door.tenant()
     job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
-    codes = [code_of(await http.get(f"/v1/jobs/{job_id}")) for _ in range(3 * int(SETTINGS.api_read_rate_per_s))]
-    assert "read_rate_exceeded" in codes and codes[0] is None
+    many = 8 * int(SETTINGS.api_read_rate_per_s)  # at once: a slow machine cannot refill the bucket between them
+    codes = [code_of(response) for response in await asyncio.gather(*(http.get(f"/v1/jobs/{job_id}")
+                                                                     for _ in range(many)))]
+    assert codes.count(None) >= 2 * SETTINGS.api_read_rate_per_s and "read_rate_exceeded" in codes, codes
 
 
 async def test_large_images_cost_their_pixels(door):

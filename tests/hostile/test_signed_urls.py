@@ -194,8 +194,10 @@ async def test_a_urls_fetches_count_as_its_tenants_reads_and_forgeries_cost_noth
     forged = url.replace(signature, "0" * 64)
     for _ in range(100):  # refused before any budget or store read
         assert_refused(await fetch(forged, first), 401, "invalid_signature")
-    codes = [(await fetch(url, first)).status_code for _ in range(int(4 * READ_RATE))]
-    assert codes[: int(READ_RATE)] == [200] * int(READ_RATE), codes
+    # At once, so a slow machine cannot refill the bucket between them: the burst (twice the rate) passes.
+    codes = [response.status_code for response in
+             await asyncio.gather(*(fetch(url, first) for _ in range(int(8 * READ_RATE))))]
+    assert codes.count(200) >= int(2 * READ_RATE), codes
     assert 429 in codes and set(codes) == {200, 429}, codes
     limited = await fetch(url, first)
     assert limited.status_code == 429 and limited.json()["error"]["code"] == "read_rate_exceeded"
