@@ -9,7 +9,6 @@ here is HADIS_API_KEY_CACHE_S = CACHE_S (the URL secrets are read at most min(5 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import sys
@@ -45,10 +44,12 @@ def png() -> bytes:
     return out.getvalue()
 
 
-async def stand_in_worker(store: Store) -> None:
-    """Ends every job the api records `queued` as `done`, with a PNG (no router or GPU needed)."""
+async def stand_in_worker(store: Store, stopping: asyncio.Event) -> None:
+    """Ends every job the api records `queued` as `done`, with a PNG (no router or GPU needed). It
+    stops on a flag, not a cancel: a cancel that lands in the client's blocking read can be absorbed
+    and leave the task pending for ever (shared/events.py stops its reader the same way)."""
     image, last = png(), "0-0"
-    while True:
+    while not stopping.is_set():
         for event_id, event in await store.read_events(last, block_ms=100):
             last = event_id
             if event.get("state") == JobState.queued.value:
@@ -106,15 +107,15 @@ def assert_refused(response: httpx.Response, status: int, code: str) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas():
-    store = await Store.connect(SETTINGS)
-    worker = asyncio.create_task(stand_in_worker(store))
+    store, stopping = await Store.connect(SETTINGS), asyncio.Event()
+    worker = asyncio.create_task(stand_in_worker(store, stopping))
     try:
         async with running_api(SETTINGS) as first, running_api(SETTINGS) as second:
             yield Replicas(store, [first, second])
     finally:
+        stopping.set()
+        await asyncio.wait({worker}, timeout=10)
         worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
         bus = await Bus.connect(SETTINGS)
         await bus.delete_namespace()
         await bus.close()
