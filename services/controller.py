@@ -224,15 +224,14 @@ class Controller:
 
     async def fail_dead_letter(self, job_id: str, delivery: Delivery, reason: str = "") -> bool:
         """Fail the job a dead letter describes; only a missing record when the message does not
-        prove it is that job's own: the same job (shared/policies/steps.py: same_job), for the tenant
-        its sender may act for (Delivery.tenant_for: the body's word is not enough)."""
+        prove it is that job's own: the recorded job (shared/policies/steps.py: recorded_job, as the
+        router asks), for the tenant its sender may act for (Delivery.tenant_for: the body's word is not enough)."""
         store = self.service.store
         reason = reason or "dead-lettered: the job could not be processed"
         job = job_of(delivery.body)  # None for an oversized one: parse_message refuses it unread
         record = await store.get(job_id) if job is not None else None
-        owned = job is not None and record is not None and steps.same_job(
-            record.prompt, record.submitted_at, job.prompt, job.submitted_at) and \
-            record.tenant == delivery.tenant_for(job.tenant)
+        owned = job is not None and record is not None and steps.recorded_job(
+            record, job.model_copy(update={"tenant": delivery.tenant_for(job.tenant)}), self.service.settings.slo_s)
         return await store.fail(job_id, JobState.failed, reason, create_only=not owned)
 
 

@@ -10,7 +10,7 @@ small batches on one thread, never on the event loop.
 Anybody allowed to publish to the ingress can write any tenant and any job id into a body, so
 the router believes neither on the body's word (docs/security.md, "AMQP door"): the tenant is
 the one the sending broker user may act for (Delivery.tenant_for), and a body naming a job that
-is already recorded routes it only when it is that very job (`same_job`)."""
+is already recorded routes it only when it is that very job (shared/policies/steps.py: recorded_job)."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ class Router:
         if existing is None or not steps.rerouting(existing.state, redelivered):
             log.info("duplicate_job_ignored")
             return None
-        if not same_job(existing, job, self.service.settings.slo_s):
+        if not steps.recorded_job(existing, job, self.service.settings.slo_s):
             metrics.observe_distrusted("job_id_taken")
             log.warning("job_id_taken", state=existing.state.value, tenant=job.tenant, recorded_tenant=existing.tenant)
             return None
@@ -230,20 +230,6 @@ def as_sent_by(job: Job, delivery: Delivery) -> Job:
         metrics.observe_distrusted("tenant")
         log.warning("tenant_replaced", job_id=job.job_id, claimed=job.tenant, tenant=tenant, user_id=delivery.user_id)
     return job.model_copy(update={"tenant": tenant})
-
-
-def same_job(record: JobRecord, job: Job, default_slo_s: float) -> bool:
-    """Whether an ingress job is the job a record was written for: the same prompt and submit time
-    (shared/policies/steps.py: same_job), tenant and metadata, and deadline where the job sets one
-    (otherwise the record's, from the same default SLO). A record keeps no seed, size or negative
-    prompt: those cannot be compared, and no other tenant can reach them (its tenant differs)."""
-    if not steps.same_job(record.prompt, record.submitted_at, job.prompt, job.submitted_at):
-        return False
-    if record.tenant != job.tenant or record.metadata != job.metadata:
-        return False
-    if job.deadline is None and job.slo_s is None:
-        return True
-    return record.deadline is not None and abs(record.deadline - job.effective_deadline(default_slo_s)) < 1e-3
 
 
 async def main(service: Service) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from shared.outcome import Applied, Outcome
-from shared.schemas import JobState, Tier
+from shared.schemas import Job, JobRecord, JobState, Tier
 
 # A delivery whose claim is held by a live worker waits this long before it is looked at again.
 # The claim passes on at the latest when the holder's liveness key expires (3 heartbeats).
@@ -95,3 +95,19 @@ def same_job(record_prompt: str, record_submitted_at: float | None, prompt: str,
     message that only carries another job's id (anybody can write any id) must not."""
     return record_prompt == prompt and record_submitted_at is not None and \
         abs(record_submitted_at - submitted_at) < 1e-3
+
+
+def recorded_job(record: JobRecord, job: Job, default_slo_s: float) -> bool:
+    """Whether a message's job (its tenant already the one its sender may act for) is the job a
+    record was written for: the same prompt and submit time (same_job), tenant and metadata, and
+    deadline where the job sets one (otherwise the record's, from the same default SLO). The router
+    routes a recorded id, and the controller fails one from a dead letter, only then. A record keeps
+    no seed, size or negative prompt: those cannot be compared, and no other tenant can reach them
+    (its tenant differs)."""
+    if not same_job(record.prompt, record.submitted_at, job.prompt, job.submitted_at):
+        return False
+    if record.tenant != job.tenant or record.metadata != job.metadata:
+        return False
+    if job.deadline is None and job.slo_s is None:
+        return True
+    return record.deadline is not None and abs(record.deadline - job.effective_deadline(default_slo_s)) < 1e-3
