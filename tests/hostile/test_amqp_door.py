@@ -307,7 +307,7 @@ def producer_users():
     made: list[str] = []
 
     def make(name: str, exchange: str) -> tuple[str, str]:
-        password = secrets.token_urlsafe(16)
+        password = secrets.token_hex(16)  # hex: a password starting with "-" reads as an option to rabbitmqctl
         assert rabbitmqctl("add_user", name, password).returncode == 0
         made.append(name)
         assert rabbitmqctl("set_permissions", "-p", "/", name, "^$", f"^{re.escape(exchange)}$", "^$").returncode == 0

@@ -46,7 +46,7 @@ def refused(action) -> bool:
 async def test_an_ingress_only_producer_submits_and_can_do_nothing_else():
     settings = make_settings(backend="emulated", judge_backend="emulated", profile="tiny-cpu", time_scale=0)
     ns = settings.namespace
-    user, password = f"producer-{ns}", secrets.token_urlsafe(16)
+    user, password = f"producer-{ns}", secrets.token_hex(16)  # hex: never starts with "-" (rabbitmqctl option)
     assert rabbitmqctl("add_user", user, password).returncode == 0
     try:
         # The doc's command: configure nothing, write only to the ingress exchange, read nothing.
