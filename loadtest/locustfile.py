@@ -3,7 +3,7 @@
 * `JobUser` (the default, `--via amqp`) as another backend would (docs/jobs.md): jobs are
   published to `<ns>.requests` over AMQP and their results read from Redis;
 * `HttpJobUser` (`--via http`, `--http`, or `HADIS_LOADTEST_VIA=http`) as a client of the HTTP
-  api (services/api.py) with a key: `POST /v1/jobs`, then the job's event stream until its
+  api (services/api/) with a key: `POST /v1/jobs`, then the job's event stream until its
   terminal state; or, with `--http-route images`, `POST /v1/images/generations`, which answers
   with the image, as OpenAI's clients do.
 
@@ -49,6 +49,7 @@ from locust import FastHttpUser, LoadTestShape, User, events, task
 from locust.env import Environment
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
+from shared.experiments.trace import load_trace as parse_trace
 from shared.schemas import Job
 from shared.settings import Settings
 
@@ -104,19 +105,11 @@ class Arrival:
 
 
 def read_trace(path: Path, speed: float) -> list[Arrival]:
-    arrivals = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            at_ms, prompt_id = line.split(",")
-            arrivals.append(Arrival(float(at_ms) / 1000.0 / speed, int(prompt_id)))
-        except ValueError:
-            raise ValueError(f"{path}:{number}: expected arrival_ms,prompt_id, got {line!r}") from None
-    if not arrivals:
-        raise ValueError(f"{path}: no arrivals")
-    return sorted(arrivals, key=lambda arrival: arrival.at_s)
+    """The trace's arrivals in order, `speed` times sooner. The one parser of trace files is
+    shared/experiments/trace.py's (the experiments and the simulator read the same files)."""
+    trace = parse_trace(path).compressed(speed)
+    return [Arrival(float(at_s), int(prompt_id))
+            for at_s, prompt_id in zip(trace.arrival_s, trace.prompt_ids, strict=True)]
 
 
 def users_needed(arrivals: list[Arrival], window_s: float, cap: int) -> int:

@@ -31,7 +31,10 @@ for arg in "$@"; do
   previous=$arg
 done
 
-OUT=${LOADTEST_OUT:-out/loadtest$([ "$via" = http ] && echo -http)}
+# An `if`, not `$([ "$via" = http ] && echo -http)`: under set -e that substitution fails on the AMQP path.
+default_out=out/loadtest
+if [ "$via" = http ]; then default_out=out/loadtest-http; fi
+OUT=${LOADTEST_OUT:-$default_out}
 mkdir -p "$OUT"
 
 key_id=""
