@@ -9,7 +9,7 @@ publishing through every fault; a job whose publish the client gives up on (its 
 HADIS_PUBLISH_TIMEOUT_S) was never submitted: counted as refused, not as lost.
 
 Duplicated: a job with more than one terminal transition, or whose work the event stream shows
-was done twice (shared/faults.py: double_work, told which pids were killed).
+was done twice (tests/faults/processes.py: double_work, told which pids were killed).
 
 Last line: `lost=<n> duplicated=<n> failed=<n> of <submitted>`; exit 1 unless all three are 0.
 The helpers here (timeline, steady load, broker and Redis faults) serve scripts/soak.py and
@@ -33,12 +33,15 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.faults.processes
 
 from shared.client import Client
 from shared.errors import Overloaded, Unavailable
-from shared.faults import DoubleWork, Load, Outcome, RedisServer, cluster, read_all_events
 from shared.schemas import Job, JobState
 from shared.settings import Settings
+from tests.faults.processes import DoubleWork, Load, Outcome, RedisServer, cluster, read_all_events
 
 CHAOS_ENV = {
     "HADIS_BACKEND": "emulated",

@@ -13,7 +13,7 @@ CPU), and waits for a first job to be done. Then, at once:
   * one broker restart mid-load: `rabbitmqctl stop_app; sleep 4; rabbitmqctl start_app`.
 
 Then it waits (bounded) for every job to be terminal and counts done, failed, expired and lost
-(not terminal, or no record), and runs the double-generation detector (shared/faults.py:
+(not terminal, or no record), and runs the double-generation detector (tests/faults/processes.py:
 double_work) over the event stream with the pids known to have died: those it killed, their
 descendants that went away, and workers that went away without being told to stop (crashed).
 It prints a timeline as it goes, stops the stack with SIGTERM, and deletes the namespace.
@@ -40,11 +40,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.faults.processes
+
 from chaos import SteadyLoad, Timeline, restart_rabbitmq
 from shared.client import Client
-from shared.faults import DoubleWork, read_all_events
 from shared.schemas import Job, JobState
 from shared.settings import Settings
+from tests.faults.processes import DoubleWork, read_all_events
 
 VICTIM_ROLES = ("controller", "router", "judge", "agent", "worker")
 

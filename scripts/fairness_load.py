@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
-from shared.faults import read_all_events
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.faults.processes
+
 from shared.reference import prompts
 from shared.schemas import JobRecord, JobState
 from shared.store import Store
+from tests.faults.processes import read_all_events
 
 DRAIN_S = 90.0
 _ID_IN_URL = re.compile(r"/v1/jobs/([A-Za-z0-9_.-]+)/image")

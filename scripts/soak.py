@@ -1,6 +1,6 @@
 """`make soak`: steady load through the real services (emulated backend, as `make chaos`) for ten
 minutes, with RabbitMQ restarted (stop_app, start_app) every two minutes; then every job must
-end done, none worked on twice (shared/faults.py: double_work).
+end done, none worked on twice (tests/faults/processes.py: double_work).
 
 The load keeps publishing through each restart; a job whose publish the client gives up on (after
 --publish-timeout) was never submitted: counted as refused, not as lost. Redis is the machine's
@@ -18,6 +18,9 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.faults.processes
 
 from chaos import (
     CHAOS_ENV,
@@ -29,9 +32,9 @@ from chaos import (
     run_main,
 )
 from shared.client import Client
-from shared.faults import cluster
 from shared.schemas import JobState
 from shared.settings import Settings
+from tests.faults.processes import cluster
 
 
 async def restarts(say: Timeline, seconds: float, every_s: float, down_s: float) -> int:

@@ -1,12 +1,12 @@
-"""The accounting of a fault run (shared/faults.py): the double-generation detector over synthetic
+"""The accounting of a fault run (tests/faults/processes.py): the double-generation detector over synthetic
 event streams, and Outcome's counts. No broker, no store."""
 
 from __future__ import annotations
 
 import time
 
-from shared.faults import DoubleWork, Outcome, compose_redis_args, double_work, owner_pid
 from shared.schemas import JobRecord, JobState, Transition
+from tests.faults.processes import DoubleWork, Outcome, compose_redis_args, double_work, owner_pid
 
 
 def event(job_id: str, state: str, tier: str = "", owner: str = "", image: str = "") -> tuple[str, dict[str, str]]:

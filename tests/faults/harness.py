@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.client import Client
-from shared.faults import Cluster, Load, Outcome, cluster
 from shared.settings import Settings
+from tests.faults.processes import Cluster, Load, Outcome, cluster
 from tests.helpers import make_settings
 
 

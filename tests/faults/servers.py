@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from shared.bus import BROKER_MAX_MESSAGE_BYTES
-from shared.faults import RedisServer
+from tests.faults.processes import RedisServer
 from tests.helpers import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"

@@ -11,11 +11,11 @@ import pytest
 
 from shared import apikeys
 from shared.client import Client
-from shared.faults import Outcome, cluster, double_work, read_all_events
 from shared.policies.tenancy import Limits
 from shared.schemas import JobState
 from shared.supervisor import Child
 from tests.faults.harness import fault_settings
+from tests.faults.processes import Outcome, cluster, double_work, read_all_events
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

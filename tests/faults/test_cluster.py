@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 
 from shared.client import Client
-from shared.faults import Cluster, Load, cluster
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings
+from tests.faults.processes import Cluster, Load, cluster
 from tests.faults.servers import MASTER, RabbitCluster, RabbitNode, RedisGroup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

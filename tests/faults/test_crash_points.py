@@ -13,9 +13,9 @@ import pytest
 
 from shared.client import Client
 from shared.crashpoints import CRASH_EXIT_CODE
-from shared.faults import cluster, double_work
 from shared.schemas import Job, JobState
 from tests.faults.harness import fault_settings
+from tests.faults.processes import cluster, double_work
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

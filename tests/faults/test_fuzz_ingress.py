@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from shared.client import Client
 from shared.errors import InvalidJob
-from shared.faults import cluster
 from shared.schemas import Job, JobState, job_id_of, parse_message
 from tests.faults.harness import fault_settings
+from tests.faults.processes import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

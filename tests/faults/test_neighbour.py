@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from shared.client import Client
-from shared.faults import Load, Outcome, warm_up
 from shared.schemas import Plan
 from shared.supervisor import Child, stop_all
 from tests.faults.harness import fault_settings
+from tests.faults.processes import Load, Outcome, warm_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ import pytest
 
 from shared.bus import Bus, Delivery
 from shared.errors import Disposition, Unavailable
-from shared.faults import RedisServer
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings, under_load
+from tests.faults.processes import RedisServer
 from tests.faults.servers import RabbitNode
 from tests.helpers import free_port, make_settings
 

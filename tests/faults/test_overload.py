@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from shared.client import Client
-from shared.faults import Load, cluster
 from shared.schemas import JobState
 from tests.faults.harness import fault_settings
+from tests.faults.processes import Load, cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,8 +1,13 @@
 """Fault injection at the process level: the services as real processes (what a fault test or
 `make chaos` kills), a steady load to break them under, and the accounting of the outcome.
 
+A test and operations harness, not part of hadis: it lives with the fault tests (tests/faults/) and
+does not ship in the wheel. The fault, hostile and accounting tests import it as
+`tests.faults.processes`; scripts/{chaos,soak,drill,fairness_load}.py put the checkout on sys.path
+and import it the same way. The services keep only their crash points (shared/crashpoints.py).
+
 The accounting reads two things: each job's record (lost: not terminal; failed, expired, done) and the
-event stream `<ns>:events`, which has one entry per state change (see shared/store/scripts.py). From the
+event stream `<ns>:events`, which has one entry per state change (see shared/store/transition.lua). From the
 stream, `double_work` finds jobs whose work was done twice: a second `generating` claim of the same
 tier while the first claim's owner was alive, or an image stored twice."""
 
@@ -276,7 +281,7 @@ def terminal_count(record: JobRecord) -> int:
 # A Redis of a fault run's own: the machine's one serves everything else and is never killed.
 # Its flags come from the checkout's compose.yaml: the fault harness (make test-faults, chaos, soak,
 # drill) runs in a checkout only, never from an installed hadis.
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def compose_redis_args() -> list[str]:
