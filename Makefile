@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test test-hostile test-compose test-wheel test-faults test-cluster chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
+.PHONY: install services run test test-deploy ci test-hostile test-compose test-wheel test-faults test-cluster chaos soak drill bench-pipeline bench-api bench-planner bench-worker bench-simulator experiments simulations loadtest lock schema clean device-wheels
 
 install: $(STAMP)
 
@@ -21,9 +21,21 @@ services:
 run: install services
 	$(VENV)/bin/hadis serve all
 
-# The hostile-tenant suite (tests/hostile, marker `hostile`) is not part of it: `make test-hostile` runs it.
+# The tiers are the folders of tests/ (tests/conftest.py marks each test with its folder's tier):
+# `make test` runs unit and integration (tests/*.py, policies, backends, experiments, integration);
+# test-deploy, test-faults and test-hostile run the others; `make ci` runs them all as CI does.
 test: install services
-	$(PY) -m pytest -q -m "not slow and not hostile"
+	$(PY) -m pytest -q -m "not deploy and not faults and not hostile"
+
+# The documented commands and artefacts as given: make loadtest against make run's stack, the compose
+# files and Dockerfiles, the HTTP, shell and Node examples (tests/deploy; a few minutes).
+test-deploy: install services
+	$(PY) -m pytest -q -m deploy tests/deploy
+
+# What CI runs (.ci/run): lint and typecheck first, then the tiers in three lanes side by side
+# (scripts/ci.py; each step's log in out/ci/, a table of their times at the end).
+ci:
+	bash .ci/run
 
 # Issue 29's hostile tenants: the cases (pytest -m hostile tests/hostile), then the fairness run through
 # `hadis serve all` on emulated GPUs: tenant B's load alone, then beside tenant A flooding at 20x its rate
@@ -55,7 +67,7 @@ typecheck: install
 
 # Fault tests: kill -9 each service, SIGTERM, restart RabbitMQ and Redis, under load (minutes).
 test-faults: install services
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m faults tests/faults
 
 # Redis with a replica and three Sentinels (the primary killed mid-write: what a failover loses, with and
 # without WAIT), then three RabbitMQ nodes, Redis with Sentinel and two of each control-plane service, with

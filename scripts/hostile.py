@@ -1,6 +1,6 @@
 """`make test-hostile` (issue 29): the hostile-tenant cases, then the fairness run, then one line.
 
-1. cases: `pytest -m hostile tests/hostile` (tests/hostile/conftest.py marks every test there),
+1. cases: `pytest -m hostile tests/hostile` (tests/conftest.py marks every test there by its folder),
    its output as it comes; the counts from its JUnit XML report. Skipped cases are counted, not
    passed.
 2. fairness: scripts/fairness.py through `hadis serve all` on emulated GPUs: tenant B's load alone

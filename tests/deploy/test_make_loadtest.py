@@ -25,7 +25,7 @@ from shared.client import Client
 from shared.schemas import Job, JobState
 from tests.helpers import free_port, make_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.deploy]
+pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 HADIS = Path(sys.executable).with_name("hadis")

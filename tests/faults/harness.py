@@ -31,16 +31,26 @@ class FaultRun:
 
 async def under_load(settings: Settings, fault: Callable[[Cluster], Awaitable[Any]], *, rate_qps: float,
                      seconds: float, fault_after_s: float, outcome_timeout_s: float = 120.0) -> FaultRun:
+    """A cluster of its own for one fault: start it, break it under load, stop it."""
     client = await Client.open(settings)
     try:
         async with cluster(settings, client) as running:
-            load = Load(client, rate_qps=rate_qps)
-            loading = asyncio.create_task(load.run(seconds=seconds))
-            await asyncio.sleep(fault_after_s)
-            fault_result = await fault(running)
-            await loading
-            outcome = await load.outcome(timeout_s=outcome_timeout_s)
-            alive = all(child.process.poll() is None for child in running.children.values())
+            return await fault_on(client, running, fault, rate_qps=rate_qps, seconds=seconds,
+                                  fault_after_s=fault_after_s, outcome_timeout_s=outcome_timeout_s)
     finally:
         await client.close()
+
+
+async def fault_on(client: Client, running: Cluster, fault: Callable[[Cluster], Awaitable[Any]], *,
+                   rate_qps: float, seconds: float, fault_after_s: float,
+                   outcome_timeout_s: float = 120.0) -> FaultRun:
+    """One fault under a load of its own on a cluster already serving (one a module may share between
+    its cases: the outcome counts only this load's jobs and the events since it began)."""
+    load = Load(client, rate_qps=rate_qps)
+    loading = asyncio.create_task(load.run(seconds=seconds))
+    await asyncio.sleep(fault_after_s)
+    fault_result = await fault(running)
+    await loading
+    outcome = await load.outcome(timeout_s=outcome_timeout_s)
+    alive = all(child.process.poll() is None for child in running.children.values())
     return FaultRun(outcome, len(load.jobs), fault_result, alive)

@@ -18,7 +18,7 @@ from tests.faults.harness import fault_settings
 from tests.faults.processes import Outcome, cluster, double_work, read_all_events
 from tests.helpers import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 CLIENTS = 6
 PAUSE_S = 0.3  # between one client's posts: about 20 jobs/s in all, what the emulated workers keep up with

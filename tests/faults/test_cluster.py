@@ -26,7 +26,7 @@ from tests.faults.harness import fault_settings
 from tests.faults.processes import Cluster, Load, cluster
 from tests.faults.servers import MASTER, RabbitCluster, RabbitNode, RedisGroup
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 RATE_QPS = 5
 LOAD_S = 40

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from contextlib import AsyncExitStack
 
 import orjson
 import pytest
+import pytest_asyncio
 
 from shared.client import Client
 from shared.crashpoints import CRASH_EXIT_CODE
@@ -17,7 +19,7 @@ from shared.schemas import Job, JobState
 from tests.faults.harness import fault_settings
 from tests.faults.processes import cluster, double_work
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 # point -> (the service that crashes, the plan's r and d that send jobs through that point)
 POINTS = {
@@ -43,34 +45,63 @@ async def wait_exit(process, timeout_s: float) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("point", sorted(POINTS))
-async def test_a_crash_at_each_point_loses_and_repeats_nothing(point):
-    victim, r, d = POINTS[point]
-    settings = fault_settings(plan_r=r, plan_d=d, heartbeat_s=0.5)
-    client = await Client.open(settings)
+class Clusters:
+    """One cluster per plan (r, d) in turn, shared by the points that need it: the cases run in the
+    order of their plan, so a cluster is stopped when the first case of the next plan asks."""
+
+    def __init__(self) -> None:
+        self.plan: tuple[float, float] | None = None
+        self.stack = AsyncExitStack()
+        self.client: Client | None = None
+        self.running = None
+
+    async def serving(self, r: float, d: float):
+        if self.plan != (r, d):
+            await self.stack.aclose()
+            settings = fault_settings(plan_r=r, plan_d=d, heartbeat_s=0.5)
+            self.client = await Client.open(settings)
+            self.stack.push_async_callback(self.client.close)
+            self.running = await self.stack.enter_async_context(cluster(settings, self.client))
+            self.plan = (r, d)
+        return self.client, self.running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def clusters():
+    shared = Clusters()
     try:
-        async with cluster(settings, client) as running:
-            child = running.children[victim]
-            running.kill(victim, signal.SIGTERM)  # armed only now: the warm-up job has passed
-            child.env["HADIS_CRASH_AT"] = point
-            running.start(victim)
-            crashed_pid = child.process.pid
-            since = await client.store.last_event_id()
-            jobs = [Job(prompt=f"crash test {i}: a lighthouse on a cliff", seed=i, slo_s=120) for i in range(JOBS)]
-            for job in jobs:
-                await client.submit(job)
-            code = await wait_exit(child.process, timeout_s=60)
-            assert code == CRASH_EXIT_CODE, f"{victim} did not crash at {point} (exit {code})"
-            del child.env["HADIS_CRASH_AT"]
-            running.start(victim)
-            finished = await client.store.wait_many([job.job_id for job in jobs], since, timeout_s=120)
-            records = [await client.status(job.job_id) for job in jobs]
-            events = [event for _, event in await client.store.read_events(since, count=10_000)]
-            for event in events:
-                event.pop("transition", None)
-            alive = {name: c.process.poll() is None for name, c in running.children.items()}
+        yield shared
     finally:
-        await client.close()
+        await shared.stack.aclose()
+
+
+@pytest.mark.parametrize("point", sorted(POINTS, key=lambda point: (POINTS[point][1:], point)))
+async def test_a_crash_at_each_point_loses_and_repeats_nothing(point, clusters):
+    victim, r, d = POINTS[point]
+    client, running = await clusters.serving(r, d)
+    child = running.children[victim]
+    running.kill(victim, signal.SIGTERM)  # armed only now: the warm-up job has passed
+    child.env["HADIS_CRASH_AT"] = point
+    try:
+        running.start(victim)
+        crashed_pid = child.process.pid
+        since = await client.store.last_event_id()
+        jobs = [Job(prompt=f"crash test {i}: a lighthouse on a cliff", seed=i, slo_s=120) for i in range(JOBS)]
+        for job in jobs:
+            await client.submit(job)
+        code = await wait_exit(child.process, timeout_s=60)
+        assert code == CRASH_EXIT_CODE, f"{victim} did not crash at {point} (exit {code})"
+    finally:  # unarmed again, whatever happened: the next point shares this cluster
+        del child.env["HADIS_CRASH_AT"]
+        if child.process.poll() is None:  # armed but did not crash
+            running.kill(victim)
+        running.start(victim)
+    finished = await client.store.wait_many([job.job_id for job in jobs], since, timeout_s=120)
+    records = [await client.status(job.job_id) for job in jobs]
+    events = [event for _, event in await client.store.read_events(since, count=10_000)]
+    for event in events:
+        event.pop("transition", None)
+    alive = {name: c.process.poll() is None for name, c in running.children.items()}
     assert len(finished) == JOBS, [(r.job_id, r.state) if r else None for r in records]
     assert all(record.state is JobState.done for record in records), \
         [(r.job_id, r.state, r.error) for r in records if r.state is not JobState.done]

@@ -22,7 +22,7 @@ from shared.schemas import Job, JobState, job_id_of, parse_message
 from tests.faults.harness import fault_settings
 from tests.faults.processes import cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 FUZZ_IDS = st.sampled_from([f"fuzz-{index}" for index in range(40)])  # few ids: duplicates happen
 # Ids that would name another job's keys (`<ns>:job:<id>:history`, `<ns>:image:<id>:light`) or that

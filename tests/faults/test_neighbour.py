@@ -30,7 +30,7 @@ from shared.supervisor import Child, stop_all
 from tests.faults.harness import fault_settings
 from tests.faults.processes import Load, Outcome, warm_up
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 GPUS = 4
 HOG_S = 60.0

@@ -17,7 +17,7 @@ from tests.faults.processes import RedisServer
 from tests.faults.servers import RabbitNode
 from tests.helpers import free_port, make_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 def messages(node: RabbitNode, queue: str) -> int:

@@ -12,7 +12,7 @@ from shared.schemas import JobState
 from tests.faults.harness import fault_settings
 from tests.faults.processes import Load, cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 RATE_QPS, SECONDS, SLO_S = 60.0, 6.0, 3.0
 

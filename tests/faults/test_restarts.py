@@ -15,7 +15,7 @@ from tests.faults.processes import Load, RedisServer, cluster
 from tests.faults.servers import RabbitNode
 from tests.helpers import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 def generated_again(record) -> bool:

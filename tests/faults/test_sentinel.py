@@ -14,7 +14,7 @@ from shared.store import Change, Store
 from tests.faults.servers import MASTER, RedisGroup
 from tests.helpers import make_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 async def finish_jobs(store: Store, prefix: str, until: asyncio.Event, acked: list[str],
                       finished_at: dict[str, float]) -> None:
