@@ -198,9 +198,33 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every sub-command, in the order `hadis --help` lists them: one function per group here, and
+    the bigger commands' own (shared/commands/) add theirs."""
     parser = argparse.ArgumentParser(prog="hadis", description="Hybrid adaptive diffusion serving.")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_job_parsers(commands)
+    add_set_plan_parser(commands)
+    p = commands.add_parser("serve", help="run one service, or all of them under a supervisor")
+    p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent"])
+    p.set_defaults(handler=serve)
+    add_api_key_parser(commands)
+    p = commands.add_parser("schema", help="print the Job JSON Schema")
+    p.set_defaults(handler=schema)
 
+    from shared.commands import experiment, router_eval, train_judge
+    from shared.commands import plan as plan_command
+    from shared.commands import trace as trace_command
+
+    plan_command.add_parser(commands)
+    experiment.add_parsers(commands)
+    trace_command.add_parsers(commands)
+    router_eval.add_parser(commands)
+    train_judge.add_parser(commands)
+    return parser
+
+
+def add_job_parsers(commands: argparse._SubParsersAction) -> None:
+    """`submit` and `status`: a job from the command line, through the AMQP front door."""
     p = commands.add_parser("submit", help="enqueue a prompt, wait, save the image, print the record")
     p.add_argument("prompt")
     p.add_argument("--out", help="where to write the PNG")
@@ -217,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="store_true", help="which worker serves which tier on which GPU")
     p.set_defaults(handler=status)
 
+
+def add_set_plan_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("set-plan", help="publish a new plan version (operators; the controller owns plans)")
     for name in ("light_model", "heavy_model"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name)
@@ -226,10 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     p.set_defaults(handler=set_plan)
 
-    p = commands.add_parser("serve", help="run one service, or all of them under a supervisor")
-    p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent"])
-    p.set_defaults(handler=serve)
 
+def add_api_key_parser(commands: argparse._SubParsersAction) -> None:
+    """`api-key` and its actions: the HTTP api's keys, tenants' limits and the URL secrets."""
     p = commands.add_parser("api-key", help="make, list or revoke the HTTP api's keys (one tenant each) and "
                             "image URLs")
     keys = p.add_subparsers(dest="action", required=True)
@@ -249,20 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "image TTL, so no URL handed out breaks)")
     keys.add_parser("revoke-urls", help="delete the URL secrets: every signed image URL handed out stops working")
     p.set_defaults(handler=api_key)
-
-    p = commands.add_parser("schema", help="print the Job JSON Schema")
-    p.set_defaults(handler=schema)
-
-    from shared.commands import experiment, router_eval, train_judge
-    from shared.commands import plan as plan_command
-    from shared.commands import trace as trace_command
-
-    plan_command.add_parser(commands)
-    experiment.add_parsers(commands)
-    trace_command.add_parsers(commands)
-    router_eval.add_parser(commands)
-    train_judge.add_parser(commands)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

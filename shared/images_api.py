@@ -1,6 +1,6 @@
 """The HTTP api's request and response shapes, and the rules that turn a request into jobs.
 
-Framework-free (pydantic only), so the rules are tested without a server. `services/api.py` serves
+Framework-free (pydantic only), so the rules are tested without a server. `services/api/` serves
 them.
 
 **The OpenAI Images API** (`POST /v1/images/generations`), as OpenAI's clients send it:

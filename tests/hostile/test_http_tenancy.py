@@ -13,7 +13,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from services import api as api_module
+from services.api.routes import images as api_module
 from shared import apikeys
 from shared.bus import Bus
 from shared.errors import Unavailable

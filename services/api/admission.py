@@ -1,5 +1,5 @@
-"""Who may do what at the HTTP api, and how much of it: the tenant behind a key, and every budget a
-tenant can hold, each checked before work proportional to the request is done.
+"""Every budget a tenant can hold at the HTTP api, each checked before work proportional to the
+request is done (who the tenant is: services/api/keys.py).
 
     rate         units (512x512 images) per second, GCRA in the store: every replica shares it
     image bytes  estimated bytes added to the store per image TTL, GCRA in the store
@@ -16,13 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from collections.abc import Iterator
 
-from fastapi import Request
-
-from shared import apikeys, metrics
+from services.api.keys import Caller, Recent
+from shared import metrics
 from shared.images_api import ApiError, bad_request
 from shared.policies import tenancy
 from shared.policies.admission import profiled_batch_s
@@ -30,40 +27,9 @@ from shared.profiles import load_profile
 from shared.schemas import Job, Plan
 from shared.service import Service
 
-ANONYMOUS = "-"
 CAS_ATTEMPTS = 8  # tries of a GCRA compare-and-set when replicas contend
 GCRA_BUCKETS = ("rate", "bytes")
 STORE_MEMORY_CHECK_S = 1.0  # the store's memory is read at most this often
-V = TypeVar("V")
-
-
-class Recent(Generic[V]):
-    """Values read from the store, trusted for ttl_s, at most BOUND of them (then forgotten at
-    once: a flood of distinct keys cannot grow the process). What the store lacks is not kept."""
-
-    BOUND = 10_000
-
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._values: dict[str, tuple[V, float]] = {}
-
-    async def get(self, key: str, read: Callable[[], Awaitable[V | None]]) -> V | None:
-        cached = self._values.get(key)
-        if cached is not None and time.monotonic() - cached[1] < self.ttl_s:
-            return cached[0]
-        value = await read()
-        if value is not None:
-            if len(self._values) >= self.BOUND:
-                self._values.clear()
-            self._values[key] = (value, time.monotonic())
-        return value
-
-
-@dataclass(frozen=True)
-class Caller:
-    tenant: str
-    limits: tenancy.Limits
-    key_id: str = ""
 
 
 class Hold:
@@ -91,10 +57,6 @@ class Admission:
         self.service = service
         self.settings = service.settings
         self.store = service.store
-        # Keys and tenants' limits are trusted for HADIS_API_KEY_CACHE_S: a revocation or a new
-        # limit takes effect within it (docs/security.md).
-        self.keys: Recent[apikeys.StoredKey] = Recent(self.settings.api_key_cache_s)
-        self._tenant_limits: Recent[tenancy.Limits] = Recent(self.settings.api_key_cache_s)
         # One GCRA check per tenant at a time in this process: the compare-and-set then only
         # contends with other replicas.
         self._rate_locks: dict[str, asyncio.Lock] = {}
@@ -104,36 +66,6 @@ class Admission:
         self._store_full_until = 0.0
         self._capacity: tuple[int, float] = (-1, 0.0)  # (plan version, its capacity in units)
         self._store_checked_at = -STORE_MEMORY_CHECK_S
-
-    # Who is calling.
-    async def caller(self, request: Request) -> Caller:
-        token = apikeys.bearer_token(request.headers.get("authorization"))
-        parsed = apikeys.parse_key(token) if token else None
-        if parsed is None:
-            metrics.observe_api_refused(ANONYMOUS, "auth")
-            raise ApiError(401, "missing or malformed API key: send `Authorization: Bearer hds_...` "
-                           "(hadis api-key create --tenant NAME makes one)", code="invalid_api_key")
-        key_id, secret = parsed
-        stored = await self.stored_key(key_id)
-        if stored is None or not apikeys.verify(stored, secret):
-            metrics.observe_api_refused(ANONYMOUS, "auth")
-            raise ApiError(401, "invalid API key", code="invalid_api_key")
-        request.scope.setdefault("state", {})["tenant"] = stored.tenant
-        return Caller(stored.tenant, await self.limits(stored.tenant), key_id)
-
-    async def stored_key(self, key_id: str) -> apikeys.StoredKey | None:
-        return await self.keys.get(key_id, lambda: self.store.get_api_key(key_id))
-
-    async def limits(self, tenant: str) -> tenancy.Limits:
-        """The tenant's own limits (hadis api-key create --rate ...), else the settings' defaults."""
-        settings = self.settings
-        defaults = tenancy.Limits(settings.api_rate_per_s, settings.api_burst, settings.api_max_active,
-                                  image_mb=settings.api_image_mb)
-
-        async def read() -> tenancy.Limits:
-            return await self.store.tenant_limits(tenant) or defaults
-
-        return await self._tenant_limits.get(tenant, read) or defaults
 
     # New work: the budgets a request's jobs are charged, checked before anything proportional to them.
     async def admit(self, caller: Caller, jobs: list[Job]) -> None:

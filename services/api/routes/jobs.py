@@ -1,0 +1,130 @@
+"""The async job routes: submit the Job contract (202 once durable, Idempotency-Key honoured), read
+its record, its image (with the key or a signed URL) and its events, cancel it while queued."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.api.bodies import json_body, read_json
+from services.api.keys import ANONYMOUS, Caller
+from services.api.routes import RouteGroup
+from services.api.signing import signed
+from services.api.state import Api, api_of
+from services.api.streaming import STREAM_GRACE_S, HeldStream, event_stream
+from services.api.submission import CANCELLABLE, accept
+from shared import metrics
+from shared.images_api import ApiError, bad_request, idempotency_digest, job_from_body, record_view
+from shared.schemas import Job, JobState, new_job_id
+from shared.store import Change
+
+routes = RouteGroup()
+
+
+@routes.post("/v1/jobs", status_code=202, openapi_extra=json_body(Job), tags=["Jobs"],
+             summary="Submit a job (the Job contract); 202 once it is durable in the broker")
+async def submit_job(request: Request) -> JSONResponse:
+    api = api_of(request)
+    caller = await api.caller(request)
+    digest = idempotency_digest(request.headers.get("idempotency-key"))
+    data, body = await read_json(request, api.settings.api_max_body_bytes, api.settings.api_body_timeout_s)
+    try:
+        job = job_from_body(data, caller.tenant, new_job_id())
+    except ApiError:
+        metrics.observe_api_refused(caller.tenant, "invalid")
+        raise
+    # The key is bound only to a valid body: a client that fixes its body may retry with the same key.
+    replay = False
+    if digest is not None:
+        job, replay = await _claim(api, caller, digest, body, job)
+    if replay and await api.store.get(job.job_id) is not None:
+        return JSONResponse({"id": job.job_id, "object": "job", "status": "accepted"}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{job.job_id}", "Idempotent-Replayed": "true"})
+    # A replay whose record is missing: the first attempt may have died before its publish
+    # was confirmed, so publish again (the router serves an id once).
+    await accept(api, caller, [job])
+    return JSONResponse({"id": job.job_id, "object": "job", "status": "accepted"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job.job_id}"})
+
+
+async def _claim(api: Api, caller: Caller, digest: str, body: bytes, job: Job) -> tuple[Job, bool]:
+    """The job under its Idempotency-Key: this one, or the first one's id if the key was used (a
+    replay, True); 400 for a key used with another body."""
+    body_digest = hashlib.sha256(body).hexdigest()
+    existing = await api.store.claim_idempotency_key(caller.tenant, digest, f"{job.job_id} {body_digest}")
+    if existing is None:
+        return job, False
+    job_id, _, first_body = existing.partition(" ")
+    if first_body != body_digest:
+        raise bad_request("this Idempotency-Key was used with another body", param="Idempotency-Key",
+                          code="idempotency_key_reused")
+    return job.model_copy(update={"job_id": job_id}), True
+
+
+@routes.get("/v1/jobs/{job_id}", tags=["Jobs"], summary="The job's record")
+async def get_job(job_id: str, request: Request) -> dict:
+    api = api_of(request)
+    caller = await api.caller(request)
+    return record_view(await api.own_record(caller, job_id))
+
+
+@routes.get("/v1/jobs/{job_id}/image", tags=["Jobs"], summary="The job's PNG (with the key, or a signed URL)",
+            responses={200: {"content": {"image/png": {}}}})
+async def get_image(job_id: str, request: Request) -> Response:
+    api = api_of(request)
+    try:
+        record = await signed(api, job_id, request)
+    except ApiError as error:
+        if "authorization" not in request.headers:
+            if error.status in (401, 403):
+                metrics.observe_api_refused(ANONYMOUS, "auth")
+            raise
+        record = None  # a caller that sends a key is judged by its key
+    if record is None:
+        record = await api.own_record(await api.caller(request), job_id)
+    if record.state is not JobState.done:
+        if record.state.terminal:
+            raise ApiError(404, f"the job ended {record.state.value}; it has no image", code="no_image")
+        raise ApiError(409, f"the job is {record.state.value}; its image is not ready", code="not_ready")
+    etag = f'"{job_id}"'  # a job's final image is written once
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers={"ETag": etag})
+    png = await api.store.get_image(job_id)
+    if png is None:
+        raise ApiError(404, "the image is no longer stored (HADIS_IMAGE_TTL_S)", code="image_expired")
+    return Response(png, media_type="image/png", headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
+
+
+@routes.get("/v1/jobs/{job_id}/events", tags=["Jobs"], summary="Server-sent events of the job's state changes",
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    api = api_of(request)
+    caller = await api.caller(request)
+    record = await api.own_record(caller, job_id)
+    give_up_at = (record.deadline or time.time() + api.settings.slo_s) + STREAM_GRACE_S
+    hold = api.admission.hold(caller.tenant)
+    return HeldStream(event_stream(api, caller.tenant, job_id, give_up_at), hold, media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@routes.delete("/v1/jobs/{job_id}", tags=["Jobs"], summary="Cancel a job that is still queued")
+async def cancel_job(job_id: str, request: Request) -> dict:
+    api = api_of(request)
+    caller = await api.caller(request)
+    record = await api.own_record(caller, job_id)
+    if record.state not in CANCELLABLE:
+        raise ApiError(409, f"the job is {record.state.value}; only a queued job can be cancelled",
+                       code="not_cancellable")
+    reason = "cancelled by the client (DELETE /v1/jobs)"
+    # The from-state guard is the store script's: a worker that claims the job after the read
+    # above wins, and the cancel answers 409 having changed nothing.
+    outcome = await api.store.apply(Change(job_id, JobState.failed, {"error": reason}, detail=reason,
+                                           only_from=CANCELLABLE))
+    if not outcome.applied:
+        state = outcome.before.value if outcome.before else "gone"
+        raise ApiError(409, f"the job is {state}; only a queued job can be cancelled", code="not_cancellable")
+    await api.store.release_slots(caller.tenant, [job_id])
+    return record_view(await api.own_record(caller, job_id))
