@@ -124,6 +124,24 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.done, JobState.failed, JobState.expired})
 
+# The order of a job's steps: a record moves only to a later rank, so a late redelivery cannot undo
+# a step. `generating` ranks by its tier (`generating:light` before the judge, `generating:heavy`
+# after the escalation); every terminal state has TERMINAL_RANK, so a terminal state is final. The
+# store's transition script (shared/store/transition.lua) gets this table from here, prepended to
+# its source when it is loaded: the Python and the Lua cannot disagree.
+TERMINAL_RANK = 9
+STATE_RANKS: dict[str, int] = {
+    "queued": 0, "routed": 1, "generating:light": 2, "judging": 3, "escalated": 4, "generating:heavy": 5,
+    **{state.value: TERMINAL_RANK for state in sorted(TERMINAL_STATES)},
+}
+
+
+def state_rank(state: JobState, tier: str | None = None) -> int:
+    """A state's rank in STATE_RANKS; `generating` on no tier is the light step (as in the script)."""
+    if state is JobState.generating:
+        return STATE_RANKS[f"generating:{'heavy' if tier == 'heavy' else 'light'}"]
+    return STATE_RANKS[state.value]
+
 
 class Job(Strict):
     """What another backend publishes to the ingress queue `<ns>.requests`."""

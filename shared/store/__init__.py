@@ -32,20 +32,22 @@ The HTTP api's keys (docs/security.md):
     ns:api:url-secret:prev    string the secret before the last rotation, for its grace (shared/urlsigning.py)
 
 Job keys, and the api's rate and idempotency keys, have TTLs; keys, tenants and the URL secret are
-configuration and last until deleted. State changes run as Lua scripts, so each is atomic. Terminal states are final:
-a second `done` for a redelivered job is a no-op, which is what makes completion
-idempotent (exactly one visible result per job).
+configuration and last until deleted. State changes run as Lua scripts (a job's: transition.lua), so
+each is atomic. Terminal states are final: a second `done` for a redelivered job is a no-op, which is
+what makes completion idempotent (exactly one visible result per job).
 """
 
 from __future__ import annotations
 
 from shared.store.cluster import AGENT_LEFT_TTL_S, Cluster
-from shared.store.records import Change, JobRecords, hand_back, owner_id, serve_light
-from shared.store.scripts import EVENTS_MAX_LENGTH
+from shared.store.events import JobEvents
+from shared.store.records import Change, JobRecords, Upsert, Upserted, hand_back, owner_id, serve_light
 from shared.store.tenants import Tenants
+from shared.store.transition import EVENTS_MAX_LENGTH
 
-__all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Store", "hand_back", "owner_id", "serve_light"]
+__all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Store", "Upsert", "Upserted", "hand_back", "owner_id",
+           "serve_light"]
 
 
-class Store(JobRecords, Cluster, Tenants):
+class Store(JobRecords, JobEvents, Cluster, Tenants):
     """Every part of the store on one connection: what the services hold as `service.store`."""

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import StoreRejected, Unavailable
 from shared.settings import Settings
-from shared.store import scripts
+from shared.store import scripts, transition
 
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0  # backoff of a Redis call during an outage
 
@@ -42,7 +42,7 @@ class RedisStore:
         self.image_ttl = min(settings.image_ttl_s, settings.job_ttl_s)
         self.retry_s = settings.store_retry_s
         self._redis = client
-        self._transition = client.register_script(scripts._TRANSITION)
+        self._transition = client.register_script(transition.SOURCE)
         self._lease = client.register_script(scripts._LEASE)
         self._admit = client.register_script(scripts._ADMIT)
         self._release_slots = client.register_script(scripts._RELEASE_SLOTS)

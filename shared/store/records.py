@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from shared.errors import Unavailable
 from shared.logging import get_logger
 from shared.outcome import Applied, Outcome
 from shared.schemas import JobRecord, JobState
-from shared.store import scripts
+from shared.store import transition
 from shared.store.base import RedisStore
 
 log = get_logger(__name__)
@@ -89,12 +90,61 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+class Upsert(StrEnum):
+    """What create_or_advance did with a record (see transition.lua, mode 2)."""
+
+    created = "created"  # there was none: made, with the states on the way
+    advanced = "advanced"  # it held this body in a state it may leave: moved to the new state
+    recorded = "recorded"  # it is in the new state already (a redelivery): nothing written
+    differs = "differs"  # its body differs from the change's: nothing written, the caller judges
+    refused = "refused"  # terminal, or in no state of only_from (a duplicate): nothing written
+
+
+@dataclass(frozen=True)
+class Upserted:
+    """create_or_advance's answer: what it did, the state before, and for `recorded` and `differs`
+    the record as it is (without its history), so the caller decides without reading it again."""
+
+    result: Upsert
+    before: JobState | None
+    record: JobRecord | None = None
+
+    @property
+    def written(self) -> bool:
+        return self.result in (Upsert.created, Upsert.advanced)
+
+
+_UPSERT_CODES = {6: Upsert.recorded, 7: Upsert.differs}
+
+
+def _record(raw: dict, history: list) -> JobRecord:
+    """A record from its hash and history as Redis returns them (bytes). Fields this version does
+    not know (written by a newer service, or internal ones such as the claim's owner) are left out,
+    so an old reader still reads a new record."""
+    fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in _RECORD_FIELDS}
+    for name in _JSON_FIELDS:
+        if name in fields:
+            fields[name] = orjson.loads(fields[name])
+    for name in _FLOAT_FIELDS:
+        if name in fields:
+            fields[name] = float(fields[name])
+    for name in _INT_FIELDS:
+        if name in fields:
+            fields[name] = int(fields[name])
+    if "escalated" in fields:
+        fields["escalated"] = fields["escalated"] == "1"
+    fields["history"] = [orjson.loads(item) for item in history]
+    return JobRecord.model_validate(fields)
+
+
 class JobRecords(RedisStore):
     """Job records, their images and their completion (see the package's docstring for the keys)."""
 
-    def _script_call(self, change: Change) -> tuple[list[str], list]:
+    def _script_call(self, change: Change, mode: str = "", same: tuple[str, ...] = ()) -> tuple[list[str], list]:
+        """KEYS and ARGV of transition.lua for a change (mode: "1" create, "0" change, "2" create
+        or advance; by default the change's own)."""
         fields = dict(change.fields)
-        if change.create:
+        if change.create or mode == "2":
             fields["job_id"] = change.job_id
         if change.image_mode in ("final", "promote"):
             fields["image_key"] = self.image_key(change.job_id)
@@ -104,37 +154,58 @@ class JobRecords(RedisStore):
                 self.image_key(change.job_id, "light"), self.arrivals_key]
         states = ",".join(s.value for s in (*change.passing, change.state))
         argv = [states, orjson.dumps(change.detail[:500]), self.ttl, self.done_channel(change.job_id),
-                "1" if change.create else "0", change.job_id, change.image, change.image_mode, self.image_ttl,
-                change.owner, self.owner_prefix, encoded, ",".join(s.value for s in change.only_from)]
+                mode or ("1" if change.create else "0"), change.job_id, change.image, change.image_mode,
+                self.image_ttl, change.owner, self.owner_prefix, encoded, ",".join(s.value for s in change.only_from),
+                ",".join(same)]
         return keys, argv
 
     @staticmethod
     def _outcome(reply: list) -> Outcome:
-        code, before = reply
+        code, before = reply[:2]
         return Outcome(Applied(int(code)), JobState(before.decode()) if before else None)
 
     async def apply(self, change: Change) -> Outcome:
-        """Apply one change atomically (see _TRANSITION for what is refused and why)."""
-        if self._waits_for_replicas([change]):
-            return (await self.apply_many([change]))[0]
-        keys, argv = self._script_call(change)
-        return self._outcome(await self._call(self._transition, keys=keys, args=argv))
+        """Apply one change atomically (see transition.lua for what is refused and why)."""
+        return self._outcome((await self._evaluate([self._script_call(change)], self._waits_for_replicas([change])))[0])
 
     def _waits_for_replicas(self, changes: list[Change]) -> bool:
         return self.settings.redis_replicas_acked > 0 and any(change.state.terminal for change in changes)
 
     async def apply_many(self, changes: list[Change]) -> list[Outcome]:
         """Several changes in one round trip (each still atomic on its own)."""
-        if not changes:
+        calls = [self._script_call(change) for change in changes]
+        return [self._outcome(reply) for reply in await self._evaluate(calls, self._waits_for_replicas(changes))]
+
+    async def create_or_advance(self, change: Change, same: tuple[str, ...] = ()) -> Upserted:
+        """The router's step in one round trip, whoever recorded the job first: create the record
+        (the change's `passing` states on the way), or advance the one there to change.state when
+        it is in a state of change.only_from and holds, byte for byte, the fields named in `same` as
+        this change writes them (the same body). No read then write: a cancel, or another delivery,
+        lands before or after, never between. change.create is implied. See Upsert for the answers."""
+        reply = (await self._evaluate([self._script_call(change, "2", same)], self._waits_for_replicas([change])))[0]
+        code, before = int(reply[0]), JobState(reply[1].decode()) if reply[1] else None
+        if code == 1:
+            return Upserted(Upsert.advanced if before else Upsert.created, before)
+        if code in _UPSERT_CODES:
+            raw = reply[2]
+            return Upserted(_UPSERT_CODES[code], before, _record(dict(zip(raw[::2], raw[1::2], strict=True)), []))
+        return Upserted(Upsert.refused, before)
+
+    async def _evaluate(self, calls: list[tuple[list[str], list]], wait: bool) -> list:
+        """The transition script's replies to calls, in one round trip. With `wait` (a terminal
+        state where replicas must acknowledge), WAIT for them after the scripts, on their connection."""
+        if not calls:
             return []
+        if not wait and len(calls) == 1:
+            keys, argv = calls[0]
+            return [await self._call(self._transition, keys=keys, args=argv)]
 
         async def run_pipeline() -> list:
             # EVALSHA directly: a registered script in a pipeline first asks SCRIPT EXISTS, a round
             # trip per batch. A Redis that lost its scripts (restarted) answers NOSCRIPT: load, retry.
             for _attempt in range(2):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for change in changes:
-                        keys, argv = self._script_call(change)
+                    for keys, argv in calls:
                         pipe.evalsha(self._transition.sha, len(keys), *keys, *argv)
                     if wait:  # on the pipeline's connection: WAIT covers that connection's writes
                         pipe.execute_command("WAIT", self.settings.redis_replicas_acked,
@@ -142,14 +213,13 @@ class JobRecords(RedisStore):
                     try:
                         return await pipe.execute()
                     except NoScriptError:
-                        await self._redis.script_load(scripts._TRANSITION)
+                        await self._redis.script_load(transition.SOURCE)
             raise Unavailable("Redis refused the transition script")
 
-        wait = self._waits_for_replicas(changes)
         replies = await self._call(run_pipeline)
         if wait and int(replies[-1]) < self.settings.redis_replicas_acked:
             log.warning("store_replicas_behind", acked=int(replies[-1]), wanted=self.settings.redis_replicas_acked)
-        return [self._outcome(reply) for reply in replies[:len(changes)]]
+        return replies[:len(calls)]
 
     async def create(self, job_id: str, state: JobState = JobState.queued, **fields: Any) -> bool:
         """Create the record; False when a record with this id already exists."""
@@ -187,24 +257,7 @@ class JobRecords(RedisStore):
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw, history = await self._call(self._get_raw, job_id)
-        if not raw:
-            return None
-        # Fields this version does not know (written by a newer service, or internal ones such as
-        # the claim's owner) are left out, so an old reader still reads a new record.
-        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items() if k.decode() in _RECORD_FIELDS}
-        for name in _JSON_FIELDS:
-            if name in fields:
-                fields[name] = orjson.loads(fields[name])
-        for name in _FLOAT_FIELDS:
-            if name in fields:
-                fields[name] = float(fields[name])
-        for name in _INT_FIELDS:
-            if name in fields:
-                fields[name] = int(fields[name])
-        if "escalated" in fields:
-            fields["escalated"] = fields["escalated"] == "1"
-        fields["history"] = [orjson.loads(item) for item in history]
-        return JobRecord.model_validate(fields)
+        return _record(raw, history) if raw else None
 
     async def _get_raw(self, job_id: str) -> tuple[dict, list]:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -258,38 +311,3 @@ class JobRecords(RedisStore):
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 5.0))
         finally:
             await pubsub.aclose()
-
-    async def arrivals(self) -> int:
-        """Jobs recorded `queued` so far (the router's records, counted by the transition script):
-        the controller's demand, read in one call a tick, however many events the jobs make."""
-        return int(await self._call(self._redis.get, self.arrivals_key) or 0)
-
-    async def last_event_id(self) -> str:
-        """The id of the newest event ("0-0" when none): follow events after it."""
-        newest = await self._call(self._redis.xrevrange, self.events_key, count=1)
-        return newest[0][0].decode() if newest else "0-0"
-
-    async def wait_many(self, job_ids: list[str], since_id: str, timeout_s: float) -> dict[str, str]:
-        """Terminal states of many jobs, by following the event stream from `since_id` (taken
-        before they were submitted, so nothing is missed) with one connection. Jobs that do not
-        finish within timeout_s are absent from the result."""
-        waiting, finished = set(job_ids), {}
-        give_up_at, last_id = time.monotonic() + timeout_s, since_id
-        while waiting and time.monotonic() < give_up_at:
-            block_ms = max(int((give_up_at - time.monotonic()) * 1000), 1)
-            events = await self.read_events(last_id, count=5000, block_ms=min(block_ms, 1000))
-            for _, event in events:
-                if event["job_id"] in waiting and JobState(event["state"]).terminal:
-                    waiting.discard(event["job_id"])
-                    finished[event["job_id"]] = event["state"]
-            if events:
-                last_id = events[-1][0]
-        return finished
-
-    async def read_events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list:
-        """Events after `last_id`: [(event_id, {field: value})]."""
-        reply = await self._call(self._redis.xread, {self.events_key: last_id}, count=count, block=block_ms)
-        if not reply:
-            return []
-        return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()})
-                for event_id, data in reply[0][1]]

@@ -27,9 +27,9 @@ import pytest
 from services import controller as controller_service
 from shared import metrics
 from shared.bus import BROKER_MAX_MESSAGE_BYTES, DEAD_LETTER_DELIVERY_LIMIT, QUEUE_BYTES_PER_MESSAGE, Bus, Delivery
-from shared.faults import RedisServer
 from shared.schemas import MAX_MESSAGE_BYTES, Job, JobState, Task, Tier, job_id_of
 from shared.store import Change, Store
+from tests.faults.processes import RedisServer
 from tests.helpers import free_port, make_settings, namespace
 from tests.stack import running_stack
 
@@ -123,7 +123,7 @@ async def drained(bus: Bus, queue: str) -> bool:
 
 
 def queued(job: Job, slo_s: float) -> Change:
-    """The `queued` record the api writes for a job it accepted (services/api.py: queued_record)."""
+    """The `queued` record the api writes for a job it accepted (services/api/submission.py: queued_record)."""
     return Change(job.job_id, JobState.queued, job.record_fields(job.effective_deadline(slo_s)), create=True)
 
 
@@ -384,26 +384,26 @@ async def routed(store: Store, job_id: str):
 
 
 async def test_the_router_publishes_nothing_when_its_transition_is_refused():
-    """V is cancelled between the router's read of its `queued` record and its transition (a DELETE
-    on the api does this): the store refuses `routed`, and the router must not send V on."""
+    """V is cancelled just before the router records it (a DELETE on the api does this; the router's
+    step is one atomic call, Store.create_or_advance, so there is no read before it to cancel after):
+    the store refuses `routed`, and the router must not send V on."""
     settings = make_settings(**STACK)
     async with running_stack(settings, services=("controller", "router")) as stack:
         victim = Job(prompt="cancelled while routed")
         await stack.store.apply(queued(victim, settings.slo_s))
         router_store = stack.services["router"].store
-        read = router_store.get
+        record = router_store.create_or_advance
 
-        async def read_then_cancel(job_id: str):
-            record = await read(job_id)
-            await stack.store.fail(job_id, JobState.failed, "cancelled")  # a real write, in between
-            return record
+        async def cancel_then_record(change: Change, same: tuple[str, ...] = ()):
+            await stack.store.fail(change.job_id, JobState.failed, "cancelled")  # a real write, just before
+            return await record(change, same)
 
-        router_store.get = read_then_cancel  # type: ignore[method-assign]
+        router_store.create_or_advance = cancel_then_record  # type: ignore[method-assign]
         try:
             await stack.client.submit(victim)
             await eventually("ingress drained", lambda: drained(stack.bus, stack.bus.queues.requests))
         finally:
-            router_store.get = read  # type: ignore[method-assign]
+            router_store.create_or_advance = record  # type: ignore[method-assign]
         assert (await stack.store.get(victim.job_id)).state is JobState.failed
         light, heavy = stack.bus.queues.tier(Tier.light), stack.bus.queues.tier(Tier.heavy)
         assert await stack.bus.depth(light) + await stack.bus.depth(heavy) == 0

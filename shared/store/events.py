@@ -1,0 +1,49 @@
+"""The event stream: one entry per state change of any job, written by the transition script (see
+transition.lua), and the arrivals counter beside it. Followers read it instead of polling records:
+the controller's demand, a client that waits for many jobs at once."""
+
+from __future__ import annotations
+
+import time
+
+from shared.schemas import JobState
+from shared.store.base import RedisStore
+
+
+class JobEvents(RedisStore):
+    """Reading `<ns>:events` and `<ns>:arrivals` (see the package's docstring for the keys)."""
+
+    async def arrivals(self) -> int:
+        """Jobs recorded `queued` so far (the router's records, counted by the transition script):
+        the controller's demand, read in one call a tick, however many events the jobs make."""
+        return int(await self._call(self._redis.get, self.arrivals_key) or 0)
+
+    async def last_event_id(self) -> str:
+        """The id of the newest event ("0-0" when none): follow events after it."""
+        newest = await self._call(self._redis.xrevrange, self.events_key, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    async def wait_many(self, job_ids: list[str], since_id: str, timeout_s: float) -> dict[str, str]:
+        """Terminal states of many jobs, by following the event stream from `since_id` (taken
+        before they were submitted, so nothing is missed) with one connection. Jobs that do not
+        finish within timeout_s are absent from the result."""
+        waiting, finished = set(job_ids), {}
+        give_up_at, last_id = time.monotonic() + timeout_s, since_id
+        while waiting and time.monotonic() < give_up_at:
+            block_ms = max(int((give_up_at - time.monotonic()) * 1000), 1)
+            events = await self.read_events(last_id, count=5000, block_ms=min(block_ms, 1000))
+            for _, event in events:
+                if event["job_id"] in waiting and JobState(event["state"]).terminal:
+                    waiting.discard(event["job_id"])
+                    finished[event["job_id"]] = event["state"]
+            if events:
+                last_id = events[-1][0]
+        return finished
+
+    async def read_events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list:
+        """Events after `last_id`: [(event_id, {field: value})]."""
+        reply = await self._call(self._redis.xread, {self.events_key: last_id}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()})
+                for event_id, data in reply[0][1]]
