@@ -15,12 +15,12 @@ import uuid
 from typing import Any
 
 from shared import metrics
+from shared.arrival_rate import DemandTracker
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
-from shared.demand import DemandTracker, queueing_delay_s
 from shared.errors import Disposition, InvalidJob, Unavailable
 from shared.logging import bind_job, get_logger
-from shared.policies import steps
+from shared.policies import engine, steps
 from shared.policies.assignment import moves
 from shared.policies.catalog import make_policy
 from shared.policies.control import Observation, PlanSchedule
@@ -78,18 +78,17 @@ class Controller:
         return gpus
 
     async def observe(self, now: float) -> tuple[Observation, list[str]]:
+        """What the policy sees now (shared/policies/engine.py: observation, which the simulator
+        calls too), from the fleet and the queues' depths."""
         bus = self.service.bus
         gpus = await self.planned_gpus(now)
         depths = await bus.depths()
         metrics.observe_queue_depths(depths)
-        queued = sum(depths[name] for name in (bus.queues.tier(Tier.light), bus.queues.tier(Tier.heavy),
-                                                bus.queues.judge))
         rate = self.demand.rate_qps
         metrics.observe_demand(rate)
-        queueing = queueing_delay_s(queued, rate, cap_s=self.settings.slo_s)
-        observation = Observation(now, rate, queued, queueing, len(gpus), self.service.plans.current,
-                                  arrivals=self.demand.total, light_queued=depths[bus.queues.tier(Tier.light)],
-                                  heavy_queued=depths[bus.queues.tier(Tier.heavy)])
+        observation = engine.observation(now, rate, depths[bus.queues.tier(Tier.light)],
+                                         depths[bus.queues.tier(Tier.heavy)], len(gpus), self.service.plans.current,
+                                         self.demand.total, self.settings.slo_s)
         return observation, gpus
 
     async def step(self) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from shared import metrics
 from shared.backends import decode_png, make_scorer
@@ -16,13 +16,14 @@ from shared.batching import BatchCollector
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob, Overloaded
+from shared.intake import Claimed, intake, parse_task
 from shared.logging import bind_job, get_logger
-from shared.policies import steps
-from shared.policies.admission import may_escalate, profiled_batch_s
+from shared.policies import engine, steps
+from shared.policies.engine import BatchTimes, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.steps import Next
 from shared.profiles import load_profile
-from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
+from shared.schemas import JobState, Task, Tier
 from shared.service import Service, run
 from shared.store import Change, serve_light
 
@@ -32,30 +33,19 @@ JUDGE_BATCH = 8
 JUDGE_PREFETCH = 3 * JUDGE_BATCH
 
 
-@dataclass
-class Judged:
-    """A judge task with its duplicate deliveries (settled with it) and, once fetched, the light image."""
-
-    delivery: Delivery
-    task: Task
-    also: list[Delivery] = field(default_factory=list)
-    png: bytes = b""
-
-    @property
-    def job_id(self) -> str:
-        return self.task.job.job_id
-
-    @property
-    def model(self) -> str:
-        assert self.task.model is not None  # checked when parsed
-        return self.task.model
+def model_of(item: Claimed) -> str:
+    """The light model that made a judge task's image (the intake refuses a task without one)."""
+    assert item.task.model is not None
+    return item.task.model
 
 
 class Judge:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.settings = service.settings
+        self.clock = clock  # the verdict's "now" (the replay test gives its own)
         self.profile = load_profile(self.settings.profile)
+        self.times = BatchTimes(self.profile, self.settings.latency_scale)
         self.scorer = make_scorer(self.settings.judge_backend, device=self.settings.device,
                                   clip_arch=self.settings.clip_arch, head_path=self.settings.judge_head_path,
                                   clip_checkpoint=self.settings.clip_checkpoint)
@@ -89,11 +79,12 @@ class Judge:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def judge_batch(self, batch: list[Delivery]) -> None:
-        items = await self.load(batch)
-        if not items:
+        loaded = await self.load(batch)
+        if not loaded:
             return
-        inputs = [ScoreInput(item.job_id, item.task.job.prompt, decode_png(item.png), self.profile.model(item.model))
-                  for item in items]
+        items = [item for item, _ in loaded]
+        inputs = [ScoreInput(item.job_id, item.task.job.prompt, decode_png(png), self.profile.model(model_of(item)))
+                  for item, png in loaded]
         try:
             scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.scorer.score, inputs)
         except Exception as error:
@@ -101,30 +92,22 @@ class Judge:
             return
         await self.decide(items, scores)
 
-    async def load(self, batch: list[Delivery]) -> list[Judged]:
-        """Parse a batch, read each job's state and fetch the light images of those still to be
-        judged, in two round trips. A job judged already is not judged again: its stored verdict
-        is followed (shared/policies/steps.py)."""
-        parsed: list[Judged] = []
-        for delivery in batch:
-            if delivery.stale:
-                log.info("stale_delivery_dropped")  # the broker has handed it out again
-                continue
-            try:
-                task = parse_message(Task, delivery.body)
-                if task.model is None:
-                    raise InvalidJob("judge task names no model")
-                self.profile.model(task.model)
-            except (InvalidJob, KeyError) as error:
-                job_id = job_id_of(delivery.body)
-                error = error if isinstance(error, InvalidJob) else InvalidJob(str(error))
-                await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
-                continue
-            duplicate = next((item for item in parsed if item.job_id == task.job.job_id), None)
-            if duplicate is not None:
-                duplicate.also.append(delivery)
-            else:
-                parsed.append(Judged(delivery, task))
+    def parse(self, delivery: Delivery) -> Task:
+        """A judge task names the light model that made its image, one of the profile's."""
+        task = parse_task(delivery)
+        if task.model is None:
+            raise InvalidJob("judge task names no model")
+        try:
+            self.profile.model(task.model)
+        except KeyError as error:
+            raise InvalidJob(str(error)) from None
+        return task
+
+    async def load(self, batch: list[Delivery]) -> list[tuple[Claimed, bytes]]:
+        """Take a batch in (shared/intake.py), read each job's state and fetch the light images of
+        those still to be judged, in two round trips. A job judged already is not judged again: its
+        stored verdict is followed (shared/policies/steps.py)."""
+        parsed = await intake(self.service, batch, self.parse)
         try:
             states = await self.service.store.states([item.job_id for item in parsed])
         except Exception as error:
@@ -142,34 +125,28 @@ class Judge:
         except Exception as error:
             await self.settle_all(to_judge, error)
             return []
-        items = []
+        loaded = []
         for item, png in zip(to_judge, pngs, strict=True):
             if png is None:
                 await self.settle_all([item], InvalidJob("the light image is gone from the store"))
             else:
-                item.png = png
-                items.append(item)
-        return items
+                loaded.append((item, png))
+        return loaded
 
-    def heavy_batch_s(self, plan) -> float:
-        """The profiled time of a heavy batch: an escalation that cannot finish by the deadline is
-        not made; the light image is served instead."""
-        return profiled_batch_s(self.profile.model(plan.heavy_model), plan.heavy_batch, self.settings.latency_scale)
-
-    def verdict(self, item: Judged, score: float) -> Change:
-        """Escalate the lowest fraction d (when there is still time for the heavy model), else done
-        with the light image (renamed to the final key: stored once)."""
+    def verdict(self, item: Claimed, score: float) -> Change:
+        """The record change for the engine's verdict (shared/policies/engine.py: verdict): escalated,
+        or done with the light image (renamed to the final key: stored once), noting when it was
+        low enough to escalate but too late for the heavy model."""
         plan = self.service.plans.current
-        calibration = self.calibration(item.model)
-        escalate = calibration.escalate(score, plan.d)
-        calibration.observe(score)
-        if escalate and may_escalate(time.time(), self.heavy_batch_s(plan), item.task.deadline):
+        model = model_of(item)
+        decided = engine.verdict(self.calibration(model), score, plan, self.clock(), item.task.deadline, self.times)
+        if decided is Verdict.escalate:
             return Change(item.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
-        fields = {"judge_score": score, "tier": Tier.light.value, "model": item.model}
+        fields = {"judge_score": score, "tier": Tier.light.value, "model": model}
         return Change(item.job_id, JobState.done, fields, promote_light=True,
-                      detail="too late to escalate" if escalate else "")
+                      detail="too late to escalate" if decided is Verdict.too_late else "")
 
-    async def decide(self, items: list[Judged], scores: list[float]) -> None:
+    async def decide(self, items: list[Claimed], scores: list[float]) -> None:
         changes = [self.verdict(item, score) for item, score in zip(items, scores, strict=True)]
         try:
             outcomes = await self.service.store.apply_many(changes)
@@ -181,14 +158,14 @@ class Judge:
             if not outcome.applied:
                 continue
             if change.state is JobState.escalated:
-                metrics.observe_verdict(item.model, "escalated")
+                metrics.observe_verdict(model_of(item), "escalated")
             else:
-                metrics.observe_verdict(item.model, "too_late" if change.detail else "accepted")
+                metrics.observe_verdict(model_of(item), "too_late" if change.detail else "accepted")
                 metrics.observe_done(Tier.light.value, item.task.job.submitted_at, item.task.deadline)
         await asyncio.gather(*(self.follow(item, steps.after_verdict(outcome, change.state is JobState.escalated))
                                for item, change, outcome in zip(items, changes, outcomes, strict=True)))
 
-    async def follow(self, item: Judged, step: Next) -> None:
+    async def follow(self, item: Claimed, step: Next) -> None:
         with bind_job(item.job_id):
             if step is Next.no_record:
                 await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
@@ -197,7 +174,7 @@ class Judge:
             else:
                 await self.settle(item, Disposition.ack)
 
-    async def escalate(self, item: Judged) -> None:
+    async def escalate(self, item: Claimed) -> None:
         """The heavy tier gets the escalated job; then the delivery is acked. When the heavy queue
         refuses it (full), the job is served the light image it already has."""
         try:
@@ -216,14 +193,12 @@ class Judge:
             await self.settle_all([item], error)
 
     @staticmethod
-    async def settle(item: Judged, disposition: Disposition) -> None:
-        for delivery in (item.delivery, *item.also):
-            await delivery.settle(disposition)
+    async def settle(item: Claimed, disposition: Disposition) -> None:
+        await item.settle(disposition)
 
-    async def settle_all(self, items: list[Judged], error: BaseException) -> None:
+    async def settle_all(self, items: list[Claimed], error: BaseException) -> None:
         for item in items:
-            with bind_job(item.job_id):
-                await self.service.settle_failure(item.delivery, error, [item.job_id], also=item.also)
+            await item.fail(self.service, error)
 
 
 async def main(service: Service) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -26,15 +26,17 @@ from shared import metrics
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob
+from shared.intake import parse_or_dead_letter
 from shared.logging import bind_job, get_logger
-from shared.policies import steps
-from shared.policies.admission import HeavyRoom, heavy_share_qps, may_route_heavy, profiled_batch_s
+from shared.policies import engine, steps
+from shared.policies.admission import HeavyRoom
+from shared.policies.engine import BatchTimes
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
 from shared.profiles import load_profile
-from shared.schemas import Job, JobRecord, JobState, Task, Tier, job_id_of, parse_message, valid_tenant
+from shared.schemas import Job, JobState, Task, parse_message, valid_tenant
 from shared.service import InFlight, Service, run
-from shared.store import Change
+from shared.store import Change, Upsert, Upserted
 
 log = get_logger(__name__)
 INGRESS_PREFETCH = 64
@@ -118,13 +120,14 @@ class BatchedScorer:
 
 
 class Router:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.routers: dict[str, PromptRouter] = {}  # by the plan's light model
         self.thresholds: dict[tuple[str, float], float] = {}  # (light model, r) -> score threshold
         self.scorer = BatchedScorer()
         self.room = HeavyRoom()  # this router's backlog in the heavy tier (shared/policies/admission.py)
-        self.profile = load_profile(service.settings.profile)
+        self.times = BatchTimes(load_profile(service.settings.profile), service.settings.latency_scale)
+        self.clock = clock  # the routing decision's "now" (the replay test gives its own)
 
     def router_for(self, light_model: str) -> PromptRouter:
         if light_model not in self.routers:
@@ -138,11 +141,8 @@ class Router:
         await self.scorer.score(router, "warm up")
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            job = as_sent_by(parse_message(Job, delivery.body), delivery)
-        except InvalidJob as error:
-            job_id = job_id_of(delivery.body)
-            await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
+        job = await parse_or_dead_letter(self.service, delivery, parse_job)
+        if job is None:
             return
         with bind_job(job.job_id):
             try:
@@ -158,26 +158,17 @@ class Router:
             self.thresholds[key] = self.router_for(light_model).threshold(r)
         return self.thresholds[key]
 
-    def heavy_room(self, plan, deadline: float) -> bool:
-        """Whether the heavy tier's share for this router clears a job sent now by its deadline (the
-        simulator asks the same, shared/experiments/simulator.py: heavy_room); always, when the
-        plan has no light tier to send it to instead."""
-        if not may_route_heavy(plan):
-            return True
-        heavy_s = profiled_batch_s(self.profile.model(plan.heavy_model), plan.heavy_batch,
-                                   self.service.settings.latency_scale)
-        return self.room.admit(time.time(), deadline, heavy_share_qps(plan, heavy_s, Tier.light), heavy_s)
-
     async def route(self, job: Job, redelivered: bool) -> None:
-        store, settings = self.service.store, self.service.settings
+        settings = self.service.settings
         plan = self.service.plans.current
         deadline = job.effective_deadline(settings.slo_s)
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
-        tier = Tier.heavy if score >= self.threshold(plan.light_model, plan.r) else Tier.light
-        if tier is Tier.heavy and not self.heavy_room(plan, deadline):
-            tier = Tier.light
+        # The tier (shared/policies/engine.py: route, which the simulator calls too).
+        tier, heavy_full = engine.route(score, self.threshold(plan.light_model, plan.r), plan, self.room,
+                                        self.clock(), deadline, self.times)
+        if heavy_full:
             metrics.observe_heavy_full()
-        expired = time.time() >= deadline
+        expired = self.clock() >= deadline
         outcome: dict[str, Any]
         if expired:
             state, outcome = JobState.expired, {"error": "408 Expired: deadline passed before routing"}
@@ -185,36 +176,59 @@ class Router:
             state, outcome = JobState.routed, {"tier": tier.value, "router_score": score, "plan_version": plan.version}
         record = {**job.record_fields(deadline), **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
-        created = await store.apply(Change(job.job_id, state, record, create=True, passing=(JobState.queued,)))
-        if not created.applied:
-            existing = await self.recorded(job, redelivered)
-            if existing is None:
-                return
-            if existing.state is JobState.routed and existing.tier is not None:
-                # The routing decision was stored once: a redelivery publishes the same one again.
-                tier, score = existing.tier, existing.router_score if existing.router_score is not None else score
-            elif not await store.transition(job.job_id, state, **outcome):
-                # Refused: cancelled, or routed by another delivery, since the record was read.
-                log.info("route_refused_by_store", state=state.value)
-                return
+        stored = await self.record(job, Change(job.job_id, state, record, passing=(JobState.queued,),
+                                               only_from=rerouting_states(redelivered)))
+        if stored is None:
+            return
+        if stored.record is not None:
+            # The routing decision was stored once: a redelivery publishes the same one again.
+            tier = stored.record.tier or tier
+            score = stored.record.router_score if stored.record.router_score is not None else score
         crash_point("router.after_record")
         if not expired:
             task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
             await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
 
-    async def recorded(self, job: Job, redelivered: bool) -> JobRecord | None:
-        """The job's record exists (the api wrote it `queued`, or an earlier delivery routed it):
-        the record, when this delivery is to route it; None for a duplicate, and for a body that
-        names the recorded job's id without being that job (acked: it must not change the job)."""
-        existing = await self.service.store.get(job.job_id)
-        if existing is None or not steps.rerouting(existing.state, redelivered):
-            log.info("duplicate_job_ignored")
+    async def record(self, job: Job, change: Change) -> Upserted | None:
+        """Record the routing in one round trip, whoever wrote the record first (the api writes it
+        `queued`): Store.create_or_advance creates it, or moves on this job's record when
+        steps.rerouting allows (change.only_from). None when this delivery is not to route the job:
+        a duplicate, or a body that names a recorded job's id without being that job (acked: it must
+        not change the job). The store checks the body's fields byte for byte (same_job_fields);
+        when they differ, steps.recorded_job decides on the record it sent back, and the same job
+        written otherwise (a float, the metadata's key order) is moved on by a second call."""
+        store = self.service.store
+        stored = await store.create_or_advance(change, same_job_fields(job))
+        if stored.result is Upsert.differs and stored.record is not None:
+            if not steps.recorded_job(stored.record, job, self.service.settings.slo_s):
+                metrics.observe_distrusted("job_id_taken")
+                log.warning("job_id_taken", state=stored.record.state.value, tenant=job.tenant,
+                            recorded_tenant=stored.record.tenant)
+                return None
+            stored = await store.create_or_advance(change)
+        if stored.result is Upsert.refused:
+            log.info("duplicate_job_ignored", state=stored.before.value if stored.before else None)
             return None
-        if not steps.recorded_job(existing, job, self.service.settings.slo_s):
-            metrics.observe_distrusted("job_id_taken")
-            log.warning("job_id_taken", state=existing.state.value, tenant=job.tenant, recorded_tenant=existing.tenant)
-            return None
-        return existing
+        return stored
+
+
+def rerouting_states(redelivered: bool) -> tuple[JobState, ...]:
+    """The states a recorded job may be routed from (steps.rerouting), for the store to check."""
+    return tuple(state for state in JobState if steps.rerouting(state, redelivered))
+
+
+def same_job_fields(job: Job) -> tuple[str, ...]:
+    """The record's fields that steps.recorded_job compares (the deadline only where the job sets
+    one): when the record holds them exactly as this job writes them, it is this job, and the
+    store moves it on without sending it back (tests/integration/test_store_upsert.py checks that
+    this stays a sufficient condition of recorded_job)."""
+    deadline = ("deadline",) if job.deadline is not None or job.slo_s is not None else ()
+    return ("prompt", "submitted_at", "tenant", "metadata", *deadline)
+
+
+def parse_job(delivery: Delivery) -> Job:
+    """An ingress message: a Job, for the tenant its sender may act for."""
+    return as_sent_by(parse_message(Job, delivery.body), delivery)
 
 
 def as_sent_by(job: Job, delivery: Delivery) -> Job:

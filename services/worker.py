@@ -4,6 +4,10 @@ while the model runs batch k, batch k+1 is being collected and batch k-1's image
 are being encoded and stored. Generation and PNG encoding never run on the event loop.
 
 Light results go to the quality judge; heavy results finish the job.
+
+Three parts, one concern each: `TierWorker` collects, admits and runs batches (the decisions are
+shared/policies/engine.py's, which the simulator calls too); `ModelSlot` holds the model and
+generates off the event loop; `Handoff` stores results, hands them on and settles deliveries.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -27,26 +32,17 @@ from shared.batching import BatchCollector
 from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import BackendFailed, Disposition, Expired, InvalidJob, Overloaded
+from shared.intake import Claimed, intake, parse_task
 from shared.logging import bind_job, get_logger
 from shared.outcome import Applied
-from shared.policies import steps
-from shared.policies.admission import (
-    HANDOFF_S,
-    PIPELINE_DEPTH,
-    PREFETCH_BATCHES,
-    BatchTimer,
-    Fallback,
-    batch_ends_at,
-    ends_too_late,
-    light_can_make,
-    profiled_batch_s,
-    too_late_fallback,
-)
+from shared.policies import engine, steps
+from shared.policies.admission import HANDOFF_S, PIPELINE_DEPTH, PREFETCH_BATCHES, Fallback
+from shared.policies.engine import BatchTimes, Pipeline
 from shared.policies.steps import Next
-from shared.policies.transitions import load_s
-from shared.profiles import load_profile
-from shared.schemas import JobState, Task, Tier, job_id_of, parse_message
+from shared.profiles import Profile, load_profile
+from shared.schemas import JobState, Task, Tier
 from shared.service import Service, run
+from shared.settings import Settings
 from shared.store import Change, hand_back, owner_id, serve_light
 
 log = get_logger(__name__)
@@ -55,20 +51,7 @@ log = get_logger(__name__)
 MAX_FINISHING_BATCHES = 2
 FEED_RETRY_S = 0.5  # after a failed turn of the feeder
 
-
-@dataclass
-class Item:
-    """A job this worker has claimed: its delivery, and any duplicate deliveries of the same job
-    that arrived meanwhile (after a broker reconnect the broker hands out again what this worker
-    still holds): they are settled with it, so the job is generated once."""
-
-    delivery: Delivery
-    task: Task
-    also: list[Delivery] = field(default_factory=list)
-
-    @property
-    def job_id(self) -> str:
-        return self.task.job.job_id
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -78,7 +61,7 @@ class Batch:
     time: a batch admitted for sd35-medium and run with sd35-large ended 14 s after its estimate).
     The model is swapped between batches, where admission expected it."""
 
-    items: list[Item]
+    items: list[Claimed]
     model: str
     ends_by: float  # when admission expected it to end (the batches ahead of it and a model load included)
 
@@ -91,30 +74,23 @@ def seed_of(task: Task) -> int:
 
 
 class TierWorker:
-    def __init__(self, service: Service, tier: Tier) -> None:
+    """The batch loop: a feeder collects and admits batch k+1 while the model runs batch k."""
+
+    def __init__(self, service: Service, tier: Tier, clock: Clock = time.time) -> None:
         self.service = service
         self.tier = tier
         self.settings = service.settings
+        self.clock = clock  # every decision's "now" (the replay test gives its own)
         self.profile = load_profile(self.settings.profile)
+        self.times = BatchTimes(self.profile, self.settings.latency_scale)
         self.collector = BatchCollector()
-        self.host = make_host(self.settings)  # where the model runs (a process of its own, for torch models)
-        self.gpu = ThreadPoolExecutor(self.host.concurrent_batches, thread_name_prefix=f"gpu-{tier.value}")
-        self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
-        self.generator: Generator | None = None
-        self.finishing: set[asyncio.Task] = set()
-        self.batch_s = BatchTimer()
+        self.pipeline = Pipeline()  # what admission has committed this GPU to
+        self.model = ModelSlot(self.settings, self.profile, tier, self.pipeline)
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
-        self.busy_until = 0.0  # when the batches admitted so far are expected to have ended
-        self.admitted_model = ""  # the model of the last batch admitted (the one loaded once they have run)
         # Who holds this worker's claims: unique per start, even when a pid comes round again.
-        self.owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
-        self.claimed: dict[str, Item] = {}  # job id -> the item, from its claim until it is settled
-
-    @property
-    def loaded(self) -> Generator:
-        """The generator of the model loaded now (ensure_model loads one before anything runs)."""
-        assert self.generator is not None, "no model loaded yet"
-        return self.generator
+        owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
+        self.hands = Handoff(service, tier, owner, self.collector, self.model, self.times, clock)
+        self.finishing: set[asyncio.Task] = set()
 
     @property
     def queue(self) -> str:
@@ -126,15 +102,13 @@ class TierWorker:
     async def run(self) -> None:
         """Two stages: a feeder collects and admits batch k+1 while the model runs batch k; the
         finishing of batch k-1 (PNG, store, hand-on) runs as a task of its own."""
-        await self.ensure_model(self.planned_model())
-        self.admitted_model = self.loaded.model.name
+        await self.model.ensure(self.planned_model())
+        self.pipeline.model = self.model.name
         await self.beat()  # the claims' owner is alive before the first claim
         batch_size = self.service.plans.current.batch_for(self.tier)
-        consumer = await self.service.bus.consume(
-            self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size
-        )
+        consumer = await self.service.bus.consume(self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size)
         metrics.mark_ready("worker")
-        log.info("worker_ready", tier=self.tier.value, model=self.loaded.model.name, gpu=self.settings.gpu)
+        log.info("worker_ready", tier=self.tier.value, model=self.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
@@ -146,31 +120,34 @@ class TierWorker:
                 error = None if feeder.cancelled() else feeder.exception()
                 raise RuntimeError(f"the feeder stopped: {type(error).__name__}: {error}")
             if (running is None or running.done()) and admitted.empty():
-                await self.ensure_model(self.planned_model())  # idle: take the plan's model now
+                await self.model.ensure(self.planned_model())  # idle: take the plan's model now
             try:
                 batch = await asyncio.wait_for(admitted.get(), timeout=1.0)
             except TimeoutError:
                 continue
-            if batch.model != self.loaded.model.name:  # the plan changed the model: after the batch ahead
+            if batch.model != self.model.name:  # the plan changed the model: after the batch ahead
                 if running is not None:
                     await running
                     running = None
-                await self.ensure_model(batch.model)
+                await self.model.ensure(batch.model)
             # Batch k+1 goes to the model's executor before batch k is awaited, so the model
             # thread starts it the moment k ends, without waiting for the event loop.
-            following = asyncio.create_task(self.generate_and_hand_off(batch, self.loaded))
+            following = asyncio.create_task(self.generate_and_hand_off(batch, self.model.loaded))
             if running is not None:
                 await running
             running = following
         if running is not None:
             await running
+        await self.wind_down(heartbeat, feeder, admitted, consumer)
+
+    async def wind_down(self, heartbeat: asyncio.Task, feeder: asyncio.Task, admitted: asyncio.Queue, consumer) -> None:
         # Both loops also watch the stop flag: asyncio.wait_for on 3.11 can swallow a cancellation
         # that arrives as its timeout fires, and a loop that missed it must still end.
         for task in (heartbeat, feeder):
             task.cancel()
         await asyncio.wait([heartbeat, feeder], timeout=5.0)
         while not admitted.empty():
-            await self.hand_back(admitted.get_nowait().items)
+            await self.hands.hand_back(admitted.get_nowait().items)
         await self.stop(consumer)
 
     async def feed(self, consumer, admitted: asyncio.Queue) -> None:
@@ -200,14 +177,14 @@ class TierWorker:
         except BaseException:
             self.slots.release()
             raise
-        if batch is not None:
-            try:
-                await admitted.put(batch)
-            except asyncio.CancelledError:  # the worker stops while the model runs the batch before
-                await self.hand_back(batch.items)
-                raise
-        else:
+        if batch is None:
             self.slots.release()
+            return batch_size
+        try:
+            await admitted.put(batch)
+        except asyncio.CancelledError:  # the worker stops while the model runs the batch before
+            await self.hands.hand_back(batch.items)
+            raise
         return batch_size
 
     async def heartbeat(self) -> None:
@@ -221,14 +198,186 @@ class TierWorker:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def beat(self) -> None:
-        info = {"tier": self.tier.value, "model": self.loaded.model.name, "host": self.settings.host,
-                "pid": os.getpid(), "batch": self.service.plans.current.batch_for(self.tier),
-                "plan_version": self.service.plans.current.version, "waiting": self.collector.waiting,
-                "busy_until": round(self.busy_until, 3)}  # a stopping worker's agent waits for it (agent.py)
+        plan = self.service.plans.current
+        info = {"tier": self.tier.value, "model": self.model.name, "host": self.settings.host, "pid": os.getpid(),
+                "batch": plan.batch_for(self.tier), "plan_version": plan.version, "waiting": self.collector.waiting,
+                "busy_until": round(self.pipeline.busy_until, 3)}  # a stopping worker's agent waits for it (agent.py)
         await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
-                                                  owner=self.owner)
+                                                  owner=self.hands.owner)
 
-    async def hand_back(self, items: list[Item]) -> None:
+    async def stop(self, consumer) -> None:
+        """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
+        await consumer.cancel()
+        for delivery in self.collector.drain_nowait():
+            await delivery.settle(Disposition.requeue)
+        if self.finishing:
+            await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
+        await self.service.store.clear_worker(self.settings.gpu, self.hands.owner)
+        await self.model.close()
+
+    def planned_model(self) -> str:
+        return self.service.plans.current.model_for(self.tier)
+
+    async def generate_and_hand_off(self, batch: Batch, generator: Generator) -> None:
+        try:
+            results = await self.model.generate(batch.items, generator)
+        finally:
+            self.slots.release()
+        self.check_overrun(batch)
+        while len(self.finishing) >= MAX_FINISHING_BATCHES:
+            await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
+        finishing = asyncio.create_task(self.hands.finish(batch.items, results, generator.model.name))
+        self.finishing.add(finishing)
+        finishing.add_done_callback(self.finishing.discard)
+
+    def check_overrun(self, batch: Batch) -> None:
+        """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
+        later than that by more than the handoff margin makes jobs admitted as in time end late.
+        Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
+        overrun = self.clock() - batch.ends_by
+        if overrun <= 0:
+            return
+        metrics.observe_batch_overrun(self.tier.value, batch.model, overrun)
+        if overrun > HANDOFF_S:
+            log.warning("batch_overran", model=batch.model, size=len(batch.items), seconds=round(overrun, 3),
+                        margin_s=HANDOFF_S, estimated_end=round(batch.ends_by, 3),
+                        busy_until=round(self.pipeline.busy_until, 3))
+
+    async def admit(self, deliveries: list[Delivery]) -> Batch | None:
+        """Take a batch in (shared/intake.py), time it for the plan's model and shed what cannot end
+        in time (shared/policies/engine.py), and claim the rest (`generating`, owned by this worker)
+        in one round trip; shared/policies/steps.py decides what each claim's outcome means. None
+        when no job is left to run."""
+        model = self.planned_model()
+        ends_at = self.pipeline.batch_end(self.clock(), model, len(deliveries), loaded=self.model.name,
+                                          times=self.times)
+        taken = await intake(self.service, deliveries, parse_task, held=self.hands.claimed)
+        in_time, late = engine.split_late(taken, ends_at, lambda item: item.task.deadline)
+        for item in late:
+            await self.hands.too_late(item)
+        if in_time:
+            self.pipeline.commit(ends_at, model)
+        items = await self.hands.claim(in_time, model)
+        return Batch(items, model, ends_at) if items else None
+
+
+class ModelSlot:
+    """The model this worker runs, in its host (a process of its own, for torch models): loaded on
+    the plan's word, and run on an executor of its own, never on the event loop."""
+
+    def __init__(self, settings: Settings, profile: Profile, tier: Tier, pipeline: Pipeline) -> None:
+        self.settings, self.profile, self.tier, self.pipeline = settings, profile, tier, pipeline
+        self.host = make_host(settings)
+        self.gpu = ThreadPoolExecutor(self.host.concurrent_batches, thread_name_prefix=f"gpu-{tier.value}")
+        self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
+        self.generator: Generator | None = None
+
+    @property
+    def loaded(self) -> Generator:
+        """The generator of the model loaded now (ensure loads one before anything runs)."""
+        assert self.generator is not None, "no model loaded yet"
+        return self.generator
+
+    @property
+    def name(self) -> str:
+        return self.loaded.model.name
+
+    async def ensure(self, wanted: str) -> None:
+        if self.generator is not None and self.name == wanted:
+            return
+        model = self.profile.model(wanted)
+        started = time.perf_counter()
+        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
+        log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
+
+    async def generate(self, items: list[Claimed], generator: Generator) -> list[Image.Image | BaseException]:
+        """Generate off the event loop; a failed batch is split so one bad job fails alone."""
+        inputs = [GenerationInput(item.job_id, item.task.job.prompt, item.task.job.negative_prompt, seed_of(item.task),
+                                  item.task.job.width, item.task.job.height) for item in items]
+        try:
+            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, generator.generate_timed, inputs)
+            self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
+            metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
+                                  generated.busy_s)
+            return list[Image.Image | BaseException](generated.images)
+        except ModelProcessFailed:
+            raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
+        except Exception as error:
+            if len(items) == 1:
+                return [error]
+            log.warning("batch_failed_splitting", size=len(items), error=str(error))
+            results: list[Image.Image | BaseException] = []
+            for item in items:
+                results += await self.generate([item], generator)
+            return results
+
+    async def encode(self, results: list) -> list[bytes | BaseException]:
+        return await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
+        self.gpu.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
+
+
+class Handoff:
+    """Everything after a decision: claims, the store's results, the next hop, the settling of
+    deliveries, and the too-late fallback's moves."""
+
+    def __init__(self, service: Service, tier: Tier, owner: str, collector: BatchCollector, model: ModelSlot,
+                 times: BatchTimes, clock: Clock = time.time) -> None:
+        self.service, self.tier, self.owner, self.collector, self.model = service, tier, owner, collector, model
+        self.times, self.clock = times, clock
+        self.claimed: dict[str, Claimed] = {}  # job id -> the item, from its claim until it is settled
+
+    async def claim(self, items: list[Claimed], model: str) -> list[Claimed]:
+        """Claim `generating` for the items in one round trip: those this worker is to generate."""
+        started = {"tier": self.tier.value, "model": model}
+        changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in items]
+        try:
+            outcomes = await self.service.store.apply_many(changes)
+        except Exception as error:
+            await self.settle_all(items, error)
+            return []
+        crash_point(f"{self.tier.value}.after_claim")
+        claimed = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            step = steps.after_claim(self.tier, outcome)
+            if step is Next.work:
+                self.claimed[item.job_id] = item
+                claimed.append(item)
+            else:
+                await self.follow(item, step)
+        return claimed
+
+    async def follow(self, item: Claimed, step: Next, model: str | None = None) -> None:
+        """Carry out a step decision for an item this worker does not generate (now); `model`
+        made the light image this worker just stored."""
+        with bind_job(item.job_id):
+            if step is Next.wait:
+                # A live worker is generating this job: look again later, holding the delivery
+                # (acking it would lose the job if that worker then died).
+                log.info("claim_held_elsewhere", recheck_s=steps.RECHECK_S)
+                for delivery in item.deliveries:
+                    asyncio.get_running_loop().call_later(steps.RECHECK_S, self.collector.put, delivery)
+            elif step is Next.no_record:
+                await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
+            elif step is Next.hand_on:
+                await self.hand_on(item, model)
+            else:
+                log.info("duplicate_delivery_dropped")
+                await self.settle(item, Disposition.ack)
+
+    async def settle(self, item: Claimed, disposition: Disposition) -> None:
+        self.claimed.pop(item.job_id, None)
+        await item.settle(disposition)
+
+    async def settle_all(self, items: list[Claimed], error: BaseException) -> None:
+        for item in items:
+            self.claimed.pop(item.job_id, None)
+            await item.fail(self.service, error)
+
+    async def hand_back(self, items: list[Claimed]) -> None:
         """Claimed, not started, and this worker stops: give the claims back before requeueing, so
         a redelivery that comes too late for this tier can still go to the light one (a claimed job
         cannot move, and would be shed). A failed hand-back leaves the claims to pass on when this
@@ -242,128 +391,28 @@ class TierWorker:
         for item in items:
             await self.settle(item, Disposition.requeue)
 
-    async def stop(self, consumer) -> None:
-        """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
-        await consumer.cancel()
-        for delivery in self.collector.drain_nowait():
-            await delivery.settle(Disposition.requeue)
-        if self.finishing:
-            await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
-        await self.service.store.clear_worker(self.settings.gpu, self.owner)
-        await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
-        self.gpu.shutdown(wait=False, cancel_futures=True)
-        self.io.shutdown(wait=False, cancel_futures=True)
-
-    def planned_model(self) -> str:
-        return self.service.plans.current.model_for(self.tier)
-
-    async def ensure_model(self, wanted: str) -> None:
-        if self.generator is not None and self.loaded.model.name == wanted:
-            return
-        model = self.profile.model(wanted)
-        started = time.perf_counter()
-        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
-        log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
-
-    async def generate_and_hand_off(self, batch: Batch, generator: Generator) -> None:
-        items = batch.items
-        try:
-            results = await self.generate(items, generator)
-        finally:
-            self.slots.release()
-        self.check_overrun(batch)
-        while len(self.finishing) >= MAX_FINISHING_BATCHES:
-            await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
-        finishing = asyncio.create_task(self.finish(items, results, generator.model.name))
-        self.finishing.add(finishing)
-        finishing.add_done_callback(self.finishing.discard)
-
-    def check_overrun(self, batch: Batch) -> None:
-        """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
-        later than that by more than the handoff margin makes jobs admitted as in time end late.
-        Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
-        overrun = time.time() - batch.ends_by
-        if overrun <= 0:
-            return
-        metrics.observe_batch_overrun(self.tier.value, batch.model, overrun)
-        if overrun > HANDOFF_S:
-            log.warning("batch_overran", model=batch.model, size=len(batch.items), seconds=round(overrun, 3),
-                        margin_s=HANDOFF_S, estimated_end=round(batch.ends_by, 3),
-                        busy_until=round(self.busy_until, 3))
-
-    async def admit(self, deliveries: list[Delivery]) -> Batch | None:
-        """Parse and check a batch for the plan's model, and claim its jobs (`generating`, owned by
-        this worker) in one round trip; deliveries that are bad, expired, stale or duplicates are
-        settled here and left out (shared/policies/steps.py decides what each claim's outcome
-        means). None when no job is left to run."""
-        parsed: list[Item] = []
-        model = self.planned_model()
-        finishes_at = self.batch_end(model, len(deliveries))
-        for delivery in deliveries:
-            if delivery.stale:
-                log.info("stale_delivery_dropped")  # the broker has handed it out again
-                continue
-            try:
-                task = parse_message(Task, delivery.body)
-            except InvalidJob as error:
-                job_id = job_id_of(delivery.body)
-                await self.service.settle_failure(delivery, error, [job_id] if job_id else [], owned=False)
-                continue
-            duplicate = self.claimed.get(task.job.job_id) or next(
-                (item for item in parsed if item.job_id == task.job.job_id), None)
-            if duplicate is not None:
-                duplicate.also.append(delivery)  # settled with the delivery this worker already holds
-            elif ends_too_late(finishes_at, task.deadline):
-                await self.too_late(delivery, task)
-            else:
-                parsed.append(Item(delivery, task))
-        if parsed:
-            self.busy_until, self.admitted_model = finishes_at, model
-        started = {"tier": self.tier.value, "model": model}
-        changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in parsed]
-        try:
-            outcomes = await self.service.store.apply_many(changes)
-        except Exception as error:
-            await self.settle_all(parsed, error)
-            return None
-        crash_point(f"{self.tier.value}.after_claim")
-        items = []
-        for item, outcome in zip(parsed, outcomes, strict=True):
-            step = steps.after_claim(self.tier, outcome)
-            if step is Next.work:
-                self.claimed[item.job_id] = item
-                items.append(item)
-            else:
-                await self.follow(item, step)
-        return Batch(items, model, finishes_at) if items else None
-
-    def batch_end(self, model: str, size: int) -> float:
-        """When a batch of `size` admitted now for `model` would end (its time as measured here,
-        else as profiled). The model before it is the last admitted batch's while batches are
-        pending, else the one loaded."""
-        now = time.time()
-        previous = self.admitted_model if self.busy_until > now else self.loaded.model.name
-        prior = profiled_batch_s(self.profile.model(model), size, self.settings.latency_scale)
-        return batch_ends_at(now=now, busy_until=self.busy_until, batch_s=self.batch_s.expected(model, size, prior),
-                             model=model, previous_model=previous, load_s=load_s(self.profile, model))
-
-    async def follow(self, item: Item, step: Next, model: str | None = None) -> None:
-        """Carry out a step decision for an item this worker does not generate (now); `model`
-        made the light image this worker just stored."""
+    async def too_late(self, item: Claimed) -> None:
+        """A job this GPU cannot finish by its deadline takes the way out engine.fallback gives it:
+        its light image, the light tier, or shed (expired), which saves the GPU's time for jobs
+        that can still make theirs. A move that cannot be made (no light image, a job no longer
+        `routed`) sheds it too."""
+        task = item.task
         with bind_job(item.job_id):
-            if step is Next.wait:
-                # A live worker is generating this job: look again later, holding the delivery
-                # (acking it would lose the job if that worker then died).
-                log.info("claim_held_elsewhere", recheck_s=steps.RECHECK_S)
-                for delivery in (item.delivery, *item.also):
-                    asyncio.get_running_loop().call_later(steps.RECHECK_S, self.collector.put, delivery)
-            elif step is Next.no_record:
-                await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
-            elif step is Next.hand_on:
-                await self.hand_on(item, model)
-            else:
-                log.info("duplicate_delivery_dropped")
-                await self.settle(item, Disposition.ack)
+            plan, now = self.service.plans.current, self.clock()
+            fallback = engine.fallback(plan, self.tier, task.escalated, now, task.deadline, self.times)
+            try:
+                if fallback is Fallback.serve_light and await self.serve_light_image(
+                        task, "the heavy model could not finish in time: served the light image"):
+                    await self.settle(item, Disposition.ack)
+                    return
+                if fallback is Fallback.to_light and await self.reroute_to_light(task):
+                    await self.settle(item, Disposition.ack)
+                    return
+            except Exception as error:
+                await self.settle_all([item], error)
+                return
+            reason = "deadline passed before generation" if now >= task.deadline else "would finish after its deadline"
+            await self.settle_all([item], Expired(reason))
 
     async def reroute_to_light(self, task: Task) -> bool:
         """Record the job as routed to the light tier, then hand it there. Only a job still
@@ -379,37 +428,6 @@ class TierWorker:
         log.info("rerouted_to_light", reason="the heavy tier cannot finish it in time")
         return True
 
-    async def settle(self, item: Item, disposition: Disposition) -> None:
-        self.claimed.pop(item.job_id, None)
-        for delivery in (item.delivery, *item.also):
-            await delivery.settle(disposition)
-
-    async def too_late(self, delivery: Delivery, task: Task) -> None:
-        """A job this GPU cannot finish by its deadline. Shedding it (expired) saves the GPU time
-        for jobs that can still make theirs. A heavy job with a cheaper way out takes it instead:
-        an escalated job is served the light image it already has, and a job the router sent
-        straight to heavy goes to the light tier when a light batch can still make it."""
-        with bind_job(task.job.job_id):
-            plan = self.service.plans.current
-            light_s = profiled_batch_s(self.profile.model(plan.light_model), plan.light_batch,
-                                       self.settings.latency_scale)
-            fallback = too_late_fallback(self.tier, task.escalated,
-                                         light_can_make(plan, light_s, time.time(), task.deadline))
-            try:
-                if fallback is Fallback.serve_light and await self.serve_light_image(
-                        task, "the heavy model could not finish in time: served the light image"):
-                    await delivery.settle(Disposition.ack)
-                    return
-                if fallback is Fallback.to_light and await self.reroute_to_light(task):
-                    await delivery.settle(Disposition.ack)
-                    return
-            except Exception as error:
-                await self.service.settle_failure(delivery, error, [task.job.job_id])
-                return
-            reason = ("deadline passed before generation" if time.time() >= task.deadline
-                      else "would finish after its deadline")
-            await self.service.settle_failure(delivery, Expired(reason), [task.job.job_id])
-
     async def serve_light_image(self, task: Task, reason: str) -> bool:
         """Finish the job with the light image it already has (stored once: the light key becomes
         the final one). False when there is none."""
@@ -418,40 +436,9 @@ class TierWorker:
             metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
         return outcome.result is not Applied.no_image
 
-    async def settle_all(self, items: list[Item], error: BaseException) -> None:
-        for item in items:
-            with bind_job(item.job_id):
-                self.claimed.pop(item.job_id, None)
-                await self.service.settle_failure(item.delivery, error, [item.job_id], also=item.also)
-
-    async def generate(self, items: list[Item], generator: Generator) -> list[Image.Image | BaseException]:
-        """Generate off the event loop; a failed batch is split so one bad job fails alone."""
-        inputs = [
-            GenerationInput(item.job_id, item.task.job.prompt, item.task.job.negative_prompt, seed_of(item.task),
-                            item.task.job.width, item.task.job.height)
-            for item in items
-        ]
-        loop = asyncio.get_running_loop()
-        try:
-            generated = await loop.run_in_executor(self.gpu, generator.generate_timed, inputs)
-            self.batch_s.observe(generator.model.name, len(inputs), generated.seconds)
-            metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
-                                  generated.busy_s)
-            return list[Image.Image | BaseException](generated.images)
-        except ModelProcessFailed:
-            raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
-        except Exception as error:
-            if len(items) == 1:
-                return [error]
-            log.warning("batch_failed_splitting", size=len(items), error=str(error))
-            results: list[Image.Image | BaseException] = []
-            for item in items:
-                results += await self.generate([item], generator)
-            return results
-
-    async def finish(self, items: list[Item], results: list, model_name: str) -> None:
+    async def finish(self, items: list[Claimed], results: list, model_name: str) -> None:
         """Encode, store (one round trip for the batch), pass light results to the judge, ack."""
-        pngs = await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
+        pngs = await self.model.encode(results)
         generated, changes = [], []
         for item, png in zip(items, pngs, strict=True):
             if isinstance(png, BaseException):
@@ -479,7 +466,7 @@ class TierWorker:
             return Change(task.job.job_id, JobState.done, {**fields, "escalated": task.escalated}, image=png)
         return Change(task.job.job_id, JobState.judging, fields, image=png, image_variant="light")
 
-    async def hand_on(self, item: Item, model: str | None) -> None:
+    async def hand_on(self, item: Claimed, model: str | None) -> None:
         """A stored light result goes to the judge, then the delivery is acked. When the judge's
         queue refuses it (full), the job is served the light image it already has. `model` made
         the image (None: an earlier delivery stored it; the record says which)."""
@@ -494,11 +481,11 @@ class TierWorker:
         except Exception as error:
             await self.settle_all([item], error)
 
-    async def light_model_of(self, item: Item) -> str:
+    async def light_model_of(self, item: Claimed) -> str:
         """The model that made the stored light image (the record says; this worker's model when
         the record does not)."""
         record = await self.service.store.get(item.job_id)
-        return (record.model if record is not None and record.model else None) or self.loaded.model.name
+        return (record.model if record is not None and record.model else None) or self.model.name
 
 
 def encode_all(results: list) -> list[bytes | BaseException]:

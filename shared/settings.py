@@ -108,16 +108,17 @@ class Settings(BaseSettings):
     demand_hold_s: float | None = Field(
         default=None, gt=0, le=3600,
         description="hadis: a rise in arrivals counts as demand once it has lasted this long; a burst up to a third "
-                    "of it never does (shared/policies/demand.py). Unset: the SLO (a burst the queue absorbs within "
-                    "the SLO is not demand).")
+                    "of it never does (shared/policies/sustained_demand.py). Unset: the SLO (a burst the queue "
+                    "absorbs within the SLO is not demand).")
     demand_window_s: float | None = Field(
         default=None, gt=0, le=36_000,
         description="hadis: the span of the demand estimate, over which a fall is followed. Unset: 5 x the SLO.")
     plan_ahead_s: float | None = Field(
         default=None, ge=0, le=3600,
         description="hadis: the model pair and tier sizes are chosen for the demand expected this far ahead, at "
-                    "its sustained rise (shared/policies/demand.py: trend); a falling demand is not extrapolated. "
-                    "Unset: 3 x the demand hold (the estimate's lag, a switch, and the services' own delay).")
+                    "its sustained rise (shared/policies/sustained_demand.py: trend); a falling demand is not "
+                    "extrapolated. Unset: 3 x the demand hold (the estimate's lag, a switch, and the services' own "
+                    "delay).")
     plan_confirm_s: float | None = Field(
         default=None, ge=0, le=3600,
         description="hadis: the model pair and tier sizes change only when the demand estimates of this many "
@@ -184,7 +185,7 @@ class Settings(BaseSettings):
     redis_memory_warn: float = Field(default=0.8, gt=0, le=1,
                                      description="The controller warns when Redis uses this share of its maxmemory.")
 
-    # The HTTP api (services/api.py, docs/backends.md, docs/security.md).
+    # The HTTP api (services/api/, docs/backends.md, docs/security.md).
     api_host: str = Field(default="127.0.0.1", description="Address the api listens on (0.0.0.0 in containers).")
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_public_url: str | None = Field(default=None, max_length=500,

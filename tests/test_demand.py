@@ -1,6 +1,6 @@
 import pytest
 
-from shared.demand import DemandTracker, queueing_delay_s
+from shared.arrival_rate import DemandTracker, queueing_delay_s
 
 
 def test_steady_arrivals_converge_to_their_rate():

@@ -1,7 +1,9 @@
 """`hadis simulate`: the services as a discrete-event simulation, for scales and traces that one
-machine cannot host. It calls the same code as the services for every decision: the controller's
-policy through PlanSchedule, DemandTracker and Little's-law queueing, the GPU assignment, the
-rule router's score and threshold, the judge's calibration, and the worker's admission rule.
+machine cannot host. It calls the same code as the services for every decision: the engine core
+(shared/policies/engine.py: the router's tier, the worker's batch end and too-late fallback, the
+judge's verdict, the controller's observation), the controller's policy through PlanSchedule and
+DemandTracker, the GPU assignment, the rule router's score and threshold, the judge's
+calibration. tests/policies/test_engine_replay.py holds it to the services' decisions.
 
 What it models of the services (docs/experiments.md lists what it leaves out):
 - the broker: one FIFO queue per tier; a worker holds up to PREFETCH_BATCHES batches of
@@ -32,26 +34,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared import reference
-from shared.demand import DemandTracker, queueing_delay_s
+from shared.arrival_rate import DemandTracker
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
-from shared.policies.admission import (
-    PIPELINE_DEPTH,
-    PREFETCH_BATCHES,
-    BatchTimer,
-    Fallback,
-    HeavyRoom,
-    batch_ends_at,
-    ends_too_late,
-    heavy_share_qps,
-    light_can_make,
-    may_escalate,
-    may_route_heavy,
-    profiled_batch_s,
-    too_late_fallback,
-)
+from shared.policies import engine
+from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, Fallback, HeavyRoom
 from shared.policies.catalog import make_policy
-from shared.policies.control import Observation, PlanSchedule
+from shared.policies.control import PlanSchedule
+from shared.policies.engine import BatchTimes, Pipeline, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.router import default_router
 from shared.policies.transitions import load_s
@@ -84,17 +74,18 @@ class SimWorker:
     ready_at: float
     buffer: deque = field(default_factory=deque)  # delivered, not yet admitted
     batches: deque = field(default_factory=deque)  # admitted: [generating, queued]
-    busy_until: float = 0.0
-    admitted_until: float = 0.0  # the worker's own estimate of when its admitted batches end
-    admitted_model: str = ""  # the model of its last admitted batch
+    busy_until: float = 0.0  # when its admitted batches do end (the pipeline holds its own estimate)
     retiring: bool = False
-    timer: BatchTimer = field(default_factory=BatchTimer)
+    pipeline: Pipeline = field(default_factory=Pipeline)  # what admission has committed it to
 
     def unacked(self) -> int:
         return len(self.buffer) + sum(len(batch) for batch, _ in self.batches)
 
 
 class Simulation:
+    """The event loop, the controller, the router and the judge; the broker, the agent and the
+    workers are the fleet's (SimFleet)."""
+
     def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float | None = None,
                  worker_start_each_s: float | None = None, offset_s: float = 0.0, judge_s: float = 0.02,
                  finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None) -> None:
@@ -105,8 +96,7 @@ class Simulation:
         self.settings = settings
         self.trace = trace
         self.profile = load_profile(settings.profile)
-        self.worker_start_s = settings.worker_start_s if worker_start_s is None else worker_start_s
-        self.worker_start_each_s = settings.worker_start_each_s if worker_start_each_s is None else worker_start_each_s
+        self.times = BatchTimes(self.profile, settings.time_scale)  # the emulated workers sleep these
         self.offset_s = offset_s
         self.judge_s = judge_s
         self.finish_s = finish_s
@@ -116,18 +106,14 @@ class Simulation:
         self.router = default_router()
         self.router_scores = self.router.reference_scores
         self.thresholds: dict[float, float] = {}
-        self.latencies: dict[tuple[str, int], float] = {}
         self.judge_scores = reference.judge_scores()
         self.calibrations: dict[str, JudgeCalibration] = {}
         self.gpus = [f"sim-emu{i}" for i in range(settings.emulated_gpus)]
-        self.workers: dict[str, SimWorker] = {}
-        self.retired: list[SimWorker] = []
-        self.queues: dict[Tier, deque[SimJob]] = {Tier.light: deque(), Tier.heavy: deque()}
-        self.next_worker = {Tier.light: 0, Tier.heavy: 0}
-        self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
-        self.saturated = dict.fromkeys(Tier, False)
+        self.fleet = SimFleet(self, settings.worker_start_s if worker_start_s is None else worker_start_s,
+                              settings.worker_start_each_s if worker_start_each_s is None else worker_start_each_s)
         self.events: list = []
         self.sequence = itertools.count()
+        self.now = 0.0
         self.plan: Plan | None = None
         self.plans: list[PlanEvent] = []
         self.version = 0
@@ -152,10 +138,10 @@ class Simulation:
     def run(self) -> list[JobOutcome]:
         self.now = 0.0 - self.offset_s  # (not -0.0 in the plans.csv)
         self.control()
-        for worker in self.workers.values():
+        for worker in self.fleet.workers.values():
             worker.ready_at = 0.0  # the experiment starts replaying once the first workers are up
         for tier in Tier:
-            self.at(0.0, self.worker_ready, tier)
+            self.at(0.0, self.fleet.worker_ready, tier)
         self.at(self.now + TICK_S, self.tick)
         arrival = 0
         end_by = self.trace.duration_s + 10 * self.settings.slo_s + 60.0
@@ -182,52 +168,121 @@ class Simulation:
     # --- the controller -----------------------------------------------------------------------
 
     def control(self) -> None:
+        """As services/controller.py: observe (shared/policies/engine.py), plan, reconcile."""
         rate = self.demand.update(self.now)
-        light, heavy = len(self.queues[Tier.light]), len(self.queues[Tier.heavy])
-        queued = light + heavy
-        observation = Observation(self.now, rate, queued, queueing_delay_s(queued, rate, cap_s=self.settings.slo_s),
-                                  len(self.gpus), self.plan, arrivals=self.demand.total, light_queued=light,
-                                  heavy_queued=heavy)
+        queues = self.fleet.queues
+        observation = engine.observation(self.now, rate, len(queues[Tier.light]), len(queues[Tier.heavy]),
+                                         len(self.gpus), self.plan, self.demand.total, self.settings.slo_s)
         fields = self.schedule.step(observation, self.plan, self.gpus)
         if fields is not None:
             self.version += 1
             before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
             self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
                                         self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
-            self.reconcile(before)
+            self.fleet.reconcile(before)
+
+    # --- the router ---------------------------------------------------------------------------
+
+    def arrive(self, job: SimJob) -> None:
+        """As services/router.py: the prompt's score against the plan's threshold, and room in the
+        heavy tier's share for the router (shared/policies/engine.py: route)."""
+        self.arrived += 1
+        self.demand.arrived()
+        plan = job.plan = self.in_force
+        threshold = self.thresholds.get(plan.r)
+        if threshold is None:
+            threshold = self.thresholds[plan.r] = self.router.threshold(plan.r)
+        score = float(self.router_scores[job.prompt_id % len(self.router_scores)])
+        tier, _ = engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times)
+        job.routed_heavy = tier is Tier.heavy
+        self.fleet.enqueue(job, tier)
+
+    # --- the judge ----------------------------------------------------------------------------
+
+    def calibration(self, model: str) -> JudgeCalibration:
+        if model not in self.calibrations:
+            self.calibrations[model] = calibration_for(self.profile.model(model))
+        return self.calibrations[model]
+
+    def judge(self, batch: list[SimJob], model: str) -> None:
+        """As services/judge.py: the reference score of the prompt on the light model, and the
+        engine's verdict (shared/policies/engine.py: verdict)."""
+        plan = self.in_force
+        column = self.profile.model(model).reference_index
+        calibration = self.calibration(model)
+        for job in batch:
+            score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
+                     if column is not None else 0.5)
+            if engine.verdict(calibration, score, plan, self.now, job.deadline_s, self.times) is Verdict.escalate:
+                job.escalated = True
+                self.fleet.enqueue(job, Tier.heavy)
+            else:
+                self.end(job, "done")
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def end(self, job: SimJob, state: str, at: float | None = None) -> None:
+        job.state, job.end_s = state, self.now if at is None else at
+        self.open_jobs -= 1
+
+    def outcome(self, job: SimJob) -> JobOutcome:
+        plan = job.plan
+        return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.settings.slo_s,
+                          light_model=plan.light_model if plan else None,
+                          heavy_model=plan.heavy_model if plan else None,
+                          tier=job.tier.value if job.tier else None, routed_heavy=job.routed_heavy,
+                          escalated=job.escalated)
+
+
+class SimFleet:
+    """The broker's tier queues, the agent, and the workers: delivery by prefetch credit, admission
+    (shared/policies/engine.py, as services/worker.py), batches, and workers started, retired and
+    reloaded as the plans say."""
+
+    def __init__(self, sim: Simulation, worker_start_s: float, worker_start_each_s: float) -> None:
+        self.sim = sim
+        self.worker_start_s = worker_start_s
+        self.worker_start_each_s = worker_start_each_s
+        self.workers: dict[str, SimWorker] = {}
+        self.queues: dict[Tier, deque[SimJob]] = {Tier.light: deque(), Tier.heavy: deque()}
+        self.next_worker = {Tier.light: 0, Tier.heavy: 0}
+        self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
+        self.saturated = dict.fromkeys(Tier, False)
+
+    # --- the agent ----------------------------------------------------------------------------
 
     def reconcile(self, before: Plan | None = None) -> None:
         """The agent: a GPU whose tier changes gets a new worker once the old one has finished (all
         the starts at once share the host); a worker whose tier's model changes loads it in place."""
-        plan = self.in_force
-        starting = sum(1 for gpu in self.gpus if plan.assignment.get(gpu) is not None
+        sim, plan = self.sim, self.sim.in_force
+        starting = sum(1 for gpu in sim.gpus if plan.assignment.get(gpu) is not None
                        and (gpu not in self.workers or self.workers[gpu].tier != plan.assignment[gpu]))
         start_s = transition_start_s(starting, self.worker_start_s, self.worker_start_each_s)
-        for gpu in self.gpus:
+        for gpu in sim.gpus:
             wanted = plan.assignment.get(gpu)
             worker = self.workers.get(gpu)
             if worker is not None and worker.tier == wanted:
                 if before is not None and before.model_for(wanted) != plan.model_for(wanted):
                     self.reload(worker, plan.model_for(wanted))
                 continue
-            start = self.now
+            start = sim.now
             if worker is not None:
                 start = self.retire(worker)
                 del self.workers[gpu]
             if wanted is not None:
-                ready_at = start + start_s + load_s(self.profile, plan.model_for(wanted))
+                ready_at = start + start_s + load_s(sim.profile, plan.model_for(wanted))
                 self.workers[gpu] = SimWorker(gpu, wanted, ready_at=ready_at)
-                self.at(ready_at, self.worker_ready, wanted)
+                sim.at(ready_at, self.worker_ready, wanted)
         self.refresh_serving()
         for tier in Tier:
             self.feed(tier)
 
     def reload(self, worker: SimWorker, model: str) -> None:
         """The worker loads its tier's new model once its admitted batches end; it serves nothing meanwhile."""
-        seconds = load_s(self.profile, model)
+        seconds = load_s(self.sim.profile, model)
         if seconds > 0:
-            worker.ready_at = max(self.now, worker.busy_until) + seconds
-            self.at(worker.ready_at, self.worker_ready, worker.tier)
+            worker.ready_at = max(self.sim.now, worker.busy_until) + seconds
+            self.sim.at(worker.ready_at, self.worker_ready, worker.tier)
 
     def retire(self, worker: SimWorker) -> float:
         """SIGTERM: the buffer goes back to the queue's head; admitted batches finish."""
@@ -235,42 +290,21 @@ class Simulation:
         queue = self.queues[worker.tier]
         while worker.buffer:
             queue.appendleft(worker.buffer.pop())
-        return max(self.now, worker.busy_until)
+        return max(self.sim.now, worker.busy_until)
 
-    # --- the router ---------------------------------------------------------------------------
-
-    def arrive(self, job: SimJob) -> None:
-        self.arrived += 1
-        self.demand.arrived()
-        plan = job.plan = self.in_force
-        threshold = self.thresholds.get(plan.r)
-        if threshold is None:
-            threshold = self.thresholds[plan.r] = self.router.threshold(plan.r)
-        job.routed_heavy = bool(self.router_scores[job.prompt_id % len(self.router_scores)] >= threshold)
-        if job.routed_heavy and may_route_heavy(plan):
-            job.routed_heavy = self.heavy_room(job)
-        self.enqueue(job, Tier.heavy if job.routed_heavy else Tier.light)
-
-    def heavy_room(self, job: SimJob) -> bool:
-        """As the router does (services/router.py): room in the heavy tier's share for the router
-        before the job's deadline (shared/policies/admission.py: HeavyRoom)."""
-        plan = self.in_force
-        heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
-        return self.room.admit(self.now, job.deadline_s, heavy_share_qps(plan, heavy_s, Tier.light), heavy_s)
-
-    def enqueue(self, job: SimJob, tier: Tier) -> None:
-        self.queues[tier].append(job)
-        self.feed(tier)
-
-    # --- the workers --------------------------------------------------------------------------
+    # --- the broker ---------------------------------------------------------------------------
 
     def refresh_serving(self) -> None:
         self.serving = {tier: [w for w in self.workers.values()
-                               if w.tier == tier and not w.retiring and w.ready_at <= self.now] for tier in Tier}
+                               if w.tier == tier and not w.retiring and w.ready_at <= self.sim.now] for tier in Tier}
         self.saturated = dict.fromkeys(Tier, False)
 
     def worker_ready(self, tier: Tier) -> None:
         self.refresh_serving()
+        self.feed(tier)
+
+    def enqueue(self, job: SimJob, tier: Tier) -> None:
+        self.queues[tier].append(job)
         self.feed(tier)
 
     def feed(self, tier: Tier) -> None:
@@ -288,7 +322,7 @@ class Simulation:
         workers, queue = self.serving[tier], self.queues[tier]
         if not workers:
             return []
-        limit = PREFETCH_BATCHES * self.in_force.batch_for(tier)
+        limit = PREFETCH_BATCHES * self.sim.in_force.batch_for(tier)
         count, position, misses, touched = len(workers), self.next_worker[tier], 0, {}
         while queue and misses < count:
             worker = workers[position % count]
@@ -303,117 +337,65 @@ class Simulation:
         self.saturated[tier] = misses >= count  # until a worker acks a batch
         return list(touched.values())
 
+    # --- the workers --------------------------------------------------------------------------
+
     def admit(self, worker: SimWorker) -> None:
-        """The feeder: while a pipeline slot is free, take a batch from the buffer and check it."""
-        tier = worker.tier
-        model = self.in_force.model_for(tier)
+        """The feeder: while a pipeline slot is free, take a batch from the buffer, time it and
+        shed what cannot end in time (shared/policies/engine.py, as services/worker.py admits)."""
+        tier, sim = worker.tier, self.sim
+        model = sim.in_force.model_for(tier)
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
-            size = min(self.in_force.batch_for(tier), len(worker.buffer))
-            prior = self.batch_seconds(model, size)
-            # The model before this batch: its last batch's while batches are pending; once idle, the
-            # plan's (reload() has loaded it), as services/worker.py reads it.
-            previous = worker.admitted_model if worker.admitted_until > self.now else model
-            finishes_at = batch_ends_at(now=self.now, busy_until=worker.admitted_until,
-                                        batch_s=worker.timer.expected(model, size, prior), model=model,
-                                        previous_model=previous, load_s=load_s(self.profile, model))
-            batch = []
-            for _ in range(size):
-                job = worker.buffer.popleft()
-                if ends_too_late(finishes_at, job.deadline_s):
-                    self.too_late(job, tier)
-                    self.saturated[tier] = False  # its ack frees prefetch credit
-                else:
-                    batch.append(job)
+            size = min(sim.in_force.batch_for(tier), len(worker.buffer))
+            # The model loaded once idle: the plan's (reload() has loaded it), the worker's own.
+            ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
+            jobs = [worker.buffer.popleft() for _ in range(size)]
+            batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
+            for job in late:
+                self.too_late(job, tier)
+                self.saturated[tier] = False  # its ack frees prefetch credit
             if not batch:
                 continue
-            worker.admitted_until, worker.admitted_model = finishes_at, model
+            worker.pipeline.commit(ends_at, model)
             worker.batches.append((batch, model))
             if len(worker.batches) == 1:
                 self.start_batch(worker)
 
-    def batch_seconds(self, model: str, size: int) -> float:
-        """The emulated worker's sleep: the profiled batch time, scaled."""
-        seconds = self.latencies.get((model, size))
-        if seconds is None:
-            seconds = profiled_batch_s(self.profile.model(model), size, self.settings.time_scale)
-            self.latencies[(model, size)] = seconds
-        return seconds
-
     def too_late(self, job: SimJob, tier: Tier) -> None:
-        """As the worker: an escalated job gets its light image, a routed one the light tier if a
-        light batch can still make it, any other is shed."""
-        plan = self.in_force
-        light_in_time = light_can_make(plan, self.batch_seconds(plan.light_model, plan.light_batch), self.now,
-                                       job.deadline_s)
-        fallback = too_late_fallback(tier, job.escalated, light_in_time)
+        """As the worker (shared/policies/engine.py: fallback): the light image, the light tier, or shed."""
+        sim = self.sim
+        fallback = engine.fallback(sim.in_force, tier, job.escalated, sim.now, job.deadline_s, sim.times)
         if fallback is Fallback.serve_light:
             job.escalated, job.tier = False, Tier.light
-            self.end(job, "done")
+            sim.end(job, "done")
         elif fallback is Fallback.to_light:
             job.routed_heavy = False
             self.enqueue(job, Tier.light)
         else:
-            self.end(job, "expired")
+            sim.end(job, "expired")
 
     def start_batch(self, worker: SimWorker) -> None:
         batch, model = worker.batches[0]
-        seconds = self.batch_seconds(model, len(batch))
-        worker.busy_until = self.now + seconds
-        self.at(worker.busy_until, self.batch_done, worker, seconds)
+        seconds = self.sim.times.seconds(model, len(batch))  # the emulated worker's sleep
+        worker.busy_until = self.sim.now + seconds
+        self.sim.at(worker.busy_until, self.batch_done, worker, seconds)
 
     def batch_done(self, worker: SimWorker, seconds: float) -> None:
+        sim = self.sim
         batch, model = worker.batches.popleft()
-        worker.timer.observe(model, len(batch), seconds)
+        worker.pipeline.timer.observe(model, len(batch), seconds)
         for job in batch:
             job.tier = worker.tier
         if worker.tier is Tier.heavy:
             for job in batch:
-                self.end(job, "done", self.now + self.finish_s)
+                sim.end(job, "done", sim.now + sim.finish_s)
         else:
-            self.at(self.now + self.judge_s, self.judge, batch, model)
+            sim.at(sim.now + sim.judge_s, sim.judge, batch, model)
         if worker.batches:
             self.start_batch(worker)
         if not worker.retiring:
             self.admit(worker)
             self.saturated[worker.tier] = False
             self.feed(worker.tier)
-
-    # --- the judge ----------------------------------------------------------------------------
-
-    def calibration(self, model: str) -> JudgeCalibration:
-        if model not in self.calibrations:
-            self.calibrations[model] = calibration_for(self.profile.model(model))
-        return self.calibrations[model]
-
-    def judge(self, batch: list[SimJob], model: str) -> None:
-        plan = self.in_force
-        column = self.profile.model(model).reference_index
-        heavy_s = self.batch_seconds(plan.heavy_model, plan.heavy_batch)
-        calibration = self.calibration(model)
-        for job in batch:
-            score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
-                     if column is not None else 0.5)
-            escalate = calibration.escalate(score, plan.d)
-            calibration.observe(score)
-            if escalate and may_escalate(self.now, heavy_s, job.deadline_s):
-                job.escalated = True
-                self.enqueue(job, Tier.heavy)
-            else:
-                self.end(job, "done")
-
-    # --- outcomes -----------------------------------------------------------------------------
-
-    def end(self, job: SimJob, state: str, at: float | None = None) -> None:
-        job.state, job.end_s = state, self.now if at is None else at
-        self.open_jobs -= 1
-
-    def outcome(self, job: SimJob) -> JobOutcome:
-        plan = job.plan
-        return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.settings.slo_s,
-                          light_model=plan.light_model if plan else None,
-                          heavy_model=plan.heavy_model if plan else None,
-                          tier=job.tier.value if job.tier else None, routed_heavy=job.routed_heavy,
-                          escalated=job.escalated)
 
 
 def simulate(settings: Settings, trace: Trace, **options) -> tuple[list[JobOutcome], list[PlanEvent], float]:

@@ -1,7 +1,7 @@
 """Burst risk: how much capacity the structure must hold for the bursts it may meet before it can
 react, learned online from the arrivals themselves.
 
-The sustained estimate (shared/policies/demand.py) is built to ignore bursts, and on smooth ramps
+The sustained estimate (shared/policies/sustained_demand.py) is built to ignore bursts, and on smooth ramps
 that is right. Production traffic is often *made of* bursts: minutes of near silence, then 10-60x
 the mean within seconds. Planned for the silence, the fleet holds its slowest, best models when the
 next burst comes, and a structure takes the estimate's hold, a confirmation and a switch (about

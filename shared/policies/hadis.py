@@ -6,13 +6,13 @@ import math
 from collections import deque
 from typing import Any
 
-from shared.demand import queueing_delay_s
+from shared.arrival_rate import queueing_delay_s
 from shared.policies.bursts import BurstHistory
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
-from shared.policies.demand import PARTS, SustainedRate
 from shared.policies.pareto import load_table
 from shared.policies.planner import PlanDecision, Planner
 from shared.policies.readiness import Readiness
+from shared.policies.sustained_demand import PARTS, SustainedRate
 from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
 from shared.settings import Settings
 
@@ -29,7 +29,7 @@ class HadisPolicy(PlannerPolicy):
     """Ours, in two layers.
 
     The structure (model pair, GPUs per tier) is the best-quality row of the whole Pareto table that
-    covers the sustained demand plus a margin (shared/policies/demand.py: a burst is not demand),
+    covers the sustained demand plus a margin (shared/policies/sustained_demand.py: a burst is not demand),
     with the light tier sized for the prompts routed to it and the GPUs the row does not need given
     to the busier tier as headroom. A new structure replaces the current one only when it pays for
     its transition (shared/policies/transitions.py: the GPUs that load a model serve nothing

@@ -14,7 +14,7 @@ demand). When the current structure keeps up with the demand, a switch (for qual
 is made only if the GPUs that keep serving through it keep up too: a switch must not make its own
 backlog. When it does not keep up, the switch is made if it serves more over the horizon, the lost
 capacity included. A burst never reaches this rule: its demand is not sustained
-(shared/policies/demand.py).
+(shared/policies/sustained_demand.py).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def test_gpus_moved_between_tiers_restart_their_workers():
     simulation = Simulation(settings_for("hadis", gpus=8), steady(4.0, 20.0).scaled(4), worker_start_s=2.0)
     simulation.run()
     assert len(simulation.plans) >= 2
-    assert all(worker.tier is not None for worker in simulation.workers.values())
+    assert all(worker.tier is not None for worker in simulation.fleet.workers.values())
 
 
 @pytest.mark.parametrize("policy", ["hadis-paper", "diffserve", "proteus", "infaas-acc", "clipper-light"])
@@ -68,7 +68,7 @@ def move_every_gpu_at_10_s(simulation: Simulation) -> dict:
     simulation.now = 10.0
     moved = {gpu: (Tier.heavy if tier is Tier.light else Tier.light) for gpu, tier in first.assignment.items()}
     simulation.plan = Plan.model_validate({**first.model_dump(), "version": 2, "assignment": moved})
-    simulation.reconcile(first)
+    simulation.fleet.reconcile(first)
     return moved
 
 
@@ -78,15 +78,15 @@ def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_
     simulation = Simulation(static_eight(), steady(1.0, 5.0))
     moved = move_every_gpu_at_10_s(simulation)
     assert len(moved) == 8
-    assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {10.0 + 3.0 + 7 * 1.25}
+    assert {round(worker.ready_at, 2) for worker in simulation.fleet.workers.values()} == {10.0 + 3.0 + 7 * 1.25}
     simulation.now = 30.0
     simulation.profile = simulation.profile.model_copy(deep=True)  # load_profile's is shared (cached)
     object.__setattr__(simulation.profile.model("sd35-large"), "load_s", 4.0)
     swapped = simulation.in_force.model_copy(update={"version": 3, "heavy_model": "sd35-large"})
     before, simulation.plan = simulation.plan, swapped
-    simulation.reconcile(before)
-    heavy = [w for w in simulation.workers.values() if w.tier is Tier.heavy]
-    light = [w for w in simulation.workers.values() if w.tier is Tier.light]
+    simulation.fleet.reconcile(before)
+    heavy = [w for w in simulation.fleet.workers.values() if w.tier is Tier.heavy]
+    light = [w for w in simulation.fleet.workers.values() if w.tier is Tier.light]
     assert before.heavy_model != "sd35-large"
     assert heavy and all(w.ready_at == pytest.approx(34.0) for w in heavy)
     assert all(w.ready_at < 30.0 for w in light)
@@ -131,7 +131,7 @@ def test_the_start_times_of_the_simulated_host_are_its_own_and_not_the_policys()
     policy goes on pricing switches with the settings' figures, as the services' controller does."""
     simulation = Simulation(static_eight(), steady(1.0, 5.0), worker_start_s=2.5, worker_start_each_s=1.4)
     move_every_gpu_at_10_s(simulation)
-    assert {round(worker.ready_at, 2) for worker in simulation.workers.values()} == {22.3}  # 10 + 2.5 + 7 x 1.4
+    assert {round(worker.ready_at, 2) for worker in simulation.fleet.workers.values()} == {22.3}  # 10 + 2.5 + 7 x 1.4
     assert simulation.settings.worker_start_each_s == 1.25
 
 

@@ -1,4 +1,4 @@
-"""The controller's demand estimate against bursty synthetic arrivals (shared/policies/demand.py):
+"""The controller's demand estimate against bursty synthetic arrivals (shared/policies/sustained_demand.py):
 a 10x burst of 2 s is queue depth, not demand; a rise that lasts is seen within hold_s."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.demand import DemandTracker
+from shared.arrival_rate import DemandTracker
 from shared.policies.control import Observation, WindowRate
-from shared.policies.demand import SustainedRate
+from shared.policies.sustained_demand import SustainedRate
 
 TICK_S = 1.0  # the controller's
 

@@ -1,5 +1,7 @@
-"""Demand as the controller sees it: an arrival rate (an exponentially weighted moving average
-of arrivals, with a half-life), and the queueing delay by Little's law (W = L / lambda)."""
+"""The measured arrival rate: an exponentially weighted moving average of arrivals, with a
+half-life (the controller's `hadis_demand_qps`), and the queueing delay it implies by Little's law
+(W = L / lambda). Not the demand a plan is sized for: that is the burst-proof estimate of
+shared/policies/sustained_demand.py."""
 
 from __future__ import annotations
 

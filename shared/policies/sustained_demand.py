@@ -24,7 +24,7 @@ for the demand plus the trend times a lead (shared/policies/hadis.py: HadisPolic
 new structure serves only after the estimate's lag and a switch. Made of held rates, the trend
 ignores a burst as they do.
 
-The backlog itself enters the plan as queueing delay, by Little's law (shared/demand.py:
+The backlog itself enters the plan as queueing delay, by Little's law (shared/arrival_rate.py:
 queueing_delay_s): the wait of a new job behind the queued ones at the sustained rate.
 """
 

@@ -1,0 +1,175 @@
+"""The engine core: how the single rules (shared/policies/admission.py, judge.py, control.py,
+shared/arrival_rate.py) combine into the decisions of the router, the worker, the judge and the
+controller. The services (services/*.py) and the simulator (shared/experiments/simulator.py) both
+call these functions, in the way vLLM's engine core serves its process wrapper: the services keep
+only the I/O around them (the broker, the store, the clock they read), the simulator its event
+loop. Written once, the combination cannot drift between the two: it did (the controller counted
+the judge's queue as queued demand, the simulator did not), and an experiment then disagreed with
+its simulation for reasons that were no policy's. tests/policies/test_engine_replay.py feeds both
+paths the same inputs and requires the same decisions.
+
+Pure: plain values and a clock reading in, a decision out; no I/O, no store, no bus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple, TypeVar
+
+from shared.arrival_rate import queueing_delay_s
+from shared.policies.admission import (
+    BatchTimer,
+    Fallback,
+    HeavyRoom,
+    batch_ends_at,
+    ends_too_late,
+    heavy_share_qps,
+    light_can_make,
+    may_escalate,
+    may_route_heavy,
+    profiled_batch_s,
+    too_late_fallback,
+)
+from shared.policies.control import Observation
+from shared.policies.judge import JudgeCalibration
+from shared.policies.transitions import load_s
+from shared.profiles import Profile
+from shared.schemas import Plan, Tier
+
+T = TypeVar("T")
+
+
+class BatchTimes:
+    """The profile's batch times at one scale (the services: Settings.latency_scale; the simulator,
+    whose workers are emulated: time_scale), cached: every decision that prices a batch it has
+    not measured reads them here, so the router, the worker, the judge and the simulator price it
+    alike."""
+
+    def __init__(self, profile: Profile, scale: float) -> None:
+        self.profile = profile
+        self.scale = scale
+        self._seconds: dict[tuple[str, int], float] = {}
+
+    def seconds(self, model: str, size: int) -> float:
+        key = (model, size)
+        if key not in self._seconds:
+            self._seconds[key] = profiled_batch_s(self.profile.model(model), size, self.scale)
+        return self._seconds[key]
+
+    def light(self, plan: Plan) -> float:
+        """A batch of the plan's light tier."""
+        return self.seconds(plan.light_model, plan.light_batch)
+
+    def heavy(self, plan: Plan) -> float:
+        """A batch of the plan's heavy tier."""
+        return self.seconds(plan.heavy_model, plan.heavy_batch)
+
+    def load(self, model: str) -> float:
+        return load_s(self.profile, model)
+
+
+# --- the router ---------------------------------------------------------------------------------
+
+
+class Route(NamedTuple):
+    tier: Tier
+    heavy_full: bool  # the score chose heavy, and the heavy tier had no room for the router's share
+
+
+def route(score: float, threshold: float, plan: Plan, room: HeavyRoom, now: float, deadline: float,
+          times: BatchTimes) -> Route:
+    """The tier for a prompt whose score is `score`: heavy from the plan's threshold on, when the
+    router's share of the heavy tier still clears it by its deadline (HeavyRoom); the light tier
+    otherwise. A plan without a light tier of its own sends it to heavy all the same."""
+    if score < threshold:
+        return Route(Tier.light, False)
+    if not may_route_heavy(plan):
+        return Route(Tier.heavy, False)
+    heavy_s = times.heavy(plan)
+    if room.admit(now, deadline, heavy_share_qps(plan, heavy_s, Tier.light), heavy_s):
+        return Route(Tier.heavy, False)
+    return Route(Tier.light, True)
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    """What one worker has committed its GPU to: when the batches it has admitted end (its own
+    estimate), the model of the last one (the model loaded once they have run), and the batch
+    times it has measured. Admission reads it to time the next batch."""
+
+    busy_until: float = 0.0
+    model: str = ""
+    timer: BatchTimer = field(default_factory=BatchTimer)
+
+    def batch_end(self, now: float, model: str, size: int, *, loaded: str, times: BatchTimes) -> float:
+        """When a batch of `size` admitted now for `model` would end: after the batches admitted
+        before it, a model load when the model before it is another (the last admitted batch's
+        while batches are pending, else `loaded`, the one loaded now), and its own time (as
+        measured here, else as profiled)."""
+        previous = self.model if self.busy_until > now else loaded
+        batch_s = self.timer.expected(model, size, times.seconds(model, size))
+        return batch_ends_at(now=now, busy_until=self.busy_until, batch_s=batch_s, model=model,
+                             previous_model=previous, load_s=times.load(model))
+
+    def commit(self, ends_at: float, model: str) -> None:
+        """A batch was admitted (at least one of its jobs is in time)."""
+        self.busy_until, self.model = ends_at, model
+
+
+def split_late(items: Iterable[T], ends_at: float, deadline: Callable[[T], float]) -> tuple[list[T], list[T]]:
+    """The items of a batch that ends at `ends_at`: those that can still make their deadline, and
+    those that cannot (each goes to `fallback`), both in their order."""
+    in_time: list[T] = []
+    late: list[T] = []
+    for item in items:
+        (late if ends_too_late(ends_at, deadline(item)) else in_time).append(item)
+    return in_time, late
+
+
+def fallback(plan: Plan, tier: Tier, escalated: bool, now: float, deadline: float, times: BatchTimes) -> Fallback:
+    """What becomes of a job that `tier` cannot finish by its deadline: an escalated one is served
+    its light image, a heavy one the router sent goes to the light tier when a light batch started
+    now still makes it, any other is shed."""
+    return too_late_fallback(tier, escalated, light_can_make(plan, times.light(plan), now, deadline))
+
+
+# --- the judge ----------------------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    escalate = "escalate"  # among the lowest d: the heavy tier makes it again
+    accept = "accept"  # done with the light image
+    too_late = "too_late"  # among the lowest d, but a heavy batch would end after the deadline: the light image
+
+
+def verdict(calibration: JudgeCalibration, score: float, plan: Plan, now: float, deadline: float,
+            times: BatchTimes) -> Verdict:
+    """The judge's decision on one light image: escalate the lowest fraction d of the scores (the
+    calibration's percentile, before this score joins it) when a heavy batch started now still
+    ends by the deadline. The score joins the calibration whatever the verdict."""
+    low = calibration.escalate(score, plan.d)
+    calibration.observe(score)
+    if not low:
+        return Verdict.accept
+    return Verdict.escalate if may_escalate(now, times.heavy(plan), deadline) else Verdict.too_late
+
+
+# --- the controller -----------------------------------------------------------------------------
+
+
+def observation(now: float, rate_qps: float, light_queued: int, heavy_queued: int, gpus: int,
+                current: Plan | None, arrivals: int, slo_s: float) -> Observation:
+    """What the controller's policy sees. Queued demand is the jobs waiting in the two tier
+    queues: a new job waits behind them for a GPU, and the planner takes that wait (Little's law,
+    capped at the SLO) from its budget. The judge's queue is not counted: its jobs have been
+    generated and do not hold a new job back (the judge has its own thread, not a GPU), and the
+    heavy work their escalations will add is already in the demand (the plan's heavy share
+    h = r + (1 - r) d of the arrivals). Counting them made the services plan against a wait that
+    no job has, and differ from the simulator, which has no judge queue."""
+    queued = light_queued + heavy_queued
+    return Observation(now, rate_qps, queued, queueing_delay_s(queued, rate_qps, cap_s=slo_s), gpus, current,
+                       arrivals=arrivals, light_queued=light_queued, heavy_queued=heavy_queued)
