@@ -4,10 +4,11 @@
 
     record, png = submit_and_wait(Job(prompt="a red bicycle"), timeout_s=60)
 
-The code itself lives in `shared` and `services`, the repository's layout that DESIGN.md and every
-import use; this package re-exports what a caller needs under a name no other project uses, and
-carries the data the commands read (`hadis/profiles`, found with importlib.resources). The names
-load on first use, so `import hadis` for that data stays cheap and cannot cycle back into `shared`.
+The code itself lives in `shared` and `services`, the repository's layout (docs/architecture.md)
+that every import uses; this package re-exports what a caller needs under a name no other project
+uses, and carries the data the commands read (`hadis/profiles`, found with importlib.resources).
+The names load on first use, so `import hadis` for that data stays cheap and cannot cycle back into
+`shared`.
 """
 
 from __future__ import annotations
