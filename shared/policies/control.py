@@ -31,7 +31,7 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 class Observation:
     now: float
     demand_qps: float  # the arrival-rate estimate (EWMA), before the safety margin
-    queued_jobs: int  # ready messages in the tier and judge queues
+    queued_jobs: int  # ready messages in the two tier queues (not the judge's: engine.observation says why)
     queueing_s: float  # Little's-law wait of a new job behind them
     gpus: int  # GPUs registered by live agents
     current: Plan | None

@@ -58,7 +58,8 @@ class HadisPolicy(PlannerPolicy):
         # switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
         self.heading: Structure | None = None
         self.continuing = False
-        self.recent: deque[tuple[float, float]] = deque()  # (time, demand the structure was chosen for)
+        confirm = settings.plan_confirm_s  # by default a third of the hold (the held rate's part)
+        self.envelope = DemandEnvelope(self.sustained.hold_s / PARTS if confirm is None else confirm)
         halflife = settings.burst_memory_s or 30 * settings.slo_s
         self.bursts = BurstHistory(halflife_s=halflife, memory_s=3 * halflife)
         self.readiness = Readiness(self.planner, settings.slo_s, settings.plan_risk, settings.burst_prior, self.bursts)
@@ -94,24 +95,6 @@ class HadisPolicy(PlannerPolicy):
         lead = self.settings.plan_ahead_s
         return AHEAD_HOLDS * self.sustained.hold_s if lead is None else lead
 
-    def ready_for_bursts(self, demand: float, gpus: int) -> tuple[Structure | None, str]:
-        """The structure to hold instead of the planner's for `demand` when that one risks more than
-        plan_risk of the jobs over the remembered bursts (shared/policies/readiness.py), and why;
-        None when the planner's is ready (or nothing is remembered yet)."""
-        intervals = self.readiness.intervals(gpus)
-        if not intervals or gpus <= 0:
-            return None, ""
-        planned = Structure.of(self.planner.plan(demand, gpus, self.settings.slo_s).plan_fields())
-        first = self.readiness.risk(planned, gpus, intervals)
-        if first <= self.settings.plan_risk:
-            return None, ""
-        ready = self.readiness.best(demand, gpus, intervals)
-        if ready is None:
-            return None, ""
-        return ready, (f"; ready for the remembered bursts: {ready.light_model} x{ready.light_gpus} -> "
-                       f"{ready.heavy_model} x{ready.heavy_gpus} (the structure for {demand:.3g} qps would miss "
-                       f"{first:.1%} of them)")
-
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
         ahead = self.ahead(demand)
@@ -125,7 +108,7 @@ class HadisPolicy(PlannerPolicy):
         self.continuing = False
         # Ready for the remembered bursts when the structure for the sustained demand is not: then the
         # replay, which holds the rise so far, sizes it, and a burst's rise is not extrapolated.
-        ready, ready_why = self.ready_for_bursts(demand, observation.gpus)
+        ready, ready_why = ready_for_bursts(self.readiness, demand, observation.gpus)
         structure, why = self.structure(demand if ready is not None else ahead, observation, ready)
         if ready is not None:
             why = f"{ready_why}{why}"
@@ -145,13 +128,14 @@ class HadisPolicy(PlannerPolicy):
         itself, or the recent estimates disagree, or it is ready too and nearly as good)."""
         current = observation.current
         old = Structure.of(current) if current is not None else None
-        lowest, highest = self.envelope(observation.now, demand)
+        lowest, highest = self.envelope.update(observation.now, demand)
         if old is not None and self.proposed is not None and self.proposed[0] == old:
             step, seconds, towards = self.proposed  # the step is in force: it takes its time
             self.moving_until, self.proposed = observation.now + seconds, None
             self.heading = towards if step != towards else None
         if ready is not None:
-            if old is not None and (kept := self.still_ready(old, ready, demand, observation.gpus)) is not None:
+            if old is not None and (kept := still_ready(self.readiness, old, ready, demand, observation.gpus,
+                                                        self.settings.plan_min_gain_fid)) is not None:
                 return old, kept
         elif old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
             def serves(value: float) -> bool:
@@ -162,8 +146,7 @@ class HadisPolicy(PlannerPolicy):
             if serves(highest):
                 demand = highest  # a better structure only if every recent estimate allows it
             elif serves(lowest):
-                return old, (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}:"
-                             f" it serves {lowest:.3g} qps, the lowest estimate of the last"
+                return old, (f"; kept {layout(old)}: it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
         target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
@@ -194,42 +177,11 @@ class HadisPolicy(PlannerPolicy):
                     return structure, f"{why}; the pair first, in place"
         return self.priced(old, target, keep, demand, ready=ready is not None)
 
-    def still_ready(self, old: Structure, ready: Structure, demand: float, gpus: int) -> str | None:
-        """Why the current structure stays although `ready` is the best ready one: it serves the demand,
-        it is ready for the remembered bursts too, and `ready` is not plan_min_gain_fid better. None
-        when it must change."""
-        if old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
-            return None
-        slo = self.settings.slo_s
-        keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
-        new = self.planner.plan_within(ready.pair, ready.light_gpus, ready.heavy_gpus, demand, slo)
-        if keep is None or new is None or not keep.feasible or new.fid <= keep.fid - self.settings.plan_min_gain_fid:
-            return None
-        if self.readiness.risk(old, gpus, self.readiness.intervals(gpus)) > self.settings.plan_risk:
-            return None
-        return (f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: ready for the "
-                f"remembered bursts too, FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch")
-
     @property
     def confirm_s(self) -> float:
         """How long the estimates must agree before the structure changes (HADIS_PLAN_CONFIRM_S):
         by default a third of the hold (the held rate's part), 20 s at a 60 s SLO, 2 s at 6 s."""
-        confirm = self.settings.plan_confirm_s
-        return self.sustained.hold_s / PARTS if confirm is None else confirm
-
-    def envelope(self, now: float, demand: float) -> tuple[float, float]:
-        """The lowest and highest demand the structure was to be chosen for over the last
-        confirm_s (this one included). The structure moves to a better one only if it suits the
-        highest, and away from the current one only if that fails even the lowest: a Schmitt
-        trigger in time. Without it, at about 1 job/s and a 60 s SLO, the estimate's Poisson noise
-        (amplified by the trend's lead) crossed a pair's boundary every few seconds, and each
-        crossing after the dwell swapped all 16 GPUs' models and back (71 plans through the
-        services on trace_1_6qps, 38 with it)."""
-        self.recent.append((now, demand))
-        while self.recent and self.recent[0][0] < now - self.confirm_s:
-            self.recent.popleft()
-        values = [value for _, value in self.recent]
-        return min(values), max(values)
+        return self.envelope.confirm_s
 
     def priced(self, old: Structure, target: Structure, keep: PlanDecision, demand: float,
                ready: bool = False) -> tuple[Structure, str]:
@@ -242,7 +194,7 @@ class HadisPolicy(PlannerPolicy):
         slo = self.settings.slo_s
         new = self.planner.plan_within(target.pair, target.light_gpus, target.heavy_gpus, demand, slo)
         assert new is not None
-        kept = f"; kept {old.light_model} x{old.light_gpus} -> {old.heavy_model} x{old.heavy_gpus}: "
+        kept = f"; kept {layout(old)}: "
         if keep.feasible and not ready and new.fid > keep.fid - self.settings.plan_min_gain_fid:
             # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
             return old, f"{kept}FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch"
@@ -269,3 +221,70 @@ class HadisPolicy(PlannerPolicy):
     def transition(self, old: Structure, new: Structure) -> Transition:
         return transition(old, new, self.profile, worker_start_s=self.settings.worker_start_s,
                           worker_start_each_s=self.settings.worker_start_each_s)
+
+
+class DemandEnvelope:
+    """The lowest and highest demand the structure was to be chosen for over the last confirm_s
+    (the latest included). The structure moves to a better one only if it suits the highest, and
+    away from the current one only if that fails even the lowest: a Schmitt trigger in time.
+    Without it, at about 1 job/s and a 60 s SLO, the estimate's Poisson noise (amplified by the
+    trend's lead) crossed a pair's boundary every few seconds, and each crossing after the dwell
+    swapped all 16 GPUs' models and back (71 plans through the services on trace_1_6qps, 38 with
+    it). A class of its own: its memory of estimates knows nothing of structures or of a switch
+    under way, the policy's other state."""
+
+    def __init__(self, confirm_s: float) -> None:
+        self.confirm_s = confirm_s
+        self.recent: deque[tuple[float, float]] = deque()  # (time, demand the structure was chosen for)
+
+    def update(self, now: float, demand: float) -> tuple[float, float]:
+        """Remember `demand` at `now`; the lowest and highest of the last confirm_s."""
+        self.recent.append((now, demand))
+        while self.recent and self.recent[0][0] < now - self.confirm_s:
+            self.recent.popleft()
+        values = [value for _, value in self.recent]
+        return min(values), max(values)
+
+
+def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[Structure | None, str]:
+    """The structure to hold instead of the planner's for `demand` when that one risks more than
+    the budget (plan_risk) of the jobs over the remembered bursts (shared/policies/readiness.py),
+    and why; None when the planner's is ready (or nothing is remembered yet). A function of the
+    readiness alone (its planner, SLO and budget are the policy's): it reads none of the policy's
+    switch state."""
+    intervals = readiness.intervals(gpus)
+    if not intervals or gpus <= 0:
+        return None, ""
+    planned = Structure.of(readiness.planner.plan(demand, gpus, readiness.slo_s).plan_fields())
+    first = readiness.risk(planned, gpus, intervals)
+    if first <= readiness.budget:
+        return None, ""
+    ready = readiness.best(demand, gpus, intervals)
+    if ready is None:
+        return None, ""
+    return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {demand:.3g} qps "
+                   f"would miss {first:.1%} of them)")
+
+
+def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: float, gpus: int,
+                min_gain_fid: float) -> str | None:
+    """Why the current structure stays although `ready` is the best ready one: it serves the demand,
+    it is ready for the remembered bursts too, and `ready` is not `min_gain_fid` (plan_min_gain_fid)
+    better. None when it must change. A function of the readiness, as ready_for_bursts."""
+    if old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
+        return None
+    planner, slo = readiness.planner, readiness.slo_s
+    keep = planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
+    new = planner.plan_within(ready.pair, ready.light_gpus, ready.heavy_gpus, demand, slo)
+    if keep is None or new is None or not keep.feasible or new.fid <= keep.fid - min_gain_fid:
+        return None
+    if readiness.risk(old, gpus, readiness.intervals(gpus)) > readiness.budget:
+        return None
+    return (f"; kept {layout(old)}: ready for the remembered bursts too, FID {new.fid:.4g} instead of "
+            f"{keep.fid:.4g} is not worth a switch")
+
+
+def layout(structure: Structure) -> str:
+    """A structure as every reason names it ("light xN -> heavy xM"), so that the plans' reasons
+    read alike (and the tests match them)."""
+    return f"{structure.light_model} x{structure.light_gpus} -> {structure.heavy_model} x{structure.heavy_gpus}"

@@ -14,8 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from shared.policies.pareto import ParetoTable, chained, load_table
-from shared.profiles import Profile
+from shared.policies.pareto import ParetoRow, ParetoTable, chained, load_table
+from shared.profiles import ModelProfile, Profile
 from shared.schemas import Plan, Strict
 
 __all__ = ["PlanDecision", "Planner", "load_table", "jobs_to_shed"]
@@ -61,6 +61,9 @@ class PlanDecision(Strict):
 
 
 class Planner:
+    """The exact planner over some rows of a Pareto table: its arrays (per row and batch size)
+    are computed once here, and each plan scores every configuration against them at once."""
+
     def __init__(self, profile: Profile, table: ParetoTable, *, light_share: LightShare = "routed",
                  margin: float = 0.0, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
                  pairs: list[tuple[str, str]] | None = None, use_spare_gpus: bool = False) -> None:
@@ -73,29 +76,8 @@ class Planner:
         self.margin = margin
         self.use_spare_gpus = use_spare_gpus
         self.batch_sizes = np.array(sorted(set(batch_sizes)), dtype=np.int64)
-        self.rows = self._select_rows(table, pairs)
+        self.rows = select_rows(table, profile, pairs)
         self._prepare()
-
-    def _select_rows(self, table: ParetoTable, pairs: list[tuple[str, str]] | None) -> list:
-        available = table.pairs()
-        wanted = available if pairs is None else [tuple(pair) for pair in pairs]
-        missing = [pair for pair in wanted if pair not in available]
-        if missing:
-            raise ValueError(f"pairs {missing} are not in the table of {table.profile}; it has {available}")
-        for light, heavy in wanted:
-            for name in (light, heavy):
-                if not self.profile.model(name).latency_ms:
-                    raise ValueError(f"model {name} of profile {self.profile.name} has no latency profile")
-        rows = [row for row in table.rows if row.pair in set(wanted)]
-        if not rows:
-            raise ValueError("no configurations to plan with")
-        return rows
-
-    def _latencies(self, model_name: str) -> np.ndarray:
-        """Seconds per batch for each planner batch size, inf where max_batch forbids it."""
-        model = self.profile.model(model_name)
-        return np.array([model.batch_latency_s(int(b)) if model.max_batch is None or b <= model.max_batch
-                         else np.inf for b in self.batch_sizes])
 
     def _prepare(self) -> None:
         rows = self.rows
@@ -106,7 +88,8 @@ class Planner:
         self.uses_h = self.share_h > 0
         self.chained = np.array([chained(row.r, row.d) for row in rows]) & self.uses_l & self.uses_h
         self.fid = np.array([row.fid for row in rows])
-        cache = {name: self._latencies(name) for name in {n for row in rows for n in row.pair}}
+        cache = {name: batch_latencies(self.profile.model(name), self.batch_sizes)
+                 for name in {n for row in rows for n in row.pair}}
         self.lat_l = np.stack([cache[row.light_model] for row in rows])
         self.lat_h = np.stack([cache[row.heavy_model] for row in rows])
         self.thr_l = self.batch_sizes / self.lat_l  # qps per GPU; 0 where the batch is not allowed
@@ -241,7 +224,7 @@ class Planner:
         """Overload: the configuration that serves the most demand with all `gpus`, among those
         within the SLO; failing that, within the SLO without the queueing delay; failing that,
         the fastest one. Ties go to the cheaper row, then the better FID."""
-        g_light, g_heavy = self._split(gpus)
+        g_light, g_heavy = split_gpus(gpus, self.per_gpu_l, self.per_gpu_h, self.uses_l, self.uses_h)
         capacity = self._capacity(g_light, g_heavy)
         for budget in (slo_s - queueing, slo_s):
             allowed = self.valid & (self.path_latency <= budget + TIME_SLACK)
@@ -259,25 +242,6 @@ class Planner:
         row, i, j = np.unravel_index(best, primary.shape)
         return int(row), int(i), int(j), int(g_light[row, i, j]), int(g_heavy[row, i, j])
 
-    def _split(self, gpus: int) -> tuple[np.ndarray, np.ndarray]:
-        """[row, light batch, heavy batch]: all `gpus` split between the tiers for the highest
-        capacity. min(g a, (G - g) c) peaks where g a = (G - g) c, so the best integer g is the
-        floor or the ceiling of G c / (a + c), kept within [1, G - 1]. A cascade needs two GPUs."""
-        shape = self.path_latency.shape
-        both = np.broadcast_to((self.uses_l & self.uses_h)[:, None, None], shape)
-        alone_l = np.where(self.uses_l[:, None, None], float(gpus), 0.0)
-        alone_h = np.where(self.uses_h[:, None, None], float(gpus), 0.0)
-        if gpus < 2:
-            return np.where(both, 0.0, alone_l + np.zeros(shape)), np.where(both, 0.0, alone_h + np.zeros(shape))
-        a, c = np.broadcast_arrays(self.per_gpu_l, self.per_gpu_h)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            crossing = np.nan_to_num(gpus * c / (a + c), nan=1.0, posinf=gpus - 1.0, neginf=1.0)
-            low = np.clip(np.floor(crossing), 1, gpus - 1)
-            high = np.clip(np.ceil(crossing), 1, gpus - 1)
-            low_better = np.minimum(low * a, (gpus - low) * c) >= np.minimum(high * a, (gpus - high) * c)
-        split = np.where(low_better, low, high)
-        return np.where(both, split, alone_l), np.where(both, gpus - split, alone_h)
-
     def _decision(self, row: int, i: int, j: int, g_light: int, g_heavy: int, *, feasible: bool,
                   started: float) -> PlanDecision:
         config = self.rows[row]
@@ -291,6 +255,56 @@ class Planner:
             expected_latency_s=float(self.path_latency[row, i, j]),
             capacity_qps=capacity if math.isfinite(capacity) else 0.0, feasible=feasible,
             solve_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def select_rows(table: ParetoTable, profile: Profile, pairs: list[tuple[str, str]] | None) -> list[ParetoRow]:
+    """The table's rows of `pairs` (all pairs when None). A function of the inputs alone, run once
+    when a planner is built: a pair the table lacks or a model without a latency profile fails
+    here, with the names, and never in the middle of a plan."""
+    available = table.pairs()
+    wanted = available if pairs is None else [tuple(pair) for pair in pairs]
+    missing = [pair for pair in wanted if pair not in available]
+    if missing:
+        raise ValueError(f"pairs {missing} are not in the table of {table.profile}; it has {available}")
+    for light, heavy in wanted:
+        for name in (light, heavy):
+            if not profile.model(name).latency_ms:
+                raise ValueError(f"model {name} of profile {profile.name} has no latency profile")
+    rows = [row for row in table.rows if row.pair in set(wanted)]
+    if not rows:
+        raise ValueError("no configurations to plan with")
+    return rows
+
+
+def batch_latencies(model: ModelProfile, batch_sizes: np.ndarray) -> np.ndarray:
+    """Seconds per batch for each planner batch size, inf where max_batch forbids it: the inf is
+    what keeps a forbidden batch out of every plan (zero throughput, never within the SLO)."""
+    return np.array([model.batch_latency_s(int(b)) if model.max_batch is None or b <= model.max_batch
+                     else np.inf for b in batch_sizes])
+
+
+def split_gpus(gpus: int, per_gpu_l: np.ndarray, per_gpu_h: np.ndarray, uses_l: np.ndarray,
+               uses_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[row, light batch, heavy batch]: all `gpus` split between the tiers for the highest
+    capacity, given the demand one GPU of each tier covers (`per_gpu_l` [row, light batch, 1],
+    `per_gpu_h` [row, 1, heavy batch]) and which tiers get traffic. min(g a, (G - g) c) peaks where
+    g a = (G - g) c, so the best integer g is the floor or the ceiling of G c / (a + c), kept
+    within [1, G - 1]. A cascade needs two GPUs. A function, not a method: the closed form needs
+    those arrays and no other planner state, and reads apart from the planner's search."""
+    shape = np.broadcast_shapes(per_gpu_l.shape, per_gpu_h.shape)
+    both = np.broadcast_to((uses_l & uses_h)[:, None, None], shape)
+    alone_l = np.where(uses_l[:, None, None], float(gpus), 0.0)
+    alone_h = np.where(uses_h[:, None, None], float(gpus), 0.0)
+    if gpus < 2:
+        return np.where(both, 0.0, alone_l + np.zeros(shape)), np.where(both, 0.0, alone_h + np.zeros(shape))
+    a, c = np.broadcast_arrays(per_gpu_l, per_gpu_h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossing = np.nan_to_num(gpus * c / (a + c), nan=1.0, posinf=gpus - 1.0, neginf=1.0)
+        low = np.clip(np.floor(crossing), 1, gpus - 1)
+        high = np.clip(np.ceil(crossing), 1, gpus - 1)
+        low_better = np.minimum(low * a, (gpus - low) * c) >= np.minimum(high * a, (gpus - high) * c)
+    split = np.where(low_better, low, high)
+    return np.where(both, split, alone_l), np.where(both, gpus - split, alone_h)
 
 
 def per_gpu(throughput: np.ndarray, share: np.ndarray) -> np.ndarray:

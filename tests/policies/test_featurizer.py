@@ -2,7 +2,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from shared import reference
-from shared.policies.featurizer import featurize, featurize_many, tokenize
+from shared.policies.featurizer import featurize, featurize_many
+from shared.policies.featurizer_tokens import tokenize
 
 # Measured Spearman of our features against the published ones on the 5,000
 # reference prompts (scripts/featurizer_fidelity.py), minus a margin of 0.03.
