@@ -177,7 +177,7 @@ class Router:
         record = {**job.record_fields(deadline), **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
         stored = await self.record(job, Change(job.job_id, state, record, passing=(JobState.queued,),
-                                               only_from=rerouting_states(redelivered)))
+                                               only_from=steps.rerouting_states(redelivered)))
         if stored is None:
             return
         if stored.record is not None:
@@ -194,11 +194,11 @@ class Router:
         `queued`): Store.create_or_advance creates it, or moves on this job's record when
         steps.rerouting allows (change.only_from). None when this delivery is not to route the job:
         a duplicate, or a body that names a recorded job's id without being that job (acked: it must
-        not change the job). The store checks the body's fields byte for byte (same_job_fields);
+        not change the job). The store checks the body's fields byte for byte (steps.same_job_fields);
         when they differ, steps.recorded_job decides on the record it sent back, and the same job
         written otherwise (a float, the metadata's key order) is moved on by a second call."""
         store = self.service.store
-        stored = await store.create_or_advance(change, same_job_fields(job))
+        stored = await store.create_or_advance(change, steps.same_job_fields(job))
         if stored.result is Upsert.differs and stored.record is not None:
             if not steps.recorded_job(stored.record, job, self.service.settings.slo_s):
                 metrics.observe_distrusted("job_id_taken")
@@ -210,20 +210,6 @@ class Router:
             log.info("duplicate_job_ignored", state=stored.before.value if stored.before else None)
             return None
         return stored
-
-
-def rerouting_states(redelivered: bool) -> tuple[JobState, ...]:
-    """The states a recorded job may be routed from (steps.rerouting), for the store to check."""
-    return tuple(state for state in JobState if steps.rerouting(state, redelivered))
-
-
-def same_job_fields(job: Job) -> tuple[str, ...]:
-    """The record's fields that steps.recorded_job compares (the deadline only where the job sets
-    one): when the record holds them exactly as this job writes them, it is this job, and the
-    store moves it on without sending it back (tests/integration/test_store_upsert.py checks that
-    this stays a sufficient condition of recorded_job)."""
-    deadline = ("deadline",) if job.deadline is not None or job.slo_s is not None else ()
-    return ("prompt", "submitted_at", "tenant", "metadata", *deadline)
 
 
 def parse_job(delivery: Delivery) -> Job:

@@ -111,3 +111,17 @@ def recorded_job(record: JobRecord, job: Job, default_slo_s: float) -> bool:
     if job.deadline is None and job.slo_s is None:
         return True
     return record.deadline is not None and abs(record.deadline - job.effective_deadline(default_slo_s)) < 1e-3
+
+
+def rerouting_states(redelivered: bool) -> tuple[JobState, ...]:
+    """The states a recorded job may be routed from (rerouting), for the store to check."""
+    return tuple(state for state in JobState if rerouting(state, redelivered))
+
+
+def same_job_fields(job: Job) -> tuple[str, ...]:
+    """The record's fields that recorded_job compares (the deadline only where the job sets
+    one): when the record holds them exactly as this job writes them, it is this job, and the
+    store moves it on without sending it back (tests/integration/test_store_upsert.py checks that
+    this stays a sufficient condition of recorded_job)."""
+    deadline = ("deadline",) if job.deadline is not None or job.slo_s is not None else ()
+    return ("prompt", "submitted_at", "tenant", "metadata", *deadline)

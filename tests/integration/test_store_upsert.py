@@ -10,7 +10,6 @@ from importlib import resources
 
 import pytest
 
-from services.router import rerouting_states, same_job_fields
 from shared.outcome import Applied
 from shared.policies import steps
 from shared.schemas import STATE_RANKS, TERMINAL_RANK, TERMINAL_STATES, Job, JobState, state_rank
@@ -35,11 +34,11 @@ def routing(job: Job, redelivered: bool = False, state: JobState = JobState.rout
     """What the router asks of the store (services/router.py: route)."""
     outcome = ROUTED if state is JobState.routed else {"error": "408 Expired: deadline passed before routing"}
     return Change(job.job_id, state, {**job.record_fields(job.effective_deadline(SLO_S)), **outcome},
-                  passing=(JobState.queued,), only_from=rerouting_states(redelivered))
+                  passing=(JobState.queued,), only_from=steps.rerouting_states(redelivered))
 
 
 async def upsert(store: Store, job: Job, redelivered: bool = False, state: JobState = JobState.routed):
-    return await store.create_or_advance(routing(job, redelivered, state), same_job_fields(job))
+    return await store.create_or_advance(routing(job, redelivered, state), steps.same_job_fields(job))
 
 
 async def events_of(store: Store, job_id: str) -> list[str]:
@@ -80,7 +79,7 @@ async def test_a_redelivery_gets_the_recorded_routing_and_writes_nothing():
         again = await store.create_or_advance(
             Change(job.job_id, JobState.routed, {**job.record_fields(job.effective_deadline(SLO_S)), "tier": "heavy",
                                                  "router_score": 0.9}, passing=(JobState.queued,),
-                   only_from=rerouting_states(True)), same_job_fields(job))
+                   only_from=steps.rerouting_states(True)), steps.same_job_fields(job))
         assert (again.result, again.before, again.written) == (Upsert.recorded, JobState.routed, False)
         assert again.record.tier == "light" and again.record.router_score == 0.25
         duplicate = await upsert(store, job, redelivered=False)  # not redelivered: served already
