@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> int:
     compose = ["docker", "compose", "--project-name", args.project, *args.compose_args]
     client = await Client.open(settings)
     try:
-        load = SteadyLoad(client, rate_qps=args.rate, give_up_s=120.0, say=say)
+        load = SteadyLoad(client, rate_qps=args.rate, give_up_s=120.0, say=say, slo_s=args.slo)
         say(f"{args.seconds:.0f} s of load at {args.rate} jobs/s; faults: kill {', '.join(args.kill)}, "
             f"crash {', '.join(args.crash)}, restart redis")
         died: set[int] = set()
@@ -128,8 +128,13 @@ def main() -> None:
     parser.add_argument("--crash", nargs="*", default=["router"],
                         help="services whose container's process 1 is killed from the host (restart policy)")
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the load lasts")
-    parser.add_argument("--rate", type=float, default=2.0, help="jobs per second")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the wait for terminal states")
+    parser.add_argument("--rate", type=float, default=1.0, help="jobs per second")
+    # The run asks whether kills lose or repeat a job, not what the stack serves within the deployed
+    # SLO: that depends on what else the machine runs (CI runs the test tiers beside this one, and at
+    # a load of 10 on 2 cores the tiny CPU models served 0.2 jobs/s). So each job gets a long
+    # objective, and every job must still end done.
+    parser.add_argument("--slo", type=float, default=600.0, help="each job's latency objective (s)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound on the wait for terminal states")
     parser.add_argument("compose_args", nargs="*", help="after --: the compose flags (-f, --env-file, --profile)")
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
