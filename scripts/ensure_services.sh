@@ -44,7 +44,7 @@ fi
 install_if_missing jq jq || echo "warning: jq not installed (the shell example's test will skip)"
 
 # The broker's bound on a message's size: 128 KiB, as compose sets it (docker/rabbitmq-limits.conf;
-# shared/bus.py: BROKER_MAX_MESSAGE_BYTES), not RabbitMQ's default of 128 MiB. Set at run time on the
+# shared/bus/topology.py: BROKER_MAX_MESSAGE_BYTES), not RabbitMQ's default of 128 MiB. Set at run time on the
 # local node, whether found running or started above: it lasts until that node restarts (stop_app and
 # start_app keep it), and every `make run` / `make test` sets it again. A broker rabbitmqctl cannot
 # reach or may not change (another host, a container, no root) keeps its own bound: a warning, and

@@ -8,7 +8,7 @@ import socket
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.schemas import Plan, Tier
@@ -32,10 +32,10 @@ def parse_cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HADIS_", env_file=".env", extra="ignore", frozen=True)
+class ConnectionSettings(BaseModel):
+    """The outside systems: RabbitMQ, Redis (a server or Sentinels), and the namespace that
+    isolates one deployment's queues and keys from another's."""
 
-    # Outside systems.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_sentinels: str = Field(
@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     namespace: str = Field(default="hadis", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
                            description="Prefix of every queue and Redis key: isolates experiments.")
 
-    # Models.
+
+class ModelSettings(BaseModel):
+    """The models a worker and the judge run, the profile that prices them, and where they run
+    (fault injection included: it acts on the model calls)."""
+
     backend: Literal["tiny", "emulated", "diffusers"] = "tiny"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="diffusers weights: auto = fp16 on CUDA, fp32 on the CPU.")
@@ -79,7 +83,11 @@ class Settings(BaseSettings):
     clip_arch: str = "ViT-B-32"
     judge_head_path: str | None = None
 
-    # The worker.
+
+class FleetSettings(BaseModel):
+    """Workers and the agent that starts them: which tier and GPU a worker serves, and which
+    GPUs (real or emulated) this host's agent owns."""
+
     tier: Tier = Tier.light
     gpu: str = Field(default="cpu0", description="The GPU (or emulated GPU) this worker owns.")
     worker_instance: str = Field(default="", pattern=r"^[0-9a-f]{0,32}$",
@@ -93,7 +101,11 @@ class Settings(BaseSettings):
     emulated_gpus: int = Field(default=2, ge=0, le=4096, description="Emulated GPUs when HADIS_GPUS is empty.")
     heartbeat_s: float = Field(default=2.0, gt=0, le=60, description="Agents and workers renew their records.")
 
-    # The controller.
+
+class ControllerSettings(BaseModel):
+    """The controller's planning: its policy, how it reads demand and bursts, and what a change
+    of plan must be worth (docs/planner.md)."""
+
     controller_policy: Literal["static", "hadis", "hadis-paper", "router-only", "disc-only", "diffserve", "proteus",
                                "infaas-acc", "clipper-light", "clipper-heavy", "planned-static"] = Field(
         default="static", description="static, ours (hadis), or a baseline (docs/experiments.md).")
@@ -156,7 +168,10 @@ class Settings(BaseSettings):
         description="A GPU whose agent stops renewing its registration stays in the plan this long (fail "
                     "static: a late heartbeat is not a lost GPU); an agent's clean shutdown removes it at once.")
 
-    # The static plan (controller_policy=static, and every service's plan until one is published).
+
+class StaticPlanSettings(BaseModel):
+    """The static plan: controller_policy=static, and every service's plan until one is published."""
+
     plan_light_model: str | None = None
     plan_heavy_model: str | None = None
     plan_r: float = Field(default=0.2, ge=0.0, le=1.0)
@@ -167,7 +182,10 @@ class Settings(BaseSettings):
     plan_heavy_gpus: int = Field(default=1, ge=0)
     plan_poll_s: float = Field(default=0.5, gt=0, le=30, description="How often services check the plan version.")
 
-    # Bounds.
+
+class BoundsSettings(BaseModel):
+    """Bounds on jobs and queues, and how long a service waits through an outage."""
+
     slo_s: float = Field(default=60.0, gt=0, le=3600, description="Default latency objective of a job.")
     job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record (the result's retention).")
     image_ttl_s: int = Field(default=86_400, ge=60, description="TTL of a job's images in Redis (capped at job_ttl_s).")
@@ -185,7 +203,11 @@ class Settings(BaseSettings):
     redis_memory_warn: float = Field(default=0.8, gt=0, le=1,
                                      description="The controller warns when Redis uses this share of its maxmemory.")
 
-    # The HTTP api (services/api/, docs/backends.md, docs/security.md).
+
+class ApiSettings(BaseModel):
+    """The HTTP api (services/api/, docs/backends.md, docs/security.md): its listener, request
+    bounds, and each tenant's limits."""
+
     api_host: str = Field(default="127.0.0.1", description="Address the api listens on (0.0.0.0 in containers).")
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_public_url: str | None = Field(default=None, max_length=500,
@@ -224,6 +246,10 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=30.0, ge=0, le=3600,
                                    description="A checked key is trusted this long: a revoked key works at most so.")
 
+
+class ProcessSettings(BaseModel):
+    """How every service process runs: its event loop, profiling, metrics and logs."""
+
     # The event loop of every service process: uvloop (libuv) where it is installed (the `serve`
     # extra), else asyncio's own; "asyncio" forces the latter.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -238,6 +264,16 @@ class Settings(BaseSettings):
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# Every setting, one group per base class above; read once, frozen, validated as a whole (the
+# validators check settings of several groups together, so they live here). pydantic orders fields
+# by the reversed MRO: the groups are listed last first, so that the fields (model_dump, as_env, the
+# JSON schema) keep the order in which this module reads. No docstring: it would become the JSON
+# schema's description.
+class Settings(ProcessSettings, ApiSettings, BoundsSettings, StaticPlanSettings, ControllerSettings, FleetSettings,
+               ModelSettings, ConnectionSettings, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HADIS_", env_file=".env", extra="ignore", frozen=True)
 
     @model_validator(mode="after")
     def plan_models_exist(self) -> Settings:

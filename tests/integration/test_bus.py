@@ -1,4 +1,6 @@
+import ast
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,31 @@ async def test_a_list_of_brokers_skips_one_that_is_down():
     finally:
         await bus.delete_namespace()
         await bus.close()
+
+
+async def test_a_queue_that_does_not_exist_refuses_publish_as_overloaded():
+    """The broker returns an unroutable message: the publisher says Overloaded at once, and the
+    bus goes on publishing (declaring again changes nothing: it is idempotent)."""
+    async with namespace(make_settings()) as (bus, _):
+        with pytest.raises(Overloaded, match="does not exist"):
+            await bus.publish(f"{bus.queues.namespace}.no-such-queue", b"{}")
+        await bus.declare()
+        await bus.publish(bus.queues.judge, b"{}")
+        assert await bus.depth(bus.queues.judge) == 1
+
+
+def test_only_the_bus_package_imports_aio_pika():
+    """The layering rule of docs/architecture.md: topology, confirms, reconnection and
+    dead-lettering stay in shared/bus/, whatever its modules."""
+    repo = Path(__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("shared", "services", "hadis", "scripts", "docker"):
+        for path in (repo / folder).rglob("*.py"):
+            if path.is_relative_to(repo / "shared" / "bus"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                        [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{path.relative_to(repo)}: {name}" for name in names
+                              if name.split(".")[0] in ("aio_pika", "aiormq")]
+    assert offenders == []
