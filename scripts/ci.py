@@ -39,7 +39,7 @@ def run_step(step: Step, logs: Path, lock: threading.Lock) -> bool:
     log = logs / f"{step.target}.log"
     started = time.monotonic()
     with open(log, "wb") as out:
-        step.code = subprocess.call(["make", "--no-print-directory", step.target], cwd=ROOT,
+        step.code = subprocess.call(["make", "--no-print-directory", step.target], cwd=ROOT, env=lane_env(),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     step.seconds = time.monotonic() - started
     with lock:
@@ -51,6 +51,13 @@ def run_step(step: Step, logs: Path, lock: threading.Lock) -> bool:
         for line in shown:
             print(f"[{step.target}] {line}", flush=True)
     return step.code == 0
+
+
+def lane_env() -> dict[str, str]:
+    """One OpenMP thread per torch process unless the caller says otherwise: the lanes already keep
+    both cores busy, and torch's default (a thread per core in every process) oversubscribes them
+    with threads that spin while they wait."""
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 def run_lane(steps: list[Step], logs: Path, lock: threading.Lock) -> None:
