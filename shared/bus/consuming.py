@@ -49,8 +49,13 @@ class Delivery:
     @property
     def stale(self) -> bool:
         """The channel it came on has closed (the connection was lost): it can no longer be acked,
-        and the broker has already handed it out again. Work on it is work done twice."""
-        return self._message.channel.is_closed
+        and the broker has already handed it out again. Work on it is work done twice. A channel
+        that is gone altogether (aio-pika raises rather than answer) is closed too: asking must not
+        crash the service that asks, as it did the judge in a broker restart under load."""
+        try:
+            return self._message.channel.is_closed
+        except ChannelInvalidStateError:
+            return True
 
     async def settle(self, disposition: Disposition) -> None:
         if self.settled:

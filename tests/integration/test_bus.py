@@ -113,3 +113,25 @@ def test_only_the_bus_package_imports_aio_pika():
                 offenders += [f"{path.relative_to(repo)}: {name}" for name in names
                               if name.split(".")[0] in ("aio_pika", "aiormq")]
     assert offenders == []
+
+
+async def test_a_delivery_held_when_its_connection_closes_is_stale_and_asking_does_not_raise():
+    """A worker or judge holding deliveries through a broker restart asks whether each is stale
+    before working on it. aio-pika raises for the channel of a closed connection; `stale` used to
+    pass that on, and the judge died on it in `make drill`'s broker restart."""
+    settings = make_settings()
+    async with namespace(settings) as (bus, _):
+        await bus.publish(bus.queues.requests, Job(prompt="a red bicycle"))
+        held: list = []
+        consumer_bus = await Bus.connect(settings)
+        arrived = asyncio.Event()
+
+        async def hold(delivery) -> None:
+            held.append(delivery)
+            arrived.set()
+
+        await consumer_bus.consume(bus.queues.requests, hold, prefetch=1)
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert held[0].stale is False
+        await consumer_bus.close()
+        assert held[0].stale is True
