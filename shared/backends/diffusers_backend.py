@@ -43,7 +43,7 @@ from diffusers import (
 from PIL import Image
 
 from shared.backends.base import GenerationInput, Generator
-from shared.backends.generation import run_pipeline
+from shared.backends.generation import run_open, warm_up_input
 from shared.backends.model_cache import ModelCache, Swap, default_cache
 from shared.logging import get_logger
 from shared.profiles import ModelProfile
@@ -220,16 +220,11 @@ class DiffusersGenerator(Generator):
 
     def run_batch(self, batch: list[GenerationInput]) -> list[Image.Image]:
         """One pipeline call for the whole batch (no splitting): the profiler's unit."""
-        if not batch:
-            return []
-        if self.pipeline is None:
-            raise RuntimeError("generator is closed")
-        return run_pipeline(self.pipeline, self.model, batch)
+        return run_open(self.pipeline, self.model, batch)
 
     def warm_up(self) -> None:
         """One image, so that kernels are chosen and memory pools exist before the first job."""
-        side = self.model.resolution
-        self.run_batch([GenerationInput("warm-up", "a warm-up prompt", "", 0, side, side)])
+        self.run_batch([warm_up_input(self.model)])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

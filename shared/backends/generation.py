@@ -27,3 +27,21 @@ def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[G
             output_type="pil",
         )
     return list(output.images)
+
+
+def run_open(pipeline: DiffusionPipeline | None, model: ModelProfile,
+             batch: list[GenerationInput]) -> list[Image.Image]:
+    """run_pipeline for a generator that may be closed: nothing for no inputs (no pipeline call),
+    an error once closed (its pipeline is gone: a call would be a use after close)."""
+    if not batch:
+        return []
+    if pipeline is None:
+        raise RuntimeError("generator is closed")
+    return run_pipeline(pipeline, model, batch)
+
+
+def warm_up_input(model: ModelProfile) -> GenerationInput:
+    """One image at the model's resolution: what a warm-up generates, so that kernels are chosen
+    and memory pools exist before the first job."""
+    side = model.resolution
+    return GenerationInput("warm-up", "a warm-up prompt", "", 0, side, side)

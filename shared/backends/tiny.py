@@ -38,7 +38,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from shared.backends.base import GenerationInput, Generator
-from shared.backends.generation import run_pipeline
+from shared.backends.generation import run_open, warm_up_input
 from shared.profiles import ModelProfile
 
 # The real CLIP BPE: 256 byte symbols, their word-final forms, 48,894 merges, 2 specials.
@@ -139,18 +139,21 @@ def _euler(steps: int) -> EulerDiscreteScheduler:
     )
 
 
+def _unet(model: ModelProfile, **architecture) -> UNet2DConditionModel:
+    """A two-level UNet of 32 and 64 channels over 4 latent channels: what SD and SDXL share at
+    this size; `architecture` is where they differ (block kinds, attention, conditioning)."""
+    return UNet2DConditionModel(sample_size=model.resolution // 8, in_channels=4, out_channels=4,
+                                block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                                **architecture)
+
+
 def _build_sd(model: ModelProfile) -> DiffusionPipeline:
-    unet = UNet2DConditionModel(
-        sample_size=model.resolution // 8,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
+        model,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         attention_head_dim=8,
         cross_attention_dim=TEXT_HIDDEN,
-        norm_num_groups=8,
     )
     return StableDiffusionPipeline(
         vae=_vae(latent_channels=4, scaling_factor=0.18215),
@@ -166,14 +169,10 @@ def _build_sd(model: ModelProfile) -> DiffusionPipeline:
 
 def _build_sdxl(model: ModelProfile) -> DiffusionPipeline:
     time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=model.resolution // 8,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
+        model,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         attention_head_dim=(4, 8),
         transformer_layers_per_block=(1, 2),
         use_linear_projection=True,
@@ -182,7 +181,6 @@ def _build_sdxl(model: ModelProfile) -> DiffusionPipeline:
         addition_time_embed_dim=time_embed_dim,
         # six size/crop ids, each embedded, plus the second encoder's pooled projection
         projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_HIDDEN,
-        norm_num_groups=8,
     )
     return StableDiffusionXLPipeline(
         vae=_vae(latent_channels=4, scaling_factor=0.13025),
@@ -259,15 +257,10 @@ class TinyGenerator(Generator):
         self.pipeline: DiffusionPipeline | None = build_pipeline(model).to(self.device)
 
     def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
-        if not batch:
-            return []
-        if self.pipeline is None:
-            raise RuntimeError("generator is closed")
-        return run_pipeline(self.pipeline, self.model, batch)
+        return run_open(self.pipeline, self.model, batch)
 
     def warm_up(self) -> None:
-        side = self.model.resolution
-        self.generate([GenerationInput("warm-up", "a warm-up prompt", "", 0, side, side)])
+        self.generate([warm_up_input(self.model)])
 
     def close(self) -> None:
         self.pipeline = None
