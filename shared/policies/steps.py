@@ -14,6 +14,7 @@ Pure functions: the services and the tests call them without a broker."""
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 from shared.outcome import Applied, Outcome
@@ -113,8 +114,10 @@ def recorded_job(record: JobRecord, job: Job, default_slo_s: float) -> bool:
     return record.deadline is not None and abs(record.deadline - job.effective_deadline(default_slo_s)) < 1e-3
 
 
+@functools.cache
 def rerouting_states(redelivered: bool) -> tuple[JobState, ...]:
-    """The states a recorded job may be routed from (rerouting), for the store to check."""
+    """The states a recorded job may be routed from (rerouting), for the store to check: two
+    answers in all, worked out once rather than for every message the router takes."""
     return tuple(state for state in JobState if rerouting(state, redelivered))
 
 

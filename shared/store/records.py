@@ -117,6 +117,11 @@ class Upserted:
 _UPSERT_CODES = {6: Upsert.recorded, 7: Upsert.differs}
 
 
+def _state_before(reply: list) -> JobState | None:
+    """The state a transition script's reply says the record was in (None: there was none)."""
+    return JobState(reply[1].decode()) if reply[1] else None
+
+
 def _record(raw: dict, history: list) -> JobRecord:
     """A record from its hash and history as Redis returns them (bytes). Fields this version does
     not know (written by a newer service, or internal ones such as the claim's owner) are left out,
@@ -161,8 +166,7 @@ class JobRecords(RedisStore):
 
     @staticmethod
     def _outcome(reply: list) -> Outcome:
-        code, before = reply[:2]
-        return Outcome(Applied(int(code)), JobState(before.decode()) if before else None)
+        return Outcome(Applied(int(reply[0])), _state_before(reply))
 
     async def apply(self, change: Change) -> Outcome:
         """Apply one change atomically (see transition.lua for what is refused and why)."""
@@ -183,7 +187,7 @@ class JobRecords(RedisStore):
         this change writes them (the same body). No read then write: a cancel, or another delivery,
         lands before or after, never between. change.create is implied. See Upsert for the answers."""
         reply = (await self._evaluate([self._script_call(change, "2", same)], self._waits_for_replicas([change])))[0]
-        code, before = int(reply[0]), JobState(reply[1].decode()) if reply[1] else None
+        code, before = int(reply[0]), _state_before(reply)
         if code == 1:
             return Upserted(Upsert.advanced if before else Upsert.created, before)
         if code in _UPSERT_CODES:
