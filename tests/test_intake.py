@@ -10,8 +10,8 @@ from shared.errors import Disposition
 from shared.intake import Claimed, intake, parse_or_dead_letter, parse_task
 from shared.schemas import Job, JobState, Task, Tier
 from shared.service import Service
+from tests.fakes import FakeDelivery, FakeStore
 from tests.helpers import make_settings
-from tests.policies.test_engine_replay import FakeDelivery, FakeStore
 
 
 def service() -> Service:

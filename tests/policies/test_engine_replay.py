@@ -25,14 +25,12 @@ from services.worker import TierWorker
 from shared import reference
 from shared.arrival_rate import DemandTracker
 from shared.bus import Queues
-from shared.errors import Disposition
 from shared.experiments.simulator import SimJob, Simulation, SimWorker
 from shared.experiments.trace import Trace
 from shared.intake import Claimed
-from shared.outcome import Applied, Outcome
 from shared.schemas import Job, JobState, Plan, Task, Tier
 from shared.service import Service
-from shared.store import Change
+from tests.fakes import FakeDelivery, FakeStore
 from tests.helpers import make_settings
 
 T0 = 1_800_000_000.0  # the recorded inputs' clock: a plausible Unix time (the messages require one)
@@ -45,58 +43,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class FakeDelivery:
-    body: bytes
-    delivery_count: int = 1
-    stale: bool = False
-    message_id: str | None = None
-    user_id: str | None = None
-    settled: list[Disposition] = field(default_factory=list)
-
-    def tenant_for(self, claimed: str | None) -> str | None:
-        return claimed
-
-    async def settle(self, disposition: Disposition) -> None:
-        self.settled.append(disposition)
-
-
-class FakeStore:
-    """Applies every change (a claim, a re-route, a served light image) and records it."""
-
-    def __init__(self, gpus: list[str] | None = None) -> None:
-        self.changes: list[Change] = []
-        self.failed: dict[str, JobState] = {}
-        self.gpus = gpus or []
-
-    async def apply(self, change: Change) -> Outcome:
-        self.changes.append(change)
-        return Outcome(Applied.applied, JobState.routed)
-
-    async def apply_many(self, changes: list[Change]) -> list[Outcome]:
-        return [await self.apply(change) for change in changes]
-
-    async def fail(self, job_id: str, state: JobState, reason: str, create_only: bool = False) -> bool:
-        self.failed[job_id] = state
-        return True
-
-    async def get_plan(self) -> None:
-        return None
-
-    async def agents(self) -> dict[str, list[str]]:
-        return {"host": self.gpus}
-
-    async def departed_agents(self) -> dict[str, list[str]]:
-        return {}
-
-    def __getattr__(self, name: str) -> Any:
-        """Any other write (the router's record of a new job, however it is spelled): made, a new
-        record (no earlier one to follow)."""
-        async def made(*args: Any, **kwargs: Any) -> SimpleNamespace:
-            return SimpleNamespace(applied=True, result=None, record=None, before=None)
-        return made
 
 
 class FakeBus:
