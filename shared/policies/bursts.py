@@ -32,6 +32,13 @@ from dataclasses import dataclass, field
 SLACK_USABLE = 0.75
 
 
+# A burst's operating point is chosen for the backlog and this many SLOs of arrivals at the burst's
+# rate, the slack absorbing the rest: the point is chosen again every tick, so a burst that lasts
+# moves it to faster points as the backlog grows, and one that ends has cost less quality than the
+# fastest point would (which the rate alone picks: the burst's rate exceeds most points' capacity).
+BURST_HORIZON_SLOS = 0.5
+
+
 @dataclass(frozen=True)
 class Capacity:
     """What a structure can do at its fastest: jobs/s, and the seconds its batches take (a job's
@@ -129,3 +136,12 @@ class BurstHistory:
         history)."""
         missed, jobs = replay_misses(self.intervals() if intervals is None else intervals, capacity, slo_s)
         return missed / jobs if jobs > 0 else 0.0
+
+
+def burst_rate(queued: int, arriving: float, capacity: Capacity, slo_s: float) -> float:
+    """The rate a burst's operating point is chosen for: the least capacity that serves the queued
+    jobs and BURST_HORIZON_SLOS x SLO of arrivals at `arriving` within the usable slack of a
+    structure of `capacity` (its batches' seconds less the SLO)."""
+    horizon = BURST_HORIZON_SLOS * slo_s
+    slack = max(slo_s - capacity.latency_s, 0.0) * SLACK_USABLE
+    return (max(queued, 0) + arriving * horizon) / (horizon + slack)

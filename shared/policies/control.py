@@ -53,6 +53,14 @@ def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
     return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
 
 
+STRUCTURE_FIELDS = ("light_model", "heavy_model", "light_gpus", "heavy_gpus")
+
+
+def same_structure(plan: Plan, fields: dict[str, Any]) -> bool:
+    """The same models on the same GPUs: a change of operating point only."""
+    return all(getattr(plan, name) == fields[name] for name in STRUCTURE_FIELDS)
+
+
 class PlanSchedule:
     """When the policy is asked (every planning period) and when its decision may replace the
     current plan: a planned change waits out a minimum dwell time (re-planning faster than a
@@ -69,7 +77,13 @@ class PlanSchedule:
     def dwelling(self, now: float, current: Plan, fields: dict[str, Any]) -> bool:
         if now - self.last_change >= self.min_dwell_s:
             return False
+        # A policy may let its operating point (r, d, batches: no model loads) move back up sooner.
+        point_dwell_s = getattr(self.policy, "point_dwell_s", None)
+        if point_dwell_s is not None and now - self.last_change >= point_dwell_s and same_structure(current, fields):
+            return False
         if getattr(self.policy, "continuing", False):  # a later step of a switch whose first is in force
+            return False
+        if getattr(self.policy, "overloaded", False):  # its highest capacity, wanted now: no flapping to fear
             return False
         cheaper = (fields.get("fid") or 0.0) > (current.fid or math.inf)
         return not (self.policy.degrade_at_once and cheaper)

@@ -7,13 +7,13 @@ from collections import deque
 from typing import Any
 
 from shared.arrival_rate import queueing_delay_s
-from shared.policies.bursts import BurstHistory
+from shared.policies.bursts import BurstHistory, burst_rate
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
 from shared.policies.pareto import load_table
 from shared.policies.planner import PlanDecision, Planner
 from shared.policies.readiness import Readiness
 from shared.policies.sustained_demand import PARTS, SustainedRate
-from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
+from shared.policies.transitions import Structure, Verdict, stagger, transition, worth_switching
 from shared.settings import Settings
 
 # hadis's lead, in demand holds, when HADIS_PLAN_AHEAD_S is unset: one for the estimate's lag, one
@@ -26,19 +26,14 @@ BURST_FACTOR = 2.0
 
 
 class HadisPolicy(PlannerPolicy):
-    """Ours, in two layers.
-
-    The structure (model pair, GPUs per tier) is the best-quality row of the whole Pareto table that
-    covers the sustained demand plus a margin (shared/policies/sustained_demand.py: a burst is not demand),
-    with the light tier sized for the prompts routed to it and the GPUs the row does not need given
-    to the busier tier as headroom. A new structure replaces the current one only when it pays for
-    its transition (shared/policies/transitions.py: the GPUs that load a model serve nothing
-    meanwhile).
-
-    The operating point (r, d, batch sizes) is the best-quality row of the structure's pair that its
-    GPUs cover with the queue's wait (Little's law) counted against the SLO: it changes without
-    loading a model, so it follows a backlog at once. A cheaper plan applies at once, a better one
-    waits out the dwell time."""
+    """Ours, in two layers (docs/planner.md). The structure (model pair, GPUs per tier) is the
+    planner's for the sustained demand plus its rise (shared/policies/sustained_demand.py: a burst is
+    not demand), or the one ready for the remembered bursts (readiness.py); a new one replaces the
+    current one only when it pays for its transition (transitions.py). The operating point (r, d,
+    batch sizes) is the best-quality row of the structure's pair that its GPUs cover, the queue's
+    wait counted against the SLO: it changes without loading a model, so it follows a backlog (and,
+    in a burst, the backlog its slack can take) at once; a cheaper one applies at once, a better one
+    after point_dwell_s."""
 
     name = "hadis"
     degrade_at_once = True
@@ -52,18 +47,17 @@ class HadisPolicy(PlannerPolicy):
         self.moving_until = -math.inf  # a staggered switch's step is under way until then
         # A step not yet seen in force: the step, its seconds, and the target it heads for.
         self.proposed: tuple[Structure, float, Structure] | None = None
-        # A staggered switch's target while steps remain (set once a step is in force, so a step
-        # the dwell held back is not one), and whether the last decision is one of its later
-        # steps: the dwell keeps plans from flapping, it does not space out the steps of one
-        # switch (PlanSchedule.dwelling), which at a 60 s SLO took 2 minutes a step.
+        # A staggered switch's target while steps remain (set once a step is in force), and whether
+        # the last decision is one of its later steps: the dwell does not space out one switch's steps.
         self.heading: Structure | None = None
-        self.continuing = False
+        self.continuing = self.overloaded = False
         confirm = settings.plan_confirm_s  # by default a third of the hold (the held rate's part)
         self.envelope = DemandEnvelope(self.sustained.hold_s / PARTS if confirm is None else confirm)
         halflife = settings.burst_memory_s or 30 * settings.slo_s
         self.bursts = BurstHistory(halflife_s=halflife, memory_s=3 * halflife)
         self.readiness = Readiness(self.planner, settings.slo_s, settings.plan_risk, settings.burst_prior, self.bursts)
         self.arriving = math.inf  # the arrivals a switch must serve through: until measured, all of its demand
+        self.point_dwell_s = settings.slo_s  # PlanSchedule: r, d and batches move back up after one SLO
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -81,7 +75,10 @@ class HadisPolicy(PlannerPolicy):
         return self.sustained.rate()
 
     def queueing(self, observation: Observation) -> float:
-        return queueing_delay_s(observation.queued_jobs, self.demand(observation), cap_s=self.settings.slo_s)
+        """The wait behind the queue at the rate jobs arrive (not the sustained demand: a burst's queue
+        read at the silence's rate as a full SLO's wait)."""
+        rate = max(self.demand(observation), self.arriving if math.isfinite(self.arriving) else 0.0)
+        return queueing_delay_s(observation.queued_jobs, rate, cap_s=self.settings.slo_s)
 
     def ahead(self, demand: float) -> float:
         """The demand the structure is chosen for: the sustained demand plus its sustained rise over
@@ -114,9 +111,13 @@ class HadisPolicy(PlannerPolicy):
             why = f"{ready_why}{why}"
         elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
+        if ready is not None:  # held for the bursts: a burst's backlog is partly the slack's to take
+            now = min(now, burst_rate(observation.queued_jobs, self.arriving,
+                                      self.readiness.capacity(structure, observation.gpus), slo))
         point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, now, slo,
                                          queueing_s=self.queueing(observation))
         assert point is not None  # structure() keeps only pairs of the table
+        self.overloaded = not point.feasible
         fields = point.plan_fields()
         fields["reason"] = f"{fields['reason']}{why}"
         return fields
@@ -148,6 +149,8 @@ class HadisPolicy(PlannerPolicy):
             elif serves(lowest):
                 return old, (f"; kept {layout(old)}: it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
+            elif why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+                return old, why
         target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
             self.heading = None
@@ -158,6 +161,8 @@ class HadisPolicy(PlannerPolicy):
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
+            if why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+                return old, f"{why}; a switch is under way"
             # Falling behind mid-step: the target's pair at once, in place (it restarts no worker);
             # the tier sizes follow once the step is done.
             in_place = Structure(target.light_model, target.heavy_model, old.light_gpus, old.heavy_gpus)
@@ -199,7 +204,8 @@ class HadisPolicy(PlannerPolicy):
             # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
             return old, f"{kept}FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch"
         step = stagger(old, target, self.settings.plan_max_moving_gpus)
-        cost = self.transition(old, step)
+        cost = transition(old, step, self.profile, worker_start_s=self.settings.worker_start_s,
+                          worker_start_each_s=self.settings.worker_start_each_s)
         serving = cost.serving
         during = self.planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
         after = self.planner.plan_within(step.pair, step.light_gpus, step.heavy_gpus, demand, slo)
@@ -217,10 +223,6 @@ class HadisPolicy(PlannerPolicy):
         then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
         return step, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
                       f"({cost.new_workers} new workers), {verdict.why}{then}")
-
-    def transition(self, old: Structure, new: Structure) -> Transition:
-        return transition(old, new, self.profile, worker_start_s=self.settings.worker_start_s,
-                          worker_start_each_s=self.settings.worker_start_each_s)
 
 
 class DemandEnvelope:
@@ -264,6 +266,27 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[St
         return None, ""
     return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {demand:.3g} qps "
                    f"would miss {first:.1%} of them)")
+
+
+ABSORBED = "; kept for the bursts"
+
+
+def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: float, lead_s: float,
+             gpus: int) -> str | None:
+    """Why the structure held for the bursts stays although it cannot serve the sustained demand:
+    its slack absorbs the arrivals so far and `lead_s` more at `arriving` (Readiness.absorbs), and its
+    point for them is no worse than the planner's structure for the demand. None when it must change.
+    Planned for a burst's rate as if it lasted, the fleet swapped to sdxl-lightning inside each burst
+    of bursty_off120 (FID 29.8 for its jobs), where the held structure rode it out."""
+    if not readiness.absorbs(old, gpus, arriving, lead_s):
+        return None
+    planner, slo = readiness.planner, readiness.slo_s
+    mine = planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
+    target = planner.plan(demand, gpus, slo)
+    if mine is None or mine.fid > target.fid:
+        return None
+    return (f"{ABSORBED}: {layout(old)} absorbs the arrivals so far and {lead_s:g} s more at {arriving:.3g} qps in"
+            f" its slack (FID {mine.fid:.4g}, the structure for {demand:.3g} qps {target.fid:.4g})")
 
 
 def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: float, gpus: int,

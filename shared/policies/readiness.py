@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from shared.policies.bursts import BurstHistory, Capacity
+from shared.policies.bursts import BurstHistory, Capacity, replay_misses
 from shared.policies.planner import PlanDecision, Planner
 from shared.policies.transitions import Structure
 
@@ -66,6 +66,18 @@ class Readiness:
 
     def risk(self, structure: Structure, gpus: int, intervals: list[tuple[float, float, float]]) -> float:
         return self.history.risk(self.capacity(structure, gpus), self.slo_s, intervals)
+
+    def absorbs(self, structure: Structure, gpus: int, rate: float, seconds: float) -> bool:
+        """Whether the structure's fastest operating point, its queue's slack included, serves the
+        remembered arrivals and `seconds` more at `rate` within the budget and with no miss in those
+        seconds: a burst it rides out is no reason to change it."""
+        intervals = self.intervals(gpus)
+        if not intervals:
+            return False
+        capacity = self.capacity(structure, gpus)
+        before, _ = replay_misses(intervals, capacity, self.slo_s)
+        missed, jobs = replay_misses([*intervals, (seconds, rate, 1.0)], capacity, self.slo_s)
+        return missed <= before and missed <= self.budget * jobs
 
     def point(self, structure: Structure, demand: float) -> PlanDecision | None:
         """The structure's best operating point at `demand` (rounded to DEMAND_STEP), cached."""

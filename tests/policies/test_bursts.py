@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policies.bursts import SLACK_USABLE, BurstHistory, Capacity, replay_misses
+from shared.policies.bursts import BURST_HORIZON_SLOS, SLACK_USABLE, BurstHistory, Capacity, burst_rate, replay_misses
 
 
 def test_a_burst_within_the_slack_misses_nothing_and_one_beyond_it_misses_the_excess():
@@ -63,3 +63,16 @@ def test_recent_rate_and_the_peak_before():
     assert history.recent_rate(2.0) == pytest.approx(30.0)
     assert history.peak_before(3.0) == pytest.approx(20.0)
     assert history.peak_before(now) == 0.0
+
+
+def test_a_burst_point_is_chosen_for_what_the_slack_cannot_take():
+    """In a burst the operating point is chosen for the least capacity that leaves, after the
+    horizon's arrivals, a backlog the usable slack clears: below the burst's rate (the fastest point
+    is not needed for a burst the slack takes), and more for a longer backlog."""
+    capacity = Capacity(qps=60.0, latency_s=2.0)  # 4 s of slack at a 6 s SLO
+    rate = burst_rate(30, 70.0, capacity, 6.0)
+    horizon = BURST_HORIZON_SLOS * 6.0
+    assert 0 < rate < 70.0
+    assert 30 + (70.0 - rate) * horizon == pytest.approx(rate * 4.0 * SLACK_USABLE)
+    assert burst_rate(300, 70.0, capacity, 6.0) > rate
+    assert burst_rate(0, 0.0, capacity, 6.0) == 0.0

@@ -256,6 +256,7 @@ def test_mid_step_a_structure_falling_behind_changes_its_pair_in_place():
     quiet = ticks.plan
     policy = ticks.schedule.policy
     policy.moving_until = ticks.now + 100.0
+    policy.arriving = 16.0  # the arrivals behind the estimates below (a rise, not a burst the slack absorbs)
     held, why = policy.structure(6.5, observe(ticks.now + 1, 6.5, current=quiet))
     assert (held.pair, held.light_gpus, held.heavy_gpus) == (pair(quiet), quiet.light_gpus, quiet.heavy_gpus)
     assert "under way" in why, why
@@ -276,6 +277,7 @@ def test_estimates_that_flicker_across_a_boundary_leave_the_structure_alone():
     quiet = ticks.plan
     policy = ticks.schedule.policy
     policy.moving_until = -math.inf  # no step under way
+    policy.arriving = 16.0  # the arrivals behind the estimates below (a rise, not a burst the slack absorbs)
 
     def serves(demand: float) -> bool:
         return policy.planner.plan_within(pair(quiet), quiet.light_gpus, quiet.heavy_gpus, demand, 6.0).feasible
@@ -337,3 +339,31 @@ def test_window_rate_spans_the_last_slo_of_decisions():
     # from t=0: 60 in 10 s (the span reaches back at least 6 s)
     assert window.rate(observe(10.0, 3.0, arrivals=60)) == pytest.approx(6.0)
     assert window.rate(observe(15.0, 3.0, arrivals=60)) == pytest.approx(1.0)  # from t=5: 10 in 10 s
+
+
+def test_an_operating_point_moves_back_up_after_one_slo_and_a_structure_after_the_dwell():
+    """hadis's r and d (no model loads) may rise again one SLO after the last change; a change of
+    models or GPUs still waits out the dwell; an overloaded decision (its highest capacity) waits
+    for nothing. After a burst the fastest point held on for the whole dwell (bursty_off120)."""
+    policy = make_policy(settings_for("hadis"))
+    schedule = PlanSchedule(policy, period_s=1.0, min_dwell_s=30.0)
+    current = as_plan(policy.planner.plan(20.0, len(GPUS), 6.0).plan_fields())
+    better_point = {**current.model_dump(), "r": current.r + 0.1, "fid": current.fid - 0.2}
+    moved = {**better_point, "light_gpus": current.light_gpus + 1, "heavy_gpus": current.heavy_gpus - 1}
+    schedule.last_change = 100.0
+    assert schedule.dwelling(103.0, current, better_point)
+    assert not schedule.dwelling(106.0, current, better_point)
+    assert schedule.dwelling(106.0, current, moved) and not schedule.dwelling(130.0, current, moved)
+    policy.overloaded = True
+    assert not schedule.dwelling(101.0, current, moved)
+
+
+def test_a_bursts_queue_is_waited_out_at_the_rate_it_arrives_at():
+    """35 jobs queued in a burst's first second, at 70 jobs/s, wait half a second: read at the
+    sustained demand (the silence's 0.1 jobs/s) they were a whole SLO's wait, and every operating
+    point was too slow."""
+    policy = make_policy(settings_for("hadis"))
+    observation = observe(1.0, 0.1, light_queued=35)
+    assert policy.queueing(observation) == pytest.approx(6.0)  # before any arrivals are measured
+    policy.arriving = 70.0
+    assert policy.queueing(observation) == pytest.approx(0.5)

@@ -59,3 +59,17 @@ def test_the_assumed_burst_fades_with_the_jobs_seen():
     remember(ready, [10.0] * 20)  # 200 jobs: four half-lives of PRIOR_HALFLIFE_JOBS = 50
     assert ready.intervals(GPUS)[0][2] == pytest.approx(0.5 ** (200 / PRIOR_HALFLIFE_JOBS))
     assert readiness(prior=0.0).intervals(GPUS) == []
+
+
+def test_a_held_structure_absorbs_a_burst_its_slack_takes_but_not_a_rise_that_lasts():
+    """Readiness.absorbs: the remembered arrivals and a few seconds more a little over the
+    structure's fastest point are taken by its slack; the same rate for a minute is not (a rise,
+    which a structure must change for); with nothing remembered there is nothing to go on."""
+    ready = readiness()
+    remember(ready, [0.2] * 60 + [70.0] * 4 + [0.2] * 60)
+    held = ready.best(0.2, GPUS, ready.intervals(GPUS))
+    assert held is not None
+    fastest = ready.capacity(held, GPUS).qps
+    assert ready.absorbs(held, GPUS, 1.1 * fastest, 6.0)
+    assert not ready.absorbs(held, GPUS, 1.1 * fastest, 60.0)
+    assert not readiness().absorbs(held, GPUS, 1.0, 6.0)
