@@ -143,7 +143,7 @@ class Controller:
                  heavy=plan.heavy_model, r=plan.r, d=plan.d, light_gpus=plan.light_gpus,
                  heavy_gpus=plan.heavy_gpus, gpu_moves=moves(current.assignment if current else {},
                                                              plan.assignment),
-                 demand_qps=round(observation.demand_qps, 3), queued=observation.queued_jobs)
+                 demand_qps=round(observation.demand_qps, 3), queued=observation.queued_jobs, reason=plan.reason)
 
     async def plan_loop(self) -> None:
         while not self.service.stopping.is_set():

@@ -123,6 +123,14 @@ class BurstHistory:
             arrivals += rate * interval_s
         return arrivals / seconds if seconds > 0 else 0.0
 
+    def estimate_before(self, span_s: float) -> float:
+        """The sustained estimate `span_s` ago (the oldest remembered if the memory is shorter)."""
+        if not self.samples:
+            return 0.0
+        end = self.samples[-1][0] - span_s
+        before = [estimate for time, _, _, estimate in self.samples if time <= end]
+        return before[-1] if before else self.samples[0][3]
+
     def peak_before(self, span_s: float) -> float:
         """The highest estimate held more than `span_s` ago: a level the demand has been at before."""
         if not self.samples:

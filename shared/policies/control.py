@@ -53,14 +53,6 @@ def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
     return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
 
 
-STRUCTURE_FIELDS = ("light_model", "heavy_model", "light_gpus", "heavy_gpus")
-
-
-def same_structure(plan: Plan, fields: dict[str, Any]) -> bool:
-    """The same models on the same GPUs: a change of operating point only."""
-    return all(getattr(plan, name) == fields[name] for name in STRUCTURE_FIELDS)
-
-
 class PlanSchedule:
     """When the policy is asked (every planning period) and when its decision may replace the
     current plan: a planned change waits out a minimum dwell time (re-planning faster than a
@@ -76,10 +68,6 @@ class PlanSchedule:
 
     def dwelling(self, now: float, current: Plan, fields: dict[str, Any]) -> bool:
         if now - self.last_change >= self.min_dwell_s:
-            return False
-        # A policy may let its operating point (r, d, batches: no model loads) move back up sooner.
-        point_dwell_s = getattr(self.policy, "point_dwell_s", None)
-        if point_dwell_s is not None and now - self.last_change >= point_dwell_s and same_structure(current, fields):
             return False
         if getattr(self.policy, "continuing", False):  # a later step of a switch whose first is in force
             return False

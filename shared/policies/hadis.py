@@ -33,7 +33,7 @@ class HadisPolicy(PlannerPolicy):
     batch sizes) is the best-quality row of the structure's pair that its GPUs cover, the queue's
     wait counted against the SLO: it changes without loading a model, so it follows a backlog (and,
     in a burst, the backlog its slack can take) at once; a cheaper one applies at once, a better one
-    after point_dwell_s."""
+    after the dwell."""
 
     name = "hadis"
     degrade_at_once = True
@@ -57,7 +57,6 @@ class HadisPolicy(PlannerPolicy):
         self.bursts = BurstHistory(halflife_s=halflife, memory_s=3 * halflife)
         self.readiness = Readiness(self.planner, settings.slo_s, settings.plan_risk, settings.burst_prior, self.bursts)
         self.arriving = math.inf  # the arrivals a switch must serve through: until measured, all of its demand
-        self.point_dwell_s = settings.slo_s  # PlanSchedule: r, d and batches move back up after one SLO
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -149,7 +148,8 @@ class HadisPolicy(PlannerPolicy):
             elif serves(lowest):
                 return old, (f"; kept {layout(old)}: it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
-            elif why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+            elif self.bursting() and (why := absorbed(self.readiness, old, demand, self.arriving, self.lead,
+                                                      observation.gpus)):
                 return old, why
         target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
@@ -161,7 +161,8 @@ class HadisPolicy(PlannerPolicy):
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
-            if why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+            if self.bursting() and (why := absorbed(self.readiness, old, demand, self.arriving, self.lead,
+                                                    observation.gpus)):
                 return old, f"{why}; a switch is under way"
             # Falling behind mid-step: the target's pair at once, in place (it restarts no worker);
             # the tier sizes follow once the step is done.
@@ -181,6 +182,11 @@ class HadisPolicy(PlannerPolicy):
                 if structure != old:
                     return structure, f"{why}; the pair first, in place"
         return self.priced(old, target, keep, demand, ready=ready is not None)
+
+    def bursting(self) -> bool:
+        """Whether the arrivals are a burst: BURST_FACTOR x the sustained demand of a lead ago (a rise
+        faster than a structure follows; a ramp's is slower)."""
+        return self.arriving > BURST_FACTOR * max(self.bursts.estimate_before(self.lead), 1.0)
 
     @property
     def confirm_s(self) -> float:
