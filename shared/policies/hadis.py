@@ -110,7 +110,7 @@ class HadisPolicy(PlannerPolicy):
             why = f"{ready_why}{why}"
         elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
-        if ready is not None:  # held for the bursts: a burst's backlog is partly the slack's to take
+        if ready is not None or self.bursting():  # held for the bursts, or in one: the slack takes part of it
             now = min(now, burst_rate(observation.queued_jobs, self.arriving,
                                       self.readiness.capacity(structure, observation.gpus), slo))
         point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, now, slo,
