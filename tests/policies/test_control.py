@@ -10,6 +10,7 @@ from shared.policies.assignment import assign
 from shared.policies.baselines import InfaasAccuracyPolicy, quality_ladder, single_model_batch
 from shared.policies.catalog import COMPARED, make_policy
 from shared.policies.control import Observation, PlanSchedule, keep_draining
+from shared.policies.hadis import ABSORBED
 from shared.policies.transitions import Structure
 from shared.profiles import load_profile
 from shared.schemas import Plan
@@ -385,3 +386,20 @@ def test_a_ramp_is_no_burst_to_ride_out_but_a_jump_out_of_silence_is():
     quiet.run(60, rate=0.2)
     quiet.run(3, rate=60.0)
     assert quiet.schedule.policy.bursting()
+
+
+@pytest.mark.parametrize("queued", [0, 400])
+def test_riding_a_burst_out_the_point_is_chosen_for_what_the_slack_cannot_take(queued):
+    """15 s into 60 jobs/s out of near silence the held structure rides the burst out; its operating
+    point is the best one for the backlog and half an SLO of arrivals (bursts.burst_rate): with no
+    backlog a better one than the fastest (r 0, d 0.2 here), with 400 jobs queued the fastest. It
+    followed the burst's full rate to the fastest point before, backlog or not."""
+    ticks = Ticks("hadis", min_dwell_s=0.0, burst_prior=0.2)
+    ticks.run(120, rate=0.2)
+    ticks.run(15, rate=60.0, queued=queued)
+    policy, decision = ticks.schedule.policy, ticks.schedule.decision
+    assert policy.bursting() and ABSORBED in decision["reason"], decision["reason"]
+    current = ticks.plan
+    fastest = policy.planner.plan_within(pair(current), current.light_gpus, current.heavy_gpus, math.inf, 6.0)
+    at_fastest = (decision["r"], decision["d"]) == (fastest.r, fastest.d)
+    assert at_fastest == (queued > 0), decision
