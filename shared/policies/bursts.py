@@ -54,9 +54,17 @@ def replay_misses(intervals: list[tuple[float, float, float]], capacity: Capacit
     `capacity.qps`. `intervals` holds (seconds, rate qps, weight). A job
     misses when the backlog ahead of it is more than the capacity clears in the SLO's slack; such
     jobs are shed (they take no capacity), as the workers shed a job that cannot end in time."""
+    missed, jobs, _ = replay(intervals, capacity, slo_s)
+    return missed, jobs
+
+
+def replay(intervals: list[tuple[float, float, float]], capacity: Capacity, slo_s: float,
+           backlog: float = 0.0) -> tuple[float, float, float]:
+    """replay_misses from a queue already `backlog` jobs long, with the backlog it leaves: a
+    replay continued with more intervals where it ended (Readiness.absorbs)."""
     slack = max(slo_s - capacity.latency_s, 0.0)
     limit = capacity.qps * slack * SLACK_USABLE
-    backlog = missed = jobs = 0.0
+    missed = jobs = 0.0
     for seconds, rate, weight in intervals:
         arrivals = rate * seconds
         backlog = max(backlog + arrivals - capacity.qps * seconds, 0.0)
@@ -65,7 +73,7 @@ def replay_misses(intervals: list[tuple[float, float, float]], capacity: Capacit
             backlog = limit
             missed += weight * over
         jobs += weight * arrivals
-    return missed, jobs
+    return missed, jobs, backlog
 
 
 @dataclass
@@ -128,8 +136,8 @@ class BurstHistory:
         if not self.samples:
             return 0.0
         end = self.samples[-1][0] - span_s
-        before = [estimate for time, _, _, estimate in self.samples if time <= end]
-        return before[-1] if before else self.samples[0][3]
+        return next((estimate for time, _, _, estimate in reversed(self.samples) if time <= end),
+                    self.samples[0][3])
 
     def peak_before(self, span_s: float) -> float:
         """The highest estimate held more than `span_s` ago: a level the demand has been at before."""

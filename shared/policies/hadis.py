@@ -148,8 +148,7 @@ class HadisPolicy(PlannerPolicy):
             elif serves(lowest):
                 return old, (f"; kept {layout(old)}: it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
-            elif self.bursting() and (why := absorbed(self.readiness, old, demand, self.arriving, self.lead,
-                                                      observation.gpus)):
+            elif why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
                 return old, why
         target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
@@ -161,8 +160,7 @@ class HadisPolicy(PlannerPolicy):
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
-            if self.bursting() and (why := absorbed(self.readiness, old, demand, self.arriving, self.lead,
-                                                    observation.gpus)):
+            if why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
                 return old, f"{why}; a switch is under way"
             # Falling behind mid-step: the target's pair at once, in place (it restarts no worker);
             # the tier sizes follow once the step is done.
@@ -184,9 +182,7 @@ class HadisPolicy(PlannerPolicy):
         return self.priced(old, target, keep, demand, ready=ready is not None)
 
     def bursting(self) -> bool:
-        """Whether the arrivals are a burst: BURST_FACTOR x the sustained demand of a lead ago (a rise
-        faster than a structure follows; a ramp's is slower)."""
-        return self.arriving > BURST_FACTOR * max(self.bursts.estimate_before(self.lead), 1.0)
+        return bursting(self.bursts, self.arriving, self.lead)
 
     @property
     def confirm_s(self) -> float:
@@ -277,14 +273,21 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[St
 ABSORBED = "; kept for the bursts"
 
 
+def bursting(history: BurstHistory, arriving: float, lead_s: float) -> bool:
+    """Whether the arrivals are a burst: BURST_FACTOR x the sustained demand of a lead ago (a rise
+    faster than a structure follows; a ramp's is slower)."""
+    return arriving > BURST_FACTOR * max(history.estimate_before(lead_s), 1.0)
+
+
 def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: float, lead_s: float,
              gpus: int) -> str | None:
     """Why the structure held for the bursts stays although it cannot serve the sustained demand:
     its slack absorbs the arrivals so far and `lead_s` more at `arriving` (Readiness.absorbs), and its
     point for them is no worse than the planner's structure for the demand. None when it must change.
     Planned for a burst's rate as if it lasted, the fleet swapped to sdxl-lightning inside each burst
-    of bursty_off120 (FID 29.8 for its jobs), where the held structure rode it out."""
-    if not readiness.absorbs(old, gpus, arriving, lead_s):
+    of bursty_off120 (FID 29.8 for its jobs), where the held structure rode it out. Only in a burst
+    (`bursting`): a ramp's structure must move in time."""
+    if not bursting(readiness.history, arriving, lead_s) or not readiness.absorbs(old, gpus, arriving, lead_s):
         return None
     planner, slo = readiness.planner, readiness.slo_s
     mine = planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)

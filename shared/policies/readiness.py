@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from shared.policies.bursts import BurstHistory, Capacity, replay_misses
+from shared.policies.bursts import BurstHistory, Capacity, replay
 from shared.policies.planner import PlanDecision, Planner
 from shared.policies.transitions import Structure
 
@@ -75,9 +75,9 @@ class Readiness:
         if not intervals:
             return False
         capacity = self.capacity(structure, gpus)
-        before, _ = replay_misses(intervals, capacity, self.slo_s)
-        missed, jobs = replay_misses([*intervals, (seconds, rate, 1.0)], capacity, self.slo_s)
-        return missed <= before and missed <= self.budget * jobs
+        missed, jobs, backlog = replay(intervals, capacity, self.slo_s)
+        more_missed, more_jobs, _ = replay([(seconds, rate, 1.0)], capacity, self.slo_s, backlog)
+        return more_missed == 0 and missed <= self.budget * (jobs + more_jobs)
 
     def point(self, structure: Structure, demand: float) -> PlanDecision | None:
         """The structure's best operating point at `demand` (rounded to DEMAND_STEP), cached."""
