@@ -39,6 +39,15 @@ SLACK_USABLE = 0.75
 BURST_HORIZON_SLOS = 0.5
 
 
+# How far a burst's escalations overfill the heavy tier (bursts.fill_heavy), as a multiple of what
+# its GPUs process: what arrives unevenly keeps it busy, and what it cannot take in time costs
+# nothing but the light image.
+HEAVY_OVERFILL = 1.5
+# A filled escalation share is rounded up to this step, so that a burst's changing rate does not
+# publish a new plan every tick.
+FILL_STEP = 0.05
+
+
 @dataclass(frozen=True)
 class Capacity:
     """What a structure can do at its fastest: jobs/s, and the seconds its batches take (a job's
@@ -131,13 +140,19 @@ class BurstHistory:
             arrivals += rate * interval_s
         return arrivals / seconds if seconds > 0 else 0.0
 
-    def estimate_before(self, span_s: float) -> float:
-        """The sustained estimate `span_s` ago (the oldest remembered if the memory is shorter)."""
+    def lowest_since(self, span_s: float) -> float:
+        """The lowest sustained estimate of the last `span_s` (the oldest remembered if the memory is
+        shorter): the level a burst rises from, even one that comes before the estimate has fallen
+        back from the last burst."""
         if not self.samples:
             return 0.0
-        end = self.samples[-1][0] - span_s
-        return next((estimate for time, _, _, estimate in reversed(self.samples) if time <= end),
-                    self.samples[0][3])
+        start = self.samples[-1][0] - span_s
+        lowest = math.inf
+        for time, _, _, estimate in reversed(self.samples):
+            lowest = min(lowest, estimate)
+            if time <= start:
+                break
+        return lowest
 
     def peak_before(self, span_s: float) -> float:
         """The highest estimate held more than `span_s` ago: a level the demand has been at before."""
@@ -161,3 +176,19 @@ def burst_rate(queued: int, arriving: float, capacity: Capacity, slo_s: float) -
     horizon = BURST_HORIZON_SLOS * slo_s
     slack = max(slo_s - capacity.latency_s, 0.0) * SLACK_USABLE
     return (max(queued, 0) + arriving * horizon) / (horizon + slack)
+
+
+def fill_heavy(d: float, r: float, arriving: float, light_qps: float, heavy_qps: float) -> float:
+    """The judge's escalation share in a burst: at least HEAVY_OVERFILL x what the heavy tier's GPUs
+    (`heavy_qps`, jobs/s) process beside the router's share r, over the light images judged (the
+    arrivals, at most what the light tier's GPUs process). A burst's point is sized for a rate the
+    heavy tier cannot keep up with at the point's own d, so the heavy GPUs idled while the light
+    tier served the burst; an escalation the heavy tier cannot finish by its deadline is served its
+    light image (shared/policies/engine.py: fallback), so filling it costs no deadline. A fixed
+    plan at d 0.2 served bursty_off120's bursts 0.5 FID better than the point sized for them at d 0.1."""
+    judged = min(arriving * (1.0 - r), light_qps)
+    spare = heavy_qps - r * arriving
+    if judged <= 0 or spare <= 0:
+        return d
+    filled = math.ceil(HEAVY_OVERFILL * spare / judged / FILL_STEP - 1e-9) * FILL_STEP
+    return max(d, min(round(filled, 2), 1.0))

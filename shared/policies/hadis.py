@@ -7,10 +7,10 @@ from collections import deque
 from typing import Any
 
 from shared.arrival_rate import queueing_delay_s
-from shared.policies.bursts import BurstHistory, burst_rate
+from shared.policies.bursts import BurstHistory, burst_rate, fill_heavy
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
 from shared.policies.pareto import load_table
-from shared.policies.planner import PlanDecision, Planner
+from shared.policies.planner import PlanDecision, Planner, tier_throughputs
 from shared.policies.readiness import Readiness
 from shared.policies.sustained_demand import PARTS, SustainedRate
 from shared.policies.transitions import Structure, Verdict, stagger, transition, worth_switching
@@ -110,14 +110,9 @@ class HadisPolicy(PlannerPolicy):
             why = f"{ready_why}{why}"
         elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
-        if ready is not None or self.bursting():  # held for the bursts, or in one: the slack takes part of it
-            now = min(now, burst_rate(observation.queued_jobs, self.arriving,
-                                      self.readiness.capacity(structure, observation.gpus), slo))
-        point = self.planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, now, slo,
-                                         queueing_s=self.queueing(observation))
-        assert point is not None  # structure() keeps only pairs of the table
+        point, fields = operating_point(self.readiness, structure, observation, now, self.arriving,
+                                        self.queueing(observation), burst=ready is not None or self.bursting())
         self.overloaded = not point.feasible
-        fields = point.plan_fields()
         fields["reason"] = f"{fields['reason']}{why}"
         return fields
 
@@ -270,13 +265,33 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[St
                    f"would miss {first:.1%} of them)")
 
 
+def operating_point(readiness: Readiness, structure: Structure, observation: Observation, rate: float,
+                    arriving: float, queueing_s: float, *, burst: bool) -> tuple[PlanDecision, dict[str, Any]]:
+    """The structure's best point for `rate`, the queue's wait counted against the SLO, and its plan
+    fields. In a burst (the structure held for the bursts, or the arrivals one) the point is chosen
+    for what the slack cannot take (bursts.burst_rate), and the judge's escalations fill the heavy
+    tier (bursts.fill_heavy)."""
+    planner, slo, gpus = readiness.planner, readiness.slo_s, observation.gpus
+    if burst:
+        rate = min(rate, burst_rate(observation.queued_jobs, arriving, readiness.capacity(structure, gpus), slo))
+    point = planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, rate, slo,
+                                queueing_s=queueing_s)
+    assert point is not None  # the policy keeps only pairs of the table
+    fields = point.plan_fields()
+    if burst and (d := fill_heavy(point.d, point.r, arriving, *tier_throughputs(planner.profile, point))) > point.d:
+        fields["d"] = d
+        fields["reason"] += (f"; d {d:g} in the burst: its escalations fill the heavy tier (one it cannot"
+                             f" finish in time is served its light image)")
+    return point, fields
+
+
 ABSORBED = "; kept for the bursts"
 
 
 def bursting(history: BurstHistory, arriving: float, lead_s: float) -> bool:
     """Whether the arrivals are a burst: BURST_FACTOR x the sustained demand of a lead ago (a rise
     faster than a structure follows; a ramp's is slower)."""
-    return arriving > BURST_FACTOR * max(history.estimate_before(lead_s), 1.0)
+    return arriving > BURST_FACTOR * max(history.lowest_since(lead_s), 1.0)
 
 
 def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: float, lead_s: float,

@@ -18,7 +18,7 @@ from shared.policies.pareto import ParetoRow, ParetoTable, chained, load_table
 from shared.profiles import ModelProfile, Profile
 from shared.schemas import Plan, Strict
 
-__all__ = ["PlanDecision", "Planner", "load_table", "jobs_to_shed"]
+__all__ = ["PlanDecision", "Planner", "load_table", "jobs_to_shed", "tier_throughputs"]
 
 LightShare = Literal["routed", "all"]
 # Plan fields that the planner does not decide (the store and the controller fill them in).
@@ -255,6 +255,16 @@ class Planner:
             expected_latency_s=float(self.path_latency[row, i, j]),
             capacity_qps=capacity if math.isfinite(capacity) else 0.0, feasible=feasible,
             solve_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def tier_throughputs(profile: Profile, decision: PlanDecision) -> tuple[float, float]:
+    """Jobs per second each tier's GPUs process at the decision's batch sizes (the tier's own jobs,
+    not the demand it covers): what a burst's escalations can fill (bursts.fill_heavy)."""
+    def tier(model: str, batch: int, gpus: int) -> float:
+        return gpus * batch / profile.model(model).batch_latency_s(batch) if gpus > 0 else 0.0
+
+    return (tier(decision.light_model, decision.light_batch, decision.light_gpus),
+            tier(decision.heavy_model, decision.heavy_batch, decision.heavy_gpus))
 
 
 def select_rows(table: ParetoTable, profile: Profile, pairs: list[tuple[str, str]] | None) -> list[ParetoRow]:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policies.bursts import BURST_HORIZON_SLOS, SLACK_USABLE, BurstHistory, Capacity, burst_rate, replay_misses
+from shared.policies.bursts import (
+    BURST_HORIZON_SLOS,
+    FILL_STEP,
+    HEAVY_OVERFILL,
+    SLACK_USABLE,
+    BurstHistory,
+    Capacity,
+    burst_rate,
+    fill_heavy,
+    replay_misses,
+)
 
 
 def test_a_burst_within_the_slack_misses_nothing_and_one_beyond_it_misses_the_excess():
@@ -76,3 +86,28 @@ def test_a_burst_point_is_chosen_for_what_the_slack_cannot_take():
     assert 30 + (70.0 - rate) * horizon == pytest.approx(rate * 4.0 * SLACK_USABLE)
     assert burst_rate(300, 70.0, capacity, 6.0) > rate
     assert burst_rate(0, 0.0, capacity, 6.0) == 0.0
+
+
+def test_the_lowest_estimate_since_is_the_level_a_burst_rises_from():
+    """A second burst before the estimate has fallen back from the first still rises from the lull
+    between them, the lowest estimate of the span, not from the estimate a span ago."""
+    history = BurstHistory(halflife_s=100.0, memory_s=300.0)
+    for second, estimate in enumerate([1.0] * 5 + [40.0] * 5 + [10.0] * 3 + [30.0] * 2):
+        history.observe(float(second), second * 10, estimate)
+    assert history.lowest_since(5.0) == 10.0  # seconds 9-14: the lull, not second 9's 40
+    assert history.lowest_since(1.0) == 30.0
+    assert history.lowest_since(1000.0) == 1.0  # the oldest remembered
+
+
+def test_a_bursts_escalations_fill_the_heavy_tier():
+    """In a burst the judge escalates at least HEAVY_OVERFILL x what the heavy GPUs process beside
+    the router's share, over the light images judged (at most the light tier's throughput), rounded
+    up to FILL_STEP; never less than the point's own d, never more than all of them."""
+    filled = fill_heavy(0.1, 0.0, arriving=100.0, light_qps=60.0, heavy_qps=10.0)
+    assert filled >= HEAVY_OVERFILL * 10.0 / 60.0 and filled - HEAVY_OVERFILL * 10.0 / 60.0 < FILL_STEP
+    assert fill_heavy(0.5, 0.0, arriving=100.0, light_qps=60.0, heavy_qps=10.0) == 0.5  # the point's is more
+    assert fill_heavy(0.1, 0.0, arriving=5.0, light_qps=60.0, heavy_qps=10.0) == 1.0
+    routed = fill_heavy(0.1, 0.2, arriving=40.0, light_qps=60.0, heavy_qps=10.0)  # 8 of the 10 routed to heavy
+    assert routed == pytest.approx(0.1)  # 1.5 x 2 / 32 rounds up to 0.1
+    assert fill_heavy(0.1, 0.5, arriving=40.0, light_qps=60.0, heavy_qps=10.0) == 0.1  # the router fills it
+    assert fill_heavy(0.1, 0.0, arriving=0.0, light_qps=60.0, heavy_qps=10.0) == 0.1

@@ -8,9 +8,10 @@ import pytest
 
 from shared.policies.assignment import assign
 from shared.policies.baselines import InfaasAccuracyPolicy, quality_ladder, single_model_batch
+from shared.policies.bursts import BurstHistory
 from shared.policies.catalog import COMPARED, make_policy
 from shared.policies.control import Observation, PlanSchedule, keep_draining
-from shared.policies.hadis import ABSORBED
+from shared.policies.hadis import ABSORBED, bursting
 from shared.policies.transitions import Structure
 from shared.profiles import load_profile
 from shared.schemas import Plan
@@ -388,6 +389,19 @@ def test_a_ramp_is_no_burst_to_ride_out_but_a_jump_out_of_silence_is():
     assert quiet.schedule.policy.bursting()
 
 
+def test_a_burst_that_follows_a_burst_is_a_burst():
+    """A burst 9 s after a first one of 12 s, before the sustained estimate has fallen back from it,
+    is a burst too: it rises from the lull between them (the lowest estimate of a lead). Read
+    against the estimate of a lead ago (the first burst's), bursty_off120's second bursts were a
+    ramp to extrapolate, and the fleet took sdxl-lightning in place."""
+    history = BurstHistory(halflife_s=180.0, memory_s=540.0)
+    estimates = [1.0] * 40 + [45.0] * 12 + [17.0] * 9
+    for second, estimate in enumerate(estimates):
+        history.observe(float(second), second * 5, estimate)
+    assert bursting(history, arriving=68.0, lead_s=18.0)
+    assert not bursting(history, arriving=30.0, lead_s=18.0)
+
+
 @pytest.mark.parametrize("queued", [0, 400])
 def test_riding_a_burst_out_the_point_is_chosen_for_what_the_slack_cannot_take(queued):
     """15 s into 60 jobs/s out of near silence the held structure rides the burst out; its operating
@@ -401,5 +415,7 @@ def test_riding_a_burst_out_the_point_is_chosen_for_what_the_slack_cannot_take(q
     assert policy.bursting() and ABSORBED in decision["reason"], decision["reason"]
     current = ticks.plan
     fastest = policy.planner.plan_within(pair(current), current.light_gpus, current.heavy_gpus, math.inf, 6.0)
-    at_fastest = (decision["r"], decision["d"]) == (fastest.r, fastest.d)
+    at_fastest = (decision["r"], decision["fid"]) == (fastest.r, fastest.fid)  # d: filled (bursts.fill_heavy)
     assert at_fastest == (queued > 0), decision
+    if queued:  # the heavy tier is filled beyond the fastest point's escalations (bursts.fill_heavy)
+        assert decision["d"] > fastest.d and "fill the heavy tier" in decision["reason"], decision
