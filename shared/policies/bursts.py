@@ -40,9 +40,13 @@ BURST_HORIZON_SLOS = 0.5
 
 
 # How far a burst's escalations overfill the heavy tier (bursts.fill_heavy), as a multiple of what
-# its GPUs process: what arrives unevenly keeps it busy, and what it cannot take in time costs
-# nothing but the light image.
-HEAVY_OVERFILL = 1.5
+# its GPUs process: escalations arrive unevenly and a heavy batch starts full only from a queue, and
+# what the tier cannot take in time costs nothing but the light image. Bounded, because the heavy
+# tier then serves a FIFO share of the escalated, no longer the worst-judged alone: at 2 it serves
+# about half of the worst 2 d. (The reports' FID reads only the realised shares, not which prompts
+# went heavy, so it cannot see that loss: there 1 / 1.5 / 2 / 3 / unbounded gave bursty_p30
+# 23.08 / 23.06 / 23.06 / 22.95 / 22.69.)
+HEAVY_OVERFILL = 2.0
 # A filled escalation share is rounded up to this step, so that a burst's changing rate does not
 # publish a new plan every tick.
 FILL_STEP = 0.05
@@ -178,17 +182,19 @@ def burst_rate(queued: int, arriving: float, capacity: Capacity, slo_s: float) -
     return (max(queued, 0) + arriving * horizon) / (horizon + slack)
 
 
-def fill_heavy(d: float, r: float, arriving: float, light_qps: float, heavy_qps: float) -> float:
+def fill_heavy(d: float, r: float, arriving: float, light_qps: float, heavy_qps: float, ceiling: float = 1.0) -> float:
     """The judge's escalation share in a burst: at least HEAVY_OVERFILL x what the heavy tier's GPUs
     (`heavy_qps`, jobs/s) process beside the router's share r, over the light images judged (the
     arrivals, at most what the light tier's GPUs process). A burst's point is sized for a rate the
     heavy tier cannot keep up with at the point's own d, so the heavy GPUs idled while the light
     tier served the burst; an escalation the heavy tier cannot finish by its deadline is served its
     light image (shared/policies/engine.py: fallback), so filling it costs no deadline. A fixed
-    plan at d 0.2 served bursty_off120's bursts 0.5 FID better than the point sized for them at d 0.1."""
+    plan at d 0.2 served bursty_off120's bursts 0.5 FID better than the point sized for them at d 0.1.
+    At most `ceiling` (the d of the structure's best point: more escalations than the best mix is
+    no better quality)."""
     judged = min(arriving * (1.0 - r), light_qps)
     spare = heavy_qps - r * arriving
     if judged <= 0 or spare <= 0:
         return d
     filled = math.ceil(HEAVY_OVERFILL * spare / judged / FILL_STEP - 1e-9) * FILL_STEP
-    return max(d, min(round(filled, 2), 1.0))
+    return max(d, min(round(filled, 2), ceiling, 1.0))

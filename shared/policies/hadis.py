@@ -269,8 +269,9 @@ def operating_point(readiness: Readiness, structure: Structure, observation: Obs
                     arriving: float, queueing_s: float, *, burst: bool) -> tuple[PlanDecision, dict[str, Any]]:
     """The structure's best point for `rate`, the queue's wait counted against the SLO, and its plan
     fields. In a burst (the structure held for the bursts, or the arrivals one) the point is chosen
-    for what the slack cannot take (bursts.burst_rate), and the judge's escalations fill the heavy
-    tier (bursts.fill_heavy)."""
+    for what the slack cannot take (bursts.burst_rate), and, below the structure's best quality, the
+    judge's escalations fill the heavy tier (bursts.fill_heavy). Filled at its best quality, a
+    quiet minute's point went from d 0.6 to 1.0 and back every dwell."""
     planner, slo, gpus = readiness.planner, readiness.slo_s, observation.gpus
     if burst:
         rate = min(rate, burst_rate(observation.queued_jobs, arriving, readiness.capacity(structure, gpus), slo))
@@ -278,7 +279,10 @@ def operating_point(readiness: Readiness, structure: Structure, observation: Obs
                                 queueing_s=queueing_s)
     assert point is not None  # the policy keeps only pairs of the table
     fields = point.plan_fields()
-    if burst and (d := fill_heavy(point.d, point.r, arriving, *tier_throughputs(planner.profile, point))) > point.d:
+    best = readiness.point(structure, 0.0)  # the structure's best mix, capacity no object
+    if not burst or best is None or point.fid <= best.fid:
+        return point, fields  # a point at its best quality has no heavy GPUs to fill
+    if (d := fill_heavy(point.d, point.r, arriving, *tier_throughputs(planner.profile, point), best.d)) > point.d:
         fields["d"] = d
         fields["reason"] += (f"; d {d:g} in the burst: its escalations fill the heavy tier (one it cannot"
                              f" finish in time is served its light image)")

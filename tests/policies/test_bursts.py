@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from shared.policies.bursts import (
@@ -107,7 +109,8 @@ def test_a_bursts_escalations_fill_the_heavy_tier():
     assert filled >= HEAVY_OVERFILL * 10.0 / 60.0 and filled - HEAVY_OVERFILL * 10.0 / 60.0 < FILL_STEP
     assert fill_heavy(0.5, 0.0, arriving=100.0, light_qps=60.0, heavy_qps=10.0) == 0.5  # the point's is more
     assert fill_heavy(0.1, 0.0, arriving=5.0, light_qps=60.0, heavy_qps=10.0) == 1.0
-    routed = fill_heavy(0.1, 0.2, arriving=40.0, light_qps=60.0, heavy_qps=10.0)  # 8 of the 10 routed to heavy
-    assert routed == pytest.approx(0.1)  # 1.5 x 2 / 32 rounds up to 0.1
+    routed = fill_heavy(0.05, 0.2, arriving=40.0, light_qps=60.0, heavy_qps=10.0)  # 8 of the 10 routed to heavy
+    assert routed == pytest.approx(math.ceil(HEAVY_OVERFILL * 2.0 / 32.0 / FILL_STEP) * FILL_STEP)
+    assert fill_heavy(0.1, 0.0, arriving=100.0, light_qps=60.0, heavy_qps=10.0, ceiling=0.2) == 0.2  # the best mix's
     assert fill_heavy(0.1, 0.5, arriving=40.0, light_qps=60.0, heavy_qps=10.0) == 0.1  # the router fills it
     assert fill_heavy(0.1, 0.0, arriving=0.0, light_qps=60.0, heavy_qps=10.0) == 0.1

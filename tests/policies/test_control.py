@@ -389,6 +389,20 @@ def test_a_ramp_is_no_burst_to_ride_out_but_a_jump_out_of_silence_is():
     assert quiet.schedule.policy.bursting()
 
 
+def test_a_quiet_minute_held_ready_for_bursts_is_not_filled():
+    """Held ready for the assumed burst in a quiet minute, the point is the structure's best mix and
+    its d is the planner's: filled there (the heavy GPUs idle), d went from 0.6 to 1.0 and back every
+    dwell, a worse mix than the best."""
+    ticks = Ticks("hadis", min_dwell_s=0.0, burst_prior=0.2)
+    ticks.run(60, rate=0.2)
+    decision = ticks.schedule.decision
+    assert "ready for the remembered bursts" in decision["reason"], decision["reason"]
+    current = ticks.plan
+    best = ticks.schedule.policy.planner.plan_within(pair(current), current.light_gpus, current.heavy_gpus, 0.05, 6.0)
+    assert (decision["r"], decision["d"]) == (best.r, best.d), decision
+    assert "fill the heavy tier" not in decision["reason"]
+
+
 def test_a_burst_that_follows_a_burst_is_a_burst():
     """A burst 9 s after a first one of 12 s, before the sustained estimate has fallen back from it,
     is a burst too: it rises from the lull between them (the lowest estimate of a lead). Read
