@@ -27,8 +27,9 @@ run: install services
 test: install services
 	$(PY) -m pytest -q -m "not deploy and not faults and not hostile"
 
-# The documented commands and artefacts as given: make loadtest against make run's stack, the compose
-# files and Dockerfiles, the HTTP, shell and Node examples (tests/deploy; a few minutes).
+# The documented commands and artefacts as given (tests/deploy; a few minutes): make loadtest against make run's
+# stack, the compose files and Dockerfiles, the HTTP, shell and Node examples, and the README's other make targets,
+# shortened through the knobs below (tests/deploy/test_make_targets.py, about 3 minutes).
 test-deploy: install services
 	$(PY) -m pytest -q -m deploy tests/deploy
 
@@ -81,26 +82,33 @@ test-cluster: install services
 	@grep '^cluster_test ' $(VENV)/test-cluster.log | tail -1
 
 # Random kill -9 of services, a RabbitMQ restart and a kill -9 of the run's own Redis, under load (minutes);
-# last line lost=<n> duplicated=<n> failed=<n> of <submitted>.
+# last line lost=<n> duplicated=<n> failed=<n> of <submitted>. CHAOS_ARGS passes options ("--jobs 20 --kills 2"
+# for a short one). chaos, soak and drill restart the machine's RabbitMQ; to restart another, point
+# HADIS_AMQP_URL at it and set RABBITMQCTL to the command that reaches it ("env HOME=DIR rabbitmqctl -n NODE").
 chaos: install services
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 # Ten minutes of steady load, RabbitMQ restarted every two minutes; every job must end done.
-# Last line lost=<n> duplicated=<n> failed=<n> of <submitted>. SOAK_ARGS="--minutes 2" for a short one.
+# Last line lost=<n> duplicated=<n> failed=<n> of <submitted>. SOAK_ARGS="--minutes 2" for a short one
+# (RABBITMQCTL: as for chaos).
 soak: install services
 	$(PY) scripts/soak.py $(SOAK_ARGS)
 
 # The acceptance drill against `hadis serve all` (make run's stack): 400 jobs at 8/s, kill -9 of a service
 # every 4 s, a broker restart; last line drill done=<n> of <n> lost=<n> duplicated=<n> ... kills=<n>.
+# DRILL_ARGS passes options ("--jobs 24 --rate 4 --kill-every 2" for a short one; RABBITMQCTL: as for chaos).
 drill: install services
 	$(PY) scripts/drill.py $(DRILL_ARGS)
 
 # The services' overhead against the raw broker, on asyncio and uvloop and with two routers and judges; last lines
-# broker_use <ratio> and pipeline_jobs_per_s <n>. BENCH_ARGS="--profile out/profile" prints where each service's CPU goes.
+# broker_use <ratio> and pipeline_jobs_per_s <n>. BENCH_ARGS="--profile out/profile" prints where each service's CPU goes;
+# BENCH_ARGS="--jobs 300 --raw-messages 1000 --seconds 2" makes a short run.
 bench-pipeline: install services
 	$(PY) scripts/bench_pipeline.py $(BENCH_ARGS)
 
-# The HTTP api's front door vs AMQP's (accepted jobs/s, added latency at 100 jobs/s) and bench-pipeline's rate, one run.
+# The HTTP api's front door vs AMQP's (accepted jobs/s, added latency at 100 jobs/s) and bench-pipeline's rate, one run;
+# last lines api_accept_jobs_per_s, amqp_accept_jobs_per_s, api_ratio, pipeline_jobs_per_s, http_hop_p50_ms and
+# http_hop_p99_ms. BENCH_API_ARGS passes options ("--seconds 2 --paced-seconds 2 --pipeline-jobs 300": a short one).
 bench-api: install services
 	$(PY) scripts/bench_api.py $(BENCH_API_ARGS)
 
@@ -114,13 +122,18 @@ device-wheels:
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl -r scripts/device/carry.txt
 
+# The planner's solve times, 16 and 1,024 GPUs at seven demands each; last lines worst p99 at <gpus> GPUs: <ms> ms.
+# BENCH_PLANNER_ARGS passes options ("--calls 50": fewer solves per demand).
 bench-planner: install
-	$(PY) scripts/bench_planner.py
+	$(PY) scripts/bench_planner.py $(BENCH_PLANNER_ARGS)
 
-# The simulator at scale: 1,024 GPUs and trace_1to40qps at 64x its rate (about 495,000 jobs).
+# The simulator at scale: 1,024 GPUs and trace_1to40qps at 64x its rate (about 495,000 jobs). The run goes to
+# BENCH_SIMULATOR_OUT; BENCH_SIMULATOR_ARGS adds options of `hadis simulate` ("--head 10": the trace's first 10 s).
+BENCH_SIMULATOR_OUT ?= out/bench-simulator
 bench-simulator: install
 	$(VENV)/bin/hadis simulate --trace traces/trace_1to40qps.txt --policy hadis --gpus 1024 --scale 64 \
-		--profile paper-l40s-x10 --slo 6 --out out/bench-simulator | grep -E '"(submitted|lost|slo_violation_ratio|mean_fid|wall_s)"'
+		--profile paper-l40s-x10 --slo 6 --out $(BENCH_SIMULATOR_OUT) $(BENCH_SIMULATOR_ARGS) \
+		| grep -E '"(submitted|lost|slo_violation_ratio|mean_fid|wall_s)"'
 
 # The four compared policies on every trace through the real services on 16 emulated GPUs, each
 # beside the simulator's run of the same and its band (differences.md: does each agree;
@@ -142,14 +155,18 @@ experiments: install services
 			--against out/experiments/trace_$${t}qps-simulate > /dev/null || exit 1; \
 	done
 
-# Every policy in the simulator, on both comparison traces and the held-out ones (minutes).
+# Every policy in the simulator, on both comparison traces and the held-out ones (minutes), into SIMULATIONS_OUT.
+# SIMULATIONS_ARGS adds options of scripts/compare.py and `hadis simulate` to each trace's run
+# ("--policies hadis,diffserve --head 20": two policies on the traces' first 20 s).
+SIMULATIONS_OUT ?= out/simulations
 simulations: install
 	$(PY) scripts/compare.py --mode simulate --trace traces/trace_1to40qps.txt --profile paper-l40s-x10 \
-		--gpus 16 --slo 6 --out out/simulations/trace_1to40qps
+		--gpus 16 --slo 6 --out $(SIMULATIONS_OUT)/trace_1to40qps $(SIMULATIONS_ARGS)
 	$(PY) scripts/compare.py --mode simulate --trace traces/trace_1_6qps.txt --profile paper-l40s \
-		--gpus 16 --slo 60 --out out/simulations/trace_1_6qps
+		--gpus 16 --slo 60 --out $(SIMULATIONS_OUT)/trace_1_6qps $(SIMULATIONS_ARGS)
 	for t in 1to20 1to58; do $(PY) scripts/compare.py --mode simulate --trace traces/trace_$${t}qps.txt \
-		--profile paper-l40s-x10 --gpus 16 --slo 6 --out out/simulations/heldout_$${t}qps || exit 1; done
+		--profile paper-l40s-x10 --gpus 16 --slo 6 --out $(SIMULATIONS_OUT)/heldout_$${t}qps $(SIMULATIONS_ARGS) \
+		|| exit 1; done
 
 # Locust against a running stack (default: make run's): a 60 s trace; reports in out/loadtest/.
 # LOADTEST_ARGS=--http: the same trace through the HTTP api (a key made if HADIS_API_KEY is unset), out/loadtest-http/.

@@ -3,6 +3,8 @@ services are killed with SIGKILL and restarted, RabbitMQ is restarted once (stop
 and Redis is killed (kill -9) and restarted once; then every job's record and the event stream
 are checked.
 
+RabbitMQ is the machine's broker, restarted with `rabbitmqctl`; with HADIS_AMQP_URL pointing at
+another and RABBITMQCTL set to the command that reaches it (see rabbitmqctl below), that one.
 Redis here is a server of the run's own (a free port, a temp dir, the compose file's persistence:
 append-only, fsync every second), never the machine's: that one is shared. The load keeps
 publishing through every fault; a job whose publish the client gives up on (its own bound,
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -140,7 +143,11 @@ def run_main(main_coroutine, log: str | None) -> int:
 
 # Faults on the broker and the store.
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=180)
+    """rabbitmqctl against the machine's broker; $RABBITMQCTL, when set, is the command instead (words
+    split as a shell would): another node's, such as `env HOME=DIR rabbitmqctl -n NODE` for a broker of
+    a run's own that HADIS_AMQP_URL points at (tests/deploy/test_make_targets.py restarts its own)."""
+    command = shlex.split(os.environ.get("RABBITMQCTL", "rabbitmqctl"))
+    subprocess.run([*command, *args], check=True, capture_output=True, timeout=180)
 
 
 async def restart_rabbitmq(say: Timeline, down_s: float) -> None:

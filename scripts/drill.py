@@ -10,7 +10,9 @@ CPU), and waits for a first job to be done. Then, at once:
   * every 4 s a `kill -9` of a random service process: the supervisor's children and the
     workers (found under the stack's session in /proc; never the supervisor itself, nor a
     worker's model process);
-  * one broker restart mid-load: `rabbitmqctl stop_app; sleep 4; rabbitmqctl start_app`.
+  * one broker restart mid-load: `rabbitmqctl stop_app; sleep 4; rabbitmqctl start_app` (the
+    machine's broker; HADIS_AMQP_URL's with RABBITMQCTL set to the command that reaches it:
+    scripts/chaos.py, rabbitmqctl).
 
 Then it waits (bounded) for every job to be terminal and counts done, failed, expired and lost
 (not terminal, or no record), and runs the double-generation detector (tests/faults/processes.py:

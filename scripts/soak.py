@@ -4,7 +4,8 @@ end done, none worked on twice (tests/faults/processes.py: double_work).
 
 The load keeps publishing through each restart; a job whose publish the client gives up on (after
 --publish-timeout) was never submitted: counted as refused, not as lost. Redis is the machine's
-(a namespace of the run's own, deleted at the end).
+(a namespace of the run's own, deleted at the end); RabbitMQ the machine's, or HADIS_AMQP_URL's
+with RABBITMQCTL set to the command that restarts it (scripts/chaos.py: rabbitmqctl).
 
 Last line: `lost=<n> duplicated=<n> failed=<n> of <submitted>`; exit 1 unless every job is done
 and none duplicated.
