@@ -13,7 +13,7 @@ from shared.policies.pareto import load_table
 from shared.policies.planner import PlanDecision, Planner, tier_throughputs
 from shared.policies.readiness import Readiness
 from shared.policies.sustained_demand import PARTS, SustainedRate
-from shared.policies.transitions import Structure, Verdict, stagger, transition, worth_switching
+from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
 from shared.settings import Settings
 
 # hadis's lead, in demand holds, when HADIS_PLAN_AHEAD_S is unset: one for the estimate's lag, one
@@ -201,17 +201,16 @@ class HadisPolicy(PlannerPolicy):
             # Quality alone, and too little of it to move GPUs for: the operating point adapts instead.
             return old, f"{kept}FID {new.fid:.4g} instead of {keep.fid:.4g} is not worth a switch"
         step = stagger(old, target, self.settings.plan_max_moving_gpus)
-        cost = transition(old, step, self.profile, worker_start_s=self.settings.worker_start_s,
-                          worker_start_each_s=self.settings.worker_start_each_s)
-        serving = cost.serving
-        during = self.planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
-        after = self.planner.plan_within(step.pair, step.light_gpus, step.heavy_gpus, demand, slo)
-        assert during is not None and after is not None
-        # A switch serves through what arrives now (a silence's, when the structure is chosen for bursts).
-        verdict = worth_switching(keep_qps=keep.capacity_qps, new_qps=after.capacity_qps,
-                                  during_qps=during.capacity_qps, demand_qps=min(demand, self.arriving),
-                                  switch_s=cost.seconds,
-                                  horizon_s=self.settings.plan_horizon_s, slack_s=slo - after.expected_latency_s)
+        cost, verdict = price_step(self, old, step, keep, demand)
+        if not verdict.switch and step.pair != old.pair:
+            # Split first, then the pair in place: from an emergency pair (sdxl-lightning, swapped in
+            # place when a step outran the fleet), every pair-first path back to the better pair
+            # passed through its pair on the old split, too slow for the demand, and the fleet stayed
+            # for minutes at 1 FID worse; moved within the pair first, its GPUs keep up throughout.
+            split = stagger(old, Structure(*old.pair, target.light_gpus, target.heavy_gpus),
+                            self.settings.plan_max_moving_gpus)
+            if split != old and (found := price_step(self, old, split, keep, demand))[1].switch:
+                step, (cost, verdict) = split, found
         self.last_verdict = verdict
         if not verdict.switch:
             return old, f"{kept}{verdict.why}"
@@ -220,6 +219,25 @@ class HadisPolicy(PlannerPolicy):
         then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
         return step, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
                       f"({cost.new_workers} new workers), {verdict.why}{then}")
+
+
+def price_step(policy: HadisPolicy, old: Structure, step: Structure, keep: PlanDecision,
+               demand: float) -> tuple[Transition, Verdict]:
+    """What the step from `old` costs (transitions.transition) and whether it pays
+    (transitions.worth_switching): the GPUs serving through it, its operating point after, and the
+    arrivals it must serve through (a silence's, when the structure is chosen for bursts)."""
+    settings, planner, slo = policy.settings, policy.planner, policy.settings.slo_s
+    cost = transition(old, step, policy.profile, worker_start_s=settings.worker_start_s,
+                      worker_start_each_s=settings.worker_start_each_s)
+    serving = cost.serving
+    during = planner.plan_within(serving.pair, serving.light_gpus, serving.heavy_gpus, demand, slo)
+    after = planner.plan_within(step.pair, step.light_gpus, step.heavy_gpus, demand, slo)
+    assert during is not None and after is not None
+    verdict = worth_switching(keep_qps=keep.capacity_qps, new_qps=after.capacity_qps,
+                              during_qps=during.capacity_qps, demand_qps=min(demand, policy.arriving),
+                              switch_s=cost.seconds, horizon_s=settings.plan_horizon_s,
+                              slack_s=slo - after.expected_latency_s)
+    return cost, verdict
 
 
 class DemandEnvelope:

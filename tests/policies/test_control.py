@@ -389,6 +389,22 @@ def test_a_ramp_is_no_burst_to_ride_out_but_a_jump_out_of_silence_is():
     assert quiet.schedule.policy.bursting()
 
 
+def test_a_step_that_outruns_the_fleet_is_left_for_the_better_pair_once_it_stays():
+    """A step from 30 to 60 jobs/s outruns sd35-large-turbo -> sd35-medium on 4 + 12 GPUs; the pair
+    swapped in place (sdxl-lightning -> sd35-large-turbo) keeps up, about 1 FID worse. Once the step
+    stays, the fleet goes back: its GPUs move within the emergency pair first (which keeps up), then
+    the better pair loads in place. Pair first, every way back passed through the better pair on 4 +
+    12 GPUs (42.7 jobs/s), the switch was refused, and the fleet stayed for minutes
+    (traces/mmpp_smooth.txt: 24.16 against the fixed plan's 23.89)."""
+    ticks = Ticks("hadis", min_dwell_s=12.0)
+    ticks.run(120, rate=30.0)
+    before = pair(ticks.plan)
+    new = ticks.run(60, rate=60.0)
+    assert any(plan.light_model == "sdxl-lightning" for _, plan in new)  # the emergency, as before
+    assert pair(ticks.plan) == before, [(when, pair(plan), plan.light_gpus) for when, plan in new]
+    assert ticks.plan.light_gpus + ticks.plan.heavy_gpus == len(GPUS)
+
+
 def test_a_quiet_minute_held_ready_for_bursts_is_not_filled():
     """Held ready for the assumed burst in a quiet minute, the point is the structure's best mix and
     its d is the planner's: filled there (the heavy GPUs idle), d went from 0.6 to 1.0 and back every
