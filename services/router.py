@@ -180,6 +180,8 @@ class Router:
                                                only_from=steps.rerouting_states(redelivered)))
         if stored is None:
             return
+        if expired and stored.written:
+            metrics.observe_unserved(JobState.expired)  # an SLO violation like a worker's shed job
         if stored.record is not None:
             # The routing decision was stored once: a redelivery publishes the same one again.
             tier = stored.record.tier or tier

@@ -14,6 +14,12 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_jobs_finished_total{tier,state}      jobs that reached a terminal state (every service that writes one)
     hadis_slo_violations_total{tier,reason}    late | expired | failed (every service that writes a terminal state)
     hadis_plan_version, hadis_plan_share{kind}, hadis_plan_batch_size{tier}   the plan this process applies
+    hadis_plan_gpus{tier,model}                GPUs the plan gives each tier, and the tier's model
+    hadis_plan_fid{light_model,heavy_model}    the plan's expected FID, when its configuration was profiled
+    hadis_workers{tier,model}                  live workers (heartbeats) per tier and model (planning controller)
+    hadis_agent_up{host}                       1: the agent registers; 0: it stopped without leaving (controller)
+    hadis_dead_letters_parked_total{reason}    dead letters kept in <ns>.dead without a record (controller)
+    hadis_store_memory_bytes{kind}             Redis memory: used | max (0: unbounded) (controller)
     hadis_gpu_memory_bytes{gpu,kind}           used | total per visible GPU, read from nvidia-smi where present
     hadis_api_requests_total{route,code,tenant}  HTTP requests answered (api); tenant "-" before a key is checked
     hadis_api_request_seconds{route}           time to answer (an images request includes its wait)
@@ -22,6 +28,11 @@ Every service exposes the same families; each fills the ones it owns:
 
 The escalation rate is a ratio of counters, computed where it is read, e.g. in PromQL:
     sum(rate(hadis_judge_verdicts_total{verdict="escalated"}[1m])) / sum(rate(hadis_judge_verdicts_total[1m]))
+
+The outcome series (jobs finished, SLO violations, routed, parked dead letters) exist from 0 as soon as
+this module is imported: a counter born at its first increment hides that increment from rate() and
+increase(), and the first violations after a start would page nobody. docker/prometheus/rules.yml
+and docker/grafana/hadis.json read these families; docs/observability.md says what each means.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -106,6 +117,17 @@ PLAN_VERSION = Gauge("hadis_plan_version", "Version of the plan this process app
 PLAN_SHARE = Gauge("hadis_plan_share", "The plan's fractions: r (routed), d (escalated), heavy (h = r + (1-r)d)",
                    ["kind"], registry=REGISTRY)
 PLAN_BATCH_SIZE = Gauge("hadis_plan_batch_size", "The plan's batch size per tier", ["tier"], registry=REGISTRY)
+PLAN_GPUS = Gauge("hadis_plan_gpus", "GPUs the plan gives each tier, with the tier's model", ["tier", "model"],
+                  registry=REGISTRY)
+PLAN_FID = Gauge("hadis_plan_fid", "Expected FID of the plan's configuration (lower is better), when profiled",
+                 ["light_model", "heavy_model"], registry=REGISTRY)
+WORKERS = Gauge("hadis_workers", "Live workers (their heartbeats) per tier and model, as the planning controller "
+                "reads them", ["tier", "model"], registry=REGISTRY)
+AGENT_UP = Gauge("hadis_agent_up", "1 while a host's agent registers; 0 once it stopped without leaving (its GPUs "
+                 "stay in the plan for HADIS_GPU_ABSENT_S); gone after a clean departure or the grace",
+                 ["host"], registry=REGISTRY)
+TIERS = ("light", "heavy")
+PARKED_REASONS = ("oversized", "no_job_id")  # the controller's own; others are the error's type name
 
 
 @dataclass(frozen=True)
@@ -181,6 +203,45 @@ def observe_plan(plan: Plan) -> None:
     PLAN_SHARE.labels("heavy").set(plan.heavy_share)
     PLAN_BATCH_SIZE.labels("light").set(plan.light_batch)
     PLAN_BATCH_SIZE.labels("heavy").set(plan.heavy_batch)
+    set_exactly(PLAN_GPUS, {("light", plan.light_model): plan.light_gpus, ("heavy", plan.heavy_model): plan.heavy_gpus})
+    set_exactly(PLAN_FID, {} if plan.fid is None else {(plan.light_model, plan.heavy_model): plan.fid})
+
+
+_LABELS_SET: dict[int, set[tuple[str, ...]]] = {}  # id(gauge) -> the label values set_exactly gave it last
+
+
+def set_exactly(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+    """Give `gauge` these children and no other: a child that set_exactly set before and is not in
+    `values` is removed (a model swapped out, a host gone), so no stale series stays behind."""
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
+    before = _LABELS_SET.get(id(gauge), set())
+    for labels in before - set(values):
+        gauge.remove(*labels)
+    _LABELS_SET[id(gauge)] = set(values)
+
+
+def observe_workers(workers: Iterable[Mapping[str, object]], models: Mapping[str, str]) -> None:
+    """Live workers per (tier, model) from their heartbeat records; each tier is there, 0 with the
+    plan's model (`models`: tier -> model) when no worker serves it."""
+    counts: dict[tuple[str, ...], float] = dict.fromkeys(models.items(), 0)
+    for record in workers:
+        key = (str(record.get("tier")), str(record.get("model")))
+        counts[key] = counts.get(key, 0) + 1
+    set_exactly(WORKERS, counts)
+
+
+def observe_agents(up: Mapping[str, bool]) -> None:
+    """host -> registering now (True) or stopped without leaving (False); hosts not given are gone."""
+    set_exactly(AGENT_UP, {(host,): 1 if live else 0 for host, live in up.items()})
+
+
+def forget_cluster_view() -> None:
+    """A controller that stops planning (another holds the lease) no longer reports the cluster:
+    its last reading would go stale beside the planning controller's."""
+    QUEUE_DEPTH.clear()
+    set_exactly(WORKERS, {})
+    set_exactly(AGENT_UP, {})
 
 
 def observe_queue_depths(depths: Mapping[str, int]) -> None:
@@ -261,3 +322,21 @@ def observe_api_accepted(tenant: str, jobs: int) -> None:
 
 def observe_api_refused(tenant: str, reason: str) -> None:
     API_REFUSED.labels(tenant, reason).inc()
+
+
+def zero_outcomes() -> None:
+    """Every outcome series a job can reach, at 0 (the module docstring says why)."""
+    for tier in TIERS:
+        JOBS_FINISHED.labels(tier, JobState.done.value)
+        SLO_VIOLATIONS.labels(tier, "late")
+        ROUTED.labels(tier)
+        JOB_LATENCY.labels(tier)
+    for tier in (*TIERS, NO_TIER):
+        for state in (JobState.failed, JobState.expired):
+            JOBS_FINISHED.labels(tier, state.value)
+            SLO_VIOLATIONS.labels(tier, state.value)
+    for reason in PARKED_REASONS:
+        DEAD_LETTERS_PARKED.labels(reason)
+
+
+zero_outcomes()

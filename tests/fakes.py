@@ -57,6 +57,9 @@ class FakeStore:
     async def departed_agents(self) -> dict[str, list[str]]:
         return {}
 
+    async def workers(self) -> list[dict[str, Any]]:
+        return [{"gpu": gpu, "tier": "light", "model": "fake"} for gpu in self.gpus]
+
     def __getattr__(self, name: str) -> Any:
         """Any other write (the router's record of a new job, however it is spelled): made, a new
         record (no earlier one to follow)."""

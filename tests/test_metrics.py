@@ -92,3 +92,48 @@ def test_gpu_collector_runs_the_command(tmp_path, monkeypatch):
     (family,) = list(metrics.GpuMemoryCollector().collect())
     values = {sample.labels["kind"]: sample.value for sample in family.samples}
     assert values == {"used": 2048 * 2**20, "total": 81559 * 2**20}
+
+
+def test_plan_gpus_and_fid_follow_the_plan_and_leave_no_stale_series():
+    first = Plan(version=1, light_model="a", heavy_model="b", r=0.2, d=0.5, light_batch=8, heavy_batch=2,
+                 light_gpus=3, heavy_gpus=1, fid=20.5)
+    metrics.observe_plan(first)
+    assert sample("hadis_plan_gpus", tier="light", model="a") == 3
+    assert sample("hadis_plan_gpus", tier="heavy", model="b") == 1
+    assert sample("hadis_plan_fid", light_model="a", heavy_model="b") == 20.5
+    metrics.observe_plan(first.model_copy(update={"version": 2, "light_model": "c", "light_gpus": 2, "fid": None}))
+    assert metrics.REGISTRY.get_sample_value("hadis_plan_gpus", {"tier": "light", "model": "a"}) is None
+    assert sample("hadis_plan_gpus", tier="light", model="c") == 2
+    assert metrics.REGISTRY.get_sample_value("hadis_plan_fid", {"light_model": "a", "heavy_model": "b"}) is None
+
+
+def test_workers_per_tier_and_model_with_a_zero_for_a_tier_nobody_serves():
+    beats = [{"gpu": "g0", "tier": "light", "model": "m1"}, {"gpu": "g1", "tier": "light", "model": "m1"}]
+    metrics.observe_workers(beats, {"light": "m1", "heavy": "m2"})
+    assert sample("hadis_workers", tier="light", model="m1") == 2
+    assert metrics.REGISTRY.get_sample_value("hadis_workers", {"tier": "heavy", "model": "m2"}) == 0
+    metrics.observe_workers([{"gpu": "g0", "tier": "heavy", "model": "m2"}], {"light": "m3", "heavy": "m2"})
+    assert metrics.REGISTRY.get_sample_value("hadis_workers", {"tier": "light", "model": "m1"}) is None
+    assert metrics.REGISTRY.get_sample_value("hadis_workers", {"tier": "light", "model": "m3"}) == 0
+    assert sample("hadis_workers", tier="heavy", model="m2") == 1
+
+
+def test_agents_up_down_and_gone():
+    metrics.observe_agents({"h1": True, "h2": False})
+    assert sample("hadis_agent_up", host="h1") == 1
+    assert metrics.REGISTRY.get_sample_value("hadis_agent_up", {"host": "h2"}) == 0
+    metrics.observe_agents({"h1": True})
+    assert metrics.REGISTRY.get_sample_value("hadis_agent_up", {"host": "h2"}) is None
+    metrics.forget_cluster_view()
+    assert metrics.REGISTRY.get_sample_value("hadis_agent_up", {"host": "h1"}) is None
+
+
+def test_outcome_series_exist_from_zero():
+    """rate() and increase() miss a counter's first increment when the series is born with it."""
+    for name, labels in [("hadis_slo_violations_total", {"tier": "light", "reason": "late"}),
+                         ("hadis_slo_violations_total", {"tier": "none", "reason": "expired"}),
+                         ("hadis_jobs_finished_total", {"tier": "heavy", "state": "done"}),
+                         ("hadis_routed_total", {"tier": "heavy"}),
+                         ("hadis_job_latency_seconds_count", {"tier": "light"}),
+                         ("hadis_dead_letters_parked_total", {"reason": "no_job_id"})]:
+        assert metrics.REGISTRY.get_sample_value(name, labels) is not None, (name, labels)
