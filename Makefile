@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 services:
 	bash scripts/ensure_services.sh
 
+# make run: `hadis serve all` until Ctrl-C. When a `prometheus` binary is on PATH (or PROMETHEUS names one;
+# PROMETHEUS= for none), the services also serve metrics from HADIS_METRICS_PORT (9100) on and a Prometheus on
+# 127.0.0.1:PROMETHEUS_PORT (9090) scrapes them with docker/prometheus/'s rules and alerts (scripts/run.sh;
+# docs/observability.md). Without one, nothing changes.
+PROMETHEUS ?= $(shell command -v prometheus 2>/dev/null)
+PROMETHEUS_PORT ?= 9090
 run: install services
-	$(VENV)/bin/hadis serve all
+	PROMETHEUS="$(PROMETHEUS)" PROMETHEUS_PORT="$(PROMETHEUS_PORT)" VENV="$(VENV)" bash scripts/run.sh
 
 # The tiers are the folders of tests/ (tests/conftest.py marks each test with its folder's tier):
 # `make test` runs unit and integration (tests/*.py, policies, backends, experiments, integration);
