@@ -7,7 +7,11 @@ anyone a working key. A slow hash (scrypt, bcrypt) protects guessable passwords;
 secret cannot be guessed, so a fast salted hash is as strong here and costs microseconds a request.
 The comparison is in constant time.
 
-Tenant names follow `shared.schemas.valid_tenant`."""
+Tenant names follow `shared.schemas.valid_tenant`.
+
+An *operator* key (`hadis api-key create --tenant NAME --operator`) may also read the whole fleet's
+live status (`/dashboard` and `/v1/ops/dashboard*`: every tenant's counts and images); a key stored
+without the flag, every key made before it existed included, is not one."""
 
 from __future__ import annotations
 
@@ -33,25 +37,28 @@ class StoredKey:
     salt: str  # hex
     digest: str  # hex SHA-256(salt || secret)
     created_at: float
+    operator: bool = False  # may read the fleet's status (the dashboard), every tenant's included
 
     def as_fields(self) -> dict[str, str]:
-        return {"tenant": self.tenant, "salt": self.salt, "digest": self.digest, "created_at": repr(self.created_at)}
+        fields = {"tenant": self.tenant, "salt": self.salt, "digest": self.digest, "created_at": repr(self.created_at)}
+        return {**fields, "operator": "1"} if self.operator else fields
 
     @classmethod
     def from_fields(cls, key_id: str, fields: dict[str, str]) -> StoredKey:
-        return cls(key_id, fields["tenant"], fields["salt"], fields["digest"], float(fields["created_at"]))
+        return cls(key_id, fields["tenant"], fields["salt"], fields["digest"], float(fields["created_at"]),
+                   fields.get("operator") == "1")
 
 
 def _digest(salt: bytes, secret: str) -> str:
     return hashlib.sha256(salt + secret.encode()).hexdigest()
 
 
-def new_key(tenant: str) -> tuple[str, StoredKey]:
+def new_key(tenant: str, *, operator: bool = False) -> tuple[str, StoredKey]:
     """A fresh key for `tenant`: (the key to hand over once, what to store)."""
     if not valid_tenant(tenant):
         raise ValueError(f"tenant {tenant!r}: 1-64 of a-z 0-9 _ -, starting with a letter or digit")
     key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
-    stored = StoredKey(key_id, tenant, salt.hex(), _digest(salt, secret), time.time())
+    stored = StoredKey(key_id, tenant, salt.hex(), _digest(salt, secret), time.time(), operator)
     return f"{PREFIX}_{key_id}_{secret}", stored
 
 

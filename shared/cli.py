@@ -124,7 +124,7 @@ async def api_key(args: argparse.Namespace) -> int:
         if args.action in ("rotate-url-secret", "revoke-urls"):
             return await url_secret(args, store)
         if args.action == "create":
-            key, stored = apikeys.new_key(args.tenant)
+            key, stored = apikeys.new_key(args.tenant, operator=args.operator)
             await store.put_api_key(stored)
             limits = None
             given = {name: getattr(args, name) for name in ("rate", "burst", "max_active", "weight", "image_mb")
@@ -136,11 +136,12 @@ async def api_key(args: argparse.Namespace) -> int:
                 limits = dataclasses.replace(current, **given)
                 await store.set_tenant_limits(args.tenant, limits)
             limits = limits or await store.tenant_limits(args.tenant)
-            print_json({"key": key, "key_id": stored.key_id, "tenant": stored.tenant,
+            print_json({"key": key, "key_id": stored.key_id, "tenant": stored.tenant, "operator": stored.operator,
                         "limits": vars(limits) if limits else "the defaults (HADIS_API_RATE_PER_S, ...)",
                         "note": "shown once: only a salted hash is stored"})
         elif args.action == "list":
-            print_json([{"key_id": key.key_id, "tenant": key.tenant, "created_at": key.created_at}
+            print_json([{"key_id": key.key_id, "tenant": key.tenant, "operator": key.operator,
+                         "created_at": key.created_at}
                         for key in await store.api_keys()])
         else:
             if not await store.delete_api_key(args.key_id):
@@ -266,6 +267,9 @@ def add_api_key_parser(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--max-active", type=positive(int), help="units in flight (jobs not yet terminal)")
     create.add_argument("--weight", type=positive(float), help="its share of a saturated fleet (default 1)")
     create.add_argument("--image-mb", type=positive(float), help="image bytes it may add to the store per image TTL")
+    create.add_argument("--operator", action="store_true",
+                        help="an operator's key: it may also read the fleet's live status (/dashboard), every "
+                        "tenant's included")
     keys.add_parser("list", help="key ids and tenants (never the keys)")
     revoke = keys.add_parser("revoke", help="delete a key")
     revoke.add_argument("key_id")

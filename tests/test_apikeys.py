@@ -43,3 +43,13 @@ def test_bearer_header():
 def test_tenant_names_are_bounded(tenant):
     with pytest.raises(ValueError):
         apikeys.new_key(tenant)
+
+
+def test_an_operators_key_says_so_and_every_other_key_does_not():
+    key, stored = apikeys.new_key("ops", operator=True)
+    assert stored.operator and stored.as_fields()["operator"] == "1"
+    assert apikeys.StoredKey.from_fields(stored.key_id, stored.as_fields()) == stored
+    _, tenant = apikeys.new_key("acme")
+    assert not tenant.operator and "operator" not in tenant.as_fields()  # stored as keys always were
+    before = {"tenant": "acme", "salt": tenant.salt, "digest": tenant.digest, "created_at": "1.5"}
+    assert not apikeys.StoredKey.from_fields("0123456789ab", before).operator  # a key made before the flag

@@ -47,6 +47,7 @@ class Caller:
     tenant: str
     limits: tenancy.Limits
     key_id: str = ""
+    operator: bool = False  # the key may read the fleet's status (services/api/routes/dashboard.py)
 
 
 class Keys:
@@ -73,7 +74,17 @@ class Keys:
             metrics.observe_api_refused(ANONYMOUS, "auth")
             raise ApiError(401, "invalid API key", code="invalid_api_key")
         request.scope.setdefault("state", {})["tenant"] = stored.tenant
-        return Caller(stored.tenant, await self.limits(stored.tenant), key_id)
+        return Caller(stored.tenant, await self.limits(stored.tenant), key_id, stored.operator)
+
+    async def operator(self, request: Request) -> Caller:
+        """The caller behind an operator's key: 401 without a valid key (as caller), 403 for a tenant's."""
+        caller = await self.caller(request)
+        if not caller.operator:
+            metrics.observe_api_refused(caller.tenant, "operator")
+            raise ApiError(403, "this API key is not an operator's: the fleet's status needs one "
+                           "(hadis api-key create --tenant NAME --operator)", type="permission_error",
+                           code="operator_key_required")
+        return caller
 
     async def stored_key(self, key_id: str) -> apikeys.StoredKey | None:
         return await self.keys.get(key_id, lambda: self.store.get_api_key(key_id))

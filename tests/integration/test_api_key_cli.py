@@ -39,8 +39,16 @@ async def test_create_list_revoke():
         limits = await store.tenant_limits("acme")
         assert (limits.rate, limits.burst, limits.max_active) == (5.0, settings.api_burst, 3)
 
+        assert printed["operator"] is False and not stored.operator
+        operator = orjson.loads(hadis(settings.namespace, "api-key", "create", "--tenant", "ops", "--operator").stdout)
+        assert operator["operator"] is True
+        operator_id, _ = apikeys.parse_key(operator["key"])
+        assert (await store.get_api_key(operator_id)).operator
+        assert hadis(settings.namespace, "api-key", "revoke", operator_id).returncode == 0
+
         listed = orjson.loads(hadis(settings.namespace, "api-key", "list").stdout)
         assert [entry["key_id"] for entry in listed] == [key_id] and "key" not in listed[0]
+        assert listed[0]["operator"] is False
 
         assert hadis(settings.namespace, "api-key", "revoke", key_id).returncode == 0
         assert await store.get_api_key(key_id) is None
