@@ -11,6 +11,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:arrivals           counter jobs recorded `queued` (the controller's demand), set by the transition script
                           (expires like a record: a counter that went back only resets the controller's baseline)
     ns:plan               string the current Plan JSON;  ns:plan:version  its counter
+    ns:plan:history       list   the last PLAN_HISTORY plans published (JSON, newest first, with their reasons)
     ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
     ns:agent-left:<host>  string the GPUs of an agent that shut down cleanly (JSON), for AGENT_LEFT_TTL_S
     ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed

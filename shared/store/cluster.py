@@ -12,6 +12,7 @@ from shared.schemas import Plan
 from shared.store.base import RedisStore
 
 AGENT_LEFT_TTL_S = 86_400  # longer than any HADIS_GPU_ABSENT_S: the controller sees the departure
+PLAN_HISTORY = 50  # plans kept in ns:plan:history, newest first, with their reasons (the dashboard shows them)
 
 
 class Cluster(RedisStore):
@@ -22,13 +23,29 @@ class Cluster(RedisStore):
         """Store a new plan under the next version number."""
         version = await self._call(self._redis.incr, f"{self.plan_key}:version")
         plan = Plan.model_validate({**plan_fields, "version": version})
-        await self._call(self._redis.set, self.plan_key, plan.model_dump_json(), ex=self.ttl)
+        raw = plan.model_dump_json()
+
+        async def store() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.plan_key, raw, ex=self.ttl)
+                pipe.lpush(f"{self.plan_key}:history", raw)
+                pipe.ltrim(f"{self.plan_key}:history", 0, PLAN_HISTORY - 1)
+                pipe.expire(f"{self.plan_key}:history", self.ttl)
+                await pipe.execute()
+
+        await self._call(store)
         await self._call(self._redis.expire, f"{self.plan_key}:version", self.ttl)
         return plan
+
+    async def plan_history(self, count: int = PLAN_HISTORY) -> list[Plan]:
+        """The last `count` plans published (at most PLAN_HISTORY), newest first."""
+        raws = await self._call(self._redis.lrange, f"{self.plan_key}:history", 0, max(count, 1) - 1)
+        return [Plan.model_validate_json(raw) for raw in raws]
 
     async def refresh_plan_ttl(self) -> None:
         await self._call(self._redis.expire, self.plan_key, self.ttl)
         await self._call(self._redis.expire, f"{self.plan_key}:version", self.ttl)
+        await self._call(self._redis.expire, f"{self.plan_key}:history", self.ttl)
 
     async def get_plan(self) -> Plan | None:
         raw = await self._call(self._redis.get, self.plan_key)
@@ -98,6 +115,13 @@ class Cluster(RedisStore):
     async def workers(self) -> list[dict[str, Any]]:
         """Live workers, from their heartbeats."""
         return sorted(await self._scan_json(f"{self.ns}:worker:*"), key=lambda record: record["gpu"])
+
+    async def workers_of(self, gpus: list[str]) -> list[dict[str, Any]]:
+        """The live workers of these GPUs, from their heartbeats: one MGET, no keyspace scan."""
+        if not gpus:
+            return []
+        values = await self._call(self._redis.mget, [f"{self.ns}:worker:{gpu}" for gpu in gpus])
+        return [orjson.loads(value) for value in values if value is not None]
 
     async def _scan_json(self, pattern: str) -> list[dict[str, Any]]:
         async def scan() -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import orjson
+
 from shared.schemas import JobState
 from shared.store.base import RedisStore
 
@@ -47,3 +49,27 @@ class JobEvents(RedisStore):
             return []
         return [(event_id.decode(), {k.decode(): v.decode() for k, v in data.items()})
                 for event_id, data in reply[0][1]]
+
+    async def summaries(self, job_ids: list[str], fields: tuple[str, ...],
+                        with_history: list[str] | None = None) -> tuple[list[dict[str, str]], dict[str, list[dict]]]:
+        """The named fields of these jobs' records (an empty dict for a record that is gone), and the
+        histories of the jobs in `with_history`, in one round trip: what the dashboard reads of the
+        jobs that ended since its last tick (services/api/dashboard.py)."""
+        with_history = with_history or []
+        if not job_ids and not with_history:
+            return [], {}
+
+        async def read() -> list:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(self.job_key(job_id), list(fields))
+                for job_id in with_history:
+                    pipe.lrange(f"{self.job_key(job_id)}:history", 0, -1)
+                return await pipe.execute()
+
+        replies = await self._call(read)
+        records = [{name: value.decode() for name, value in zip(fields, values, strict=True) if value is not None}
+                   for values in replies[:len(job_ids)]]
+        histories = {job_id: [orjson.loads(item) for item in items]
+                     for job_id, items in zip(with_history, replies[len(job_ids):], strict=True)}
+        return records, histories
