@@ -101,7 +101,12 @@ def check_archives(sdist: Path, wheel: Path) -> None:
             raise Failure(f"the sdist lacks hadis/profiles/{relative}")
     if top_level != {"hadis", "shared", "services"}:
         raise Failure(f"the wheel's top-level packages are {sorted(top_level)}")
-    print(f"  the sdist and the wheel carry the {len(expected)} files of profiles/", flush=True)
+    page = {path.relative_to(ROOT).as_posix(): path.read_bytes() for path in (ROOT / "services/api/static").iterdir()}
+    for relative, content in page.items():
+        if in_wheel.get(relative) != content or relative not in in_sdist:
+            raise Failure(f"the wheel or the sdist lacks {relative} (the dashboard's page), or holds another version")
+    print(f"  the sdist and the wheel carry the {len(expected)} files of profiles/ and the {len(page)} of the "
+          "dashboard's page", flush=True)
 
 
 def install(tmp: Path, wheel: Path) -> Path:

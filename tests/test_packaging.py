@@ -51,3 +51,21 @@ def test_another_projects_shared_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "shared", impostor)
     with pytest.raises(ImportError, match=r"\['/elsewhere/shared'\] is not hadis's"):
         _ = hadis.Client
+
+
+def test_the_dashboards_page_is_package_data():
+    """The operator's page ships in the wheel (pyproject's package-data for services.api; make
+    test-wheel checks the built archives) and is read through importlib.resources, as installed."""
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    static = ROOT / "services" / "api" / "static"
+    files = sorted(path.name for path in static.iterdir())
+    assert files == ["dashboard.css", "dashboard.html", "dashboard.js"]
+    for name in files:
+        assert any(Path("static", name).match(pattern) for pattern in package_data["services.api"]), name
+        assert (resources.files("services.api") / "static" / name).read_bytes() == (static / name).read_bytes()
+    page = (static / "dashboard.html").read_text() + (static / "dashboard.js").read_text() + \
+        (static / "dashboard.css").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page, \
+        "the page fetches nothing from elsewhere (no CDN, no fonts)"

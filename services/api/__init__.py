@@ -13,13 +13,17 @@ confirm: an accepted job is durable, whatever happens to this process next.
     GET    /v1/jobs/{id}/events     server-sent events of its state changes, ending at the terminal one
     DELETE /v1/jobs/{id}            cancel while queued: it ends `failed` and is not generated
     GET    /healthz                 200 when the store and the broker answer
+    GET    /dashboard               the operator's live page; its data at /v1/ops/dashboard (JSON),
+                                    /v1/ops/dashboard/stream (SSE), an operator's key (docs/observability-page.md)
     GET    /openapi.json, /docs     the schema and its page
 
 One room per concern (`python -m services.api` runs it: __main__.py):
 
     app.py          create_app, the route groups over one Api; main, the service's life
     state.py        Api: what every route shares (store, bus, event hub, keys, budgets, URL secrets)
-    routes/         images.py (OpenAI Images API), jobs.py (async jobs), ops.py (health)
+    routes/         images.py (OpenAI Images API), jobs.py (async jobs), ops.py (health), dashboard.py (the page)
+    dashboard.py    the page's one ticker: reads the fleet once a second for every viewer (shared/dashboard/)
+    static/         the page's HTML, script and style (package data)
     keys.py         who is calling: API keys and tenants' limits, cached
     admission.py    every budget a tenant is charged (its rules in shared/policies/tenancy.py)
     submission.py   publish with confirms, the `queued` record, withdrawal on a 503

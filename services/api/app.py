@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from services.api.errors import install as install_error_handlers
 from services.api.middleware import HeaderLimit, RequestMetrics
-from services.api.routes import images, jobs, ops
+from services.api.routes import dashboard, images, jobs, ops
 from services.api.server import serve, server_for
 from services.api.state import Api
 from shared.events import EventHub
@@ -23,7 +23,7 @@ def create_app(api: Api) -> FastAPI:
     app = FastAPI(title="hadis", version="0.1.0", description=DESCRIPTION)
     app.state.api = api
     install_error_handlers(app)
-    for group in (images, jobs, ops):
+    for group in (images, jobs, ops, dashboard):
         group.routes.add_to(app)
     app.add_middleware(HeaderLimit, limit=api.settings.api_max_header_bytes)
     app.add_middleware(RequestMetrics)
@@ -35,9 +35,10 @@ async def main(service: Service) -> None:
     secret made before the first request can need one, then the server until the service stops."""
     hub = EventHub(service.store)
     await hub.start()
+    api = Api(service, hub)
     try:
-        api = Api(service, hub)
         await api.url_secrets.get()  # the first replica makes the secret
         await serve(server_for(create_app(api), api.settings), service)
     finally:
+        await api.dashboard.stop()
         await hub.stop()

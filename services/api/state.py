@@ -1,12 +1,14 @@
 """The one object every route shares: the service's store and bus, the event hub, the key check,
-the budgets and the URL secrets. create_app puts it on the app (app.state.api); a route reaches it
-with api_of(request), so the routes are plain module functions and the app holds no other state."""
+the budgets, the URL secrets and the operator's dashboard. create_app puts it on the app
+(app.state.api); a route reaches it with api_of(request), so the routes are plain module functions
+and the app holds no other state."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
 from services.api.admission import Admission
+from services.api.dashboard import Dashboard
 from services.api.keys import Caller, Keys
 from shared import urlsigning
 from shared.events import EventHub
@@ -28,6 +30,7 @@ class Api:
                                                   min(urlsigning.CACHE_S, self.settings.api_key_cache_s))
         self.keys = Keys(service)
         self.admission = Admission(service)
+        self.dashboard = Dashboard(service)  # ticks only while an operator looks
 
     async def caller(self, request: Request) -> Caller:
         return await self.keys.caller(request)

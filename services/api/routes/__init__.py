@@ -1,6 +1,6 @@
 """The api's routes by group: images.py the OpenAI Images API, jobs.py the async job routes, ops.py
-health. Each group's routes are plain module functions over the app's Api (state.api_of), declared
-on a RouteGroup and added to the app by create_app."""
+health, dashboard.py the operator's page. Each group's routes are plain module functions over the
+app's Api (state.api_of), declared on a RouteGroup and added to the app by create_app."""
 
 from __future__ import annotations
 
