@@ -93,6 +93,7 @@ def test_the_window_forgets_old_buckets_and_drops_what_is_older():
     window.finished(job(T0 + 100))  # older than the window now: dropped, not counted
     totals = window.totals(T0 + 200)
     assert totals[ALL].ended == (window.count - 1) * 2  # the complete buckets' jobs, 2 a bucket
+    assert window.covered_s(T0 + 200) == (window.count - 1) * 2.0  # all of it holds data
 
 
 def test_series_has_one_point_per_complete_bucket_with_gaps_as_none():
@@ -182,7 +183,10 @@ def test_recent_jobs_keep_the_newest_with_their_steps():
     assert [job["job_id"] for job in view] == ["j2", "j1"]
     assert view[0]["latency_s"] == pytest.approx(1.0) and view[0]["slo_s"] == pytest.approx(5.0)
     assert [step["t_s"] for step in view[0]["steps"]] == [0.0, 1.0]
-    assert recent.newest([feed.Ended(str(i), "done", T0, "") for i in range(5)])[0].job_id == "3"
+    batch = [feed.Ended(str(i), "done", T0, "") for i in range(5)]
+    assert [job.job_id for job in recent.newest(batch, 100.0)] == ["3", "4"]
+    assert recent.newest(batch, 100.0 + feed.RECENT_EVERY_S / 2) == []  # listed at most every RECENT_EVERY_S
+    assert len(recent.newest(batch, 100.0 + feed.RECENT_EVERY_S)) == 2 and recent.newest([], 1e9) == []
 
 
 def plan(version: int, assignment: dict[str, str], **fields) -> Plan:
@@ -241,7 +245,8 @@ def test_overall_reads_the_window():
     window.judged(T0 + 1, escalated=False)
     result = overall(window, T0 + 20, None)
     assert result["ended"] == 20 and result["escalation"] == 0.5 and result["judged"] == 2
-    assert result["arrivals_qps"] == pytest.approx(20 / result["window_s"])
+    assert result["window_s"] == 20.0 and result["arrivals_qps"] == pytest.approx(1.0)  # the 20 s it has data for
+    assert overall(Window(), T0, None)["arrivals_qps"] is None
     assert {row["name"] for row in result["tenants"]} == {"a", "b"}
     assert orjson.loads(orjson.dumps(result))["attainment"] == 1.0
 

@@ -221,7 +221,7 @@ class Dashboard:
         """The records of the jobs that ended (one round trip), counted in the window; the newest listed."""
         if not ended:
             return
-        listed = self.recent.newest(ended)
+        listed = self.recent.newest(ended, time.monotonic())
         records, histories = await self.service.store.summaries([job.job_id for job in ended], feed.RECORD_FIELDS,
                                                                 [job.job_id for job in listed])
         calls[0] += 1
@@ -229,8 +229,9 @@ class Dashboard:
             pairs = fleet.pairs(self.history, plan)
             for job, fields in zip(ended, records, strict=True):
                 self.window.finished(feed.finished(job, fields, pairs))
-            for job, fields in zip(ended[-len(listed):], records[-len(listed):], strict=True):
-                self.recent.add(job, fields, histories.get(job.job_id, []))
+            for job, fields in zip(ended, records, strict=True):
+                if job.job_id in histories:
+                    self.recent.add(job, fields, histories[job.job_id])
 
     async def depths(self) -> dict[str, int]:
         """Jobs waiting in each work queue, by its short name (requests, light, heavy, judge)."""

@@ -5,7 +5,9 @@ a counter: `queued` is an arrival, `routed` an arrival at its tier's queue, `esc
 heavy tier's and the judge's verdict to escalate; a `done` after `judging` is its verdict to keep
 the light image. A terminal event names a job whose record the caller reads once (its tenant,
 objective and plan: `RECORD_FIELDS`, in one round trip for all of a tick's) to count it
-(`finished`); the newest `RECENT` of them are shown with their history.
+(`finished`); every RECENT_EVERY_S, the newest `RECENT` of them are listed with their history (a
+sample a human can read, and a bound on the thumbnails the page fetches: a real image's costs the api
+tens of milliseconds to shrink).
 
 Bounds: the jobs waiting for a verdict are at most JUDGING_BOUND (the oldest are forgotten: a job
 stuck in judging that long is not the judge's rate), the recent jobs RECENT."""
@@ -24,7 +26,8 @@ from shared.dashboard.window import Finished, Window
 TERMINAL = frozenset({"done", "failed", "expired"})
 RECORD_FIELDS = ("tenant", "submitted_at", "deadline", "plan_version", "escalated", "tier", "model", "error")
 JUDGING_BOUND = 50_000
-RECENT = 12
+RECENT = 8
+RECENT_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,17 @@ def _number(text: str | None) -> float | None:
 class Recent:
     """The newest RECENT ended jobs, as the page lists them: who, what, how long each step took."""
 
-    def __init__(self, bound: int = RECENT) -> None:
+    def __init__(self, bound: int = RECENT, every_s: float = RECENT_EVERY_S) -> None:
         self.jobs: deque[dict[str, Any]] = deque(maxlen=bound)
+        self.every_s = every_s
+        self.listed_at: float | None = None
 
-    def newest(self, ended: list[Ended]) -> list[Ended]:
-        """Which of a tick's ended jobs will be listed (their histories are read with their records)."""
+    def newest(self, ended: list[Ended], now: float) -> list[Ended]:
+        """Which of a tick's ended jobs will be listed (their histories are read with their records):
+        the newest, at most every `every_s` (`now` on a monotonic clock); none in between."""
+        if not ended or (self.listed_at is not None and now - self.listed_at < self.every_s):
+            return []
+        self.listed_at = now
         return ended[-(self.jobs.maxlen or 0):]
 
     def add(self, ended: Ended, fields: Mapping[str, str], history: list[dict[str, Any]]) -> None:

@@ -184,6 +184,7 @@ class Window:
         self.count = max(int(round(span_s / bucket_s)), 2)
         self.buckets: dict[int, Bucket] = {}
         self.newest = -1  # the newest bucket index seen
+        self.oldest: int | None = None  # the oldest bucket index ever counted in (the window's data start there)
 
     def bucket(self, at: float) -> Bucket | None:
         """The bucket of time `at`; None for one older than the window (dropped)."""
@@ -194,7 +195,15 @@ class Window:
                 del self.buckets[old]
         if index <= self.newest - self.count:
             return None
+        self.oldest = index if self.oldest is None else min(self.oldest, index)
         return self.buckets.setdefault(index, Bucket())
+
+    def covered_s(self, now: float) -> float:
+        """How much of the window's complete buckets holds data: all of it once it has run that long."""
+        closed = [index for index, _ in self.closed(now)]
+        if self.oldest is None or not closed:
+            return 0.0
+        return max(closed[-1] - max(self.oldest, closed[0]) + 1, 0) * self.bucket_s
 
     def arrived(self, at: float, tier: str = ALL, jobs: int = 1) -> None:
         """`jobs` arrived at the system (ALL) or at a tier's queue."""
@@ -273,12 +282,15 @@ def groups(totals: Mapping[str, Stats], kind: str, lookup: FidOf | None) -> list
 
 
 def overall(window: Window, now: float, lookup: FidOf | None) -> dict[str, Any]:
-    """The window's headline figures: every job ended in it, the judge's realised escalation rate."""
+    """The window's headline figures: every job ended in it, the arrival rate over the part of it that
+    holds data (`window_s`: less than the span while the page has looked for less), the judge's
+    realised escalation rate."""
     totals = window.totals(now)
     judged, escalated = window.verdicts(now)
-    seconds = (window.count - 1) * window.bucket_s
+    seconds = window.covered_s(now)
     arrived = sum(bucket.arrivals.get(ALL, 0) for _, bucket in window.closed(now) if bucket)
-    return {**(totals.get(ALL) or Stats()).summary(lookup), "window_s": seconds, "arrivals_qps": arrived / seconds,
+    return {**(totals.get(ALL) or Stats()).summary(lookup), "window_s": seconds,
+            "arrivals_qps": arrived / seconds if seconds else None,
             "judged": judged, "escalation": escalated / judged if judged else None,
             "tenants": groups(totals, "tenant", lookup), "classes": groups(totals, "class", lookup)}
 

@@ -271,7 +271,7 @@ function renderHeadline(snap) {
   ];
   $("headline").replaceChildren(...figures.map(([value, label]) =>
     el("div", { cls: "figure" }, el("div", { cls: "value", text: value }), el("div", { cls: "label", text: label }))));
-  $("window-span").textContent = `last ${num(w.window_s / 60, 0)} min`;
+  $("window-span").textContent = w.window_s >= 120 ? `last ${num(w.window_s / 60, 0)} min` : `last ${num(w.window_s, 0)} s`;
 }
 
 function renderTable(table, rows) {
@@ -372,7 +372,7 @@ function renderRecent(jobs) {
 }
 
 function card(job) {
-  const image = job.state === "done" ? el("img", { alt: `job ${job.job_id}`, "data-job": job.job_id })
+  const image = job.state === "done" ? el("img", { alt: "", title: `job ${job.job_id}`, "data-job": job.job_id })
     : el("div", { cls: "noimg" });
   if (job.state === "done") thumbnail(job.job_id, image);
   const late = job.state === "done" && job.slo_s !== null && job.latency_s > job.slo_s;
