@@ -223,11 +223,20 @@ async def measure(args: argparse.Namespace, stack: subprocess.Popen, env: dict) 
     finally:
         stop.set()
         await loading
-        await client.bus.delete_namespace()
-        await store.delete_namespace()
         await client.close()
         await store.close()
     return results
+
+
+async def delete_namespace(namespace: str) -> None:
+    """The run's queues and keys, once its services have stopped (they write until then)."""
+    settings = Settings(namespace=namespace)
+    client = await Client.open(settings)
+    try:
+        await client.bus.delete_namespace()
+        await client.store.delete_namespace()
+    finally:
+        await client.close()
 
 
 def main() -> None:
@@ -252,6 +261,8 @@ def main() -> None:
             stack.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait(timeout=30)
+        asyncio.run(delete_namespace(namespace))
     (OUT / "result.json").write_bytes(orjson.dumps({"args": vars(args), "phases": results}, option=orjson.OPT_INDENT_2))
     for result in results:
         print(orjson.dumps(result).decode())
