@@ -115,18 +115,17 @@ class Dashboard:
         """A viewer's stream: the latest snapshot, then each new one (a comment every KEEPALIVE_S when
         none comes), until the service stops. The caller counts the viewer (viewing)."""
         self.touch()
-        if self.frame:
-            yield self.frame
+        sent = b""
         while not self.service.stopping.is_set():
+            if self.frame and self.frame is not sent:
+                sent = self.frame
+                yield sent
             fresh = self._fresh
             try:
                 async with asyncio.timeout(KEEPALIVE_S):
                     await fresh.wait()
             except TimeoutError:
                 yield b": keep-alive\n\n"
-                continue
-            if self.frame:
-                yield self.frame
 
     @contextlib.contextmanager
     def viewing(self) -> Iterator[None]:
@@ -141,6 +140,12 @@ class Dashboard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every stream waiting for a snapshot; the next ones wait for the one after."""
+        fresh, self._fresh = self._fresh, asyncio.Event()
+        fresh.set()
 
     # The ticks.
     async def _run(self) -> None:
@@ -157,7 +162,7 @@ class Dashboard:
             except Exception as error:  # noqa: BLE001 - a bad tick must not end the page's updates
                 log.exception("dashboard_tick_failed", error=str(error))
             await asyncio.sleep(max(TICK_S - (time.monotonic() - started), 0.05))
-        self._fresh.set()  # the streams see the service stop (or nobody is left to see it)
+        self._wake()  # the streams see the service stop (or nobody is left to see it)
 
     async def tick(self) -> None:
         """One tick: read, fold, publish (the module's docstring). `cost` says what it took: the store's
@@ -253,8 +258,7 @@ class Dashboard:
         if event == b"snapshot":
             self.snapshot_json = data
         self.frame = b"event: " + event + b"\ndata: " + data + b"\n\n"
-        fresh, self._fresh = self._fresh, asyncio.Event()
-        fresh.set()
+        self._wake()
 
 
 @contextlib.contextmanager
