@@ -76,10 +76,12 @@ async def test_lost_heartbeats_under_load_withdraw_no_gpu_and_a_clean_departure_
     settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
                              plan_min_dwell_s=0.0, gpu_absent_s=300.0)
     async with running_stack(settings, services=("controller",)) as stack:
-        await stack.store.register_agent("host-a", GPUS[:8], ttl_s=1.0)
-        await stack.store.register_agent("host-b", GPUS[8:], ttl_s=1.0)
+        # 4 s: long enough for a controller on a busy machine to see both before they lapse (at 1 s,
+        # a slow first plan found one agent or none, and the test waited for 16 GPUs in vain).
+        await stack.store.register_agent("host-a", GPUS[:8], ttl_s=4.0)
+        await stack.store.register_agent("host-b", GPUS[8:], ttl_s=4.0)
         full = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 10)
-        # Both registrations lapse a second later and are not renewed for 12 s, under steady load.
+        # Both registrations lapse within 4 s and are not renewed for 12 s, under steady load.
         plans = []
 
         async def watch_plans(seconds: float) -> None:
