@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import metrics
 from shared.arrival_rate import DemandTracker
@@ -30,6 +30,9 @@ from shared.profiles import load_profile
 from shared.schemas import MAX_MESSAGE_BYTES, Job, JobState, Plan, Task, Tier, job_id_of, parse_message, valid_job_id
 from shared.service import Service, run
 
+if TYPE_CHECKING:
+    from shared.store import Store
+
 log = get_logger(__name__)
 
 TICK_S = 1.0
@@ -37,6 +40,49 @@ HOUSEKEEPING_S = 30.0
 DEAD_WATCH_PREFETCH = 32
 DEAD_LETTER_RETRY_S = 5.0  # a dead letter that meets a Redis outage waits this long before it is tried again
 WORKERS_READ_S = 5.0  # the workers' heartbeats are read for hadis_workers at most this often (a keyspace scan)
+
+class ClusterGauges:
+    """hadis_agent_up and hadis_workers, kept by the controller that plans (one that loses the lease
+    drops them, so that a stale view does not linger beside the planner's)."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, list[str]] = {}  # agents seen registered: host -> its GPUs (hadis_agent_up)
+        self.workers_read_at = -WORKERS_READ_S  # time.monotonic() of the last read for hadis_workers
+        self.held = False  # held the lease at the last tick
+
+    def planning(self, held: bool) -> None:
+        if self.held and not held:
+            metrics.forget_cluster_view()
+        self.held = held
+
+    def note_agents(self, agents: dict[str, list[str]], departed: dict[str, list[str]], gpus: list[str]) -> None:
+        """hadis_agent_up: 1 for a registered agent, 0 for one seen before that stopped registering
+        without leaving while its GPUs are still planned with (their grace); forgotten after a clean
+        departure or the grace (a controller that restarts knows only the agents it has seen)."""
+        self.hosts.update(agents)
+        planned = set(gpus)
+        up = {}
+        for host, owned in list(self.hosts.items()):
+            if host in agents:
+                up[host] = True
+            elif host not in departed and planned.intersection(owned):
+                up[host] = False
+            else:
+                del self.hosts[host]
+        metrics.observe_agents(up)
+
+    async def observe_workers(self, store: Store, plan: Plan) -> None:
+        """hadis_workers from the workers' heartbeats, every WORKERS_READ_S."""
+        if time.monotonic() - self.workers_read_at < WORKERS_READ_S:
+            return
+        self.workers_read_at = time.monotonic()
+        try:
+            workers = await store.workers()
+        except Exception as error:  # a metric: never the tick's undoing
+            log.warning("workers_unread", error=str(error))
+            return
+        metrics.observe_workers(workers, {Tier.light.value: plan.light_model, Tier.heavy.value: plan.heavy_model})
+
 
 class Controller:
     def __init__(self, service: Service) -> None:
@@ -46,14 +92,11 @@ class Controller:
         self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.demand = DemandTracker(self.settings.demand_halflife_s, time.time())
         self.schedule = PlanSchedule(self.policy, self.settings.plan_period_s, self.settings.plan_min_dwell_s)
-        self.fleet = Fleet(self.settings.gpu_absent_s)
-        self.fleet_seeded = False
+        self.fleet, self.fleet_seeded = Fleet(self.settings.gpu_absent_s), False  # seeded from the plan once
         self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
         self.arrivals_seen: int | None = None  # the store's arrivals counter at the last tick
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
-        self.hosts: dict[str, list[str]] = {}  # agents seen registered: host -> its GPUs (hadis_agent_up)
-        self.workers_read_at = -WORKERS_READ_S  # time.monotonic() of the last read for hadis_workers
-        self.planning = False  # held the lease at the last tick
+        self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
 
     async def count_arrivals(self) -> None:
         """Fold the jobs recorded `queued` since the last tick into the demand (the store's counter:
@@ -76,41 +119,12 @@ class Controller:
         live = sorted(gpu for owned in agents.values() for gpu in owned)
         departed = [gpu for owned in departed_agents.values() for gpu in owned]
         gpus = self.fleet.update(live, departed, now)
-        self.note_agents(agents, departed_agents, gpus)
+        self.gauges.note_agents(agents, departed_agents, gpus)
         absent = self.fleet.absent(live)
         if absent != self.absent:
             log.warning("gpus_absent_kept", gpus=absent, grace_s=self.settings.gpu_absent_s)
             self.absent = absent
         return gpus
-
-    def note_agents(self, agents: dict[str, list[str]], departed: dict[str, list[str]], gpus: list[str]) -> None:
-        """hadis_agent_up: 1 for a registered agent, 0 for one seen before that stopped registering
-        without leaving while its GPUs are still planned with (their grace); forgotten after a clean
-        departure or the grace (a controller that restarts knows only the agents it has seen)."""
-        self.hosts.update(agents)
-        planned = set(gpus)
-        up = {}
-        for host, owned in list(self.hosts.items()):
-            if host in agents:
-                up[host] = True
-            elif host not in departed and planned.intersection(owned):
-                up[host] = False
-            else:
-                del self.hosts[host]
-        metrics.observe_agents(up)
-
-    async def observe_workers(self) -> None:
-        """hadis_workers from the workers' heartbeats, every WORKERS_READ_S."""
-        if time.monotonic() - self.workers_read_at < WORKERS_READ_S:
-            return
-        self.workers_read_at = time.monotonic()
-        plan = self.service.plans.current
-        try:
-            workers = await self.service.store.workers()
-        except Exception as error:  # a metric: never the tick's undoing
-            log.warning("workers_unread", error=str(error))
-            return
-        metrics.observe_workers(workers, {Tier.light.value: plan.light_model, Tier.heavy.value: plan.heavy_model})
 
     async def observe(self, now: float) -> tuple[Observation, list[str]]:
         """What the policy sees now (shared/policies/engine.py: observation, which the simulator
@@ -121,7 +135,7 @@ class Controller:
         metrics.observe_queue_depths(depths)
         rate = self.demand.rate_qps
         metrics.observe_demand(rate)
-        await self.observe_workers()
+        await self.gauges.observe_workers(self.service.store, self.service.plans.current)
         observation = engine.observation(now, rate, depths[bus.queues.tier(Tier.light)],
                                          depths[bus.queues.tier(Tier.heavy)], len(gpus), self.service.plans.current,
                                          self.demand.total, self.settings.slo_s)
@@ -134,11 +148,9 @@ class Controller:
         await self.count_arrivals()
         self.demand.update(now)
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
-            if self.planning:
-                metrics.forget_cluster_view()
-                self.planning = False
+            self.gauges.planning(False)
             return
-        self.planning = True
+        self.gauges.planning(True)
         await self.follow_switch(now)
         observation, gpus = await self.observe(now)
         current = await self.service.store.get_plan()

@@ -3,23 +3,16 @@ register, and which stopped without leaving while their GPUs are still planned w
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from services.controller import Controller
+from services.controller import ClusterGauges
 from shared import metrics
-from shared.service import Service
-from tests.fakes import FakeStore
-from tests.helpers import make_settings
 
 
 def agent_up(host: str) -> float | None:
     return metrics.REGISTRY.get_sample_value("hadis_agent_up", {"host": host})
 
 
-def controller() -> Controller:
-    settings = make_settings()
-    service = Service("controller", settings, None, FakeStore(), SimpleNamespace(current=settings.static_plan(0)))  # type: ignore[arg-type]
-    return Controller(service)
+def controller() -> ClusterGauges:
+    return ClusterGauges()
 
 
 def test_an_agent_that_stops_registering_is_down_until_its_gpus_leave_the_plan():
