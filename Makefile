@@ -147,18 +147,22 @@ bench-simulator: install
 # run on the three 347 s traces, one run at a time (1.5 hours); trace_1_6qps is real time (58 min,
 # 60 s SLO) at about 1 job/s, so its four runs go at once (an hour more):
 # EXPERIMENT_TRACES="1to40 1to20 1to58" leaves it out. A run with a report.json is kept (rm to redo).
+# EXPERIMENTS_OUT is the folder (default out/experiments); EXPERIMENTS_ARGS adds options of `hadis experiment`
+# and `hadis simulate` to every run ("--head 15": the traces' first 15 s, tests/deploy/test_make_targets.py).
 EXPERIMENT_TRACES ?= 1to40 1to20 1to58 1_6
 EXPERIMENT_POLICIES ?= hadis,diffserve,hadis-paper,proteus
+EXPERIMENTS_OUT ?= out/experiments
 experiments: install services
 	for t in $(EXPERIMENT_TRACES); do \
 		if [ $$t = 1_6 ]; then setup="--profile paper-l40s --slo 60 --jobs 4"; else setup="--profile paper-l40s-x10 --slo 6"; fi; \
 		for mode in simulate experiment; do \
 			band=; if [ $$mode = simulate ]; then band=--band; fi; \
 			$(PY) scripts/compare.py --mode $$mode --trace traces/trace_$${t}qps.txt $$setup --gpus 16 \
-				--policies $(EXPERIMENT_POLICIES) --skip-done --out out/experiments/trace_$${t}qps-$$mode $$band || exit 1; \
+				--policies $(EXPERIMENT_POLICIES) --skip-done --out $(EXPERIMENTS_OUT)/trace_$${t}qps-$$mode $$band \
+				$(EXPERIMENTS_ARGS) || exit 1; \
 		done; \
-		$(VENV)/bin/hadis compare out/experiments/trace_$${t}qps-experiment \
-			--against out/experiments/trace_$${t}qps-simulate > /dev/null || exit 1; \
+		$(VENV)/bin/hadis compare $(EXPERIMENTS_OUT)/trace_$${t}qps-experiment \
+			--against $(EXPERIMENTS_OUT)/trace_$${t}qps-simulate > /dev/null || exit 1; \
 	done
 
 # Every policy in the simulator, on both comparison traces and the held-out ones (minutes), into SIMULATIONS_OUT.

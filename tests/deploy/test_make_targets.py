@@ -1,16 +1,17 @@
 """The rows of README.md's Commands table that no other test runs as written: `make drill`, `make chaos`,
 `make soak`, `make bench-api`, `make bench-pipeline`, `make bench-planner`, `make bench-simulator`,
-`make simulations`, `hadis plan ...` and `hadis set-plan ...`. Each command is read from the table (the
-code spans of a row's first cell), so that a changed README is the text that runs, and each is held to
-the outcome that makes it worth running (every job done, none lost or duplicated; the result lines
-with positive figures; the reports written), never to a time.
+`make simulations`, `make experiments`, `hadis plan ...` and `hadis set-plan ...`. Each command is read
+from the table (the code spans of a row's first cell), so that a changed README is the text that runs,
+and each is held to the outcome that makes it worth running (every job done, none lost or duplicated;
+the result lines with positive figures; the reports written), never to a time.
 
 What is changed from the text, and nothing else:
 - `make T` is run as `make -o .venv/.installed T` (the install stamp taken as up to date: a test must
   not reinstall the virtualenv), with the target's documented knob (DRILL_ARGS, CHAOS_ARGS, SOAK_ARGS,
-  BENCH_ARGS, BENCH_API_ARGS, BENCH_PLANNER_ARGS, BENCH_SIMULATOR_ARGS, SIMULATIONS_ARGS: the Makefile's
-  comments) set to a short run, and the simulators' reports sent to a temporary folder
-  (BENCH_SIMULATOR_OUT, SIMULATIONS_OUT), not the checkout's out/;
+  BENCH_ARGS, BENCH_API_ARGS, BENCH_PLANNER_ARGS, BENCH_SIMULATOR_ARGS, SIMULATIONS_ARGS, EXPERIMENTS_ARGS
+  with EXPERIMENT_TRACES and EXPERIMENT_POLICIES: the Makefile's comments) set to a short run, and the
+  reports sent to a temporary folder (BENCH_SIMULATOR_OUT, SIMULATIONS_OUT, EXPERIMENTS_OUT), not the
+  checkout's out/;
 - chaos, soak and drill restart RabbitMQ: here a node of the module's own (tests/faults/servers.py),
   through HADIS_AMQP_URL and RABBITMQCTL (scripts/chaos.py: rabbitmqctl), since the machine's broker
   serves the CI lanes that run beside this one;
@@ -18,7 +19,7 @@ What is changed from the text, and nothing else:
   P, N, QPS and S are a profile, a GPU count, a demand and an SLO; `...` of `hadis set-plan` is left out,
   then stands for another of its options.
 
-Not run here: `make experiments` (about 1.5 hours) and `make device-wheels` (it downloads wheels).
+Not run here: `make device-wheels` (it downloads wheels).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def value(lines: list[str], name: str) -> float:
 
 def test_the_readme_has_the_commands_this_module_runs():
     for target in ("drill", "chaos", "soak", "bench-api", "bench-pipeline", "bench-planner", "bench-simulator",
-                   "simulations"):
+                   "simulations", "experiments"):
         described(f"make {target}")
     assert documented_last_line("make drill").pattern.startswith("drill")
     assert documented_last_line("make chaos").fullmatch("lost=0 duplicated=0 failed=0 of 20")
@@ -231,6 +232,23 @@ def test_make_simulations(tmp_path):
                 (policy, "simulate", slo_s, profile)
             assert report["submitted"] > 0 and report["lost"] == 0 and report["failed"] == 0, report
             assert re.search(rf"^\| {policy} \|.* \| {report['submitted']} \| 0 \|$", table, re.M), table
+
+
+def test_make_experiments(tmp_path):
+    """`make experiments` on one trace's first 15 s and one policy (its knobs: EXPERIMENT_TRACES,
+    EXPERIMENT_POLICIES, EXPERIMENTS_ARGS, EXPERIMENTS_OUT): through the real services and in the
+    simulator with its band, then the comparison of the two."""
+    out = tmp_path / "experiments"
+    make(table_command("make experiments"), clean_env(), 300, EXPERIMENTS_OUT=str(out), EXPERIMENT_TRACES="1to40",
+         EXPERIMENT_POLICIES="hadis", EXPERIMENTS_ARGS="--head 15")
+    for mode in ("experiment", "simulate"):
+        report = orjson.loads((out / f"trace_1to40qps-{mode}" / "hadis" / "report.json").read_bytes())
+        assert (report["policy"], report["mode"], report["slo_s"], report["profile"]) == \
+            ("hadis", mode, 6, "paper-l40s-x10")
+        assert report["submitted"] > 0 and report["lost"] == 0 and report["failed"] == 0, report
+    band = orjson.loads((out / "trace_1to40qps-simulate" / "hadis" / "band.json").read_bytes())
+    assert band, "the simulator's band"
+    assert "hadis" in (out / "trace_1to40qps-experiment" / "differences.md").read_text()
 
 
 # The benchmarks through the services (the machine's broker and store).
