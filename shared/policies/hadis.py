@@ -311,8 +311,8 @@ ABSORBED = "; kept for the bursts"
 
 
 def bursting(history: BurstHistory, arriving: float, lead_s: float) -> bool:
-    """Whether the arrivals are a burst: BURST_FACTOR x the sustained demand of a lead ago (a rise
-    faster than a structure follows; a ramp's is slower)."""
+    """Whether the arrivals are a burst: BURST_FACTOR x the lowest sustained demand of the last lead
+    (a rise faster than a structure follows; a ramp's is slower)."""
     return arriving > BURST_FACTOR * max(history.lowest_since(lead_s), 1.0)
 
 

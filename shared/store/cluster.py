@@ -31,10 +31,10 @@ class Cluster(RedisStore):
                 pipe.lpush(f"{self.plan_key}:history", raw)
                 pipe.ltrim(f"{self.plan_key}:history", 0, PLAN_HISTORY - 1)
                 pipe.expire(f"{self.plan_key}:history", self.ttl)
+                pipe.expire(f"{self.plan_key}:version", self.ttl)
                 await pipe.execute()
 
         await self._call(store)
-        await self._call(self._redis.expire, f"{self.plan_key}:version", self.ttl)
         return plan
 
     async def plan_history(self, count: int = PLAN_HISTORY) -> list[Plan]:
