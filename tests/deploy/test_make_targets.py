@@ -1,6 +1,6 @@
 """The rows of README.md's Commands table that no other test runs as written: `make drill`, `make chaos`,
 `make soak`, `make bench-api`, `make bench-pipeline`, `make bench-planner`, `make bench-simulator`,
-`make simulations`, `make experiments`, `hadis plan ...` and `hadis set-plan ...`. Each command is read
+`make simulations`, `make experiments`, `make device-wheels`, `hadis plan ...` and `hadis set-plan ...`. Each command is read
 from the table (the code spans of a row's first cell), so that a changed README is the text that runs,
 and each is held to the outcome that makes it worth running (every job done, none lost or duplicated;
 the result lines with positive figures; the reports written), never to a time.
@@ -19,7 +19,7 @@ What is changed from the text, and nothing else:
   P, N, QPS and S are a profile, a GPU count, a demand and an SLO; `...` of `hadis set-plan` is left out,
   then stands for another of its options.
 
-Not run here: `make device-wheels` (it downloads wheels).
+`make device-wheels` downloads through pip's configured indexes: on this machine kind, local ones.
 """
 
 from __future__ import annotations
@@ -152,6 +152,19 @@ def test_the_readme_has_the_commands_this_module_runs():
     assert documented_last_line("make chaos").fullmatch("lost=0 duplicated=0 failed=0 of 20")
     assert re.fullmatch(r"hadis plan --profile P --gpus N --demand QPS --slo S", table_command("hadis plan "))
     assert table_command("hadis set-plan ").endswith(" ...")
+
+
+def test_make_device_wheels():
+    """Every pin of scripts/device/carry.txt comes as a wheel for the device's Python 3.12 on x86-64."""
+    make(table_command("make device-wheels"), clean_env(), 300)
+    pins = [line.split("==") for line in (ROOT / "scripts/device/carry.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    wheels = {path.name.lower() for path in (ROOT / ".whl").glob("*.whl")}
+    for name, version in pins:
+        prefix = f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
+        found = [wheel for wheel in wheels if wheel.startswith(prefix)]
+        assert found, f"no wheel of {name}=={version} in .whl/: {sorted(wheels)}"
+        assert all(w.endswith("-none-any.whl") or "cp312" in w or "abi3" in w for w in found), found
 
 
 # The hadis commands.
