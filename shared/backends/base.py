@@ -17,6 +17,7 @@ from typing import NamedTuple
 from PIL import Image
 from pydantic import ConfigDict
 
+from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, StepControl
 from shared.profiles import ModelProfile
 
 
@@ -47,20 +48,38 @@ class Generated(NamedTuple):
 
 
 class Generator(ABC):
-    """Turns a batch of prompts into images with one model."""
+    """Turns a batch of prompts into images with one model. A batch run by generate_timed can be
+    cancelled (`cancel`) and watched (`progress`) while it runs, through the generator's book
+    (control.py); a model in another process shares its book's memory with it."""
 
     def __init__(self, model: ModelProfile) -> None:
         self.model = model
+        self.book = BatchBook(ControlBlock.local())
 
     @abstractmethod
-    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
-        """One image per input, in order. Raises on failure."""
+    def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
+        """One image per input, in order. Raises on failure; calls control.step after each
+        denoising step (which raises GenerationCancelled when every job is cancelled)."""
 
     def generate_timed(self, batch: list[GenerationInput]) -> Generated:
+        job_ids = [item.job_id for item in batch]
+        seq = self.book.begin(job_ids)
         started = time.perf_counter()
-        images = self.generate(batch)
+        try:
+            images = self.generate(batch, self.book.block.control(seq))
+        finally:
+            self.book.end(job_ids)
         seconds = time.perf_counter() - started
         return Generated(images, seconds, seconds)
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Stop these jobs: a batch of which every job is cancelled ends at its next step; a job
+        whose batch has not begun is flagged when it does."""
+        self.book.cancel(job_ids)
+
+    def progress(self, job_id: str) -> tuple[int, int] | None:
+        """(step, steps) of the running batch that holds this job, if it has reported one."""
+        return self.book.progress(job_id)
 
     def warm_up(self) -> None:  # noqa: B027 (an optional hook: nothing unless a backend overrides it)
         """Run once before the worker reports ready."""

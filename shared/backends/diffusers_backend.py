@@ -43,6 +43,7 @@ from diffusers import (
 from PIL import Image
 
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.control import NO_CONTROL, StepControl
 from shared.backends.generation import run_open, warm_up_input
 from shared.backends.model_cache import ModelCache, Swap, default_cache
 from shared.logging import get_logger
@@ -195,11 +196,11 @@ class DiffusersGenerator(Generator):
         self.batch_cap: int | None = model.max_batch
         self.oom_splits = 0
 
-    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+    def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         if self.batch_cap is not None and len(batch) > self.batch_cap:
-            return self._in_chunks(batch, self.batch_cap)
+            return self._in_chunks(batch, self.batch_cap, control)
         try:
-            return self.run_batch(batch)
+            return self.run_batch(batch, control)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -210,17 +211,17 @@ class DiffusersGenerator(Generator):
         self.oom_splits += 1
         log.warning("out_of_memory_splitting", model=self.model.name, batch=len(batch), cap=self.batch_cap)
         self._free_device_memory()
-        return self._in_chunks(batch, half)
+        return self._in_chunks(batch, half, control)
 
-    def _in_chunks(self, batch: list[GenerationInput], size: int) -> list[Image.Image]:
+    def _in_chunks(self, batch: list[GenerationInput], size: int, control: StepControl) -> list[Image.Image]:
         images: list[Image.Image] = []
         for start in range(0, len(batch), size):
-            images += self.generate(batch[start:start + size])
+            images += self.generate(batch[start:start + size], control.part(start, start + size))
         return images
 
-    def run_batch(self, batch: list[GenerationInput]) -> list[Image.Image]:
+    def run_batch(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         """One pipeline call for the whole batch (no splitting): the profiler's unit."""
-        return run_open(self.pipeline, self.model, batch)
+        return run_open(self.pipeline, self.model, batch, control)
 
     def warm_up(self) -> None:
         """One image, so that kernels are chosen and memory pools exist before the first job."""

@@ -15,6 +15,7 @@ from PIL import Image
 
 from shared import reference
 from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
+from shared.backends.control import NO_CONTROL, StepControl
 from shared.profiles import ModelProfile
 
 PLACEHOLDER_SIZE = 64
@@ -35,7 +36,9 @@ def placeholder_image(seed: int) -> Image.Image:
 
 
 class EmulatedGenerator(Generator):
-    """Sleeps the profiled batch latency times `time_scale`, then returns placeholders.
+    """Sleeps the profiled batch latency times `time_scale`, then returns placeholders. The sleep
+    is cut in the model's steps, each reported to the batch's control, so a cancel stops it at the
+    next step as it would stop the model.
 
     `fail_pattern` injects faults for chaos and poison-job tests: a batch holding a prompt that
     matches it raises, every time, as a model that chokes on an input would."""
@@ -49,14 +52,18 @@ class EmulatedGenerator(Generator):
             raise ValueError(f"model {model.name} has no latency profile to emulate")
         self.time_scale = time_scale
 
-    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+    def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         if not batch:
             return []
         poisoned = [item.job_id for item in batch if self.fail_pattern and self.fail_pattern.search(item.prompt)]
         if poisoned:
             raise RuntimeError(f"injected fault: prompt of job {poisoned[0]} matches the fail pattern")
         if self.time_scale > 0:
-            time.sleep(self.model.batch_latency_s(len(batch)) * self.time_scale)
+            steps = max(self.model.steps, 1)
+            started, total_s = time.perf_counter(), self.model.batch_latency_s(len(batch)) * self.time_scale
+            for step in range(1, steps + 1):  # each step ends at its share of the total: no drift from steps
+                time.sleep(max(started + total_s * step / steps - time.perf_counter(), 0.0))
+                control.step(step, steps)
         return [placeholder_image(item.seed) for item in batch]
 
 

@@ -7,12 +7,19 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from shared.backends.base import GenerationInput
+from shared.backends.control import NO_CONTROL, StepControl
 from shared.profiles import ModelProfile
 
 
-def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[GenerationInput]) -> list[Image.Image]:
+def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[GenerationInput],
+                 control: StepControl = NO_CONTROL) -> list[Image.Image]:
     """The model's steps and guidance at its resolution; the negative prompt only with guidance.
-    A CPU generator per image: the same seed gives the same starting noise on any device."""
+    A CPU generator per image: the same seed gives the same starting noise on any device.
+
+    After each step diffusers calls `callback_on_step_end`, where `control` reports the step and,
+    when every job of the batch is cancelled, raises GenerationCancelled: the call ends there. Not
+    the pipeline's `_interrupt` flag: that skips the remaining steps but still decodes the latents
+    through the VAE, work (a large part of a step at 1024 px) for images nobody wants."""
     guided = model.guidance > 1.0
     generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
     with torch.inference_mode():
@@ -25,19 +32,20 @@ def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[G
             width=model.resolution,
             generator=generators,
             output_type="pil",
+            callback_on_step_end=control.on_step_end(model.steps),
         )
     return list(output.images)
 
 
 def run_open(pipeline: DiffusionPipeline | None, model: ModelProfile,
-             batch: list[GenerationInput]) -> list[Image.Image]:
+             batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
     """run_pipeline for a generator that may be closed: nothing for no inputs (no pipeline call),
     an error once closed (its pipeline is gone: a call would be a use after close)."""
     if not batch:
         return []
     if pipeline is None:
         raise RuntimeError("generator is closed")
-    return run_pipeline(pipeline, model, batch)
+    return run_pipeline(pipeline, model, batch, control)
 
 
 def warm_up_input(model: ModelProfile) -> GenerationInput:

@@ -14,7 +14,10 @@ worker owns for its lifetime:
   switched away from), and answers `load`, `generate` and `unload` requests, one at a time;
 - requests and replies are frames on two pipes: a 4-byte length, an orjson header (pydantic
   models), then raw RGB pixels (no pickle, no PNG: the worker encodes, off the model's path);
-- the child's stdout is the worker's stderr, so nothing a library prints can corrupt a frame.
+- the child's stdout is the worker's stderr, so nothing a library prints can corrupt a frame;
+- a batch's cancel flags and its step go through a control block of shared memory (control.py)
+  that both map: the child reads no request while it generates, but it reads the block at every
+  denoising step, and ends a batch whose jobs are all cancelled (GenerationCancelled).
 
 Bounds: a load must answer within `load_timeout_s`, a batch within `generate_timeout_s`. A child
 that misses a bound is killed; one that dies is restarted (and its model reloaded) on the next
@@ -45,6 +48,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.backends.base import Generated, GenerationInput, Generator
+from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, GenerationCancelled, StepControl
 from shared.errors import BackendFailed
 from shared.profiles import ModelProfile, load_profile
 
@@ -83,6 +87,7 @@ class LoadRequest(_Message):
 class GenerateRequest(_Message):
     op: Literal["generate"] = "generate"
     inputs: list[GenerationInput]
+    seq: int = 0  # the batch's slot in the control block (0: none)
 
 
 class UnloadRequest(_Message):
@@ -165,8 +170,9 @@ def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
 class ModelServer:
     """The child's side: one generator at a time, built by the same factory the worker uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: ControlBlock | None = None) -> None:
         self.generator: Generator | None = None
+        self.block = block  # the worker's control block (cancel flags, steps), when it shares one
 
     def handle(self, request: LoadRequest | GenerateRequest | UnloadRequest) -> tuple[Reply, list[bytes]]:
         started = time.perf_counter()
@@ -178,7 +184,8 @@ class ModelServer:
             return Reply(ok=True), []
         if self.generator is None:
             raise RuntimeError("no model is loaded")
-        images = self.generator.generate(request.inputs)
+        control = self.block.control(request.seq) if self.block is not None and request.seq else NO_CONTROL
+        images = self.generator.generate(request.inputs, control)
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 
@@ -192,8 +199,8 @@ class ModelServer:
             generator.close()
 
 
-def serve(requests: ReadStream, replies: BinaryIO) -> None:
-    server = ModelServer()
+def serve(requests: ReadStream, replies: BinaryIO, block: ControlBlock | None = None) -> None:
+    server = ModelServer(block)
     while True:
         try:
             header = read_header(requests)
@@ -224,16 +231,16 @@ def child_main(argv: list[str]) -> None:
     from shared.logging import configure
     from shared.settings import get_settings
 
-    request_fd, reply_fd, parent_pid = (int(value) for value in argv[:3])
+    request_fd, reply_fd, parent_pid, control_fd = (int(value) for value in argv[:4])
     _die_with_parent(parent_pid)
-    if len(argv) > 3:
+    if len(argv) > 4:
         # Before torch starts a thread: threads inherit the CPUs of the thread that starts them.
-        os.sched_setaffinity(0, {int(cpu) for cpu in argv[3].split(",")})
+        os.sched_setaffinity(0, {int(cpu) for cpu in argv[4].split(",")})
     configure(get_settings(), "model-process")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when this process ends
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with os.fdopen(request_fd, "rb") as requests, os.fdopen(reply_fd, "wb") as replies:
-        serve(requests, replies)
+        serve(requests, replies, ControlBlock.attach(control_fd))
 
 
 # The worker's side ---------------------------------------------------------------------------
@@ -263,6 +270,7 @@ class ModelProcess:
         self.pending: deque[Pending] = deque()
         self.loaded: LoadRequest | None = None
         self.deaths: list[float] = []
+        self.book = BatchBook(ControlBlock.shared())  # its memory is the child's too (every child's)
 
     @property
     def pid(self) -> int | None:
@@ -278,7 +286,12 @@ class ModelProcess:
     def generate(self, inputs: list[GenerationInput]) -> Generated:
         """The batch's images; its seconds run from the end of the batch before it (or from
         sending, if the child was idle) to its reply, its busy time is the child's own."""
-        reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs), self.generate_timeout_s)
+        job_ids = [item.job_id for item in inputs]
+        seq = self.book.begin(job_ids)
+        try:
+            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq), self.generate_timeout_s)
+        finally:
+            self.book.end(job_ids)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
                   for frame, data in zip(reply.images, pixels, strict=True)]
         return Generated(images, seconds, reply.seconds)
@@ -289,6 +302,8 @@ class ModelProcess:
 
     def call(self, request: Request, timeout_s: float) -> tuple[Reply, list[bytes], float]:
         reply, pixels, seconds = self.send(request, timeout_s).reply.result()
+        if not reply.ok and reply.error_type == GenerationCancelled.__name__:
+            raise GenerationCancelled(reply.error)
         if not reply.ok:
             raise BackendFailed(f"{reply.error_type}: {reply.error}")
         return reply, pixels, seconds
@@ -325,13 +340,15 @@ class ModelProcess:
                                          f"{RESTART_WINDOW_S:.0f} s")
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
+        control_fd = self.book.block.fd
+        assert control_fd is not None  # a shared block has one
         command = [sys.executable, "-m", "shared.backends.model_process",
-                   str(request_read), str(reply_write), str(os.getpid())]
+                   str(request_read), str(reply_write), str(os.getpid()), str(control_fd)]
         if self.cpus:
             command.append(",".join(str(cpu) for cpu in sorted(self.cpus)))
         try:
-            self.process = subprocess.Popen(command, pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL,
-                                            stdout=STDERR_FD)
+            self.process = subprocess.Popen(command, pass_fds=(request_read, reply_write, control_fd),
+                                            stdin=subprocess.DEVNULL, stdout=STDERR_FD)
         finally:
             os.close(request_read)
             os.close(reply_write)
@@ -438,8 +455,9 @@ class ProcessGenerator(Generator):
     def __init__(self, model: ModelProfile, process: ModelProcess) -> None:
         super().__init__(model)
         self.process = process
+        self.book = process.book  # cancels and progress go to the child's batches
 
-    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
+    def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         return self.generate_timed(batch).images
 
     def generate_timed(self, batch: list[GenerationInput]) -> Generated:

@@ -38,6 +38,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.control import NO_CONTROL, StepControl
 from shared.backends.generation import run_open, warm_up_input
 from shared.profiles import ModelProfile
 
@@ -256,8 +257,8 @@ class TinyGenerator(Generator):
         self.device = torch.device(device)
         self.pipeline: DiffusionPipeline | None = build_pipeline(model).to(self.device)
 
-    def generate(self, batch: list[GenerationInput]) -> list[Image.Image]:
-        return run_open(self.pipeline, self.model, batch)
+    def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
+        return run_open(self.pipeline, self.model, batch, control)
 
     def warm_up(self) -> None:
         self.generate([warm_up_input(self.model)])

@@ -1,0 +1,186 @@
+"""A batch's control while the model runs it: cancel flags the worker sets, and the step the model
+has reached, which it reads. One small block of shared memory, so that the model can look at it at
+every denoising step for the price of a few bytes read (no system call, no lock, no pipe: the model
+process reads no request while it generates, model_process.py says why).
+
+The block has SLOTS slots; a batch takes slot `seq % SLOTS` for its sequence number `seq` (one per
+batch sent, by the BatchBook of the worker's side). A slot holds:
+
+    seq     u64  the batch it belongs to (the model trusts the rest only when it matches)
+    step    u32  the denoising steps finished (written by the model)
+    steps   u32  of how many
+    rows    u32  the batch's size
+    flags   MAX_ROWS bytes, one per row: 1 = that job is cancelled (written by the worker)
+
+Bounds: a batch has at most MAX_ROWS rows (a plan's batch is at most 64); at most SLOTS batches are
+in flight at once (the worker sends two: ProcessHost.concurrent_batches). The writes are plain
+stores into shared memory: a reader may see a step one behind, or a flag one step late, never a
+wrong batch's (the seq is written last when a slot opens, and checked before each read)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+SLOTS = 8
+MAX_ROWS = 64
+HEAD = struct.Struct("<QIII4x")  # seq, step, steps, rows (and padding to 24 bytes)
+SLOT_BYTES = HEAD.size + MAX_ROWS
+BLOCK_BYTES = SLOTS * SLOT_BYTES
+# Cancels of jobs not (yet) in a batch, remembered until their batch begins: at most this many ids
+# (a cancel arrives while the job waits in the worker, between its claim and its batch).
+REMEMBERED_CANCELS = 1024
+
+
+class GenerationCancelled(Exception):
+    """Every job of the batch was cancelled: the model stopped at its next step."""
+
+
+class ControlBlock:
+    """The slots, over shared memory (a memfd the model process maps too) or a plain buffer (a
+    model in the worker's own process)."""
+
+    def __init__(self, buffer: mmap.mmap | bytearray, fd: int | None = None) -> None:
+        self.buffer, self.fd = buffer, fd
+        self.view = memoryview(buffer)
+
+    @classmethod
+    def local(cls) -> ControlBlock:
+        return cls(bytearray(BLOCK_BYTES))
+
+    @classmethod
+    def shared(cls) -> ControlBlock:
+        """A block another process can map (its fd passed to it, inheritable)."""
+        fd = os.memfd_create("hadis-control", 0)
+        os.ftruncate(fd, BLOCK_BYTES)
+        os.set_inheritable(fd, True)
+        return cls(mmap.mmap(fd, BLOCK_BYTES), fd)
+
+    @classmethod
+    def attach(cls, fd: int) -> ControlBlock:
+        """The model process's view of its worker's block."""
+        return cls(mmap.mmap(fd, BLOCK_BYTES), fd)
+
+    def _offset(self, seq: int) -> int:
+        return (seq % SLOTS) * SLOT_BYTES
+
+    def head(self, seq: int) -> tuple[int, int, int, int]:
+        return HEAD.unpack_from(self.view, self._offset(seq))
+
+    def open(self, seq: int, rows: int, cancelled: Iterable[int] = ()) -> None:
+        """Take the slot for batch `seq` (the worker's side), with the rows already cancelled."""
+        if rows > MAX_ROWS:
+            raise ValueError(f"a batch of {rows} rows: at most {MAX_ROWS}")
+        offset = self._offset(seq)
+        flags = bytearray(MAX_ROWS)
+        for row in cancelled:
+            flags[row] = 1
+        self.view[offset + HEAD.size:offset + SLOT_BYTES] = flags
+        HEAD.pack_into(self.view, offset, seq, 0, 0, rows)
+
+    def cancel(self, seq: int, row: int) -> None:
+        if self.head(seq)[0] == seq:
+            self.view[self._offset(seq) + HEAD.size + row] = 1
+
+    def cancelled(self, seq: int, start: int = 0, stop: int | None = None) -> bool:
+        """Whether every row of batch `seq` in [start, stop) is cancelled."""
+        found, _, _, rows = self.head(seq)
+        if found != seq:
+            return False
+        base = self._offset(seq) + HEAD.size
+        stop = rows if stop is None else min(stop, rows)
+        return stop > start and all(self.view[base + start:base + stop])
+
+    def report(self, seq: int, step: int, steps: int) -> None:
+        """The model's side: batch `seq` has finished `step` of `steps`."""
+        found, _, _, rows = self.head(seq)
+        if found == seq:
+            HEAD.pack_into(self.view, self._offset(seq), seq, step, steps, rows)
+
+    def progress(self, seq: int) -> tuple[int, int] | None:
+        found, step, steps, _ = self.head(seq)
+        return (step, steps) if found == seq and steps else None
+
+    def control(self, seq: int) -> StepControl:
+        return StepControl(self, seq)
+
+
+class StepControl:
+    """What a generator calls at each denoising step of one batch (or of a part of it: a backend
+    that runs a batch in chunks): it reports the step, and raises GenerationCancelled when every
+    job of its part is cancelled, which ends the pipeline's call there."""
+
+    def __init__(self, block: ControlBlock | None, seq: int, start: int = 0, stop: int | None = None) -> None:
+        self.block, self.seq, self.start, self.stop = block, seq, start, stop
+
+    def part(self, start: int, stop: int) -> StepControl:
+        return StepControl(self.block, self.seq, self.start + start, self.start + stop)
+
+    def step(self, step: int, steps: int) -> None:
+        if self.block is None:
+            return
+        self.block.report(self.seq, step, steps)
+        if self.block.cancelled(self.seq, self.start, self.stop):
+            raise GenerationCancelled(f"every job of batch {self.seq} was cancelled (at step {step} of {steps})")
+
+    def on_step_end(self, steps: int):
+        """diffusers' `callback_on_step_end`: called after each denoising step with its index."""
+        def callback(pipeline, index: int, timestep, kwargs: dict) -> dict:
+            self.step(index + 1, steps)
+            return {}
+        return callback
+
+
+NO_CONTROL = StepControl(None, 0)  # a batch nobody may cancel or watch (tests, warm-ups, the profiler)
+
+
+class BatchBook:
+    """The worker's side: which slot each job in flight is in, so a cancel finds its flag, and a
+    progress read its batch. Thread-safe (batches begin on the model's executor threads, cancels
+    come from the event loop)."""
+
+    def __init__(self, block: ControlBlock) -> None:
+        self.block = block
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.rows: dict[str, tuple[int, int]] = {}  # job id -> (seq, row), while its batch runs
+        self.early: OrderedDict[str, None] = OrderedDict()  # cancelled before their batch began
+
+    def begin(self, job_ids: list[str]) -> int:
+        """A slot for a new batch, with the jobs cancelled already flagged."""
+        with self.lock:
+            self.seq += 1
+            cancelled = [row for row, job_id in enumerate(job_ids) if job_id in self.early]
+            for row in cancelled:
+                del self.early[job_ids[row]]
+            self.block.open(self.seq, len(job_ids), cancelled)
+            for row, job_id in enumerate(job_ids):
+                self.rows[job_id] = (self.seq, row)
+            return self.seq
+
+    def end(self, job_ids: list[str]) -> None:
+        with self.lock:
+            for job_id in job_ids:
+                self.rows.pop(job_id, None)
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        """Flag these jobs; one whose batch has not begun is flagged when it does."""
+        with self.lock:
+            for job_id in job_ids:
+                where = self.rows.get(job_id)
+                if where is not None:
+                    self.block.cancel(*where)
+                    continue
+                self.early[job_id] = None
+                while len(self.early) > REMEMBERED_CANCELS:
+                    self.early.popitem(last=False)
+
+    def progress(self, job_id: str) -> tuple[int, int] | None:
+        """(step, steps) of the batch running this job, once the model has reported a step."""
+        with self.lock:
+            where = self.rows.get(job_id)
+        return self.block.progress(where[0]) if where is not None else None
