@@ -8,7 +8,7 @@ import socket
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.schemas import Plan, Tier
@@ -247,6 +247,44 @@ class ApiSettings(BaseModel):
                                    description="A checked key is trusted this long: a revoked key works at most so.")
 
 
+class WebhookSettings(BaseModel):
+    """The webhook sender (services/webhooks.py; docs/jobs.md, Webhooks): its retry schedule, and
+    the bounds on every attempt and on the addresses it may reach."""
+
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100, description="Attempts of one delivery, then failed.")
+    webhook_retry_first_s: float = Field(default=8.0, gt=0, le=3600,
+                                         description="The wait after a first failed attempt; doubled after each.")
+    webhook_retry_max_s: float = Field(default=1800.0, gt=0, le=86_400,
+                                       description="The longest wait between two attempts (10 attempts: ~1 hour).")
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, le=1,
+                                        description="Each wait moves by up to this share of itself, at random.")
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0, le=60,
+                                             description="Bound on connecting to a receiver (TLS included).")
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=300,
+                                     description="Bound on one whole attempt: resolving, connecting, sending, the "
+                                                 "answer's status and its first bytes.")
+    webhook_max_response_bytes: int = Field(default=4096, ge=0, le=2**20,
+                                            description="The most of a receiver's answer the sender reads.")
+    webhook_concurrency: int = Field(default=32, ge=1, le=10_000,
+                                     description="Attempts (connections) at once, per sender process.")
+    webhook_poll_s: float = Field(default=0.25, gt=0, le=60,
+                                  description="How often the sender looks for deliveries that are due.")
+    webhook_allow_private: bool = Field(default=False,
+                                        description="Let receivers be on loopback, private, link-local or reserved "
+                                                    "addresses (a deployment whose receivers are its own).")
+    webhook_allow_networks: str = Field(default="", max_length=2000,
+                                        description="CIDRs (comma-separated) receivers may be on although not "
+                                                    "global, e.g. 10.1.0.0/16; empty: none.")
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def networks_parse(cls, text: str) -> str:
+        from shared.policies.webhooks import parse_networks
+
+        parse_networks(text)
+        return text
+
+
 class ProcessSettings(BaseModel):
     """How every service process runs: its event loop, profiling, metrics and logs."""
 
@@ -271,8 +309,8 @@ class ProcessSettings(BaseModel):
 # by the reversed MRO: the groups are listed last first, so that the fields (model_dump, as_env, the
 # JSON schema) keep the order in which this module reads. No docstring: it would become the JSON
 # schema's description.
-class Settings(ProcessSettings, ApiSettings, BoundsSettings, StaticPlanSettings, ControllerSettings, FleetSettings,
-               ModelSettings, ConnectionSettings, BaseSettings):
+class Settings(ProcessSettings, WebhookSettings, ApiSettings, BoundsSettings, StaticPlanSettings, ControllerSettings,
+               FleetSettings, ModelSettings, ConnectionSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HADIS_", env_file=".env", extra="ignore", frozen=True)
 
     @model_validator(mode="after")

@@ -39,7 +39,10 @@ FIELDS_AND_DEFAULTS = [
     ('api_max_connections', 1000), ('api_max_waiters', 1000), ('api_max_waiters_per_tenant', 100),
     ('api_read_rate_per_s', 50.0), ('api_fair_fill', 0.5), ('api_image_mb', 1024.0), ('api_store_full', 0.9),
     ('api_max_n', 10), ('api_wait_grace_s', 5.0), ('api_rate_per_s', 10.0), ('api_burst', 40), ('api_max_active', 100),
-    ('api_key_cache_s', 30.0), ('event_loop', 'auto'), ('cpu_profile_dir', ''), ('metrics_port', None),
+    ('api_key_cache_s', 30.0), ('webhook_max_attempts', 10), ('webhook_retry_first_s', 8.0),
+    ('webhook_retry_max_s', 1800.0), ('webhook_retry_jitter', 0.2), ('webhook_connect_timeout_s', 5.0),
+    ('webhook_timeout_s', 15.0), ('webhook_max_response_bytes', 4096), ('webhook_concurrency', 32),
+    ('webhook_poll_s', 0.25), ('webhook_allow_private', False), ('webhook_allow_networks', ''), ('event_loop', 'auto'), ('cpu_profile_dir', ''), ('metrics_port', None),
     ('log_format', 'auto'), ('log_level', 'info'),
 ]
 
