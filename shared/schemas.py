@@ -11,6 +11,7 @@ import time
 import uuid
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 import pydantic_core
@@ -85,6 +86,37 @@ JobId = Annotated[
     WithJsonSchema({"type": "string", "pattern": JOB_ID_PATTERN, "minLength": 1, "maxLength": MAX_JOB_ID_CHARS}),
 ]
 UnixTime = Annotated[float, Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP, allow_inf_nan=False)]
+
+
+# A webhook URL (docs/jobs.md, Webhooks): http or https, a host, at most MAX_WEBHOOK_URL_CHARS, no
+# user name or password (they would travel as a header and show in every record), no fragment, no
+# spaces or control characters. Where it may point is the sender's to judge (it resolves the host).
+MAX_WEBHOOK_URL_CHARS = 2048
+WEBHOOK_URL_PATTERN = r"^https?://[^\s/?#@]+([/?][^\s#]*)?$"
+_WEBHOOK_URL_RE = re.compile(WEBHOOK_URL_PATTERN)
+
+
+def check_webhook_url(url: str) -> str:
+    """The one rule for a webhook URL, applied by `Job` and by `hadis webhook set` alike."""
+    if len(url) > MAX_WEBHOOK_URL_CHARS or not _WEBHOOK_URL_RE.match(url) or _CONTROL_RE.search(url):
+        raise ValueError(f"webhook_url must be an http:// or https:// URL of at most {MAX_WEBHOOK_URL_CHARS} "
+                         "characters, without user info, fragment or spaces")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"webhook_url: {error}") from None
+    if not parts.hostname or (port is not None and not 0 < port < 65536):
+        raise ValueError("webhook_url names no host, or port 0")
+    return url
+
+
+WebhookUrl = Annotated[
+    str,
+    AfterValidator(check_webhook_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": WEBHOOK_URL_PATTERN,
+                    "maxLength": MAX_WEBHOOK_URL_CHARS}),
+]
 
 
 def new_job_id() -> str:
@@ -168,6 +200,10 @@ class Job(Strict):
         default_factory=dict, description="Stored with the record, never interpreted.",
         json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
 
+    webhook_url: WebhookUrl | None = Field(
+        default=None, description="Where hadis POSTs the job's terminal event (docs/jobs.md, Webhooks); unset: the "
+                                  "tenant's default, if any.")
+
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def text_is_printable(cls, text: str, info: ValidationInfo) -> str:
@@ -197,7 +233,8 @@ class Job(Strict):
     def record_fields(self, deadline: float) -> dict[str, Any]:
         """What a job record keeps of the job (the router and the api write the same fields)."""
         return {"prompt": self.prompt, "submitted_at": self.submitted_at, "deadline": deadline,
-                "metadata": self.metadata, "tenant": self.tenant}
+                "metadata": self.metadata, "tenant": self.tenant,
+                "webhook_url": self.webhook_url}
 
     def effective_deadline(self, default_slo_s: float) -> float:
         """The deadline, else submitted_at + the SLO; never beyond MAX_TIMESTAMP (a Task's bound)."""
@@ -269,6 +306,7 @@ class JobRecord(Strict):
     error: str | None = None
     tenant: str | None = None
     image_key: str | None = None
+    webhook_url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)
 

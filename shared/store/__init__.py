@@ -32,6 +32,13 @@ The HTTP api's keys (docs/security.md):
     ns:api:url-secret         string the secret that signs image URLs, made by an api that finds none; no TTL
     ns:api:url-secret:prev    string the secret before the last rotation, for its grace (shared/urlsigning.py)
 
+Webhooks (shared/store/webhooks.py, docs/jobs.md):
+
+    ns:webhooks:due               zset   job ids by when their delivery is next due, until delivered or failed
+    ns:job:<id>:webhook           hash   the job's delivery (url, type, state, attempts, last status, next attempt)
+    ns:api:webhook:<tenant>       hash   the tenant's default webhook `url` and signing `secret`; no TTL
+    ns:api:webhook:<tenant>:prev  string the secret before the last rotation, for its grace
+
 Job keys, and the api's rate and idempotency keys, have TTLs; keys, tenants and the URL secret are
 configuration and last until deleted. State changes run as Lua scripts (a job's: transition.lua), so
 each is atomic. Terminal states are final: a second `done` for a redelivered job is a no-op, which is
@@ -45,10 +52,11 @@ from shared.store.events import JobEvents
 from shared.store.records import Change, JobRecords, Upsert, Upserted, hand_back, owner_id, serve_light
 from shared.store.tenants import Tenants
 from shared.store.transition import EVENTS_MAX_LENGTH
+from shared.store.webhooks import Claim, Webhooks
 
-__all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Store", "Upsert", "Upserted", "hand_back", "owner_id",
-           "serve_light"]
+__all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Claim", "Store", "Upsert", "Upserted", "hand_back",
+           "owner_id", "serve_light"]
 
 
-class Store(JobRecords, JobEvents, Cluster, Tenants):
+class Store(JobRecords, JobEvents, Cluster, Tenants, Webhooks):
     """Every part of the store on one connection: what the services hold as `service.store`."""

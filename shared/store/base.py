@@ -103,6 +103,13 @@ class RedisStore:
     def arrivals_key(self) -> str:
         return f"{self.ns}:arrivals"
 
+    def webhook_key(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:webhook"
+
+    @property
+    def webhooks_due_key(self) -> str:
+        return f"{self.ns}:webhooks:due"
+
     @property
     def plan_key(self) -> str:
         return f"{self.ns}:plan"

@@ -156,7 +156,8 @@ class JobRecords(RedisStore):
         encoded = orjson.dumps({name: _encode(value) for name, value in fields.items() if value is not None})
         job_key = self.job_key(change.job_id)
         keys = [job_key, f"{job_key}:history", self.image_key(change.job_id), self.events_key,
-                self.image_key(change.job_id, "light"), self.arrivals_key]
+                self.image_key(change.job_id, "light"), self.arrivals_key, self.webhook_key(change.job_id),
+                self.webhooks_due_key]
         states = ",".join(s.value for s in (*change.passing, change.state))
         argv = [states, orjson.dumps(change.detail[:500]), self.ttl, self.done_channel(change.job_id),
                 mode or ("1" if change.create else "0"), change.job_id, change.image, change.image_mode,

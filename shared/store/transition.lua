@@ -3,7 +3,7 @@
 -- RANK, TERMINAL_RANK and EVENTS_MAX_LENGTH in front of it, from shared/schemas.py (STATE_RANKS),
 -- so the order of the states lives in one place: they are not defined here.
 --
--- KEYS: record, history, final image, events, light image, arrivals counter
+-- KEYS: record, history, final image, events, light image, arrivals counter, webhook delivery, webhook schedule
 -- ARGV: 1 states (comma-separated, the last is the new state), 2 detail json, 3 record ttl, 4 done channel,
 --       5 mode: 0 change a record, 1 create one, 2 create one or advance the one there (see below),
 --       6 job_id, 7 image bytes or "", 8 image mode ("", final, light, promote), 9 image ttl,
@@ -17,6 +17,10 @@
 -- holds the claim), 4 no light image to promote, 5 guarded (the record is not in a state of ARGV 13).
 -- A `queued` counts as an arrival (the controller's demand) only when the job does not end in the same
 -- change: a job created already expired is no demand any plan can serve.
+-- A record that becomes terminal holding a `webhook_url` gets its delivery in the same change: the delivery's
+-- hash (KEYS 7: url, tenant, event type, time, state pending, 0 attempts; it expires with the record) and its
+-- due time, now, in the senders' schedule (KEYS 8, a sorted set of job ids; services/webhooks.py). A terminal
+-- state is reached once, so a job has one delivery, and no crash between the two can lose it.
 --
 -- Mode 2 is the router's one round trip for a job that the api may have recorded `queued` first: no record,
 -- create it (the states of ARGV 1 on the way too); a record not terminal, in a state of ARGV 13, whose
@@ -125,5 +129,12 @@ end
 if terminal[state] then
   redis.call('DEL', KEYS[5])
   redis.call('PUBLISH', ARGV[4], state)
+  local hook = redis.call('HMGET', KEYS[1], 'webhook_url', 'tenant')
+  if hook[1] then
+    redis.call('HSET', KEYS[7], 'url', hook[1], 'tenant', hook[2] or '', 'type', 'job.' .. state, 'at', at,
+               'state', 'pending', 'attempts', 0, 'next_at', at)
+    redis.call('EXPIRE', KEYS[7], ttl)
+    redis.call('ZADD', KEYS[8], at, ARGV[6])
+  end
 end
 return {1, current}
