@@ -24,6 +24,7 @@ WITHDRAWN = "the request was answered 503 before every image was queued; the cli
 async def accept(api: Api, caller: Caller, jobs: list[Job]) -> None:
     """Admit, publish with confirms, then record `queued` (the router records it too, whichever
     comes first): after this returns every job is durable in the broker."""
+    jobs = await with_default_webhook(api, caller, jobs)
     await api.admission.admit(caller, jobs)
     bus = api.service.bus
     results = await asyncio.gather(*(bus.publish(bus.queues.requests, job, message_id=job.job_id)
@@ -40,6 +41,17 @@ async def accept(api: Api, caller: Caller, jobs: list[Job]) -> None:
         await api.store.apply_many([queued_record(job, api.settings.slo_s) for job in jobs])
     except HadisError as error:  # published: the router writes the records
         log.warning("queued_record_not_written", job_ids=[job.job_id for job in jobs], error=str(error))
+
+
+async def with_default_webhook(api: Api, caller: Caller, jobs: list[Job]) -> list[Job]:
+    """The jobs, those without a webhook_url given the tenant's default one (hadis webhook set), if
+    it has one: written into the job, so the router and the record see the same job."""
+    if all(job.webhook_url is not None for job in jobs):
+        return jobs
+    url = await api.store.tenant_webhook_url(caller.tenant)
+    if url is None:
+        return jobs
+    return [job if job.webhook_url is not None else job.model_copy(update={"webhook_url": url}) for job in jobs]
 
 
 async def withdraw(api: Api, caller: Caller, jobs: list[Job], published: list[Job]) -> None:

@@ -68,7 +68,11 @@ async def _claim(api: Api, caller: Caller, digest: str, body: bytes, job: Job) -
 async def get_job(job_id: str, request: Request) -> dict:
     api = api_of(request)
     caller = await api.caller(request)
-    return record_view(await api.own_record(caller, job_id))
+    record = await api.own_record(caller, job_id)
+    view = record_view(record)
+    if record.webhook_url is not None:  # its delivery (docs/jobs.md, Webhooks); none yet: pending its end
+        view["webhook"] = await api.store.webhook_status(job_id) or {"state": "pending", "attempts": 0}
+    return view
 
 
 @routes.get("/v1/jobs/{job_id}/image", tags=["Jobs"], summary="The job's PNG (with the key, or a signed URL)",

@@ -1,0 +1,211 @@
+"""Webhooks against the real pieces: the transition script makes each delivery in Redis, the sender
+(services/webhooks.py, in this process) POSTs it to a real HTTP receiver on 127.0.0.1, and the
+receiver checks it with the Standard Webhooks algorithm, written here from the specification."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import orjson
+import pytest
+
+from services import webhooks
+from shared import apikeys
+from shared.schemas import Job, JobState
+from shared.service import serve
+from shared.settings import Settings
+from shared.store import Store
+from tests.helpers import make_settings
+from tests.stack import running_api, running_stack
+from tests.webhook_receiver import Received, Script, receiving
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+FAST = dict(webhook_allow_networks="127.0.0.1/32", webhook_retry_first_s=0.2, webhook_retry_jitter=0.0,
+            webhook_timeout_s=2.0, webhook_connect_timeout_s=1.0, webhook_poll_s=0.05)
+
+
+def fast_settings(**overrides) -> Settings:
+    return make_settings(**{**FAST, **overrides})
+
+
+@asynccontextmanager
+async def sender(settings: Settings) -> AsyncIterator[None]:
+    """The webhook sender in this process until the block ends."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve("webhooks", webhooks.main, settings, stopping), name="webhooks")
+    try:
+        yield
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def store_of(settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.connect(settings)
+    try:
+        yield store
+    finally:
+        await store.delete_namespace()
+        await store.close()
+
+
+async def ended_job(store: Store, url: str, state: JobState = JobState.failed, tenant: str | None = None) -> str:
+    """A job recorded with a webhook URL, then made terminal: the store's own path to a delivery."""
+    job = Job(prompt="a lighthouse at dusk", webhook_url=url, tenant=tenant)
+    assert await store.create(job.job_id, JobState.queued, **job.record_fields(job.submitted_at + 60))
+    assert await store.fail(job.job_id, state, "422 InvalidJob: for the test")
+    return job.job_id
+
+
+async def delivery_state(store: Store, job_id: str, states: tuple[str, ...], timeout_s: float = 30.0) -> dict:
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        status = await store.webhook_status(job_id)
+        if status is not None and status["state"] in states:
+            return status
+        assert time.monotonic() < give_up_at, f"delivery {status} not in {states} within {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
+def verify(secret: str, request: Received, tolerance_s: float = 300.0) -> dict:
+    """The Standard Webhooks check, from the specification: the key is the base64 after `whsec_`; the
+    signed content `{webhook-id}.{webhook-timestamp}.{body}`; HMAC-SHA256, base64; any one of the
+    space-separated `v1,<signature>` may match; the timestamp within the tolerance."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    message_id, timestamp = request.headers["webhook-id"], request.headers["webhook-timestamp"]
+    assert abs(time.time() - int(timestamp)) < tolerance_s
+    expected = hmac.new(key, f"{message_id}.{timestamp}.".encode() + request.body, hashlib.sha256).digest()
+    signatures = [part.split(",", 1) for part in request.headers["webhook-signature"].split(" ")]
+    assert any(version == "v1" and hmac.compare_digest(base64.b64decode(value), expected)
+               for version, value in signatures), "no signature verifies"
+    return orjson.loads(request.body)
+
+
+async def test_a_done_job_through_the_services_is_delivered_once_and_signed() -> None:
+    settings = fast_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=0.1)
+    with receiving() as receiver:
+        async with running_stack(settings, services=("router", "judge", "light", "heavy")) as stack, sender(settings):
+            job = Job(prompt="a red bicycle against a blue wall", webhook_url=receiver.url())
+            await stack.client.submit(job)
+            record = await stack.client.wait(job.job_id, 60)
+            assert record is not None and record.state is JobState.done
+            [request] = await receiver.wait_for(1)
+            status = await delivery_state(stack.store, job.job_id, ("delivered",))
+            secret = (await stack.store.webhook_secrets(None))[0]
+            await asyncio.sleep(0.5)  # nothing more comes
+            assert len(receiver.received) == 1
+    event = verify(secret, request)
+    assert request.path == "/hook" and request.headers["content-type"] == "application/json"
+    assert event["type"] == "job.done" and event["data"]["job_id"] == job.job_id
+    assert event["data"]["state"] == "done" and event["data"]["image_url"] == f"/v1/jobs/{job.job_id}/image"
+    assert "image_key" not in event["data"] and len(request.body) < 16_384  # no image in it
+    assert request.headers["webhook-id"] == f"job.done.{job.job_id}"
+    assert status["attempts"] == 1 and status["last_status"] == 200 and status["next_attempt_at"] is None
+    latency = request.at - record.history[-1].at
+    print(f"delivered {latency * 1000:.0f} ms after done")
+    assert 0 <= latency < 2.0
+
+
+async def test_a_receiver_failing_twice_gets_one_success_on_the_third_attempt() -> None:
+    settings = fast_settings()
+    with receiving(Script(statuses=[500, 500])) as receiver:
+        async with store_of(settings) as store, sender(settings):
+            job_id = await ended_job(store, receiver.url(), tenant="acme")
+            status = await delivery_state(store, job_id, ("delivered", "failed"))
+            secret = (await store.webhook_secrets("acme"))[0]
+            await asyncio.sleep(0.5)
+    assert status["state"] == "delivered" and status["attempts"] == 3 and status["last_status"] == 200
+    assert [item.status for item in receiver.received] == [500, 500, 200]
+    assert len(receiver.answered(200)) == 1
+    ids = {item.headers["webhook-id"] for item in receiver.received}
+    assert ids == {f"job.failed.{job_id}"}  # one event, the same id on every attempt
+    for item in receiver.received:
+        assert verify(secret, item)["type"] == "job.failed"
+    gaps = [b.at - a.at for a, b in zip(receiver.received, receiver.received[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # backoff: 0.2 s, then 0.4 s
+
+
+async def test_a_private_address_is_refused_unless_allowed() -> None:
+    settings = fast_settings(webhook_allow_networks="")
+    with receiving() as receiver:
+        async with store_of(settings) as store, sender(settings):
+            job_id = await ended_job(store, receiver.url())
+            localhost = await ended_job(store, f"http://localhost:{receiver.port}/hook")
+            status = await delivery_state(store, job_id, ("delivered", "failed"))
+            by_name = await delivery_state(store, localhost, ("delivered", "failed"))
+    assert status["state"] == "failed" and status["attempts"] == 1 and "loopback" in status["last_error"]
+    assert by_name["state"] == "failed" and "loopback" in by_name["last_error"]
+    assert receiver.received == []
+
+
+async def test_a_slow_receiver_times_out_and_is_tried_again() -> None:
+    settings = fast_settings(webhook_timeout_s=1.0, webhook_retry_first_s=30.0)
+    with receiving(Script(delay_s=4.0)) as receiver:
+        async with store_of(settings) as store, sender(settings):
+            job_id = await ended_job(store, receiver.url())
+            started = time.monotonic()
+            status = await delivery_state(store, job_id, ("pending",), timeout_s=10)
+            while status["attempts"] < 1:
+                status = await delivery_state(store, job_id, ("pending",), timeout_s=10)
+            took = time.monotonic() - started
+    assert status["last_error"] == "no answer within 1 s" and status["last_status"] is None
+    assert took < 3.0 and status["next_attempt_at"] > time.time() + 20
+    assert len(receiver.received) == 1
+
+
+async def test_a_huge_answer_is_not_read_beyond_the_bound() -> None:
+    settings = fast_settings()
+    size = 200 * 2**20
+    with receiving(Script(body_bytes=size)) as receiver:
+        async with store_of(settings) as store, sender(settings):
+            job_id = await ended_job(store, receiver.url())
+            started = time.monotonic()
+            status = await delivery_state(store, job_id, ("delivered", "failed"))
+            took = time.monotonic() - started
+            await asyncio.sleep(0.5)
+    assert status["state"] == "delivered" and took < 3.0
+    assert receiver.body_written < 32 * 2**20  # what the sockets' buffers took, not 200 MiB
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    settings = fast_settings(webhook_max_attempts=1)
+    script = Script(statuses=[307], headers={"location": "/elsewhere"})
+    with receiving(script) as receiver:
+        async with store_of(settings) as store, sender(settings):
+            job_id = await ended_job(store, receiver.url())
+            status = await delivery_state(store, job_id, ("delivered", "failed"))
+    assert status["state"] == "failed" and status["last_status"] == 307
+    assert [item.path for item in receiver.received] == ["/hook"]
+
+
+async def test_the_api_applies_the_tenants_default_and_shows_the_delivery() -> None:
+    settings = fast_settings()
+    with receiving() as receiver:
+        async with store_of(settings) as store, running_api(settings) as base, sender(settings):
+            key, stored = apikeys.new_key("acme")
+            await store.put_api_key(stored)
+            await store.set_tenant_webhook_url("acme", receiver.url("/default"))
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+                own = await http.post("/v1/jobs", json={"prompt": "a cat", "webhook_url": receiver.url("/own")})
+                default = await http.post("/v1/jobs", json={"prompt": "a dog"})
+                refused = await http.post("/v1/jobs", json={"prompt": "a cow", "webhook_url": "ftp://x.example/"})
+                assert own.status_code == default.status_code == 202 and refused.status_code == 400
+                view = (await http.get(f"/v1/jobs/{default.json()['id']}")).json()
+                assert view["webhook_url"] == receiver.url("/default") and view["webhook"]["state"] == "pending"
+                for answer in (own, default):  # no router runs: the jobs are queued, and cancelled
+                    assert (await http.delete(f"/v1/jobs/{answer.json()['id']}")).status_code == 200
+                await receiver.wait_for(2)
+                await delivery_state(store, default.json()["id"], ("delivered",))
+                view = (await http.get(f"/v1/jobs/{default.json()['id']}")).json()
+    assert sorted(item.path for item in receiver.received) == ["/default", "/own"]
+    assert view["webhook"]["state"] == "delivered" and view["webhook"]["attempts"] == 1
+    assert view["webhook"]["type"].startswith("job.")
