@@ -151,7 +151,7 @@ class Handoff:
 
     async def finish(self, items: list[Claimed], results: list, model_name: str) -> None:
         """Encode, store (one round trip for the batch), pass light results to the judge, ack."""
-        pngs = await self.model.encode(results)
+        pngs = await self.model.encode(results, [item.task.job for item in items])
         generated, changes = [], []
         for item, png in zip(items, pngs, strict=True):
             if isinstance(png, BaseException):

@@ -25,7 +25,7 @@ from PIL import Image
 
 from services.handoff import Clock, Handoff
 from shared import metrics
-from shared.backends import encode_png
+from shared.backends import encode_image
 from shared.backends.base import GenerationInput, Generator
 from shared.backends.hosts import make_host
 from shared.backends.model_process import ModelProcessFailed
@@ -38,7 +38,7 @@ from shared.policies import engine
 from shared.policies.admission import HANDOFF_S, PIPELINE_DEPTH, PREFETCH_BATCHES
 from shared.policies.engine import BatchTimes, Pipeline
 from shared.profiles import Profile, load_profile
-from shared.schemas import Task, Tier
+from shared.schemas import Job, Task, Tier
 from shared.service import Service, run
 from shared.settings import Settings
 from shared.store import owner_id
@@ -308,8 +308,8 @@ class ModelSlot:
                 results += await self.generate([item], generator)
             return results
 
-    async def encode(self, results: list) -> list[bytes | BaseException]:
-        return await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results)
+    async def encode(self, results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:
+        return await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results, jobs)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
@@ -317,8 +317,11 @@ class ModelSlot:
         self.io.shutdown(wait=False, cancel_futures=True)
 
 
-def encode_all(results: list) -> list[bytes | BaseException]:
-    return [result if isinstance(result, BaseException) else encode_png(result) for result in results]
+def encode_all(results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:
+    """Each image encoded once, in its job's output format (png without jobs)."""
+    formats = [(job.output_format, job.output_compression) for job in jobs] if jobs else [("png", None)] * len(results)
+    return [result if isinstance(result, BaseException) else encode_image(result, *fmt)
+            for result, fmt in zip(results, formats, strict=True)]
 
 
 async def main(service: Service) -> None:

@@ -5,9 +5,17 @@ them.
 
 **The OpenAI Images API** (`POST /v1/images/generations`), as OpenAI's clients send it:
 `prompt`, `n` (1 to HADIS_API_MAX_N), `size` (`WIDTHxHEIGHT`, each 64-2048 and a multiple of 8, or
-`auto` = 512x512), `response_format` (`b64_json`, the default, or `url`), `output_format` (`png`
-only), `user` (kept in the job's metadata), `quality` and `style` (accepted and ignored: hadis picks
-the model per prompt within the latency objective; that is its whole point), and `model`:
+`auto` = 512x512), `response_format` (`b64_json`, the default, or `url`), `output_format` (`png`, the
+default, `jpeg` or `webp`: the worker encodes the image once in it, and `b64_json`, the URL's
+`Content-Type` and the response's `output_format` follow it), `output_compression` (0-100, the jpeg
+and webp encoders' quality, 100 by default; ignored for png, which is lossless), `user` (kept in the
+job's metadata), `quality`, `style` (accepted and ignored), and `model`:
+
+* `quality` picks the way through the cascade (shared/policies/quality.py, docs/jobs.md): `low` the
+  light model only, `high` the heavy model only (503 `heavy_unavailable` when the heavy model cannot
+  finish by the deadline at the current load, or the plan has none), `medium` and `auto` (the
+  default) the cascade, which picks the model per prompt within the latency objective. dall-e-3's
+  `standard` is `medium` and `hd` is `high`; `xhigh` and `max` are `high`.
 
 * `model` names a latency class. `hadis` (the default) is the deployment's SLO (HADIS_SLO_S).
   `hadis-<N>s` asks for an SLO of N seconds (1-3600), e.g. `hadis-10s`. OpenAI's own image model
@@ -15,7 +23,8 @@ the model per prompt within the latency objective; that is its whole point), and
   clients that hard-code one work unchanged. Anything else is 404 `model_not_found`.
 
 Fields OpenAI has and hadis cannot honour (`stream`, `partial_images`, a transparent `background`,
-other output formats) are refused with 400 naming the field, never silently dropped."""
+other output formats such as gif or svg) are refused with 400 naming the field, never silently
+dropped."""
 
 from __future__ import annotations
 
@@ -29,8 +38,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.policies import quality as quality_rules
 from shared.policies import tenancy
-from shared.schemas import MAX_SIDE, MAX_SLO_S, MIN_SIDE, Job, JobRecord, check_printable
+from shared.schemas import MAX_SIDE, MAX_SLO_S, MEDIA_TYPES, MIN_SIDE, Job, JobRecord, check_printable
 
 DEFAULT_MODEL = "hadis"
 OPENAI_ALIASES = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini")
@@ -73,9 +83,12 @@ class ImagesRequest(BaseModel):
     n: int = Field(default=1, ge=1, description="How many images (separate jobs, distinct seeds).")
     size: str | None = Field(default=None, description="WIDTHxHEIGHT (64-2048, multiples of 8) or auto (512x512).")
     response_format: Literal["b64_json", "url"] | None = Field(default=None, description="Default b64_json.")
-    output_format: Literal["png"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(default=None, description="Default png.")
+    output_compression: int | None = Field(default=None, ge=0, le=100,
+                                           description="jpeg and webp: 0-100, default 100 (png: ignored).")
     user: str | None = Field(default=None, max_length=MAX_USER_CHARS, description="Kept in the job's metadata.")
-    quality: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
+    quality: str | None = Field(default=None, max_length=32,
+                                description="low, medium, high, auto (default); standard = medium, hd = high.")
     style: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
     moderation: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
     background: Literal["auto", "opaque"] | None = None
@@ -119,6 +132,10 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
     job_ids = [new_id() for _ in range(request.n)]
     slo_s = slo_of_model(request.model, default_slo_s)
     width, height = parse_size(request.size)
+    try:
+        quality = quality_rules.normalize(request.quality)
+    except ValueError as error:
+        raise bad_request(str(error), param="quality") from None
     metadata: dict[str, str | int | float | bool | None] = {"api": "images"}
     if request.user is not None:
         metadata["user"] = request.user
@@ -126,7 +143,9 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
     seeds = [secrets.randbits(32) for _ in job_ids]
     try:
         return [Job(job_id=job_id, prompt=request.prompt, width=width, height=height, slo_s=slo_s, seed=seed,
-                    submitted_at=submitted_at, tenant=tenant, metadata=metadata)
+                    submitted_at=submitted_at, tenant=tenant, metadata=metadata,
+                    output_format=request.output_format or "png", output_compression=request.output_compression,
+                    quality=quality)
                 for job_id, seed in zip(job_ids, seeds, strict=True)]
     except ValidationError as error:
         raise from_validation(error) from None
@@ -141,14 +160,33 @@ def from_validation(error: ValidationError) -> ApiError:
     return bad_request(message + (f" (and {more} more)" if more else ""), param=param)
 
 
-def image_data(record: JobRecord, png: bytes | None, response_format: str, url: str) -> dict:
-    """One entry of the response's `data`."""
+def image_data(record: JobRecord, image: bytes | None, response_format: str, url: str) -> dict:
+    """One entry of the response's `data`: the image's bytes in its own format (the job's)."""
     if response_format == "url":
         return {"url": url, "revised_prompt": None}
-    if png is None:
+    if image is None:
         raise ApiError(500, "the job is done but its image is no longer stored", type="server_error",
                        code="image_missing")
-    return {"b64_json": base64.b64encode(png).decode(), "revised_prompt": None}
+    return {"b64_json": base64.b64encode(image).decode(), "revised_prompt": None}
+
+
+def sniff_format(image: bytes) -> str | None:
+    """The output format of encoded bytes, from their signature: a fallback for a record that does
+    not say (one written before records kept it). None for anything else."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if image.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def image_format(record: JobRecord, image: bytes | None = None) -> str:
+    """The format of a job's image: the record's, else the bytes' (sniff_format), else png."""
+    if record.output_format in MEDIA_TYPES:
+        return record.output_format
+    return (sniff_format(image) if image is not None else None) or "png"
 
 
 def unserved_error(record: JobRecord) -> ApiError:
@@ -159,6 +197,9 @@ def unserved_error(record: JobRecord) -> ApiError:
                         code="deadline_exceeded")
     if reason.startswith("422"):
         return bad_request(f"the job was refused: {reason}", code="invalid_job")
+    if reason.startswith("503 HeavyUnavailable"):
+        return ApiError(503, f"the job was refused: {reason}", type="server_error", code="heavy_unavailable",
+                        param="quality")
     return ApiError(500, f"the job failed: {reason}", type="server_error", code="job_failed")
 
 

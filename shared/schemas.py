@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -51,6 +51,17 @@ JOB_ID_PATTERN = f"^{_JOB_ID_RE.pattern}$"  # the same rule in JSON Schema (ECMA
 # job records: lower-case ASCII letters, digits, `_` and `-`, 1-64 characters, not starting with `_`/`-`.
 _TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 TENANT_PATTERN = f"^{_TENANT_RE.pattern}$"
+
+# The formats a job's image may be encoded in (once, by the worker that made it), and their media
+# types: the api answers the record's, so it never sniffs bytes. output_compression is OpenAI's:
+# 0-100, the lossy formats' quality setting (100: the least loss); a PNG ignores it (it is lossless).
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+OutputFormat = Literal["png", "jpeg", "webp"]
+# What a caller may ask of the cascade (shared/policies/quality.py): low = the light model only,
+# high = the heavy model only (refused when it cannot make the deadline), medium and auto = the cascade.
+QUALITIES = ("low", "medium", "high", "auto")
+QualityName = Literal["low", "medium", "high", "auto"]
 
 # Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) other than tab, newline
 # and carriage return: refused in every text a caller sends (they garble logs and terminals).
@@ -200,6 +211,13 @@ class Job(Strict):
         default_factory=dict, description="Stored with the record, never interpreted.",
         json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
 
+    output_format: OutputFormat = Field(default="png", description="The image's encoding, made once by its worker.")
+    output_compression: int | None = Field(
+        default=None, ge=0, le=100,
+        description="jpeg and webp: the encoder's quality, 0-100 (100, the default: the least loss); png: ignored.")
+    quality: QualityName = Field(
+        default="auto", description="low: the light model only; high: the heavy model only (failed with 503 when it "
+                                    "cannot meet the deadline); medium, auto: the cascade (docs/jobs.md).")
     webhook_url: WebhookUrl | None = Field(
         default=None, description="Where hadis POSTs the job's terminal event (docs/jobs.md, Webhooks); unset: the "
                                   "tenant's default, if any.")
@@ -233,8 +251,8 @@ class Job(Strict):
     def record_fields(self, deadline: float) -> dict[str, Any]:
         """What a job record keeps of the job (the router and the api write the same fields)."""
         return {"prompt": self.prompt, "submitted_at": self.submitted_at, "deadline": deadline,
-                "metadata": self.metadata, "tenant": self.tenant,
-                "webhook_url": self.webhook_url}
+                "metadata": self.metadata, "tenant": self.tenant, "output_format": self.output_format,
+                "quality": self.quality, "webhook_url": self.webhook_url}
 
     def effective_deadline(self, default_slo_s: float) -> float:
         """The deadline, else submitted_at + the SLO; never beyond MAX_TIMESTAMP (a Task's bound)."""
@@ -269,6 +287,10 @@ class Plan(Strict):
     heavy_gpus: int = Field(default=1, ge=0)
     assignment: dict[str, Tier] = Field(default_factory=dict, description="GPU id -> the tier its worker serves.")
     fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
+    low_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                             description="Share of arrivals asking quality=low (light only), as planned for.")
+    high_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                              description="Share of arrivals asking quality=high (heavy only), within r.")
     created_at: float = Field(default_factory=now)
     reason: str = ""
 
@@ -307,6 +329,8 @@ class JobRecord(Strict):
     tenant: str | None = None
     image_key: str | None = None
     webhook_url: str | None = None
+    output_format: str | None = None  # the image's encoding (None: a record from before it was kept: png)
+    quality: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)
 

@@ -64,7 +64,8 @@ def test_n_and_the_job_bounds_apply():
 
 @pytest.mark.parametrize("body", [{"prompt": "a", "stream": True}, {"prompt": "a", "partial_images": 2},
                                   {"prompt": "a", "background": "transparent"}, {"prompt": "a", "n": 0},
-                                  {"prompt": "a", "output_format": "jpeg"}, {"prompt": "a", "user": "\x00"}])
+                                  {"prompt": "a", "output_format": "gif"}, {"prompt": "a", "user": "\x00"},
+                                  {"prompt": "a", "output_compression": 101}])
 def test_what_cannot_be_honoured_is_refused(body):
     with pytest.raises(ValidationError):
         ImagesRequest.model_validate(body)

@@ -10,7 +10,7 @@ import threading
 from functools import wraps
 
 from shared.backends.base import GenerationInput, Generator, ScoreInput, Scorer
-from shared.backends.images import decode_png, encode_png
+from shared.backends.images import decode_image, decode_png, encode_image, encode_png
 from shared.profiles import ModelProfile
 
 GENERATOR_KINDS = ("diffusers", "emulated", "tiny")
@@ -23,7 +23,9 @@ __all__ = [
     "Generator",
     "ScoreInput",
     "Scorer",
+    "decode_image",
     "decode_png",
+    "encode_image",
     "encode_png",
     "make_generator",
     "make_scorer",

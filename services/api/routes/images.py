@@ -63,8 +63,10 @@ async def images_generations(request: Request) -> Response:
 
 async def _images(api: Api, request: Request, caller: Caller, jobs: list[Job], records: dict[str, JobRecord],
                   response_format: str | None) -> Response:
-    """The answer once every image is done: signed URLs, or the PNGs in base64 streamed one at a time."""
-    head = {"created": int(time.time()), "output_format": "png", "size": f"{jobs[0].width}x{jobs[0].height}"}
+    """The answer once every image is done: signed URLs, or the images (in the request's format, as
+    their worker encoded them) in base64 streamed one at a time."""
+    head = {"created": int(time.time()), "output_format": jobs[0].output_format,
+            "size": f"{jobs[0].width}x{jobs[0].height}"}
     if response_format == "url":
         urls = [await image_url(api, request, job.job_id, caller.key_id) for job in jobs]
         return JSONResponse({**head, "data": [image_data(records[job.job_id], None, "url", url)

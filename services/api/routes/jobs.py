@@ -17,8 +17,8 @@ from services.api.state import Api, api_of
 from services.api.streaming import STREAM_GRACE_S, HeldStream, event_stream
 from services.api.submission import CANCELLABLE, accept
 from shared import metrics
-from shared.images_api import ApiError, bad_request, idempotency_digest, job_from_body, record_view
-from shared.schemas import Job, JobState, new_job_id
+from shared.images_api import ApiError, bad_request, idempotency_digest, image_format, job_from_body, record_view
+from shared.schemas import MEDIA_TYPES, Job, JobState, new_job_id
 from shared.store import Change
 
 routes = RouteGroup()
@@ -75,8 +75,9 @@ async def get_job(job_id: str, request: Request) -> dict:
     return view
 
 
-@routes.get("/v1/jobs/{job_id}/image", tags=["Jobs"], summary="The job's PNG (with the key, or a signed URL)",
-            responses={200: {"content": {"image/png": {}}}})
+@routes.get("/v1/jobs/{job_id}/image", tags=["Jobs"],
+            summary="The job's image, in its output_format (with the key, or a signed URL)",
+            responses={200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}}})
 async def get_image(job_id: str, request: Request) -> Response:
     api = api_of(request)
     try:
@@ -93,13 +94,16 @@ async def get_image(job_id: str, request: Request) -> Response:
         if record.state.terminal:
             raise ApiError(404, f"the job ended {record.state.value}; it has no image", code="no_image")
         raise ApiError(409, f"the job is {record.state.value}; its image is not ready", code="not_ready")
-    etag = f'"{job_id}"'  # a job's final image is written once
-    if etag in request.headers.get("if-none-match", ""):
+    # A job's final image is written once, in one format (the record's; the bytes' for an older record).
+    etag = f'"{job_id}.{record.output_format}"' if record.output_format else None
+    if etag is not None and etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers={"ETag": etag})
-    png = await api.store.get_image(job_id)
-    if png is None:
+    image = await api.store.get_image(job_id)
+    if image is None:
         raise ApiError(404, "the image is no longer stored (HADIS_IMAGE_TTL_S)", code="image_expired")
-    return Response(png, media_type="image/png", headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
+    fmt = image_format(record, image)
+    return Response(image, media_type=MEDIA_TYPES[fmt],
+                    headers={"ETag": f'"{job_id}.{fmt}"', "Cache-Control": "private, max-age=3600"})
 
 
 @routes.get("/v1/jobs/{job_id}/events", tags=["Jobs"], summary="Server-sent events of the job's state changes",
