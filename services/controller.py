@@ -25,6 +25,7 @@ from shared.policies.assignment import moves
 from shared.policies.catalog import make_policy
 from shared.policies.control import Observation, PlanSchedule
 from shared.policies.fleet import Fleet
+from shared.policies.quality import MixTracker
 from shared.policies.transitions import Structure, Switch, SwitchWatch, changing_gpus, transition
 from shared.profiles import load_profile
 from shared.schemas import MAX_MESSAGE_BYTES, Job, JobState, Plan, Task, Tier, job_id_of, parse_message, valid_job_id
@@ -95,6 +96,8 @@ class Controller:
         self.fleet, self.fleet_seeded = Fleet(self.settings.gpu_absent_s), False  # seeded from the plan once
         self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
         self.arrivals_seen: int | None = None  # the store's arrivals counter at the last tick
+        self.mix = MixTracker(self.settings.demand_halflife_s, time.time())  # the forced qualities' rates
+        self.forced_seen: dict[str, int] | None = None  # the router's counters of them at the last tick
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
         self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
 
@@ -106,6 +109,11 @@ class Controller:
         if self.arrivals_seen is not None and arrivals >= self.arrivals_seen:
             self.demand.arrived(arrivals - self.arrivals_seen)
         self.arrivals_seen = arrivals
+        forced = await self.service.store.forced_arrivals()  # quality low and high (the router counts them)
+        for quality, count in forced.items():
+            if self.forced_seen is not None and count > self.forced_seen.get(quality, 0):
+                self.mix.arrived(quality, count - self.forced_seen.get(quality, 0))
+        self.forced_seen = forced
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;
@@ -138,7 +146,7 @@ class Controller:
         await self.gauges.observe_workers(self.service.store, self.service.plans.current)
         observation = engine.observation(now, rate, depths[bus.queues.tier(Tier.light)],
                                          depths[bus.queues.tier(Tier.heavy)], len(gpus), self.service.plans.current,
-                                         self.demand.total, self.settings.slo_s)
+                                         self.demand.total, self.settings.slo_s, self.mix.mix(rate))
         return observation, gpus
 
     async def step(self) -> None:
@@ -147,6 +155,7 @@ class Controller:
         now = time.time()
         await self.count_arrivals()
         self.demand.update(now)
+        self.mix.update(now)
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):
             self.gauges.planning(False)
             return

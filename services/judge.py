@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from shared import metrics
-from shared.backends import decode_png, make_scorer
+from shared.backends import decode_image, make_scorer
 from shared.backends.base import ScoreInput
 from shared.batching import BatchCollector
 from shared.bus import Delivery
@@ -19,6 +19,7 @@ from shared.errors import Disposition, InvalidJob, Overloaded
 from shared.intake import Claimed, intake, parse_task
 from shared.logging import bind_job, get_logger
 from shared.policies import engine, steps
+from shared.policies import quality as quality_rules
 from shared.policies.engine import BatchTimes, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.steps import Next
@@ -79,18 +80,30 @@ class Judge:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def judge_batch(self, batch: list[Delivery]) -> None:
+        """Score the light images and decide. A quality=low job is not scored: it is never escalated
+        (shared/policies/quality.py), so its score could change nothing, and it stays out of the
+        calibration, whose percentile d is over the cascade's jobs. It still comes through here, not
+        straight from the light worker to `done`: one path for every light image keeps the steps'
+        crash rules (shared/policies/steps.py) as they are, at the cost of a hop and no decoding."""
         loaded = await self.load(batch)
         if not loaded:
             return
-        items = [item for item, _ in loaded]
-        inputs = [ScoreInput(item.job_id, item.task.job.prompt, decode_png(png), self.profile.model(model_of(item)))
-                  for item, png in loaded]
-        try:
-            scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.scorer.score, inputs)
-        except Exception as error:
-            await self.settle_all(items, error)
-            return
-        await self.decide(items, scores)
+        unjudged = [item for item, _ in loaded if item.task.job.quality == "low"]
+        judged = [(item, png) for item, png in loaded if item.task.job.quality != "low"]
+        scores: list[float] = []
+        if judged:
+            try:
+                scores = await asyncio.get_running_loop().run_in_executor(self.model_thread, self.score, judged)
+            except Exception as error:
+                await self.settle_all([item for item, _ in judged], error)
+                judged = []
+        await self.decide([*unjudged, *(item for item, _ in judged)], [None] * len(unjudged) + list(scores))
+
+    def score(self, loaded: list[tuple[Claimed, bytes]]) -> list[float]:
+        """On the judge's thread: decode each light image (in its job's format) and score them."""
+        inputs = [ScoreInput(item.job_id, item.task.job.prompt, decode_image(image), self.profile.model(model_of(item)))
+                  for item, image in loaded]
+        return list(self.scorer.score(inputs))
 
     def parse(self, delivery: Delivery) -> Task:
         """A judge task names the light model that made its image, one of the profile's."""
@@ -133,20 +146,25 @@ class Judge:
                 loaded.append((item, png))
         return loaded
 
-    def verdict(self, item: Claimed, score: float) -> Change:
+    def verdict(self, item: Claimed, score: float | None) -> Change:
         """The record change for the engine's verdict (shared/policies/engine.py: verdict): escalated,
         or done with the light image (renamed to the final key: stored once), noting when it was
-        low enough to escalate but too late for the heavy model."""
+        low enough to escalate but too late for the heavy model. No score: a quality=low job, done.
+        The plan's d applies to the cascade's jobs (quality.for_auto_jobs)."""
         plan = self.service.plans.current
         model = model_of(item)
-        decided = engine.verdict(self.calibration(model), score, plan, self.clock(), item.task.deadline, self.times)
+        if score is None:
+            return Change(item.job_id, JobState.done, {"tier": Tier.light.value, "model": model}, promote_light=True,
+                          detail="quality=low: the light image, not judged")
+        decided = engine.verdict(self.calibration(model), score, quality_rules.for_auto_jobs(plan), self.clock(),
+                                 item.task.deadline, self.times)
         if decided is Verdict.escalate:
             return Change(item.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
         fields = {"judge_score": score, "tier": Tier.light.value, "model": model}
         return Change(item.job_id, JobState.done, fields, promote_light=True,
                       detail="too late to escalate" if decided is Verdict.too_late else "")
 
-    async def decide(self, items: list[Claimed], scores: list[float]) -> None:
+    async def decide(self, items: list[Claimed], scores: list[float | None]) -> None:
         changes = [self.verdict(item, score) for item, score in zip(items, scores, strict=True)]
         try:
             outcomes = await self.service.store.apply_many(changes)
@@ -160,7 +178,8 @@ class Judge:
             if change.state is JobState.escalated:
                 metrics.observe_verdict(model_of(item), "escalated")
             else:
-                metrics.observe_verdict(model_of(item), "too_late" if change.detail else "accepted")
+                late = change.detail.startswith("too late")
+                metrics.observe_verdict(model_of(item), "too_late" if late else "accepted")
                 metrics.observe_done(Tier.light.value, item.task.job.submitted_at, item.task.deadline)
         await asyncio.gather(*(self.follow(item, steps.after_verdict(outcome, change.state is JobState.escalated))
                                for item, change, outcome in zip(items, changes, outcomes, strict=True)))

@@ -29,12 +29,13 @@ from shared.errors import Disposition, InvalidJob
 from shared.intake import parse_or_dead_letter
 from shared.logging import bind_job, get_logger
 from shared.policies import engine, steps
+from shared.policies import quality as quality_rules
 from shared.policies.admission import HeavyRoom
 from shared.policies.engine import BatchTimes
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
 from shared.profiles import load_profile
-from shared.schemas import Job, JobState, Task, parse_message, valid_tenant
+from shared.schemas import Job, JobState, Plan, Task, Tier, parse_message, valid_tenant
 from shared.service import InFlight, Service, run
 from shared.store import Change, Upsert, Upserted
 
@@ -158,22 +159,37 @@ class Router:
             self.thresholds[key] = self.router_for(light_model).threshold(r)
         return self.thresholds[key]
 
+    async def decide(self, job: Job, plan: Plan, deadline: float) -> tuple[Tier, float | None, str | None]:
+        """The tier, the prompt's score (None for a job whose quality forces its tier: not scored), and
+        why a quality=high job is refused (None when it is not): shared/policies/engine.py's
+        forced_route and route, which the simulator calls too. The score's threshold is the plan's r
+        for the cascade's own jobs (quality.for_auto_jobs: the forced jobs fill part of r)."""
+        forced = engine.forced_route(job.quality, plan, self.room, self.clock(), deadline, self.times)
+        if isinstance(forced, str):
+            return Tier.heavy, None, forced
+        if forced is not None:
+            return forced.tier, None, None
+        score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
+        threshold = self.threshold(plan.light_model, quality_rules.for_auto_jobs(plan).r)
+        tier, heavy_full = engine.route(score, threshold, plan, self.room, self.clock(), deadline, self.times)
+        if heavy_full:
+            metrics.observe_heavy_full()
+        return tier, score, None
+
     async def route(self, job: Job, redelivered: bool) -> None:
         settings = self.service.settings
         plan = self.service.plans.current
         deadline = job.effective_deadline(settings.slo_s)
-        score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
-        # The tier (shared/policies/engine.py: route, which the simulator calls too).
-        tier, heavy_full = engine.route(score, self.threshold(plan.light_model, plan.r), plan, self.room,
-                                        self.clock(), deadline, self.times)
-        if heavy_full:
-            metrics.observe_heavy_full()
+        tier, score, refusal = await self.decide(job, plan, deadline)
         expired = self.clock() >= deadline
         outcome: dict[str, Any]
         if expired:
             state, outcome = JobState.expired, {"error": "408 Expired: deadline passed before routing"}
+        elif refusal is not None:
+            state, outcome = JobState.failed, {"error": refusal}
         else:
-            state, outcome = JobState.routed, {"tier": tier.value, "router_score": score, "plan_version": plan.version}
+            scored = {} if score is None else {"router_score": score}
+            state, outcome = JobState.routed, {"tier": tier.value, **scored, "plan_version": plan.version}
         record = {**job.record_fields(deadline), **outcome}
         # Recorded before publishing, so the worker's `generating` always comes after it.
         stored = await self.record(job, Change(job.job_id, state, record, passing=(JobState.queued,),
@@ -182,6 +198,13 @@ class Router:
             return
         if expired and stored.written:
             metrics.observe_unserved(JobState.expired)  # an SLO violation like a worker's shed job
+        if quality_rules.forced_tier(job.quality) is not None and stored.written:
+            await self.service.store.count_forced(job.quality)  # the controller's quality mix
+        if refusal is not None:
+            if stored.written:
+                metrics.observe_unserved(JobState.failed, Tier.heavy.value)
+            log.info("high_quality_refused", reason=refusal)
+            return
         if stored.record is not None:
             # The routing decision was stored once: a redelivery publishes the same one again.
             tier = stored.record.tier or tier

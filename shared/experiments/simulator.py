@@ -38,11 +38,13 @@ from shared.arrival_rate import DemandTracker
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
 from shared.policies import engine
+from shared.policies import quality as quality_rules
 from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, Fallback, HeavyRoom
 from shared.policies.catalog import make_policy
 from shared.policies.control import PlanSchedule
 from shared.policies.engine import BatchTimes, Pipeline, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
+from shared.policies.quality import MixTracker, QualityMix
 from shared.policies.router import default_router
 from shared.policies.transitions import load_s
 from shared.policies.transitions import start_s as transition_start_s
@@ -65,6 +67,7 @@ class SimJob:
     tier: Tier | None = None
     state: str = "lost"
     end_s: float | None = None
+    quality: str = "auto"  # the job's quality (shared/policies/quality.py), drawn from the mix
 
 
 @dataclass
@@ -88,11 +91,13 @@ class Simulation:
 
     def __init__(self, settings: Settings, trace: Trace, *, worker_start_s: float | None = None,
                  worker_start_each_s: float | None = None, offset_s: float = 0.0, judge_s: float = 0.02,
-                 finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None) -> None:
+                 finish_s: float = 0.005, progress: Callable[[float, int, int], None] | None = None,
+                 quality_mix: QualityMix | None = None, seed: int = 0) -> None:
         """`worker_start_s` and `worker_start_each_s` are what a start takes here (the policy
         prices switches with the settings' figures, as the services' controller does); `offset_s`
         is how long the controller ran before the trace began (its plan period's phase: in an
-        experiment, however long the first plan's workers took to start)."""
+        experiment, however long the first plan's workers took to start); `quality_mix` the shares of
+        jobs asking quality low and high (drawn with `seed`; the rest auto)."""
         self.settings = settings
         self.trace = trace
         self.profile = load_profile(settings.profile)
@@ -122,6 +127,8 @@ class Simulation:
         self.open_jobs = len(self.jobs)
         self.arrived = 0
         self.room = HeavyRoom()  # the router's backlog in the heavy tier
+        self.mix = MixTracker(settings.demand_halflife_s, 0.0 - offset_s)  # as the controller's
+        draw_qualities(self.jobs, quality_mix or QualityMix(), seed)
 
     @property
     def in_force(self) -> Plan:
@@ -171,8 +178,10 @@ class Simulation:
         """As services/controller.py: observe (shared/policies/engine.py), plan, reconcile."""
         rate = self.demand.update(self.now)
         queues = self.fleet.queues
+        self.mix.update(self.now)
         observation = engine.observation(self.now, rate, len(queues[Tier.light]), len(queues[Tier.heavy]),
-                                         len(self.gpus), self.plan, self.demand.total, self.settings.slo_s)
+                                         len(self.gpus), self.plan, self.demand.total, self.settings.slo_s,
+                                         self.mix.mix(rate))
         fields = self.schedule.step(observation, self.plan, self.gpus)
         if fields is not None:
             self.version += 1
@@ -188,12 +197,18 @@ class Simulation:
         heavy tier's share for the router (shared/policies/engine.py: route)."""
         self.arrived += 1
         self.demand.arrived()
+        self.mix.arrived(job.quality)
         plan = job.plan = self.in_force
-        threshold = self.thresholds.get(plan.r)
+        forced = engine.forced_route(job.quality, plan, self.room, self.now, job.deadline_s, self.times)
+        if isinstance(forced, str):  # a high job the heavy tier cannot take: failed, as the router records it
+            self.end(job, "failed")
+            return
+        r = quality_rules.for_auto_jobs(plan).r
+        threshold = self.thresholds.get(r)
         if threshold is None:
-            threshold = self.thresholds[plan.r] = self.router.threshold(plan.r)
+            threshold = self.thresholds[r] = self.router.threshold(r)
         score = float(self.router_scores[job.prompt_id % len(self.router_scores)])
-        tier, _ = engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times)
+        tier, _ = forced or engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times)
         job.routed_heavy = tier is Tier.heavy
         self.fleet.enqueue(job, tier)
 
@@ -207,10 +222,13 @@ class Simulation:
     def judge(self, batch: list[SimJob], model: str) -> None:
         """As services/judge.py: the reference score of the prompt on the light model, and the
         engine's verdict (shared/policies/engine.py: verdict)."""
-        plan = self.in_force
+        plan = quality_rules.for_auto_jobs(self.in_force)
         column = self.profile.model(model).reference_index
         calibration = self.calibration(model)
         for job in batch:
+            if job.quality == "low":  # never escalated, not scored (services/judge.py)
+                self.end(job, "done")
+                continue
             score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
                      if column is not None else 0.5)
             if engine.verdict(calibration, score, plan, self.now, job.deadline_s, self.times) is Verdict.escalate:
@@ -396,6 +414,15 @@ class SimFleet:
             self.admit(worker)
             self.saturated[worker.tier] = False
             self.feed(worker.tier)
+
+
+def draw_qualities(jobs: list[SimJob], mix: QualityMix, seed: int) -> None:
+    """Each job's quality: low with the mix's low share, high with its high share, else auto."""
+    if mix.low <= 0 and mix.high <= 0:
+        return
+    draws = np.random.default_rng(seed).random(len(jobs))
+    for job, draw in zip(jobs, draws, strict=True):
+        job.quality = "low" if draw < mix.low else "high" if draw < mix.low + mix.high else "auto"
 
 
 def simulate(settings: Settings, trace: Trace, **options) -> tuple[list[JobOutcome], list[PlanEvent], float]:

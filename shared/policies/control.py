@@ -16,14 +16,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared.policies import quality
 from shared.policies.assignment import assign
 from shared.policies.planner import Planner
+from shared.policies.quality import QualityMix
 from shared.profiles import load_profile
 from shared.schemas import Plan
 from shared.settings import Settings
 
 # The fields that make two plans the same decision (a new version is published only on a change).
 DECISION_FIELDS = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus")
+# And the forced quality shares the plan was made for (shared/policies/quality.py; 0 when absent).
+SHARE_FIELDS = ("low_share", "high_share")
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
@@ -38,6 +42,7 @@ class Observation:
     arrivals: int = 0  # jobs accepted since the controller started (policies measure their own rates)
     light_queued: int = 0  # ready messages per tier queue
     heavy_queued: int = 0
+    mix: QualityMix = QualityMix()  # the shares of arrivals whose quality forces a tier
 
 
 class ControlPolicy(Protocol):
@@ -50,7 +55,8 @@ class ControlPolicy(Protocol):
 
 
 def same_decision(plan: Plan, fields: dict[str, Any]) -> bool:
-    return all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
+    return (all(getattr(plan, name) == fields[name] for name in DECISION_FIELDS)
+            and all(getattr(plan, name) == fields.get(name, 0.0) for name in SHARE_FIELDS))
 
 
 class PlanSchedule:
@@ -86,10 +92,12 @@ class PlanSchedule:
         if not gpus and current is not None:
             return None
         if self.decision is None or now - self.decided_at >= self.period_s:
+            with_mix(self.policy, observation.mix)
             self.decision, self.decided_at = self.policy.decide(observation), now
+            self.decision.update(low_share=observation.mix.low, high_share=observation.mix.high)
         fields = dict(self.decision)
         if current is not None and not same_decision(current, fields) and self.dwelling(now, current, fields):
-            fields.update({name: getattr(current, name) for name in DECISION_FIELDS})
+            fields.update({name: getattr(current, name) for name in (*DECISION_FIELDS, *SHARE_FIELDS)})
         keep_draining(fields, observation)
         fields["assignment"] = assign(gpus, fields["light_gpus"], fields["heavy_gpus"],
                                       current.assignment if current else {})
@@ -98,6 +106,16 @@ class PlanSchedule:
         if current is None or not same_decision(current, fields):
             self.last_change = now
         return fields
+
+
+def with_mix(policy: ControlPolicy, mix: QualityMix) -> None:
+    """Before a policy decides: its planner plans over the rows that leave room for the forced
+    shares (shared/policies/quality.py: rows_for), so the plan's r holds the high jobs and its light
+    images not escalated the low ones. A policy without a planner (static) plans nothing."""
+    planner = getattr(policy, "planner", None)
+    if isinstance(planner, Planner):
+        rows = [(row.pair, row.r, row.d) for row in planner.rows]
+        planner.allow_rows(quality.rows_for(rows, mix) if mix.low > 0 or mix.high > 0 else None)
 
 
 def keep_draining(fields: dict[str, Any], observation: Observation) -> None:

@@ -12,12 +12,14 @@ Pure: plain values and a clock reading in, a decision out; no I/O, no store, no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 from shared.arrival_rate import queueing_delay_s
+from shared.policies import quality as quality_rules
 from shared.policies.admission import (
     BatchTimer,
     Fallback,
@@ -92,6 +94,27 @@ def route(score: float, threshold: float, plan: Plan, room: HeavyRoom, now: floa
     return Route(Tier.light, True)
 
 
+def forced_route(quality: str, plan: Plan, room: HeavyRoom, now: float, deadline: float,
+                 times: BatchTimes) -> Route | str | None:
+    """The tier a job's quality forces (shared/policies/quality.py): None when the prompt's score
+    decides (`route`); the light tier for `low`; the heavy tier for `high` when it can still end the
+    job by its deadline (HeavyRoom, at the router's share of the heavy tier, which the plan's r sized
+    for the high jobs too; the whole tier's throughput under a plan with r = 0, made before any high
+    job was seen), else the reason it is refused (quality.heavy_refusal)."""
+    tier = quality_rules.forced_tier(quality)
+    if tier is None:
+        return None
+    if tier is Tier.light:
+        return Route(Tier.light, False)
+    heavy_s = times.heavy(plan)
+    share = heavy_share_qps(plan, heavy_s, Tier.light)
+    if share <= 0 and plan.heavy_gpus > 0:
+        share = plan.heavy_gpus * plan.heavy_batch / heavy_s if heavy_s > 0 else math.inf
+    admitted = plan.heavy_gpus > 0 and room.admit(now, deadline, share, heavy_s)
+    refusal = quality_rules.heavy_refusal(plan, admitted, heavy_s)
+    return refusal if refusal is not None else Route(Tier.heavy, False)
+
+
 # --- the worker ---------------------------------------------------------------------------------
 
 
@@ -162,14 +185,17 @@ def verdict(calibration: JudgeCalibration, score: float, plan: Plan, now: float,
 
 
 def observation(now: float, rate_qps: float, light_queued: int, heavy_queued: int, gpus: int,
-                current: Plan | None, arrivals: int, slo_s: float) -> Observation:
+                current: Plan | None, arrivals: int, slo_s: float,
+                mix: quality_rules.QualityMix | None = None) -> Observation:
     """What the controller's policy sees. Queued demand is the jobs waiting in the two tier
     queues: a new job waits behind them for a GPU, and the planner takes that wait (Little's law,
     capped at the SLO) from its budget. The judge's queue is not counted: its jobs have been
     generated and do not hold a new job back (the judge has its own thread, not a GPU), and the
     heavy work their escalations will add is already in the demand (the plan's heavy share
     h = r + (1 - r) d of the arrivals). Counting them made the services plan against a wait that
-    no job has, and differ from the simulator, which has no judge queue."""
+    no job has, and differ from the simulator, which has no judge queue. `mix`: the shares of the
+    arrivals whose quality forces a tier (quality.observed_mix), planned for on top of the cascade."""
     queued = light_queued + heavy_queued
     return Observation(now, rate_qps, queued, queueing_delay_s(queued, rate_qps, cap_s=slo_s), gpus, current,
-                       arrivals=arrivals, light_queued=light_queued, heavy_queued=heavy_queued)
+                       arrivals=arrivals, light_queued=light_queued, heavy_queued=heavy_queued,
+                       mix=mix or quality_rules.QualityMix())

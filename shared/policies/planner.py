@@ -103,6 +103,7 @@ class Planner:
         self.per_gpu_h = per_gpu(self.thr_h, self.share_h)[:, None, :]
         self.path_latency = self._path_latency()
         self.valid = self._valid_batches()
+        self._allowed: tuple[bool, ...] | None = None  # allow_rows's mark in force (None: every row)
 
     def _path_latency(self) -> np.ndarray:
         """[row, light batch, heavy batch]: the longest path a query takes through the batches.
@@ -119,6 +120,18 @@ class Planner:
         light_ok = np.where(self.uses_l[:, None], np.isfinite(self.lat_l), first[None, :])
         heavy_ok = np.where(self.uses_h[:, None], np.isfinite(self.lat_h), first[None, :])
         return light_ok[:, :, None] & heavy_ok[:, None, :]
+
+    def allow_rows(self, allowed: list[bool] | None) -> None:
+        """Plan only over the rows marked (None: all of them): the rows that leave room for the
+        jobs whose quality forces a tier (shared/policies/quality.py: rows_for). Cheap when the mark
+        is the one in force (every tick asks)."""
+        mask = None if allowed is None or all(allowed) else tuple(allowed)
+        if mask == self._allowed:
+            return
+        self._allowed = mask
+        self.valid = self._valid_batches()
+        if mask is not None:
+            self.valid &= np.array(mask)[:, None, None]
 
     # --- planning -----------------------------------------------------------------------------
 

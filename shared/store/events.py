@@ -20,6 +20,24 @@ class JobEvents(RedisStore):
         the controller's demand, read in one call a tick, however many events the jobs make."""
         return int(await self._call(self._redis.get, self.arrivals_key) or 0)
 
+    async def count_forced(self, quality: str) -> None:
+        """One more arrival whose quality forces a tier (low or high), counted by the router when it
+        records the job: the controller plans with their shares (shared/policies/quality.py)."""
+        key = f"{self.arrivals_key}:quality"
+
+        async def count() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, quality, 1)
+                pipe.expire(key, self.ttl)
+                await pipe.execute()
+
+        await self._call(count)
+
+    async def forced_arrivals(self) -> dict[str, int]:
+        """The arrivals count_forced has counted so far, by quality."""
+        raw = await self._call(self._redis.hgetall, f"{self.arrivals_key}:quality")
+        return {name.decode(): int(value) for name, value in raw.items()}
+
     async def last_event_id(self) -> str:
         """The id of the newest event ("0-0" when none): follow events after it."""
         newest = await self._call(self._redis.xrevrange, self.events_key, count=1)
