@@ -1,10 +1,11 @@
 """The health probe each service container runs (compose.yaml's `healthcheck`):
 
-    python docker/healthcheck.py router|judge|worker|controller|api|agent [--metrics-port PORT]
+    python docker/healthcheck.py router|judge|worker|controller|api|agent|webhooks [--metrics-port PORT]
 
 Healthy (exit 0) when RabbitMQ and Redis answer, the service's queue has a consumer (the api
 consumes none: its HTTP server is up when its readiness says so; the agent neither: it is ready
-once it has registered its GPUs, and its workers come and go with the plan), and,
+once it has registered its GPUs, and its workers come and go with the plan; the webhook sender
+neither: it reads its work from Redis), and,
 with --metrics-port, the service's own metrics endpoint on 127.0.0.1 says
 `hadis_service_ready{service=...} 1`: the queue check sees any replica, the endpoint sees this
 process. Unhealthy (exit 1) prints one line saying why; `docker inspect` shows it.
@@ -28,8 +29,8 @@ from shared.bus import Bus, Queues
 from shared.settings import Settings, get_settings
 from shared.store import Store
 
-SERVICES = ("router", "judge", "worker", "controller", "api", "agent")
-CONSUME_NOTHING = ("api", "agent")
+SERVICES = ("router", "judge", "worker", "controller", "api", "agent", "webhooks")
+CONSUME_NOTHING = ("api", "agent", "webhooks")
 CHECK_TIMEOUT_S = 8.0
 
 
@@ -41,7 +42,8 @@ def queue_of(service: str, settings: Settings) -> str:
     """The queue the service consumes, or, for the api and the agent, the ingress (it must exist)."""
     queues = Queues(settings.namespace)
     return {"router": queues.requests, "judge": queues.judge, "worker": queues.tier(settings.tier),
-            "controller": queues.dead_watch, "api": queues.requests, "agent": queues.requests}[service]
+            "controller": queues.dead_watch, "api": queues.requests, "agent": queues.requests,
+            "webhooks": queues.requests}[service]
 
 
 async def check_broker_and_store(service: str, settings: Settings) -> None:

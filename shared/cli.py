@@ -206,13 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_parsers(commands)
     add_set_plan_parser(commands)
     p = commands.add_parser("serve", help="run one service, or all of them under a supervisor")
-    p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent"])
+    p.add_argument("service", choices=["all", "api", "router", "worker", "judge", "controller", "agent", "webhooks"])
     p.set_defaults(handler=serve)
     add_api_key_parser(commands)
     p = commands.add_parser("schema", help="print the Job JSON Schema")
     p.set_defaults(handler=schema)
 
-    from shared.commands import experiment, router_eval, train_judge
+    from shared.commands import experiment, router_eval, train_judge, webhook
     from shared.commands import plan as plan_command
     from shared.commands import trace as trace_command
 
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace_command.add_parsers(commands)
     router_eval.add_parser(commands)
     train_judge.add_parser(commands)
+    webhook.add_parser(commands)
     return parser
 
 

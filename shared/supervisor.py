@@ -1,10 +1,10 @@
 """Runs the services as child processes on one machine (`hadis serve all`, `make run`): the
-controller, the router, the quality judge, the HTTP api and this host's agent, which in turn runs one worker
-per GPU (light or heavy, as the plan assigns). It restarts a child that dies, with exponential
-backoff (shared/policies/restarts.py: 0.5 s doubling to 30 s, forgotten after 60 s up), and never
-gives up on one: a child that dies because RabbitMQ or Redis is restarting comes back when they
-do, and the rest of the stack keeps serving meanwhile. On Ctrl-C/SIGTERM it stops them all
-gracefully."""
+controller, the router, the quality judge, the HTTP api, the webhook sender and this host's agent,
+which in turn runs one worker per GPU (light or heavy, as the plan assigns). It restarts a child
+that dies, with exponential backoff (shared/policies/restarts.py: 0.5 s doubling to 30 s, forgotten
+after 60 s up), and never gives up on one: a child that dies because RabbitMQ or Redis is
+restarting comes back when they do, and the rest of the stack keeps serving meanwhile. On
+Ctrl-C/SIGTERM it stops them all gracefully."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def default_children() -> list[Child]:
         Child("router", "services.router", {}),
         Child("judge", "services.judge", {}),
         Child("api", "services.api", {}),
+        Child("webhooks", "services.webhooks", {}),  # the jobs' webhook deliveries (docs/jobs.md, Webhooks)
         Child("agent", "services.agent", {}),  # last: its workers take the ports after its own
     ]
     base = get_settings().metrics_port

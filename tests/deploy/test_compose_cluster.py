@@ -107,7 +107,8 @@ def test_the_single_broker_and_store_give_way_to_the_cluster(config):
     assert not {"rabbitmq", "redis"} & set(config["services"])
     assert not {"rabbitmq-data", "redis-data"} & set(config["volumes"])
     assert INFRASTRUCTURE <= set(config["services"])
-    assert set(resolved()["services"]) == INFRASTRUCTURE | {"api", "router", "controller", "quality-judge", "agent"}
+    assert set(resolved()["services"]) == INFRASTRUCTURE | {"api", "router", "controller", "webhooks", "quality-judge",
+                                                            "agent"}
 
 
 @needs_compose
@@ -212,7 +213,7 @@ def test_every_container_is_bound_and_health_checked(config):
         assert service.get("healthcheck", {}).get("test"), name
         published += [(port.get("host_ip"), port["published"]) for port in service.get("ports", [])
                       if port.get("published")]
-    for name in (*INFRASTRUCTURE, "api", "router", "controller"):
+    for name in (*INFRASTRUCTURE, "api", "router", "controller", "webhooks"):
         assert config["services"][name].get("mem_limit"), name
     assert len(published) == len(set(published)), "two services publish the same host port"
 

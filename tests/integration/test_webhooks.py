@@ -22,7 +22,7 @@ from shared.schemas import Job, JobState
 from shared.service import serve
 from shared.settings import Settings
 from shared.store import Store
-from tests.helpers import make_settings
+from tests.helpers import make_settings, namespace
 from tests.stack import running_api, running_stack
 from tests.webhook_receiver import Received, Script, receiving
 
@@ -50,12 +50,9 @@ async def sender(settings: Settings) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def store_of(settings: Settings) -> AsyncIterator[Store]:
-    store = await Store.connect(settings)
-    try:
+    """The namespace's store; its keys, and the queues the sender's connection declares, go after."""
+    async with namespace(settings) as (_, store):
         yield store
-    finally:
-        await store.delete_namespace()
-        await store.close()
 
 
 async def ended_job(store: Store, url: str, state: JobState = JobState.failed, tenant: str | None = None) -> str:
@@ -209,3 +206,47 @@ async def test_the_api_applies_the_tenants_default_and_shows_the_delivery() -> N
     assert sorted(item.path for item in receiver.received) == ["/default", "/own"]
     assert view["webhook"]["state"] == "delivered" and view["webhook"]["attempts"] == 1
     assert view["webhook"]["type"].startswith("job.")
+
+
+async def test_the_senders_container_probe_finds_it_ready() -> None:
+    """docker/healthcheck.py webhooks, as its container runs it: healthy once the sender's own main runs."""
+    from shared import metrics
+    from tests.deploy.test_healthcheck import probe
+
+    settings = fast_settings()
+    server = metrics.start_metrics_server(0, addr="127.0.0.1")
+    metrics.mark_ready("webhooks", False)
+    try:
+        async with store_of(settings), sender(settings):
+            give_up_at = time.monotonic() + 30
+            while True:
+                code, output = await probe(settings.namespace, "webhooks", "--metrics-port", str(server.server_port))
+                if code == 0 or time.monotonic() > give_up_at:
+                    break
+                await asyncio.sleep(0.2)
+        assert (code, output.strip()) == (0, "healthy"), output
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_hadis_webhook_sets_a_tenants_default_and_rotates_its_secret(capsys: pytest.CaptureFixture) -> None:
+    from shared.cli import build_parser
+    from shared.commands.webhook import act
+
+    async with store_of(fast_settings()) as store:
+        async def hadis(*argv: str) -> tuple[int, dict]:
+            code = await act(build_parser().parse_args(["webhook", *argv]), store)
+            return code, orjson.loads(capsys.readouterr().out)
+
+        code, shown = await hadis("set", "--tenant", "acme", "--url", "https://acme.example/hooks")
+        assert code == 0 and shown["url"] == "https://acme.example/hooks" and len(shown["secrets"]) == 1
+        code, rotated = await hadis("rotate-secret", "--tenant", "acme", "--grace", "60")
+        assert rotated["secret"].startswith("whsec_") and rotated["secret"] != shown["secrets"][0]
+        assert await store.webhook_secrets("acme") == [rotated["secret"], shown["secrets"][0]]
+        code, cleared = await hadis("clear", "--tenant", "acme")
+        assert cleared["url"] is None and await store.tenant_webhook_url("acme") is None
+        code, other = await hadis("show")  # the jobs without a tenant have their own secret
+        assert other["tenant"] is None and other["secrets"][0] not in (rotated["secret"], shown["secrets"][0])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["webhook", "set", "--tenant", "acme", "--url", "ftp://acme.example/"])
