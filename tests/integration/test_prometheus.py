@@ -224,7 +224,7 @@ def scraping(base: str) -> None:
     while True:
         with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=10) as response:
             targets = json.load(response)["data"]["activeTargets"]
-        if len(targets) == 5 + GPUS and all(target["health"] == "up" for target in targets):
+        if len(targets) == 6 + GPUS and all(target["health"] == "up" for target in targets):  # 6 children
             return
         assert time.monotonic() < give_up_at, f"targets not all up: {[(t['scrapeUrl'], t['health']) for t in targets]}"
         time.sleep(0.2)
