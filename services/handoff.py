@@ -56,6 +56,8 @@ class Handoff:
         claimed = []
         for item, outcome in zip(items, outcomes, strict=True):
             step = steps.after_claim(self.tier, outcome)
+            if outcome.before is JobState.cancelled:  # cancelled while it waited: acked, not worked
+                metrics.observe_cancelled_delivery(self.tier.value, "refused")
             if step is Next.work:
                 self.claimed[item.job_id] = item
                 claimed.append(item)

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from services.cancels import RunningJobs
 from services.handoff import Clock, Handoff
 from shared import metrics
 from shared.backends import encode_image
 from shared.backends.base import GenerationInput, Generator
+from shared.backends.control import GenerationCancelled
 from shared.backends.hosts import make_host
 from shared.backends.model_process import ModelProcessFailed
 from shared.batching import BatchCollector
@@ -87,6 +89,7 @@ class TierWorker:
         # Who holds this worker's claims: unique per start, even when a pid comes round again.
         owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.hands = Handoff(service, tier, owner, self.collector, self.model, self.times, clock)
+        self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
         self.finishing: set[asyncio.Task] = set()
 
     @property
@@ -102,6 +105,9 @@ class TierWorker:
         await self.model.ensure(self.planned_model())
         self.pipeline.model = self.model.name
         await self.beat()  # the claims' owner is alive before the first claim
+        # Cancels are heard before the first claim; progress is written while batches run (services/cancels.py).
+        watchers = [asyncio.create_task(self.jobs.watch(), name="cancels"),
+                    asyncio.create_task(self.jobs.report(), name="progress")]
         batch_size = self.service.plans.current.batch_for(self.tier)
         consumer = await self.service.bus.consume(self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size)
         metrics.mark_ready("worker")
@@ -135,14 +141,14 @@ class TierWorker:
             running = following
         if running is not None:
             await running
-        await self.wind_down(heartbeat, feeder, admitted, consumer)
+        await self.wind_down([heartbeat, feeder, *watchers], admitted, consumer)
 
-    async def wind_down(self, heartbeat: asyncio.Task, feeder: asyncio.Task, admitted: asyncio.Queue, consumer) -> None:
-        # Both loops also watch the stop flag: asyncio.wait_for on 3.11 can swallow a cancellation
+    async def wind_down(self, loops: list[asyncio.Task], admitted: asyncio.Queue, consumer) -> None:
+        # The loops also watch the stop flag: asyncio.wait_for on 3.11 can swallow a cancellation
         # that arrives as its timeout fires, and a loop that missed it must still end.
-        for task in (heartbeat, feeder):
+        for task in loops:
             task.cancel()
-        await asyncio.wait([heartbeat, feeder], timeout=5.0)
+        await asyncio.wait(loops, timeout=5.0)
         while not admitted.empty():
             await self.hands.hand_back(admitted.get_nowait().items)
         await self.stop(consumer)
@@ -216,14 +222,22 @@ class TierWorker:
         return self.service.plans.current.model_for(self.tier)
 
     async def generate_and_hand_off(self, batch: Batch, generator: Generator) -> None:
+        """Generate the batch (less its jobs cancelled meanwhile), then hand its images on (less
+        those whose jobs were cancelled while it ran: services/cancels.py)."""
         try:
-            results = await self.model.generate(batch.items, generator)
+            items, _ = await self.jobs.drop_cancelled(batch.items, self.hands.settle)
+            job_ids = [item.job_id for item in items]
+            with self.jobs.running(job_ids, generator):
+                results = await self.model.generate(items, generator) if items else []
         finally:
             self.slots.release()
+        items, results = await self.jobs.drop_cancelled(items, self.hands.settle, results)
+        if not items:
+            return
         self.check_overrun(batch)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
-        finishing = asyncio.create_task(self.hands.finish(batch.items, results, generator.model.name))
+        finishing = asyncio.create_task(self.hands.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
@@ -299,6 +313,8 @@ class ModelSlot:
             return list[Image.Image | BaseException](generated.images)
         except ModelProcessFailed:
             raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
+        except GenerationCancelled as cancelled:
+            return [cancelled] * len(items)  # every job of it was cancelled: the model stopped early
         except Exception as error:
             if len(items) == 1:
                 return [error]

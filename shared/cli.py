@@ -67,6 +67,21 @@ async def status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cancel(args: argparse.Namespace) -> int:
+    """Cancel a job that has not ended (as DELETE /v1/jobs/{id} does, for an operator)."""
+    from shared.client import Client
+
+    async with Client.connect() as client:
+        outcome = await client.cancel(args.job_id)
+        record = await client.status(args.job_id)
+    if not outcome.applied:
+        state = outcome.before.value if outcome.before else None
+        print_json({"job_id": args.job_id, "error": f"not cancelled: the job is {state or 'not recorded'}"})
+        return 1
+    print_json(record_json(record) if record is not None else {"job_id": args.job_id, "state": "cancelled"})
+    return 0
+
+
 async def cluster_status() -> int:
     """The plan, the agents and their GPUs, and which worker serves which tier on which GPU."""
     from shared.settings import get_settings
@@ -226,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_job_parsers(commands: argparse._SubParsersAction) -> None:
-    """`submit` and `status`: a job from the command line, through the AMQP front door."""
+    """`submit`, `status` and `cancel`: a job from the command line, through the AMQP front door."""
     p = commands.add_parser("submit", help="enqueue a prompt, wait, save the image, print the record")
     p.add_argument("prompt")
     p.add_argument("--out", help="where to write the PNG")
@@ -242,6 +257,10 @@ def add_job_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("job_id", nargs="?")
     p.add_argument("--cluster", action="store_true", help="which worker serves which tier on which GPU")
     p.set_defaults(handler=status)
+
+    p = commands.add_parser("cancel", help="cancel a job that has not ended (queued, waiting or generating)")
+    p.add_argument("job_id")
+    p.set_defaults(handler=cancel)
 
 
 def add_set_plan_parser(commands: argparse._SubParsersAction) -> None:

@@ -4,6 +4,7 @@
         job_id = await client.submit(Job(prompt="a red bicycle"))
         record = await client.wait(job_id, timeout_s=60)
         png = await client.image(job_id)
+        await client.cancel(job_id)  # or end it early, wherever it is
 
 `submit_and_wait` is the same from synchronous code.
 """
@@ -14,6 +15,7 @@ import asyncio
 from types import TracebackType
 
 from shared.bus import Bus
+from shared.outcome import Outcome
 from shared.schemas import Job, JobRecord
 from shared.settings import Settings, get_settings
 from shared.store import Store
@@ -53,6 +55,11 @@ class Client:
 
     async def image(self, job_id: str) -> bytes | None:
         return await self.store.get_image(job_id)
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by its producer") -> Outcome:
+        """End the job `cancelled` wherever it is, unless it has ended (then refused, with the state
+        it ended in: `outcome.before`); a running batch stops at its next step (docs/jobs.md)."""
+        return await self.store.cancel(job_id, reason)
 
 
 class _Connecting:

@@ -11,7 +11,11 @@ Bounds: a subscriber's queue holds `QUEUE_BOUND` events (a job has fewer than te
 retries a store outage every `RETRY_S` and resumes after the last event it read, so changes made
 while Redis was away are still delivered when the stream kept them. While nobody waits it reads
 nothing (the stream carries every job's changes: reading it idle cost the api a tenth of its CPU at
-full load); the first subscriber makes it resume a little before that moment."""
+full load); the first subscriber makes it resume a little before that moment.
+
+Progress (`<ns>:progress`, shared/store/progress.py) is read in the same XREAD: a running batch's
+step, handed to its jobs' subscribers as an event with `step` set, which carries its own news (the
+SSE stream sends it as it comes, without reading the record)."""
 
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ class JobEvent:
     at: float
     detail: str
     tier: str
+    step: int | None = None  # a progress event: the batch has finished `step` of `steps`, with `model`
+    steps: int | None = None
+    model: str = ""
 
     @classmethod
     def from_stream(cls, fields: dict[str, str]) -> JobEvent:
@@ -66,7 +73,8 @@ class EventHub:
 
     async def start(self) -> None:
         """Follow the stream from its newest event on."""
-        self._task = asyncio.create_task(self._follow(await self.store.last_event_id()), name="event-hub")
+        self._task = asyncio.create_task(self._follow(await self.store.last_event_id(), f"{int(time.time() * 1000)}-0"),
+                                         name="event-hub")
 
     async def stop(self) -> None:
         """Stop the reader. A cancellation that lands inside a blocking read can be absorbed by the
@@ -107,20 +115,42 @@ class EventHub:
             if not self._subscribers:
                 self._wanted.clear()
 
-    async def _follow(self, last_id: str) -> None:
+    async def _follow(self, last_id: str, progress_id: str) -> None:
+        events_key, progress_key = self.store.events_key, self.store.progress_key
         while not self._stopped:
             if not self._wanted.is_set():
                 await self._wanted.wait()
                 last_id = max(last_id, f"{self._resume_ms}-0", key=_stream_order)
+                progress_id = max(progress_id, f"{self._resume_ms}-0", key=_stream_order)
             try:
-                events = await self.store.read_events(last_id, count=1000, block_ms=BLOCK_MS)
+                entries = await self.store.read_streams({events_key: last_id, progress_key: progress_id},
+                                                        count=1000, block_ms=BLOCK_MS)
             except (HadisError, OSError) as error:
                 log.warning("event_stream_unreadable", error=str(error))
                 await asyncio.sleep(RETRY_S)
                 continue
-            for event_id, fields in events:
-                last_id = event_id
-                self._dispatch(fields)
+            for stream, entry_id, fields in entries:
+                if stream == progress_key:
+                    progress_id = entry_id
+                    self._dispatch_progress(entry_id, fields)
+                else:
+                    last_id = entry_id
+                    self._dispatch(fields)
+
+    def _dispatch_progress(self, entry_id: str, fields: dict[str, str]) -> None:
+        """One progress entry (a batch's step) to the subscribers of each of its jobs; its time is
+        the entry's (Redis's clock, as a transition's)."""
+        try:
+            step, steps = int(fields["step"]), int(fields["steps"])
+        except (KeyError, ValueError) as error:
+            log.warning("progress_unreadable", error=str(error))
+            return
+        for job_id in fields.get("job_ids", "").split(","):
+            for queue in self._subscribers.get(job_id, ()):
+                event = JobEvent(job_id, JobState.generating, _stream_order(entry_id)[0] / 1000, "", "", step, steps,
+                                 fields.get("model", ""))
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(event)
 
     def _dispatch(self, fields: dict[str, str]) -> None:
         queues = self._subscribers.get(fields.get("job_id", ""))

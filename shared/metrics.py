@@ -13,6 +13,9 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_job_latency_seconds{tier}            submit-to-done latency of finished jobs (worker, judge)
     hadis_jobs_finished_total{tier,state}      jobs that reached a terminal state (every service that writes one)
     hadis_slo_violations_total{tier,reason}    late | expired | failed (every service that writes a terminal state)
+    hadis_cancelled_deliveries_total{tier,how} work a worker dropped for a cancelled job: refused (its claim),
+                                               waiting (before its batch), interrupted (its batch stopped),
+                                               discarded (its image, made in a batch that ran on)
     hadis_plan_version, hadis_plan_share{kind}, hadis_plan_batch_size{tier}   the plan this process applies
     hadis_plan_gpus{tier,model}                GPUs the plan gives each tier, and the tier's model
     hadis_plan_fid{light_model,heavy_model}    the plan's expected FID, when its configuration was profiled
@@ -98,6 +101,9 @@ JOBS_FINISHED = Counter("hadis_jobs_finished", "Jobs that reached a terminal sta
                         registry=REGISTRY)
 SLO_VIOLATIONS = Counter("hadis_slo_violations", "Jobs done late, expired or failed", ["tier", "reason"],
                          registry=REGISTRY)
+CANCELLED_DELIVERIES = Counter("hadis_cancelled_deliveries", "Work a worker dropped for cancelled jobs: refused, "
+                               "waiting, interrupted, discarded (docs/jobs.md, Cancel)", ["tier", "how"],
+                               registry=REGISTRY)
 DEAD_LETTERS_PARKED = Counter("hadis_dead_letters_parked", "Dead letters the controller could not turn into a record "
                               "(kept in <ns>.dead)", ["reason"], registry=REGISTRY)
 STORE_MEMORY = Gauge("hadis_store_memory_bytes", "Redis memory: used, and its maxmemory (0: unbounded)", ["kind"],
@@ -302,6 +308,16 @@ def observe_unserved(state: JobState, tier: str | None = None) -> None:
     SLO_VIOLATIONS.labels(tier, state.value).inc()
 
 
+def observe_cancelled(tier: str | None = None) -> None:
+    """A job its client cancelled: finished, `cancelled`, and never an SLO violation (nobody waits
+    for it any more); the reports leave it out of served and violated alike."""
+    JOBS_FINISHED.labels(tier or NO_TIER, JobState.cancelled.value).inc()
+
+
+def observe_cancelled_delivery(tier: str, how: str, count: int = 1) -> None:
+    CANCELLED_DELIVERIES.labels(tier, how).inc(count)
+
+
 def observe_parked_dead_letter(reason: str) -> None:
     DEAD_LETTERS_PARKED.labels(reason=reason).inc()
 
@@ -335,6 +351,7 @@ def zero_outcomes() -> None:
         for state in (JobState.failed, JobState.expired):
             JOBS_FINISHED.labels(tier, state.value)
             SLO_VIOLATIONS.labels(tier, state.value)
+        JOBS_FINISHED.labels(tier, JobState.cancelled.value)  # never a violation
     for reason in PARKED_REASONS:
         DEAD_LETTERS_PARKED.labels(reason)
 

@@ -159,13 +159,14 @@ class JobState(StrEnum):
     done = "done"
     failed = "failed"
     expired = "expired"
+    cancelled = "cancelled"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
 
 
-TERMINAL_STATES = frozenset({JobState.done, JobState.failed, JobState.expired})
+TERMINAL_STATES = frozenset({JobState.done, JobState.failed, JobState.expired, JobState.cancelled})
 
 # The order of a job's steps: a record moves only to a later rank, so a late redelivery cannot undo
 # a step. `generating` ranks by its tier (`generating:light` before the judge, `generating:heavy`
@@ -210,7 +211,6 @@ class Job(Strict):
     metadata: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Stored with the record, never interpreted.",
         json_schema_extra={"maxProperties": MAX_METADATA_KEYS, "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}})
-
     output_format: OutputFormat = Field(default="png", description="The image's encoding, made once by its worker.")
     output_compression: int | None = Field(
         default=None, ge=0, le=100,
@@ -218,6 +218,7 @@ class Job(Strict):
     quality: QualityName = Field(
         default="auto", description="low: the light model only; high: the heavy model only (failed with 503 when it "
                                     "cannot meet the deadline); medium, auto: the cascade (docs/jobs.md).")
+
     webhook_url: WebhookUrl | None = Field(
         default=None, description="Where hadis POSTs the job's terminal event (docs/jobs.md, Webhooks); unset: the "
                                   "tenant's default, if any.")
@@ -286,11 +287,11 @@ class Plan(Strict):
     light_gpus: int = Field(default=1, ge=0)
     heavy_gpus: int = Field(default=1, ge=0)
     assignment: dict[str, Tier] = Field(default_factory=dict, description="GPU id -> the tier its worker serves.")
-    fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
     low_share: float = Field(default=0.0, ge=0.0, le=1.0,
                              description="Share of arrivals asking quality=low (light only), as planned for.")
     high_share: float = Field(default=0.0, ge=0.0, le=1.0,
                               description="Share of arrivals asking quality=high (heavy only), within r.")
+    fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
     created_at: float = Field(default_factory=now)
     reason: str = ""
 
@@ -328,11 +329,15 @@ class JobRecord(Strict):
     error: str | None = None
     tenant: str | None = None
     image_key: str | None = None
-    webhook_url: str | None = None
     output_format: str | None = None  # the image's encoding (None: a record from before it was kept: png)
     quality: str | None = None
+    webhook_url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)
+    # While `generating`: the denoising steps the model has finished, of how many (the worker writes
+    # them at most twice a second a batch, shared/store/progress.py); kept after, as the last seen.
+    step: int | None = None
+    steps: int | None = None
 
     @property
     def latency_s(self) -> float | None:

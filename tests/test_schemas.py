@@ -66,7 +66,7 @@ def test_plan_heavy_share_and_tier_accessors():
 
 
 def test_terminal_states():
-    assert {s for s in JobState if s.terminal} == {JobState.done, JobState.failed, JobState.expired}
+    assert {s for s in JobState if s.terminal} == {JobState.done, JobState.failed, JobState.expired, JobState.cancelled}
 
 
 def test_exported_json_schema_is_current():

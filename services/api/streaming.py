@@ -88,28 +88,37 @@ async def disconnected(request: Request) -> None:
 
 async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) -> AsyncIterator[bytes]:
     """The record's history as events (`event: state`), then each new change, until the terminal
-    one; a comment line every KEEPALIVE_S; `event: timeout` if the job is still open at give_up_at."""
-    sent = 0
+    one; while it generates, its batch's steps (`event: progress`, at most twice a second: the
+    worker's writes, services/cancels.py); a comment line every KEEPALIVE_S; `event: timeout` if
+    the job is still open at give_up_at. A progress event is sent as it comes: the record is read
+    again only for a state change (or every RECHECK_S)."""
+    sent, state = 0, None
     last_sent_at = time.monotonic()
     with api.hub.subscribe([job_id]) as events:
+        event: JobEvent | None = None
         while True:
-            record = await api.store.get(job_id)
-            if record is None:
-                yield sse("error", {"message": "the record is gone (expired from the store)"})
-                return
-            for transition in record.history[sent:]:
-                yield sse("state", {"job_id": job_id, **transition.model_dump(mode="json")})
+            if event is None or event.step is None:
+                record = await api.store.get(job_id)
+                if record is None:
+                    yield sse("error", {"message": "the record is gone (expired from the store)"})
+                    return
+                for transition in record.history[sent:]:
+                    yield sse("state", {"job_id": job_id, **transition.model_dump(mode="json")})
+                    last_sent_at = time.monotonic()
+                sent, state = len(record.history), record.state
+                if state.terminal:
+                    await api.store.release_slots(tenant, [job_id])
+                    return
+            else:
+                yield sse("progress", {"job_id": job_id, "at": event.at, "step": event.step, "steps": event.steps,
+                                       "model": event.model})
                 last_sent_at = time.monotonic()
-            sent = len(record.history)
-            if record.state.terminal:
-                await api.store.release_slots(tenant, [job_id])
-                return
             if api.service.stopping.is_set() or time.time() >= give_up_at:
-                yield sse("timeout", {"job_id": job_id, "state": record.state.value})
+                yield sse("timeout", {"job_id": job_id, "state": state.value if state else None})
                 return
             wait_s = min(RECHECK_S, KEEPALIVE_S - (time.monotonic() - last_sent_at), give_up_at - time.time())
-            if await next_event(events, max(wait_s, 0.01)) is None and \
-                    time.monotonic() - last_sent_at >= KEEPALIVE_S - 0.01:
+            event = await next_event(events, max(wait_s, 0.01))
+            if event is None and time.monotonic() - last_sent_at >= KEEPALIVE_S - 0.01:
                 yield b": keep-alive\n\n"
                 last_sent_at = time.monotonic()
 

@@ -38,7 +38,7 @@ class JobOutcome:
     """One job of a trace, in trace time (seconds from the first arrival)."""
 
     arrival_s: float
-    state: str  # done, expired, failed or lost (never reached a terminal state)
+    state: str  # done, expired, failed, cancelled (not counted) or lost (never reached a terminal state)
     end_s: float | None  # when it reached its terminal state
     slo_s: float
     light_model: str | None = None  # the pair of the plan it was routed under
@@ -210,6 +210,8 @@ def windows_of(outcomes: list[JobOutcome], window_s: float, duration_s: float) -
 
     for job in outcomes:
         windows[index(job.arrival_s)].arrivals += 1
+        if job.state == "cancelled":  # its client withdrew it: neither served nor a violation
+            continue
         # A lost job never ended; it is counted where its deadline fell.
         windows[index(job.end_s if job.end_s is not None else job.arrival_s + job.slo_s)].ended.append(job)
     return windows
@@ -252,6 +254,7 @@ def build_report(outcomes: list[JobOutcome], plans: list[PlanEvent], lookup: Fid
                  trace: str, profile: str, slo_s: float, gpus: int, window_s: float, duration_s: float,
                  wall_s: float, notes: dict[str, Any] | None = None) -> tuple[Report, list[dict[str, Any]]]:
     series = timeseries(outcomes, plans, lookup, window_s, duration_s)
+    outcomes = [job for job in outcomes if job.state != "cancelled"]  # neither served nor a violation
     done = [job for job in outcomes if job.state == "done"]
     within = sum(job.within_slo for job in done)
     counts = {state: sum(job.state == state for job in outcomes) for state in ("expired", "failed", "lost")}

@@ -17,6 +17,8 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:worker:<gpu>       string a worker's heartbeat (tier, model, pid, host), expires unless renewed
     ns:lease:<name>       string the holder of a lease (the planning controller)
     ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
+    ns:cancels            pub/sub channel: each cancelled job's id (shared/store/progress.py)
+    ns:progress           stream the progress of running batches, capped (shared/store/progress.py)
 
 The HTTP api's keys (docs/security.md):
 
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 from shared.store.cluster import AGENT_LEFT_TTL_S, Cluster
 from shared.store.events import JobEvents
+from shared.store.progress import JobProgress
 from shared.store.records import Change, JobRecords, Upsert, Upserted, hand_back, owner_id, serve_light
 from shared.store.tenants import Tenants
 from shared.store.transition import EVENTS_MAX_LENGTH
@@ -58,5 +61,5 @@ __all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Claim", "Store", 
            "owner_id", "serve_light"]
 
 
-class Store(JobRecords, JobEvents, Cluster, Tenants, Webhooks):
+class Store(JobProgress, JobRecords, JobEvents, Cluster, Tenants, Webhooks):
     """Every part of the store on one connection: what the services hold as `service.store`."""

@@ -79,7 +79,7 @@ def owner_id(gpu: str, pid: int, instance: str = "") -> str:
 _RECORD_FIELDS = frozenset(JobRecord.model_fields)
 _JSON_FIELDS = ("metadata",)
 _FLOAT_FIELDS = ("submitted_at", "deadline", "router_score", "judge_score")
-_INT_FIELDS = ("plan_version",)
+_INT_FIELDS = ("plan_version", "step", "steps")
 
 
 def _encode(value: Any) -> str:

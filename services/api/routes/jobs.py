@@ -1,5 +1,5 @@
 """The async job routes: submit the Job contract (202 once durable, Idempotency-Key honoured), read
-its record, its image (with the key or a signed URL) and its events, cancel it while queued."""
+its record, its image (with the key or a signed URL) and its events, cancel it until it ends."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from services.api.routes import RouteGroup
 from services.api.signing import signed
 from services.api.state import Api, api_of
 from services.api.streaming import STREAM_GRACE_S, HeldStream, event_stream
-from services.api.submission import CANCELLABLE, accept
+from services.api.submission import accept
 from shared import metrics
 from shared.images_api import ApiError, bad_request, idempotency_digest, image_format, job_from_body, record_view
 from shared.schemas import MEDIA_TYPES, Job, JobState, new_job_id
-from shared.store import Change
 
 routes = RouteGroup()
 
@@ -118,21 +117,18 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@routes.delete("/v1/jobs/{job_id}", tags=["Jobs"], summary="Cancel a job that is still queued")
+@routes.delete("/v1/jobs/{job_id}", tags=["Jobs"], summary="Cancel a job that has not ended, wherever it is")
 async def cancel_job(job_id: str, request: Request) -> dict:
+    """`cancelled` from any state that is not terminal (docs/jobs.md, Cancel): waiting, the job is
+    dropped where it waits; generating, its batch stops at the next step when no other job is in
+    it. The store's script decides: a job that ended after the read below answers 409, unchanged."""
     api = api_of(request)
     caller = await api.caller(request)
-    record = await api.own_record(caller, job_id)
-    if record.state not in CANCELLABLE:
-        raise ApiError(409, f"the job is {record.state.value}; only a queued job can be cancelled",
-                       code="not_cancellable")
-    reason = "cancelled by the client (DELETE /v1/jobs)"
-    # The from-state guard is the store script's: a worker that claims the job after the read
-    # above wins, and the cancel answers 409 having changed nothing.
-    outcome = await api.store.apply(Change(job_id, JobState.failed, {"error": reason}, detail=reason,
-                                           only_from=CANCELLABLE))
+    record = await api.own_record(caller, job_id)  # the caller's job, or 404
+    outcome = await api.store.cancel(job_id, "cancelled by the client (DELETE /v1/jobs)")
     if not outcome.applied:
         state = outcome.before.value if outcome.before else "gone"
-        raise ApiError(409, f"the job is {state}; only a queued job can be cancelled", code="not_cancellable")
+        raise ApiError(409, f"the job is {state}; a job that has ended cannot be cancelled", code="not_cancellable")
+    metrics.observe_cancelled(record.tier.value if record.tier else None)
     await api.store.release_slots(caller.tenant, [job_id])
     return record_view(await api.own_record(caller, job_id))
