@@ -98,8 +98,13 @@ async def test_a_running_job_stops_and_its_worker_takes_the_next(deployment, mon
     stack = deployment.stack
     flagged: list[float] = []
     log_info = services_cancels.log.info
-    monkeypatch.setattr(services_cancels.log, "info", lambda event, **fields: (
-        flagged.append(time.perf_counter()) if event == "job_cancel_flagged" else None, log_info(event, **fields)))
+
+    def noting(event: str, **fields) -> None:
+        if event == "job_cancel_flagged":
+            flagged.append(time.perf_counter())
+        log_info(event, **fields)
+
+    monkeypatch.setattr(services_cancels.log, "info", noting)
     await stack.set_plan(r=0.0, d=0.0)
     light = WORKERS["light"]
     async with deployment.http() as http:
