@@ -85,6 +85,28 @@ class ClusterGauges:
         metrics.observe_workers(workers, {Tier.light.value: plan.light_model, Tier.heavy.value: plan.heavy_model})
 
 
+class ArrivalCounts:
+    """The store's arrival counters as last read. Each tick folds the jobs recorded `queued` since
+    into the demand (one read a tick, not every event of every job), and the arrivals of each forced
+    quality (low, high: the router counts them) into the quality mix. The first read, and a counter
+    that went back (a store that lost its data), only set the baseline."""
+
+    def __init__(self) -> None:
+        self.arrivals: int | None = None
+        self.forced: dict[str, int] | None = None
+
+    async def count(self, store: Store, demand: DemandTracker, mix: MixTracker) -> None:
+        arrivals = await store.arrivals()
+        if self.arrivals is not None and arrivals >= self.arrivals:
+            demand.arrived(arrivals - self.arrivals)
+        self.arrivals = arrivals
+        forced = await store.forced_arrivals()
+        for quality, count in forced.items():
+            if self.forced is not None and count > self.forced.get(quality, 0):
+                mix.arrived(quality, count - self.forced.get(quality, 0))
+        self.forced = forced
+
+
 class Controller:
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -95,25 +117,10 @@ class Controller:
         self.schedule = PlanSchedule(self.policy, self.settings.plan_period_s, self.settings.plan_min_dwell_s)
         self.fleet, self.fleet_seeded = Fleet(self.settings.gpu_absent_s), False  # seeded from the plan once
         self.absent: list[str] = []  # planned GPUs whose agent is quiet, as last logged
-        self.arrivals_seen: int | None = None  # the store's arrivals counter at the last tick
+        self.counts = ArrivalCounts()  # the store's arrival counters at the last tick
         self.mix = MixTracker(self.settings.demand_halflife_s, time.time())  # the forced qualities' rates
-        self.forced_seen: dict[str, int] | None = None  # the router's counters of them at the last tick
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
         self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
-
-    async def count_arrivals(self) -> None:
-        """Fold the jobs recorded `queued` since the last tick into the demand (the store's counter:
-        one read a tick, not every event of every job). The first read, and a counter that went back
-        (a store that lost its data), only set the baseline."""
-        arrivals = await self.service.store.arrivals()
-        if self.arrivals_seen is not None and arrivals >= self.arrivals_seen:
-            self.demand.arrived(arrivals - self.arrivals_seen)
-        self.arrivals_seen = arrivals
-        forced = await self.service.store.forced_arrivals()  # quality low and high (the router counts them)
-        for quality, count in forced.items():
-            if self.forced_seen is not None and count > self.forced_seen.get(quality, 0):
-                self.mix.arrived(quality, count - self.forced_seen.get(quality, 0))
-        self.forced_seen = forced
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;
@@ -153,7 +160,7 @@ class Controller:
         """One tick: measure demand (a standby too, so that it takes over warm), then plan (when this
         controller holds the lease) and publish a changed plan."""
         now = time.time()
-        await self.count_arrivals()
+        await self.counts.count(self.service.store, self.demand, self.mix)
         self.demand.update(now)
         self.mix.update(now)
         if not await self.service.store.hold_lease("controller", self.holder, ttl_s=3 * TICK_S):

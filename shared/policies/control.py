@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from shared.policies import quality
 from shared.policies.assignment import assign
-from shared.policies.planner import Planner
+from shared.policies.planner import Planner, allow_rows
 from shared.policies.quality import QualityMix
 from shared.profiles import load_profile
 from shared.schemas import Plan
@@ -115,7 +115,7 @@ def with_mix(policy: ControlPolicy, mix: QualityMix) -> None:
     planner = getattr(policy, "planner", None)
     if isinstance(planner, Planner):
         rows = [(row.pair, row.r, row.d) for row in planner.rows]
-        planner.allow_rows(quality.rows_for(rows, mix) if mix.low > 0 or mix.high > 0 else None)
+        allow_rows(planner, quality.rows_for(rows, mix) if mix.low > 0 or mix.high > 0 else None)
 
 
 def keep_draining(fields: dict[str, Any], observation: Observation) -> None:

@@ -18,7 +18,7 @@ from shared.policies.pareto import ParetoRow, ParetoTable, chained, load_table
 from shared.profiles import ModelProfile, Profile
 from shared.schemas import Plan, Strict
 
-__all__ = ["PlanDecision", "Planner", "load_table", "jobs_to_shed", "tier_throughputs"]
+__all__ = ["PlanDecision", "Planner", "allow_rows", "load_table", "jobs_to_shed", "tier_throughputs"]
 
 LightShare = Literal["routed", "all"]
 # Plan fields that the planner does not decide (the store and the controller fill them in).
@@ -103,7 +103,7 @@ class Planner:
         self.per_gpu_h = per_gpu(self.thr_h, self.share_h)[:, None, :]
         self.path_latency = self._path_latency()
         self.valid = self._valid_batches()
-        self._allowed: tuple[bool, ...] | None = None  # allow_rows's mark in force (None: every row)
+        self.allowed: tuple[bool, ...] | None = None  # allow_rows's mark in force (None: every row)
 
     def _path_latency(self) -> np.ndarray:
         """[row, light batch, heavy batch]: the longest path a query takes through the batches.
@@ -120,18 +120,6 @@ class Planner:
         light_ok = np.where(self.uses_l[:, None], np.isfinite(self.lat_l), first[None, :])
         heavy_ok = np.where(self.uses_h[:, None], np.isfinite(self.lat_h), first[None, :])
         return light_ok[:, :, None] & heavy_ok[:, None, :]
-
-    def allow_rows(self, allowed: list[bool] | None) -> None:
-        """Plan only over the rows marked (None: all of them): the rows that leave room for the
-        jobs whose quality forces a tier (shared/policies/quality.py: rows_for). Cheap when the mark
-        is the one in force (every tick asks)."""
-        mask = None if allowed is None or all(allowed) else tuple(allowed)
-        if mask == self._allowed:
-            return
-        self._allowed = mask
-        self.valid = self._valid_batches()
-        if mask is not None:
-            self.valid &= np.array(mask)[:, None, None]
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -268,6 +256,19 @@ class Planner:
             expected_latency_s=float(self.path_latency[row, i, j]),
             capacity_qps=capacity if math.isfinite(capacity) else 0.0, feasible=feasible,
             solve_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def allow_rows(planner: Planner, allowed: list[bool] | None) -> None:
+    """Let `planner` plan only over the rows marked (None: all of them): the rows that leave room
+    for the jobs whose quality forces a tier (shared/policies/quality.py: rows_for). Cheap when the
+    mark is the one in force (every planning tick asks). A function: the class is at its size."""
+    mask = None if allowed is None or all(allowed) else tuple(allowed)
+    if mask == planner.allowed:
+        return
+    planner.allowed = mask
+    planner.valid = planner._valid_batches()
+    if mask is not None:
+        planner.valid &= np.array(mask)[:, None, None]
 
 
 def tier_throughputs(profile: Profile, decision: PlanDecision) -> tuple[float, float]:

@@ -17,6 +17,7 @@ import pytest_asyncio
 from PIL import Image
 
 from shared import apikeys
+from shared.schemas import Job, JobState
 from tests.helpers import make_settings
 from tests.stack import running_api, running_stack
 
@@ -172,3 +173,21 @@ async def test_quality_high_is_refused_by_a_plan_without_heavy_gpus(deployment):
             assert auto["state"] == "done"
     finally:
         await stack.set_plan(heavy_gpus=1)
+
+
+async def test_the_controller_plans_with_the_quality_mix():
+    """The router counts the forced arrivals; the controller folds them into the mix and publishes
+    their shares with the plan (the static policy keeps the rest of its plan)."""
+    settings = make_settings(**{**SETTINGS, "plan_d": 0.0})
+    async with running_stack(settings, services=("controller", "router", "light", "heavy", "judge")) as stack:
+        await stack.store.register_agent("host-a", ["gpu-a", "gpu-b"], ttl_s=120)  # a fleet to plan for
+        jobs = [Job(prompt=f"a lantern, take {i}", quality=quality)
+                for i, quality in enumerate(["low"] * 6 + ["high"] * 2 + ["auto"] * 2)]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs], timeout_s=60)
+        assert all(record.state is JobState.done for record in records)
+        give_up_at = time.monotonic() + 30
+        while (plan := await stack.store.get_plan()) is None or plan.low_share == 0 or plan.high_share == 0:
+            assert time.monotonic() < give_up_at, plan
+            await asyncio.sleep(0.2)
+        assert plan.low_share > plan.high_share > 0 and plan.low_share + plan.high_share <= 1
