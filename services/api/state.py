@@ -10,6 +10,7 @@ from fastapi import Request
 from services.api.admission import Admission
 from services.api.dashboard import Dashboard
 from services.api.keys import Caller, Keys
+from services.api.whereabouts import Whereabouts
 from shared import urlsigning
 from shared.events import EventHub
 from shared.images_api import not_found
@@ -31,6 +32,7 @@ class Api:
         self.keys = Keys(service)
         self.admission = Admission(service)
         self.dashboard = Dashboard(service)  # ticks only while an operator looks
+        self.whereabouts = Whereabouts(service)  # a job's place in line and its ETA
 
     async def caller(self, request: Request) -> Caller:
         return await self.keys.caller(request)

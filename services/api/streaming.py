@@ -88,11 +88,12 @@ async def disconnected(request: Request) -> None:
 
 async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) -> AsyncIterator[bytes]:
     """The record's history as events (`event: state`), then each new change, until the terminal
-    one; while it generates, its batch's steps (`event: progress`, at most twice a second: the
-    worker's writes, services/cancels.py); a comment line every KEEPALIVE_S; `event: timeout` if
+    one; while it waits, its place in line and ETA when they change (`event: position`); while it
+    generates, its batch's steps (`event: progress`, at most twice a second: the worker's writes,
+    services/cancels.py); a comment line every KEEPALIVE_S; `event: timeout` if
     the job is still open at give_up_at. A progress event is sent as it comes: the record is read
     again only for a state change (or every RECHECK_S)."""
-    sent, state = 0, None
+    sent, record, where = 0, None, None
     last_sent_at = time.monotonic()
     with api.hub.subscribe([job_id]) as events:
         event: JobEvent | None = None
@@ -105,16 +106,21 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) ->
                 for transition in record.history[sent:]:
                     yield sse("state", {"job_id": job_id, **transition.model_dump(mode="json")})
                     last_sent_at = time.monotonic()
-                sent, state = len(record.history), record.state
-                if state.terminal:
+                sent = len(record.history)
+                if record.state.terminal:
                     await api.store.release_slots(tenant, [job_id])
                     return
+                if (now_where := await api.whereabouts.of(record)) != where:  # its place in line moved
+                    where = now_where
+                    yield sse("position", {"job_id": job_id, "state": record.state.value, **where})
             else:
                 yield sse("progress", {"job_id": job_id, "at": event.at, "step": event.step, "steps": event.steps,
-                                       "model": event.model})
+                                       "model": event.model, "eta_s": api.whereabouts.running_eta(
+                                           record.tier if record else None, event.model, event.step,
+                                           event.steps or 0)})
                 last_sent_at = time.monotonic()
             if api.service.stopping.is_set() or time.time() >= give_up_at:
-                yield sse("timeout", {"job_id": job_id, "state": state.value if state else None})
+                yield sse("timeout", {"job_id": job_id, "state": record.state.value if record else None})
                 return
             wait_s = min(RECHECK_S, KEEPALIVE_S - (time.monotonic() - last_sent_at), give_up_at - time.time())
             event = await next_event(events, max(wait_s, 0.01))

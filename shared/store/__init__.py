@@ -19,6 +19,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:owner:<gpu>/<pid>  string a worker's liveness: its `generating` claims hold while it exists
     ns:cancels            pub/sub channel: each cancelled job's id (shared/store/progress.py)
     ns:progress           stream the progress of running batches, capped (shared/store/progress.py)
+    ns:waiting:<tier>     zset   the tier's waiting line: jobs routed or escalated there, not yet claimed
 
 The HTTP api's keys (docs/security.md):
 

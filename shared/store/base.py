@@ -110,6 +110,10 @@ class RedisStore:
     def webhooks_due_key(self) -> str:
         return f"{self.ns}:webhooks:due"
 
+    def waiting_key(self, tier: str) -> str:
+        """A tier's waiting line (transition.lua keeps it): its jobs routed or escalated, not yet claimed."""
+        return f"{self.ns}:waiting:{tier}"
+
     @property
     def plan_key(self) -> str:
         return f"{self.ns}:plan"

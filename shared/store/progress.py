@@ -5,6 +5,7 @@ Keys of a namespace `ns`, beside the package's:
 
     ns:cancels    pub/sub channel: the id of each job cancelled, published once, after its record
                   turned `cancelled` (workers listen, to stop a batch that runs it)
+    ns:waiting:<tier>  zset  the tier's waiting line (job id -> when it joined), kept by transition.lua
     ns:progress   stream  one entry per progress write of a batch (job_ids, step, steps, model), capped at
                   PROGRESS_MAX_LENGTH, expiring like a record: what the api's event hub follows
                   beside `ns:events`, so that progress never wakes the readers of state changes
@@ -118,6 +119,12 @@ class JobProgress(JobRecords):
             raise Unavailable("Redis refused the progress script")
 
         return sum(int(count) for count in await self._call(write))
+
+    async def queue_position(self, job_id: str, tier: str) -> int | None:
+        """How many jobs are ahead of this one in its tier's waiting line (ZRANK: O(log n)); None
+        when it is in none (not routed yet, claimed, or ended)."""
+        rank = await self._call(self._redis.zrank, self.waiting_key(tier), job_id)
+        return int(rank) if rank is not None else None
 
     async def read_streams(self, last_ids: dict[str, str], count: int = 1000,
                            block_ms: int | None = None) -> list[tuple[str, str, dict[str, str]]]:

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.errors import Unavailable
 from shared.logging import get_logger
 from shared.outcome import Applied, Outcome
-from shared.schemas import JobRecord, JobState
+from shared.schemas import JobRecord, JobState, Tier
 from shared.store import transition
 from shared.store.base import RedisStore
 
@@ -157,7 +157,7 @@ class JobRecords(RedisStore):
         job_key = self.job_key(change.job_id)
         keys = [job_key, f"{job_key}:history", self.image_key(change.job_id), self.events_key,
                 self.image_key(change.job_id, "light"), self.arrivals_key, self.webhook_key(change.job_id),
-                self.webhooks_due_key]
+                self.webhooks_due_key, self.waiting_key(Tier.light), self.waiting_key(Tier.heavy)]
         states = ",".join(s.value for s in (*change.passing, change.state))
         argv = [states, orjson.dumps(change.detail[:500]), self.ttl, self.done_channel(change.job_id),
                 mode or ("1" if change.create else "0"), change.job_id, change.image, change.image_mode,

@@ -3,7 +3,8 @@
 -- RANK, TERMINAL_RANK and EVENTS_MAX_LENGTH in front of it, from shared/schemas.py (STATE_RANKS),
 -- so the order of the states lives in one place: they are not defined here.
 --
--- KEYS: record, history, final image, events, light image, arrivals counter, webhook delivery, webhook schedule
+-- KEYS: record, history, final image, events, light image, arrivals counter, webhook delivery, webhook schedule,
+--       the light tier's waiting line, the heavy tier's
 -- ARGV: 1 states (comma-separated, the last is the new state), 2 detail json, 3 record ttl, 4 done channel,
 --       5 mode: 0 change a record, 1 create one, 2 create one or advance the one there (see below),
 --       6 job_id, 7 image bytes or "", 8 image mode ("", final, light, promote), 9 image ttl,
@@ -21,6 +22,10 @@
 -- hash (KEYS 7: url, tenant, event type, time, state pending, 0 attempts; it expires with the record) and its
 -- due time, now, in the senders' schedule (KEYS 8, a sorted set of job ids; services/webhooks.py). A terminal
 -- state is reached once, so a job has one delivery, and no crash between the two can lose it.
+-- The tiers' waiting lines (KEYS 9 light, 10 heavy: sorted sets of job ids by when they joined) give a job's
+-- place in its queue in O(log n) (GET /v1/jobs/{id}): a job joins its tier's line when it is routed there or
+-- escalated (heavy), and leaves it at its next state. Members older than the record TTL are trimmed whenever
+-- one joins (a job lost while waiting leaves no member for longer than its record).
 --
 -- Mode 2 is the router's one round trip for a job that the api may have recorded `queued` first: no record,
 -- create it (the states of ARGV 1 on the way too); a record not terminal, in a state of ARGV 13, whose
@@ -125,6 +130,16 @@ elseif ARGV[8] == 'light' then
 elseif ARGV[8] == 'promote' then
   redis.call('RENAME', KEYS[5], KEYS[3])
   redis.call('EXPIRE', KEYS[3], image_ttl)
+end
+if current == 'routed' or current == 'escalated' then
+  redis.call('ZREM', KEYS[9], ARGV[6])
+  redis.call('ZREM', KEYS[10], ARGV[6])
+end
+if state == 'routed' or state == 'escalated' then
+  local line = (state == 'escalated' or tier == 'heavy') and KEYS[10] or KEYS[9]
+  redis.call('ZREMRANGEBYSCORE', line, '-inf', '(' .. (tonumber(at) - ttl))
+  redis.call('ZADD', line, at, ARGV[6])
+  redis.call('EXPIRE', line, ttl)
 end
 if terminal[state] then
   redis.call('DEL', KEYS[5])

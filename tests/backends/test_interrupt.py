@@ -19,10 +19,12 @@ from shared.profiles import ModelProfile
 SLOW_STEPS = 100  # the tiny SD at 64 px: 5 to 40 ms a step on a shared CPU, so 0.5 to 4 s a batch
 
 
-def slow_profile(directory: Path, steps: int = SLOW_STEPS) -> str:
-    """A profile file with one tiny model of many steps (a run of seconds), for cancel tests."""
+def slow_profile(directory: Path, steps: int = SLOW_STEPS, latency_ms: dict[int, float] | None = None) -> str:
+    """A profile file with one tiny model of many steps (a run of seconds), for cancel tests; with
+    `latency_ms`, batch times for the queue model (admission and the ETA)."""
     path = directory / "tiny-slow.json"
-    model = {"name": "tiny-slow", "family": "sd", "steps": steps, "guidance": 0.0, "resolution": 64}
+    model = {"name": "tiny-slow", "family": "sd", "steps": steps, "guidance": 0.0, "resolution": 64,
+             **({"latency_ms": {str(size): ms for size, ms in latency_ms.items()}} if latency_ms else {})}
     path.write_bytes(orjson.dumps({"name": "tiny-slow", "models": {"tiny-slow": model},
                                    "default_light": "tiny-slow", "default_heavy": "tiny-slow"}))
     return str(path)

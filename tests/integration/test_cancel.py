@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -42,9 +44,10 @@ class Deployment:
         return httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {self.key}"}, timeout=60)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deployment(tmp_path_factory):
-    profile = slow_profile(tmp_path_factory.mktemp("profile"), steps=STEPS)
+@asynccontextmanager
+async def deployed(profile: str) -> AsyncIterator[Deployment]:
+    """The router, both tiers, the judge and the api on the tiny pipelines of `profile`, batches of
+    one; the workers are noted in WORKERS."""
     settings = make_settings(backend="tiny", judge_backend="emulated", profile=profile, slo_s=300.0,
                              plan_light_batch=1, plan_heavy_batch=1, batch_wait_ms=500)
     saved = dict(stack_module.SERVICES)
@@ -58,6 +61,12 @@ async def deployment(tmp_path_factory):
     finally:
         stack_module.SERVICES.clear()
         stack_module.SERVICES.update(saved)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def deployment(tmp_path_factory):
+    async with deployed(slow_profile(tmp_path_factory.mktemp("profile"), steps=STEPS)) as running:
+        yield running
 
 
 async def submit(http: httpx.AsyncClient) -> str:

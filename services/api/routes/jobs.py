@@ -69,6 +69,7 @@ async def get_job(job_id: str, request: Request) -> dict:
     caller = await api.caller(request)
     record = await api.own_record(caller, job_id)
     view = record_view(record)
+    view.update(await api.whereabouts.of(record))  # its place in line and its ETA, while it has not ended
     if record.webhook_url is not None:  # its delivery (docs/jobs.md, Webhooks); none yet: pending its end
         view["webhook"] = await api.store.webhook_status(job_id) or {"state": "pending", "attempts": 0}
     return view
