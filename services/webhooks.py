@@ -60,12 +60,16 @@ class Sender:
         try:
             while not stopping.is_set():
                 free = self.settings.webhook_concurrency - len(self.tasks)
+                if free <= 0:  # every connection busy: claim again as soon as one is free
+                    await asyncio.wait(set(self.tasks), timeout=self.settings.webhook_poll_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 claims = await self._claim(free)
                 for claim in claims:
                     task = asyncio.create_task(self.deliver(claim), name=f"webhook-{claim.job_id}")
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
-                if len(claims) < free or not claims:  # nothing more due now: wait a poll (or the stop)
+                if len(claims) < free:  # nothing more due now: wait a poll (or the stop)
                     try:
                         await asyncio.wait_for(stopping.wait(), self.settings.webhook_poll_s)
                     except TimeoutError:

@@ -31,6 +31,10 @@ class Script:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the listen backlog (5 by default: a burst of connections would wait for SYN retries)
+
+
 class Receiver:
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
@@ -48,7 +52,7 @@ class Receiver:
             def do_POST(self) -> None:
                 receiver.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
 
