@@ -1,4 +1,4 @@
-"""`hadis submit` and `hadis status` as a user runs them, against running services."""
+"""`hadis submit`, `hadis status` and `hadis cancel` as a user runs them, against running services."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 import orjson
 import pytest
 
-from tests.helpers import make_settings
+from shared.schemas import Job, JobState
+from shared.store import Change
+from tests.helpers import make_settings, namespace
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.integration
@@ -36,3 +38,16 @@ async def test_submit_writes_png_and_status_prints_the_record(tmp_path):
         assert code == 0 and status["history"] == record["history"]
         code, missing = await hadis(settings.namespace, "status", "no-such-job")
         assert code == 1 and "no such job" in missing["error"]
+
+
+async def test_cancel_ends_a_job_that_has_not_ended_and_refuses_one_that_has():
+    settings = make_settings()
+    async with namespace(settings) as (_, store):
+        job = Job(prompt="a red bicycle")
+        await store.apply(Change(job.job_id, JobState.queued, job.record_fields(job.submitted_at + 60), create=True))
+        code, record = await hadis(settings.namespace, "cancel", job.job_id)
+        assert code == 0 and record["state"] == "cancelled", record
+        code, again = await hadis(settings.namespace, "cancel", job.job_id)
+        assert code == 1 and "cancelled" in again["error"]
+        code, missing = await hadis(settings.namespace, "cancel", "no-such-job")
+        assert code == 1 and "not recorded" in missing["error"]
