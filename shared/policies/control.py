@@ -92,9 +92,10 @@ class PlanSchedule:
         if not gpus and current is not None:
             return None
         if self.decision is None or now - self.decided_at >= self.period_s:
-            with_mix(self.policy, observation.mix)
+            mix = quality.settled_mix(quality.mix_of(current), observation.mix) if current else observation.mix
+            with_mix(self.policy, mix)
             self.decision, self.decided_at = self.policy.decide(observation), now
-            self.decision.update(low_share=observation.mix.low, high_share=observation.mix.high)
+            self.decision.update(low_share=mix.low, high_share=mix.high)
         fields = dict(self.decision)
         if current is not None and not same_decision(current, fields) and self.dwelling(now, current, fields):
             fields.update({name: getattr(current, name) for name in (*DECISION_FIELDS, *SHARE_FIELDS)})

@@ -25,6 +25,7 @@ from shared.policies.quality import (
     observed_mix,
     overall_point,
     rows_for,
+    settled_mix,
 )
 from shared.profiles import load_profile
 from shared.schemas import Plan, Tier
@@ -88,6 +89,14 @@ def test_the_observed_mix_rounds_up_and_stays_a_mix():
     assert observed_mix(10.0, 1.0, 0.0) == QualityMix(low=0.1, high=0.0)
     assert observed_mix(10.0, 1.01, 2.2) == QualityMix(low=0.15, high=0.25)
     assert observed_mix(10.0, 8.0, 8.0).high == 0.8 and observed_mix(10.0, 8.0, 8.0).low == pytest.approx(0.2)
+
+
+def test_a_planned_share_rises_at_once_and_falls_only_when_clearly_lower():
+    planned = QualityMix(low=0.3, high=0.2)
+    assert settled_mix(planned, QualityMix(low=0.35, high=0.1)) == QualityMix(low=0.35, high=0.2)
+    assert settled_mix(planned, QualityMix(low=0.2, high=0.05)) == QualityMix(low=0.3, high=0.05)
+    assert settled_mix(planned, QualityMix(low=0.15, high=0.2)) == QualityMix(low=0.15, high=0.2)
+    assert settled_mix(QualityMix(low=0.6), QualityMix(low=0.55, high=0.45)) == QualityMix(low=0.55, high=0.45)
 
 
 def test_the_mix_tracker_follows_the_arrivals():
