@@ -112,7 +112,8 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) ->
                     return
                 if (now_where := await api.whereabouts.of(record)) != where:  # its place in line moved
                     where = now_where
-                    yield sse("position", {"job_id": job_id, "state": record.state.value, **where})
+                    yield sse("position", {"job_id": job_id, "at": time.time(), "state": record.state.value,
+                                           **where})
             else:
                 yield sse("progress", {"job_id": job_id, "at": event.at, "step": event.step, "steps": event.steps,
                                        "model": event.model, "eta_s": api.whereabouts.running_eta(
