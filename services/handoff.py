@@ -45,7 +45,8 @@ class Handoff:
 
     async def claim(self, items: list[Claimed], model: str) -> list[Claimed]:
         """Claim `generating` for the items in one round trip: those this worker is to generate."""
-        started = {"tier": self.tier.value, "model": model}
+        # Step 0 of the model's steps: an escalated job's record forgets its light batch's last step.
+        started = {"tier": self.tier.value, "model": model, "step": 0, "steps": self.model.profile.model(model).steps}
         changes = [Change(item.job_id, JobState.generating, started, owner=self.owner) for item in items]
         try:
             outcomes = await self.service.store.apply_many(changes)

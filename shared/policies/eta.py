@@ -35,12 +35,13 @@ def eta_s(state: JobState, tier: TierModel, position: int | None = None, step: i
       flight end (half a batch), then the line drains `batch * gpus` jobs a batch time, up to and
       including the job's own batch;
     - `generating`, with a step reported: the rest of its batch, `(steps - step) / steps` of one;
-    - `generating`, not started (claimed behind the batch its GPU runs): half a batch, then its own.
+    - `generating`, not started (step 0 or none: claimed behind the batch its GPU runs): half a
+      batch, then its own.
     """
     if tier.gpus < 1 or tier.batch < 1 or tier.batch_s <= 0:
         return None
     if state is JobState.generating:
-        if step is not None and steps:
+        if step and steps:
             return tier.batch_s * max(steps - step, 0) / steps
         return 1.5 * tier.batch_s
     if state in (JobState.routed, JobState.escalated) and position is not None:

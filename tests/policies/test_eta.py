@@ -33,6 +33,7 @@ def test_a_running_job_has_the_rest_of_its_batch() -> None:
     assert eta_s(JobState.generating, TIER, step=7, steps=28) == pytest.approx(2.0 * 21 / 28)
     assert eta_s(JobState.generating, TIER, step=28, steps=28) == 0.0
     assert eta_s(JobState.generating, TIER) == pytest.approx(3.0)  # claimed, behind the GPU's batch
+    assert eta_s(JobState.generating, TIER, step=0, steps=28) == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("state", [JobState.queued, JobState.judging, JobState.done, JobState.cancelled])
