@@ -48,7 +48,7 @@ class RunningJobs:
         self.service, self.tier, self.claimed, self.current = service, tier, claimed, current
         self.batches: dict[int, tuple[list[str], Generator]] = {}  # running: key -> job ids, generator
         self.written: dict[int, int] = {}  # key -> the step last written
-        self.cancelled: dict[str, float] = {}  # claimed job -> when its cancel came (monotonic)
+        self.cancelled: dict[str, float] = {}  # claimed job -> when its cancel came (monotonic); at most the claims
         self.next_key = 0
 
     @contextlib.contextmanager
@@ -67,6 +67,10 @@ class RunningJobs:
         """A job was cancelled: flag it if this worker holds it (others' ids are ignored)."""
         if job_id not in self.claimed or job_id in self.cancelled:
             return
+        # Bounded by the claims: a job settled without passing drop_cancelled (its result was
+        # being stored: the store refused it) leaves its entry, dropped here.
+        for gone in [held for held in self.cancelled if held not in self.claimed]:
+            del self.cancelled[gone]
         self.cancelled[job_id] = time.monotonic()
         generators = {id(g): g for _, g in self.batches.values()}
         current = self.current()  # the model's: a job not yet in a batch is flagged when its batch begins
