@@ -105,6 +105,8 @@ class Sender:
             outcome = await self.client.post(claim.url, body, headers)
             step = policy.after_attempt(self.schedule, claim.attempt, outcome, random.random())
             settled = await self.store.settle_webhook(claim, step.state, step.delay_s, outcome.status, outcome.error)
+            result = "retry" if step.state is policy.DeliveryState.pending else step.state.value
+            metrics.observe_webhook_attempt(result, time.time() - claim.at)
             log.info("webhook_attempt", job_id=claim.job_id, attempt=claim.attempt, status=outcome.status,
                      error=outcome.error or None, state=step.state.value, retry_in_s=round(step.delay_s, 3),
                      took_s=round(time.monotonic() - started, 3), settled=settled)

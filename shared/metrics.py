@@ -28,6 +28,8 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_api_request_seconds{route}           time to answer (an images request includes its wait)
     hadis_api_jobs_accepted_total{tenant}      jobs the api published (202, or an images request's jobs)
     hadis_api_refused_total{tenant,reason}     auth | rate | quota | invalid | unavailable | busy
+    hadis_webhook_attempts_total{result}       delivered | retry | failed (the webhook sender)
+    hadis_webhook_delivered_seconds            from a job's end to its webhook delivered, every attempt included
 
 The escalation rate is a ratio of counters, computed where it is read, e.g. in PromQL:
     sum(rate(hadis_judge_verdicts_total{verdict="escalated"}[1m])) / sum(rate(hadis_judge_verdicts_total[1m]))
@@ -132,6 +134,12 @@ WORKERS = Gauge("hadis_workers", "Live workers (their heartbeats) per tier and m
 AGENT_UP = Gauge("hadis_agent_up", "1 while a host's agent registers; 0 once it stopped without leaving (its GPUs "
                  "stay in the plan for HADIS_GPU_ABSENT_S); gone after a clean departure or the grace",
                  ["host"], registry=REGISTRY)
+WEBHOOK_ATTEMPTS = Counter("hadis_webhook_attempts", "Webhook delivery attempts, by what came of them: delivered, "
+                           "retry (pending again) or failed (given up)", ["result"], registry=REGISTRY)
+WEBHOOK_DELIVERED_SECONDS = Histogram("hadis_webhook_delivered_seconds", "From a job's end to its webhook delivered",
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 7200),
+                                      registry=REGISTRY)
+WEBHOOK_RESULTS = ("delivered", "retry", "failed")
 TIERS = ("light", "heavy")
 PARKED_REASONS = ("oversized", "no_job_id")  # the controller's own; others are the error's type name
 
@@ -340,6 +348,13 @@ def observe_api_refused(tenant: str, reason: str) -> None:
     API_REFUSED.labels(tenant, reason).inc()
 
 
+def observe_webhook_attempt(result: str, since_end_s: float | None = None) -> None:
+    """One webhook attempt's result (WEBHOOK_RESULTS); a delivered one with its time since the job ended."""
+    WEBHOOK_ATTEMPTS.labels(result).inc()
+    if result == "delivered" and since_end_s is not None:
+        WEBHOOK_DELIVERED_SECONDS.observe(max(since_end_s, 0.0))
+
+
 def zero_outcomes() -> None:
     """Every outcome series a job can reach, at 0 (the module docstring says why)."""
     for tier in TIERS:
@@ -354,6 +369,8 @@ def zero_outcomes() -> None:
         JOBS_FINISHED.labels(tier, JobState.cancelled.value)  # never a violation
     for reason in PARKED_REASONS:
         DEAD_LETTERS_PARKED.labels(reason)
+    for result in WEBHOOK_RESULTS:
+        WEBHOOK_ATTEMPTS.labels(result)
 
 
 zero_outcomes()

@@ -250,3 +250,30 @@ async def test_hadis_webhook_sets_a_tenants_default_and_rotates_its_secret(capsy
         assert other["tenant"] is None and other["secrets"][0] not in (rotated["secret"], shown["secrets"][0])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["webhook", "set", "--tenant", "acme", "--url", "ftp://acme.example/"])
+
+
+async def test_every_resolved_address_is_checked_and_the_checked_one_is_connected_to() -> None:
+    """A name that resolves to a public and a private address is refused (a resolver may hand out
+    either next time); one that resolves to an allowed address is reached at that address, with the
+    name in the Host header (the name is not resolved again: DNS rebinding has no second lookup)."""
+    from shared.policies.webhooks import parse_networks
+    from shared.webhook_client import Bounds, WebhookClient
+
+    answers = {"mixed.example": ["93.184.215.14", "10.1.2.3"], "hooks.example": ["127.0.0.1"]}
+    looked_up: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return answers[host]
+
+    client = WebhookClient(Bounds(total_s=2.0, allowed=parse_networks("127.0.0.1")), resolver)
+    try:
+        with receiving() as receiver:
+            mixed = await client.post(f"http://mixed.example:{receiver.port}/hook", b"{}", {})
+            reached = await client.post(f"http://hooks.example:{receiver.port}/hook", b"{}", {})
+    finally:
+        await client.close()
+    assert mixed.refused and "93.184.215.14" not in mixed.error and "10.1.2.3 is private" in mixed.error
+    assert reached.status == 200 and looked_up == ["mixed.example", "hooks.example"]
+    [request] = receiver.received
+    assert request.headers["host"] == f"hooks.example:{receiver.port}"
