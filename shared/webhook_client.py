@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -56,12 +57,13 @@ class WebhookClient:
     """Attempts at most `bounds.concurrency` connections at once (the pool's limit; the sender also
     claims no more deliveries than that)."""
 
-    def __init__(self, bounds: Bounds, resolver: Resolver = resolve) -> None:
+    def __init__(self, bounds: Bounds, resolver: Resolver = resolve, verify: ssl.SSLContext | bool = True) -> None:
+        """`verify`: httpx's (the system's CAs by default; a test gives a context that trusts its own CA)."""
         self.bounds = bounds
         self.resolver = resolver
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(bounds.total_s, connect=bounds.connect_s), follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=bounds.concurrency, max_keepalive_connections=0))
+            limits=httpx.Limits(max_connections=bounds.concurrency, max_keepalive_connections=0), verify=verify)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -5,6 +5,7 @@ order, a delay, a huge body)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ class Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    def __init__(self, script: Script | None = None) -> None:
+    def __init__(self, script: Script | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.script = script or Script()
         self.received: list[Received] = []
         self.body_written = 0  # bytes of answer bodies the socket took, in all
@@ -53,6 +54,8 @@ class Receiver:
                 receiver.handle(self)
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:  # https: the listening socket wrapped (each connection's handshake in its thread)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
 
@@ -95,8 +98,8 @@ class Receiver:
 
 
 @contextmanager
-def receiving(script: Script | None = None) -> Iterator[Receiver]:
-    receiver = Receiver(script)
+def receiving(script: Script | None = None, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    receiver = Receiver(script, tls)
     thread = threading.Thread(target=receiver.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

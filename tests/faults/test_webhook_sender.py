@@ -96,4 +96,4 @@ async def test_kill_9_in_the_middle_of_an_attempt_loses_nothing() -> None:
                 stop(first)
     assert status["state"] == "delivered" and status["attempts"] == 2
     assert len(receiver.received) == 2 and receiver.received[-1].status == 200
-    assert took < 9.0 + 5.0  # the lease, and a start
+    assert took < 9.0 + 10.0  # the lease, and a process's start on a loaded machine

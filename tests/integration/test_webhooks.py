@@ -109,7 +109,7 @@ async def test_a_done_job_through_the_services_is_delivered_once_and_signed() ->
     assert status["attempts"] == 1 and status["last_status"] == 200 and status["next_attempt_at"] is None
     latency = request.at - record.history[-1].at
     print(f"delivered {latency * 1000:.0f} ms after done")
-    assert 0 <= latency < 2.0
+    assert 0 <= latency < 5.0  # a poll (0.05 s here) and an attempt; generous for a loaded machine
 
 
 async def test_a_receiver_failing_twice_gets_one_success_on_the_third_attempt() -> None:
@@ -155,7 +155,7 @@ async def test_a_slow_receiver_times_out_and_is_tried_again() -> None:
                 status = await delivery_state(store, job_id, ("pending",), timeout_s=10)
             took = time.monotonic() - started
     assert status["last_error"] == "no answer within 1 s" and status["last_status"] is None
-    assert took < 3.0 and status["next_attempt_at"] > time.time() + 20
+    assert took < 3.9 and status["next_attempt_at"] > time.time() + 20  # before the receiver's answer (4 s)
     assert len(receiver.received) == 1
 
 
@@ -169,7 +169,7 @@ async def test_a_huge_answer_is_not_read_beyond_the_bound() -> None:
             status = await delivery_state(store, job_id, ("delivered", "failed"))
             took = time.monotonic() - started
             await asyncio.sleep(0.5)
-    assert status["state"] == "delivered" and took < 3.0
+    assert status["state"] == "delivered" and took < 10.0
     assert receiver.body_written < 32 * 2**20  # what the sockets' buffers took, not 200 MiB
 
 
@@ -277,3 +277,38 @@ async def test_every_resolved_address_is_checked_and_the_checked_one_is_connecte
     assert reached.status == 200 and looked_up == ["mixed.example", "hooks.example"]
     [request] = receiver.received
     assert request.headers["host"] == f"hooks.example:{receiver.port}"
+
+
+async def test_https_is_verified_against_the_urls_name_at_the_checked_address(tmp_path) -> None:
+    """The connection goes to the checked address, and TLS still checks the certificate against the
+    URL's host (SNI): a certificate for hooks.example passes there, and fails for another name."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from shared.policies.webhooks import parse_networks
+    from shared.webhook_client import Bounds, WebhookClient
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=hooks.example", "-addext", "subjectAltName=DNS:hooks.example"],
+                   check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    client = WebhookClient(Bounds(total_s=3.0, allowed=parse_networks("127.0.0.1")), resolver, verify=trusting)
+    try:
+        with receiving(tls=server_tls) as receiver:
+            good = await client.post(f"https://hooks.example:{receiver.port}/hook", b"{}", {})
+            wrong = await client.post(f"https://other.example:{receiver.port}/hook", b"{}", {})
+    finally:
+        await client.close()
+    assert good.status == 200, good
+    assert wrong.status is None and "certificate" in wrong.error.lower(), wrong
+    assert [item.headers["host"] for item in receiver.received] == [f"hooks.example:{receiver.port}"]
