@@ -53,7 +53,9 @@ return out
 
 # KEYS: the schedule, the delivery. ARGV: 1 job id, 2 the attempt claimed, 3 the new state, 4 the wait (s)
 # when pending, 5 the status code or "", 6 the error or "". Applies only while the attempt is still the
-# delivery's latest (a sender whose lease ran out and was overtaken changes nothing): 1, else 0.
+# delivery's latest (a sender whose lease ran out and was overtaken changes nothing): 1, else 0. A delivery
+# pending again lives at least 10 minutes past its next attempt, should the record expire sooner (a short
+# HADIS_JOB_TTL_S): its event then carries the job's id and state only.
 _SETTLE = """
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
 local t = redis.call('TIME')
@@ -62,6 +64,8 @@ local fields = {'state', ARGV[3], 'last_status', ARGV[5], 'last_error', ARGV[6],
 if ARGV[3] == 'pending' then
   local due = now + tonumber(ARGV[4])
   redis.call('ZADD', KEYS[1], due, ARGV[1])
+  local keep = math.ceil(tonumber(ARGV[4])) + 600
+  if redis.call('TTL', KEYS[2]) < keep then redis.call('EXPIRE', KEYS[2], keep) end
   fields[#fields + 1] = 'next_at'; fields[#fields + 1] = tostring(due)
 else
   redis.call('ZREM', KEYS[1], ARGV[1])

@@ -312,3 +312,20 @@ async def test_https_is_verified_against_the_urls_name_at_the_checked_address(tm
     assert good.status == 200, good
     assert wrong.status is None and "certificate" in wrong.error.lower(), wrong
     assert [item.headers["host"] for item in receiver.received] == [f"hooks.example:{receiver.port}"]
+
+
+async def test_a_delivery_outlives_a_short_record_ttl_and_an_overtaken_attempt_changes_nothing() -> None:
+    from shared.policies.webhooks import DeliveryState
+
+    async with store_of(fast_settings(job_ttl_s=60)) as store:
+        job_id = await ended_job(store, "http://127.0.0.1:9/hook")
+        [first] = await store.claim_webhooks(10, 5.0)
+        assert await store.settle_webhook(first, DeliveryState.pending, 0.0, 500)
+        [second] = await store.claim_webhooks(10, 5.0)
+        assert second.attempt == 2
+        assert not await store.settle_webhook(first, DeliveryState.delivered, status=200)  # overtaken
+        assert await store.settle_webhook(second, DeliveryState.pending, 5000.0, 503)
+        ttl = await store._redis.ttl(store.webhook_key(job_id))
+        status = await store.webhook_status(job_id)
+    assert 5600 - 5 <= ttl <= 5600
+    assert status is not None and status["state"] == "pending" and status["last_status"] == 503
