@@ -42,8 +42,9 @@ FIELDS_AND_DEFAULTS = [
     ('api_key_cache_s', 30.0), ('webhook_max_attempts', 10), ('webhook_retry_first_s', 8.0),
     ('webhook_retry_max_s', 1800.0), ('webhook_retry_jitter', 0.2), ('webhook_connect_timeout_s', 5.0),
     ('webhook_timeout_s', 15.0), ('webhook_max_response_bytes', 4096), ('webhook_concurrency', 32),
-    ('webhook_poll_s', 0.25), ('webhook_allow_private', False), ('webhook_allow_networks', ''), ('event_loop', 'auto'), ('cpu_profile_dir', ''), ('metrics_port', None),
-    ('log_format', 'auto'), ('log_level', 'info'),
+    ('webhook_poll_s', 0.25), ('webhook_allow_private', False), ('webhook_allow_networks', ''),
+    ('event_loop', 'auto'), ('cpu_profile_dir', ''), ('metrics_port', None), ('log_format', 'auto'),
+    ('log_level', 'info'),
 ]
 
 
