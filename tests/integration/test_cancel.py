@@ -26,7 +26,7 @@ from tests.stack import running_api, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-STEPS = 60  # the tiny SD at 64 px: 5 to 40 ms a step on a shared CPU core
+STEPS = 150  # the tiny SD at 64 px: 5 to 40 ms a step on a shared CPU core, so 0.75 to 6 s a batch
 WORKERS: dict[str, TierWorker] = {}  # the stack's workers, by tier, to watch their model's batches
 
 

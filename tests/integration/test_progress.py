@@ -17,7 +17,7 @@ from tests.integration.test_cancel import WORKERS, deployed, ended, submit, unti
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-STEPS = 150  # the tiny SD at 64 px: 5 to 40 ms a step, so about 1 to 6 s a batch
+STEPS = 300  # the tiny SD at 64 px: 5 to 40 ms a step, so 1.5 to 12 s a batch: progress is written every 0.5 s
 BATCH_MS = {1: 2000.0, 2: 3000.0}  # the profile's batch times, for the queue model
 
 
