@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import ConfigDict
 
 from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, StepControl
+from shared.backends.previews import PreviewSink, with_previews
 from shared.profiles import ModelProfile
 
 
@@ -31,6 +32,8 @@ class GenerationInput:
     seed: int
     width: int
     height: int
+    previews: int = 0  # previews wanted while it generates (0-3: shared/policies/previews.py)
+    preview_format: str = "png"  # the job's output format, which its previews take too
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,15 @@ class Generator(ABC):
         """One image per input, in order. Raises on failure; calls control.step after each
         denoising step (which raises GenerationCancelled when every job is cancelled)."""
 
-    def generate_timed(self, batch: list[GenerationInput]) -> Generated:
+    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
+        """generate, watched and cancellable through the book; `on_preview` takes the previews the
+        batch's jobs asked for, as they are made (on this thread)."""
         job_ids = [item.job_id for item in batch]
         seq = self.book.begin(job_ids)
         started = time.perf_counter()
         try:
-            images = self.generate(batch, self.book.block.control(seq))
+            control = with_previews(self.book.block.control(seq), batch, self.model.steps, on_preview)
+            images = self.generate(batch, control)
         finally:
             self.book.end(job_ids)
         seconds = time.perf_counter() - started

@@ -24,7 +24,8 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 SLOTS = 8
 MAX_ROWS = 64
@@ -127,10 +128,18 @@ class StepControl:
         if self.block.cancelled(self.seq, self.start, self.stop):
             raise GenerationCancelled(f"every job of batch {self.seq} was cancelled (at step {step} of {steps})")
 
-    def on_step_end(self, steps: int):
-        """diffusers' `callback_on_step_end`: called after each denoising step with its index."""
+    def preview(self, step: int, steps: int, render: Callable[[list[int]], list[Any]]) -> None:
+        """After step `step`: previews of the rows that asked for one here (`render` decodes the
+        rows it is given, in the part's numbering). None by default: a batch without previews
+        decodes nothing (shared/backends/previews.py's PreviewControl takes them)."""
+
+    def on_step_end(self, steps: int, decode: Callable[[Any, list[int]], list[Any]] | None = None):
+        """diffusers' `callback_on_step_end`: called after each denoising step with its index;
+        `decode(latents, rows)` makes the previews due then (none without it)."""
         def callback(pipeline, index: int, timestep, kwargs: dict) -> dict:
             self.step(index + 1, steps)
+            if decode is not None:
+                self.preview(index + 1, steps, lambda rows: decode(kwargs["latents"], rows))
             return {}
         return callback
 

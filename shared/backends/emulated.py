@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from functools import partial
 
 from PIL import Image
 
@@ -35,10 +36,22 @@ def placeholder_image(seed: int) -> Image.Image:
     return Image.new("RGB", (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE), tuple(colour))
 
 
+def placeholder_preview(seed: int, step: int, steps: int) -> Image.Image:
+    """A preview of the placeholder at `step`: grey fading to the final colour, so the previews of
+    an emulated run differ from each other and from the image, as a model's would."""
+    final = placeholder_image(seed)
+    return Image.blend(Image.new("RGB", final.size, (128, 128, 128)), final, step / max(steps, 1))
+
+
+def placeholders(batch: list[GenerationInput], step: int, steps: int, rows: list[int]) -> list[Image.Image]:
+    return [placeholder_preview(batch[row].seed, step, steps) for row in rows]
+
+
 class EmulatedGenerator(Generator):
     """Sleeps the profiled batch latency times `time_scale`, then returns placeholders. The sleep
     is cut in the model's steps, each reported to the batch's control, so a cancel stops it at the
-    next step as it would stop the model.
+    next step as it would stop the model; previews (placeholder_preview) are made at the steps a
+    model's would be, so the experiments exercise their path.
 
     `fail_pattern` injects faults for chaos and poison-job tests: a batch holding a prompt that
     matches it raises, every time, as a model that chokes on an input would."""
@@ -64,6 +77,7 @@ class EmulatedGenerator(Generator):
             for step in range(1, steps + 1):  # each step ends at its share of the total: no drift from steps
                 time.sleep(max(started + total_s * step / steps - time.perf_counter(), 0.0))
                 control.step(step, steps)
+                control.preview(step, steps, partial(placeholders, batch, step, steps))
         return [placeholder_image(item.seed) for item in batch]
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderTiny, DiffusionPipeline
 from PIL import Image
 
 from shared.backends.base import GenerationInput
 from shared.backends.control import NO_CONTROL, StepControl
 from shared.profiles import ModelProfile
 
+LatentDecoder = Callable[[torch.Tensor, list[int]], list[Image.Image]]
+
 
 def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[GenerationInput],
-                 control: StepControl = NO_CONTROL) -> list[Image.Image]:
+                 control: StepControl = NO_CONTROL, decode: LatentDecoder | None = None) -> list[Image.Image]:
     """The model's steps and guidance at its resolution; the negative prompt only with guidance.
     A CPU generator per image: the same seed gives the same starting noise on any device.
 
@@ -32,20 +36,35 @@ def run_pipeline(pipeline: DiffusionPipeline, model: ModelProfile, batch: list[G
             width=model.resolution,
             generator=generators,
             output_type="pil",
-            callback_on_step_end=control.on_step_end(model.steps),
+            callback_on_step_end=control.on_step_end(model.steps, decode),
         )
     return list(output.images)
 
 
-def run_open(pipeline: DiffusionPipeline | None, model: ModelProfile,
-             batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
+def run_open(pipeline: DiffusionPipeline | None, model: ModelProfile, batch: list[GenerationInput],
+             control: StepControl = NO_CONTROL, decode: LatentDecoder | None = None) -> list[Image.Image]:
     """run_pipeline for a generator that may be closed: nothing for no inputs (no pipeline call),
     an error once closed (its pipeline is gone: a call would be a use after close)."""
     if not batch:
         return []
     if pipeline is None:
         raise RuntimeError("generator is closed")
-    return run_pipeline(pipeline, model, batch, control)
+    return run_pipeline(pipeline, model, batch, control, decode)
+
+
+def latent_decoder(vae: AutoencoderTiny) -> LatentDecoder:
+    """Previews from a step's latents: a small decoder (TAESD's architecture, AutoencoderTiny) run
+    on the rows due only, after undoing the pipeline's latent scaling as its own VAE would (the
+    decoder's config: TAESD's 1.0 and 0.0 for SD and SDXL, TAESD3's for SD3). A few ms a row on a
+    CPU at the tiny size, far less than the pipeline's VAE at full size."""
+    def decode(latents: torch.Tensor, rows: list[int]) -> list[Image.Image]:
+        with torch.inference_mode():
+            picked = latents[rows].to(device=vae.device, dtype=vae.dtype)
+            picked = picked / vae.config.scaling_factor + vae.config.shift_factor
+            pixels = (vae.decode(picked).sample / 2 + 0.5).clamp(0, 1)
+            array = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(image) for image in array]
+    return decode
 
 
 def warm_up_input(model: ModelProfile) -> GenerationInput:

@@ -28,32 +28,39 @@ SIGKILL if the worker dies first (Linux parent-death signal).
 
 from __future__ import annotations
 
-import io
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, BinaryIO, Literal
 
-import orjson
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from shared.backends.base import Generated, GenerationInput, Generator
 from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, GenerationCancelled, StepControl
+from shared.backends.frames import (
+    PREVIEW_PREFIX,
+    ImageFrame,
+    Message,
+    PreviewFrame,
+    ReadStream,
+    image_frames,
+    read_exactly,
+    read_header,
+    take_preview,
+    write_frame,
+)
+from shared.backends.previews import Preview, PreviewSink, with_previews
 from shared.errors import BackendFailed
 from shared.profiles import ModelProfile, load_profile
 
-HEADER_LENGTH = struct.Struct(">I")
-MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
 CLOSE_WAIT_S = 10.0
@@ -69,11 +76,7 @@ class ModelProcessFailed(Exception):
     """The model's process keeps dying: this worker cannot serve (fatal; not a job's fault)."""
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoadRequest(_Message):
+class LoadRequest(Message):
     op: Literal["load"] = "load"
     kind: str
     profile: str
@@ -84,13 +87,13 @@ class LoadRequest(_Message):
     fail_pattern: str | None = None
 
 
-class GenerateRequest(_Message):
+class GenerateRequest(Message):
     op: Literal["generate"] = "generate"
     inputs: list[GenerationInput]
     seq: int = 0  # the batch's slot in the control block (0: none)
 
 
-class UnloadRequest(_Message):
+class UnloadRequest(Message):
     op: Literal["unload"] = "unload"
 
 
@@ -98,61 +101,12 @@ Request = Annotated[LoadRequest | GenerateRequest | UnloadRequest, Field(discrim
 REQUEST = TypeAdapter(Request)
 
 
-class ImageFrame(_Message):
-    mode: str
-    width: int
-    height: int
-    size: int  # bytes of raw pixels that follow the header
-
-
-class Reply(_Message):
+class Reply(Message):
     ok: bool
     error_type: str | None = None
     error: str | None = None
     images: list[ImageFrame] = []
     seconds: float = 0.0
-
-
-# Framing: both ends --------------------------------------------------------------------------
-
-# The read end of a pipe: os.fdopen(fd, "rb") is buffered, with buffering=0 raw; both have readinto.
-ReadStream = io.BufferedIOBase | io.RawIOBase
-
-
-def write_frame(stream: BinaryIO, header: _Message, blobs: Sequence[bytes] = ()) -> None:
-    data = orjson.dumps(header.model_dump(mode="json"))
-    stream.write(HEADER_LENGTH.pack(len(data)))
-    stream.write(data)
-    for blob in blobs:
-        stream.write(blob)
-    stream.flush()
-
-
-def read_exactly(stream: ReadStream, size: int) -> bytes:
-    """`size` bytes; an unbuffered pipe returns at most what is there, so read until complete."""
-    data = bytearray(size)
-    view, got = memoryview(data), 0
-    while got < size:
-        count = stream.readinto(view[got:])
-        if not count:
-            raise EOFError("the pipe closed mid-frame" if got else "the pipe closed")
-        got += count
-    return bytes(data)
-
-
-def read_header(stream: ReadStream) -> bytes:
-    (length,) = HEADER_LENGTH.unpack(read_exactly(stream, HEADER_LENGTH.size))
-    if length > MAX_HEADER_BYTES:
-        raise ValueError(f"frame header of {length} bytes exceeds {MAX_HEADER_BYTES}")
-    return read_exactly(stream, length)
-
-
-def image_frames(images: list[Image.Image]) -> tuple[list[ImageFrame], list[bytes]]:
-    rgb = [image.convert("RGB") if image.mode != "RGB" else image for image in images]
-    pixels = [image.tobytes() for image in rgb]
-    frames = [ImageFrame(mode="RGB", width=image.width, height=image.height, size=len(data))
-              for image, data in zip(rgb, pixels, strict=True)]
-    return frames, pixels
 
 
 def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
@@ -170,9 +124,10 @@ def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
 class ModelServer:
     """The child's side: one generator at a time, built by the same factory the worker uses."""
 
-    def __init__(self, block: ControlBlock | None = None) -> None:
+    def __init__(self, block: ControlBlock | None = None, replies: BinaryIO | None = None) -> None:
         self.generator: Generator | None = None
         self.block = block  # the worker's control block (cancel flags, steps), when it shares one
+        self.replies = replies  # where previews go as they are made (none: a batch makes none)
 
     def handle(self, request: LoadRequest | GenerateRequest | UnloadRequest) -> tuple[Reply, list[bytes]]:
         started = time.perf_counter()
@@ -185,9 +140,17 @@ class ModelServer:
         if self.generator is None:
             raise RuntimeError("no model is loaded")
         control = self.block.control(request.seq) if self.block is not None and request.seq else NO_CONTROL
+        control = with_previews(control, request.inputs, self.generator.model.steps,
+                                self.send_preview if self.replies is not None else None)
         images = self.generator.generate(request.inputs, control)
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
+
+    def send_preview(self, preview: Preview) -> None:
+        assert self.replies is not None  # only a server with a reply pipe is given previews
+        write_frame(self.replies, PreviewFrame(job_id=preview.job_id, index=preview.index, step=preview.step,
+                                               steps=preview.steps, format=preview.format, size=len(preview.data)),
+                    [preview.data])
 
     def load(self, request: LoadRequest) -> None:
         self.unload()
@@ -200,7 +163,7 @@ class ModelServer:
 
 
 def serve(requests: ReadStream, replies: BinaryIO, block: ControlBlock | None = None) -> None:
-    server = ModelServer(block)
+    server = ModelServer(block, replies)
     while True:
         try:
             header = read_header(requests)
@@ -252,6 +215,13 @@ class Pending:
     timeout_s: float
     sent_at: float = field(default_factory=time.perf_counter)
     reply: Future = field(default_factory=Future)  # (Reply, pixels, seconds)
+    on_preview: PreviewSink | None = None  # takes the previews that come before the reply
+    waited_from: float | None = None  # when the reader began to wait for it: previews do not extend its bound
+
+    def remaining_s(self) -> float:
+        if self.waited_from is None:
+            self.waited_from = time.perf_counter()
+        return max(self.timeout_s - (time.perf_counter() - self.waited_from), 0.0)
 
 
 class ModelProcess:
@@ -283,13 +253,17 @@ class ModelProcess:
     def load(self, request: LoadRequest) -> None:
         self.call(request, self.load_timeout_s)
 
-    def generate(self, inputs: list[GenerationInput]) -> Generated:
+    def generate(self, inputs: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
         """The batch's images; its seconds run from the end of the batch before it (or from
-        sending, if the child was idle) to its reply, its busy time is the child's own."""
+        sending, if the child was idle) to its reply, its busy time is the child's own. Previews
+        go to `on_preview` (on the reader thread) as the child makes them."""
         job_ids = [item.job_id for item in inputs]
         seq = self.book.begin(job_ids)
+        if on_preview is None:  # nobody takes them: the child makes none
+            inputs = [replace(item, previews=0) if item.previews else item for item in inputs]
         try:
-            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq), self.generate_timeout_s)
+            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq), self.generate_timeout_s,
+                                               on_preview)
         finally:
             self.book.end(job_ids)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
@@ -300,17 +274,18 @@ class ModelProcess:
         if self.alive:
             self.call(UnloadRequest(), self.load_timeout_s)
 
-    def call(self, request: Request, timeout_s: float) -> tuple[Reply, list[bytes], float]:
-        reply, pixels, seconds = self.send(request, timeout_s).reply.result()
+    def call(self, request: Request, timeout_s: float, on_preview: PreviewSink | None = None
+             ) -> tuple[Reply, list[bytes], float]:
+        reply, pixels, seconds = self.send(request, timeout_s, on_preview).reply.result()
         if not reply.ok and reply.error_type == GenerationCancelled.__name__:
             raise GenerationCancelled(reply.error)
         if not reply.ok:
             raise BackendFailed(f"{reply.error_type}: {reply.error}")
         return reply, pixels, seconds
 
-    def send(self, request: Request, timeout_s: float) -> Pending:
+    def send(self, request: Request, timeout_s: float, on_preview: PreviewSink | None = None) -> Pending:
         """Write the request (starting the child, or restarting it with its last model, first)."""
-        pending = Pending(timeout_s)
+        pending = Pending(timeout_s, on_preview=on_preview)
         with self.lock:
             try:
                 if not self.alive:
@@ -378,9 +353,13 @@ class ModelProcess:
                         return
                     continue
                 try:
-                    if not wait_readable(replies, head.timeout_s):
+                    if not wait_readable(replies, head.remaining_s()):
                         raise TimeoutError(f"no reply within {head.timeout_s:g} s")
-                    reply = Reply.model_validate_json(read_header(replies))
+                    header = read_header(replies)
+                    if header.startswith(PREVIEW_PREFIX):  # a preview of this batch: its reply is still to come
+                        take_preview(header, replies, head.on_preview)
+                        continue
+                    reply = Reply.model_validate_json(header)
                     pixels = [read_exactly(replies, frame.size) for frame in reply.images]
                 except (OSError, EOFError, ValueError, TimeoutError) as error:
                     self.kill(f"{type(error).__name__}: {error}", process)
@@ -460,10 +439,10 @@ class ProcessGenerator(Generator):
     def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         return self.generate_timed(batch).images
 
-    def generate_timed(self, batch: list[GenerationInput]) -> Generated:
+    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
         if not batch:
             return Generated([], 0.0, 0.0)
-        return self.process.generate(batch)
+        return self.process.generate(batch, on_preview)
 
     def close(self) -> None:
         self.process.unload()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -39,7 +40,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from shared.backends.base import GenerationInput, Generator
 from shared.backends.control import NO_CONTROL, StepControl
-from shared.backends.generation import run_open, warm_up_input
+from shared.backends.generation import latent_decoder, run_open, warm_up_input
 from shared.profiles import ModelProfile
 
 # The real CLIP BPE: 256 byte symbols, their word-final forms, 48,894 merges, 2 specials.
@@ -222,6 +223,16 @@ def _build_sd3(model: ModelProfile) -> DiffusionPipeline:
     )
 
 
+def preview_vae(model: ModelProfile) -> AutoencoderTiny:
+    """The previews' decoder: TAESD's architecture (AutoencoderTiny, TAESD3's 16 latent channels
+    for SD3) at the tiny size, random weights seeded like the pipeline's: 8x upsampling in three
+    levels of 8 channels, one block each."""
+    with _seeded(WEIGHTS_SEED):
+        return AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                               num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4,
+                               latent_channels=16 if model.family == "sd3" else 4)
+
+
 BUILDERS: dict[str, Callable[[ModelProfile], DiffusionPipeline]] = {
     "sd": _build_sd,
     "sdxl": _build_sdxl,
@@ -256,9 +267,10 @@ class TinyGenerator(Generator):
         super().__init__(model)
         self.device = torch.device(device)
         self.pipeline: DiffusionPipeline | None = build_pipeline(model).to(self.device)
+        self.decode_preview = latent_decoder(preview_vae(model).to(self.device))
 
     def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
-        return run_open(self.pipeline, self.model, batch, control)
+        return run_open(self.pipeline, self.model, batch, control, self.decode_preview)
 
     def warm_up(self) -> None:
         self.generate([warm_up_input(self.model)])
