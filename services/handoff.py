@@ -115,7 +115,8 @@ class Handoff:
         task = item.task
         with bind_job(item.job_id):
             plan, now = self.service.plans.current, self.clock()
-            fallback = engine.fallback(plan, self.tier, task.escalated, now, task.deadline, self.times)
+            fallback = engine.fallback(plan, self.tier, task.escalated, now, task.deadline, self.times,
+                                       task.job.quality)
             try:
                 if fallback is Fallback.serve_light and await self.serve_light_image(
                         task, "the heavy model could not finish in time: served the light image"):

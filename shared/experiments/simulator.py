@@ -381,7 +381,8 @@ class SimFleet:
     def too_late(self, job: SimJob, tier: Tier) -> None:
         """As the worker (shared/policies/engine.py: fallback): the light image, the light tier, or shed."""
         sim = self.sim
-        fallback = engine.fallback(sim.in_force, tier, job.escalated, sim.now, job.deadline_s, sim.times)
+        fallback = engine.fallback(sim.in_force, tier, job.escalated, sim.now, job.deadline_s, sim.times,
+                                   job.quality)
         if fallback is Fallback.serve_light:
             job.escalated, job.tier = False, Tier.light
             sim.end(job, "done")

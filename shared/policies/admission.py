@@ -75,8 +75,12 @@ def light_can_make(plan: Plan, light_batch_s: float, now: float, deadline: float
     return not ends_too_late(now + light_batch_s, deadline)
 
 
-def too_late_fallback(tier: Tier, escalated: bool, light_in_time: bool) -> Fallback:
-    """The one rule for a job that would end too late on `tier` (the worker and the simulator)."""
+def too_late_fallback(tier: Tier, escalated: bool, light_in_time: bool, heavy_only: bool = False) -> Fallback:
+    """The one rule for a job that would end too late on `tier` (the worker and the simulator). A
+    job that asked for the heavy model only (quality `high`) is shed, never given a light image it
+    did not ask for: its caller learns it expired and may ask again at another quality."""
+    if tier is Tier.heavy and heavy_only:
+        return Fallback.expire
     if tier is Tier.heavy and escalated:
         return Fallback.serve_light
     if tier is Tier.heavy and light_in_time:

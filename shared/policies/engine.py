@@ -153,11 +153,13 @@ def split_late(items: Iterable[T], ends_at: float, deadline: Callable[[T], float
     return in_time, late
 
 
-def fallback(plan: Plan, tier: Tier, escalated: bool, now: float, deadline: float, times: BatchTimes) -> Fallback:
+def fallback(plan: Plan, tier: Tier, escalated: bool, now: float, deadline: float, times: BatchTimes,
+             quality: str = "auto") -> Fallback:
     """What becomes of a job that `tier` cannot finish by its deadline: an escalated one is served
     its light image, a heavy one the router sent goes to the light tier when a light batch started
-    now still makes it, any other is shed."""
-    return too_late_fallback(tier, escalated, light_can_make(plan, times.light(plan), now, deadline))
+    now still makes it, any other is shed; so is a `high` job on the heavy tier (heavy only)."""
+    heavy_only = quality_rules.forced_tier(quality) is Tier.heavy
+    return too_late_fallback(tier, escalated, light_can_make(plan, times.light(plan), now, deadline), heavy_only)
 
 
 # --- the judge ----------------------------------------------------------------------------------

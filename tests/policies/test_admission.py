@@ -45,6 +45,25 @@ def test_what_becomes_of_a_job_that_would_end_too_late():
     assert too_late_fallback(Tier.light, escalated=False, light_in_time=True) is Fallback.expire
 
 
+def test_a_job_that_asked_for_the_heavy_model_only_is_never_served_a_light_image():
+    """quality=high on a heavy worker that cannot end it in time: shed, whatever the light tier
+    could do (the worker and the simulator both call engine.fallback with the job's quality)."""
+    from shared.policies import engine
+    from shared.policies.admission import Fallback, too_late_fallback
+    from shared.profiles import load_profile
+    from shared.schemas import Plan, Tier
+
+    for light_in_time in (True, False):
+        assert too_late_fallback(Tier.heavy, False, light_in_time, heavy_only=True) is Fallback.expire
+    plan = Plan(version=1, light_model="sd35-large-turbo", heavy_model="sd35-medium", r=0.5, d=0.2,
+                light_batch=1, heavy_batch=1, light_gpus=1, heavy_gpus=1)
+    times = engine.BatchTimes(load_profile("paper-l40s-x10"), 1.0)
+    deadline = 30.0  # a light batch started at 0 ends in time
+    assert engine.fallback(plan, Tier.heavy, False, 0.0, deadline, times) is Fallback.to_light
+    assert engine.fallback(plan, Tier.heavy, False, 0.0, deadline, times, quality="medium") is Fallback.to_light
+    assert engine.fallback(plan, Tier.heavy, False, 0.0, deadline, times, quality="high") is Fallback.expire
+
+
 def test_light_can_make_needs_a_distinct_light_tier_and_the_time():
     from shared.policies.admission import light_can_make
 
