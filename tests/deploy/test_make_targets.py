@@ -1,9 +1,9 @@
 """The rows of README.md's Commands table that no other test runs as written: `make drill`, `make chaos`,
 `make soak`, `make bench-api`, `make bench-pipeline`, `make bench-planner`, `make bench-simulator`,
-`make simulations`, `make experiments`, `make device-wheels`, `hadis plan ...` and `hadis set-plan ...`. Each command is read
-from the table (the code spans of a row's first cell), so that a changed README is the text that runs,
-and each is held to the outcome that makes it worth running (every job done, none lost or duplicated;
-the result lines with positive figures; the reports written), never to a time.
+`make simulations`, `make experiments`, `make device-wheels`, `hadis plan ...` and `hadis set-plan ...`.
+Each command is read from the table (the code spans of a row's first cell), so that a changed README
+is the text that runs, and each is held to the outcome that makes it worth running (every job done,
+none lost or duplicated; the result lines with positive figures; the reports written), never to a time.
 
 What is changed from the text, and nothing else:
 - `make T` is run as `make -o .venv/.installed T` (the install stamp taken as up to date: a test must
