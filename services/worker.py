@@ -25,6 +25,7 @@ from PIL import Image
 
 from services.cancels import RunningJobs
 from services.handoff import Clock, Handoff
+from services.previews import PreviewWriter
 from shared import metrics
 from shared.backends import encode_image
 from shared.backends.base import GenerationInput, Generator
@@ -39,6 +40,7 @@ from shared.logging import get_logger
 from shared.policies import engine
 from shared.policies.admission import HANDOFF_S, PIPELINE_DEPTH, PREFETCH_BATCHES
 from shared.policies.engine import BatchTimes, Pipeline
+from shared.policies.previews import previews_for
 from shared.profiles import Profile, load_profile
 from shared.schemas import Job, Task, Tier
 from shared.service import Service, run
@@ -63,6 +65,12 @@ class Batch:
     items: list[Claimed]
     model: str
     ends_by: float  # when admission expected it to end (the batches ahead of it and a model load included)
+
+
+def wants_previews(item: Claimed) -> int:
+    """The previews this generation makes for the job (none for an escalated job's heavy one:
+    shared/policies/previews.py)."""
+    return previews_for(item.task.job.partial_images, item.task.escalated)
 
 
 def seed_of(task: Task) -> int:
@@ -90,6 +98,7 @@ class TierWorker:
         owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.hands = Handoff(service, tier, owner, self.collector, self.model, self.times, clock)
         self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
+        self.previews = PreviewWriter(service)
         self.finishing: set[asyncio.Task] = set()
 
     @property
@@ -228,7 +237,7 @@ class TierWorker:
             items, _ = await self.jobs.drop_cancelled(batch.items, self.hands.settle)
             job_ids = [item.job_id for item in items]
             with self.jobs.running(job_ids, generator):
-                results = await self.model.generate(items, generator) if items else []
+                results = await self.model.generate(items, generator, self.previews) if items else []
         finally:
             self.slots.release()
         items, results = await self.jobs.drop_cancelled(items, self.hands.settle, results)
@@ -301,15 +310,23 @@ class ModelSlot:
         self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
-    async def generate(self, items: list[Claimed], generator: Generator) -> list[Image.Image | BaseException]:
-        """Generate off the event loop; a failed batch is split so one bad job fails alone."""
+    async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None
+                       ) -> list[Image.Image | BaseException]:
+        """Generate off the event loop; a failed batch is split so one bad job fails alone. The
+        jobs' previews (if any asked: services/previews.py) are stored before the images return,
+        so a job's stream never sees its image before the previews it was promised."""
         inputs = [GenerationInput(item.job_id, item.task.job.prompt, item.task.job.negative_prompt, seed_of(item.task),
-                                  item.task.job.width, item.task.job.height) for item in items]
+                                  item.task.job.width, item.task.job.height, wants_previews(item),
+                                  item.task.job.output_format) for item in items]
+        on_preview = previews.sink_for(generator.model.name, inputs) if previews is not None else None
         try:
-            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, generator.generate_timed, inputs)
+            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, generator.generate_timed, inputs,
+                                                                         on_preview)
             self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
             metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
                                   generated.busy_s)
+            if previews is not None and on_preview is not None:
+                await previews.drain()
             return list[Image.Image | BaseException](generated.images)
         except ModelProcessFailed:
             raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
@@ -321,7 +338,7 @@ class ModelSlot:
             log.warning("batch_failed_splitting", size=len(items), error=str(error))
             results: list[Image.Image | BaseException] = []
             for item in items:
-                results += await self.generate([item], generator)
+                results += await self.generate([item], generator, previews)
             return results
 
     async def encode(self, results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:

@@ -15,7 +15,8 @@ full load); the first subscriber makes it resume a little before that moment.
 
 Progress (`<ns>:progress`, shared/store/progress.py) is read in the same XREAD: a running batch's
 step, handed to its jobs' subscribers as an event with `step` set, which carries its own news (the
-SSE stream sends it as it comes, without reading the record)."""
+SSE stream sends it as it comes, without reading the record); a preview's entry (its `preview` index
+set) is handed on the same way."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class JobEvent:
     step: int | None = None  # a progress event: the batch has finished `step` of `steps`, with `model`
     steps: int | None = None
     model: str = ""
+    preview: int | None = None  # a preview event: the job's preview of this index is stored (shared/store/previews.py)
 
     @classmethod
     def from_stream(cls, fields: dict[str, str]) -> JobEvent:
@@ -145,10 +147,11 @@ class EventHub:
         except (KeyError, ValueError) as error:
             log.warning("progress_unreadable", error=str(error))
             return
+        preview = int(fields["preview"]) if fields.get("preview", "").isdigit() else None
         for job_id in fields.get("job_ids", "").split(","):
             for queue in self._subscribers.get(job_id, ()):
                 event = JobEvent(job_id, JobState.generating, _stream_order(entry_id)[0] / 1000, "", "", step, steps,
-                                 fields.get("model", ""))
+                                 fields.get("model", ""), preview)
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(event)
 

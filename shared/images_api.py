@@ -22,9 +22,15 @@ job's metadata), `quality`, `style` (accepted and ignored), and `model`:
   names (`dall-e-2`, `dall-e-3`, `gpt-image-1`, `gpt-image-1-mini`) are aliases of `hadis`, so
   clients that hard-code one work unchanged. Anything else is 404 `model_not_found`.
 
-Fields OpenAI has and hadis cannot honour (`stream`, `partial_images`, a transparent `background`,
-other output formats such as gif or svg) are refused with 400 naming the field, never silently
-dropped."""
+* `stream: true` answers server-sent events as OpenAI's image streaming does: up to `partial_images`
+  (0-3) `image_generation.partial_image` events (previews of the intermediate steps, at most 256 px a
+  side, in the request's output_format), then one `image_generation.completed` with the image
+  (services/api/previews.py; docs/jobs.md, Previews). `partial_images` without `stream` is accepted
+  and ignored, as OpenAI does. A stream carries one image (its events have no image index): `n`
+  other than 1 is refused, as is `response_format: url` (the events carry `b64_json`).
+
+Fields OpenAI has and hadis cannot honour (a transparent `background`, other output formats such as
+gif or svg) are refused with 400 naming the field, never silently dropped."""
 
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.policies import quality as quality_rules
 from shared.policies import tenancy
+from shared.policies.previews import MAX_PARTIAL_IMAGES
 from shared.schemas import MAX_SIDE, MAX_SLO_S, MEDIA_TYPES, MIN_SIDE, Job, JobRecord, check_printable
 
 DEFAULT_MODEL = "hadis"
@@ -92,7 +99,9 @@ class ImagesRequest(BaseModel):
     style: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
     moderation: str | None = Field(default=None, max_length=32, description="Accepted and ignored.")
     background: Literal["auto", "opaque"] | None = None
-    stream: Literal[False] | None = None
+    stream: bool | None = Field(default=None, description="Server-sent events: partial images, then the image.")
+    partial_images: int | None = Field(default=None, ge=0, le=MAX_PARTIAL_IMAGES,
+                                       description="With stream: previews before the image (0-3).")
 
     @field_validator("user")
     @classmethod
@@ -129,6 +138,12 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
     checked before anything proportional to it is made (an `n` of 10⁹ costs nothing)."""
     if request.n > max_n:
         raise bad_request(f"n must be at most {max_n}", param="n")
+    if request.stream and request.n != 1:
+        raise bad_request("a stream carries one image: n must be 1 with stream", param="n")
+    if request.stream and request.response_format == "url":
+        raise bad_request("a stream's events carry b64_json: response_format url is not streamed",
+                          param="response_format")
+    partial_images = (request.partial_images or 0) if request.stream else 0
     job_ids = [new_id() for _ in range(request.n)]
     slo_s = slo_of_model(request.model, default_slo_s)
     width, height = parse_size(request.size)
@@ -145,7 +160,7 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
         return [Job(job_id=job_id, prompt=request.prompt, width=width, height=height, slo_s=slo_s, seed=seed,
                     submitted_at=submitted_at, tenant=tenant, metadata=metadata,
                     output_format=request.output_format or "png", output_compression=request.output_compression,
-                    quality=quality)
+                    quality=quality, partial_images=partial_images)
                 for job_id, seed in zip(job_ids, seeds, strict=True)]
     except ValidationError as error:
         raise from_validation(error) from None

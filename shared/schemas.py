@@ -218,6 +218,9 @@ class Job(Strict):
     quality: QualityName = Field(
         default="auto", description="low: the light model only; high: the heavy model only (failed with 503 when it "
                                     "cannot meet the deadline); medium, auto: the cascade (docs/jobs.md).")
+    partial_images: int = Field(
+        default=0, ge=0, le=3, description="Previews while it generates (0-3, OpenAI's partial_images): small "
+                                           "images of its intermediate steps (docs/jobs.md, Previews).")
 
     webhook_url: WebhookUrl | None = Field(
         default=None, description="Where hadis POSTs the job's terminal event (docs/jobs.md, Webhooks); unset: the "

@@ -62,13 +62,27 @@ def test_n_and_the_job_bounds_apply():
     assert error.value.status == 400 and error.value.param == "prompt"
 
 
-@pytest.mark.parametrize("body", [{"prompt": "a", "stream": True}, {"prompt": "a", "partial_images": 2},
+@pytest.mark.parametrize("body", [{"prompt": "a", "partial_images": 4}, {"prompt": "a", "partial_images": -1},
                                   {"prompt": "a", "background": "transparent"}, {"prompt": "a", "n": 0},
                                   {"prompt": "a", "output_format": "gif"}, {"prompt": "a", "user": "\x00"},
                                   {"prompt": "a", "output_compression": 101}])
 def test_what_cannot_be_honoured_is_refused(body):
     with pytest.raises(ValidationError):
         ImagesRequest.model_validate(body)
+
+
+def test_a_stream_carries_one_image_in_base64_with_its_previews():
+    def ids(count: int):
+        return iter(["x"] * count).__next__
+
+    streamed = jobs_for(ImagesRequest(prompt="a fox", stream=True, partial_images=2), "acme", 6.0, 10, ids(1))
+    assert [job.partial_images for job in streamed] == [2]
+    # partial_images without stream is OpenAI's no-op
+    assert jobs_for(ImagesRequest(prompt="a fox", partial_images=2), "acme", 6.0, 10, ids(1))[0].partial_images == 0
+    for body, param in (({"n": 2}, "n"), ({"response_format": "url"}, "response_format")):
+        with pytest.raises(ApiError) as error:
+            jobs_for(ImagesRequest(prompt="a fox", stream=True, **body), "acme", 6.0, 10, ids(2))
+        assert error.value.status == 400 and error.value.param == param
 
 
 @pytest.mark.parametrize("state, error, status", [

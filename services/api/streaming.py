@@ -86,11 +86,13 @@ async def disconnected(request: Request) -> None:
         pass
 
 
-async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) -> AsyncIterator[bytes]:
+async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float,
+                       previews: bool = False) -> AsyncIterator[bytes]:
     """The record's history as events (`event: state`), then each new change, until the terminal
     one; while it waits, its place in line and ETA when they change (`event: position`); while it
     generates, its batch's steps (`event: progress`, at most twice a second: the worker's writes,
-    services/cancels.py); a comment line every KEEPALIVE_S; `event: timeout` if
+    services/cancels.py); with `previews`, each preview the job asked for (`event: preview`, the image
+    in base64: services/api/previews.py); a comment line every KEEPALIVE_S; `event: timeout` if
     the job is still open at give_up_at. A progress event is sent as it comes: the record is read
     again only for a state change (or every RECHECK_S)."""
     sent, record, where = 0, None, None
@@ -114,6 +116,11 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float) ->
                     where = now_where
                     yield sse("position", {"job_id": job_id, "at": time.time(), "state": record.state.value,
                                            **where})
+            elif event.preview is not None:
+                if previews and (data := (await api.store.get_previews(job_id, [event.preview]))[0]) is not None:
+                    yield sse("preview", {"job_id": job_id, "index": event.preview, "step": event.step,
+                                          "steps": event.steps, "b64_json": base64.b64encode(data).decode()})
+                    last_sent_at = time.monotonic()
             else:
                 yield sse("progress", {"job_id": job_id, "at": event.at, "step": event.step, "steps": event.steps,
                                        "model": event.model, "eta_s": api.whereabouts.running_eta(

@@ -20,6 +20,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:cancels            pub/sub channel: each cancelled job's id (shared/store/progress.py)
     ns:progress           stream the progress of running batches, capped (shared/store/progress.py)
     ns:waiting:<tier>     zset   the tier's waiting line: jobs routed or escalated there, not yet claimed
+    ns:preview:<id>:<i>   string a job's i-th preview while it generates, for 10 minutes (shared/store/previews.py)
 
 The HTTP api's keys (docs/security.md):
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 from shared.store.cluster import AGENT_LEFT_TTL_S, Cluster
 from shared.store.events import JobEvents
+from shared.store.previews import JobPreviews
 from shared.store.progress import JobProgress
 from shared.store.records import Change, JobRecords, Upsert, Upserted, hand_back, owner_id, serve_light
 from shared.store.tenants import Tenants
@@ -62,5 +64,5 @@ __all__ = ["AGENT_LEFT_TTL_S", "EVENTS_MAX_LENGTH", "Change", "Claim", "Store", 
            "owner_id", "serve_light"]
 
 
-class Store(JobProgress, JobRecords, JobEvents, Cluster, Tenants, Webhooks):
+class Store(JobProgress, JobPreviews, JobRecords, JobEvents, Cluster, Tenants, Webhooks):
     """Every part of the store on one connection: what the services hold as `service.store`."""

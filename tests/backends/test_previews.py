@@ -85,7 +85,7 @@ def test_what_a_preview_costs_on_the_tiny_pipeline():
     batch = wanting([3, 3, 3, 3])
     plain = wanting([0, 0, 0, 0])
     generator.generate_timed(plain)
-    rounds, got = 5, []
+    rounds, got = 5, list[Preview]()
     bare = with_previews_s = 0.0
     for _ in range(rounds):
         started = time.perf_counter()
@@ -96,8 +96,9 @@ def test_what_a_preview_costs_on_the_tiny_pipeline():
         with_previews_s += time.perf_counter() - started
     per_preview_ms = (with_previews_s - bare) / len(got) * 1000
     sizes = sorted(len(p.data) for p in got)
-    print(f"\ntiny-sd, batch of 4, 4 steps: {bare / rounds * 1000:.1f} ms bare, {with_previews_s / rounds * 1000:.1f} ms "
-          f"with 3 previews a job ({len(got) // rounds} a batch): {per_preview_ms:.2f} ms a preview; "
+    print(f"\ntiny-sd, batch of 4, 4 steps: {bare / rounds * 1000:.1f} ms bare, "
+          f"{with_previews_s / rounds * 1000:.1f} ms with 3 previews a job ({len(got) // rounds} a batch): "
+          f"{per_preview_ms:.2f} ms a preview; "
           f"{sizes[0]}-{sizes[-1]} bytes each (64x64 png)")
     assert len(got) == 12 * rounds
 

@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from services.api.bodies import json_body, read_json
 from services.api.keys import Caller
+from services.api.previews import openai_stream
 from services.api.routes import RouteGroup
 from services.api.signing import image_url
 from services.api.state import Api, api_of
-from services.api.streaming import b64_body, wait_terminal
+from services.api.streaming import HeldStream, b64_body, wait_terminal
 from services.api.submission import accept
 from shared import metrics
 from shared.images_api import (
@@ -45,6 +46,8 @@ async def images_generations(request: Request) -> Response:
         metrics.observe_api_refused(caller.tenant, "invalid")
         raise from_validation(error) from None
     jobs = jobs_for(images, caller.tenant, settings.slo_s, settings.api_max_n, new_job_id)
+    if images.stream:
+        return await _stream(api, caller, jobs[0])
     with api.admission.waiting(caller.tenant):
         await accept(api, caller, jobs)
         deadline = max(job.effective_deadline(settings.slo_s) for job in jobs)
@@ -59,6 +62,20 @@ async def images_generations(request: Request) -> Response:
         if records[job.job_id].state is not JobState.done:
             raise unserved_error(records[job.job_id])
     return await _images(api, request, caller, jobs, records, images.response_format)
+
+
+async def _stream(api: Api, caller: Caller, job: Job) -> Response:
+    """OpenAI's image streaming (services/api/previews.py): the job is accepted first, so that a
+    refusal is a plain HTTP error; then events until the image, held as an images request is."""
+    hold = api.admission.hold(caller.tenant)
+    try:
+        await accept(api, caller, [job])
+    except BaseException:
+        hold.release()
+        raise
+    give_up_at = job.effective_deadline(api.settings.slo_s) + api.settings.api_wait_grace_s
+    return HeldStream(openai_stream(api, caller.tenant, job, give_up_at), hold, media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _images(api: Api, request: Request, caller: Caller, jobs: list[Job], records: dict[str, JobRecord],

@@ -108,13 +108,16 @@ async def get_image(job_id: str, request: Request) -> Response:
 
 @routes.get("/v1/jobs/{job_id}/events", tags=["Jobs"], summary="Server-sent events of the job's state changes",
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, previews: bool = False) -> StreamingResponse:
+    """State changes, place in line, progress; with `?previews=1` the previews the job asked for
+    (its `partial_images`) as `event: preview` (docs/jobs.md, Previews)."""
     api = api_of(request)
     caller = await api.caller(request)
     record = await api.own_record(caller, job_id)
     give_up_at = (record.deadline or time.time() + api.settings.slo_s) + STREAM_GRACE_S
     hold = api.admission.hold(caller.tenant)
-    return HeldStream(event_stream(api, caller.tenant, job_id, give_up_at), hold, media_type="text/event-stream",
+    return HeldStream(event_stream(api, caller.tenant, job_id, give_up_at, previews), hold,
+                      media_type="text/event-stream",
                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
