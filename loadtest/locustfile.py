@@ -33,6 +33,7 @@ import binascii
 import logging
 import math
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +50,7 @@ from locust import FastHttpUser, LoadTestShape, User, events, task
 from locust.env import Environment
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
+from loadtest import mixed, mixed_report
 from shared.experiments.trace import load_trace as parse_trace
 from shared.schemas import Job
 from shared.settings import Settings
@@ -56,7 +58,7 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = ROOT / "loadtest" / "traces" / "maf-peak-60s.csv"
 DEFAULT_PROMPTS = ROOT / "profiles" / "reference" / "prompts.txt"
-TERMINAL = ("done", "failed", "expired")
+TERMINAL = ("done", "failed", "expired", "cancelled")
 LAG_TOLERANCE_S = 1.0  # an arrival published later than this behind its trace time counts as lagging
 IDLE_POLL_S = 0.2
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -88,12 +90,14 @@ def add_arguments(parser) -> None:
     # After --via: the first action of a dest gives its default.
     parser.add_argument("--http", dest="via", action="store_const", const="http", include_in_web_ui=False,
                         help="same as --via http")
-    parser.add_argument("--http-route", default="jobs", choices=("jobs", "images"),
-                        help="jobs: POST /v1/jobs, then the job's events; images: POST /v1/images/generations")
+    parser.add_argument("--http-route", default="jobs", choices=("jobs", "images", "mixed"),
+                        help="jobs: POST /v1/jobs, then the job's events; images: POST /v1/images/generations; "
+                             "mixed: the api's features, drawn by --mix (loadtest/mixed.py; implies --via http)")
     parser.add_argument("--api-url", default=os.environ.get("HADIS_API_URL", DEFAULT_API_URL),
                         help="the api's base URL (HADIS_API_URL); --host overrides it")
     parser.add_argument("--api-key", default=os.environ.get("HADIS_API_KEY", ""), is_secret=True,
                         help="a key of the api (HADIS_API_KEY): hadis api-key create --tenant NAME")
+    mixed.add_arguments(parser)
 
 
 # ---- the trace and its progress -----------------------------------------------------------
@@ -102,14 +106,15 @@ def add_arguments(parser) -> None:
 class Arrival:
     at_s: float
     prompt_id: int
+    index: int = 0  # its line in the trace, from 0 (the mixed scenario draws its kind by it)
 
 
 def read_trace(path: Path, speed: float) -> list[Arrival]:
     """The trace's arrivals in order, `speed` times sooner. The one parser of trace files is
     shared/experiments/trace.py's (the experiments and the simulator read the same files)."""
     trace = parse_trace(path).compressed(speed)
-    return [Arrival(float(at_s), int(prompt_id))
-            for at_s, prompt_id in zip(trace.arrival_s, trace.prompt_ids, strict=True)]
+    return [Arrival(float(at_s), int(prompt_id), index)
+            for index, (at_s, prompt_id) in enumerate(zip(trace.arrival_s, trace.prompt_ids, strict=True))]
 
 
 def users_needed(arrivals: list[Arrival], window_s: float, cap: int) -> int:
@@ -128,6 +133,8 @@ class Tally:
     done: int = 0
     failed: int = 0
     expired: int = 0
+    cancelled: int = 0  # cancelled by its client (the mixed scenario's cancel jobs): neither served nor failed
+    refused: int = 0  # quality=high refused or shed as documented (the mixed scenario)
     lost: int = 0
     late: int = 0  # done, after its SLO
     publish_errors: int = 0
@@ -138,6 +145,8 @@ class Tally:
     def count_unserved(self, state: str) -> None:
         if state == "expired":
             self.expired += 1
+        elif state == "cancelled":
+            self.cancelled += 1
         else:
             self.failed += 1
 
@@ -148,7 +157,8 @@ class Tally:
     def summary(self) -> dict:
         ratio = self.slo_violations / self.submitted if self.submitted else None
         return {"submitted": self.submitted, "done": self.done, "failed": self.failed, "expired": self.expired,
-                "lost": self.lost, "late": self.late, "slo_violations": self.slo_violations,
+                "cancelled": self.cancelled, "refused": self.refused, "lost": self.lost, "late": self.late,
+                "slo_violations": self.slo_violations,
                 "slo_violation_ratio": ratio, "publish_errors": self.publish_errors, "by_path": self.by_path,
                 "lagging_arrivals": self.lagging_arrivals, "max_lag_s": round(self.max_lag_s, 3)}
 
@@ -195,7 +205,8 @@ class Replay:
 
     def job(self, arrival: Arrival) -> Job:
         prompt = self.prompts[arrival.prompt_id % len(self.prompts)]
-        return Job(prompt=prompt, slo_s=self.slo_s, metadata={"source": "locust", "prompt_id": arrival.prompt_id})
+        return Job(prompt=prompt, slo_s=self.slo_s,
+                   metadata={"source": "locust", "prompt_id": arrival.prompt_id, "arrival": arrival.index})
 
 
 REPLAY: Replay | None = None
@@ -213,6 +224,8 @@ def load_trace(environment: Environment, **kwargs) -> None:
     REPLAY = Replay(arrivals, prompts, options, via_of(options))
     if REPLAY.via == "http":
         target = check_api(environment, options)
+        if options.http_route == "mixed":
+            target += "; " + mixed.setup(environment, options, len(arrivals))
     else:
         check_stack(options)
         target = f"namespace {options.namespace}"
@@ -228,6 +241,8 @@ def via_of(options) -> str:
         if len(named) != 1 or named[0] not in VIA_OF_CLASS:
             raise SystemExit(f"name one user class of {sorted(VIA_OF_CLASS)}, or none and --via amqp|http")
         return VIA_OF_CLASS[named[0]]
+    if options.http_route == "mixed":
+        return "http"
     if options.via not in VIAS:
         raise SystemExit(f"--via / HADIS_LOADTEST_VIA must be one of {VIAS}, not {options.via!r}")
     return options.via
@@ -352,8 +367,9 @@ def count_done(path: str, latency_s: float) -> None:
         REPLAY.tally.late += 1
 
 
-def report(environment: Environment, name: str, latency_s: float, error: Exception | None, length: int = 0) -> None:
-    environment.events.request.fire(request_type="job", name=name, response_time=latency_s * 1000.0,
+def report(environment: Environment, name: str, latency_s: float, error: Exception | None, length: int = 0,
+           request_type: str = "job") -> None:
+    environment.events.request.fire(request_type=request_type, name=name, response_time=latency_s * 1000.0,
                                     response_length=length, exception=error, context={})
 
 
@@ -500,7 +516,11 @@ class HttpJobUser(FastHttpUser):
 
     @task
     def replay_next_arrival(self) -> None:
-        replay_next(self.generate if REPLAY.options.http_route == "images" else self.submit_and_follow)
+        route = REPLAY.options.http_route
+        if route == "mixed":
+            replay_next(lambda job: mixed.run(self, job))
+        else:
+            replay_next(self.generate if route == "images" else self.submit_and_follow)
 
     # --http-route jobs: POST /v1/jobs, then the job's events (what a client that polls less does).
     def submit_and_follow(self, job: Job) -> None:
@@ -610,6 +630,7 @@ class HttpJobUser(FastHttpUser):
         response.failure(JobFailed(api_error(response) if response.status_code != 200 else "200 without an image"))
 
 
+mixed.bind(sys.modules[__name__])
 VIA_OF_CLASS = {JobUser.__name__: "amqp", HttpJobUser.__name__: "http"}
 USER_CLASS_OF_VIA = {"amqp": JobUser, "http": HttpJobUser}
 
@@ -635,12 +656,15 @@ class TraceShape(LoadTestShape):
 def summarise(environment: Environment, **kwargs) -> None:
     if REPLAY is None or REPLAY.started_at is None:
         return
+    found = mixed_report.summary(environment) if REPLAY.options.http_route == "mixed" and mixed.MIX else None
     settle_in_flight(REPLAY)
     summary = {**REPLAY.tally.summary(), "slo_s": REPLAY.slo_s, "trace": REPLAY.options.trace,
                "arrivals": len(REPLAY.arrivals), "replayed": REPLAY.next_index, "users": REPLAY.users,
                "via": REPLAY.via, "namespace": REPLAY.options.namespace}
     if REPLAY.via == "http":
         summary.update(api_url=HttpJobUser.host, http_route=REPLAY.options.http_route)
+    if found is not None:
+        summary["mixed"] = found
     log.info("hadis summary: %s", orjson.dumps(summary).decode())
     if REPLAY.options.summary:
         Path(REPLAY.options.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -650,6 +674,9 @@ def summarise(environment: Environment, **kwargs) -> None:
                     REPLAY.tally.lagging_arrivals, LAG_TOLERANCE_S)
     tally = REPLAY.tally
     if tally.submitted == 0 or tally.failed or tally.expired or tally.lost or tally.publish_errors:
+        environment.process_exit_code = 1
+    if found is not None and found["violations"]:
+        log.warning("mixed scenario: %s", found["violations"])
         environment.process_exit_code = 1
 
 

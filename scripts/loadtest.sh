@@ -11,7 +11,8 @@
 # Further arguments go to locust, e.g. `bash scripts/loadtest.sh --namespace exp1 --slo 30`.
 # The broker, store and namespace come from HADIS_AMQP_URL, HADIS_REDIS_URL, HADIS_NAMESPACE.
 #
-# Through the HTTP api instead of AMQP: `--http` (or `--via http`, or HADIS_LOADTEST_VIA=http), at
+# Through the HTTP api instead of AMQP: `--http` (or `--via http`, or HADIS_LOADTEST_VIA=http, or
+# `--http-route mixed`: the api's features mixed, loadtest/mixed.py), at
 # HADIS_API_URL (default http://127.0.0.1:8080) with the key HADIS_API_KEY. Without a key this
 # script makes one for the tenant `loadtest` with limits no trace reaches (in the store of
 # HADIS_REDIS_URL and HADIS_NAMESPACE, the stack's) and revokes it afterwards.
@@ -26,7 +27,9 @@ for arg in "$@"; do
   case "$arg" in
     --http|--via=http|HttpJobUser) via=http ;;
     --via=amqp|JobUser) via=amqp ;;
-    *) [ "$previous" = "--via" ] && via=$arg ;;
+    --http-route=mixed) via=http ;;
+    *) [ "$previous" = "--via" ] && via=$arg
+       [ "$previous" = "--http-route" ] && [ "$arg" = mixed ] && via=http ;;
   esac
   previous=$arg
 done

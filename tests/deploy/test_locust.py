@@ -8,13 +8,17 @@ import asyncio
 import csv
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
 import pytest
 
+from services import webhooks
 from shared import apikeys
 from shared.policies.tenancy import Limits
+from shared.service import serve
 from shared.store import Store
 from tests.helpers import make_settings, namespace
 from tests.stack import running_api, running_stack
@@ -147,3 +151,47 @@ async def test_refuses_to_start_without_a_stack(tmp_path):
     trace = write_trace(tmp_path / "trace.csv", arrivals=1, spacing_ms=1)
     code, output = await run_locust(tmp_path, make_settings().namespace, trace)
     assert code != 0 and "not reachable" in output
+
+
+@asynccontextmanager
+async def running_webhooks(settings) -> AsyncIterator[None]:
+    """The webhook sender (services/webhooks.py) in this process beside running_stack's services."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve("webhooks", webhooks.main, settings, stopping), name="webhooks")
+    try:
+        yield
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def test_mixed_scenario_checks_every_feature_and_loses_nothing(tmp_path):
+    # --http-route mixed (loadtest/mixed.py): every kind drawn at least once over 40 arrivals, each
+    # a `feature` row; nothing lost, each webhook job one verified delivery, each cancel 200 or 409.
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="tiny-cpu", time_scale=0,
+                             plan_r=0.3, plan_d=0.3, webhook_allow_networks="127.0.0.1/32", webhook_poll_s=0.05)
+    trace = write_trace(tmp_path / "trace.csv", arrivals=40, spacing_ms=100)
+    async with running_stack(settings) as stack, running_webhooks(settings), running_api(settings) as base:
+        key = await api_key(stack.store)
+        code, output = await run_locust(tmp_path, settings.namespace, trace, "--http-route", "mixed",
+                                        "--api-url", base, "--cancel-max-delay", "0.05",
+                                        "--webhook-timeout", "10", env={"HADIS_API_KEY": key})
+    assert code == 0, output[-3000:]
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    found = summary["mixed"]
+    assert summary["via"] == "http" and summary["http_route"] == "mixed" and summary["replayed"] == 40
+    assert found["lost"] == summary["lost"] == 0 and found["violations"] == {}, found
+    features = found["features"]
+    assert set(features) == {"plain", "jpeg", "webp", "webhook", "cancel", "low", "high", "stream"}
+    for kind, tally in features.items():
+        assert tally["submitted"] + tally["refused"] >= 1, (kind, tally)
+        assert tally["lost"] == tally["bad"] == tally["not_accepted"] == 0, (kind, tally)
+    webhooks = found["webhooks"]
+    assert webhooks["jobs"] == features["webhook"]["submitted"] == webhooks["ok"] >= 1, webhooks
+    assert webhooks["missing"] == webhooks["bad_signature"] == webhooks["refused_address"] == 0, webhooks
+    assert sum(found["cancel"]["answers"].values()) == features["cancel"]["submitted"]
+    assert set(found["cancel"]["answers"]) <= {"200", "409"}
+    assert found["stream"]["completed_events"] == features["stream"]["done"] >= 1
+    rows = stats_rows(tmp_path)
+    assert {name for kind, name in rows if kind == "feature"} >= set(features)
+    assert int(rows[("webhook", "delivery")]["Request Count"]) >= webhooks["ok"]
