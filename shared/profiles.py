@@ -57,6 +57,10 @@ class ModelProfile(Strict):
     reference_index: int | None = Field(default=None, description="Column of the reference judge scores.")
     latency_ms: dict[int, float] = Field(default_factory=dict, description="Batch size -> ms per batch.")
     max_batch: int | None = None
+    preview_decoder: str | None = Field(
+        default=None, description="AutoencoderTiny weights that decode its previews (a Hub repository such as "
+                                  "madebyollin/taesd, taesdxl or taesd3, or a local directory); None: the diffusers "
+                                  "backend makes no previews for it (docs/jobs.md, Previews).")
     load_s: float | None = Field(default=None, ge=0, description="Seconds to load the model from the host's cache "
                                  "onto a GPU (scripts/profile_gpu.py measures it); None: not measured, planned as 0.")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderTiny,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     StableDiffusion3Pipeline,
@@ -44,7 +45,7 @@ from PIL import Image
 
 from shared.backends.base import GenerationInput, Generator
 from shared.backends.control import NO_CONTROL, StepControl
-from shared.backends.generation import run_open, warm_up_input
+from shared.backends.generation import LatentDecoder, latent_decoder, run_open, warm_up_input
 from shared.backends.model_cache import ModelCache, Swap, default_cache
 from shared.logging import get_logger
 from shared.profiles import ModelProfile
@@ -166,6 +167,16 @@ def cache_key(model: ModelProfile, dtype: torch.dtype) -> str:
     return f"{model.name}|{model.family}|{model.hf_id}|{model.unet_checkpoint}|{dtype}"
 
 
+def preview_decoder(model: ModelProfile, device: torch.device, dtype: torch.dtype) -> LatentDecoder | None:
+    """The decoder of the model's previews: the AutoencoderTiny weights its profile names (TAESD's:
+    a few MB, a few ms a preview on a GPU), or none, and the model makes no previews. Never the
+    pipeline's own VAE: at 1024 px its decode is a large part of a step."""
+    if model.preview_decoder is None:
+        return None
+    vae = AutoencoderTiny.from_pretrained(model.preview_decoder, torch_dtype=dtype)
+    return latent_decoder(vae.to(device))
+
+
 class DiffusersGenerator(Generator):
     """One model's pipeline on one device.
 
@@ -194,6 +205,7 @@ class DiffusersGenerator(Generator):
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline: DiffusionPipeline | None = pipeline
         self.batch_cap: int | None = model.max_batch
+        self.decode_preview = preview_decoder(model, self.device, self.dtype)
         self.oom_splits = 0
 
     def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
@@ -221,7 +233,7 @@ class DiffusersGenerator(Generator):
 
     def run_batch(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         """One pipeline call for the whole batch (no splitting): the profiler's unit."""
-        return run_open(self.pipeline, self.model, batch, control)
+        return run_open(self.pipeline, self.model, batch, control, self.decode_preview)
 
     def warm_up(self) -> None:
         """One image, so that kernels are chosen and memory pools exist before the first job."""

@@ -146,3 +146,23 @@ def test_previews_come_through_the_model_process_before_the_reply():
         assert got == []
     finally:
         process.close()
+
+
+def test_the_diffusers_backend_decodes_previews_with_the_decoder_its_profile_names(tmp_path):
+    from shared.backends.diffusers_backend import DiffusersGenerator
+    from shared.backends.model_cache import ModelCache
+    from shared.backends.tiny import build_pipeline, preview_vae
+
+    model = TINY.model("tiny-sd")
+    preview_vae(model).save_pretrained(tmp_path / "taesd")  # a TAESD-shaped repository, random weights
+    named = model.model_copy(update={"preview_decoder": str(tmp_path / "taesd")})
+    generator = DiffusersGenerator(named, device="cpu", load=lambda: build_pipeline(model), cache=ModelCache("cpu"))
+    got: list[Preview] = []
+    assert len(generator.generate_timed(wanting([2, 0]), got.append).images) == 2
+    assert [(p.job_id, p.index, p.step) for p in got] == [("job-0", 0, 1), ("job-0", 1, 3)]
+    # without a decoder in its profile, a model makes none
+    plain = DiffusersGenerator(model.model_copy(update={"name": "no-previews"}), device="cpu",
+                               load=lambda: build_pipeline(model), cache=ModelCache("cpu"))
+    got.clear()
+    assert len(plain.generate_timed(wanting([2]), got.append).images) == 1
+    assert got == []
