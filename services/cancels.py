@@ -12,8 +12,10 @@ the id on `<ns>:cancels`; every worker listens. A worker that holds the job:
   inputs cut alike (prompt embeddings, the guidance's doubled batch, the generators, SDXL's time
   ids), in every backend; a batch's rows cost little beside its fixed cost, so it is not done.
 
-A worker that misses the message loses nothing: the store refuses its result (the record is
-terminal), and the delivery is acked (`refused`, in services/handoff.py's claim or store).
+A worker that misses the message (its store connection was down) learns the cancel at its batch's
+next progress write, whose answer names the batch's records found `cancelled`: at most PROGRESS_S
+later, without a round trip of its own. Whatever slips through both loses nothing: the store refuses
+its result (the record is terminal), and the delivery is acked (`refused`, in services/handoff.py).
 
 Progress. Every PROGRESS_S the worker reads the step its running batches have reached (from the
 control block: no message from the model) and writes those that moved, all batches in one round
@@ -103,9 +105,12 @@ class RunningJobs:
                 live = [job_id for job_id in job_ids if job_id not in self.cancelled]
                 updates.append((live, *progress, generator.model.name))
             try:
-                await self.service.store.write_progress(updates)
+                _, cancelled = await self.service.store.write_progress(updates)
             except Exception as error:  # progress is best effort: the next tick writes the newer step
                 log.warning("progress_not_written", error=f"{type(error).__name__}: {error}")
+                continue
+            for job_id in cancelled:  # a cancel whose message this worker missed
+                self.on_cancel(job_id)
 
     async def drop_cancelled(self, items: list[Claimed], settle, results: list | None = None
                              ) -> tuple[list[Claimed], list]:

@@ -12,8 +12,9 @@ Keys of a namespace `ns`, beside the package's:
 
 The record is the truth: a cancel is the transition script's (one atomic change, refused when the
 record is terminal already); the channel only tells workers sooner. A worker that misses the
-message (its connection was down) runs the batch to its end, and the store then refuses its
-result (the record is terminal): the job is still cancelled, its GPU time is spent."""
+message (its connection was down) learns it at its batch's next progress write, which answers the
+ids of the batch's records found `cancelled` (no round trip of its own): at most PROGRESS_S late,
+and the GPU time of those steps is all that is spent."""
 
 from __future__ import annotations
 
@@ -39,14 +40,18 @@ RESUBSCRIBE_S = 0.5  # after a lost pub/sub connection
 # that moved on, or ended, is left alone: no write may resurrect a key, and none outlive the job),
 # then one stream entry for the jobs written, so the api's SSE streams see it.
 # KEYS: the job records, then the progress stream. ARGV: 1 step, 2 steps, 3 the stream's TTL,
-# 4 its MAXLEN, 5 the model, then the job ids in the order of KEYS. Returns the number of records written.
+# 4 its MAXLEN, 5 the model, then the job ids in the order of KEYS. Returns {the number of records
+# written, then the ids of those found cancelled}: a worker that missed a cancel's message learns it here.
 _PROGRESS = """
 local n = #KEYS - 1
-local written = {}
+local written, cancelled = {}, {}
 for i = 1, n do
-  if redis.call('HGET', KEYS[i], 'state') == 'generating' then
+  local state = redis.call('HGET', KEYS[i], 'state')
+  if state == 'generating' then
     redis.call('HSET', KEYS[i], 'step', ARGV[1], 'steps', ARGV[2])
     written[#written + 1] = ARGV[5 + i]
+  elseif state == 'cancelled' then
+    cancelled[#cancelled + 1] = ARGV[5 + i]
   end
 end
 if #written > 0 then
@@ -54,7 +59,7 @@ if #written > 0 then
              'step', ARGV[1], 'steps', ARGV[2], 'model', ARGV[5])
   redis.call('EXPIRE', KEYS[n + 1], ARGV[3])
 end
-return #written
+return {#written, unpack(cancelled)}
 """
 
 
@@ -98,12 +103,13 @@ class JobProgress(JobRecords):
             finally:
                 await pubsub.aclose()
 
-    async def write_progress(self, batches: list[tuple[list[str], int, int, str]]) -> int:
+    async def write_progress(self, batches: list[tuple[list[str], int, int, str]]) -> tuple[int, list[str]]:
         """Each batch's (job ids, step, steps, model), in one round trip however many batches: the
-        records still `generating` take the step, and one stream entry a batch tells the api."""
+        records still `generating` take the step, and one stream entry a batch tells the api.
+        Returns the records written and the ids among them found `cancelled`."""
         batches = [batch for batch in batches if batch[0]]
         if not batches:
-            return 0
+            return 0, []
 
         async def write() -> list:
             for _attempt in range(2):  # EVALSHA directly, as JobRecords does (one round trip); NOSCRIPT: load
@@ -118,7 +124,9 @@ class JobProgress(JobRecords):
                         await self._redis.script_load(_PROGRESS)
             raise Unavailable("Redis refused the progress script")
 
-        return sum(int(count) for count in await self._call(write))
+        replies = await self._call(write)
+        cancelled = [job_id.decode() for reply in replies for job_id in reply[1:]]
+        return sum(int(reply[0]) for reply in replies), cancelled
 
     async def queue_position(self, job_id: str, tier: str) -> int | None:
         """How many jobs are ahead of this one in its tier's waiting line (ZRANK: O(log n)); None

@@ -19,6 +19,7 @@ from services import cancels as services_cancels
 from services.worker import TierWorker
 from shared import apikeys, metrics
 from shared.schemas import JobState
+from shared.store import Change
 from tests import stack as stack_module
 from tests.backends.test_interrupt import slow_profile
 from tests.helpers import make_settings
@@ -202,3 +203,22 @@ async def test_a_job_that_ended_cannot_be_cancelled(deployment):
         again = (await http.get(f"/v1/jobs/{job_id}")).json()
         assert again["state"] == "done" and again["history"] == record["history"]
         assert (await http.get(f"/v1/jobs/{job_id}/image")).status_code == 200
+
+
+async def test_a_cancel_whose_message_the_worker_missed_stops_its_batch_at_the_next_progress_write(deployment):
+    """The record turned `cancelled` without the channel's message (what a worker whose store
+    connection was down at that instant sees): the batch's next progress write names the job, and
+    the batch is interrupted (not run to its end and refused by the store)."""
+    stack = deployment.stack
+    await stack.set_plan(r=0.0, d=0.0)
+    light = WORKERS["light"]
+    interrupted = dropped("light", "interrupted")
+    async with deployment.http() as http:
+        job_id = await submit(http)
+        book = light.model.loaded.book
+        await until(lambda: (book.progress(job_id) or (0, 0))[0] >= 3)
+        outcome = await stack.store.apply(Change(job_id, JobState.cancelled, detail="cancelled, no message sent"))
+        assert outcome.applied
+        assert (await ended(http, job_id))["state"] == "cancelled"
+        await until(lambda: job_id not in book.rows)
+    await until(lambda: dropped("light", "interrupted") > interrupted, timeout_s=10, poll_s=0.05)
