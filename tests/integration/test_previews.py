@@ -76,8 +76,8 @@ def opened(data: str | bytes) -> Image.Image:
 
 
 async def streamed(deployment: Deployment, **request) -> list:
-    stream = await deployment.openai().images.generate(model="hadis", prompt="a red bicycle", size="64x64",
-                                                       stream=True, **request)
+    request = {"model": "hadis", **request}
+    stream = await deployment.openai().images.generate(prompt="a red bicycle", size="64x64", stream=True, **request)
     return [event async for event in stream]
 
 
@@ -164,3 +164,8 @@ async def test_the_emulated_gpus_make_placeholder_previews_through_the_services(
         job_id, job_events = await follow_job(emulated, partial_images=1)
         assert [(data["index"], data["step"]) for name, data in job_events if name == "preview"] == [(0, 2)]
         assert len(await emulated.preview_keys(job_id)) == 1
+        # a job that ends without an image ends its stream with OpenAI's error event, which the package raises:
+        # quality=high in 1 s, where the heavy model takes 2.7 s, is refused by the router (503)
+        with pytest.raises(openai.APIError) as error:
+            await streamed(emulated, partial_images=2, quality="high", model="hadis-1s")
+        assert "HeavyUnavailable" in str(error.value)
