@@ -210,6 +210,8 @@ def unserved_error(record: JobRecord) -> ApiError:
     if record.state.value == "expired":
         return ApiError(408, f"the job's deadline passed before it was served: {reason}", type="timeout",
                         code="deadline_exceeded")
+    if record.state.value == "cancelled":
+        return ApiError(409, f"the job was cancelled: {reason}", code="job_cancelled")
     if reason.startswith("422"):
         return bad_request(f"the job was refused: {reason}", code="invalid_job")
     if reason.startswith("503 HeavyUnavailable"):
@@ -226,8 +228,11 @@ def models_list(created: int) -> dict:
 
 
 def record_view(record: JobRecord) -> dict[str, Any]:
-    """A record as the api shows it: the store's image key is internal."""
+    """A record as the api shows it: the store's image key is internal, and the step of a job no
+    longer generating is not shown (it was its last batch's, stopped wherever the writes left it)."""
     data = record.model_dump(mode="json", exclude={"image_key"})
+    if record.state.value != "generating":
+        data["step"] = data["steps"] = None
     data["latency_s"] = record.latency_s
     return data
 

@@ -12,6 +12,7 @@ from shared.images_api import (
     jobs_for,
     models_list,
     parse_size,
+    record_view,
     slo_of_model,
     unserved_error,
 )
@@ -89,11 +90,21 @@ def test_a_stream_carries_one_image_in_base64_with_its_previews():
     (JobState.expired, "408 Expired: deadline passed", 408),
     (JobState.failed, "422 InvalidJob: bad", 400),
     (JobState.failed, "424 BackendFailed: the model raised", 500),
+    (JobState.failed, "503 HeavyUnavailable: no heavy GPUs", 503),
+    (JobState.cancelled, "cancelled by the client (DELETE /v1/jobs)", 409),
 ])
 def test_unserved_jobs_answer_by_what_happened(state, error, status):
     answer = unserved_error(JobRecord(job_id="j", state=state, error=error))
     assert answer.status == status and error in answer.message
     assert set(answer.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_record_shows_its_step_only_while_it_generates():
+    running = JobRecord(job_id="j", state=JobState.generating, step=3, steps=8, model="sd-turbo")
+    assert (record_view(running)["step"], record_view(running)["steps"]) == (3, 8)
+    ended = running.model_copy(update={"state": JobState.done})
+    assert (record_view(ended)["step"], record_view(ended)["steps"], record_view(ended)["model"]) == \
+        (None, None, "sd-turbo")
 
 
 def test_models_list_has_the_openai_shape():
