@@ -23,8 +23,10 @@ submission refused (other than high's 503), a done job whose image is missing or
 format, a cancel answered other than 200/409 or whose answer disagrees with the job's end, a
 stream without its completed event, a webhook job without a verified delivery within the bound,
 or a delivery with a bad signature. Duplicates (at least once) and late deliveries are reported.
-A delivery the stack refused to make (`failed`: 127.0.0.1 is not allowed, see HADIS_WEBHOOK_ALLOW_*)
-is reported as `refused_address`: the run then has not checked webhooks, which it warns about.
+A delivery the stack refused to make (`failed` at once: 127.0.0.1 is not allowed, see
+HADIS_WEBHOOK_ALLOW_*) is counted as `refused_address`, not as missing or lost, with the stack's
+error; it fails the run too (a violation of its own, with a warning naming the setting), since the
+run has then not checked what it was asked to.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class Mixed:
     receiver: Receiver | None = None
     webhook_url: str = ""
     tallies: dict[str, FeatureTally] = field(default_factory=lambda: {kind: FeatureTally() for kind in KINDS})
+    webhook_sent: set[str] = field(default_factory=set)  # every webhook job accepted, ended or not
     webhook_jobs: dict[str, float] = field(default_factory=dict)  # job id: when the client saw it end
     webhook_refused: dict[str, str] = field(default_factory=dict)  # job id: the sender's last_error
     in_flight: dict[str, str] = field(default_factory=dict)  # job id or token: kind
@@ -156,7 +159,7 @@ def report_delivery(environment, job_id: str, delivery: Delivery) -> None:
     """Each delivery is a `webhook` row: its delay from the job's end (the event's timestamp)."""
     delay_s = delivery.received_at - delivery.ended_at if delivery.ended_at else 0.0
     error = None if delivery.verified else ValueError("bad signature")
-    if delivery.verified and job_id not in MIX.webhook_jobs and job_id not in MIX.in_flight:
+    if delivery.verified and job_id not in MIX.webhook_sent:
         error = ValueError("a delivery for a job this run did not send")
     environment.events.request.fire(request_type="webhook", name="delivery", response_time=max(delay_s, 0) * 1000.0,
                                     response_length=0, exception=error, context={})
@@ -209,6 +212,8 @@ def run_job(user, job, kind: str) -> None:
         return
     MIX.in_flight[job_id] = kind
     LF.REPLAY.in_flight[job_id] = started
+    if kind == "webhook":
+        MIX.webhook_sent.add(job_id)
     try:
         give_up_at = started + LF.REPLAY.job_timeout_s
         cancel_status = cancel_later(user, job_id) if kind == "cancel" else None
@@ -346,7 +351,8 @@ def run_stream(user, job) -> None:
                 "/v1/images/generations", json=body, headers=user.auth, stream=True,
                 catch_response=True) as response:
             response.request_meta.update(request_type="feature", name="stream")
-            if response.status_code != 200:
+            if response.status_code != 200:  # refused: a row of the route's, as POST /v1/jobs's refusals
+                response.request_meta.update(request_type="POST", name="/v1/images/generations")
                 tally.not_accepted += 1
                 LF.REPLAY.tally.publish_errors += 1
                 response.failure(LF.api_error(response))

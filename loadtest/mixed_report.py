@@ -56,7 +56,11 @@ def webhook_figures() -> dict[str, Any]:
         if first.ended_at is not None:
             delays.append(first.received_at - first.ended_at)
             figures["late"] += delays[-1] > mix.options.webhook_timeout
-    figures["unexpected"] = sum(len(ds) for job_id, ds in by_job.items() if job_id not in mix.webhook_jobs)
+    # Deliveries for webhook jobs the client gave up on (lost: they ended after the job timeout),
+    # and for jobs this run did not send (another run's, on the same receiver port).
+    figures["after_lost"] = sum(len(ds) for job_id, ds in by_job.items()
+                                if job_id in mix.webhook_sent and job_id not in mix.webhook_jobs)
+    figures["unexpected"] = sum(len(ds) for job_id, ds in by_job.items() if job_id not in mix.webhook_sent)
     figures["delay_s"] = percentiles(delays)
     if mix.webhook_refused:
         figures["refused_errors"] = sorted(set(mix.webhook_refused.values()))[:3]
@@ -97,7 +101,7 @@ def violations(result: dict[str, Any]) -> dict[str, int]:
              "bad": sum(t.bad for t in tallies),
              "cancel_other_answers": sum(n for status, n in mix.cancel_answers.items() if status not in ("200", "409"))}
     webhooks = result.get("webhooks", {})
-    for name in ("missing", "bad_signature", "late"):
+    for name in ("missing", "bad_signature", "late", "refused_address"):
         found[f"webhook_{name}"] = webhooks.get(name, 0)
     if webhooks.get("refused_address"):
         log.warning("%d webhook deliveries were refused by the stack (%s): start it with "

@@ -42,7 +42,8 @@ mkdir -p "$OUT"
 
 key_id=""
 if [ "$via" = http ] && [ -z "${HADIS_API_KEY:-}" ]; then
-  created=$("$HADIS" api-key create --tenant loadtest --rate 100000 --burst 100000 --max-active 1000000)
+  created=$("$HADIS" api-key create --tenant loadtest --rate 100000 --burst 100000 --max-active 1000000 \
+    --image-mb 1000000)
   HADIS_API_KEY=$(printf '%s' "$created" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
   key_id=$(printf '%s' "$created" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["key_id"])')
   export HADIS_API_KEY
