@@ -168,8 +168,11 @@ async def running_webhooks(settings) -> AsyncIterator[None]:
 async def test_mixed_scenario_checks_every_feature_and_loses_nothing(tmp_path):
     # --http-route mixed (loadtest/mixed.py): every kind drawn at least once over 40 arrivals, each
     # a `feature` row; nothing lost, each webhook job one verified delivery, each cancel 200 or 409.
-    settings = make_settings(backend="emulated", judge_backend="emulated", profile="tiny-cpu", time_scale=0,
-                             plan_r=0.3, plan_d=0.3, webhook_allow_networks="127.0.0.1/32", webhook_poll_s=0.05)
+    # paper-l40s-x10's profiled steps and batch times, at half speed: the emulated models take their
+    # steps (so streams get previews, and cancels can meet a running batch).
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=0.5,
+                             slo_s=6, plan_r=0.3, plan_d=0.3, webhook_allow_networks="127.0.0.1/32",
+                             webhook_poll_s=0.05)
     trace = write_trace(tmp_path / "trace.csv", arrivals=40, spacing_ms=100)
     async with running_stack(settings) as stack, running_webhooks(settings), running_api(settings) as base:
         key = await api_key(stack.store)
@@ -192,6 +195,7 @@ async def test_mixed_scenario_checks_every_feature_and_loses_nothing(tmp_path):
     assert sum(found["cancel"]["answers"].values()) == features["cancel"]["submitted"]
     assert set(found["cancel"]["answers"]) <= {"200", "409"}
     assert found["stream"]["completed_events"] == features["stream"]["done"] >= 1
+    assert found["stream"]["partial_events"] >= 1 and found["stream"]["first_partial_s"]["p50"] > 0
     rows = stats_rows(tmp_path)
     assert {name for kind, name in rows if kind == "feature"} >= set(features)
     assert int(rows[("webhook", "delivery")]["Request Count"]) >= webhooks["ok"]
