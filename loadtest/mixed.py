@@ -129,6 +129,7 @@ class Mixed:
     cancel_answers: dict[str, int] = field(default_factory=dict)  # "200", "409", other statuses
     cancel_answer_s: list[float] = field(default_factory=list)
     cancel_mismatch: int = 0
+    resubmitted: int = 0  # POST /v1/jobs sent again under its Idempotency-Key after no answer
     partial_events: int = 0
     completed_events: int = 0
     short_streams: int = 0  # done with fewer partial events than asked (reported, not a failure)
@@ -186,22 +187,36 @@ def body_of(job, kind: str) -> dict[str, Any]:
 
 def submit(user, body: dict, kind: str) -> str | None:
     """POST /v1/jobs: the job id (202), else None, counted: high's 503 is `refused`, any other
-    refusal `not_accepted` (and a publish error of the summary)."""
+    refusal `not_accepted` (and a publish error of the summary). With an Idempotency-Key, sent
+    again once when no answer came (a kept-alive connection the api closed as the request left:
+    status 0), so that such a job is neither lost nor submitted twice."""
     tally = MIX.tallies[kind]
-    with user.client.post("/v1/jobs", json=body, headers=user.auth, catch_response=True) as response:
-        if response.status_code == 202:
-            tally.submitted += 1
-            LF.REPLAY.tally.submitted += 1
-            return response.json()["id"]
-        if kind == "high" and response.status_code == 503 and "heavy_unavailable" in response.text:
-            tally.refused += 1
-            LF.REPLAY.tally.refused += 1
-            response.success()
-        else:
-            tally.not_accepted += 1
-            LF.REPLAY.tally.publish_errors += 1
-            response.failure(LF.api_error(response))
-        return None
+    headers = {**user.auth, "Idempotency-Key": uuid.uuid4().hex}
+    for attempt in (1, 2):
+        with user.client.post("/v1/jobs", json=body, headers=headers, catch_response=True) as response:
+            if response.status_code == 0 and attempt == 1:
+                MIX.resubmitted += 1
+                response.failure(f"no answer, sent again: {response.error!r}")
+                continue
+            return accepted(response, kind, tally)
+    return None
+
+
+def accepted(response, kind: str, tally: FeatureTally) -> str | None:
+    """submit's answer, counted."""
+    if response.status_code == 202:
+        tally.submitted += 1
+        LF.REPLAY.tally.submitted += 1
+        return response.json()["id"]
+    if kind == "high" and response.status_code == 503 and "heavy_unavailable" in response.text:
+        tally.refused += 1
+        LF.REPLAY.tally.refused += 1
+        response.success()
+    else:
+        tally.not_accepted += 1
+        LF.REPLAY.tally.publish_errors += 1
+        response.failure(LF.api_error(response) if response.status_code else f"no answer: {response.error!r}")
+    return None
 
 
 def run_job(user, job, kind: str) -> None:

@@ -80,6 +80,7 @@ def summary(environment) -> dict[str, Any]:
         features[kind] = {**asdict(mix.tallies[kind]), **latency}
     result = {"mix": {kind: round(share, 4) for kind, share in mix.shares.items()}, "mix_seed": mix.options.mix_seed,
               "features": features,
+              "resubmitted": mix.resubmitted,
               "cancel": {"answers": mix.cancel_answers, "mismatch": mix.cancel_mismatch,
                          "answer_s": percentiles(mix.cancel_answer_s)},
               "stream": {"partial_events": mix.partial_events, "completed_events": mix.completed_events,
