@@ -101,6 +101,7 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float,
         event: JobEvent | None = None
         while True:
             if event is None or event.step is None:
+                read_at = time.time()  # before the read: a change the record misses is later (in order)
                 record = await api.store.get(job_id)
                 if record is None:
                     yield sse("error", {"message": "the record is gone (expired from the store)"})
@@ -114,8 +115,8 @@ async def event_stream(api: Api, tenant: str, job_id: str, give_up_at: float,
                     return
                 if (now_where := await api.whereabouts.of(record)) != where:  # its place in line moved
                     where = now_where
-                    yield sse("position", {"job_id": job_id, "at": time.time(), "state": record.state.value,
-                                           **where})
+                    seen_at = max(read_at, record.history[-1].at) if record.history else read_at
+                    yield sse("position", {"job_id": job_id, "at": seen_at, "state": record.state.value, **where})
             elif event.preview is not None:
                 if previews and (data := (await api.store.get_previews(job_id, [event.preview]))[0]) is not None:
                     yield sse("preview", {"job_id": job_id, "index": event.preview, "step": event.step,
