@@ -30,37 +30,46 @@ the HADIS_* settings, so it targets `make run`'s stack (namespace `hadis`, api o
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import gevent
 import orjson
-import pika
-import redis
 from locust import FastHttpUser, LoadTestShape, User, events, task
 from locust.env import Environment
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
 from loadtest import mixed, mixed_report
-from shared.experiments.trace import load_trace as parse_trace
+from loadtest.common import (
+    TERMINAL,
+    Arrival,
+    JobFailed,
+    JobLost,
+    Stack,
+    Tally,
+    api_error,
+    auth_headers,
+    check_stack,
+    http_get,
+    json_or_none,
+    png_size,
+    read_trace,
+    settle_in_flight,
+    sse_events,
+    users_needed,
+)
 from shared.schemas import Job
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = ROOT / "loadtest" / "traces" / "maf-peak-60s.csv"
 DEFAULT_PROMPTS = ROOT / "profiles" / "reference" / "prompts.txt"
-TERMINAL = ("done", "failed", "expired", "cancelled")
 LAG_TOLERANCE_S = 1.0  # an arrival published later than this behind its trace time counts as lagging
 IDLE_POLL_S = 0.2
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -103,67 +112,6 @@ def add_arguments(parser) -> None:
 
 
 # ---- the trace and its progress -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Arrival:
-    at_s: float
-    prompt_id: int
-    index: int = 0  # its line in the trace, from 0 (the mixed scenario draws its kind by it)
-
-
-def read_trace(path: Path, speed: float) -> list[Arrival]:
-    """The trace's arrivals in order, `speed` times sooner. The one parser of trace files is
-    shared/experiments/trace.py's (the experiments and the simulator read the same files)."""
-    trace = parse_trace(path).compressed(speed)
-    return [Arrival(float(at_s), int(prompt_id), index)
-            for index, (at_s, prompt_id) in enumerate(zip(trace.arrival_s, trace.prompt_ids, strict=True))]
-
-
-def users_needed(arrivals: list[Arrival], window_s: float, cap: int) -> int:
-    """The most arrivals in any window_s: enough users to keep that many jobs in flight."""
-    most, start = 0, 0
-    for end, arrival in enumerate(arrivals):
-        while arrival.at_s - arrivals[start].at_s > window_s:
-            start += 1
-        most = max(most, end - start + 1)
-    return max(1, min(most, cap))
-
-
-@dataclass
-class Tally:
-    submitted: int = 0
-    done: int = 0
-    failed: int = 0
-    expired: int = 0
-    cancelled: int = 0  # cancelled by its client (the mixed scenario's cancel jobs): neither served nor failed
-    refused: int = 0  # quality=high refused or shed as documented (the mixed scenario)
-    lost: int = 0
-    late: int = 0  # done, after its SLO
-    publish_errors: int = 0
-    lagging_arrivals: int = 0
-    max_lag_s: float = 0.0
-    by_path: dict[str, int] = field(default_factory=dict)
-
-    def count_unserved(self, state: str) -> None:
-        if state == "expired":
-            self.expired += 1
-        elif state == "cancelled":
-            self.cancelled += 1
-        else:
-            self.failed += 1
-
-    @property
-    def slo_violations(self) -> int:
-        return self.late + self.failed + self.expired + self.lost
-
-    def summary(self) -> dict:
-        ratio = self.slo_violations / self.submitted if self.submitted else None
-        return {"submitted": self.submitted, "done": self.done, "failed": self.failed, "expired": self.expired,
-                "cancelled": self.cancelled, "refused": self.refused, "lost": self.lost, "late": self.late,
-                "slo_violations": self.slo_violations,
-                "slo_violation_ratio": ratio, "publish_errors": self.publish_errors, "by_path": self.by_path,
-                "lagging_arrivals": self.lagging_arrivals, "max_lag_s": round(self.max_lag_s, 3)}
-
 
 class Replay:
     """The trace being replayed: hands out arrivals in order, tracks jobs in flight."""
@@ -250,23 +198,6 @@ def via_of(options) -> str:
     return options.via
 
 
-def check_stack(options) -> None:
-    """Refuse to start unless a router consumes the ingress queue: a load test against nothing
-    would only measure timeouts."""
-    queue = f"{options.namespace}.requests"
-    try:
-        connection = pika.BlockingConnection(pika.URLParameters(options.amqp_url))
-        try:
-            consumers = connection.channel().queue_declare(queue, passive=True).method.consumer_count
-        finally:
-            connection.close()
-        redis.Redis.from_url(options.redis_url, socket_timeout=5).ping()
-    except (AMQPError, redis.RedisError, OSError) as error:
-        raise SystemExit(f"hadis stack not reachable (queue {queue}): {error!r}. Is it running (make run)?") from None
-    if consumers < 1:
-        raise SystemExit(f"no router consumes {queue}: start the stack (make run) or pass its --namespace")
-
-
 def check_api(environment: Environment, options) -> str:
     """Point the HTTP user at the api, and refuse to start unless it is healthy and takes the key
     (a wrong key would only measure 401s). The api's /healthz does not say whether a router
@@ -290,35 +221,12 @@ def check_api(environment: Environment, options) -> str:
     return f"api {url}"
 
 
-def auth_headers(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def http_get(url: str, headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """(status, body) of a GET outside the users (checks, the final count): the standard library,
-    which gevent has patched, so that nothing imports urllib3 before Locust patches ssl."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 @events.test_start.add_listener
 def start_clock(environment: Environment, **kwargs) -> None:
     REPLAY.start()
 
 
 # ---- what both users do with a job ---------------------------------------------------------
-
-class JobFailed(Exception):
-    pass
-
-
-class JobLost(Exception):
-    pass
-
 
 def replay_next(submit: Callable[[Job], None]) -> None:
     """Take the trace's next arrival, wait for its time, and submit it (the user sees it through)."""
@@ -377,61 +285,6 @@ def report(environment: Environment, name: str, latency_s: float, error: Excepti
 
 # ---- over AMQP and Redis -------------------------------------------------------------------
 
-class Stack:
-    """One user's connections: a confirmed AMQP channel and a Redis client."""
-
-    def __init__(self, options) -> None:
-        self.namespace = options.namespace
-        self.connection = pika.BlockingConnection(pika.URLParameters(options.amqp_url))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
-        self.redis = redis.Redis.from_url(options.redis_url, socket_timeout=10, health_check_interval=15)
-
-    def close(self) -> None:
-        try:
-            self.connection.close()
-        except AMQPError:
-            pass
-        self.redis.close()
-
-    def publish(self, job: Job) -> None:
-        """Persistent, mandatory, confirmed: raises UnroutableError (no such queue: no stack in this
-        namespace) or NackError (the queue is full)."""
-        self.channel.basic_publish(
-            exchange="",
-            routing_key=f"{self.namespace}.requests",
-            body=job.model_dump_json().encode(),
-            properties=pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                            message_id=job.job_id),
-            mandatory=True,
-        )
-
-    def record(self, job_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(f"{self.namespace}:job:{job_id}")
-        return {key.decode(): value.decode() for key, value in raw.items()}
-
-    def image_size(self, job_id: str) -> int:
-        return int(self.redis.strlen(f"{self.namespace}:image:{job_id}"))
-
-    def wait(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
-        """Subscribe to the job's done channel, then read the record (so a completion between the
-        two is not missed); wait for the message in bounded steps, re-reading the record."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(f"{self.namespace}:done:{job_id}")
-        try:
-            give_up_at = time.monotonic() + timeout_s
-            while True:
-                record = self.record(job_id)
-                if record.get("state") in TERMINAL:
-                    return record
-                remaining = give_up_at - time.monotonic()
-                if remaining <= 0:
-                    return None
-                pubsub.get_message(timeout=min(remaining, 5.0))
-        finally:
-            pubsub.close()
-
-
 class JobUser(User):
     """Publishes the trace's next arrival at its time, waits for the job, reports its latency."""
 
@@ -463,47 +316,6 @@ class JobUser(User):
 
 
 # ---- through the HTTP api ------------------------------------------------------------------
-
-def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, dict]]:
-    """(event, data) of a server-sent event stream as its chunks arrive; comment lines (the
-    keep-alives) and events without data are skipped."""
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
-            event, data = "message", b""
-            for line in block.split(b"\n"):
-                if line.startswith(b"event:"):
-                    event = line[6:].strip().decode()
-                elif line.startswith(b"data:"):
-                    data += line[5:].strip()
-            if data:
-                yield event, orjson.loads(data)
-
-
-def png_size(answer: dict | None) -> int:
-    """Bytes of the first image of an images answer ({"data": [{"b64_json"}]}); 0 without one."""
-    try:
-        return len(base64.b64decode(answer["data"][0]["b64_json"], validate=True))
-    except (KeyError, IndexError, TypeError, binascii.Error):
-        return 0
-
-
-def json_or_none(response) -> dict | None:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def api_error(response) -> str:
-    """The api's error message (OpenAI's shape), or the start of the body."""
-    try:
-        return f"{response.status_code} {response.json()['error']['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{response.status_code} {(response.text or '')[:200]}"
-
 
 class HttpJobUser(FastHttpUser):
     """Submits the trace's next arrival through the HTTP api at its time, follows the job to its
@@ -659,7 +471,7 @@ def summarise(environment: Environment, **kwargs) -> None:
     if REPLAY is None or REPLAY.started_at is None:
         return
     found = mixed_report.summary(environment) if REPLAY.options.http_route == "mixed" and mixed.MIX else None
-    settle_in_flight(REPLAY)
+    settle_in_flight(REPLAY, HttpJobUser.host)
     summary = {**REPLAY.tally.summary(), "slo_s": REPLAY.slo_s, "trace": REPLAY.options.trace,
                "arrivals": len(REPLAY.arrivals), "replayed": REPLAY.next_index, "users": REPLAY.users,
                "via": REPLAY.via, "namespace": REPLAY.options.namespace}
@@ -682,41 +494,3 @@ def summarise(environment: Environment, **kwargs) -> None:
             log.warning("mixed scenario: %s", found["violations"])
         failed = tally.submitted == 0 or tally.failed or tally.expired or tally.lost or found["violations"]
         environment.process_exit_code = 1 if failed else 0
-
-
-def settle_in_flight(replay: Replay) -> None:
-    """Jobs still awaited when the run was cut short (--run-time, Ctrl-C): count them by their
-    record now; one that is not terminal is lost (and so is an images request without an answer)."""
-    job_ids = list(replay.in_flight)
-    if not job_ids:
-        return
-    for job_id, state in zip(job_ids, states_now(replay, job_ids), strict=True):
-        if state == "done":
-            replay.tally.done += 1
-        elif state in TERMINAL:
-            replay.tally.count_unserved(state)
-        else:
-            replay.tally.lost += 1
-        del replay.in_flight[job_id]
-
-
-def states_now(replay: Replay, job_ids: list[str]) -> list[str | None]:
-    """The jobs' states as their records say now: from Redis, or from the api for the HTTP user."""
-    if replay.via == "http":
-        return [api_state(replay.options.api_key, job_id) for job_id in job_ids]
-    client = redis.Redis.from_url(replay.options.redis_url, socket_timeout=5)
-    try:
-        states = [client.hget(f"{replay.options.namespace}:job:{job_id}", "state") for job_id in job_ids]
-        return [state.decode() if state else None for state in states]
-    finally:
-        client.close()
-
-
-def api_state(key: str, job_id: str) -> str | None:
-    if job_id.startswith("images-"):
-        return None
-    try:
-        status, body = http_get(f"{HttpJobUser.host}/v1/jobs/{job_id}", auth_headers(key))
-        return orjson.loads(body).get("state") if status == 200 else None
-    except (OSError, ValueError):
-        return None
