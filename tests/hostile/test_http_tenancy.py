@@ -227,6 +227,25 @@ async def test_reads_have_a_rate(door):
     assert codes.count(None) >= 2 * SETTINGS.api_read_rate_per_s and "read_rate_exceeded" in codes, codes
 
 
+async def test_a_cancel_refused_for_the_read_rate_changed_nothing(door):
+    """A 429 means "nothing done, retry": a DELETE at the end of its caller's read budget either is
+    refused before it cancels, or cancels and answers 200 (its answer is not charged a second read)."""
+    _, http = await door.tenant()
+    job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
+    for _ in range(20):
+        while code_of(await http.get(f"/v1/jobs/{job_id}")) != "read_rate_exceeded":
+            pass  # the bucket is empty now
+        await asyncio.sleep(1.25 / SETTINGS.api_read_rate_per_s)  # about one read's worth comes back
+        answer = await http.delete(f"/v1/jobs/{job_id}")
+        record = await door.store.get(job_id)
+        assert record is not None
+        if answer.status_code == 200:
+            assert answer.json()["state"] == "cancelled" and record.state is JobState.cancelled
+            return
+        assert answer.status_code == 429 and record.state is not JobState.cancelled, (answer.text, record.state)
+    raise AssertionError("no DELETE got a read in 20 tries")
+
+
 async def test_large_images_cost_their_pixels(door):
     _, http = await door.tenant(burst=20, image_mb=4.0)
     big = await http.post("/v1/images/generations", json={"prompt": "x", "n": 2, "size": "2048x2048"})
