@@ -29,9 +29,10 @@ run: install services
 
 # The tiers are the folders of tests/ (tests/conftest.py marks each test with its folder's tier):
 # `make test` runs unit and integration (tests/*.py, policies, backends, experiments, integration);
-# test-deploy, test-faults and test-hostile run the others; `make ci` runs them all as CI does.
+# test-deploy, test-faults and test-hostile run the others; `make ci` runs them all as CI does. The unit
+# and integration tiers run side by side (scripts/test_tiers.sh); TEST_ARGS passes pytest options to both.
 test: install services
-	$(PY) -m pytest -q -m "not deploy and not faults and not hostile"
+	PY=$(PY) bash scripts/test_tiers.sh $(TEST_ARGS)
 
 # The documented commands and artefacts as given (tests/deploy; a few minutes): make loadtest against make run's
 # stack, the compose files and Dockerfiles, the HTTP, shell and Node examples, and the README's other make targets,
