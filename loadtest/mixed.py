@@ -44,6 +44,7 @@ from typing import Any
 import gevent
 
 from loadtest.webhook_receiver import Delivery, Receiver, read_secrets
+from shared.images_api import sniff_format as image_format  # by magic bytes: no image library needed
 
 log = logging.getLogger("hadis.loadtest")
 
@@ -305,17 +306,6 @@ def unserved(kind: str, tally: FeatureTally, state: str, error: str) -> Exceptio
 
 def expected_format(kind: str) -> str:
     return str(EXTRA_FIELDS.get(kind, {}).get("output_format", "png"))
-
-
-def image_format(data: bytes) -> str | None:
-    """The format by its magic bytes (no image library: the Locust environment may have none)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
 
 
 def check_image(user, job_id: str, recorded: str, wanted: str) -> str | None:

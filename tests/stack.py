@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from services import api, controller, judge, router, worker
+from services import api, controller, judge, router, webhooks, worker
 from shared.bus import Bus
 from shared.client import Client
 from shared.schemas import Job, JobRecord, Plan, Tier
@@ -144,6 +144,18 @@ async def running_api(settings: Settings, timeout_s: float = 60.0) -> AsyncItera
                 assert time.monotonic() < give_up_at, f"the api did not answer /healthz in {timeout_s} s"
                 await asyncio.sleep(0.1)
         yield base
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 60)
+
+
+@asynccontextmanager
+async def running_webhooks(settings: Settings) -> AsyncIterator[None]:
+    """The webhook sender (services/webhooks.py) in this process, beside running_stack's services."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve("webhooks", webhooks.main, settings, stopping), name="webhooks")
+    try:
+        yield
     finally:
         stopping.set()
         await asyncio.wait_for(task, 60)

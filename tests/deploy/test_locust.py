@@ -8,20 +8,16 @@ import asyncio
 import csv
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
 import pytest
 
-from services import webhooks
 from shared import apikeys
 from shared.policies.tenancy import Limits
-from shared.service import serve
 from shared.store import Store
 from tests.helpers import make_settings, namespace
-from tests.stack import running_api, running_stack
+from tests.stack import running_api, running_stack, running_webhooks
 
 pytestmark = [pytest.mark.integration]
 
@@ -151,18 +147,6 @@ async def test_refuses_to_start_without_a_stack(tmp_path):
     trace = write_trace(tmp_path / "trace.csv", arrivals=1, spacing_ms=1)
     code, output = await run_locust(tmp_path, make_settings().namespace, trace)
     assert code != 0 and "not reachable" in output
-
-
-@asynccontextmanager
-async def running_webhooks(settings) -> AsyncIterator[None]:
-    """The webhook sender (services/webhooks.py) in this process beside running_stack's services."""
-    stopping = asyncio.Event()
-    task = asyncio.create_task(serve("webhooks", webhooks.main, settings, stopping), name="webhooks")
-    try:
-        yield
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 60)
 
 
 async def test_mixed_scenario_checks_every_feature_and_loses_nothing(tmp_path):

@@ -16,14 +16,12 @@ import httpx
 import orjson
 import pytest
 
-from services import webhooks
 from shared import apikeys
 from shared.schemas import Job, JobState
-from shared.service import serve
 from shared.settings import Settings
 from shared.store import Store
 from tests.helpers import make_settings, namespace
-from tests.stack import running_api, running_stack
+from tests.stack import running_api, running_stack, running_webhooks
 from tests.webhook_receiver import Received, Script, receiving
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -34,18 +32,6 @@ FAST = dict(webhook_allow_networks="127.0.0.1/32", webhook_retry_first_s=0.2, we
 
 def fast_settings(**overrides) -> Settings:
     return make_settings(**{**FAST, **overrides})
-
-
-@asynccontextmanager
-async def sender(settings: Settings) -> AsyncIterator[None]:
-    """The webhook sender in this process until the block ends."""
-    stopping = asyncio.Event()
-    task = asyncio.create_task(serve("webhooks", webhooks.main, settings, stopping), name="webhooks")
-    try:
-        yield
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 30)
 
 
 @asynccontextmanager
@@ -90,7 +76,8 @@ def verify(secret: str, request: Received, tolerance_s: float = 300.0) -> dict:
 async def test_a_done_job_through_the_services_is_delivered_once_and_signed() -> None:
     settings = fast_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=0.1)
     with receiving() as receiver:
-        async with running_stack(settings, services=("router", "judge", "light", "heavy")) as stack, sender(settings):
+        async with running_stack(settings, services=("router", "judge", "light", "heavy")) as stack, \
+                running_webhooks(settings):
             job = Job(prompt="a red bicycle against a blue wall", webhook_url=receiver.url())
             await stack.client.submit(job)
             record = await stack.client.wait(job.job_id, 60)
@@ -115,7 +102,7 @@ async def test_a_done_job_through_the_services_is_delivered_once_and_signed() ->
 async def test_a_receiver_failing_twice_gets_one_success_on_the_third_attempt() -> None:
     settings = fast_settings()
     with receiving(Script(statuses=[500, 500])) as receiver:
-        async with store_of(settings) as store, sender(settings):
+        async with store_of(settings) as store, running_webhooks(settings):
             job_id = await ended_job(store, receiver.url(), tenant="acme")
             status = await delivery_state(store, job_id, ("delivered", "failed"))
             secret = (await store.webhook_secrets("acme"))[0]
@@ -134,7 +121,7 @@ async def test_a_receiver_failing_twice_gets_one_success_on_the_third_attempt() 
 async def test_a_private_address_is_refused_unless_allowed() -> None:
     settings = fast_settings(webhook_allow_networks="")
     with receiving() as receiver:
-        async with store_of(settings) as store, sender(settings):
+        async with store_of(settings) as store, running_webhooks(settings):
             job_id = await ended_job(store, receiver.url())
             localhost = await ended_job(store, f"http://localhost:{receiver.port}/hook")
             status = await delivery_state(store, job_id, ("delivered", "failed"))
@@ -147,7 +134,7 @@ async def test_a_private_address_is_refused_unless_allowed() -> None:
 async def test_a_slow_receiver_times_out_and_is_tried_again() -> None:
     settings = fast_settings(webhook_timeout_s=1.0, webhook_retry_first_s=30.0)
     with receiving(Script(delay_s=4.0)) as receiver:
-        async with store_of(settings) as store, sender(settings):
+        async with store_of(settings) as store, running_webhooks(settings):
             job_id = await ended_job(store, receiver.url())
             started = time.monotonic()
             status = await delivery_state(store, job_id, ("pending",), timeout_s=10)
@@ -163,7 +150,7 @@ async def test_a_huge_answer_is_not_read_beyond_the_bound() -> None:
     settings = fast_settings()
     size = 200 * 2**20
     with receiving(Script(body_bytes=size)) as receiver:
-        async with store_of(settings) as store, sender(settings):
+        async with store_of(settings) as store, running_webhooks(settings):
             job_id = await ended_job(store, receiver.url())
             started = time.monotonic()
             status = await delivery_state(store, job_id, ("delivered", "failed"))
@@ -177,7 +164,7 @@ async def test_a_redirect_is_not_followed() -> None:
     settings = fast_settings(webhook_max_attempts=1)
     script = Script(statuses=[307], headers={"location": "/elsewhere"})
     with receiving(script) as receiver:
-        async with store_of(settings) as store, sender(settings):
+        async with store_of(settings) as store, running_webhooks(settings):
             job_id = await ended_job(store, receiver.url())
             status = await delivery_state(store, job_id, ("delivered", "failed"))
     assert status["state"] == "failed" and status["last_status"] == 307
@@ -187,7 +174,7 @@ async def test_a_redirect_is_not_followed() -> None:
 async def test_the_api_applies_the_tenants_default_and_shows_the_delivery() -> None:
     settings = fast_settings()
     with receiving() as receiver:
-        async with store_of(settings) as store, running_api(settings) as base, sender(settings):
+        async with store_of(settings) as store, running_api(settings) as base, running_webhooks(settings):
             key, stored = apikeys.new_key("acme")
             await store.put_api_key(stored)
             await store.set_tenant_webhook_url("acme", receiver.url("/default"))
@@ -217,7 +204,7 @@ async def test_the_senders_container_probe_finds_it_ready() -> None:
     server = metrics.start_metrics_server(0, addr="127.0.0.1")
     metrics.mark_ready("webhooks", False)
     try:
-        async with store_of(settings), sender(settings):
+        async with store_of(settings), running_webhooks(settings):
             give_up_at = time.monotonic() + 30
             while True:
                 code, output = await probe(settings.namespace, "webhooks", "--metrics-port", str(server.server_port))
