@@ -19,6 +19,7 @@ from PIL import Image
 from shared import apikeys
 from shared.schemas import Job, JobState
 from tests.helpers import make_settings
+from tests.integration.test_api import submit, wait_done
 from tests.stack import running_api, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -51,22 +52,6 @@ async def deployment():
         yield Deployment(stack, base, key)
 
 
-async def submit(http: httpx.AsyncClient, **job) -> str:
-    response = await http.post("/v1/jobs", json={"prompt": "a red bicycle", "width": 64, "height": 64, **job})
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
-
-
-async def wait_terminal(http: httpx.AsyncClient, job_id: str, timeout_s: float = 60) -> dict:
-    give_up_at = time.monotonic() + timeout_s
-    while True:
-        record = (await http.get(f"/v1/jobs/{job_id}")).json()
-        if record["state"] in ("done", "failed", "expired"):
-            return record
-        assert time.monotonic() < give_up_at, record
-        await asyncio.sleep(0.05)
-
-
 def opened(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
@@ -81,7 +66,7 @@ def states(record: dict) -> list[str]:
 async def test_a_job_is_served_in_its_output_format(deployment, fmt):
     async with deployment.http() as http:
         job_id = await submit(http, output_format=fmt, output_compression=40, quality="low")
-        record = await wait_terminal(http, job_id)
+        record = await wait_done(http, job_id)
         assert record["state"] == "done" and record["output_format"] == fmt, record
         response = await http.get(f"/v1/jobs/{job_id}/image")
         assert response.status_code == 200
@@ -99,7 +84,7 @@ async def test_the_judge_reads_a_light_image_in_any_format(deployment):
     async with deployment.http() as http:
         job_ids = [await submit(http, output_format=fmt) for fmt in ("jpeg", "webp")]
         for job_id, fmt in zip(job_ids, ("jpeg", "webp"), strict=True):
-            record = await wait_terminal(http, job_id)
+            record = await wait_done(http, job_id)
             assert record["state"] == "done" and record["escalated"] and record["tier"] == "heavy", record
             assert record["judge_score"] is not None
             image = (await http.get(f"/v1/jobs/{job_id}/image")).content
@@ -127,11 +112,11 @@ async def test_quality_low_is_never_escalated_even_when_d_is_1(deployment):
         low = [await submit(http, quality="low", prompt=f"a quiet harbour, take {i}") for i in range(4)]
         auto = await submit(http, prompt="a quiet harbour, the cascade")
         for job_id in low:
-            record = await wait_terminal(http, job_id)
+            record = await wait_done(http, job_id)
             assert record["state"] == "done" and record["tier"] == "light" and not record["escalated"], record
             assert "escalated" not in states(record) and record["judge_score"] is None  # not scored
             assert record["quality"] == "low" and record["model"] == "sd35-large-turbo"
-        cascade = await wait_terminal(http, auto)
+        cascade = await wait_done(http, auto)
         assert cascade["escalated"] and "escalated" in states(cascade)  # d = 1 does escalate an auto job
     assert (await deployment.stack.store.forced_arrivals()).get("low", 0) >= 4  # the controller's mix
 
@@ -139,7 +124,7 @@ async def test_quality_low_is_never_escalated_even_when_d_is_1(deployment):
 async def test_quality_high_goes_straight_to_heavy(deployment):
     async with deployment.http() as http:
         job_id = await submit(http, quality="high")
-        record = await wait_terminal(http, job_id)
+        record = await wait_done(http, job_id)
     assert record["state"] == "done" and record["tier"] == "heavy" and record["model"] == "sd35-large", record
     assert "judging" not in states(record) and record["router_score"] is None
     client = deployment.openai()
@@ -151,7 +136,7 @@ async def test_quality_high_is_refused_when_the_heavy_model_cannot_make_the_dead
     """A 2 s objective: one sd35-large batch takes 2.7 s."""
     async with deployment.http() as http:
         job_id = await submit(http, quality="high", slo_s=2.0)
-        record = await wait_terminal(http, job_id)
+        record = await wait_done(http, job_id)
     assert record["state"] == "failed" and record["error"].startswith("503 HeavyUnavailable"), record
     assert "cannot finish it by its deadline" in record["error"]
     with pytest.raises(openai.InternalServerError) as refused:
@@ -167,9 +152,9 @@ async def test_quality_high_is_refused_by_a_plan_without_heavy_gpus(deployment):
     try:
         async with deployment.http() as http:
             job_id = await submit(http, quality="high")
-            record = await wait_terminal(http, job_id)
+            record = await wait_done(http, job_id)
             assert record["state"] == "failed" and "no heavy GPUs" in record["error"], record
-            auto = await wait_terminal(http, await submit(http, quality="auto", prompt="served all the same"))
+            auto = await wait_done(http, await submit(http, quality="auto", prompt="served all the same"))
             assert auto["state"] == "done"
     finally:
         await stack.set_plan(heavy_gpus=1)
