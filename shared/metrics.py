@@ -86,6 +86,7 @@ PLAN_SWITCH_DARK = Counter("hadis_plan_switch_dark_gpu_seconds", "GPU-seconds th
 ROUTED = Counter("hadis_routed", "Jobs routed to each tier", ["tier"], registry=REGISTRY)
 HEAVY_FULL = Counter("hadis_routed_light_heavy_full", "Jobs the score sent to heavy that the router sent down the "
                      "light path: the heavy tier's share could not clear them by their deadline", registry=REGISTRY)
+VERDICTS = ("escalated", "accepted", "too_late")
 JUDGE_VERDICTS = Counter("hadis_judge_verdicts", "Judge decisions on light images", ["model", "verdict"],
                          registry=REGISTRY)
 BATCH_SIZE = Histogram("hadis_batch_size", "Images per generated batch", ["tier"], buckets=BATCH_SIZE_BUCKETS,
@@ -285,7 +286,11 @@ def observe_heavy_full() -> None:
 
 
 def observe_verdict(model: str, verdict: str) -> None:
-    """verdict: "escalated", "accepted", or "too_late" (the judge wanted to escalate, the deadline had passed)."""
+    """verdict: "escalated", "accepted", or "too_late" (the judge wanted to escalate, the deadline had passed).
+    Every verdict's series of the model exists from its first verdict on, at 0: a dashboard's escalation
+    rate under a plan that escalates nothing is 0, not "no data"."""
+    for each in VERDICTS:
+        JUDGE_VERDICTS.labels(model, each)
     JUDGE_VERDICTS.labels(model, verdict).inc()
 
 

@@ -137,3 +137,11 @@ def test_outcome_series_exist_from_zero():
                          ("hadis_job_latency_seconds_count", {"tier": "light"}),
                          ("hadis_dead_letters_parked_total", {"reason": "no_job_id"})]:
         assert metrics.REGISTRY.get_sample_value(name, labels) is not None, (name, labels)
+
+
+def test_a_models_first_verdict_brings_every_verdict_series_at_zero():
+    """A plan that escalates nothing shows an escalation rate of 0, not an absent series."""
+    metrics.observe_verdict("accepting-only", "accepted")
+    assert metrics.REGISTRY.get_sample_value("hadis_judge_verdicts_total",
+                                             {"model": "accepting-only", "verdict": "escalated"}) == 0.0
+    assert sample("hadis_judge_verdicts_total", model="accepting-only", verdict="accepted") == 1.0
