@@ -179,7 +179,7 @@ class Router:
     async def route(self, job: Job, redelivered: bool) -> None:
         settings = self.service.settings
         plan = self.service.plans.current
-        deadline = job.effective_deadline(settings.slo_s)
+        deadline = job.effective_deadline(settings.slo_s, settings.batch_slo_s)
         tier, score, refusal = await self.decide(job, plan, deadline)
         expired = self.clock() >= deadline
         outcome: dict[str, Any]

@@ -62,6 +62,10 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 # high = the heavy model only (refused when it cannot make the deadline), medium and auto = the cascade.
 QUALITIES = ("low", "medium", "high", "auto")
 QualityName = Literal["low", "medium", "high", "auto"]
+# The service classes (docs/classes.md): interactive, a person waits (the SLO, planned for); batch,
+# nobody watches (its own objective; served on the capacity the interactive plan leaves).
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 
 # Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) other than tab, newline
 # and carriage return: refused in every text a caller sends (they garble logs and terminals).
@@ -225,6 +229,11 @@ class Job(Strict):
     webhook_url: WebhookUrl | None = Field(
         default=None, description="Where hadis POSTs the job's terminal event (docs/jobs.md, Webhooks); unset: the "
                                   "tenant's default, if any.")
+    priority: Priority = Field(
+        default="interactive",
+        description="The service class (docs/classes.md): interactive, a person waits (the SLO, HADIS_SLO_S); batch, "
+                    "nobody watches (HADIS_BATCH_SLO_S by default), served on the capacity interactive work leaves, "
+                    "at the best quality it allows.")
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -256,13 +265,15 @@ class Job(Strict):
         """What a job record keeps of the job (the router and the api write the same fields)."""
         return {"prompt": self.prompt, "submitted_at": self.submitted_at, "deadline": deadline,
                 "metadata": self.metadata, "tenant": self.tenant, "output_format": self.output_format,
-                "quality": self.quality, "webhook_url": self.webhook_url}
+                "quality": self.quality, "webhook_url": self.webhook_url, "priority": self.priority}
 
-    def effective_deadline(self, default_slo_s: float) -> float:
-        """The deadline, else submitted_at + the SLO; never beyond MAX_TIMESTAMP (a Task's bound)."""
+    def effective_deadline(self, default_slo_s: float, batch_slo_s: float | None = None) -> float:
+        """The deadline, else submitted_at + the job's SLO, else its class's (`default_slo_s` for
+        interactive, `batch_slo_s` for batch; Settings.class_slo_s); never beyond MAX_TIMESTAMP."""
         if self.deadline is not None:
             return self.deadline
-        return min(self.submitted_at + (self.slo_s or default_slo_s), MAX_TIMESTAMP)
+        default = batch_slo_s if self.priority == "batch" and batch_slo_s is not None else default_slo_s
+        return min(self.submitted_at + (self.slo_s or default), MAX_TIMESTAMP)
 
 
 class Task(Strict):
@@ -295,6 +306,12 @@ class Plan(Strict):
     high_share: float = Field(default=0.0, ge=0.0, le=1.0,
                               description="Share of arrivals asking quality=high (heavy only), within r.")
     fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
+    # The batch class (shared/policies/classes.py): where its jobs go, and the GPUs reserved for it.
+    batch_heavy: float = Field(default=1.0, ge=0.0, le=1.0,
+                               description="Share of batch jobs routed to the heavy tier (the rest: light).")
+    batch_first: list[str] = Field(default_factory=list,
+                                   description="GPUs whose workers take batch jobs before interactive ones: capacity "
+                                               "reserved because batch deadlines come near.")
     created_at: float = Field(default_factory=now)
     reason: str = ""
 
@@ -335,6 +352,7 @@ class JobRecord(Strict):
     output_format: str | None = None  # the image's encoding (None: a record from before it was kept: png)
     quality: str | None = None
     webhook_url: str | None = None
+    priority: str | None = None  # the service class (None: a record from before classes: interactive)
     metadata: dict[str, Any] = Field(default_factory=dict)
     history: list[Transition] = Field(default_factory=list)
     # While `generating`: the denoising steps the model has finished, of how many (the worker writes

@@ -187,6 +187,15 @@ class BoundsSettings(BaseModel):
     """Bounds on jobs and queues, and how long a service waits through an outage."""
 
     slo_s: float = Field(default=60.0, gt=0, le=3600, description="Default latency objective of a job.")
+    # The batch class (docs/classes.md): its objective, and its weight, the most of the fleet's GPUs that
+    # it may take ahead of interactive work when its deadlines come near (interactive's is the rest).
+    batch_slo_s: float = Field(default=900.0, gt=0, le=3600, description="Default latency objective of a batch job.")
+    batch_weight: float = Field(default=0.25, ge=0.0, le=1.0,
+                                description="The share of the GPUs batch work may take first when its deadlines "
+                                            "come near (0: never; it then waits for the capacity interactive leaves).")
+    batch_yield: Literal["step", "finish"] = Field(
+        default="step", description="step: a running batch job's batch stops at its next denoising step when an "
+                                    "interactive job behind it would otherwise be late; finish: it always ends.")
     job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record (the result's retention).")
     image_ttl_s: int = Field(default=86_400, ge=60, description="TTL of a job's images in Redis (capped at job_ttl_s).")
     max_deliveries: int = Field(default=3, ge=1, le=20, description="Deliveries before a job is dead-lettered.")

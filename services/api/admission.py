@@ -78,7 +78,8 @@ class Admission:
             raise bad_request(f"these images cost {units:g} units (one unit is a 512x512 image), more than this "
                               f"tenant's burst ({caller.limits.burst})", param="n", code="request_too_large")
         await self.check_store_room(caller.tenant)
-        slots = [(job.job_id, tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s)),
+        slots = [(job.job_id, tenancy.slot_expires_at(job.effective_deadline(self.settings.slo_s,
+                                                                              self.settings.batch_slo_s)),
                   tenancy.job_units(job.width, job.height)) for job in jobs]
         store_bytes = sum(tenancy.image_bytes(job.width, job.height) for job in jobs)
         why, released = "", False

@@ -13,6 +13,7 @@ from shared.errors import HadisError, Overloaded
 from shared.images_api import ApiError
 from shared.logging import get_logger
 from shared.schemas import Job, JobState
+from shared.settings import Settings
 from shared.store import Change
 
 log = get_logger(__name__)
@@ -38,7 +39,7 @@ async def accept(api: Api, caller: Caller, jobs: list[Job]) -> None:
         raise unavailable(errors[0], caller.tenant)
     metrics.observe_api_accepted(caller.tenant, len(jobs))
     try:  # one round trip for all of a request's images (and one retry window in an outage, not n)
-        await api.store.apply_many([queued_record(job, api.settings.slo_s) for job in jobs])
+        await api.store.apply_many([queued_record(job, api.settings) for job in jobs])
     except HadisError as error:  # published: the router writes the records
         log.warning("queued_record_not_written", job_ids=[job.job_id for job in jobs], error=str(error))
 
@@ -61,7 +62,7 @@ async def withdraw(api: Api, caller: Caller, jobs: list[Job], published: list[Jo
     slot until it ends (the api gives it back then)."""
     running: list[str] = []
     for job in published:
-        outcome = await api.store.apply(withdrawn_record(job, api.settings.slo_s))
+        outcome = await api.store.apply(withdrawn_record(job, api.settings))
         if not outcome.applied:
             outcome = await api.store.apply(Change(job.job_id, JobState.failed, {"error": WITHDRAWN},
                                                    detail=WITHDRAWN, only_from=CANCELLABLE))
@@ -72,14 +73,16 @@ async def withdraw(api: Api, caller: Caller, jobs: list[Job], published: list[Jo
         log.warning("withdrawn_jobs_running", job_ids=running)
 
 
-def withdrawn_record(job: Job, default_slo_s: float) -> Change:
-    return Change(job.job_id, JobState.failed, {**job.record_fields(job.effective_deadline(default_slo_s)),
+def withdrawn_record(job: Job, settings: Settings) -> Change:
+    deadline = job.effective_deadline(settings.slo_s, settings.batch_slo_s)
+    return Change(job.job_id, JobState.failed, {**job.record_fields(deadline),
                                                 "error": WITHDRAWN}, create=True, passing=(JobState.queued,),
                   detail=WITHDRAWN)
 
 
-def queued_record(job: Job, default_slo_s: float) -> Change:
-    return Change(job.job_id, JobState.queued, job.record_fields(job.effective_deadline(default_slo_s)),
+def queued_record(job: Job, settings: Settings) -> Change:
+    return Change(job.job_id, JobState.queued, job.record_fields(job.effective_deadline(settings.slo_s,
+                                                                                         settings.batch_slo_s)),
                   create=True, detail="accepted by the api")
 
 

@@ -50,7 +50,7 @@ async def images_generations(request: Request) -> Response:
         return await _stream(api, caller, jobs[0])
     with api.admission.waiting(caller.tenant):
         await accept(api, caller, jobs)
-        deadline = max(job.effective_deadline(settings.slo_s) for job in jobs)
+        deadline = max(job.effective_deadline(settings.slo_s, settings.batch_slo_s) for job in jobs)
         records = await wait_terminal(api, [job.job_id for job in jobs], deadline + settings.api_wait_grace_s,
                                       request)
     await api.store.release_slots(caller.tenant, list(records))
@@ -73,7 +73,8 @@ async def _stream(api: Api, caller: Caller, job: Job) -> Response:
     except BaseException:
         hold.release()
         raise
-    give_up_at = job.effective_deadline(api.settings.slo_s) + api.settings.api_wait_grace_s
+    settings = api.settings
+    give_up_at = job.effective_deadline(settings.slo_s, settings.batch_slo_s) + settings.api_wait_grace_s
     return HeldStream(openai_stream(api, caller.tenant, job, give_up_at), hold, media_type="text/event-stream",
                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

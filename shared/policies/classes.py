@@ -1,0 +1,166 @@
+"""The service classes (docs/classes.md): interactive work, which a person waits for, and batch work,
+which nobody watches, on one fleet. The interactive class is planned as before, for its sustained
+demand and its SLO (shared/policies/planner.py); it never sees the batch class's demand. The batch
+class takes what the interactive plan leaves: the idle time of every GPU, at the best model that
+the leftover allows (the heavy tier's, wherever its leftover covers the backlog by its deadlines),
+and, only when its deadlines come near and the leftover cannot meet them, GPUs reserved for it
+(at most Settings.batch_weight of the fleet), said in a metric and the log.
+
+Pure: the controller (services/controller.py), the router, the workers and the simulator call
+these rules, so that both place, order and yield the same jobs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.policies.admission import ends_too_late
+from shared.schemas import Plan, Priority, Tier
+
+# The horizons (seconds from now) at which the controller counts the batch jobs due: a backlog due
+# by each must fit the capacity the batch class has until then.
+BACKLOG_HORIZONS_S: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+
+# How a running batch-class batch gives way to interactive work that arrives behind it:
+# "step": it is stopped at its next denoising step when an interactive job waiting behind it
+# could not end in time otherwise (its jobs go back to the batch queue; the steps run are lost);
+# "finish": it always runs to its end (no work lost; interactive jobs wait up to one batch).
+YieldMode = Literal["step", "finish"]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The batch jobs not yet ended, by deadline: `due[i]` jobs have their deadline within
+    `horizons[i]` seconds of the reading (cumulative, so non-decreasing); `total` all of them."""
+
+    horizons: tuple[float, ...]
+    due: tuple[int, ...]
+    total: int
+
+    @staticmethod
+    def empty() -> Backlog:
+        return Backlog(BACKLOG_HORIZONS_S, tuple(0 for _ in BACKLOG_HORIZONS_S), 0)
+
+    def points(self) -> list[tuple[float, int]]:
+        """(horizon, jobs due by then), with the whole backlog at the last horizon at the latest:
+        a job due later still needs serving, and none may wait for ever."""
+        points = list(zip(self.horizons, self.due, strict=True))
+        if points and self.total > points[-1][1]:
+            points[-1] = (points[-1][0], self.total)
+        return points
+
+
+@dataclass(frozen=True)
+class BatchPlacement:
+    """Where the batch class runs under a plan: its heavy share (Plan.batch_heavy), the GPUs that
+    take batch first (Plan.batch_first), and why (the log, the metric)."""
+
+    heavy: float
+    first: tuple[str, ...]
+    reason: str
+
+    @property
+    def reserved(self) -> int:
+        return len(self.first)
+
+
+def per_image_s(plan: Plan, tier: Tier, batch_s: Callable[[str, int], float]) -> float:
+    """Seconds of one GPU per image on the tier, at the plan's batch size."""
+    size = plan.batch_for(tier)
+    return batch_s(plan.model_for(tier), size) / size
+
+
+def tier_gpus(plan: Plan, tier: Tier) -> int:
+    return plan.light_gpus if tier is Tier.light else plan.heavy_gpus
+
+
+def leftover_gpus(plan: Plan, demand_qps: float, batch_s: Callable[[str, int], float]) -> dict[Tier, float]:
+    """GPUs' worth (GPU-seconds per second) that each tier is expected to leave idle by the
+    interactive class: its GPUs less its interactive load (demand x its share x the seconds of GPU
+    an image takes at the plan's batch). The slack inside the plan is the batch class's: a plan
+    made for 1.2x the demand, or with a tier at half load, leaves it idle otherwise."""
+    shares = {Tier.light: 1.0 - plan.r if plan.light_gpus > 0 else 0.0, Tier.heavy: plan.heavy_share}
+    left: dict[Tier, float] = {}
+    for tier, share in shares.items():
+        gpus = tier_gpus(plan, tier)
+        busy = demand_qps * share * per_image_s(plan, tier, batch_s) if gpus > 0 else 0.0
+        left[tier] = max(gpus - busy, 0.0)
+    return left
+
+
+def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callable[[str, int], float],
+                weight: float) -> BatchPlacement:
+    """The heavy share of the batch class and its reserved GPUs, for the backlog's deadlines.
+
+    The heavy tier's model is the better one: every batch job goes there while, at every horizon,
+    the heavy tier's leftover can serve the jobs due by then. The share it cannot serve goes to the
+    light tier's leftover. What neither covers by a horizon is a shortfall: the fewest heavy GPUs
+    (at most `weight` of the fleet, at least one GPU of each tier left to interactive work) whose
+    full time covers it are reserved, their workers taking batch first. With no backlog nothing
+    changes (heavy 1.0, nothing reserved)."""
+    points = [(horizon, due) for horizon, due in backlog.points() if due > 0]
+    if not points:
+        return BatchPlacement(1.0, (), "no batch backlog")
+    left = leftover_gpus(plan, demand_qps, batch_s)
+    cost = {tier: per_image_s(plan, tier, batch_s) for tier in Tier}
+    heavy = 1.0
+    if plan.heavy_gpus > 0 and cost[Tier.heavy] > 0:
+        heavy = min([1.0] + [left[Tier.heavy] * horizon / cost[Tier.heavy] / due for horizon, due in points])
+    elif plan.heavy_gpus <= 0:
+        heavy = 0.0
+    if plan.light_gpus <= 0 or plan.light_model == plan.heavy_model:
+        heavy = 1.0 if plan.heavy_gpus > 0 else 0.0
+    shortfall_gpus = 0.0
+    for horizon, due in points:
+        need = due * (heavy * cost[Tier.heavy] + (1.0 - heavy) * cost[Tier.light])
+        have = (left[Tier.heavy] if heavy > 0 else 0.0) + (left[Tier.light] if heavy < 1 else 0.0)
+        shortfall_gpus = max(shortfall_gpus, need / horizon - have)
+    reserved = reserve(plan, shortfall_gpus, weight)
+    reason = (f"batch backlog {backlog.total}: heavy {heavy:.2f}, leftover GPUs heavy {left[Tier.heavy]:.1f} "
+              f"light {left[Tier.light]:.1f}")
+    if shortfall_gpus > 0:
+        reason += f"; short {shortfall_gpus:.1f} GPUs by its deadlines, {len(reserved)} reserved"
+    return BatchPlacement(round(heavy, 3), reserved, reason)
+
+
+def reserve(plan: Plan, shortfall_gpus: float, weight: float) -> tuple[str, ...]:
+    """The GPUs that take batch first to cover a shortfall: heavy ones (the batch class's model),
+    the last of the assignment first, at most `weight` of the fleet and never the tier's last."""
+    if shortfall_gpus <= 0:
+        return ()
+    heavy = sorted(gpu for gpu, tier in plan.assignment.items() if tier is Tier.heavy)
+    fleet = len(plan.assignment)
+    most = min(math.floor(weight * fleet), len(heavy) - 1)
+    wanted = min(math.ceil(shortfall_gpus - 1e-9), most)
+    return tuple(heavy[len(heavy) - wanted:]) if wanted > 0 else ()
+
+
+def batch_tier(plan: Plan, draw: float) -> Tier:
+    """The tier of a batch job, `draw` in [0, 1) being its own (shared/policies/router.py hashes the
+    job id, so a redelivery lands where the first delivery did)."""
+    return Tier.heavy if draw < plan.batch_heavy or plan.light_gpus <= 0 else Tier.light
+
+
+def next_class(interactive_waiting: int, batch_waiting: int, batch_first: bool) -> Priority | None:
+    """Which class a worker's next batch is formed from: interactive first, batch when no
+    interactive job waits; on a GPU reserved for batch, the other way round."""
+    order: Sequence[tuple[int, Priority]] = ((interactive_waiting, "interactive"), (batch_waiting, "batch"))
+    if batch_first:
+        order = tuple(reversed(order))
+    for waiting, priority in order:
+        if waiting > 0:
+            return priority
+    return None
+
+
+def should_yield(mode: YieldMode, now: float, running_ends_at: float, interactive_batch_s: float,
+                 interactive_deadline: float | None) -> bool:
+    """Whether a running batch-class batch is stopped at its next step for the interactive job
+    now waiting behind it (the earliest deadline of those waiting): only in "step" mode, and only
+    when, behind it, that job's batch could not end in time; stopping sooner only loses work."""
+    if mode != "step" or interactive_deadline is None:
+        return False
+    return ends_too_late(max(running_ends_at, now) + interactive_batch_s, interactive_deadline) and \
+        not ends_too_late(now + interactive_batch_s, interactive_deadline)
