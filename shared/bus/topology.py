@@ -72,9 +72,16 @@ class Queues:
     def tier(self, tier: Tier) -> str:
         return f"{self.namespace}.tier.{tier.value}"
 
+    def batch(self, tier: Tier) -> str:
+        """The tier's batch-class jobs (shared/policies/classes.py): a queue of their own, which the
+        tier's workers read only when no interactive job waits (quorum queues have no priorities
+        on RabbitMQ 3.10, and a classic priority queue is not replicated)."""
+        return f"{self.namespace}.tier.{tier.value}.batch"
+
     @property
     def work(self) -> tuple[str, ...]:
-        return (self.requests, self.tier(Tier.light), self.tier(Tier.heavy), self.judge)
+        return (self.requests, self.tier(Tier.light), self.tier(Tier.heavy), self.judge,
+                self.batch(Tier.light), self.batch(Tier.heavy))
 
 
 def dead_letter_arguments() -> dict:
