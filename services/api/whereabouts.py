@@ -32,8 +32,8 @@ class Whereabouts:
         return TierModel(batch, gpus, batch_s)
 
     async def of(self, record: JobRecord) -> dict[str, Any]:
-        """`queue` (the tier, and the jobs ahead in its line) and `eta_s` of a job not ended; {}
-        for one that has."""
+        """`queue` (the tier, and the jobs ahead in its line: a batch job's is its tier's batch line)
+        and `eta_s` of a job not ended; {} for one that has."""
         if record.state.terminal:
             return {}
         tier = Tier.heavy if record.state is JobState.escalated else record.tier
@@ -41,7 +41,7 @@ class Whereabouts:
             return {"queue": None, "eta_s": None}
         position = None
         if record.state in (JobState.routed, JobState.escalated):
-            position = await self.service.store.queue_position(record.job_id, tier.value)
+            position = await self.service.store.queue_position(record.job_id, tier.value, record.priority)
         model = record.model if record.state is JobState.generating else None
         eta = eta_s(record.state, self.tier_model(tier, model), position, record.step, record.steps)
         return {"queue": {"tier": tier.value, "position": position} if position is not None else None,

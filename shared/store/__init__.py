@@ -10,6 +10,8 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:events             stream every transition (job_id, state, at, tier, model), capped
     ns:arrivals           counter jobs recorded `queued` (the controller's demand), set by the transition script
                           (expires like a record: a counter that went back only resets the controller's baseline)
+    ns:arrivals:batch     counter batch jobs recorded `queued` (no demand of the interactive plan's: counted apart)
+    ns:batch:due          zset   batch jobs not yet ended, scored by deadline (the batch backlog, transition.lua)
     ns:plan               string the current Plan JSON;  ns:plan:version  its counter
     ns:plan:history       list   the last PLAN_HISTORY plans published (JSON, newest first, with their reasons)
     ns:agent:<host>       string an agent's GPUs (JSON), expires unless renewed
@@ -20,6 +22,7 @@ Keys of a namespace `ns` (every key has a TTL):
     ns:cancels            pub/sub channel: each cancelled job's id (shared/store/progress.py)
     ns:progress           stream the progress of running batches, capped (shared/store/progress.py)
     ns:waiting:<tier>     zset   the tier's waiting line: jobs routed or escalated there, not yet claimed
+    ns:waiting:<tier>:batch  zset  the same for the tier's batch jobs (a line of their own)
     ns:preview:<id>:<i>   string a job's i-th preview while it generates, for 10 minutes (shared/store/previews.py)
 
 The HTTP api's keys (docs/security.md):

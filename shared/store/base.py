@@ -110,9 +110,20 @@ class RedisStore:
     def webhooks_due_key(self) -> str:
         return f"{self.ns}:webhooks:due"
 
-    def waiting_key(self, tier: str) -> str:
-        """A tier's waiting line (transition.lua keeps it): its jobs routed or escalated, not yet claimed."""
-        return f"{self.ns}:waiting:{tier}"
+    @property
+    def batch_arrivals_key(self) -> str:
+        """Batch jobs recorded `queued` (transition.lua): not the controller's demand, counted apart."""
+        return f"{self.ns}:arrivals:batch"
+
+    @property
+    def batch_due_key(self) -> str:
+        """The batch backlog (transition.lua keeps it): batch jobs not yet ended, scored by deadline."""
+        return f"{self.ns}:batch:due"
+
+    def waiting_key(self, tier: str, priority: str | None = None) -> str:
+        """A tier's waiting line (transition.lua keeps it): its jobs routed or escalated, not yet
+        claimed; batch jobs (priority "batch") wait in a line of their own."""
+        return f"{self.ns}:waiting:{tier}" + (":batch" if priority == "batch" else "")
 
     @property
     def plan_key(self) -> str:

@@ -8,17 +8,37 @@ import time
 
 import orjson
 
+from shared.policies.classes import BACKLOG_HORIZONS_S, Backlog
 from shared.schemas import JobState
 from shared.store.base import RedisStore
 
 
 class JobEvents(RedisStore):
-    """Reading `<ns>:events` and `<ns>:arrivals` (see the package's docstring for the keys)."""
+    """Reading `<ns>:events`, `<ns>:arrivals` and the batch backlog (see the package's docstring for
+    the keys)."""
 
     async def arrivals(self) -> int:
         """Jobs recorded `queued` so far (the router's records, counted by the transition script):
         the controller's demand, read in one call a tick, however many events the jobs make."""
         return int(await self._call(self._redis.get, self.arrivals_key) or 0)
+
+    async def batch_arrivals(self) -> int:
+        """Batch jobs recorded `queued` so far (counted apart by the transition script: no demand of
+        the interactive plan's)."""
+        return int(await self._call(self._redis.get, self.batch_arrivals_key) or 0)
+
+    async def batch_backlog(self, now: float, horizons: tuple[float, ...] = BACKLOG_HORIZONS_S) -> Backlog:
+        """The batch jobs not yet ended whose deadline is within each horizon of `now` (those past
+        it included), and all of them: a ZCOUNT a horizon and a ZCARD, in one round trip."""
+        async def read() -> list:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for horizon in horizons:
+                    pipe.zcount(self.batch_due_key, "-inf", now + horizon)
+                pipe.zcard(self.batch_due_key)
+                return await pipe.execute()
+
+        counts = [int(count) for count in await self._call(read)]
+        return Backlog(tuple(horizons), tuple(counts[:-1]), counts[-1])
 
     async def count_forced(self, quality: str) -> None:
         """One more arrival whose quality forces a tier (low or high), counted by the router when it

@@ -128,10 +128,11 @@ class JobProgress(JobRecords):
         cancelled = [job_id.decode() for reply in replies for job_id in reply[1:]]
         return sum(int(reply[0]) for reply in replies), cancelled
 
-    async def queue_position(self, job_id: str, tier: str) -> int | None:
+    async def queue_position(self, job_id: str, tier: str, priority: str | None = None) -> int | None:
         """How many jobs are ahead of this one in its tier's waiting line (ZRANK: O(log n)); None
-        when it is in none (not routed yet, claimed, or ended)."""
-        rank = await self._call(self._redis.zrank, self.waiting_key(tier), job_id)
+        when it is in none (not routed yet, claimed, or ended). A batch job's line is its tier's
+        batch line: the batch jobs ahead of it (interactive ones go first whatever their number)."""
+        rank = await self._call(self._redis.zrank, self.waiting_key(tier, priority), job_id)
         return int(rank) if rank is not None else None
 
     async def read_streams(self, last_ids: dict[str, str], count: int = 1000,

@@ -157,7 +157,9 @@ class JobRecords(RedisStore):
         job_key = self.job_key(change.job_id)
         keys = [job_key, f"{job_key}:history", self.image_key(change.job_id), self.events_key,
                 self.image_key(change.job_id, "light"), self.arrivals_key, self.webhook_key(change.job_id),
-                self.webhooks_due_key, self.waiting_key(Tier.light), self.waiting_key(Tier.heavy)]
+                self.webhooks_due_key, self.waiting_key(Tier.light), self.waiting_key(Tier.heavy),
+                self.batch_arrivals_key, self.batch_due_key, self.waiting_key(Tier.light, "batch"),
+                self.waiting_key(Tier.heavy, "batch")]
         states = ",".join(s.value for s in (*change.passing, change.state))
         argv = [states, orjson.dumps(change.detail[:500]), self.ttl, self.done_channel(change.job_id),
                 mode or ("1" if change.create else "0"), change.job_id, change.image, change.image_mode,

@@ -4,7 +4,8 @@
 -- so the order of the states lives in one place: they are not defined here.
 --
 -- KEYS: record, history, final image, events, light image, arrivals counter, webhook delivery, webhook schedule,
---       the light tier's waiting line, the heavy tier's
+--       the light tier's waiting line, the heavy tier's, the batch arrivals counter, the batch backlog by
+--       deadline, the light tier's batch waiting line, the heavy tier's
 -- ARGV: 1 states (comma-separated, the last is the new state), 2 detail json, 3 record ttl, 4 done channel,
 --       5 mode: 0 change a record, 1 create one, 2 create one or advance the one there (see below),
 --       6 job_id, 7 image bytes or "", 8 image mode ("", final, light, promote), 9 image ttl,
@@ -18,6 +19,13 @@
 -- holds the claim), 4 no light image to promote, 5 guarded (the record is not in a state of ARGV 13).
 -- A `queued` counts as an arrival (the controller's demand) only when the job does not end in the same
 -- change: a job created already expired is no demand any plan can serve.
+-- The service classes (shared/policies/classes.py): a job whose `priority` (ARGV 12, else the record's) is
+-- `batch` is no interactive demand: its `queued` counts in the batch arrivals counter (KEYS 11), not in KEYS 6,
+-- and it joins the batch backlog (KEYS 12: a sorted set of job ids by deadline, the record's `deadline`,
+-- else now) until its terminal state; members whose deadline is more than the record TTL past are trimmed
+-- whenever one joins (a job lost before its end leaves no member for longer than its record). Its waiting
+-- lines are the batch ones (KEYS 13 light, 14 heavy): a batch job never counts in an interactive job's place.
+-- An interactive job pays one more field in the HMGET it makes anyway: no extra command, no extra trip.
 -- A record that becomes terminal holding a `webhook_url` gets its delivery in the same change: the delivery's
 -- hash (KEYS 7: url, tenant, event type, time, state pending, 0 attempts; it expires with the record) and its
 -- due time, now, in the senders' schedule (KEYS 8, a sorted set of job ids; services/webhooks.py). A terminal
@@ -49,9 +57,11 @@ local function rank(state, tier)
   return RANK[state] or TERMINAL_RANK
 end
 local mode = ARGV[5]
-local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner')
+local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner', 'priority')
 local current, current_tier, current_owner = record[1], record[2], record[3]
 local extra = cjson.decode(ARGV[12])
+local batch = (extra['priority'] or record[4]) == 'batch'
+local lines = batch and {KEYS[13], KEYS[14]} or {KEYS[9], KEYS[10]}
 local states = {}
 for s in string.gmatch(ARGV[1], '[^,]+') do states[#states + 1] = s end
 local state = states[#states]
@@ -107,7 +117,16 @@ for _, s in ipairs(states) do
     if ARGV[8] ~= '' then event[#event + 1] = 'image'; event[#event + 1] = ARGV[8] end
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', unpack(event))
-  if s == 'queued' and not terminal[state] then redis.call('INCR', KEYS[6]); redis.call('EXPIRE', KEYS[6], ttl) end
+  if s == 'queued' and not terminal[state] then
+    local counter = batch and KEYS[11] or KEYS[6]
+    redis.call('INCR', counter); redis.call('EXPIRE', counter, ttl)
+    if batch then
+      local due = tonumber(extra['deadline'] or redis.call('HGET', KEYS[1], 'deadline')) or tonumber(at)
+      redis.call('ZREMRANGEBYSCORE', KEYS[12], '-inf', '(' .. (tonumber(at) - ttl))
+      redis.call('ZADD', KEYS[12], due, ARGV[6])
+      redis.call('EXPIRE', KEYS[12], ttl)
+    end
+  end
 end
 local fields = {'state', state}
 if handback then
@@ -132,17 +151,18 @@ elseif ARGV[8] == 'promote' then
   redis.call('EXPIRE', KEYS[3], image_ttl)
 end
 if current == 'routed' or current == 'escalated' then
-  redis.call('ZREM', KEYS[9], ARGV[6])
-  redis.call('ZREM', KEYS[10], ARGV[6])
+  redis.call('ZREM', lines[1], ARGV[6])
+  redis.call('ZREM', lines[2], ARGV[6])
 end
 if state == 'routed' or state == 'escalated' then
-  local line = (state == 'escalated' or tier == 'heavy') and KEYS[10] or KEYS[9]
+  local line = (state == 'escalated' or tier == 'heavy') and lines[2] or lines[1]
   redis.call('ZREMRANGEBYSCORE', line, '-inf', '(' .. (tonumber(at) - ttl))
   redis.call('ZADD', line, at, ARGV[6])
   redis.call('EXPIRE', line, ttl)
 end
 if terminal[state] then
   redis.call('DEL', KEYS[5])
+  if batch then redis.call('ZREM', KEYS[12], ARGV[6]) end
   redis.call('PUBLISH', ARGV[4], state)
   local hook = redis.call('HMGET', KEYS[1], 'webhook_url', 'tenant')
   if hook[1] then
