@@ -11,8 +11,9 @@ these rules, so that both place, order and yield the same jobs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,10 @@ from shared.schemas import Plan, Priority, Tier
 # The horizons (seconds from now) at which the controller counts the batch jobs due: a backlog due
 # by each must fit the capacity the batch class has until then.
 BACKLOG_HORIZONS_S: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+
+# A placement is published as a new plan version only when it moves this much (Plan.batch_heavy), or
+# its reserved GPUs change, or its heavy share reaches an end (0 or 1): not every planning round.
+MATERIAL_HEAVY_STEP = 0.05
 
 # How a running batch-class batch gives way to interactive work that arrives behind it:
 # "step": it is stopped at its next denoising step when an interactive job waiting behind it
@@ -50,6 +55,14 @@ class Backlog:
         if points and self.total > points[-1][1]:
             points[-1] = (points[-1][0], self.total)
         return points
+
+
+def backlog_of(deadlines: Iterable[float], now: float, horizons: tuple[float, ...] = BACKLOG_HORIZONS_S) -> Backlog:
+    """The Backlog of the batch jobs not yet ended with these deadlines, read at `now` (the store
+    counts its sorted set the same way: Store.batch_backlog; the simulator counts its own jobs)."""
+    ordered = sorted(deadlines)
+    due = tuple(sum(1 for deadline in ordered if deadline <= now + horizon) for horizon in horizons)
+    return Backlog(tuple(horizons), due, len(ordered))
 
 
 @dataclass(frozen=True)
@@ -96,51 +109,93 @@ def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callab
 
     The heavy tier's model is the better one: every batch job goes there while, at every horizon,
     the heavy tier's leftover can serve the jobs due by then. The share it cannot serve goes to the
-    light tier's leftover. What neither covers by a horizon is a shortfall: the fewest heavy GPUs
-    (at most `weight` of the fleet, at least one GPU of each tier left to interactive work) whose
-    full time covers it are reserved, their workers taking batch first. With no backlog nothing
-    changes (heavy 1.0, nothing reserved)."""
+    light tier's leftover. What neither covers by a horizon is a shortfall: the fewest GPUs (at most
+    `weight` of the fleet, never a tier's last) whose interactive time covers it are reserved, their
+    workers taking batch first. They are light GPUs when the plan has a light tier of its own: the
+    jobs that the heavy leftover cannot serve are the light tier's, and near their deadlines a GPU
+    serves most of them with the light model (heavy GPUs, at 10x the seconds an image, would cover
+    a tenth of the shortfall each). With no backlog nothing changes (heavy 1.0, nothing reserved)."""
     points = [(horizon, due) for horizon, due in backlog.points() if due > 0]
     if not points:
         return BatchPlacement(1.0, (), "no batch backlog")
     left = leftover_gpus(plan, demand_qps, batch_s)
     cost = {tier: per_image_s(plan, tier, batch_s) for tier in Tier}
-    heavy = 1.0
-    if plan.heavy_gpus > 0 and cost[Tier.heavy] > 0:
-        heavy = min([1.0] + [left[Tier.heavy] * horizon / cost[Tier.heavy] / due for horizon, due in points])
-    elif plan.heavy_gpus <= 0:
-        heavy = 0.0
-    if plan.light_gpus <= 0 or plan.light_model == plan.heavy_model:
-        heavy = 1.0 if plan.heavy_gpus > 0 else 0.0
-    shortfall_gpus = 0.0
-    for horizon, due in points:
-        need = due * (heavy * cost[Tier.heavy] + (1.0 - heavy) * cost[Tier.light])
-        have = (left[Tier.heavy] if heavy > 0 else 0.0) + (left[Tier.light] if heavy < 1 else 0.0)
-        shortfall_gpus = max(shortfall_gpus, need / horizon - have)
-    reserved = reserve(plan, shortfall_gpus, weight)
+    heavy = heavy_share(plan, points, left[Tier.heavy], cost[Tier.heavy])
+    short = shortfall_gpus(points, heavy, left, cost)
+    tier = Tier.light if heavy < 1.0 and plan.light_gpus > 0 else Tier.heavy
+    busy = 1.0 - left[tier] / tier_gpus(plan, tier) if tier_gpus(plan, tier) > 0 else 0.0
+    reserved = reserve(plan, short, weight, tier, busy)
+    if reserved:  # their interactive time becomes the batch class's (interactive work waits for the rest)
+        left = {**left, tier: left[tier] + len(reserved) * busy}
+        heavy = heavy_share(plan, points, left[Tier.heavy], cost[Tier.heavy])
     reason = (f"batch backlog {backlog.total}: heavy {heavy:.2f}, leftover GPUs heavy {left[Tier.heavy]:.1f} "
               f"light {left[Tier.light]:.1f}")
-    if shortfall_gpus > 0:
-        reason += f"; short {shortfall_gpus:.1f} GPUs by its deadlines, {len(reserved)} reserved"
+    if short > 0:
+        still = shortfall_gpus(points, heavy, left, cost)
+        reason += f"; short {short:.1f} GPUs by its deadlines, {len(reserved)} {tier.value} reserved"
+        reason += f", {still:.1f} still short (weight {weight:g})" if still > 0 else ""
     return BatchPlacement(round(heavy, 3), reserved, reason)
 
 
-def reserve(plan: Plan, shortfall_gpus: float, weight: float) -> tuple[str, ...]:
-    """The GPUs that take batch first to cover a shortfall: heavy ones (the batch class's model),
-    the last of the assignment first, at most `weight` of the fleet and never the tier's last."""
-    if shortfall_gpus <= 0:
+def heavy_share(plan: Plan, points: Sequence[tuple[float, int]], heavy_left: float, heavy_cost: float) -> float:
+    """The share of the batch jobs that `heavy_left` GPUs of the heavy tier serve by every horizon
+    (1 when the plan has no light tier of its own, 0 when it has no heavy GPU)."""
+    if plan.heavy_gpus <= 0:
+        return 0.0
+    if plan.light_gpus <= 0 or plan.light_model == plan.heavy_model or heavy_cost <= 0:
+        return 1.0
+    return min([1.0] + [heavy_left * horizon / heavy_cost / due for horizon, due in points])
+
+
+def shortfall_gpus(points: Sequence[tuple[float, int]], heavy: float, left: dict[Tier, float],
+                   cost: dict[Tier, float]) -> float:
+    """The GPUs' worth that the leftover lacks to serve, at heavy share `heavy`, the jobs due by
+    each horizon (the most over the horizons; 0 when it covers them all)."""
+    short = 0.0
+    for horizon, due in points:
+        need = due * (heavy * cost[Tier.heavy] + (1.0 - heavy) * cost[Tier.light])
+        have = (left[Tier.heavy] if heavy > 0 else 0.0) + (left[Tier.light] if heavy < 1 else 0.0)
+        short = max(short, need / horizon - have)
+    return short
+
+
+def reserve(plan: Plan, shortfall_gpus: float, weight: float, tier: Tier = Tier.heavy,
+            busy: float = 1.0) -> tuple[str, ...]:
+    """The GPUs of `tier` that take batch first to cover a shortfall, each giving the batch class
+    its `busy` share of interactive time: the last of the tier's GPUs first, at most `weight` of
+    the fleet, never the tier's last (interactive work keeps a GPU of each tier)."""
+    if shortfall_gpus <= 0 or busy <= 0:
         return ()
-    heavy = sorted(gpu for gpu, tier in plan.assignment.items() if tier is Tier.heavy)
-    fleet = len(plan.assignment)
-    most = min(math.floor(weight * fleet), len(heavy) - 1)
-    wanted = min(math.ceil(shortfall_gpus - 1e-9), most)
-    return tuple(heavy[len(heavy) - wanted:]) if wanted > 0 else ()
+    gpus = sorted(gpu for gpu, assigned in plan.assignment.items() if assigned is tier)
+    most = min(math.floor(weight * len(plan.assignment) + 1e-9), len(gpus) - 1)
+    wanted = min(math.ceil(shortfall_gpus / busy - 1e-9), most)
+    return tuple(gpus[len(gpus) - wanted:]) if wanted > 0 else ()
 
 
 def batch_tier(plan: Plan, draw: float) -> Tier:
-    """The tier of a batch job, `draw` in [0, 1) being its own (shared/policies/router.py hashes the
-    job id, so a redelivery lands where the first delivery did)."""
-    return Tier.heavy if draw < plan.batch_heavy or plan.light_gpus <= 0 else Tier.light
+    """The tier of a batch job, `draw` in [0, 1) being its own (job_draw hashes the job id, so a
+    redelivery lands where the first delivery did); never a tier the plan gives no GPU."""
+    if plan.light_gpus <= 0:
+        return Tier.heavy
+    if plan.heavy_gpus <= 0:
+        return Tier.light
+    return Tier.heavy if draw < plan.batch_heavy else Tier.light
+
+
+def job_draw(job_id: str) -> float:
+    """A job's own number in [0, 1): the same for every delivery of it, on every router (a hash of
+    its id, not Python's per-process hash())."""
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+
+
+def moved(plan: Plan | None, placement: BatchPlacement) -> bool:
+    """Whether a placement differs materially from the one the plan carries: its heavy share by
+    MATERIAL_HEAVY_STEP or to an end (0, 1), or its reserved GPUs."""
+    if plan is None:
+        return True
+    step = abs(plan.batch_heavy - placement.heavy)
+    return (step >= MATERIAL_HEAVY_STEP - 1e-9 or (step > 0 and placement.heavy in (0.0, 1.0))
+            or sorted(plan.batch_first) != sorted(placement.first))
 
 
 def next_class(interactive_waiting: int, batch_waiting: int, batch_first: bool) -> Priority | None:
