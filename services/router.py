@@ -1,5 +1,7 @@
 """The router: validates each ingress job, records it, scores its prompt and sends the
-top fraction r of prompts straight to the heavy tier, the rest to the light tier.
+top fraction r of prompts straight to the heavy tier, the rest to the light tier. A batch-class job
+(Job.priority "batch") is not scored: it goes to the batch queue of the tier the plan's batch
+placement draws for it (shared/policies/class_engine.py: batch_route), and the judge never sees it.
 
 HADIS_ROUTER picks the score: "rule" (the paper's features · weights, microseconds) or
 "learned" (a MiniLM prompt embedding and a per-light-model classifier, which predicts
@@ -28,7 +30,7 @@ from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob
 from shared.intake import parse_or_dead_letter
 from shared.logging import bind_job, get_logger
-from shared.policies import engine, steps
+from shared.policies import class_engine, engine, steps
 from shared.policies import quality as quality_rules
 from shared.policies.admission import HeavyRoom
 from shared.policies.engine import BatchTimes
@@ -163,7 +165,10 @@ class Router:
         """The tier, the prompt's score (None for a job whose quality forces its tier: not scored), and
         why a quality=high job is refused (None when it is not): shared/policies/engine.py's
         forced_route and route, which the simulator calls too. The score's threshold is the plan's r
-        for the cascade's own jobs (quality.for_auto_jobs: the forced jobs fill part of r)."""
+        for the cascade's own jobs (quality.for_auto_jobs: the forced jobs fill part of r). A batch
+        job is not scored: its tier is the plan's batch placement's (class_engine.batch_route)."""
+        if job.priority == "batch":
+            return class_engine.batch_route(job.job_id, job.quality, plan), None, None
         forced = engine.forced_route(job.quality, plan, self.room, self.clock(), deadline, self.times)
         if isinstance(forced, str):
             return Tier.heavy, None, forced
@@ -198,7 +203,7 @@ class Router:
             return
         if expired and stored.written:
             metrics.observe_unserved(JobState.expired)  # an SLO violation like a worker's shed job
-        if quality_rules.forced_tier(job.quality) is not None and stored.written:
+        if quality_rules.forced_tier(job.quality) is not None and stored.written and job.priority != "batch":
             await self.service.store.count_forced(job.quality)  # the controller's quality mix
         if refusal is not None:
             if stored.written:
@@ -212,7 +217,9 @@ class Router:
         crash_point("router.after_record")
         if not expired:
             task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
-            await self.service.bus.publish(self.service.bus.queues.tier(tier), task, message_id=job.job_id)
+            queues = self.service.bus.queues
+            queue = queues.batch(tier) if job.priority == "batch" else queues.tier(tier)
+            await self.service.bus.publish(queue, task, message_id=job.job_id)
 
     async def record(self, job: Job, change: Change) -> Upserted | None:
         """Record the routing in one round trip, whoever wrote the record first (the api writes it
