@@ -29,6 +29,13 @@ job's metadata), `quality`, `style` (accepted and ignored), and `model`:
   and ignored, as OpenAI does. A stream carries one image (its events have no image index): `n`
   other than 1 is refused, as is `response_format: url` (the events carry `b64_json`).
 
+* `priority` (hadis's own field; the `openai` package sends it with `extra_body={"priority": "batch"}`)
+  is the service class (docs/jobs.md, Service classes): `interactive` (the default) or `batch`. A batch
+  request waits as an interactive one does, up to its deadline plus HADIS_API_WAIT_GRACE_S, its
+  objective HADIS_BATCH_SLO_S unless `model` names one (`hadis-<N>s`), and holds a waiter of the
+  tenant meanwhile (HADIS_API_MAX_WAITERS*). It is not streamed: `stream` with `batch` is refused
+  (previews are for someone watching). Batch work that nobody waits on belongs on `POST /v1/jobs`.
+
 Fields OpenAI has and hadis cannot honour (a transparent `background`, other output formats such as
 gif or svg) are refused with 400 naming the field, never silently dropped."""
 
@@ -47,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.policies import quality as quality_rules
 from shared.policies import tenancy
 from shared.policies.previews import MAX_PARTIAL_IMAGES
-from shared.schemas import MAX_SIDE, MAX_SLO_S, MEDIA_TYPES, MIN_SIDE, Job, JobRecord, check_printable
+from shared.schemas import MAX_SIDE, MAX_SLO_S, MEDIA_TYPES, MIN_SIDE, Job, JobRecord, Priority, check_printable
 
 DEFAULT_MODEL = "hadis"
 OPENAI_ALIASES = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini")
@@ -102,6 +109,8 @@ class ImagesRequest(BaseModel):
     stream: bool | None = Field(default=None, description="Server-sent events: partial images, then the image.")
     partial_images: int | None = Field(default=None, ge=0, le=MAX_PARTIAL_IMAGES,
                                        description="With stream: previews before the image (0-3).")
+    priority: Priority | None = Field(default=None, description="The service class: interactive (default) or "
+                                                                 "batch (not with stream).")
 
     @field_validator("user")
     @classmethod
@@ -133,9 +142,10 @@ def parse_size(size: str | None) -> tuple[int, int]:
 
 
 def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: int,
-             new_id: Callable[[], str]) -> list[Job]:
+             new_id: Callable[[], str], batch_slo_s: float | None = None) -> list[Job]:
     """The jobs an images request becomes: one per image, each with its own seed and id. `n` is
-    checked before anything proportional to it is made (an `n` of 10⁹ costs nothing)."""
+    checked before anything proportional to it is made (an `n` of 10⁹ costs nothing). The default
+    objective is the class's: `default_slo_s`, or `batch_slo_s` for a batch request."""
     if request.n > max_n:
         raise bad_request(f"n must be at most {max_n}", param="n")
     if request.stream and request.n != 1:
@@ -143,9 +153,14 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
     if request.stream and request.response_format == "url":
         raise bad_request("a stream's events carry b64_json: response_format url is not streamed",
                           param="response_format")
+    priority: Priority = request.priority or "interactive"
+    if request.stream and priority == "batch":
+        raise bad_request("batch jobs are not streamed (nobody watches them): send it without stream, or POST "
+                          "/v1/jobs and follow the job", param="priority")
     partial_images = (request.partial_images or 0) if request.stream else 0
     job_ids = [new_id() for _ in range(request.n)]
-    slo_s = slo_of_model(request.model, default_slo_s)
+    class_slo_s = batch_slo_s if priority == "batch" and batch_slo_s is not None else default_slo_s
+    slo_s = slo_of_model(request.model, class_slo_s)
     width, height = parse_size(request.size)
     try:
         quality = quality_rules.normalize(request.quality)
@@ -160,7 +175,7 @@ def jobs_for(request: ImagesRequest, tenant: str, default_slo_s: float, max_n: i
         return [Job(job_id=job_id, prompt=request.prompt, width=width, height=height, slo_s=slo_s, seed=seed,
                     submitted_at=submitted_at, tenant=tenant, metadata=metadata,
                     output_format=request.output_format or "png", output_compression=request.output_compression,
-                    quality=quality, partial_images=partial_images)
+                    quality=quality, partial_images=partial_images, priority=priority)
                 for job_id, seed in zip(job_ids, seeds, strict=True)]
     except ValidationError as error:
         raise from_validation(error) from None
@@ -229,8 +244,10 @@ def models_list(created: int) -> dict:
 
 def record_view(record: JobRecord) -> dict[str, Any]:
     """A record as the api shows it: the store's image key is internal, and the step of a job no
-    longer generating is not shown (it was its last batch's, stopped wherever the writes left it)."""
+    longer generating is not shown (it was its last batch's, stopped wherever the writes left it).
+    A record from before service classes is interactive (what it was served as)."""
     data = record.model_dump(mode="json", exclude={"image_key"})
+    data["priority"] = record.priority or "interactive"
     if record.state.value != "generating":
         data["step"] = data["steps"] = None
     data["latency_s"] = record.latency_s

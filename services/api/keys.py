@@ -14,6 +14,7 @@ from fastapi import Request
 from shared import apikeys, metrics
 from shared.images_api import ApiError
 from shared.policies import tenancy
+from shared.schemas import PRIORITIES
 from shared.service import Service
 
 ANONYMOUS = "-"  # the tenant a refusal is counted under before a key is checked
@@ -48,6 +49,16 @@ class Caller:
     limits: tenancy.Limits
     key_id: str = ""
     operator: bool = False  # the key may read the fleet's status (services/api/routes/dashboard.py)
+    classes: tuple[str, ...] = PRIORITIES  # the service classes the key may ask for (shared/apikeys.py)
+
+    def check_class(self, priority: object) -> None:
+        """403 `priority_not_allowed` for a known class the key may not use, before any job is made;
+        anything else passes (a value that is not a class is the request's validation's 400)."""
+        if priority in PRIORITIES and priority not in self.classes:
+            metrics.observe_api_refused(self.tenant, "class")
+            raise ApiError(403, f"this API key may not submit {priority} jobs (a request without `priority` is "
+                           f"interactive); it may submit: {', '.join(self.classes)}", type="permission_error",
+                           code="priority_not_allowed", param="priority")
 
 
 class Keys:
@@ -74,7 +85,7 @@ class Keys:
             metrics.observe_api_refused(ANONYMOUS, "auth")
             raise ApiError(401, "invalid API key", code="invalid_api_key")
         request.scope.setdefault("state", {})["tenant"] = stored.tenant
-        return Caller(stored.tenant, await self.limits(stored.tenant), key_id, stored.operator)
+        return Caller(stored.tenant, await self.limits(stored.tenant), key_id, stored.operator, stored.classes)
 
     async def operator(self, request: Request) -> Caller:
         """The caller behind an operator's key: 401 without a valid key (as caller), 403 for a tenant's."""

@@ -70,6 +70,8 @@ BAD_JOBS = [
     ({**GOOD, "tenant": "someone-else"}, "tenant"),
     ({**GOOD, "metadata": {f"k{i}": i for i in range(40)}}, "metadata"),
     ({**GOOD, "submitted_at": 1e308}, "submitted_at"),
+    ({**GOOD, "priority": "urgent"}, "priority"),
+    ({**GOOD, "priority": None}, "priority"),
 ]
 
 
@@ -92,6 +94,9 @@ BAD_IMAGES = [
     ({"prompt": "a cat", "stream": True, "partial_images": 4}, 400, "partial_images"),
     ({"prompt": "a cat", "background": "transparent"}, 400, "background"),
     ({"prompt": "a cat", "bogus": 1}, 400, "bogus"),
+    ({"prompt": "a cat", "priority": "urgent"}, 400, "priority"),
+    ({"prompt": "a cat", "priority": ["batch"]}, 400, "priority"),
+    ({"prompt": "a cat", "stream": True, "priority": "batch"}, 400, "priority"),
     ({"prompt": "a cat", "model": "sdxl"}, 404, "model"),
     ({"prompt": ""}, 400, "prompt"),
     ({"n": 1}, 400, "prompt"),

@@ -34,7 +34,7 @@ routes = RouteGroup()
 
 
 @routes.post("/v1/images/generations", openapi_extra=json_body(ImagesRequest), tags=["OpenAI Images API"],
-             summary="Generate images (OpenAI-compatible); waits up to the SLO")
+             summary="Generate images (OpenAI-compatible); waits up to the objective (the class's, or model's)")
 async def images_generations(request: Request) -> Response:
     api = api_of(request)
     settings = api.settings
@@ -45,7 +45,8 @@ async def images_generations(request: Request) -> Response:
     except ValidationError as error:
         metrics.observe_api_refused(caller.tenant, "invalid")
         raise from_validation(error) from None
-    jobs = jobs_for(images, caller.tenant, settings.slo_s, settings.api_max_n, new_job_id)
+    caller.check_class(images.priority or "interactive")  # before any id is made or slot taken
+    jobs = jobs_for(images, caller.tenant, settings.slo_s, settings.api_max_n, new_job_id, settings.batch_slo_s)
     if images.stream:
         return await _stream(api, caller, jobs[0])
     with api.admission.waiting(caller.tenant):

@@ -30,6 +30,8 @@ async def submit_job(request: Request) -> JSONResponse:
     caller = await api.caller(request)
     digest = idempotency_digest(request.headers.get("idempotency-key"))
     data, body = await read_json(request, api.settings.api_max_body_bytes, api.settings.api_body_timeout_s)
+    # The key's classes, before any id is made or slot taken (a value that is no class: the 400 below).
+    caller.check_class(data.get("priority", "interactive") if isinstance(data, dict) else None)
     try:
         job = job_from_body(data, caller.tenant, new_job_id())
     except ApiError:
