@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from shared.schemas import Job, JobRecord
+from shared.schemas import PRIORITIES, Job, JobRecord
 
 if TYPE_CHECKING:
     from shared.store import Store
@@ -29,14 +29,19 @@ def record_json(record: JobRecord) -> dict:
 
 async def submit(args: argparse.Namespace) -> int:
     from shared.client import Client
+    from shared.settings import get_settings
 
     job = Job(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, width=args.width,
-              height=args.height, slo_s=args.slo)
+              height=args.height, slo_s=args.slo, priority=args.priority)
+    settings = get_settings()
+    # By default, wait past the job's deadline (its class's objective: a batch job's is minutes).
+    timeout = args.timeout or max(120.0, job.effective_deadline(settings.slo_s, settings.batch_slo_s)
+                                  - job.submitted_at + 30.0)
     async with Client.connect() as client:
         await client.submit(job)
-        record = await client.wait(job.job_id, timeout_s=args.timeout)
+        record = await client.wait(job.job_id, timeout_s=timeout)
         if record is None:
-            print_json({"job_id": job.job_id, "error": f"not finished within {args.timeout} s",
+            print_json({"job_id": job.job_id, "error": f"not finished within {timeout:g} s",
                         "record": (r.model_dump(mode="json") if (r := await client.status(job.job_id)) else None)})
             return 2
         if args.out and record.state == "done":
@@ -139,7 +144,7 @@ async def api_key(args: argparse.Namespace) -> int:
         if args.action in ("rotate-url-secret", "revoke-urls"):
             return await url_secret(args, store)
         if args.action == "create":
-            key, stored = apikeys.new_key(args.tenant, operator=args.operator)
+            key, stored = apikeys.new_key(args.tenant, operator=args.operator, classes=args.classes)
             await store.put_api_key(stored)
             limits = None
             given = {name: getattr(args, name) for name in ("rate", "burst", "max_active", "weight", "image_mb")
@@ -152,11 +157,12 @@ async def api_key(args: argparse.Namespace) -> int:
                 await store.set_tenant_limits(args.tenant, limits)
             limits = limits or await store.tenant_limits(args.tenant)
             print_json({"key": key, "key_id": stored.key_id, "tenant": stored.tenant, "operator": stored.operator,
+                        "classes": list(stored.classes),
                         "limits": vars(limits) if limits else "the defaults (HADIS_API_RATE_PER_S, ...)",
                         "note": "shown once: only a salted hash is stored"})
         elif args.action == "list":
             print_json([{"key_id": key.key_id, "tenant": key.tenant, "operator": key.operator,
-                         "created_at": key.created_at}
+                         "classes": list(key.classes), "created_at": key.created_at}
                         for key in await store.api_keys()])
         else:
             if not await store.delete_api_key(args.key_id):
@@ -198,6 +204,16 @@ def positive(kind: type[int] | type[float]):
             raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
         return value
     return parse
+
+
+def class_names(text: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated list of service classes (`interactive,batch`)."""
+    from shared.apikeys import parse_classes
+
+    try:
+        return parse_classes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def tenant_name(text: str) -> str:
@@ -249,8 +265,12 @@ def add_job_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
-    p.add_argument("--slo", type=float, help="latency objective in seconds")
-    p.add_argument("--timeout", type=float, default=120.0, help="how long to wait for the result")
+    p.add_argument("--slo", type=float, help="latency objective in seconds (default: the class's)")
+    p.add_argument("--priority", choices=PRIORITIES, default="interactive",
+                   help="the service class: interactive (HADIS_SLO_S) or batch (HADIS_BATCH_SLO_S, served on the "
+                   "capacity interactive work leaves); docs/jobs.md")
+    p.add_argument("--timeout", type=positive(float), help="how long to wait for the result (default: 120 s, or "
+                   "the job's objective and 30 s when longer, as a batch job's is)")
     p.set_defaults(handler=submit)
 
     p = commands.add_parser("status", help="print a job record, or the cluster (--cluster)")
@@ -290,6 +310,9 @@ def add_api_key_parser(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--operator", action="store_true",
                         help="an operator's key: it may also read the fleet's live status (/dashboard), every "
                         "tenant's included")
+    create.add_argument("--classes", type=class_names, default=PRIORITIES,
+                        help="the service classes its requests may ask for, comma-separated (default: "
+                        f"{','.join(PRIORITIES)}); another is refused with 403 priority_not_allowed")
     keys.add_parser("list", help="key ids and tenants (never the keys)")
     revoke = keys.add_parser("revoke", help="delete a key")
     revoke.add_argument("key_id")

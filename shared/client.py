@@ -1,7 +1,7 @@
 """The Python client other backends use: submit a job, wait for its record, fetch the image.
 
     async with Client.connect() as client:
-        job_id = await client.submit(Job(prompt="a red bicycle"))
+        job_id = await client.submit(Job(prompt="a red bicycle"))  # priority="batch": the batch class
         record = await client.wait(job_id, timeout_s=60)
         png = await client.image(job_id)
         await client.cancel(job_id)  # or end it early, wherever it is
@@ -16,7 +16,7 @@ from types import TracebackType
 
 from shared.bus import Bus
 from shared.outcome import Outcome
-from shared.schemas import Job, JobRecord
+from shared.schemas import PRIORITIES, Job, JobRecord, Priority
 from shared.settings import Settings, get_settings
 from shared.store import Store
 
@@ -41,8 +41,11 @@ class Client:
         await self.bus.close()
         await self.store.close()
 
-    async def submit(self, job: Job) -> str:
-        """Publish the job to the ingress queue (confirmed by the broker); returns its id."""
+    async def submit(self, job: Job, priority: Priority | None = None) -> str:
+        """Publish the job to the ingress queue (confirmed by the broker); returns its id. `priority`,
+        when given, is the job's service class in place of its own `Job.priority` (docs/jobs.md)."""
+        if priority is not None:
+            job = with_priority(job, priority)
         await self.bus.publish(self.bus.queues.requests, job, message_id=job.job_id)
         return job.job_id
 
@@ -78,13 +81,21 @@ class _Connecting:
             await self._client.close()
 
 
-def submit_and_wait(job: Job, timeout_s: float = 60.0, settings: Settings | None = None
-                    ) -> tuple[JobRecord | None, bytes | None]:
-    """Synchronous: submit, wait, and return the record and the PNG (None when not done)."""
+def with_priority(job: Job, priority: Priority) -> Job:
+    """The job in the service class `priority` (ValueError for a name that is no class)."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    return job.model_copy(update={"priority": priority})
+
+
+def submit_and_wait(job: Job, timeout_s: float = 60.0, settings: Settings | None = None,
+                    priority: Priority | None = None) -> tuple[JobRecord | None, bytes | None]:
+    """Synchronous: submit, wait, and return the record and the PNG (None when not done). A batch
+    job's objective is minutes (HADIS_BATCH_SLO_S): give it a timeout_s to match."""
 
     async def go() -> tuple[JobRecord | None, bytes | None]:
         async with Client.connect(settings) as client:
-            await client.submit(job)
+            await client.submit(job, priority)
             record = await client.wait(job.job_id, timeout_s)
             png = await client.image(job.job_id) if record is not None else None
             return record, png

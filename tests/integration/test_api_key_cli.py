@@ -46,6 +46,18 @@ async def test_create_list_revoke():
         assert (await store.get_api_key(operator_id)).operator
         assert hadis(settings.namespace, "api-key", "revoke", operator_id).returncode == 0
 
+        assert printed["classes"] == ["interactive", "batch"] and stored.classes == ("interactive", "batch")
+        limited = orjson.loads(hadis(settings.namespace, "api-key", "create", "--tenant", "acme", "--classes",
+                                     "batch").stdout)
+        limited_id, _ = apikeys.parse_key(limited["key"])
+        assert limited["classes"] == ["batch"] and (await store.get_api_key(limited_id)).classes == ("batch",)
+        listed = orjson.loads(hadis(settings.namespace, "api-key", "list").stdout)
+        assert [(entry["key_id"], entry["classes"]) for entry in listed] == [(key_id, ["interactive", "batch"]),
+                                                                              (limited_id, ["batch"])]
+        assert hadis(settings.namespace, "api-key", "revoke", limited_id).returncode == 0
+        bad = hadis(settings.namespace, "api-key", "create", "--tenant", "acme", "--classes", "urgent")
+        assert bad.returncode == 2 and "--classes" in bad.stderr
+
         listed = orjson.loads(hadis(settings.namespace, "api-key", "list").stdout)
         assert [entry["key_id"] for entry in listed] == [key_id] and "key" not in listed[0]
         assert listed[0]["operator"] is False
