@@ -3,8 +3,10 @@ depths, asks its policy for a plan every planning period, assigns tiers to the G
 (the live agents' and, failing static, those whose agent went quiet less than HADIS_GPU_ABSENT_S
 ago), and publishes the result as a new plan version when it changes. A planned change
 waits out a minimum dwell time (re-planning faster than a model swap completes makes plans
-flap); a change of GPUs applies at once. One controller plans at a time (a lease in Redis);
-every controller turns dead letters into `failed` records and keeps the plan's TTL fresh."""
+flap); a change of GPUs applies at once. The batch class is planned in the same round, on what the
+interactive plan leaves (ClassPlanning: the backlog by deadline, the placement, the reservation), and
+moves only the plan's batch fields. One controller plans at a time (a lease in Redis); every
+controller turns dead letters into `failed` records and keeps the plan's TTL fresh."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from shared.bus import Delivery
 from shared.crashpoints import crash_point
 from shared.errors import Disposition, InvalidJob, Unavailable
 from shared.logging import bind_job, get_logger
-from shared.policies import engine, steps
+from shared.policies import class_engine, engine, steps
 from shared.policies.assignment import moves
 from shared.policies.catalog import make_policy
+from shared.policies.classes import Backlog, BatchPlacement
 from shared.policies.control import Observation, PlanSchedule
+from shared.policies.engine import BatchTimes
 from shared.policies.fleet import Fleet
 from shared.policies.quality import MixTracker
 from shared.policies.transitions import Structure, Switch, SwitchWatch, changing_gpus, transition
@@ -54,6 +58,7 @@ class ClusterGauges:
     def planning(self, held: bool) -> None:
         if self.held and not held:
             metrics.forget_cluster_view()
+            metrics.forget_batch_placement()
         self.held = held
 
     def note_agents(self, agents: dict[str, list[str]], departed: dict[str, list[str]], gpus: list[str]) -> None:
@@ -107,6 +112,38 @@ class ArrivalCounts:
         self.forced = forced
 
 
+class ClassPlanning:
+    """The batch class's part of a planning round, around class_engine.control_step (which the
+    simulator runs too): the backlog by deadline read from the store (one round trip), the placement
+    published with the plan when it moves materially, its gauges, and a `batch_reserved` line
+    whenever a published plan reserves GPUs for batch work (`batch_released` when it stops)."""
+
+    def __init__(self, times: BatchTimes, weight: float) -> None:
+        self.times, self.weight = times, weight
+        self.reserved: list[str] = []  # the reservation of the last plan published
+
+    async def step(self, store: Store, schedule: PlanSchedule, observation: Observation, current: Plan | None,
+                   gpus: list[str]) -> dict[str, Any] | None:
+        backlog = await store.batch_backlog(observation.now)
+        step = class_engine.control_step(schedule, observation, current, gpus, backlog, self.times, self.weight)
+        in_force = step.fields if step.fields is not None else (current.model_dump() if current else {})
+        due = {f"{horizon:g}": count for horizon, count in zip(backlog.horizons, backlog.due, strict=True)}
+        metrics.observe_batch_placement({**due, "all": backlog.total}, len(in_force.get("batch_first", [])),
+                                        in_force.get("batch_heavy", 1.0))
+        if step.fields is not None:
+            self.note(step.fields["batch_first"], step.placement, backlog)
+        return step.fields
+
+    def note(self, reserved: list[str], placement: BatchPlacement, backlog: Backlog) -> None:
+        if reserved:
+            log.warning("batch_reserved", gpus=reserved, reserved=len(reserved), weight=self.weight,
+                        batch_heavy=placement.heavy, backlog=backlog.total, due=dict(backlog.points()),
+                        reason=placement.reason)
+        elif self.reserved:
+            log.info("batch_released", gpus=self.reserved, backlog=backlog.total, reason=placement.reason)
+        self.reserved = reserved
+
+
 class Controller:
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -121,6 +158,8 @@ class Controller:
         self.mix = MixTracker(self.settings.demand_halflife_s, time.time())  # the forced qualities' rates
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
         self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
+        self.classes = ClassPlanning(BatchTimes(load_profile(self.settings.profile), self.settings.latency_scale),
+                                     self.settings.batch_weight)
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;
@@ -170,7 +209,7 @@ class Controller:
         await self.follow_switch(now)
         observation, gpus = await self.observe(now)
         current = await self.service.store.get_plan()
-        fields = self.schedule.step(observation, current, gpus)
+        fields = await self.classes.step(self.service.store, self.schedule, observation, current, gpus)
         if fields is not None:
             await self.publish(current, fields, observation)
 

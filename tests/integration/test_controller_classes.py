@@ -1,0 +1,41 @@
+"""The controller with both service classes, against the real Redis: a burst of 5,000 batch jobs
+recorded at once moves the plan's batch placement (and its gauges), never its interactive fields."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared import metrics
+from shared.schemas import Job, JobState
+from shared.store import Change
+from tests.helpers import make_settings
+from tests.integration.test_controller import GPUS, wait_for_plan
+from tests.stack import running_stack
+
+pytestmark = pytest.mark.integration
+
+INTERACTIVE = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_batch", "light_gpus", "heavy_gpus",
+               "assignment")
+
+
+async def test_a_burst_of_batch_jobs_moves_the_batch_placement_not_the_interactive_plan():
+    settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
+                             plan_min_dwell_s=2.0, demand_halflife_s=1.0, demand_margin=0.0, burst_prior=0.0,
+                             batch_slo_s=900.0)
+    async with running_stack(settings, services=("controller",)) as stack:
+        await stack.store.register_agent("host-a", GPUS, ttl_s=120)
+        quiet = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 15)
+        now = time.time()
+        jobs = [Job(prompt=f"catalogue {i}", priority="batch", submitted_at=now) for i in range(5000)]
+        for start in range(0, len(jobs), 500):
+            await stack.store.apply_many([Change(job.job_id, JobState.queued,
+                                                 job.record_fields(job.effective_deadline(6.0, 900.0)), create=True)
+                                          for job in jobs[start:start + 500]])
+        placed = await wait_for_plan(stack.store, lambda p: p.batch_heavy < 1.0 or p.batch_first, 15)
+        assert await stack.store.arrivals() == 0
+        backlog = metrics.BATCH_BACKLOG.labels("all")._value.get()
+    assert {name: getattr(placed, name) for name in INTERACTIVE} == {name: getattr(quiet, name) for name in INTERACTIVE}
+    assert placed.version > quiet.version and "batch backlog 5000" in placed.reason
+    assert backlog == 5000
