@@ -23,6 +23,10 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_agent_up{host}                       1: the agent registers; 0: it stopped without leaving (controller)
     hadis_dead_letters_parked_total{reason}    dead letters kept in <ns>.dead without a record (controller)
     hadis_store_memory_bytes{kind}             Redis memory: used | max (0: unbounded) (controller)
+    hadis_batch_backlog{horizon}               batch jobs not ended, due within the horizon (seconds; "all": every
+                                               one) (planning controller; shared/policies/classes.py)
+    hadis_batch_reserved_gpus                  GPUs the plan in force reserves for batch work (they take it first)
+    hadis_plan_batch_heavy                     the plan's share of batch jobs routed to the heavy tier
     hadis_gpu_memory_bytes{gpu,kind}           used | total per visible GPU, read from nvidia-smi where present
     hadis_api_requests_total{route,code,tenant}  HTTP requests answered (api); tenant "-" before a key is checked
     hadis_api_request_seconds{route}           time to answer (an images request includes its wait)
@@ -130,6 +134,13 @@ PLAN_GPUS = Gauge("hadis_plan_gpus", "GPUs the plan gives each tier, with the ti
                   registry=REGISTRY)
 PLAN_FID = Gauge("hadis_plan_fid", "Expected FID of the plan's configuration (lower is better), when profiled",
                  ["light_model", "heavy_model"], registry=REGISTRY)
+# The batch class's placement (shared/policies/classes.py), as the planning controller reads and plans it.
+BATCH_BACKLOG = Gauge("hadis_batch_backlog", "Batch jobs not ended whose deadline is within the horizon (seconds; "
+                      "all: every one)", ["horizon"], registry=REGISTRY)
+BATCH_RESERVED_GPUS = Gauge("hadis_batch_reserved_gpus", "GPUs the plan reserves for batch work: their workers take "
+                            "batch jobs first, because batch deadlines come near", registry=REGISTRY)
+PLAN_BATCH_HEAVY = Gauge("hadis_plan_batch_heavy", "The plan's share of batch jobs routed to the heavy tier",
+                         registry=REGISTRY)
 WORKERS = Gauge("hadis_workers", "Live workers (their heartbeats) per tier and model, as the planning controller "
                 "reads them", ["tier", "model"], registry=REGISTRY)
 AGENT_UP = Gauge("hadis_agent_up", "1 while a host's agent registers; 0 once it stopped without leaving (its GPUs "
@@ -220,6 +231,18 @@ def observe_plan(plan: Plan) -> None:
     PLAN_BATCH_SIZE.labels("heavy").set(plan.heavy_batch)
     set_exactly(PLAN_GPUS, {("light", plan.light_model): plan.light_gpus, ("heavy", plan.heavy_model): plan.heavy_gpus})
     set_exactly(PLAN_FID, {} if plan.fid is None else {(plan.light_model, plan.heavy_model): plan.fid})
+
+
+def observe_batch_placement(due: Mapping[str, int], reserved_gpus: int, batch_heavy: float) -> None:
+    """The batch backlog by horizon (label: seconds, or "all") and the placement of the plan in force."""
+    set_exactly(BATCH_BACKLOG, {(horizon,): count for horizon, count in due.items()})
+    BATCH_RESERVED_GPUS.set(reserved_gpus)
+    PLAN_BATCH_HEAVY.set(batch_heavy)
+
+
+def forget_batch_placement() -> None:
+    """A controller that stops planning drops its view of the batch class (as forget_cluster_view)."""
+    set_exactly(BATCH_BACKLOG, {})
 
 
 _LABELS_SET: dict[int, set[tuple[str, ...]]] = {}  # id(gauge) -> the label values set_exactly gave it last
