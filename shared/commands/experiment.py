@@ -42,6 +42,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--speed", type=float, default=1.0,
                             help="replay the trace this many times faster (with a profile and an SLO compressed as "
                                  "much: trace_1_6qps at 10 with paper-l40s-x10 and a 6 s SLO) (default 1)")
+        add_batch_arguments(parser)
         if name == "simulate":
             parser.add_argument("--scale", type=int, default=1, help="multiply the trace's rate (default 1)")
             parser.add_argument("--worker-start", type=float, default=None,
@@ -65,6 +66,29 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_compare)
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """A batch backlog beside the trace (docs/classes.md): the report then has each class's figures."""
+    parser.add_argument("--batch-jobs", type=int, default=0, metavar="N",
+                        help="also submit N batch-class jobs (priority batch) at --batch-at (default 0: none)")
+    parser.add_argument("--batch-slo-s", type=float, metavar="S",
+                        help="the batch jobs' objective, seconds (default: HADIS_BATCH_SLO_S, 900)")
+    parser.add_argument("--batch-at", type=float, default=0.0, metavar="T",
+                        help="when the batch jobs are submitted, seconds into the trace (default 0: its start)")
+    parser.add_argument("--batch-yield", choices=["step", "finish"],
+                        help="how a running batch-class batch gives way to interactive work (default: "
+                             "HADIS_BATCH_YIELD, step)")
+
+
+def batch_overrides(args: argparse.Namespace) -> dict:
+    """The settings the batch options set."""
+    overrides: dict = {}
+    if args.batch_slo_s is not None:
+        overrides["batch_slo_s"] = args.batch_slo_s
+    if args.batch_yield is not None:
+        overrides["batch_yield"] = args.batch_yield
+    return overrides
+
+
 def prepare(args: argparse.Namespace):
     from shared.experiments.trace import load_trace
     from shared.settings import get_settings
@@ -82,7 +106,7 @@ def prepare(args: argparse.Namespace):
                  "demand_halflife_s": args.halflife or args.slo, "demand_margin": args.margin}
     if args.static_demand is not None:
         overrides["static_demand_qps"] = args.static_demand
-    return trace, get_settings(), overrides
+    return trace, get_settings(), {**overrides, **batch_overrides(args)}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -96,6 +120,10 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error("--static-demand must be >= 0")
     if args.policy == "oracle" and getattr(args, "band", False):
         parser.error("--band perturbs a simulation; the oracle simulates nothing")
+    if args.batch_jobs < 0 or args.batch_at < 0:
+        parser.error("--batch-jobs and --batch-at must be >= 0")
+    if args.batch_jobs and (getattr(args, "band", False) or args.policy in SIMULATE_ONLY):
+        parser.error("--batch-jobs runs one simulation of a controller policy: not with --band, best-static or oracle")
 
 
 def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: float, notes: dict):
@@ -125,12 +153,48 @@ def with_oracle(args: argparse.Namespace, trace, report):
     return report.with_oracle(oracle.fid, light_only)
 
 
-def finish(args: argparse.Namespace, report, series, plans) -> int:
+def finish(args: argparse.Namespace, report, series, plans, class_rows: list | None = None) -> int:
+    """Write the run (with a batch backlog, classes.csv and its figure too) and print the report;
+    1 when a job of either class was lost."""
     from shared.experiments.report import write_run
 
     write_run(Path(args.out), report, series, plans)
+    if class_rows is not None:
+        write_classes(Path(args.out), class_rows)
     sys.stdout.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0 if report.lost == 0 else 1
+    batch_lost = report.classes["batch"]["lost"] if report.classes else 0
+    return 0 if report.lost == 0 and batch_lost == 0 else 1
+
+
+def write_classes(out: Path, rows: list) -> None:
+    from shared.experiments.class_report import write_class_series
+
+    write_class_series(out, rows)
+    try:
+        from shared.experiments.plots import plot_classes
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":
+            raise
+        return
+    plot_classes(out)
+
+
+def with_classes(args: argparse.Namespace, trace, report, run) -> tuple:
+    """The report with its `classes` section, and the per-window class shares, of a run with a
+    batch backlog (a ClassRun, from the simulator or the services)."""
+    from shared.experiments.class_report import class_series, classes_section
+    from shared.experiments.report import FidLookup
+    from shared.policies.pareto import load_quality, load_table
+    from shared.profiles import load_profile
+
+    lookup = FidLookup(load_quality(load_table(args.profile).quality_table), load_profile(args.profile))
+    settings = {"jobs": args.batch_jobs, "at_s": args.batch_at, "slo_s": run.batch_slo_s, "yield": run.yield_mode}
+    section = classes_section(run.interactive, run.batch, run.busy, lookup, run.gpus, trace.duration_s,
+                              args.window or args.slo, settings)
+    ends = [job.end_s for job in run.batch if job.end_s is not None]
+    rows = class_series(run.busy, run.batch, run.placements, run.gpus, args.window or args.slo,
+                        max([trace.duration_s, *ends]))
+    return report.model_copy(update={"classes": section}), rows
 
 
 def run_simulation(args: argparse.Namespace) -> int:
@@ -151,6 +215,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     notes = {"scale": args.scale, "worker_start_s": settings.worker_start_s if args.worker_start is None
              else args.worker_start, "worker_start_each_s": settings.worker_start_each_s
              if args.worker_start_each is None else args.worker_start_each, "offset_s": args.offset, **overrides}
+    if args.batch_jobs:
+        return run_class_simulation(args, trace, settings, options, notes)
     best = None
     if args.policy == "best-static":
         best, settings = run_best_static(args, trace, settings, options)
@@ -171,6 +237,18 @@ def run_simulation(args: argparse.Namespace) -> int:
 
         write_sweep(Path(args.out), best)
     return finish(args, report, series, plans)
+
+
+def run_class_simulation(args: argparse.Namespace, trace, settings, options: dict, notes: dict) -> int:
+    """The simulation with a batch backlog (shared/experiments/classes_sim.py): the report's totals
+    are the interactive class's, its `classes` each class's."""
+    from shared.experiments.classes_sim import BatchLoad, simulate_classes
+
+    batch = BatchLoad(args.batch_jobs, settings.batch_slo_s, args.batch_at)
+    run = simulate_classes(settings, trace, batch, **options)
+    report, series = build(args, "simulate", trace, run.interactive, run.plans, run.wall_s, notes)
+    report, rows = with_classes(args, trace, report, run)
+    return finish(args, report, series, run.plans, rows)
 
 
 def run_best_static(args: argparse.Namespace, trace, settings, options: dict):

@@ -9,6 +9,7 @@ A run folder holds `report.json` (totals) and `timeseries.csv` (one row per time
   latency per policy, each policy as a point of (SLO violation ratio, mean FID) with the Pareto
   front, and writes a Markdown table of the totals (with each run's share of the oracle's gain,
   shared/experiments/oracle.py).
+- `plot_classes` draws, for a run with a batch backlog, each class's share of GPU-time over time.
 """
 
 from __future__ import annotations
@@ -67,6 +68,39 @@ def plot_comparison(parent: Path) -> list[Path]:
         paths = [_comparison_timeline(parent, runs), _comparison_bars(parent, runs), _comparison_front(parent, runs)]
     paths.append(_comparison_table(parent, runs))
     return paths
+
+
+def plot_classes(run_dir: Path) -> Path:
+    """`classes.png` from a run's `classes.csv` (a run with a batch backlog, docs/classes.md): each
+    class's share of the fleet's GPU-time per window, stacked (the batch share's lost steps
+    hatched), and the batch jobs done per window with the GPUs reserved for batch."""
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    with open(run_dir / "classes.csv", newline="") as f:
+        rows = [{key: _number(text) for key, text in row.items()} for row in csv.DictReader(f)]
+    t = [row["t_s"] for row in rows]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(2, 1, sharex=True, figsize=TIMELINE_SIZE, height_ratios=(2, 1))
+        shares = [[(row[key] or 0.0) * 100.0 for row in rows] for key in ("interactive_share", "batch_share")]
+        axes[0].stackplot(t, *shares, labels=("interactive", "batch"), colors=("tab:blue", "tab:orange"), alpha=0.8,
+                          step="post")
+        axes[0].fill_between(t, shares[0], [a + (row["batch_lost_share"] or 0.0) * 100.0
+                                            for a, row in zip(shares[0], rows, strict=True)],
+                             step="post", facecolor="none", edgecolor="black", hatch="//", linewidth=0,
+                             label="batch steps lost (yield)")
+        axes[0].set_ylabel("share of GPU-time (%)")
+        axes[0].set_ylim(0, 100)
+        axes[0].legend(loc="upper right", frameon=False)
+        axes[1].step(t, [row["batch_done"] or 0 for row in rows], where="post", color="tab:orange",
+                     label="batch jobs done per window")
+        axes[1].step(t, [row["batch_reserved"] or 0 for row in rows], where="post", color="black",
+                     linestyle="--", label="GPUs reserved for batch")
+        axes[1].set_xlabel("time (s)")
+        axes[1].legend(loc="upper right", frameon=False)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{report['policy']} · service classes · {_setup(report)}")
+        return _save(fig, run_dir / "classes.png")
 
 
 def _number(text: str | None) -> float | None:

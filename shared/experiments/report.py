@@ -46,6 +46,7 @@ class JobOutcome:
     tier: str | None = None  # the tier whose image it was served
     routed_heavy: bool = False
     escalated: bool = False
+    priority: str = "interactive"  # the service class (docs/classes.md)
 
     @property
     def latency_s(self) -> float | None:
@@ -103,6 +104,11 @@ class Report(Strict):
     duration_s: float
     wall_s: float
     notes: dict[str, Any] = Field(default_factory=dict)
+    classes: dict[str, Any] | None = Field(
+        default=None, description="With a batch backlog (docs/classes.md): each class's jobs, violations and mean "
+                                  "FID, the GPU-seconds each used and the batch class's use of those the interactive "
+                                  "class left idle (shared/experiments/class_report.py). The totals above are the "
+                                  "interactive class's (the trace's).")
     oracle_fid: float | None = Field(
         default=None, description="The oracle's bound on the mean FID of any policy with at most 1 % SLO violations "
                                   "on this trace and fleet (shared/experiments/oracle.py); None: no bound.")

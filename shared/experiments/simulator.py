@@ -41,7 +41,7 @@ from shared.policies import engine
 from shared.policies import quality as quality_rules
 from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, Fallback, HeavyRoom
 from shared.policies.catalog import make_policy
-from shared.policies.control import PlanSchedule
+from shared.policies.control import Observation, PlanSchedule
 from shared.policies.engine import BatchTimes, Pipeline, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.quality import MixTracker, QualityMix
@@ -68,6 +68,7 @@ class SimJob:
     state: str = "lost"
     end_s: float | None = None
     quality: str = "auto"  # the job's quality (shared/policies/quality.py), drawn from the mix
+    priority: str = "interactive"  # the service class (shared/experiments/classes_sim.py: batch)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Simulation:
             self.at(0.0, self.fleet.worker_ready, tier)
         self.at(self.now + TICK_S, self.tick)
         arrival = 0
-        end_by = self.trace.duration_s + 10 * self.settings.slo_s + 60.0
+        end_by = self.end_by()
         while self.open_jobs > 0:
             next_event = self.events[0][0] if self.events else np.inf
             if arrival < len(self.jobs) and self.jobs[arrival].arrival_s <= next_event:
@@ -165,6 +166,10 @@ class Simulation:
             action(*args)
         return [self.outcome(job) for job in self.jobs]
 
+    def end_by(self) -> float:
+        """When the run gives up on jobs not ended (counted lost)."""
+        return self.trace.duration_s + 10 * self.settings.slo_s + 60.0
+
     def tick(self) -> None:
         self.control()
         if self.progress:
@@ -176,19 +181,24 @@ class Simulation:
 
     def control(self) -> None:
         """As services/controller.py: observe (shared/policies/engine.py), plan, reconcile."""
+        fields = self.schedule.step(self.observe(), self.plan, self.gpus)
+        if fields is not None:
+            self.publish(fields)
+
+    def observe(self) -> Observation:
         rate = self.demand.update(self.now)
         queues = self.fleet.queues
         self.mix.update(self.now)
-        observation = engine.observation(self.now, rate, len(queues[Tier.light]), len(queues[Tier.heavy]),
-                                         len(self.gpus), self.plan, self.demand.total, self.settings.slo_s,
-                                         self.mix.mix(rate))
-        fields = self.schedule.step(observation, self.plan, self.gpus)
-        if fields is not None:
-            self.version += 1
-            before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
-            self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
-                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
-            self.fleet.reconcile(before)
+        return engine.observation(self.now, rate, len(queues[Tier.light]), len(queues[Tier.heavy]), len(self.gpus),
+                                  self.plan, self.demand.total, self.settings.slo_s, self.mix.mix(rate))
+
+    def publish(self, fields: dict) -> None:
+        """A new plan version: in the plan log, and reconciled with the fleet."""
+        self.version += 1
+        before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
+        self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
+                                    self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
+        self.fleet.reconcile(before)
 
     # --- the router ---------------------------------------------------------------------------
 
@@ -289,11 +299,14 @@ class SimFleet:
                 del self.workers[gpu]
             if wanted is not None:
                 ready_at = start + start_s + load_s(sim.profile, plan.model_for(wanted))
-                self.workers[gpu] = SimWorker(gpu, wanted, ready_at=ready_at)
+                self.workers[gpu] = self.new_worker(gpu, wanted, ready_at)
                 sim.at(ready_at, self.worker_ready, wanted)
         self.refresh_serving()
         for tier in Tier:
             self.feed(tier)
+
+    def new_worker(self, gpu: str, tier: Tier, ready_at: float) -> SimWorker:
+        return SimWorker(gpu, tier, ready_at=ready_at)
 
     def reload(self, worker: SimWorker, model: str) -> None:
         """The worker loads its tier's new model once its admitted batches end; it serves nothing meanwhile."""

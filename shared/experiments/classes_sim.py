@@ -1,0 +1,360 @@
+"""The service classes in the simulator (docs/classes.md): a batch backlog beside the interactive
+trace, served with the same rules as the services (shared/policies/classes.py).
+
+- the router: a batch job has no prompt score, no cascade and no judge; it goes to the batch queue
+  of `classes.batch_tier(plan, draw)`, its draw a hash of its id;
+- the broker: a batch queue per tier beside the interactive one, with its own small prefetch
+  (BATCH_PREFETCH_BATCHES);
+- a worker: each batch of one class (`classes.next_class`: interactive first, batch first on a GPU
+  the plan reserves); a batch-class batch only on an idle pipeline (never queued ahead of an
+  interactive batch); a running batch-class batch stopped at its next denoising step when
+  `classes.should_yield` says so ("step": its steps are lost, its jobs go back to the head of their
+  batch queue; "finish": it runs on);
+- the controller: the interactive plan exactly as without batch work (interactive demand and
+  queues only); each planning round, the batch placement (`classes.place_batch`) from the
+  interactive demand and the open batch jobs by deadline.
+
+It records every batch a GPU ran, by class (Busy): the GPU-seconds each class used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from shared.experiments.report import JobOutcome, PlanEvent
+from shared.experiments.simulator import SimFleet, SimJob, Simulation, SimWorker
+from shared.experiments.trace import Trace
+from shared.policies import class_engine, classes, engine
+from shared.policies.admission import PIPELINE_DEPTH
+from shared.policies.classes import Backlog, BatchPlacement, YieldMode
+from shared.schemas import Plan, Tier
+from shared.settings import Settings
+
+# How many batches' worth of batch-class deliveries a worker holds (the one running and the next):
+# few, so that batch jobs are not parked in a busy worker while another idles (docs/classes.md).
+BATCH_PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class BatchLoad:
+    """A batch backlog: `jobs` jobs submitted at `at_s` (trace time), each due `slo_s` later."""
+
+    jobs: int
+    slo_s: float
+    at_s: float = 0.0
+
+    def job_ids(self) -> list[str]:
+        return [f"batch-{i}" for i in range(self.jobs)]
+
+
+@dataclass(frozen=True)
+class Busy:
+    """A batch a GPU ran: its class, from `start_s` to `end_s`; `lost` when stopped (yielded)."""
+
+    gpu: str
+    priority: str
+    start_s: float
+    end_s: float
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class PlacementEvent:
+    t_s: float
+    batch_heavy: float
+    reserved: int
+    backlog: int
+    reason: str
+
+
+@dataclass
+class ClassWorker(SimWorker):
+    batch_buffer: deque = field(default_factory=deque)  # batch-class deliveries, not yet admitted
+    started_at: float = 0.0  # when its generating batch started
+    token: int = 0  # the generating batch's: a stopped batch's end event finds another
+    stop_at: float | None = None  # a stop at the next step is scheduled
+
+    def unacked(self) -> int:
+        """Interactive deliveries not acked (the interactive consumer's prefetch credit)."""
+        return len(self.buffer) + sum(len(batch) for batch, _ in self.batches if not is_batch(batch))
+
+    def batch_unacked(self) -> int:
+        return len(self.batch_buffer) + sum(len(batch) for batch, _ in self.batches if is_batch(batch))
+
+
+def is_batch(jobs) -> bool:
+    return bool(jobs) and jobs[0].priority == "batch"
+
+
+def interactive_fields(plan: Plan) -> dict:
+    """A plan less its version, time, reason and batch placement."""
+    return plan.model_dump(exclude={"version", "created_at", "reason", "batch_heavy", "batch_first"})
+
+
+class ClassSimulation(Simulation):
+    """The simulation with a batch backlog: the router, the controller's placement and the
+    outcomes of the batch class; the fleet is ClassFleet."""
+
+    def __init__(self, settings: Settings, trace: Trace, batch: BatchLoad, *, yield_mode: YieldMode | None = None,
+                 **options) -> None:
+        super().__init__(settings, trace, **options)
+        self.batch = batch
+        self.yield_mode: YieldMode = yield_mode or settings.batch_yield
+        self.fleet = ClassFleet(self, self.fleet.worker_start_s, self.fleet.worker_start_each_s)
+        first = len(self.jobs)
+        self.batch_jobs = [SimJob(first + i, batch.at_s, batch.at_s + batch.slo_s, i, priority="batch")
+                           for i in range(batch.jobs)]
+        self.open_jobs += batch.jobs
+        self.placement = BatchPlacement(1.0, (), "no batch backlog")
+        self.placements: list[PlacementEvent] = []
+        self.busy: list[Busy] = []
+
+    def run(self) -> list[JobOutcome]:
+        if self.batch_jobs:
+            self.at(self.batch.at_s, self.arrive_batch)
+        return super().run()
+
+    def end_by(self) -> float:
+        return max(super().end_by(), self.batch.at_s + self.batch.slo_s + 60.0)
+
+    def arrive_batch(self) -> None:
+        """The router: each batch job to its tier's batch queue (class_engine.batch_route: no
+        score, no cascade); no interactive demand counted."""
+        plan = self.in_force
+        for job, job_id in zip(self.batch_jobs, self.batch.job_ids(), strict=True):
+            job.plan = plan
+            self.fleet.enqueue(job, class_engine.batch_route(job_id, job.quality, plan))
+
+    def control(self) -> None:
+        """The controller's round for both classes (class_engine.control_step): the interactive plan
+        as without batch work, the batch placement riding on it."""
+        step = class_engine.control_step(self.schedule, self.observe(), self.plan, self.gpus, self.backlog(),
+                                         self.times, self.settings.batch_weight)
+        self.placement = step.placement
+        if step.fields is not None:
+            self.publish(step.fields)
+
+    def publish(self, fields: dict) -> None:
+        """A new plan version; in the plan log only when its interactive fields change (not a
+        placement alone), the placement in its own log."""
+        before = self.plan
+        super().publish(fields)
+        if before is not None and interactive_fields(before) == interactive_fields(self.in_force):
+            self.plans.pop()
+        plan = self.in_force
+        self.placements.append(PlacementEvent(self.now, plan.batch_heavy, len(plan.batch_first),
+                                              self.backlog().total, self.placement.reason))
+
+    def backlog(self) -> Backlog:
+        """The batch jobs submitted and not ended, by deadline (the store's sorted set)."""
+        return classes.backlog_of((job.deadline_s for job in self.batch_jobs
+                                   if job.state == "lost" and job.arrival_s <= self.now), self.now)
+
+    def batch_outcome(self, job: SimJob) -> JobOutcome:
+        """A batch job's outcome: the model it was served by as its own pair (no cascade)."""
+        model = job.plan.model_for(job.tier) if job.plan is not None and job.tier is not None else None
+        return JobOutcome(arrival_s=job.arrival_s, state=job.state, end_s=job.end_s, slo_s=self.batch.slo_s,
+                          light_model=model, heavy_model=model, tier=job.tier.value if job.tier else None,
+                          priority="batch")
+
+
+class ClassFleet(SimFleet):
+    """The fleet with a batch queue per tier and workers that form each batch from one class."""
+
+    sim: ClassSimulation
+
+    def __init__(self, sim: ClassSimulation, worker_start_s: float, worker_start_each_s: float) -> None:
+        super().__init__(sim, worker_start_s, worker_start_each_s)
+        self.batch_queues: dict[Tier, deque[SimJob]] = {Tier.light: deque(), Tier.heavy: deque()}
+        self.next_batch_worker = {Tier.light: 0, Tier.heavy: 0}
+        self.tokens = 0
+
+    def new_worker(self, gpu: str, tier: Tier, ready_at: float) -> SimWorker:
+        return ClassWorker(gpu, tier, ready_at=ready_at)
+
+    def retire(self, worker: SimWorker) -> float:
+        assert isinstance(worker, ClassWorker)
+        queue = self.batch_queues[worker.tier]
+        while worker.batch_buffer:
+            queue.appendleft(worker.batch_buffer.pop())
+        return super().retire(worker)
+
+    def enqueue(self, job: SimJob, tier: Tier) -> None:
+        if job.priority == "batch":
+            self.batch_queues[tier].append(job)
+        else:
+            self.queues[tier].append(job)
+        self.feed(tier)
+
+    def feed(self, tier: Tier) -> None:
+        super().feed(tier)
+        while self.batch_queues[tier]:
+            touched = self.deliver_batch(tier)
+            for worker in touched:
+                self.admit(worker)
+            if not touched:
+                return
+
+    def deliver_batch(self, tier: Tier) -> list[ClassWorker]:
+        """The batch queue's round-robin, one job at a time to workers with batch credit."""
+        workers, queue = self.serving[tier], self.batch_queues[tier]
+        if not workers:
+            return []
+        limit = BATCH_PREFETCH_BATCHES * self.sim.in_force.batch_for(tier)
+        count, position, misses, touched = len(workers), self.next_batch_worker[tier], 0, {}
+        while queue and misses < count:
+            worker = workers[position % count]
+            position += 1
+            assert isinstance(worker, ClassWorker)
+            if worker.batch_unacked() < limit:
+                worker.batch_buffer.append(queue.popleft())
+                touched[worker.gpu] = worker
+                misses = 0
+            else:
+                misses += 1
+        self.next_batch_worker[tier] = position % count
+        return list(touched.values())
+
+    # --- the workers --------------------------------------------------------------------------
+
+    def admit(self, worker: SimWorker) -> None:
+        """While a pipeline slot is free: the class of the next batch (next_class), a batch-class
+        batch only on an idle pipeline, and the yield check when interactive work waits behind a
+        running batch-class batch."""
+        assert isinstance(worker, ClassWorker)
+        sim = self.sim
+        while len(worker.batches) < PIPELINE_DEPTH and worker.stop_at is None:
+            reserved = worker.gpu in sim.in_force.batch_first
+            priority = classes.next_class(len(worker.buffer), len(worker.batch_buffer), reserved)
+            if priority is None or (priority == "batch" and worker.batches):
+                return
+            if priority == "interactive" and self.yields(worker):
+                return
+            buffer = worker.buffer if priority == "interactive" else worker.batch_buffer
+            self.admit_one(worker, buffer)
+
+    def admit_one(self, worker: ClassWorker, buffer: deque) -> None:
+        tier, sim = worker.tier, self.sim
+        model = sim.in_force.model_for(tier)
+        size = min(sim.in_force.batch_for(tier), len(buffer))
+        ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
+        jobs = [buffer.popleft() for _ in range(size)]
+        batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
+        for job in late:
+            if job.priority == "batch":
+                sim.end(job, "expired")
+            else:
+                self.too_late(job, tier)
+                self.saturated[tier] = False  # its ack frees prefetch credit
+        if not batch:
+            return
+        worker.pipeline.commit(ends_at, model)
+        worker.batches.append((batch, model))
+        if len(worker.batches) == 1:
+            self.start_batch(worker)
+
+    def yields(self, worker: ClassWorker) -> bool:
+        """Whether the running batch-class batch is to stop for the interactive jobs waiting: if so,
+        the stop is scheduled at its next denoising step, and nothing is admitted before it."""
+        sim = self.sim
+        if not worker.batches or not is_batch(worker.batches[0][0]) or worker.gpu in sim.in_force.batch_first:
+            return False
+        model = sim.in_force.model_for(worker.tier)
+        interactive_s = sim.times.seconds(model, min(sim.in_force.batch_for(worker.tier), len(worker.buffer)))
+        deadline = min(job.deadline_s for job in worker.buffer)
+        if not classes.should_yield(sim.yield_mode, sim.now, worker.busy_until, interactive_s, deadline):
+            return False
+        batch, running = worker.batches[0]
+        step_s = sim.times.seconds(running, len(batch)) / max(sim.profile.model(running).steps, 1)
+        steps_run = math.ceil((sim.now - worker.started_at) / step_s - 1e-9) if step_s > 0 else 0
+        worker.stop_at = min(worker.started_at + steps_run * step_s, worker.busy_until)
+        sim.at(worker.stop_at, self.stop, worker, worker.token)
+        return True
+
+    def stop(self, worker: ClassWorker, token: int) -> None:
+        """The batch-class batch stops at a step: its steps are lost, its jobs go back to the head
+        of their batch queue, and the worker admits again."""
+        worker.stop_at = None
+        if token != worker.token or not worker.batches:
+            return
+        batch, _ = worker.batches.popleft()
+        self.sim.busy.append(Busy(worker.gpu, "batch", worker.started_at, self.sim.now, lost=True))
+        worker.token = self.next_token()
+        worker.busy_until = worker.pipeline.busy_until = self.sim.now
+        queue = self.batch_queues[worker.tier]
+        for job in reversed(batch):
+            queue.appendleft(job)
+        if worker.batches:
+            self.start_batch(worker)
+        self.after_batch(worker)
+
+    def next_token(self) -> int:
+        self.tokens += 1
+        return self.tokens
+
+    def start_batch(self, worker: SimWorker) -> None:
+        assert isinstance(worker, ClassWorker)
+        batch, model = worker.batches[0]
+        seconds = self.sim.times.seconds(model, len(batch))  # the emulated worker's sleep
+        worker.started_at, worker.token = self.sim.now, self.next_token()
+        worker.busy_until = self.sim.now + seconds
+        self.sim.at(worker.busy_until, self.class_batch_done, worker, seconds, worker.token)
+
+    def class_batch_done(self, worker: ClassWorker, seconds: float, token: int) -> None:
+        if token != worker.token:  # stopped at a step before its end
+            return
+        sim = self.sim
+        batch, model = worker.batches.popleft()
+        worker.pipeline.timer.observe(model, len(batch), seconds)
+        sim.busy.append(Busy(worker.gpu, "batch" if is_batch(batch) else "interactive", worker.started_at, sim.now))
+        for job in batch:
+            job.tier = worker.tier
+        if is_batch(batch):
+            for job in batch:
+                job.plan = sim.in_force  # the plan whose model served it
+                sim.end(job, "done", sim.now + sim.finish_s)
+        elif worker.tier is Tier.heavy:
+            for job in batch:
+                sim.end(job, "done", sim.now + sim.finish_s)
+        else:
+            sim.at(sim.now + sim.judge_s, sim.judge, batch, model)
+        if worker.batches:
+            self.start_batch(worker)
+        self.after_batch(worker)
+
+    def after_batch(self, worker: ClassWorker) -> None:
+        """The acks free credit: the broker delivers (both classes), then the worker admits."""
+        if worker.retiring:
+            return
+        self.saturated[worker.tier] = False
+        self.feed(worker.tier)
+        self.admit(worker)
+
+
+@dataclass
+class ClassRun:
+    """What a simulation with a batch backlog produced."""
+
+    interactive: list[JobOutcome]
+    batch: list[JobOutcome]
+    plans: list[PlanEvent]
+    busy: list[Busy]
+    placements: list[PlacementEvent]
+    gpus: int
+    wall_s: float
+    batch_slo_s: float
+    yield_mode: str
+
+
+def simulate_classes(settings: Settings, trace: Trace, batch: BatchLoad, *, yield_mode: YieldMode | None = None,
+                     **options) -> ClassRun:
+    """Run the simulation with a batch backlog."""
+    started = time.perf_counter()
+    simulation = ClassSimulation(settings, trace, batch, yield_mode=yield_mode, **options)
+    interactive = simulation.run()
+    return ClassRun(interactive, [simulation.batch_outcome(job) for job in simulation.batch_jobs],
+                    simulation.plans, simulation.busy, simulation.placements, len(simulation.gpus),
+                    time.perf_counter() - started, batch.slo_s, simulation.yield_mode)

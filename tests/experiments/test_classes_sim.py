@@ -1,0 +1,103 @@
+"""The service classes in the simulator (shared/experiments/classes_sim.py) and their report
+(shared/experiments/class_report.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shared import cli
+from shared.experiments.class_report import class_series, gpu_seconds
+from shared.experiments.classes_sim import BatchLoad, simulate_classes
+from shared.experiments.simulator import simulate
+from shared.experiments.trace import Trace
+from tests.experiments.test_simulator import settings_for, steady
+
+
+def test_a_batch_backlog_leaves_the_interactive_plan_sequence_unchanged():
+    """The interactive plan is made from interactive demand and queues only: a burst of batch jobs
+    at the start moves none of its fields (the batch placement rides beside it)."""
+    trace = steady(4.0, 60.0)
+    _, alone, _ = simulate(settings_for("hadis"), trace)
+    run = simulate_classes(settings_for("hadis"), trace, BatchLoad(1000, 600.0, at_s=1.0))
+    assert run.plans == alone
+    assert run.placements and all(job.state == "done" for job in run.batch)
+
+
+def test_without_batch_jobs_the_class_simulation_is_the_simulation():
+    trace = steady(6.0, 40.0)
+    outcomes, plans, _ = simulate(settings_for("hadis"), trace)
+    run = simulate_classes(settings_for("hadis"), trace, BatchLoad(0, 900.0))
+    assert run.interactive == outcomes and run.plans == plans and run.batch == []
+
+
+def test_a_backlog_on_an_idle_fleet_is_served_by_the_heavy_model_in_time():
+    trace = Trace("one", np.array([0.5]), np.array([7]))
+    run = simulate_classes(settings_for("hadis", gpus=4), trace, BatchLoad(60, 300.0))
+    heavy_model = run.plans[0].heavy_model
+    assert all(job.state == "done" and job.within_slo for job in run.batch)
+    assert {(job.tier, job.heavy_model) for job in run.batch} == {("heavy", heavy_model)}
+    assert not any(busy.lost for busy in run.busy)
+
+
+def one_heavy_gpu(mode: str):
+    """One heavy GPU serving sd35-large in batches of 4 (9.72 s), busy with batch work from 0 s; an
+    interactive job arrives at 1 s with a 6 s objective: behind the batch it would end at 12.4 s."""
+    settings = settings_for("static", gpus=1, plan_light_gpus=0, plan_heavy_gpus=1, plan_light_model="sd35-large",
+                            plan_heavy_model="sd35-large", plan_heavy_batch=4, plan_light_batch=4, plan_r=1.0,
+                            plan_d=0.0, batch_yield=mode)
+    trace = Trace("one", np.array([1.0]), np.array([7]))
+    return simulate_classes(settings, trace, BatchLoad(4, 120.0))
+
+
+def test_step_mode_stops_the_batch_at_a_step_and_serves_the_interactive_job_in_time():
+    run = one_heavy_gpu("step")
+    (job,) = run.interactive
+    assert job.state == "done" and job.within_slo
+    lost = [busy for busy in run.busy if busy.lost]
+    assert len(lost) == 1 and lost[0].start_s == 0.0
+    step_s = 9.72 / 50
+    assert 1.0 <= lost[0].end_s < 1.0 + step_s + 1e-9  # the next step boundary
+    assert all(batch.state == "done" and batch.within_slo for batch in run.batch)
+    assert gpu_seconds(run.busy, 1, 1.0)["batch_lost_gpu_s"] == 1.0
+
+
+def test_finish_mode_runs_the_batch_on_and_the_interactive_job_misses_its_objective():
+    run = one_heavy_gpu("finish")
+    (job,) = run.interactive
+    assert not job.within_slo
+    assert not any(busy.lost for busy in run.busy)
+    assert all(batch.state == "done" for batch in run.batch)
+
+
+def test_gpu_seconds_count_each_class_within_the_trace():
+    run = one_heavy_gpu("step")
+    seconds = gpu_seconds(run.busy, 1, 10.0)
+    assert seconds["fleet_gpu_s"] == 10.0
+    assert seconds["interactive_gpu_s"] > 0 and seconds["batch_gpu_s"] > 0
+    assert abs(seconds["interactive_idle_gpu_s"] - (10.0 - seconds["interactive_gpu_s"])) < 1e-9
+    rows = class_series(run.busy, run.batch, run.placements, 1, 5.0, 20.0)
+    assert len(rows) == 4 and all(0.0 <= row["idle_share"] <= 1.0 for row in rows)
+    assert sum(row["batch_done"] for row in rows) == 4
+
+
+def test_hadis_simulate_with_a_batch_backlog_writes_each_class_and_its_share_over_time(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["simulate", "--trace", "traces/trace_1to40qps.txt", "--head", "20", "--policy", "hadis",
+                  "--gpus", "8", "--profile", "paper-l40s-x10", "--slo", "6", "--out", str(out),
+                  "--batch-jobs", "40", "--batch-slo-s", "120", "--batch-yield", "finish"])
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert exit_.value.code == 0 and report["classes"]["batch"]["jobs"] == 40
+    assert report["classes"]["batch_settings"] == {"jobs": 40, "at_s": 0.0, "slo_s": 120.0, "yield": "finish"}
+    assert report["classes"]["interactive"]["jobs"] == report["submitted"]
+    assert (out / "classes.csv").is_file() and (out / "classes.png").is_file()
+
+
+def test_batch_jobs_with_a_band_are_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["simulate", "--trace", "traces/trace_1to40qps.txt", "--policy", "hadis", "--gpus", "8",
+                  "--profile", "paper-l40s-x10", "--slo", "6", "--out", str(tmp_path / "x"), "--batch-jobs", "5",
+                  "--band"])
+    assert exit_.value.code == 2 and "--batch-jobs" in capsys.readouterr().err
