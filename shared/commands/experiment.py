@@ -315,6 +315,8 @@ def run_experiment(args: argparse.Namespace) -> int:
     from shared.experiments.runner import Experiment, experiment_settings
 
     check_args(args)
+    if args.batch_jobs:  # TODO(issue 31): the runner's batch submission and per-class report from the records
+        args.command_parser.error("--batch-jobs is not yet replayed through the services; use hadis simulate")
     trace, base, overrides = prepare(args)
     settings = experiment_settings(base, policy=args.policy, profile=args.profile, gpus=args.gpus, slo_s=args.slo,
                                    **overrides)
