@@ -27,6 +27,12 @@ BACKLOG_HORIZONS_S: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0,
 # A placement is published as a new plan version only when it moves this much (Plan.batch_heavy), or
 # its reserved GPUs change, or its heavy share reaches an end (0 or 1): not every planning round.
 MATERIAL_HEAVY_STEP = 0.05
+# A reservation starts at the last responsible moment, this long before it: GPUs are taken from
+# interactive work only when the backlog could not end in time otherwise even if the most the
+# weight allows were reserved from then on. Sooner costs interactive quality for nothing when the
+# interactive load falls before the deadlines (a trace's end, the night); later leaves no margin for
+# a leftover that shrinks meanwhile. A few planning rounds.
+RESERVE_LEAD_S = 60.0
 
 # How a running batch-class batch gives way to interactive work that arrives behind it:
 # "step": it is stopped at its next denoising step when an interactive job waiting behind it
@@ -121,9 +127,10 @@ def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callab
     left = leftover_gpus(plan, demand_qps, batch_s)
     cost = {tier: per_image_s(plan, tier, batch_s) for tier in Tier}
     heavy = heavy_share(plan, points, left[Tier.heavy], cost[Tier.heavy])
-    short = shortfall_gpus(points, heavy, left, cost)
     tier = Tier.light if heavy < 1.0 and plan.light_gpus > 0 else Tier.heavy
     busy = 1.0 - left[tier] / tier_gpus(plan, tier) if tier_gpus(plan, tier) > 0 else 0.0
+    later = len(reserve(plan, math.inf, weight, tier, busy)) * busy  # the most a later reservation adds
+    short = shortfall_gpus(points, heavy, left, cost, later)
     reserved = reserve(plan, short, weight, tier, busy)
     if reserved:  # their interactive time becomes the batch class's (interactive work waits for the rest)
         left = {**left, tier: left[tier] + len(reserved) * busy}
@@ -148,14 +155,21 @@ def heavy_share(plan: Plan, points: Sequence[tuple[float, int]], heavy_left: flo
 
 
 def shortfall_gpus(points: Sequence[tuple[float, int]], heavy: float, left: dict[Tier, float],
-                   cost: dict[Tier, float]) -> float:
-    """The GPUs' worth that the leftover lacks to serve, at heavy share `heavy`, the jobs due by
-    each horizon (the most over the horizons; 0 when it covers them all)."""
+                   cost: dict[Tier, float], later_gpus: float = 0.0) -> float:
+    """The GPUs' worth to reserve now so that, at heavy share `heavy`, the jobs due by each horizon
+    are served by then (the most over the horizons; 0 when none must be reserved yet): what the
+    leftover lacks over the horizon, less what `later_gpus` reserved from RESERVE_LEAD_S on would
+    add, spread over the lead. With later_gpus 0 (or a horizon within the lead), the whole lack
+    spread over the horizon: reserve now."""
     short = 0.0
     for horizon, due in points:
         need = due * (heavy * cost[Tier.heavy] + (1.0 - heavy) * cost[Tier.light])
         have = (left[Tier.heavy] if heavy > 0 else 0.0) + (left[Tier.light] if heavy < 1 else 0.0)
-        short = max(short, need / horizon - have)
+        lacking = need - have * horizon
+        deferred = later_gpus * max(horizon - RESERVE_LEAD_S, 0.0)
+        if lacking <= deferred:
+            continue
+        short = max(short, (lacking - deferred) / min(RESERVE_LEAD_S, horizon) if deferred > 0 else lacking / horizon)
     return short
 
 
@@ -168,7 +182,7 @@ def reserve(plan: Plan, shortfall_gpus: float, weight: float, tier: Tier = Tier.
         return ()
     gpus = sorted(gpu for gpu, assigned in plan.assignment.items() if assigned is tier)
     most = min(math.floor(weight * len(plan.assignment) + 1e-9), len(gpus) - 1)
-    wanted = min(math.ceil(shortfall_gpus / busy - 1e-9), most)
+    wanted = most if math.isinf(shortfall_gpus) else min(math.ceil(shortfall_gpus / busy - 1e-9), most)
     return tuple(gpus[len(gpus) - wanted:]) if wanted > 0 else ()
 
 

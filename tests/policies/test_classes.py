@@ -181,3 +181,20 @@ def test_a_round_without_a_material_move_publishes_nothing():
     with_batch.run(60, 0.0, 10.0, due_at(900, 10))
     assert [now for now, _ in alone.published] == [now for now, _ in with_batch.published]
     assert with_batch.steps[-1].placement.heavy == 1.0 and with_batch.plan.batch_first == []
+
+
+def test_a_reservation_waits_for_the_last_responsible_moment():
+    """A shortfall the most the weight allows can still cover if reserved from RESERVE_LEAD_S before
+    the deadline reserves nothing yet (interactive work keeps its GPUs while the load may fall); the
+    same backlog near its deadline reserves."""
+    plan = a_plan()
+    # 30 jobs/s: 0.2 heavy GPUs left, 5.19 light (0.117 s an image); at most 4 light GPUs reserved,
+    # each giving 0.35 of a GPU. 45,000 jobs due in 900 s lack 45,000 x 0.117 - 5.19 x 900 = 592
+    # GPU-seconds, which 4 x 0.35 GPUs from 60 s before the deadline (1,176) would cover: not yet.
+    early = place_batch(plan, 30.0, due_at(900, 45_000), TIMES.seconds, 0.25)
+    # 4,500 due within the minute lack 4,500 x 0.117 - 5.19 x 60 = 215: now.
+    late = place_batch(plan, 30.0, due_at(60, 4_500), TIMES.seconds, 0.25)
+    assert early.first == (), early.reason
+    assert late.first != (), late.reason
+    # Past what even the whole weight could make up later, it reserves now.
+    assert place_batch(plan, 30.0, due_at(900, 90_000), TIMES.seconds, 0.25).first != ()
