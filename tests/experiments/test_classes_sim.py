@@ -37,7 +37,8 @@ def test_a_backlog_on_an_idle_fleet_is_served_by_the_heavy_model_in_time():
     heavy_model = run.plans[0].heavy_model
     assert all(job.state == "done" and job.within_slo for job in run.batch)
     assert {(job.tier, job.heavy_model) for job in run.batch} == {("heavy", heavy_model)}
-    assert not any(busy.lost for busy in run.busy)
+    # The one interactive job may stop a batch-class batch at a step (classes.should_yield): no more.
+    assert sum(1 for busy in run.busy if busy.lost) <= 1
 
 
 def one_heavy_gpu(mode: str):
