@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 from shared.arrival_rate import queueing_delay_s
+from shared.policies import classes
 from shared.policies import quality as quality_rules
 from shared.policies.admission import (
     BatchTimer,
@@ -37,7 +38,7 @@ from shared.policies.control import Observation
 from shared.policies.judge import JudgeCalibration
 from shared.policies.transitions import load_s
 from shared.profiles import Profile
-from shared.schemas import Plan, Tier
+from shared.schemas import Plan, Priority, Tier
 
 T = TypeVar("T")
 
@@ -162,6 +163,45 @@ def fallback(plan: Plan, tier: Tier, escalated: bool, now: float, deadline: floa
     return too_late_fallback(tier, escalated, light_can_make(plan, times.light(plan), now, deadline), heavy_only)
 
 
+# --- the worker's classes (shared/policies/classes.py; services/classes_intake.py) ----------------
+
+
+class InFlight(NamedTuple):
+    """A batch admitted to a worker's GPU and not ended, in the order admitted: its service class
+    and when admission expected it to end."""
+
+    priority: Priority
+    ends_at: float
+
+
+def interactive_free_at(now: float, ahead: Iterable[InFlight]) -> float:
+    """When the GPU would be free of the interactive batches ahead if every batch-class one were
+    stopped now: each interactive batch keeps its own length (its end less the end of the batch
+    before it, or less now for the one running), in their order."""
+    free_at, before = now, now
+    for batch in ahead:
+        length = max(batch.ends_at - max(before, now), 0.0)
+        before = max(before, batch.ends_at)
+        if batch.priority != "batch":
+            free_at += length
+    return free_at
+
+
+def batch_class_yields(mode: classes.YieldMode, now: float, ahead: list[InFlight], interactive_batch_s: float,
+                       interactive_deadline: float | None, batch_first: bool = False) -> bool:
+    """Whether the batch-class batches admitted to a GPU (running or queued behind the running one)
+    are stopped for an interactive job that has just arrived, `interactive_batch_s` the batch it will
+    join: classes.should_yield, with "now" the time the GPU is free of the interactive batches ahead
+    (interactive_free_at) and the running end the end of everything admitted. Never on a GPU that
+    takes batch first (Plan.batch_first: reserved because batch deadlines come near). The worker and
+    the simulator both ask here, so that they stop the same batches."""
+    if batch_first or not any(batch.priority == "batch" for batch in ahead):
+        return False
+    busy_until = max(batch.ends_at for batch in ahead)
+    return classes.should_yield(mode, interactive_free_at(now, ahead), busy_until, interactive_batch_s,
+                                interactive_deadline)
+
+
 # --- the judge ----------------------------------------------------------------------------------
 
 
@@ -201,3 +241,4 @@ def observation(now: float, rate_qps: float, light_queued: int, heavy_queued: in
     return Observation(now, rate_qps, queued, queueing_delay_s(queued, rate_qps, cap_s=slo_s), gpus, current,
                        arrivals=arrivals, light_queued=light_queued, heavy_queued=heavy_queued,
                        mix=mix or quality_rules.QualityMix())
+
