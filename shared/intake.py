@@ -47,7 +47,8 @@ class Claimed:
         """Settle every delivery of the job for `error` (Service.settle_failure: requeue, or the
         terminal record and a dead letter)."""
         with bind_job(self.job_id):
-            await service.settle_failure(self.delivery, error, [self.job_id], also=self.also)
+            await service.settle_failure(self.delivery, error, [self.job_id], also=self.also,
+                                         priority=self.task.job.priority)
 
 
 async def parse_or_dead_letter(service: Service, delivery: Delivery, parse: Callable[[Delivery], M]) -> M | None:

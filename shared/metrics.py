@@ -16,6 +16,13 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_cancelled_deliveries_total{tier,how} work a worker dropped for a cancelled job: refused (its claim),
                                                waiting (before its batch), interrupted (its batch stopped),
                                                discarded (its image, made in a batch that ran on)
+    hadis_class_busy_seconds_total{tier,priority}  the model's busy time by service class (worker): the
+                                               GPU-seconds each class took, a stopped batch's included
+    hadis_batch_yields_total{tier}             batch-class batches stopped at a step for interactive work (worker)
+    hadis_batch_yield_lost_seconds_total{tier} the model time those stopped batches had run (lost, run again later)
+    hadis_class_jobs_finished_total{priority,state}  jobs that reached a terminal state, by class (beside
+                                               hadis_jobs_finished_total, which dashboards and rules read by tier)
+    hadis_class_slo_violations_total{priority} done late, expired or failed, by class
     hadis_plan_version, hadis_plan_share{kind}, hadis_plan_batch_size{tier}   the plan this process applies
     hadis_plan_gpus{tier,model}                GPUs the plan gives each tier, and the tier's model
     hadis_plan_fid{light_model,heavy_model}    the plan's expected FID, when its configuration was profiled
@@ -111,6 +118,18 @@ SLO_VIOLATIONS = Counter("hadis_slo_violations", "Jobs done late, expired or fai
 CANCELLED_DELIVERIES = Counter("hadis_cancelled_deliveries", "Work a worker dropped for cancelled jobs: refused, "
                                "waiting, interrupted, discarded (docs/jobs.md, Cancel)", ["tier", "how"],
                                registry=REGISTRY)
+# The service classes (shared/policies/classes.py): new families beside the tier ones, not new labels on them.
+PRIORITIES = ("interactive", "batch")
+CLASS_BUSY = Counter("hadis_class_busy_seconds", "Seconds the model spent generating, by service class (a batch "
+                     "stopped for interactive work included)", ["tier", "priority"], registry=REGISTRY)
+BATCH_YIELDS = Counter("hadis_batch_yields", "Batch-class batches stopped at a step for interactive work", ["tier"],
+                       registry=REGISTRY)
+BATCH_YIELD_LOST = Counter("hadis_batch_yield_lost_seconds", "Model seconds that stopped batch-class batches had "
+                           "run (their jobs run again later)", ["tier"], registry=REGISTRY)
+CLASS_JOBS_FINISHED = Counter("hadis_class_jobs_finished", "Jobs that reached a terminal state, by service class",
+                              ["priority", "state"], registry=REGISTRY)
+CLASS_SLO_VIOLATIONS = Counter("hadis_class_slo_violations", "Jobs done late, expired or failed, by service class",
+                               ["priority"], registry=REGISTRY)
 DEAD_LETTERS_PARKED = Counter("hadis_dead_letters_parked", "Dead letters the controller could not turn into a record "
                               "(kept in <ns>.dead)", ["reason"], registry=REGISTRY)
 STORE_MEMORY = Gauge("hadis_store_memory_bytes", "Redis memory: used, and its maxmemory (0: unbounded)", ["kind"],
@@ -328,26 +347,44 @@ def observe_batch_overrun(tier: str, model: str, seconds: float) -> None:
     BATCH_OVERRUN.labels(tier, model).inc(seconds)
 
 
-def observe_done(tier: str, submitted_at: float, deadline: float, finished_at: float | None = None) -> None:
-    """A job finished with an image: its latency, and an SLO violation when it was late."""
+def observe_done(tier: str, submitted_at: float, deadline: float, finished_at: float | None = None,
+                 priority: str = "interactive") -> None:
+    """A job finished with an image: its latency, and an SLO violation when it was late. `priority`:
+    its service class (a caller that does not say: interactive, the default class)."""
     finished_at = time.time() if finished_at is None else finished_at
     JOB_LATENCY.labels(tier).observe(max(finished_at - submitted_at, 0.0))
     JOBS_FINISHED.labels(tier, JobState.done.value).inc()
+    CLASS_JOBS_FINISHED.labels(priority, JobState.done.value).inc()
     if finished_at > deadline:
         SLO_VIOLATIONS.labels(tier, "late").inc()
+        CLASS_SLO_VIOLATIONS.labels(priority).inc()
 
 
-def observe_unserved(state: JobState, tier: str | None = None) -> None:
+def observe_unserved(state: JobState, tier: str | None = None, priority: str = "interactive") -> None:
     """A job that ended `failed` or `expired`: always an SLO violation."""
     tier = tier or NO_TIER
     JOBS_FINISHED.labels(tier, state.value).inc()
     SLO_VIOLATIONS.labels(tier, state.value).inc()
+    CLASS_JOBS_FINISHED.labels(priority, state.value).inc()
+    CLASS_SLO_VIOLATIONS.labels(priority).inc()
 
 
-def observe_cancelled(tier: str | None = None) -> None:
+def observe_cancelled(tier: str | None = None, priority: str = "interactive") -> None:
     """A job its client cancelled: finished, `cancelled`, and never an SLO violation (nobody waits
     for it any more); the reports leave it out of served and violated alike."""
     JOBS_FINISHED.labels(tier or NO_TIER, JobState.cancelled.value).inc()
+    CLASS_JOBS_FINISHED.labels(priority, JobState.cancelled.value).inc()
+
+
+def observe_class_busy(tier: str, priority: str, seconds: float) -> None:
+    """The model's time on a batch of one service class (GPU-seconds by class)."""
+    CLASS_BUSY.labels(tier, priority).inc(seconds)
+
+
+def observe_batch_yield(tier: str, lost_s: float) -> None:
+    """A batch-class batch stopped at a step for interactive work, and the model time it had run."""
+    BATCH_YIELDS.labels(tier).inc()
+    BATCH_YIELD_LOST.labels(tier).inc(lost_s)
 
 
 def observe_cancelled_delivery(tier: str, how: str, count: int = 1) -> None:
@@ -395,6 +432,10 @@ def zero_outcomes() -> None:
             JOBS_FINISHED.labels(tier, state.value)
             SLO_VIOLATIONS.labels(tier, state.value)
         JOBS_FINISHED.labels(tier, JobState.cancelled.value)  # never a violation
+    for priority in PRIORITIES:
+        CLASS_SLO_VIOLATIONS.labels(priority)
+        for state in (JobState.done, JobState.failed, JobState.expired, JobState.cancelled):
+            CLASS_JOBS_FINISHED.labels(priority, state.value)
     for reason in PARKED_REASONS:
         DEAD_LETTERS_PARKED.labels(reason)
     for result in WEBHOOK_RESULTS:

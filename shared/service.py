@@ -35,12 +35,14 @@ class Service:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def settle_failure(self, delivery: Delivery, error: BaseException, job_ids: Iterable[str], *,
-                             owned: bool = True, also: Iterable[Delivery] = ()) -> Disposition:
+                             owned: bool = True, also: Iterable[Delivery] = (),
+                             priority: str = "interactive") -> Disposition:
         """The one place that turns an error into ack / requeue / dead-letter, and writes the
         terminal record when the job will not be tried again. `owned=False` for a message that
         could not be parsed: the id it names may be another job's, so only a missing record is
         written (a message must not fail a job it cannot prove is its own). `also`: duplicate
-        deliveries of the same job, settled the same way."""
+        deliveries of the same job, settled the same way; `priority`: the jobs' service class (the
+        class metrics)."""
         disposition = disposition_for(error, delivery.delivery_count, self.settings.max_deliveries)
         reason = describe(error)
         log.warning("job_error", error=reason, disposition=disposition.value, delivery=delivery.delivery_count)
@@ -49,7 +51,7 @@ class Service:
             for job_id in job_ids:
                 try:
                     if await self.store.fail(job_id, state, reason, create_only=not owned):
-                        metrics.observe_unserved(state)
+                        metrics.observe_unserved(state, priority=priority)
                 except Exception as store_error:  # settle all the same: a dead letter is recorded later
                     log.warning("fail_record_not_written", job_id=job_id, error=describe(store_error))
         for each in (delivery, *also):
