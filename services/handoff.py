@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shared import metrics
-from shared.batching import BatchCollector
+from shared.batching import ClassCollectors
 from shared.crashpoints import crash_point
 from shared.errors import BackendFailed, Disposition, Expired, InvalidJob, Overloaded
 from shared.intake import Claimed
@@ -21,7 +21,7 @@ from shared.policies import engine, steps
 from shared.policies.admission import Fallback
 from shared.policies.engine import BatchTimes
 from shared.policies.steps import Next
-from shared.schemas import JobState, Task, Tier
+from shared.schemas import Job, JobState, Task, Tier
 from shared.service import Service
 from shared.store import Change, hand_back, serve_light
 
@@ -37,7 +37,7 @@ class Handoff:
     """Everything after a decision: claims, the store's results, the next hop, the settling of
     deliveries, and the too-late fallback's moves."""
 
-    def __init__(self, service: Service, tier: Tier, owner: str, collector: BatchCollector, model: ModelSlot,
+    def __init__(self, service: Service, tier: Tier, owner: str, collector: ClassCollectors, model: ModelSlot,
                  times: BatchTimes, clock: Clock = time.time) -> None:
         self.service, self.tier, self.owner, self.collector, self.model = service, tier, owner, collector, model
         self.times, self.clock = times, clock
@@ -74,8 +74,9 @@ class Handoff:
                 # A live worker is generating this job: look again later, holding the delivery
                 # (acking it would lose the job if that worker then died).
                 log.info("claim_held_elsewhere", recheck_s=steps.RECHECK_S)
+                collector = self.collector.of(item.task.job.priority)
                 for delivery in item.deliveries:
-                    asyncio.get_running_loop().call_later(steps.RECHECK_S, self.collector.put, delivery)
+                    asyncio.get_running_loop().call_later(steps.RECHECK_S, collector.put, delivery)
             elif step is Next.no_record:
                 await self.settle_all([item], InvalidJob("no job record (expired from the store?)"))
             elif step is Next.hand_on:
@@ -135,13 +136,22 @@ class Handoff:
         """Record the job as routed to the light tier, then hand it there. Only a job still
         `routed` can move (the store's re-route); one a heavy worker has claimed (it died mid-batch,
         so this is a redelivery) cannot go back a step, and a light worker's claim would be refused
-        as stale, leaving the job unfinished: it is shed instead (the caller expires it)."""
+        as stale, leaving the job unfinished: it is shed instead (the caller expires it).
+
+        A batch-class job goes too, to the light tier's batch queue. Batch asked for the best quality
+        its deadline allows, not for the heavy model at any price: the planner sends batch work to
+        the heavy tier where its leftover covers the backlog (classes.place_batch), and when the
+        heavy tier cannot end a job in time after all, the light model's image by the deadline is
+        the better outcome than none (an expired batch job is one its owner must submit again). A
+        `high` job (heavy only) is still shed (engine.fallback)."""
         moved = await self.service.store.apply(Change(task.job.job_id, JobState.routed, {"tier": Tier.light.value}))
         if not moved.applied:
             log.info("not_rerouted", state=moved.before.value if moved.before else None)
             return False
         light_task = task.model_copy(update={"tier": Tier.light})
-        await self.service.bus.publish(self.service.bus.queues.tier(Tier.light), light_task, message_id=task.job.job_id)
+        queues = self.service.bus.queues
+        queue = queues.batch(Tier.light) if task.job.priority == "batch" else queues.tier(Tier.light)
+        await self.service.bus.publish(queue, light_task, message_id=task.job.job_id)
         log.info("rerouted_to_light", reason="the heavy tier cannot finish it in time")
         return True
 
@@ -150,7 +160,7 @@ class Handoff:
         the final one). False when there is none."""
         outcome = await self.service.store.apply(serve_light(task.job.job_id, reason))
         if outcome.applied:
-            metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline)
+            metrics.observe_done(Tier.light.value, task.job.submitted_at, task.deadline, priority=task.job.priority)
         return outcome.result is not Applied.no_image
 
     async def finish(self, items: list[Claimed], results: list, model_name: str) -> None:
@@ -169,17 +179,17 @@ class Handoff:
             await self.settle_all(generated, error)
             return
         crash_point(f"{self.tier.value}.after_store")
-        if self.tier is Tier.heavy:
-            for item, outcome in zip(generated, outcomes, strict=True):
-                if outcome.applied:
-                    metrics.observe_done(Tier.heavy.value, item.task.job.submitted_at, item.task.deadline)
-        await asyncio.gather(*(self.follow(item, steps.after_store(self.tier, outcome),
+        for item, outcome in zip(generated, outcomes, strict=True):
+            if outcome.applied and final_here(self.tier, item.task.job):
+                metrics.observe_done(self.tier.value, item.task.job.submitted_at, item.task.deadline,
+                                     priority=item.task.job.priority)
+        await asyncio.gather(*(self.follow(item, steps.after_store(result_tier(self.tier, item.task.job), outcome),
                                            model_name if outcome.applied else None)
                                for item, outcome in zip(generated, outcomes, strict=True)))
 
     def result_change(self, task: Task, png: bytes, model_name: str) -> Change:
         fields = {"tier": self.tier.value, "model": model_name}
-        if self.tier is Tier.heavy:
+        if final_here(self.tier, task.job):
             return Change(task.job.job_id, JobState.done, {**fields, "escalated": task.escalated}, image=png)
         return Change(task.job.job_id, JobState.judging, fields, image=png, image_variant="light")
 
@@ -203,3 +213,17 @@ class Handoff:
         the record does not)."""
         record = await self.service.store.get(item.job_id)
         return (record.model if record is not None and record.model else None) or self.model.name
+
+
+def final_here(tier: Tier, job: Job) -> bool:
+    """Whether this tier's image is the job's result: the heavy tier's always; the light tier's for
+    a batch-class job, which the judge does not see (the planner chose its tier for the backlog's
+    deadlines, and an escalation would spend heavy time that interactive work or the backlog needs:
+    docs/classes.md). An interactive light image goes to the judge."""
+    return tier is Tier.heavy or job.priority == "batch"
+
+
+def result_tier(tier: Tier, job: Job) -> Tier:
+    """The tier whose step rules follow a stored result (steps.after_store): a final light image
+    ends the job as a heavy one does (acked, no judge task)."""
+    return Tier.heavy if final_here(tier, job) else tier

@@ -3,7 +3,10 @@ emulated one), loads the model the plan names for its tier, and pipelines its wo
 while the model runs batch k, batch k+1 is being collected and batch k-1's images
 are being encoded and stored. Generation and PNG encoding never run on the event loop.
 
-Light results go to the quality judge; heavy results finish the job.
+Light results go to the quality judge; heavy results finish the job (and so do a batch-class
+job's light ones: services/handoff.py final_here). A worker takes two service classes, interactive
+first, and stops a batch-class batch for interactive work that would be late behind it
+(services/classes_intake.py).
 
 Three parts, one concern each: `TierWorker` collects, admits and runs batches (the decisions are
 shared/policies/engine.py's, which the simulator calls too); `ModelSlot` holds the model and
@@ -18,31 +21,33 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from services.cancels import RunningJobs
+from services.classes_intake import ClassIntake, Yields
 from services.handoff import Clock, Handoff
 from services.previews import PreviewWriter
 from shared import metrics
 from shared.backends import encode_image
-from shared.backends.base import GenerationInput, Generator
+from shared.backends.base import Generated, GenerationInput, Generator
 from shared.backends.control import GenerationCancelled
 from shared.backends.hosts import make_host
 from shared.backends.model_process import ModelProcessFailed
-from shared.batching import BatchCollector
+from shared.backends.previews import PreviewSink
 from shared.bus import Delivery
 from shared.errors import Disposition
 from shared.intake import Claimed, intake, parse_task
 from shared.logging import get_logger
 from shared.policies import engine
-from shared.policies.admission import HANDOFF_S, PIPELINE_DEPTH, PREFETCH_BATCHES
+from shared.policies.admission import HANDOFF_S, PIPELINE_DEPTH
 from shared.policies.engine import BatchTimes, Pipeline
 from shared.policies.previews import previews_for
 from shared.profiles import Profile, load_profile
-from shared.schemas import Job, Task, Tier
+from shared.schemas import Job, Priority, Task, Tier
 from shared.service import Service, run
 from shared.settings import Settings
 from shared.store import owner_id
@@ -65,6 +70,18 @@ class Batch:
     items: list[Claimed]
     model: str
     ends_by: float  # when admission expected it to end (the batches ahead of it and a model load included)
+    priority: Priority = "interactive"  # the service class it was formed from (services/classes_intake.py)
+    yielded: bool = field(default=False, compare=False)  # a batch-class batch stopped for interactive work
+    began: bool = field(default=False, compare=False)  # the model's thread took it up (not stopped before)
+
+    def begin(self) -> bool:
+        """On the model's thread, as the batch is about to run: False when it was stopped for
+        interactive work before it began (then it is not run at all)."""
+        if self.yielded:
+            return False
+        self.began = True
+        return True
+    stopped_at_step: int | None = field(default=None, compare=False)  # the step it had reached when stopped
 
 
 def wants_previews(item: Claimed) -> int:
@@ -80,6 +97,20 @@ def seed_of(task: Task) -> int:
     return int.from_bytes(hashlib.blake2b(task.job.job_id.encode(), digest_size=4).digest(), "big")
 
 
+def check_overrun(tier: Tier, pipeline: Pipeline, now: float, batch: Batch) -> None:
+    """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
+    later than that by more than the handoff margin makes jobs admitted as in time end late.
+    Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
+    overrun = now - batch.ends_by
+    if overrun <= 0:
+        return
+    metrics.observe_batch_overrun(tier.value, batch.model, overrun)
+    if overrun > HANDOFF_S:
+        log.warning("batch_overran", model=batch.model, size=len(batch.items), seconds=round(overrun, 3),
+                    margin_s=HANDOFF_S, estimated_end=round(batch.ends_by, 3),
+                    busy_until=round(pipeline.busy_until, 3))
+
+
 class TierWorker:
     """The batch loop: a feeder collects and admits batch k+1 while the model runs batch k."""
 
@@ -90,7 +121,8 @@ class TierWorker:
         self.clock = clock  # every decision's "now" (the replay test gives its own)
         self.profile = load_profile(self.settings.profile)
         self.times = BatchTimes(self.profile, self.settings.latency_scale)
-        self.collector = BatchCollector()
+        self.intake = ClassIntake(service, tier)  # the tier queue and the batch queue
+        self.collector = self.intake.collectors
         self.pipeline = Pipeline()  # what admission has committed this GPU to
         self.model = ModelSlot(self.settings, self.profile, tier, self.pipeline)
         self.slots = asyncio.Semaphore(PIPELINE_DEPTH)
@@ -98,15 +130,13 @@ class TierWorker:
         owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.hands = Handoff(service, tier, owner, self.collector, self.model, self.times, clock)
         self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
+        self.classes = Yields(service, tier, self.pipeline, self.model, self.times, self.intake, clock)
         self.previews = PreviewWriter(service)
         self.finishing: set[asyncio.Task] = set()
 
     @property
     def queue(self) -> str:
         return self.service.bus.queues.tier(self.tier)
-
-    async def on_delivery(self, delivery: Delivery) -> None:
-        self.collector.put(delivery)
 
     async def run(self) -> None:
         """Two stages: a feeder collects and admits batch k+1 while the model runs batch k; the
@@ -117,13 +147,12 @@ class TierWorker:
         # Cancels are heard before the first claim; progress is written while batches run (services/cancels.py).
         watchers = [asyncio.create_task(self.jobs.watch(), name="cancels"),
                     asyncio.create_task(self.jobs.report(), name="progress")]
-        batch_size = self.service.plans.current.batch_for(self.tier)
-        consumer = await self.service.bus.consume(self.queue, self.on_delivery, prefetch=PREFETCH_BATCHES * batch_size)
+        await self.intake.start(self.service.plans.current.batch_for(self.tier))
         metrics.mark_ready("worker")
         log.info("worker_ready", tier=self.tier.value, model=self.model.name, gpu=self.settings.gpu)
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
-        feeder = asyncio.create_task(self.feed(consumer, admitted), name="feeder")
+        feeder = asyncio.create_task(self.feed(admitted), name="feeder")
         running: asyncio.Task | None = None
         while not self.service.stopping.is_set():
             if feeder.done():
@@ -150,9 +179,9 @@ class TierWorker:
             running = following
         if running is not None:
             await running
-        await self.wind_down([heartbeat, feeder, *watchers], admitted, consumer)
+        await self.wind_down([heartbeat, feeder, *watchers], admitted)
 
-    async def wind_down(self, loops: list[asyncio.Task], admitted: asyncio.Queue, consumer) -> None:
+    async def wind_down(self, loops: list[asyncio.Task], admitted: asyncio.Queue) -> None:
         # The loops also watch the stop flag: asyncio.wait_for on 3.11 can swallow a cancellation
         # that arrives as its timeout fires, and a loop that missed it must still end.
         for task in loops:
@@ -160,44 +189,43 @@ class TierWorker:
         await asyncio.wait(loops, timeout=5.0)
         while not admitted.empty():
             await self.hands.hand_back(admitted.get_nowait().items)
-        await self.stop(consumer)
+        await self.stop()
 
-    async def feed(self, consumer, admitted: asyncio.Queue) -> None:
+    async def feed(self, admitted: asyncio.Queue) -> None:
         """Collect, admit and hand on batches. One failed turn (a broker that is restarting under a
         prefetch change, an unexpected error) is logged and the next turn tries again: the feeder
         must not end while the worker lives (run() exits the worker if it does)."""
-        batch_size = self.service.plans.current.batch_for(self.tier)
         while not self.service.stopping.is_set():
             try:
-                batch_size = await self.feed_once(consumer, admitted, batch_size)
+                await self.feed_once(admitted)
             except Exception as error:
                 log.warning("feed_failed", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(FEED_RETRY_S)
 
-    async def feed_once(self, consumer, admitted: asyncio.Queue, batch_size: int) -> int:
-        plan = self.service.plans.current
-        if plan.batch_for(self.tier) != batch_size:
-            await consumer.set_prefetch(PREFETCH_BATCHES * plan.batch_for(self.tier))
-            batch_size = plan.batch_for(self.tier)
+    async def feed_once(self, admitted: asyncio.Queue) -> None:
+        """One batch: of the class classes.next_class names, at the plan's batch size."""
+        batch_size = self.service.plans.current.batch_for(self.tier)
+        await self.intake.follow_plan(batch_size)
         await self.slots.acquire()
         if self.service.stopping.is_set():  # waited for a slot while the worker began to stop: claim nothing
             self.slots.release()
-            return batch_size
+            return
         try:
-            deliveries = await self.collector.take(batch_size, self.settings.batch_wait_ms / 1000)
-            batch = await self.admit(deliveries) if deliveries else None
+            taken = await self.intake.take(batch_size, self.settings.batch_wait_ms / 1000,
+                                           self.intake.batch_first)
+            batch = await self.admit(taken[1], taken[0]) if taken and taken[1] else None
         except BaseException:
             self.slots.release()
             raise
         if batch is None:
             self.slots.release()
-            return batch_size
+            return
         try:
             await admitted.put(batch)
         except asyncio.CancelledError:  # the worker stops while the model runs the batch before
+            self.classes.ended(batch)
             await self.hands.hand_back(batch.items)
             raise
-        return batch_size
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it), and keep this
@@ -213,13 +241,14 @@ class TierWorker:
         plan = self.service.plans.current
         info = {"tier": self.tier.value, "model": self.model.name, "host": self.settings.host, "pid": os.getpid(),
                 "batch": plan.batch_for(self.tier), "plan_version": plan.version, "waiting": self.collector.waiting,
+                "batch_waiting": self.collector.batch.waiting,
                 "busy_until": round(self.pipeline.busy_until, 3)}  # a stopping worker's agent waits for it (agent.py)
         await self.service.store.heartbeat_worker(self.settings.gpu, info, ttl_s=3 * self.settings.heartbeat_s,
                                                   owner=self.hands.owner)
 
-    async def stop(self, consumer) -> None:
+    async def stop(self) -> None:
         """No new deliveries; hand back what was not started; let started batches finish (bounded)."""
-        await consumer.cancel()
+        await self.intake.cancel()
         for delivery in self.collector.drain_nowait():
             await delivery.settle(Disposition.requeue)
         if self.finishing:
@@ -235,35 +264,25 @@ class TierWorker:
         those whose jobs were cancelled while it ran: services/cancels.py)."""
         try:
             items, _ = await self.jobs.drop_cancelled(batch.items, self.hands.settle)
-            job_ids = [item.job_id for item in items]
-            with self.jobs.running(job_ids, generator):
-                results = await self.model.generate(items, generator, self.previews) if items else []
+            with self.jobs.running([item.job_id for item in items], generator):
+                results = await self.model.generate(items, generator, self.previews, batch.priority, batch.begin) \
+                    if items else []
         finally:
             self.slots.release()
+            self.classes.ended(batch)
+        if batch.yielded:
+            items, results = await self.classes.after(batch, items, results, generator, self.hands, self.jobs)
         items, results = await self.jobs.drop_cancelled(items, self.hands.settle, results)
         if not items:
             return
-        self.check_overrun(batch)
+        check_overrun(self.tier, self.pipeline, self.clock(), batch)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         finishing = asyncio.create_task(self.hands.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
-    def check_overrun(self, batch: Batch) -> None:
-        """Admission let these jobs in on an estimate of when their batch ends; a batch that ends
-        later than that by more than the handoff margin makes jobs admitted as in time end late.
-        Counted (hadis_batch_overrun_seconds) and, past the margin, logged with the figures."""
-        overrun = self.clock() - batch.ends_by
-        if overrun <= 0:
-            return
-        metrics.observe_batch_overrun(self.tier.value, batch.model, overrun)
-        if overrun > HANDOFF_S:
-            log.warning("batch_overran", model=batch.model, size=len(batch.items), seconds=round(overrun, 3),
-                        margin_s=HANDOFF_S, estimated_end=round(batch.ends_by, 3),
-                        busy_until=round(self.pipeline.busy_until, 3))
-
-    async def admit(self, deliveries: list[Delivery]) -> Batch | None:
+    async def admit(self, deliveries: list[Delivery], priority: Priority = "interactive") -> Batch | None:
         """Take a batch in (shared/intake.py), time it for the plan's model and shed what cannot end
         in time (shared/policies/engine.py), and claim the rest (`generating`, owned by this worker)
         in one round trip; shared/policies/steps.py decides what each claim's outcome means. None
@@ -278,7 +297,11 @@ class TierWorker:
         if in_time:
             self.pipeline.commit(ends_at, model)
         items = await self.hands.claim(in_time, model)
-        return Batch(items, model, ends_at) if items else None
+        if not items:
+            return None
+        batch = Batch(items, model, ends_at, priority)
+        self.classes.admitted(batch)
+        return batch
 
 
 class ModelSlot:
@@ -310,7 +333,8 @@ class ModelSlot:
         self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
-    async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None
+    async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None,
+                       priority: Priority = "interactive", begin: Callable[[], bool] = lambda: True
                        ) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone. The
         jobs' previews (if any asked: services/previews.py) are stored before the images return,
@@ -320,11 +344,12 @@ class ModelSlot:
                                   item.task.job.output_format) for item in items]
         on_preview = previews.sink_for(generator.model.name, inputs) if previews is not None else None
         try:
-            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, generator.generate_timed, inputs,
-                                                                         on_preview)
+            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, run_unless_stopped, begin,
+                                                                         generator, inputs, on_preview)
             self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
             metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
                                   generated.busy_s)
+            metrics.observe_class_busy(self.tier.value, priority, generated.busy_s)
             if previews is not None and on_preview is not None:
                 await previews.drain()
             return list[Image.Image | BaseException](generated.images)
@@ -338,7 +363,7 @@ class ModelSlot:
             log.warning("batch_failed_splitting", size=len(items), error=str(error))
             results: list[Image.Image | BaseException] = []
             for item in items:
-                results += await self.generate([item], generator, previews)
+                results += await self.generate([item], generator, previews, priority)
             return results
 
     async def encode(self, results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:
@@ -348,6 +373,15 @@ class ModelSlot:
         await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
+
+
+def run_unless_stopped(begin: Callable[[], bool], generator: Generator, inputs: list[GenerationInput],
+                       on_preview: PreviewSink | None) -> Generated:
+    """On the model's thread: the batch, unless it was stopped before it began (`begin`: a
+    batch-class batch that gave way to interactive work while it waited behind another)."""
+    if not begin():
+        raise GenerationCancelled("stopped before it began")
+    return generator.generate_timed(inputs, on_preview)
 
 
 def encode_all(results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:

@@ -188,6 +188,13 @@ class BatchBook:
                 while len(self.early) > REMEMBERED_CANCELS:
                     self.early.popitem(last=False)
 
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Drop the flags remembered for jobs whose batch will not begin (a batch-class batch the
+        worker stopped before it began: its jobs run again later, and must not stop then)."""
+        with self.lock:
+            for job_id in job_ids:
+                self.early.pop(job_id, None)
+
     def progress(self, job_id: str) -> tuple[int, int] | None:
         """(step, steps) of the batch running this job, once the model has reported a step."""
         with self.lock:

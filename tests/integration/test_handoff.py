@@ -59,11 +59,11 @@ async def test_a_full_heavy_queue_serves_the_light_image():
 async def test_a_failed_feeder_turn_is_retried(monkeypatch):
     original, failures = TierWorker.feed_once, []
 
-    async def fails_once(self, consumer, admitted, batch_size):
+    async def fails_once(self, admitted):
         if not failures:
             failures.append(self.tier)
             raise RuntimeError("injected: one turn of the feeder fails")
-        return await original(self, consumer, admitted, batch_size)
+        return await original(self, admitted)
 
     monkeypatch.setattr(TierWorker, "feed_once", fails_once)
     async with running_stack(settings(plan_r=0.0, plan_d=0.0)) as stack:

@@ -1,0 +1,233 @@
+"""A tier worker's two service classes (docs/classes.md): what it takes first, and the batch-class
+batches it stops for interactive work. The rules are pure and shared with the simulator:
+shared/policies/classes.py (next_class, should_yield) and the worker's part of
+shared/policies/engine.py (batch_class_yields, interactive_free_at); this module is their I/O.
+
+Two queues, interactive first. A worker consumes its tier queue (interactive jobs) and its tier's
+batch queue (`<ns>.tier.<tier>.batch`) on two consumers, each into a collector of its own
+(shared/batching.py ClassCollectors). Each batch is formed from one class, interactive first
+(batch first on a GPU the plan reserves for batch, Plan.batch_first), and goes through the same
+admission as ever (deadlines, split_late, claims) at the plan's batch size for the tier. Separate
+queues rather than message priorities in one queue: a priority queue orders only what the broker
+holds, not what a worker has prefetched, and a 5,000-job backlog would fill every worker's
+prefetch ahead of the interactive jobs that arrive next; two queues let each class have its own
+prefetch and let a worker look at what waits in each.
+
+The batch consumer's prefetch is PIPELINE_DEPTH batches (BATCH_PREFETCH_BATCHES), against the
+interactive one's PREFETCH_BATCHES. A delivery a worker holds is held from every other GPU: with
+interactive work first, a busy worker would park batch jobs in its buffer that another GPU's idle
+time could serve, and a backlog submitted at once would land in the first workers' buffers. Two
+batches keep a GPU with nothing else to do busy with batch work (one generating, the next queued
+behind it on the model's thread), and no more are parked.
+
+Yield. When an interactive job arrives while batch-class batches are admitted to this GPU (the one
+generating, or the one queued behind it: engine.Pipeline, PIPELINE_DEPTH), engine.batch_class_yields
+says, with Settings.batch_yield, whether they stop: in "step" mode, when the job could not end in
+time behind them and could with them stopped. They are flagged in the model's control block, as a
+cancel flags a batch (services/cancels.py, shared/backends/control.py): the model stops at its next
+denoising step (the emulated backend sleeps step by step and stops the same way). The pipeline's
+estimate is rewound to the interactive batches ahead (interactive_free_at), so the interactive job
+is admitted as in time. The stopped batch's jobs are handed back (services/handoff.py give_back):
+their claims return to `routed`, they are published again to the batch queue with their deadlines,
+and run later; nothing was stored, so none is stored twice. The steps run are lost, counted in
+hadis_batch_yields_total and hadis_batch_yield_lost_seconds_total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from services.cancels import RunningJobs
+from services.handoff import Clock, Handoff
+from shared import metrics
+from shared.backends.base import Generator
+from shared.backends.control import GenerationCancelled
+from shared.batching import ClassCollectors
+from shared.bus import Delivery
+from shared.errors import Disposition
+from shared.intake import Claimed, parse_task
+from shared.logging import bind_job, get_logger
+from shared.policies import engine
+from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES
+from shared.policies.engine import BatchTimes, InFlight, Pipeline
+from shared.schemas import Priority, Tier
+from shared.service import Service
+from shared.store import hand_back
+
+if TYPE_CHECKING:
+    from services.worker import Batch, ModelSlot
+
+log = get_logger(__name__)
+
+BATCH_PREFETCH_BATCHES = PIPELINE_DEPTH  # the batch queue's prefetch, in batches (the module's docstring says why)
+YIELD_REASON = "its batch was stopped at a step for interactive work: it runs again later"
+
+
+class ClassIntake:
+    """The worker's two consumers and their collectors."""
+
+    def __init__(self, service: Service, tier: Tier) -> None:
+        self.service, self.tier = service, tier
+        self.collectors = ClassCollectors()
+        self.consumers: list = []
+        self.batch_size = 0
+        self.on_interactive: Callable[[Delivery], None] = lambda delivery: None
+
+    @property
+    def queues(self) -> tuple[str, str]:
+        queues = self.service.bus.queues
+        return queues.tier(self.tier), queues.batch(self.tier)
+
+    def batch_first(self) -> bool:
+        """This GPU takes batch-class jobs first (the plan reserved it: classes.place_batch)."""
+        return self.service.settings.gpu in self.service.plans.current.batch_first
+
+    async def start(self, batch_size: int) -> None:
+        interactive, batch = self.queues
+        bus = self.service.bus
+        self.consumers = [await bus.consume(interactive, self.put_interactive, prefetch=PREFETCH_BATCHES * batch_size)]
+        self.consumers.append(await bus.consume(batch, self.put_batch, prefetch=BATCH_PREFETCH_BATCHES * batch_size))
+        self.batch_size = batch_size
+
+    async def put_interactive(self, delivery: Delivery) -> None:
+        self.collectors.interactive.put(delivery)
+        self.on_interactive(delivery)
+
+    async def put_batch(self, delivery: Delivery) -> None:
+        self.collectors.batch.put(delivery)
+
+    async def follow_plan(self, batch_size: int) -> None:
+        """Both prefetches follow the plan's batch size (a failure is retried at the next turn)."""
+        if batch_size == self.batch_size:
+            return
+        interactive, batch = self.consumers
+        await interactive.set_prefetch(PREFETCH_BATCHES * batch_size)
+        await batch.set_prefetch(BATCH_PREFETCH_BATCHES * batch_size)
+        self.batch_size = batch_size
+
+    async def take(self, batch_size: int, max_wait_s: float, batch_first: Callable[[], bool]
+                   ) -> tuple[Priority, list[Delivery]] | None:
+        return await self.collectors.take(batch_size, max_wait_s, batch_first)
+
+    async def cancel(self) -> None:
+        for consumer in self.consumers:
+            await consumer.cancel()
+
+
+def deadline_of(delivery: Delivery) -> float | None:
+    """The deadline a tier queue's message carries (None when it does not parse: intake will
+    dead-letter it)."""
+    try:
+        return parse_task(delivery).deadline
+    except Exception:
+        return None
+
+
+class Yields:
+    """The batches admitted to this GPU and not ended (in order), and the batch-class ones stopped
+    for interactive work (the module's docstring)."""
+
+    def __init__(self, service: Service, tier: Tier, pipeline: Pipeline, model: ModelSlot, times: BatchTimes,
+                 intake: ClassIntake, clock: Clock) -> None:
+        self.service, self.tier, self.pipeline, self.model, self.times = service, tier, pipeline, model, times
+        self.intake, self.clock = intake, clock
+        self.inflight: list[Batch] = []
+        intake.on_interactive = self.on_interactive
+
+    def admitted(self, batch: Batch) -> None:
+        self.inflight.append(batch)
+
+    def ended(self, batch: Batch) -> None:
+        if batch in self.inflight:
+            self.inflight.remove(batch)
+
+    def expected_s(self, model: str, size: int) -> float:
+        return self.pipeline.timer.expected(model, size, self.times.seconds(model, size))
+
+    def on_interactive(self, delivery: Delivery) -> None:
+        """An interactive job arrived: stop the batch-class batches ahead when it could not end in
+        time behind them and could without them (engine.batch_class_yields)."""
+        ahead = [batch for batch in self.inflight if not batch.yielded]
+        if not any(batch.priority == "batch" for batch in ahead):
+            return
+        plan, now = self.service.plans.current, self.clock()
+        size = min(max(self.intake.collectors.interactive.waiting, 1), plan.batch_for(self.tier))
+        batch_s = self.expected_s(plan.model_for(self.tier), size)
+        view = [InFlight(batch.priority, batch.ends_by) for batch in ahead]
+        if not engine.batch_class_yields(self.service.settings.batch_yield, now, view, batch_s, deadline_of(delivery),
+                                         self.intake.batch_first()):
+            return
+        self.pipeline.busy_until = engine.interactive_free_at(now, view)
+        for batch in ahead:
+            if batch.priority == "batch":
+                self.stop(batch)
+
+    def stop(self, batch: Batch) -> None:
+        """Flag every job of the batch in its model's control block: it ends at its next step."""
+        generator = self.model.generator
+        batch.yielded = True
+        if generator is None or not batch.items:
+            return
+        progress = generator.progress(batch.items[0].job_id)
+        batch.stopped_at_step = progress[0] if progress is not None else None
+        generator.cancel([item.job_id for item in batch.items])
+        log.info("batch_class_yielding", jobs=len(batch.items), step=batch.stopped_at_step)
+
+    async def after(self, batch: Batch, items: list[Claimed], results: list, generator: Generator,
+                    hands: Handoff, jobs: RunningJobs) -> tuple[list[Claimed], list]:
+        """After a stopped batch: its jobs the model stopped for (not cancelled by their clients)
+        are given back; the rest (cancelled ones, or all of them when the batch ended before the
+        flag was read) go on as any batch's do."""
+        generator.book.forget([item.job_id for item in batch.items])
+        stopped = [isinstance(result, GenerationCancelled) and item.job_id not in jobs.cancelled
+                   for item, result in zip(items, results, strict=True)]
+        given = [item for item, gone in zip(items, stopped, strict=True) if gone]
+        if given:
+            steps = max(self.model.profile.model(batch.model).steps, 1)
+            lost_steps = 0 if batch.stopped_at_step is None and not batch.began else \
+                min((batch.stopped_at_step or 0) + 1, steps)
+            lost_s = self.expected_s(batch.model, len(batch.items)) * lost_steps / steps
+            metrics.observe_batch_yield(self.tier.value, lost_s)
+            metrics.observe_class_busy(self.tier.value, "batch", lost_s)
+            log.info("batch_class_yielded", jobs=len(given), steps_lost=lost_steps, steps=steps,
+                     lost_s=round(lost_s, 3))
+            await give_back(hands, given, YIELD_REASON)
+        kept = [(item, result) for item, result, gone in zip(items, results, stopped, strict=True) if not gone]
+        return [item for item, _ in kept], [result for _, result in kept]
+
+
+async def give_back(hands: Handoff, items: list[Claimed], reason: str) -> None:
+    """Claimed batch-class jobs whose batch was stopped for interactive work: the claims go back
+    (`routed`: the store lets a claim's owner hand it back, started or not; no result was stored, so
+    nothing is stored twice), each job is published again to its tier's batch queue with its
+    deadline unchanged, then its deliveries are acked. A fresh message, not a requeue: a requeue
+    counts as a failed delivery (quorum queues, x-delivery-limit), and a job stopped a few times
+    would be dead-lettered. A crash between the publish and the ack leaves two messages: the claim
+    rules run the job once (shared/policies/steps.py). What cannot be handed back or published is requeued."""
+    changes = [hand_back(item.job_id, hands.owner, escalated=item.task.escalated, reason=reason) for item in items]
+    try:
+        outcomes = await hands.service.store.apply_many(changes)
+    except Exception as error:
+        log.warning("give_back_failed", jobs=len(items), error=f"{type(error).__name__}: {error}")
+        for item in items:
+            await hands.settle(item, Disposition.requeue)
+        return
+    for item, outcome in zip(items, outcomes, strict=True):
+        with bind_job(item.job_id):
+            if outcome.applied:
+                await republish(hands, item)
+            elif outcome.before is not None and outcome.before.terminal:
+                await hands.settle(item, Disposition.ack)  # cancelled meanwhile: nothing left to run
+            else:
+                await hands.settle(item, Disposition.requeue)
+
+
+async def republish(hands: Handoff, item: Claimed) -> None:
+    try:
+        await hands.service.bus.publish(hands.service.bus.queues.batch(hands.tier), item.task, message_id=item.job_id)
+    except Exception as error:
+        log.warning("give_back_not_published", error=f"{type(error).__name__}: {error}")
+        await hands.settle(item, Disposition.requeue)
+        return
+    await hands.settle(item, Disposition.ack)
