@@ -22,8 +22,8 @@ behind it on the model's thread), and no more are parked.
 
 Yield. When an interactive job arrives while batch-class batches are admitted to this GPU (the one
 generating, or the one queued behind it: engine.Pipeline, PIPELINE_DEPTH), engine.batch_class_yields
-says, with Settings.batch_yield, whether they stop: in "step" mode, when the job could not end in
-time behind them and could with them stopped. They are flagged in the model's control block, as a
+says, with Settings.batch_yield, whether they stop (in "step" mode, as classes.should_yield rules:
+when the job can still end in time if served once they stop). They are flagged in the model's control block, as a
 cancel flags a batch (services/cancels.py, shared/backends/control.py): the model stops at its next
 denoising step (the emulated backend sleeps step by step and stops the same way). The pipeline's
 estimate is rewound to the interactive batches ahead (interactive_free_at), so the interactive job
@@ -146,8 +146,8 @@ class Yields:
         return self.pipeline.timer.expected(model, size, self.times.seconds(model, size))
 
     def on_interactive(self, delivery: Delivery) -> None:
-        """An interactive job arrived: stop the batch-class batches ahead when it could not end in
-        time behind them and could without them (engine.batch_class_yields)."""
+        """An interactive job arrived: stop the batch-class batches ahead when the rule says so
+        (engine.batch_class_yields, over classes.should_yield)."""
         ahead = [batch for batch in self.inflight if not batch.yielded]
         if not any(batch.priority == "batch" for batch in ahead):
             return
