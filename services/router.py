@@ -202,12 +202,12 @@ class Router:
         if stored is None:
             return
         if expired and stored.written:
-            metrics.observe_unserved(JobState.expired)  # an SLO violation like a worker's shed job
+            metrics.observe_unserved(JobState.expired, priority=job.priority)  # a violation like a shed job
         if quality_rules.forced_tier(job.quality) is not None and stored.written and job.priority != "batch":
             await self.service.store.count_forced(job.quality)  # the controller's quality mix
         if refusal is not None:
             if stored.written:
-                metrics.observe_unserved(JobState.failed, Tier.heavy.value)
+                metrics.observe_unserved(JobState.failed, Tier.heavy.value, job.priority)
             log.info("high_quality_refused", reason=refusal)
             return
         if stored.record is not None:

@@ -265,7 +265,10 @@ class ClassFleet(SimFleet):
         model = sim.in_force.model_for(worker.tier)
         interactive_s = sim.times.seconds(model, min(sim.in_force.batch_for(worker.tier), len(worker.buffer)))
         deadline = min(job.deadline_s for job in worker.buffer)
-        if not classes.should_yield(sim.yield_mode, sim.now, worker.busy_until, interactive_s, deadline):
+        # The worker's own question (services/classes_intake.py): here the batch-class batch is the
+        # only one admitted (a batch-class batch is admitted to an empty pipeline).
+        ahead = [engine.InFlight("batch", worker.busy_until)]
+        if not engine.batch_class_yields(sim.yield_mode, sim.now, ahead, interactive_s, deadline):
             return False
         batch, running = worker.batches[0]
         step_s = sim.times.seconds(running, len(batch)) / max(sim.profile.model(running).steps, 1)

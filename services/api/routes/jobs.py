@@ -135,7 +135,7 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     if not outcome.applied:
         state = outcome.before.value if outcome.before else "gone"
         raise ApiError(409, f"the job is {state}; a job that has ended cannot be cancelled", code="not_cancellable")
-    metrics.observe_cancelled(record.tier.value if record.tier else None)
+    metrics.observe_cancelled(record.tier.value if record.tier else None, record.priority or "interactive")
     await api.store.release_slots(caller.tenant, [job_id])
     # The answer reads the record again without charging the read rate: a 429 here would tell the
     # client to retry a cancel that is done (and the retry would answer 409).
