@@ -59,7 +59,7 @@ async def status(args: argparse.Namespace) -> int:
     from shared.client import Client
 
     if args.cluster:
-        return await cluster_status()
+        return await cluster_status(args.rate_window)
     if not args.job_id:
         print_json({"error": "give a JOB_ID, or --cluster"})
         return 2
@@ -87,16 +87,16 @@ async def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cluster_status() -> int:
-    """The plan, the agents and their GPUs, and which worker serves which tier on which GPU."""
+async def cluster_status(rate_window_s: float = 1.0) -> int:
+    """The plan, the agents and their GPUs, which worker serves which tier on which GPU, and the
+    service classes (shared/commands/cluster.py)."""
+    from shared.commands.cluster import cluster_view
     from shared.settings import get_settings
     from shared.store import Store
 
     store = await Store.connect(get_settings())
     try:
-        plan = await store.get_plan()
-        print_json({"plan": plan.model_dump(mode="json") if plan else None,
-                    "agents": await store.agents(), "workers": await store.workers()})
+        print_json(await cluster_view(store, rate_window_s))
     finally:
         await store.close()
     return 0
@@ -275,7 +275,10 @@ def add_job_parsers(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("status", help="print a job record, or the cluster (--cluster)")
     p.add_argument("job_id", nargs="?")
-    p.add_argument("--cluster", action="store_true", help="which worker serves which tier on which GPU")
+    p.add_argument("--cluster", action="store_true", help="which worker serves which tier on which GPU, and the "
+                   "service classes: each one's arrivals, the batch backlog by deadline and its placement")
+    p.add_argument("--rate-window", type=float, default=1.0, metavar="S",
+                   help="with --cluster: seconds over which each class's arrival rate is measured (0: counts only)")
     p.set_defaults(handler=status)
 
     p = commands.add_parser("cancel", help="cancel a job that has not ended (queued, waiting or generating)")
