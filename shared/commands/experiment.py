@@ -122,6 +122,8 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error("--band perturbs a simulation; the oracle simulates nothing")
     if args.batch_jobs < 0 or args.batch_at < 0:
         parser.error("--batch-jobs and --batch-at must be >= 0")
+    if args.batch_slo_s is not None and not 0 < args.batch_slo_s <= 3600:
+        parser.error("--batch-slo-s must be > 0 and at most 3600 (HADIS_BATCH_SLO_S's bounds)")
     if args.batch_jobs and (getattr(args, "band", False) or args.policy in SIMULATE_ONLY):
         parser.error("--batch-jobs runs one simulation of a controller policy: not with --band, best-static or oracle")
 
@@ -312,19 +314,25 @@ def show(progress, trace_s: float, arrived: int, ended: int) -> None:
 def run_experiment(args: argparse.Namespace) -> int:
     import time
 
+    from shared.experiments.classes_sim import BatchLoad
     from shared.experiments.runner import Experiment, experiment_settings
 
     check_args(args)
-    if args.batch_jobs:  # TODO(issue 31): the runner's batch submission and per-class report from the records
-        args.command_parser.error("--batch-jobs is not yet replayed through the services; use hadis simulate")
     trace, base, overrides = prepare(args)
     settings = experiment_settings(base, policy=args.policy, profile=args.profile, gpus=args.gpus, slo_s=args.slo,
                                    **overrides)
+    # A batch backlog (docs/classes.md): submitted through the services at --batch-at; the report's
+    # totals are then the interactive class's, its `classes` each class's (as hadis simulate's).
+    batch = BatchLoad(args.batch_jobs, settings.batch_slo_s, args.batch_at) if args.batch_jobs else None
+    experiment = Experiment(settings, trace, Path(args.out), batch=batch)
     started = time.perf_counter()
-    outcomes, plans, notes = asyncio.run(Experiment(settings, trace, Path(args.out)).run())
+    outcomes, plans, notes = asyncio.run(experiment.run())
     report, series = build(args, "experiment", trace, outcomes, plans, time.perf_counter() - started,
                            {**notes, **overrides})
-    return finish(args, report, series, plans)
+    if experiment.class_run is None:
+        return finish(args, report, series, plans)
+    report, rows = with_classes(args, trace, report, experiment.class_run)
+    return finish(args, report, series, plans, rows)
 
 
 def run_compare(args: argparse.Namespace) -> int:

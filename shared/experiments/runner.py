@@ -15,12 +15,15 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from shared.client import Client
+from shared.experiments import class_runner
+from shared.experiments.classes_sim import BatchLoad, ClassRun, PlacementEvent, interactive_fields
 from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
 from shared.logging import get_logger
@@ -43,11 +46,15 @@ def new_namespace() -> str:
 
 @dataclass
 class PlanLog:
-    """Every plan version the controller published, with its time on the trace clock."""
+    """Every plan version the controller published, with its time on the trace clock: `events`
+    the versions whose interactive fields changed (a version that moved only the batch placement is
+    no plan change, as in the simulator), `placements` those whose batch placement did."""
 
     started_at: float
     by_version: dict[int, Plan] = field(default_factory=dict)
     events: list[PlanEvent] = field(default_factory=list)
+    placements: list[PlacementEvent] = field(default_factory=list)
+    backlog: Callable[[], int] = lambda: 0  # the batch jobs submitted and not ended, when a placement is seen
 
     def at_version(self, version: int | None) -> Plan | None:
         """The plan of that version, or the newest seen before it (one replaced within a poll)."""
@@ -59,9 +66,16 @@ class PlanLog:
     def observe(self, plan: Plan | None, now: float) -> None:
         if plan is None or plan.version in self.by_version:
             return
+        before = self.by_version[max(self.by_version)] if self.by_version else None
         self.by_version[plan.version] = plan
-        self.events.append(PlanEvent(max(now - self.started_at, 0.0), plan.light_model, plan.heavy_model, plan.r,
-                                     plan.d, plan.light_gpus, plan.heavy_gpus))
+        t_s = max(now - self.started_at, 0.0)
+        placed = before is None or (before.batch_heavy, before.batch_first) != (plan.batch_heavy, plan.batch_first)
+        if not (placed and before is not None and interactive_fields(before) == interactive_fields(plan)):
+            self.events.append(PlanEvent(t_s, plan.light_model, plan.heavy_model, plan.r, plan.d, plan.light_gpus,
+                                         plan.heavy_gpus))
+        if placed:
+            self.placements.append(PlacementEvent(t_s, plan.batch_heavy, len(plan.batch_first), self.backlog(),
+                                                  plan.reason))
 
 
 class Progress:
@@ -91,12 +105,19 @@ class Progress:
 
 
 class Experiment:
-    def __init__(self, settings: Settings, trace: Trace, out_dir: Path, grace_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, trace: Trace, out_dir: Path, grace_s: float = 30.0,
+                 batch: BatchLoad | None = None) -> None:
         self.settings = settings
         self.trace = trace
         self.out_dir = out_dir
         self.grace_s = grace_s
         self.job_ids = [f"{settings.namespace}-{i}" for i in range(len(trace))]
+        # A batch backlog beside the trace (docs/classes.md): its jobs, and the agent's metrics port
+        # (its workers' follow it), where the workers' busy time by class is read.
+        self.batch = batch if batch is not None and batch.jobs > 0 else None
+        self.batch_ids = [f"{settings.namespace}-batch-{i}" for i in range(self.batch.jobs)] if self.batch else []
+        self.metrics_port = class_runner.free_port_base(len(settings.owned_gpus()) + 1) if self.batch else None
+        self.class_run: ClassRun | None = None  # the run's classes, once replayed with a batch backlog
         self.children = [Child(name, f"services.{name}", self.env_for(name), log_path=out_dir / "logs" / f"{name}.log")
                          for name in SERVICES]
 
@@ -106,6 +127,8 @@ class Experiment:
         env = self.settings.as_env()
         if service == "controller":
             env["HADIS_LOG_LEVEL"] = "info"
+        if service == "agent" and self.metrics_port is not None:
+            env["HADIS_METRICS_PORT"] = str(self.metrics_port)
         return env
 
     async def run(self) -> tuple[list[JobOutcome], list[PlanEvent], dict]:
@@ -150,25 +173,57 @@ class Experiment:
         since_id = await client.store.last_event_id()
         started_at = time.time() + 0.5
         plans = PlanLog(started_at)
-        progress = Progress(len(self.trace), self.trace.duration_s, f"{self.settings.controller_policy}")
+        progress = Progress(len(self.trace) + len(self.batch_ids), self.trace.duration_s,
+                            f"{self.settings.controller_policy}")
         ended: set[str] = set()
+        batch = self.batch_side(started_at, plans, ended)
         watching = asyncio.create_task(self.watch(client, plans, progress, since_id, ended))
-        lags = await self.submit_all(client, started_at, progress)
-        give_up_at = started_at + self.trace.duration_s + self.settings.slo_s + self.grace_s
-        while len(ended) < len(self.job_ids) and time.time() < give_up_at:
-            progress.show(time.time() - started_at)
-            await asyncio.sleep(0.5)
-        watching.cancel()
-        progress.show(time.time() - started_at, force=True)
-        progress.close()
-        records = await self.read_records(client)
+        try:
+            if batch is not None:
+                await batch.start(progress)
+            lags = await self.submit_all(client, started_at, progress)
+            await self.wait_ended(ended, started_at, progress, batch)
+            if batch is not None:
+                await batch.stop()
+        finally:
+            watching.cancel()
+            if batch is not None:
+                await batch.close()
+        records = await self.read_records(client, self.job_ids)
         self.write_job_lists(records, started_at)
         outcomes = [self.outcome(record, i, started_at, plans) for i, record in enumerate(records)]
         lags.sort()
         notes = {"namespace": self.settings.namespace, "workers_ready_s": round(ready_s, 2),
                  "submit_lag_p99_s": round(lags[int(0.99 * (len(lags) - 1))], 4) if lags else None,
                  "plan_period_s": self.settings.plan_period_s, "plan_min_dwell_s": self.settings.plan_min_dwell_s}
+        if batch is not None:
+            self.class_run = batch.finish(await self.read_records(client, self.batch_ids), outcomes, plans.events,
+                                          plans.placements, self.out_dir)
+            notes.update(batch.notes())
         return outcomes, plans.events, notes
+
+    def batch_side(self, started_at: float, plans: PlanLog, ended: set[str]) -> class_runner.BatchSide | None:
+        """The batch backlog's part of the run; the plan log counts its open jobs at each placement."""
+        if self.batch is None or self.metrics_port is None:
+            return None
+        side = class_runner.BatchSide(self.settings, self.batch, self.batch_ids, self.metrics_port, started_at)
+        plans.backlog = lambda: side.submitted - sum(job_id in ended for job_id in self.batch_ids)
+        return side
+
+    async def wait_ended(self, ended: set[str], started_at: float, progress: Progress,
+                         batch: class_runner.BatchSide | None) -> None:
+        """Until every job ended, or the last deadline (the trace's, or the backlog's) plus the grace."""
+        give_up_at = started_at + self.trace.duration_s + self.settings.slo_s + self.grace_s
+        if self.batch is not None:
+            give_up_at = max(give_up_at, started_at + self.batch.at_s + self.batch.slo_s + self.grace_s)
+        total = len(self.job_ids) + len(self.batch_ids)
+        while len(ended) < total and time.time() < give_up_at:
+            if batch is not None:
+                batch.check()
+            progress.show(time.time() - started_at)
+            await asyncio.sleep(0.5)
+        progress.show(time.time() - started_at, force=True)
+        progress.close()
 
     async def submit_all(self, client: Client, started_at: float, progress: Progress) -> list[float]:
         """Each job at its arrival time; one behind schedule goes at once, stamped with its
@@ -189,7 +244,7 @@ class Experiment:
 
     async def watch(self, client: Client, plans: PlanLog, progress: Progress, since_id: str, ended: set[str]) -> None:
         """Follow the plan and the event stream (terminal states) while the trace runs."""
-        ours, last_id, last_plan_poll = set(self.job_ids), since_id, 0.0
+        ours, last_id, last_plan_poll = set(self.job_ids) | set(self.batch_ids), since_id, 0.0
         while True:
             if time.monotonic() - last_plan_poll >= PLAN_POLL_S:
                 plans.observe(await client.store.get_plan(), time.time())
@@ -229,10 +284,10 @@ class Experiment:
                 "history_s": None if record is None else
                 [(step.state.value, round(step.at - started_at, 3)) for step in record.history]}
 
-    async def read_records(self, client: Client) -> list[JobRecord | None]:
+    async def read_records(self, client: Client, job_ids: list[str]) -> list[JobRecord | None]:
         records: list[JobRecord | None] = []
-        for start in range(0, len(self.job_ids), RECORD_CHUNK):
-            chunk = self.job_ids[start:start + RECORD_CHUNK]
+        for start in range(0, len(job_ids), RECORD_CHUNK):
+            chunk = job_ids[start:start + RECORD_CHUNK]
             records += await asyncio.gather(*(client.status(job_id) for job_id in chunk))
         return records
 
