@@ -9,7 +9,8 @@ trace, served with the same rules as the services (shared/policies/classes.py).
   the plan reserves); a batch-class batch only on an idle pipeline (never queued ahead of an
   interactive batch); a running batch-class batch stopped at its next denoising step when
   `classes.should_yield` says so ("step": its steps are lost, its jobs go back to the head of their
-  batch queue; "finish": it runs on);
+  batch queue; "finish": it runs on); a batch job too late on the heavy tier goes to the light
+  tier's batch queue when a light batch can still end in time (engine.fallback), else expires;
 - the controller: the interactive plan exactly as without batch work (interactive demand and
   queues only); each planning round, the batch placement (`classes.place_batch`) from the
   interactive demand and the open batch jobs by deadline.
@@ -243,12 +244,9 @@ class ClassFleet(SimFleet):
         ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
         jobs = [buffer.popleft() for _ in range(size)]
         batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
-        for job in late:
-            if job.priority == "batch":
-                sim.end(job, "expired")
-            else:
-                self.too_late(job, tier)
-                self.saturated[tier] = False  # its ack frees prefetch credit
+        for job in late:  # a batch job too late on the heavy tier moves to the light tier's batch queue
+            self.too_late(job, tier)  # (services/handoff.py: reroute_to_light), as an interactive one
+            self.saturated[tier] = False  # its ack frees prefetch credit
         if not batch:
             return
         worker.pipeline.commit(ends_at, model)
