@@ -55,6 +55,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                 help="also run the simulator over the plan period's phase and the spread of worker "
                                      "start times (12 runs in all) and write band.json: what an experiment, which "
                                      "controls neither, is compared with (shared/experiments/band.py)")
+            parser.add_argument("--batch-mode", choices=["classes", "fifo"], default="classes",
+                                help="classes: the service classes (docs/classes.md); fifo: the baseline without "
+                                     "them, batch jobs as ordinary jobs in the tier queues, counted as demand "
+                                     "(shared/experiments/fifo_sim.py) (default classes)")
             parser.add_argument("--offset", type=float, default=0.0,
                                 help="seconds the controller runs before the trace begins: the phase of its plan "
                                      "period (default 0; an experiment's is however long its first workers took)")
@@ -124,6 +128,8 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error("--batch-jobs and --batch-at must be >= 0")
     if args.batch_slo_s is not None and not 0 < args.batch_slo_s <= 3600:
         parser.error("--batch-slo-s must be > 0 and at most 3600 (HADIS_BATCH_SLO_S's bounds)")
+    if getattr(args, "batch_mode", "classes") == "fifo" and (not args.batch_jobs or args.batch_yield is not None):
+        parser.error("--batch-mode fifo needs --batch-jobs, and has no --batch-yield (nothing yields)")
     if args.batch_jobs and (getattr(args, "band", False) or args.policy in SIMULATE_ONLY):
         parser.error("--batch-jobs runs one simulation of a controller policy: not with --band, best-static or oracle")
 
@@ -247,7 +253,12 @@ def run_class_simulation(args: argparse.Namespace, trace, settings, options: dic
     from shared.experiments.classes_sim import BatchLoad, simulate_classes
 
     batch = BatchLoad(args.batch_jobs, settings.batch_slo_s, args.batch_at)
-    run = simulate_classes(settings, trace, batch, **options)
+    if args.batch_mode == "fifo":
+        from shared.experiments.fifo_sim import simulate_fifo
+
+        run = simulate_fifo(settings, trace, batch, **options)
+    else:
+        run = simulate_classes(settings, trace, batch, **options)
     report, series = build(args, "simulate", trace, run.interactive, run.plans, run.wall_s, notes)
     report, rows = with_classes(args, trace, report, run)
     return finish(args, report, series, run.plans, rows)

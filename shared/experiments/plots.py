@@ -99,7 +99,9 @@ def plot_classes(run_dir: Path) -> Path:
         axes[1].legend(loc="upper right", frameon=False)
         for ax in axes:
             ax.grid(alpha=0.3)
-        fig.suptitle(f"{report['policy']} · service classes · {_setup(report)}")
+        mode = (report.get("classes") or {}).get("batch_settings", {}).get("yield")
+        title = "single-queue FIFO, no classes" if mode == "fifo" else f"service classes, yield {mode}"
+        fig.suptitle(f"{report['policy']} · {title} · {_setup(report)}")
         return _save(fig, run_dir / "classes.png")
 
 
