@@ -46,7 +46,7 @@ class Client:
         when given, is the job's service class in place of its own `Job.priority` (docs/jobs.md)."""
         if priority is not None:
             job = with_priority(job, priority)
-        await self.bus.publish(self.bus.queues.requests, job, message_id=job.job_id)
+        await self.bus.publish(self.bus.queues.ingress_for(job.priority), job, message_id=job.job_id)
         return job.job_id
 
     async def wait(self, job_id: str, timeout_s: float = 60.0) -> JobRecord | None:

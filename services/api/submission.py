@@ -28,7 +28,7 @@ async def accept(api: Api, caller: Caller, jobs: list[Job]) -> None:
     jobs = await with_default_webhook(api, caller, jobs)
     await api.admission.admit(caller, jobs)
     bus = api.service.bus
-    results = await asyncio.gather(*(bus.publish(bus.queues.requests, job, message_id=job.job_id)
+    results = await asyncio.gather(*(bus.publish(bus.queues.ingress_for(job.priority), job, message_id=job.job_id)
                                      for job in jobs), return_exceptions=True)
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:

@@ -3,10 +3,12 @@
 Topology of a namespace `ns` (every name is prefixed, so experiments are isolated):
 
     ns.requests      quorum  ingress: Job JSON from any backend
+    ns.requests.batch quorum ingress of batch-class jobs (docs/classes.md): never in front of interactive ones
     ns.tier.light    quorum  Task for the light workers
     ns.tier.heavy    quorum  Task for the heavy workers
     ns.judge         quorum  Task for the quality judge
     ns.ingress       fanout exchange whose one queue is ns.requests (producers' door)
+    ns.ingress.batch fanout exchange whose one queue is ns.requests.batch (the batch door)
     ns.dlx           fanout exchange: where every work queue dead-letters
     ns.dead          quorum  dead letters kept for operators (bounded, oldest dropped)
     ns.dead.watch    quorum  dead letters the controller turns into `failed` records

@@ -48,6 +48,17 @@ class Queues:
         return f"{self.namespace}.requests"
 
     @property
+    def requests_batch(self) -> str:
+        """The batch class's ingress (docs/classes.md): a bulk submission of batch jobs waits here,
+        never in front of interactive jobs in `requests` (the router consumes both, each with its
+        own prefetch, so an interactive job waits behind at most a prefetch of batch jobs)."""
+        return f"{self.namespace}.requests.batch"
+
+    def ingress_for(self, priority: str) -> str:
+        """The ingress queue of a job of this service class."""
+        return self.requests_batch if priority == "batch" else self.requests
+
+    @property
     def judge(self) -> str:
         return f"{self.namespace}.judge"
 
@@ -69,6 +80,11 @@ class Queues:
         nothing else can submit jobs and do nothing more (docs/security.md)."""
         return f"{self.namespace}.ingress"
 
+    @property
+    def ingress_batch_exchange(self) -> str:
+        """The producers' door for batch jobs: a fanout exchange whose one queue is `requests_batch`."""
+        return f"{self.namespace}.ingress.batch"
+
     def tier(self, tier: Tier) -> str:
         return f"{self.namespace}.tier.{tier.value}"
 
@@ -81,7 +97,7 @@ class Queues:
     @property
     def work(self) -> tuple[str, ...]:
         return (self.requests, self.tier(Tier.light), self.tier(Tier.heavy), self.judge,
-                self.batch(Tier.light), self.batch(Tier.heavy))
+                self.batch(Tier.light), self.batch(Tier.heavy), self.requests_batch)
 
 
 def dead_letter_arguments() -> dict:
@@ -124,8 +140,10 @@ async def _declare(channel: AbstractChannel, settings: Settings, queues: Queues)
         await queue.bind(dlx)
     declared = {name: await channel.declare_queue(name, durable=True, arguments=work_queue_arguments(settings, queues))
                 for name in queues.work}
-    ingress = await channel.declare_exchange(queues.ingress_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-    await declared[queues.requests].bind(ingress)
+    for exchange, queue in ((queues.ingress_exchange, queues.requests),
+                            (queues.ingress_batch_exchange, queues.requests_batch)):
+        ingress = await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        await declared[queue].bind(ingress)
 
 
 async def delete_topology(channel: AbstractChannel, queues: Queues) -> None:
@@ -134,3 +152,4 @@ async def delete_topology(channel: AbstractChannel, queues: Queues) -> None:
         await channel.queue_delete(name)
     await channel.exchange_delete(queues.dead_letter_exchange)
     await channel.exchange_delete(queues.ingress_exchange)
+    await channel.exchange_delete(queues.ingress_batch_exchange)

@@ -246,15 +246,10 @@ def problems(observed: Observed) -> list[str]:
     return found
 
 
-# What fails today (run here, 2 busy cores): the burst and the interactive jobs share the ingress queue
-# (<ns>.requests), which the router reads in order. The router took 19-27 s to record the 5,000 batch
-# jobs; the interactive jobs submitted meanwhile waited behind them (31 of 54 expired, 13-20 s), and
-# the controller, which counts an arrival when the router records it, measured the interactive demand
-# falling from 2 qps to ~0 and then a catch-up spike: its plan moved (light_batch 2 -> 1) on that.
-# The batch placement, the backlog and the gauges behaved. The fix is at the ingress (the router
-# taking interactive jobs first, or a batch ingress queue), not in this test.
-@pytest.mark.xfail(strict=False, reason="a batch burst delays interactive jobs in the shared ingress queue, "
-                   "and the controller's interactive demand with them (see the comment above)")
+# With one ingress queue the router read the burst in order: 19-27 s to record 5,000 batch jobs, the
+# interactive jobs submitted meanwhile expired behind them (31 of 54), and the controller's measured
+# interactive demand dropped, then spiked, and moved the plan. Batch jobs now have an ingress of their
+# own (<ns>.requests.batch), which the router reads beside the interactive one.
 async def test_a_burst_of_batch_jobs_through_the_services_leaves_the_interactive_plan_as_it_was():
     observed = await run_burst(burst_settings())
     found = problems(observed)
