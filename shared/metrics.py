@@ -436,6 +436,11 @@ def zero_outcomes() -> None:
         CLASS_SLO_VIOLATIONS.labels(priority)
         for state in (JobState.done, JobState.failed, JobState.expired, JobState.cancelled):
             CLASS_JOBS_FINISHED.labels(priority, state.value)
+    for tier in TIERS:  # a dashboard's share of GPU-seconds by class, and its yields, read 0, not nothing
+        BATCH_YIELDS.labels(tier)
+        BATCH_YIELD_LOST.labels(tier)
+        for priority in PRIORITIES:
+            CLASS_BUSY.labels(tier, priority)
     for reason in PARKED_REASONS:
         DEAD_LETTERS_PARKED.labels(reason)
     for result in WEBHOOK_RESULTS:
