@@ -239,10 +239,13 @@ class Dashboard:
                     self.recent.add(job, fields, histories[job.job_id])
 
     async def depths(self) -> dict[str, int]:
-        """Jobs waiting in each work queue, by its short name (requests, light, heavy, judge)."""
+        """Jobs waiting in each work queue, by its short name (requests, light, heavy, judge, and the
+        batch class's: requests.batch, light.batch, heavy.batch)."""
         bus = self.service.bus
         names = {bus.queues.requests: "requests", bus.queues.tier(Tier.light): "light",
-                 bus.queues.tier(Tier.heavy): "heavy", bus.queues.judge: "judge"}
+                 bus.queues.tier(Tier.heavy): "heavy", bus.queues.judge: "judge",
+                 bus.queues.requests_batch: "requests.batch", bus.queues.batch(Tier.light): "light.batch",
+                 bus.queues.batch(Tier.heavy): "heavy.batch"}
         return {names.get(queue, queue): depth for queue, depth in (await bus.depths()).items()}
 
     def compose(self, now: float, plan: Plan | None, workers: list[dict], depths: dict[str, int]) -> dict[str, Any]:

@@ -157,7 +157,8 @@ def test_the_snapshot_and_the_stream_show_the_plan_and_the_load(stack, driven):
     assert window["ended"] >= 2 * JOBS_EACH and window["arrivals_qps"] > 0 and window["p50_s"] > 0
     assert window["judged"] > 0 and window["fid"] is not None  # paper-l40s-x10 has a quality table
     assert sum(v for v in snap["series"]["arrivals"] if v) * 2.0 >= 2 * JOBS_EACH  # jobs/s x bucket_s
-    assert set(snap["queues"]) == {"requests", "light", "heavy", "judge"}
+    assert set(snap["queues"]) == {"requests", "light", "heavy", "judge", "requests.batch", "light.batch",
+                                   "heavy.batch"}
     assert snap["changes"] and snap["changes"][0]["version"] == plan.version and snap["changes"][0]["reason"]
     recent = {job["job_id"] for job in snap["recent"]}
     assert recent and recent <= set(submitted[TENANTS[0]]) | set(submitted[TENANTS[1]])
