@@ -239,14 +239,9 @@ class Dashboard:
                     self.recent.add(job, fields, histories[job.job_id])
 
     async def depths(self) -> dict[str, int]:
-        """Jobs waiting in each work queue, by its short name (requests, light, heavy, judge, and the
-        batch class's: requests.batch, light.batch, heavy.batch)."""
-        bus = self.service.bus
-        names = {bus.queues.requests: "requests", bus.queues.tier(Tier.light): "light",
-                 bus.queues.tier(Tier.heavy): "heavy", bus.queues.judge: "judge",
-                 bus.queues.requests_batch: "requests.batch", bus.queues.batch(Tier.light): "light.batch",
-                 bus.queues.batch(Tier.heavy): "heavy.batch"}
-        return {names.get(queue, queue): depth for queue, depth in (await bus.depths()).items()}
+        """Jobs waiting in each work queue, by its short name (short_names)."""
+        names = short_names(self.service.bus.queues)
+        return {names.get(queue, queue): depth for queue, depth in (await self.service.bus.depths()).items()}
 
     def compose(self, now: float, plan: Plan | None, workers: list[dict], depths: dict[str, int]) -> dict[str, Any]:
         return {"at": now, "namespace": self.settings.namespace, "profile": self.settings.profile,
@@ -277,3 +272,11 @@ def _clock(total: list[float]) -> Iterator[None]:
 def _stream_order(event_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = event_id.partition("-")
     return int(milliseconds), int(sequence or 0)
+
+
+def short_names(queues: Any) -> dict[str, str]:
+    """The work queues' names on the page: requests, light, heavy, judge, and the batch class's
+    requests.batch, light.batch, heavy.batch."""
+    return {queues.requests: "requests", queues.tier(Tier.light): "light", queues.tier(Tier.heavy): "heavy",
+            queues.judge: "judge", queues.requests_batch: "requests.batch",
+            queues.batch(Tier.light): "light.batch", queues.batch(Tier.heavy): "heavy.batch"}
