@@ -140,10 +140,10 @@ async def _declare(channel: AbstractChannel, settings: Settings, queues: Queues)
         await queue.bind(dlx)
     declared = {name: await channel.declare_queue(name, durable=True, arguments=work_queue_arguments(settings, queues))
                 for name in queues.work}
-    for exchange, queue in ((queues.ingress_exchange, queues.requests),
+    for exchange, bound in ((queues.ingress_exchange, queues.requests),
                             (queues.ingress_batch_exchange, queues.requests_batch)):
         ingress = await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        await declared[queue].bind(ingress)
+        await declared[bound].bind(ingress)
 
 
 async def delete_topology(channel: AbstractChannel, queues: Queues) -> None:
