@@ -33,7 +33,10 @@ BURST = 5000
 PRODUCERS = 4  # processes publishing the burst between them, each its jobs concurrently
 RATE_QPS = 2.0  # the steady interactive load
 SLO_S = 10.0  # the interactive objective
-BATCH_SLO_S = 30.0  # the burst is due at once: the controller places it (and reserves) in its first rounds
+# Due well after the test: the backlog fits the leftover, so nothing is reserved (a reservation takes GPUs from
+# interactive work by design, and the interactive queue it makes may move the plan's batch sizes: CI saw
+# heavy_batch 2 -> 1 so with a 30 s objective). tests/policies/test_classes.py tests the reservation itself.
+BATCH_SLO_S = 600.0
 STEADY_S = 4.0  # the interactive plan held this long before the burst (the load has settled)
 WATCH_S = 8.0  # planning rounds watched after the router has recorded the whole burst (a round a second)
 
@@ -228,9 +231,9 @@ def problems(observed: Observed) -> list[str]:
         found.append(f"the interactive plan moved from v{observed.before.version} (version, fields, interactive "
                      f"demand qps then): {moved[:1]} in {len(moved)} samples; demand measured after the burst "
                      f"ranged {demand[0]}..{demand[-1]} qps for a steady {RATE_QPS} qps submitted")
-    placements = {(sample.plan.batch_heavy, tuple(sample.plan.batch_first)) for sample in observed.after}
-    if placements == {(observed.before.batch_heavy, tuple(observed.before.batch_first))}:
-        found.append("the controller never placed the batch backlog")
+    reserved = {tuple(sample.plan.batch_first) for sample in observed.after} - {()}
+    if reserved:
+        found.append(f"the controller reserved GPUs {sorted(reserved)[:1]} for a backlog the leftover covers")
     late = [(record.state.value, round(record.latency_s or 0, 2)) for record in observed.interactive
             if record.state is not JobState.done or record.history[-1].at > (record.deadline or 0)]
     if not observed.interactive or late:
