@@ -50,8 +50,11 @@ class RedisStore:
     @classmethod
     async def connect(cls, settings: Settings, *, retry_s: float | None = None) -> Self:
         """Connect, waiting up to retry_s (default: the settings' store_retry_s) for Redis to answer."""
+        # driver_info=None: no CLIENT SETINFO in the connection's handshake. Redis 7.0 (Debian's) refuses it;
+        # redis-py reads the refusal and goes on, but a handshake cut by a timeout on a loaded machine left
+        # it to the next command, and a router crashed on "unknown subcommand 'SETINFO'" (CI, 2026-12-06).
         options: dict[str, Any] = dict(socket_connect_timeout=5, socket_timeout=10, health_check_interval=15,
-                                       retry_on_timeout=True)
+                                       retry_on_timeout=True, driver_info=None)
         if settings.redis_sentinels:
             client = _sentinel_client(settings, options)
         else:
