@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shared.experiments.report import JobOutcome, PlanEvent
-from shared.experiments.simulator import SimFleet, SimJob, Simulation, SimWorker
+from shared.experiments.simulator import Consumer, SimFleet, SimJob, Simulation, SimWorker
 from shared.experiments.trace import Trace
 from shared.policies import class_engine, classes, engine
 from shared.policies.admission import PIPELINE_DEPTH
@@ -84,6 +84,23 @@ class ClassWorker(SimWorker):
 
     def batch_unacked(self) -> int:
         return len(self.batch_buffer) + sum(len(batch) for batch, _ in self.batches if is_batch(batch))
+
+
+def batch_unacked(worker: SimWorker) -> int:
+    """The batch consumer's credit in use: the fleet's workers are ClassWorkers (new_worker)."""
+    assert isinstance(worker, ClassWorker)
+    return worker.batch_unacked()
+
+
+def batch_buffer(worker: SimWorker) -> deque:
+    """Where batch deliveries land: apart from the interactive ones, so admission picks the class."""
+    assert isinstance(worker, ClassWorker)
+    return worker.batch_buffer
+
+
+# The batch queue's consumer: its own small prefetch; a tier never marked saturated by it (the
+# interactive queue's mark, SimFleet.saturated, is the interactive consumer's alone).
+BATCH = Consumer(BATCH_PREFETCH_BATCHES, batch_unacked, batch_buffer)
 
 
 def is_batch(jobs) -> bool:
@@ -191,33 +208,9 @@ class ClassFleet(SimFleet):
         self.feed(tier)
 
     def feed(self, tier: Tier) -> None:
+        """The tier queue's deliveries, then the batch queue's (its own prefetch and round-robin)."""
         super().feed(tier)
-        while self.batch_queues[tier]:
-            touched = self.deliver_batch(tier)
-            for worker in touched:
-                self.admit(worker)
-            if not touched:
-                return
-
-    def deliver_batch(self, tier: Tier) -> list[ClassWorker]:
-        """The batch queue's round-robin, one job at a time to workers with batch credit."""
-        workers, queue = self.serving[tier], self.batch_queues[tier]
-        if not workers:
-            return []
-        limit = BATCH_PREFETCH_BATCHES * self.sim.in_force.batch_for(tier)
-        count, position, misses, touched = len(workers), self.next_batch_worker[tier], 0, {}
-        while queue and misses < count:
-            worker = workers[position % count]
-            position += 1
-            assert isinstance(worker, ClassWorker)
-            if worker.batch_unacked() < limit:
-                worker.batch_buffer.append(queue.popleft())
-                touched[worker.gpu] = worker
-                misses = 0
-            else:
-                misses += 1
-        self.next_batch_worker[tier] = position % count
-        return list(touched.values())
+        self.feed_queue(tier, self.batch_queues[tier], self.next_batch_worker, BATCH)
 
     # --- the workers --------------------------------------------------------------------------
 

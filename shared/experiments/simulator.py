@@ -86,6 +86,22 @@ class SimWorker:
         return len(self.buffer) + sum(len(batch) for batch, _ in self.batches)
 
 
+@dataclass(frozen=True)
+class Consumer:
+    """How a worker consumes one broker queue: its prefetch in batches, its deliveries not acked
+    (against that prefetch), the buffer deliveries land in, and whether the fleet marks the tier
+    saturated when no worker has credit left (SimFleet.saturated: only the interactive queue's)."""
+
+    prefetch_batches: int
+    unacked: Callable[[SimWorker], int]
+    buffer: Callable[[SimWorker], deque]
+    saturates: bool = False
+
+
+# The tier queue's consumer (services/worker.py's): every job without service classes.
+INTERACTIVE = Consumer(PREFETCH_BATCHES, lambda worker: worker.unacked(), lambda worker: worker.buffer, saturates=True)
+
+
 class Simulation:
     """The event loop, the controller, the router and the judge; the broker, the agent and the
     workers are the fleet's (SimFleet)."""
@@ -339,33 +355,41 @@ class SimFleet:
         self.feed(tier)
 
     def feed(self, tier: Tier) -> None:
+        """Deliver the tier queue's jobs to workers with prefetch credit (feed_queue)."""
+        self.feed_queue(tier, self.queues[tier], self.next_worker, INTERACTIVE)
+
+    def feed_queue(self, tier: Tier, queue: deque[SimJob], cursor: dict[Tier, int], consumer: Consumer) -> None:
         """Deliver queued jobs to workers with prefetch credit and let them admit batches; again
-        while admission sheds jobs (an ack frees credit) and jobs are left."""
-        while self.queues[tier] and not self.saturated[tier]:
-            touched = self.deliver(tier)
+        while admission sheds jobs (an ack frees credit) and jobs are left. One routine for every
+        broker queue a worker consumes (classes_sim: the batch queue too), so they cannot drift."""
+        while queue and not (consumer.saturates and self.saturated[tier]):
+            touched = self.deliver(tier, queue, cursor, consumer)
             for worker in touched:
                 self.admit(worker)
             if not touched:
                 return
 
-    def deliver(self, tier: Tier) -> list[SimWorker]:
-        """RabbitMQ's round-robin: one job at a time to the next worker with prefetch credit."""
-        workers, queue = self.serving[tier], self.queues[tier]
+    def deliver(self, tier: Tier, queue: deque[SimJob], cursor: dict[Tier, int],
+                consumer: Consumer) -> list[SimWorker]:
+        """RabbitMQ's round-robin: one job at a time to the next worker with prefetch credit, from
+        the worker `cursor[tier]` names on (each queue keeps its own)."""
+        workers = self.serving[tier]
         if not workers:
             return []
-        limit = PREFETCH_BATCHES * self.sim.in_force.batch_for(tier)
-        count, position, misses, touched = len(workers), self.next_worker[tier], 0, {}
+        limit = consumer.prefetch_batches * self.sim.in_force.batch_for(tier)
+        count, position, misses, touched = len(workers), cursor[tier], 0, {}
         while queue and misses < count:
             worker = workers[position % count]
             position += 1
-            if worker.unacked() < limit:
-                worker.buffer.append(queue.popleft())
+            if consumer.unacked(worker) < limit:
+                consumer.buffer(worker).append(queue.popleft())
                 touched[worker.gpu] = worker
                 misses = 0
             else:
                 misses += 1
-        self.next_worker[tier] = position % count
-        self.saturated[tier] = misses >= count  # until a worker acks a batch
+        cursor[tier] = position % count
+        if consumer.saturates:
+            self.saturated[tier] = misses >= count  # until a worker acks a batch
         return list(touched.values())
 
     # --- the workers --------------------------------------------------------------------------
