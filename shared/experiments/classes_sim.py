@@ -112,22 +112,23 @@ def interactive_fields(plan: Plan) -> dict:
     return plan.model_dump(exclude={"version", "created_at", "reason", "batch_heavy", "batch_first"})
 
 
-class ClassSimulation(Simulation):
-    """The simulation with a batch backlog: the router, the controller's placement and the
-    outcomes of the batch class; the fleet is ClassFleet."""
+class BacklogSimulation(Simulation):
+    """The simulation with a batch backlog beside the trace, whatever serves it (ClassSimulation:
+    the service classes; fifo_sim.FifoSimulation: one queue per tier): the batch jobs, their
+    arrival, how long the run waits for them and the ClassRun it gives, written once so that the
+    two runs compare like with like."""
 
-    def __init__(self, settings: Settings, trace: Trace, batch: BatchLoad, *, yield_mode: YieldMode | None = None,
+    def __init__(self, settings: Settings, trace: Trace, batch: BatchLoad, fleet_type: type[SimFleet],
                  **options) -> None:
         super().__init__(settings, trace, **options)
         self.batch = batch
-        self.yield_mode: YieldMode = yield_mode or settings.batch_yield
-        self.fleet = ClassFleet(self, self.fleet.worker_start_s, self.fleet.worker_start_each_s)
+        self.fleet = fleet_type(self, self.fleet.worker_start_s, self.fleet.worker_start_each_s)
         first = len(self.jobs)
+        # The same jobs in both runs: prompt i, due at_s + slo_s.
         self.batch_jobs = [SimJob(first + i, batch.at_s, batch.at_s + batch.slo_s, i, priority="batch")
                            for i in range(batch.jobs)]
         self.open_jobs += batch.jobs
-        self.placement = BatchPlacement(1.0, (), "no batch backlog")
-        self.placements: list[PlacementEvent] = []
+        self.placements: list[PlacementEvent] = []  # the controller's batch placements (none in FIFO)
         self.busy: list[Busy] = []
 
     def run(self) -> list[JobOutcome]:
@@ -136,7 +137,34 @@ class ClassSimulation(Simulation):
         return super().run()
 
     def end_by(self) -> float:
+        """Not before the batch jobs' deadline (and the same minute's grace as the trace's)."""
         return max(super().end_by(), self.batch.at_s + self.batch.slo_s + 60.0)
+
+    def arrive_batch(self) -> None:
+        """The batch jobs submitted at `batch.at_s`: each run routes them its own way."""
+        raise NotImplementedError
+
+    def batch_outcome(self, job: SimJob) -> JobOutcome:
+        """A batch job's outcome, as each run reports it."""
+        raise NotImplementedError
+
+    def class_run(self, started: float, yield_mode: str) -> ClassRun:
+        """Run it: the outcomes of both classes and what the per-class report reads (class_report.py);
+        its wall time from `started`."""
+        interactive = self.run()
+        return ClassRun(interactive, [self.batch_outcome(job) for job in self.batch_jobs], self.plans, self.busy,
+                        self.placements, len(self.gpus), time.perf_counter() - started, self.batch.slo_s, yield_mode)
+
+
+class ClassSimulation(BacklogSimulation):
+    """The simulation with a batch backlog: the router, the controller's placement and the
+    outcomes of the batch class; the fleet is ClassFleet."""
+
+    def __init__(self, settings: Settings, trace: Trace, batch: BatchLoad, *, yield_mode: YieldMode | None = None,
+                 **options) -> None:
+        super().__init__(settings, trace, batch, ClassFleet, **options)
+        self.yield_mode: YieldMode = yield_mode or settings.batch_yield
+        self.placement = BatchPlacement(1.0, (), "no batch backlog")
 
     def arrive_batch(self) -> None:
         """The router: each batch job to its tier's batch queue (class_engine.batch_route: no
@@ -348,7 +376,4 @@ def simulate_classes(settings: Settings, trace: Trace, batch: BatchLoad, *, yiel
     """Run the simulation with a batch backlog."""
     started = time.perf_counter()
     simulation = ClassSimulation(settings, trace, batch, yield_mode=yield_mode, **options)
-    interactive = simulation.run()
-    return ClassRun(interactive, [simulation.batch_outcome(job) for job in simulation.batch_jobs],
-                    simulation.plans, simulation.busy, simulation.placements, len(simulation.gpus),
-                    time.perf_counter() - started, batch.slo_s, simulation.yield_mode)
+    return simulation.class_run(started, simulation.yield_mode)

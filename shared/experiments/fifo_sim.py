@@ -16,37 +16,22 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from shared.experiments.classes_sim import BatchLoad, Busy, ClassRun
+from shared.experiments.classes_sim import BacklogSimulation, BatchLoad, Busy, ClassRun
 from shared.experiments.report import JobOutcome
-from shared.experiments.simulator import SimFleet, SimJob, Simulation, SimWorker
+from shared.experiments.simulator import SimFleet, SimJob, SimWorker
 from shared.experiments.trace import Trace
 from shared.settings import Settings
 
 FIFO = "fifo"  # the run's batch_settings.yield: no classes, so no yield either
 
 
-class FifoSimulation(Simulation):
-    """The simulation with a batch backlog and no service classes: the batch jobs arrive through
-    the router at `batch.at_s`, in one queue per tier with the interactive jobs."""
+class FifoSimulation(BacklogSimulation):
+    """The simulation with a batch backlog and no service classes: the batch jobs (classes_sim's,
+    marked batch for the report only) arrive through the router at `batch.at_s`, in one queue per
+    tier with the interactive jobs."""
 
     def __init__(self, settings: Settings, trace: Trace, batch: BatchLoad, **options) -> None:
-        super().__init__(settings, trace, **options)
-        self.batch = batch
-        self.fleet = FifoFleet(self, self.fleet.worker_start_s, self.fleet.worker_start_each_s)
-        first = len(self.jobs)
-        # The same jobs as classes_sim's (prompt i, due at_s + slo_s), marked batch for the report only.
-        self.batch_jobs = [SimJob(first + i, batch.at_s, batch.at_s + batch.slo_s, i, priority="batch")
-                           for i in range(batch.jobs)]
-        self.open_jobs += batch.jobs
-        self.busy: list[Busy] = []
-
-    def run(self) -> list[JobOutcome]:
-        if self.batch_jobs:
-            self.at(self.batch.at_s, self.arrive_batch)
-        return super().run()
-
-    def end_by(self) -> float:
-        return max(super().end_by(), self.batch.at_s + self.batch.slo_s + 60.0)
+        super().__init__(settings, trace, batch, FifoFleet, **options)
 
     def arrive_batch(self) -> None:
         """Each batch job through the router as any job: counted in the demand, scored, routed."""
@@ -90,7 +75,4 @@ def split_busy(gpu: str, batch: list[SimJob], start_s: float, end_s: float) -> l
 def simulate_fifo(settings: Settings, trace: Trace, batch: BatchLoad, **options) -> ClassRun:
     """Run the FIFO baseline: a ClassRun with no placements and `fifo` as its yield."""
     started = time.perf_counter()
-    simulation = FifoSimulation(settings, trace, batch, **options)
-    interactive = simulation.run()
-    return ClassRun(interactive, [simulation.batch_outcome(job) for job in simulation.batch_jobs], simulation.plans,
-                    simulation.busy, [], len(simulation.gpus), time.perf_counter() - started, batch.slo_s, FIFO)
+    return FifoSimulation(settings, trace, batch, **options).class_run(started, FIFO)
