@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest_asyncio
 
 from services import api, controller, judge, router, webhooks, worker
+from shared import apikeys
 from shared.bus import Bus
 from shared.client import Client
-from shared.schemas import Job, JobRecord, Plan, Tier
+from shared.policies.tenancy import Limits
+from shared.schemas import PRIORITIES, Job, JobRecord, Plan, Tier
 from shared.service import Service, ServiceMain, serve
 from shared.settings import Settings
 from shared.store import Store
@@ -147,6 +150,55 @@ async def running_api(settings: Settings, timeout_s: float = 60.0) -> AsyncItera
     finally:
         stopping.set()
         await asyncio.wait_for(task, 60)
+
+
+class Door:
+    """The api alone, as the tests of its HTTP door meet it (tests/hostile/test_http_tenancy.py,
+    tests/integration/test_api_classes.py): its base URL, its store and bus, and fresh tenants
+    with limits high enough that only a test's own limits bite."""
+
+    def __init__(self, base: str, store: Store, bus: Bus) -> None:
+        self.base, self.store, self.bus = base, store, bus
+        self.tenants = 0
+
+    async def tenant(self, classes: tuple[str, ...] = PRIORITIES, **limits) -> tuple[str, str]:
+        """A new tenant whose key may ask for `classes`, with `limits` over the high defaults: (name, key)."""
+        self.tenants += 1
+        name = f"tenant-{self.tenants}"
+        key, stored = apikeys.new_key(name, classes=classes)
+        await self.store.put_api_key(stored)
+        values = {"rate": 10_000, "burst": 10_000, "max_active": 100_000, **limits}
+        await self.store.set_tenant_limits(name, Limits(**values))
+        return name, key
+
+    async def tenant_http(self, **limits) -> tuple[str, httpx.AsyncClient]:
+        """A new tenant (every class) and a client that sends its key: (name, client)."""
+        name, key = await self.tenant(**limits)
+        return name, self.http(key)
+
+    def http(self, key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    async def published(self) -> int:
+        """Jobs waiting in the requests queue: nothing consumes it here, so all the api published."""
+        return await self.bus.depth(self.bus.queues.requests)
+
+
+def door_fixture(settings: Settings):
+    """A module's `door` fixture (`door = door_fixture(SETTINGS)`): one api for the module's tests,
+    its namespace deleted after them."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module", name="door")
+    async def door() -> AsyncIterator[Door]:
+        async with running_api(settings) as base:
+            store, bus = await Store.connect(settings), await Bus.connect(settings)
+            yield Door(base, store, bus)
+            await bus.delete_namespace()
+            await store.delete_namespace()
+            await bus.close()
+            await store.close()
+
+    return door
 
 
 @asynccontextmanager

@@ -11,18 +11,15 @@ import time
 import httpx
 import orjson
 import pytest
-import pytest_asyncio
 
 from services.api.routes import images as api_module
-from shared import apikeys
 from shared.bus import Bus
 from shared.errors import Unavailable
 from shared.outcome import Applied
-from shared.policies.tenancy import Limits
 from shared.schemas import Job, JobState
 from shared.store import Change, Store
 from tests.helpers import make_settings
-from tests.stack import running_api, running_stack
+from tests.stack import door_fixture, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -30,30 +27,7 @@ SETTINGS = make_settings(slo_s=60.0, api_max_waiters=8, api_max_waiters_per_tena
 SMALL = {"prompt": "a red bicycle", "width": 64, "height": 64}
 
 
-class Door:
-    def __init__(self, base: str, store: Store, bus: Bus) -> None:
-        self.base, self.store, self.bus = base, store, bus
-        self.tenants = 0
-
-    async def tenant(self, **limits) -> tuple[str, httpx.AsyncClient]:
-        self.tenants += 1
-        name = f"tenant-{self.tenants}"
-        key, stored = apikeys.new_key(name)
-        await self.store.put_api_key(stored)
-        values = {"rate": 10_000, "burst": 10_000, "max_active": 100_000, **limits}
-        await self.store.set_tenant_limits(name, Limits(**values))
-        return name, httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def door():
-    async with running_api(SETTINGS) as base:
-        store, bus = await Store.connect(SETTINGS), await Bus.connect(SETTINGS)
-        yield Door(base, store, bus)
-        await bus.delete_namespace()
-        await store.delete_namespace()
-        await bus.close()
-        await store.close()
+door = door_fixture(SETTINGS)
 
 
 def code_of(response: httpx.Response) -> str | None:
@@ -68,14 +42,14 @@ async def test_a_huge_n_is_refused_before_any_id_is_made(door, monkeypatch):
         return f"id-{len(made)}"
 
     monkeypatch.setattr(api_module, "new_job_id", counting_id)
-    _, http = await door.tenant()
+    _, http = await door.tenant_http()
     response = await http.post("/v1/images/generations", json={"prompt": "x", "n": 2_000_000})
     assert response.status_code == 400 and response.json()["error"]["param"] == "n", response.text
     assert made == []  # nothing proportional to n was built
 
 
 async def test_a_past_deadline_cannot_expire_the_quota(door):
-    tenant, http = await door.tenant(max_active=3)
+    tenant, http = await door.tenant_http(max_active=3)
     held = [await http.post("/v1/jobs", json=SMALL) for _ in range(2)]
     assert [r.status_code for r in held] == [202, 202]
     past = await http.post("/v1/jobs", json={**SMALL, "deadline": 946_684_800.0})  # 2000-01-01
@@ -97,7 +71,7 @@ async def test_a_slot_that_lapses_first_does_not_shorten_the_others(door):
 
 
 async def test_the_api_stamps_submitted_at(door):
-    _, http = await door.tenant()
+    _, http = await door.tenant_http()
     response = await http.post("/v1/jobs", json={**SMALL, "submitted_at": time.time() - 3600})
     assert response.status_code == 400 and response.json()["error"]["param"] == "submitted_at"
 
@@ -121,7 +95,7 @@ async def test_a_job_expired_on_arrival_is_no_demand():
 async def test_a_cancel_that_loses_the_race_to_the_end_changes_nothing(door, monkeypatch):
     """A job may be cancelled in any state but a terminal one: one that ends between the api's
     read and its write is not cancelled (the store's script decides), and keeps its image."""
-    tenant, http = await door.tenant()
+    tenant, http = await door.tenant_http()
     job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
     worker_store = await Store.connect(SETTINGS)
     real_get = Store.get
@@ -148,7 +122,7 @@ async def test_a_cancel_that_loses_the_race_to_the_end_changes_nothing(door, mon
 
 
 async def test_a_partial_publish_leaves_nothing_running_and_nothing_charged(door, monkeypatch):
-    tenant, http = await door.tenant()
+    tenant, http = await door.tenant_http()
     published: list[str] = []
     started: list[str] = []
     real_publish = Bus.publish
@@ -176,7 +150,7 @@ async def test_a_client_that_leaves_gives_its_waiter_back(door):
     """Once its job is accepted (published and recorded; a slow broker may hold the accept, and the
     waiter with it, up to the publish timeout), a client that leaves frees its waiter at once,
     not at the job's deadline a minute later."""
-    tenant, http = await door.tenant()
+    tenant, http = await door.tenant_http()
     async with httpx.AsyncClient(base_url=door.base) as anonymous:
         async def waiters() -> int:
             return (await anonymous.get("/healthz")).json()["waiters"]
@@ -205,8 +179,8 @@ async def test_a_client_that_leaves_gives_its_waiter_back(door):
 
 
 async def test_one_tenant_cannot_hold_every_waiter(door):
-    _, greedy = await door.tenant()
-    _, honest = await door.tenant()
+    _, greedy = await door.tenant_http()
+    _, honest = await door.tenant_http()
     job_id = (await greedy.post("/v1/jobs", json=SMALL)).json()["id"]
     own_id = (await honest.post("/v1/jobs", json=SMALL)).json()["id"]
     async with contextlib.AsyncExitStack() as streams:
@@ -226,7 +200,7 @@ async def test_one_tenant_cannot_hold_every_waiter(door):
 
 
 async def test_reads_have_a_rate(door):
-    _, http = await door.tenant()
+    _, http = await door.tenant_http()
     job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
     many = 8 * int(SETTINGS.api_read_rate_per_s)  # at once: a slow machine cannot refill the bucket between them
     codes = [code_of(response) for response in await asyncio.gather(*(http.get(f"/v1/jobs/{job_id}")
@@ -237,7 +211,7 @@ async def test_reads_have_a_rate(door):
 async def test_a_cancel_refused_for_the_read_rate_changed_nothing(door):
     """A 429 means "nothing done, retry": a DELETE at the end of its caller's read budget either is
     refused before it cancels, or cancels and answers 200 (its answer is not charged a second read)."""
-    _, http = await door.tenant()
+    _, http = await door.tenant_http()
     job_id = (await http.post("/v1/jobs", json=SMALL)).json()["id"]
     for _ in range(20):
         while code_of(await http.get(f"/v1/jobs/{job_id}")) != "read_rate_exceeded":
@@ -254,7 +228,7 @@ async def test_a_cancel_refused_for_the_read_rate_changed_nothing(door):
 
 
 async def test_large_images_cost_their_pixels(door):
-    _, http = await door.tenant(burst=20, image_mb=4.0)
+    _, http = await door.tenant_http(burst=20, image_mb=4.0)
     big = await http.post("/v1/images/generations", json={"prompt": "x", "n": 2, "size": "2048x2048"})
     assert big.status_code == 400 and code_of(big) == "request_too_large", big.text  # 32 units
     assert (await http.post("/v1/jobs", json={**SMALL, "width": 1024, "height": 1024})).status_code == 202

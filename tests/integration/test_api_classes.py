@@ -10,16 +10,11 @@ import time
 import httpx
 import openai
 import pytest
-import pytest_asyncio
 
 from services.api.routes import images as images_module
 from services.api.routes import jobs as jobs_module
-from shared import apikeys
-from shared.bus import Bus
-from shared.policies.tenancy import Limits
-from shared.store import Store
 from tests.helpers import make_settings
-from tests.stack import running_api
+from tests.stack import Door, door_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -27,35 +22,7 @@ SETTINGS = make_settings(slo_s=60.0, batch_slo_s=900.0)
 SMALL = {"prompt": "a red bicycle", "width": 64, "height": 64}
 
 
-class Door:
-    def __init__(self, base: str, store: Store, bus: Bus) -> None:
-        self.base, self.store, self.bus = base, store, bus
-        self.tenants = 0
-
-    async def tenant(self, classes: tuple[str, ...] = ("interactive", "batch")) -> tuple[str, str]:
-        self.tenants += 1
-        name = f"tenant-{self.tenants}"
-        key, stored = apikeys.new_key(name, classes=classes)
-        await self.store.put_api_key(stored)
-        await self.store.set_tenant_limits(name, Limits(rate=10_000, burst=10_000, max_active=100_000))
-        return name, key
-
-    def http(self, key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-    async def published(self) -> int:
-        return await self.bus.depth(self.bus.queues.requests)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def door():
-    async with running_api(SETTINGS) as base:
-        store, bus = await Store.connect(SETTINGS), await Bus.connect(SETTINGS)
-        yield Door(base, store, bus)
-        await bus.delete_namespace()
-        await store.delete_namespace()
-        await bus.close()
-        await store.close()
+door = door_fixture(SETTINGS)
 
 
 def error_of(response: httpx.Response) -> dict:
