@@ -3,6 +3,7 @@ recorded at once moves the plan's batch placement (and its gauges), never its in
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -35,7 +36,20 @@ async def test_a_burst_of_batch_jobs_moves_the_batch_placement_not_the_interacti
                                           for job in jobs[start:start + 500]])
         placed = await wait_for_plan(stack.store, lambda p: p.batch_heavy < 1.0 or p.batch_first, 15)
         assert await stack.store.arrivals() == 0
-        backlog = metrics.BATCH_BACKLOG.labels("all")._value.get()
+        backlog = await wait_for_backlog(5000, 15)
     assert {name: getattr(placed, name) for name in INTERACTIVE} == {name: getattr(quiet, name) for name in INTERACTIVE}
-    assert placed.version > quiet.version and "batch backlog 5000" in placed.reason
+    # The controller may plan while the 500-job chunks are still being recorded (CI saw 4,930): the
+    # placement names the backlog it saw; the gauge, set each round, reaches the whole burst.
+    assert placed.version > quiet.version and "batch backlog " in placed.reason
     assert backlog == 5000
+
+
+async def wait_for_backlog(expected: int, timeout_s: float) -> float:
+    """The batch backlog gauge once it reads `expected` (the controller sets it each round), or
+    its last value after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    value = metrics.BATCH_BACKLOG.labels("all")._value.get()
+    while value != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        value = metrics.BATCH_BACKLOG.labels("all")._value.get()
+    return value
