@@ -17,9 +17,7 @@ batch; `notes.busy_workers_gone` says how many processes went so)."""
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from shared.client import Client
 from shared.errors import Overloaded
 from shared.experiments.classes_sim import BatchLoad, Busy, ClassRun, PlacementEvent
 from shared.experiments.report import JobOutcome, PlanEvent
+from shared.ports import free_port_base as free_port_base  # the agent's metrics port and its workers' (runner.py)
 from shared.schemas import Job, JobRecord
 from shared.settings import Settings
 
@@ -48,25 +47,6 @@ BUSY_LINE = re.compile(r'^hadis_class_busy_seconds_total\{(?P<labels>[^}]*)\} (?
 LOST_LINE = re.compile(r'^hadis_batch_yield_lost_seconds_total\{[^}]*\} (?P<value>\S+)$')
 PRIORITY_LABEL = re.compile(r'priority="(?P<priority>[^"]*)"')
 START_PREFIX = "process_start_time_seconds "
-
-
-def free_port_base(count: int, attempts: int = 50) -> int:
-    """A port P with P .. P + count - 1 all free (the agent's metrics port and its workers')."""
-    for _ in range(attempts):
-        base = random.randint(20_000, 60_000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.bind(("0.0.0.0", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports for the workers' metrics")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import yaml
 
 from shared import apikeys
 from shared.client import Client
+from shared.ports import free_port_base
 from shared.schemas import Job, JobState
 from tests.deploy.test_make_loadtest import delete_namespace, first_job_done, tail
 from tests.helpers import free_port, make_settings
@@ -108,34 +108,13 @@ class Live:
     api_key: str
 
 
-def free_block(size: int) -> int:
-    """The first of `size` consecutive ports nothing listens on (just now)."""
-    for _ in range(200):
-        base = free_port()
-        if base + size > 65535:
-            continue
-        probes = []
-        try:
-            for port in range(base, base + size):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise AssertionError(f"no {size} consecutive free ports")
-
-
 def stack_env(namespace: str) -> dict[str, str]:
     """make run's stack on emulated GPUs (the hadis policy plans the profiled models), at a fifth of the
     profiled times; this environment's broker and store, nothing else of the test's."""
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("HADIS_") or name in ("HADIS_AMQP_URL", "HADIS_REDIS_URL")}
     api_port = free_port()
-    return {**env, "HADIS_NAMESPACE": namespace, "HADIS_METRICS_PORT": str(free_block(5 + GPUS)),
+    return {**env, "HADIS_NAMESPACE": namespace, "HADIS_METRICS_PORT": str(free_port_base(5 + GPUS, attempts=200)),
             "HADIS_API_PORT": str(api_port), "HADIS_API_URL": f"http://127.0.0.1:{api_port}",
             "HADIS_EMULATED_GPUS": str(GPUS), "HADIS_BACKEND": "emulated", "HADIS_JUDGE_BACKEND": "emulated",
             "HADIS_PROFILE": "paper-l40s-x10", "HADIS_CONTROLLER_POLICY": "hadis", "HADIS_SLO_S": "6",
