@@ -98,6 +98,21 @@ cluster_status() {
         | sed 's/^/    /' >&2 || true
 }
 
+# Why a container is not healthy: its last probes' output (docker/healthcheck.py says why in one line)
+# and the end of its log; printed when `up --wait` fails, since the logs go with `down -v`.
+explain_unhealthy() {
+    local id name
+    for id in $(compose ps -q); do
+        [[ $(docker inspect -f '{{.State.Health.Status}}' "$id" 2>/dev/null) == healthy ]] && continue
+        name=$(docker inspect -f '{{.Name}}' "$id")
+        say "$name: its last health probes"
+        docker inspect -f '{{range .State.Health.Log}}{{.Start}} exit {{.ExitCode}}: {{.Output}}{{println}}{{end}}' "$id" \
+            | sed '/^$/d; s/^/    /' | tail -8 >&2 || true
+        say "$name: the end of its log"
+        docker logs --tail 15 "$id" 2>&1 | sed 's/^/    /' >&2 || true
+    done
+}
+
 compose() { docker compose --project-name "$PROJECT" -f "$ROOT/compose.yaml" --env-file "$WORK/env" --profile cpu "$@"; }
 
 cleanup() {
@@ -125,7 +140,8 @@ main() {
     build_images
     write_env
     say "up --wait (project $PROJECT)"
-    compose up --wait --no-build --pull never --quiet-pull >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; compose ps >&2; return 1; }
+    compose up --wait --no-build --pull never --quiet-pull >"$WORK/up.log" 2>&1 || {
+        cat "$WORK/up.log" >&2; compose ps >&2; explain_unhealthy; return 1; }
     local total healthy
     total=$(compose ps -q | wc -l)
     healthy=$(compose ps -q | xargs docker inspect -f '{{.State.Health.Status}}' | grep -c '^healthy$' || true)
