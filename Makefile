@@ -40,7 +40,7 @@ test: install services
 test-deploy: install services
 	$(PY) -m pytest -q -m deploy tests/deploy
 
-# What CI runs (.ci/run): lint and typecheck first, then the tiers in three lanes side by side
+# What CI runs (.ci/run): lint first, then the tiers in three lanes side by side (typecheck at the head of one)
 # (scripts/ci.py; each step's log in out/ci/, a table of their times at the end).
 ci:
 	bash .ci/run
