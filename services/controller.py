@@ -192,7 +192,8 @@ class Controller:
         await self.gauges.observe_workers(self.service.store, self.service.plans.current)
         observation = engine.observation(now, rate, depths[bus.queues.tier(Tier.light)],
                                          depths[bus.queues.tier(Tier.heavy)], len(gpus), self.service.plans.current,
-                                         self.demand.total, self.settings.slo_s, self.mix.mix(rate))
+                                         self.demand.total, self.settings.slo_s, self.mix.mix(rate),
+                                         {tier: depths[bus.queues.batch(tier)] for tier in Tier})
         return observation, gpus
 
     async def step(self) -> None:

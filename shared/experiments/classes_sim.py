@@ -221,6 +221,10 @@ class ClassFleet(SimFleet):
     def new_worker(self, gpu: str, tier: Tier, ready_at: float) -> SimWorker:
         return ClassWorker(gpu, tier, ready_at=ready_at)
 
+    def batch_depths(self) -> dict[Tier, int]:
+        """As the broker's ready counts of <ns>.tier.<tier>.batch (the workers' buffers not in them)."""
+        return {tier: len(queue) for tier, queue in self.batch_queues.items()}
+
     def retire(self, worker: SimWorker) -> float:
         assert isinstance(worker, ClassWorker)
         queue = self.batch_queues[worker.tier]

@@ -206,7 +206,8 @@ class Simulation:
         queues = self.fleet.queues
         self.mix.update(self.now)
         return engine.observation(self.now, rate, len(queues[Tier.light]), len(queues[Tier.heavy]), len(self.gpus),
-                                  self.plan, self.demand.total, self.settings.slo_s, self.mix.mix(rate))
+                                  self.plan, self.demand.total, self.settings.slo_s, self.mix.mix(rate),
+                                  self.fleet.batch_depths())
 
     def publish(self, fields: dict) -> None:
         """A new plan version: in the plan log, and reconciled with the fleet."""
@@ -292,6 +293,10 @@ class SimFleet:
         self.next_worker = {Tier.light: 0, Tier.heavy: 0}
         self.serving: dict[Tier, list[SimWorker]] = {tier: [] for tier in Tier}
         self.saturated = dict.fromkeys(Tier, False)
+
+    def batch_depths(self) -> dict[Tier, int] | None:
+        """The batch-class queues' depths the controller sees (none here: ClassFleet has them)."""
+        return None
 
     # --- the agent ----------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ class Observation:
     arrivals: int = 0  # jobs accepted since the controller started (policies measure their own rates)
     light_queued: int = 0  # ready messages per tier queue
     heavy_queued: int = 0
+    light_batch_queued: int = 0  # ready messages per tier's batch-class queue (keep_draining reads them only)
+    heavy_batch_queued: int = 0
     mix: QualityMix = QualityMix()  # the shares of arrivals whose quality forces a tier
 
 
@@ -122,8 +124,11 @@ def with_mix(policy: ControlPolicy, mix: QualityMix) -> None:
 def keep_draining(fields: dict[str, Any], observation: Observation) -> None:
     """A tier that the plan leaves without GPUs while jobs still wait in its queue (routed or
     escalated under the previous plan, or handed back by a stopping worker) keeps one GPU, taken
-    from the other tier, until its queue is empty: otherwise those jobs would never end."""
-    queued = {"light": observation.light_queued, "heavy": observation.heavy_queued}
+    from the other tier, until its queue is empty: otherwise those jobs would never end. Its
+    batch-class queue counts too (docs/classes.md): a batch job placed under a plan that gave the
+    tier GPUs is bound to it, and would otherwise wait, unserved, until its deadline."""
+    queued = {"light": observation.light_queued + observation.light_batch_queued,
+              "heavy": observation.heavy_queued + observation.heavy_batch_queued}
     for tier, other in (("light", "heavy"), ("heavy", "light")):
         if fields[f"{tier}_gpus"] == 0 and queued[tier] > 0 and fields[f"{other}_gpus"] > 1:
             fields[f"{tier}_gpus"], fields[f"{other}_gpus"] = 1, fields[f"{other}_gpus"] - 1

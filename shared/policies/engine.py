@@ -13,7 +13,7 @@ Pure: plain values and a clock reading in, a decision out; no I/O, no store, no 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
@@ -228,7 +228,8 @@ def verdict(calibration: JudgeCalibration, score: float, plan: Plan, now: float,
 
 def observation(now: float, rate_qps: float, light_queued: int, heavy_queued: int, gpus: int,
                 current: Plan | None, arrivals: int, slo_s: float,
-                mix: quality_rules.QualityMix | None = None) -> Observation:
+                mix: quality_rules.QualityMix | None = None,
+                batch_queued: Mapping[Tier, int] | None = None) -> Observation:
     """What the controller's policy sees. Queued demand is the jobs waiting in the two tier
     queues: a new job waits behind them for a GPU, and the planner takes that wait (Little's law,
     capped at the SLO) from its budget. The judge's queue is not counted: its jobs have been
@@ -236,9 +237,13 @@ def observation(now: float, rate_qps: float, light_queued: int, heavy_queued: in
     heavy work their escalations will add is already in the demand (the plan's heavy share
     h = r + (1 - r) d of the arrivals). Counting them made the services plan against a wait that
     no job has, and differ from the simulator, which has no judge queue. `mix`: the shares of the
-    arrivals whose quality forces a tier (quality.observed_mix), planned for on top of the cascade."""
+    arrivals whose quality forces a tier (quality.observed_mix), planned for on top of the cascade.
+    `batch_queued`: the batch-class queues' depths by tier, which plan nothing but keep a tier that
+    holds batch work from being left without a GPU (control.keep_draining)."""
     queued = light_queued + heavy_queued
+    batch = batch_queued or {}
     return Observation(now, rate_qps, queued, queueing_delay_s(queued, rate_qps, cap_s=slo_s), gpus, current,
                        arrivals=arrivals, light_queued=light_queued, heavy_queued=heavy_queued,
-                       mix=mix or quality_rules.QualityMix())
+                       mix=mix or quality_rules.QualityMix(), light_batch_queued=batch.get(Tier.light, 0),
+                       heavy_batch_queued=batch.get(Tier.heavy, 0))
 

@@ -8,9 +8,10 @@ import pytest
 
 from shared import cli
 from shared.experiments.class_report import class_series, gpu_seconds
-from shared.experiments.classes_sim import BatchLoad, simulate_classes
+from shared.experiments.classes_sim import BatchLoad, ClassSimulation, simulate_classes
 from shared.experiments.simulator import simulate
 from shared.experiments.trace import Trace
+from shared.schemas import Tier
 from tests.experiments.test_simulator import settings_for, steady
 
 
@@ -102,3 +103,15 @@ def test_batch_jobs_with_a_band_are_an_argument_error(tmp_path, capsys):
                   "--profile", "paper-l40s-x10", "--slo", "6", "--out", str(tmp_path / "x"), "--batch-jobs", "5",
                   "--band"])
     assert exit_.value.code == 2 and "--batch-jobs" in capsys.readouterr().err
+
+
+def test_batch_jobs_stranded_in_a_tier_without_gpus_get_it_one_gpu_as_in_the_services():
+    """The simulated controller reads the batch queues as services/controller.py reads the broker's
+    (engine.observation's batch_queued): a tier left without GPUs keeps one while they drain."""
+    settings = settings_for("static", gpus=4, plan_light_gpus=4, plan_heavy_gpus=0, plan_r=0.0, plan_d=0.0)
+    sim = ClassSimulation(settings, Trace("one", np.array([0.5]), np.array([7])), BatchLoad(3, 900.0))
+    sim.fleet.batch_queues[Tier.heavy].extend(sim.batch_jobs)
+    observation = sim.observe()
+    assert (observation.heavy_batch_queued, observation.light_batch_queued, observation.queued_jobs) == (3, 0, 0)
+    fields = sim.schedule.step(observation, None, sim.gpus)
+    assert fields is not None and (fields["light_gpus"], fields["heavy_gpus"]) == (3, 1)

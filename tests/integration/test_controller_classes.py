@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shared import metrics
-from shared.schemas import Job, JobState
+from shared.schemas import Job, JobState, Task, Tier
 from shared.store import Change
 from tests.helpers import make_settings
 from tests.integration.test_controller import GPUS, wait_for_plan
@@ -42,6 +42,25 @@ async def test_a_burst_of_batch_jobs_moves_the_batch_placement_not_the_interacti
     # placement names the backlog it saw; the gauge, set each round, reaches the whole burst.
     assert placed.version > quiet.version and "batch backlog " in placed.reason
     assert backlog == 5000
+
+
+async def test_a_tier_left_without_gpus_keeps_one_while_its_batch_queue_holds_jobs():
+    """Batch jobs wait in <ns>.tier.heavy.batch (placed there under an earlier plan) while the plan in
+    force gives the heavy tier no GPU: the controller gives it one (control.keep_draining), as for
+    its interactive queue; without it nothing would serve them before their deadline."""
+    settings = make_settings(controller_policy="static", plan_light_gpus=16, plan_heavy_gpus=0, plan_r=0.0,
+                             plan_d=0.0, plan_period_s=0.5, batch_slo_s=900.0)
+    async with running_stack(settings, services=("controller",)) as stack:
+        await stack.store.register_agent("host-a", GPUS, ttl_s=120)
+        bare = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 15)
+        assert (bare.light_gpus, bare.heavy_gpus) == (16, 0)
+        for index in range(3):
+            job = Job(prompt=f"catalogue {index}", priority="batch")
+            task = Task(job=job, deadline=job.submitted_at + 900.0, tier=Tier.heavy)
+            await stack.bus.publish(stack.bus.queues.batch(Tier.heavy), task, message_id=job.job_id)
+        draining = await wait_for_plan(stack.store, lambda p: p.heavy_gpus == 1, 15)
+    assert draining.light_gpus == 15 and "draining the heavy queue" in draining.reason
+    assert sum(tier == "heavy" for tier in draining.assignment.values()) == 1
 
 
 async def wait_for_backlog(expected: int, timeout_s: float) -> float:

@@ -332,6 +332,17 @@ def test_a_tier_without_gpus_keeps_one_while_its_queue_drains():
     assert (fields["light_gpus"], fields["heavy_gpus"]) == (0, 16)
 
 
+def test_a_tier_without_gpus_keeps_one_while_its_batch_queue_drains():
+    """Batch jobs bound to a tier (docs/classes.md) would otherwise wait, unserved, to their deadline."""
+    fields = {"light_gpus": 16, "heavy_gpus": 0, "reason": "x"}
+    stranded = Observation(0.0, 1.0, 0, 0.0, len(GPUS), None, heavy_batch_queued=40)
+    keep_draining(fields, stranded)
+    assert (fields["light_gpus"], fields["heavy_gpus"]) == (15, 1) and "draining the heavy queue" in fields["reason"]
+    fields = {"light_gpus": 16, "heavy_gpus": 0, "reason": "x"}
+    keep_draining(fields, Observation(0.0, 1.0, 0, 0.0, len(GPUS), None, light_batch_queued=40))
+    assert (fields["light_gpus"], fields["heavy_gpus"]) == (16, 0)  # the light tier has its GPUs
+
+
 def test_window_rate_spans_the_last_slo_of_decisions():
     from shared.policies.control import WindowRate
 

@@ -302,7 +302,8 @@ async def test_the_controller_and_the_simulator_observe_the_same_demand_and_queu
     ticks = [(1.0, 4, 0, 0, 3), (2.0, 9, 5, 2, 7), (3.0, 12, 11, 4, 20), (4.0, 2, 0, 3, 1)]
     for t, arrivals, light, heavy, judged in ticks:
         bus.depth = {bus.queues.tier(Tier.light): light, bus.queues.tier(Tier.heavy): heavy,  # type: ignore[attr-defined]
-                     bus.queues.judge: judged, bus.queues.requests: 0}
+                     bus.queues.judge: judged, bus.queues.requests: 0,
+                     **{bus.queues.batch(tier): 0 for tier in Tier}}  # no batch-class work here
         controller.demand.arrived(arrivals)
         controller.demand.update(T0 + t)
         observed, _ = await controller.observe(T0 + t)
