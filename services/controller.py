@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from services.batch_mover import BatchMover
 from shared import metrics
 from shared.arrival_rate import DemandTracker
 from shared.bus import Delivery
@@ -118,8 +119,8 @@ class ClassPlanning:
     published with the plan when it moves materially, its gauges, and a `batch_reserved` line
     whenever a published plan reserves GPUs for batch work (`batch_released` when it stops)."""
 
-    def __init__(self, times: BatchTimes, weight: float) -> None:
-        self.times, self.weight = times, weight
+    def __init__(self, times: BatchTimes, weight: float, mover: BatchMover) -> None:
+        self.times, self.weight, self.mover = times, weight, mover
         self.reserved: list[str] = []  # the reservation of the last plan published
 
     async def step(self, store: Store, schedule: PlanSchedule, observation: Observation, current: Plan | None,
@@ -132,6 +133,8 @@ class ClassPlanning:
                                         in_force.get("batch_heavy", 1.0))
         if step.fields is not None:
             self.note(step.fields["batch_first"], step.placement, backlog)
+        if step.move is not None:  # the queued jobs follow the placement (classes.rebalance)
+            metrics.BATCH_MOVED.labels(step.move.target.value).inc(await self.mover.move(step.move))
         return step.fields
 
     def note(self, reserved: list[str], placement: BatchPlacement, backlog: Backlog) -> None:
@@ -159,7 +162,7 @@ class Controller:
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
         self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
         self.classes = ClassPlanning(BatchTimes(load_profile(self.settings.profile), self.settings.latency_scale),
-                                     self.settings.batch_weight)
+                                     self.settings.batch_weight, BatchMover(service))
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;

@@ -4,6 +4,7 @@ publishing, consuming) to its module; queue depths are read here, on the consumi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import ChannelNotFoundEntity
@@ -15,7 +16,9 @@ from shared.bus.publishing import Publisher, open_channel
 from shared.bus.topology import Queues, declare_topology, delete_topology
 from shared.settings import Settings
 
-INSPECT_TIMEOUT_S = 5.0  # reading a refused queue's depth
+INSPECT_TIMEOUT_S = 5.0  # reading a refused queue's depth, or taking a message (Bus.take)
+# Bus.take's handler: (body, message_id) -> whether the message was handed on (ack) or not (requeue).
+TakeHandler = Callable[[bytes, str | None], Awaitable[bool]]
 
 
 class Bus:
@@ -60,6 +63,34 @@ class Bus:
         (shared/bus/consuming.py). A handler that raises leaves the message requeued, never dropped."""
         return await start_consumer(self._connection, queue, handler, prefetch=prefetch,
                                     service_users=self.service_users, retry_s=self.settings.connect_retry_s)
+
+    async def take(self, source: str, count: int, handle: TakeHandler) -> int:
+        """Take up to `count` messages from the head of `source`, one at a time (basic.get, on a
+        channel of its own), each through `handle(body, message_id)`: acked when it returns True,
+        put back (nack, requeue) when it returns False or raises, which ends the run. The handler
+        publishes the message where it goes before it returns: a crash in between leaves it in
+        both queues, and the store's claim lets one of them run. How many were acked."""
+        channel = await self._connection.channel()
+        taken = 0
+        try:
+            queue = await channel.get_queue(source, ensure=False)
+            while taken < count:
+                message = await queue.get(no_ack=False, fail=False, timeout=INSPECT_TIMEOUT_S)
+                if message is None:
+                    break
+                try:
+                    done = await handle(message.body, message.message_id)
+                except BaseException:
+                    await message.nack(requeue=True)
+                    raise
+                if not done:
+                    await message.nack(requeue=True)
+                    break
+                await message.ack()
+                taken += 1
+        finally:
+            await channel.close()
+        return taken
 
     async def _at_bound(self, queue: str) -> bool:
         """Whether a queue that refused a message is at its length bound (reject-publish); False

@@ -30,7 +30,7 @@ from shared.experiments.simulator import Consumer, SimFleet, SimJob, Simulation,
 from shared.experiments.trace import Trace
 from shared.policies import class_engine, classes, engine
 from shared.policies.admission import PIPELINE_DEPTH
-from shared.policies.classes import Backlog, BatchPlacement, YieldMode
+from shared.policies.classes import Backlog, BatchPlacement, Move, YieldMode
 from shared.schemas import Plan, Tier
 from shared.settings import Settings
 
@@ -165,6 +165,7 @@ class ClassSimulation(BacklogSimulation):
         super().__init__(settings, trace, batch, ClassFleet, **options)
         self.yield_mode: YieldMode = yield_mode or settings.batch_yield
         self.placement = BatchPlacement(1.0, (), "no batch backlog")
+        self.moved = 0  # queued batch jobs moved between the tiers' batch queues (classes.rebalance)
 
     def arrive_batch(self) -> None:
         """The router: each batch job to its tier's batch queue (class_engine.batch_route: no
@@ -182,6 +183,9 @@ class ClassSimulation(BacklogSimulation):
         self.placement = step.placement
         if step.fields is not None:
             self.publish(step.fields)
+        if step.move is not None:
+            assert isinstance(self.fleet, ClassFleet)
+            self.moved += self.fleet.move_queued(step.move)
 
     def publish(self, fields: dict) -> None:
         """A new plan version; in the plan log only when its interactive fields change (not a
@@ -238,6 +242,23 @@ class ClassFleet(SimFleet):
         else:
             self.queues[tier].append(job)
         self.feed(tier)
+
+    def move_queued(self, move: Move) -> int:
+        """As the controller's mover (services/batch_mover.py): up to `move.count` jobs from the head of
+        the source batch queue to the tail of the target's, a job that may not move (classes.movable)
+        put back at the source's tail. How many moved."""
+        source, target = self.batch_queues[move.source], self.batch_queues[move.target]
+        moved = 0
+        for _ in range(min(move.count, len(source))):
+            job = source.popleft()
+            if classes.movable(job.quality, move.source):
+                target.append(job)
+                moved += 1
+            else:
+                source.append(job)
+        if moved:
+            self.feed(move.target)
+        return moved
 
     def feed(self, tier: Tier) -> None:
         """The tier queue's deliveries, then the batch queue's (its own prefetch and round-robin)."""

@@ -40,11 +40,13 @@ def batch_route(job_id: str, quality: str, plan: Plan) -> Tier:
 
 @dataclass(frozen=True)
 class ControlStep:
-    """A planning round of both classes: the plan fields to publish (None: nothing changes) and
-    the batch class's placement under the plan in force after it (for the metrics and the log)."""
+    """A planning round of both classes: the plan fields to publish (None: nothing changes), the
+    batch class's placement under the plan in force after it (for the metrics and the log), and the
+    queued batch jobs to move so that the queues follow it (classes.rebalance; None: none)."""
 
     fields: dict[str, Any] | None
     placement: classes.BatchPlacement
+    move: classes.Move | None = None
 
 
 def control_step(schedule: PlanSchedule, observation: Observation, current: Plan | None, gpus: list[str],
@@ -64,11 +66,18 @@ def control_step(schedule: PlanSchedule, observation: Observation, current: Plan
     placement = classes.place_batch(plan, interactive_demand(schedule, observation), backlog, times.seconds, weight)
     if fields is None:
         if not classes.moved(plan, placement):
-            return ControlStep(None, placement)
+            return ControlStep(None, placement, queued_move(plan, observation))
         fields = plan.model_dump(exclude={"version", "created_at"})
     fields["reason"] = batch_reason(fields.get("reason", ""), placement)
     fields.update(batch_heavy=placement.heavy, batch_first=list(placement.first))
-    return ControlStep(fields, placement)
+    in_force = Plan.model_validate({**fields, "version": plan.version})
+    return ControlStep(fields, placement, queued_move(in_force, observation))
+
+
+def queued_move(plan: Plan, observation: Observation) -> classes.Move | None:
+    """The queued batch jobs to move under the plan in force after the round (classes.rebalance)."""
+    return classes.rebalance(plan, {Tier.light: observation.light_batch_queued,
+                                    Tier.heavy: observation.heavy_batch_queued})
 
 
 def batch_reason(reason: str, placement: classes.BatchPlacement) -> str:

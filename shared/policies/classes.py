@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.policies import quality as quality_rules
 from shared.policies.admission import ends_too_late
 from shared.schemas import Plan, Priority, Tier
 
@@ -33,6 +34,14 @@ MATERIAL_HEAVY_STEP = 0.05
 # interactive load falls before the deadlines (a trace's end, the night); later leaves no margin for
 # a leftover that shrinks meanwhile. A few planning rounds.
 RESERVE_LEAD_S = 60.0
+
+# Queued batch jobs follow the placement (rebalance): moved between the tiers' batch queues only when
+# the queues are off the placement's heavy share by more than this many jobs and this share of them
+# (no churn for a rounding), and at most MOVE_LIMIT in a planning round (each move is a broker get, a
+# store write and a confirmed publish: the controller's round stays well under a second).
+MOVE_SLACK_JOBS = 8
+MOVE_SLACK_SHARE = 0.05
+MOVE_LIMIT = 200
 
 # How a running batch-class batch gives way to interactive work that arrives behind it:
 # "step": it is stopped at its next denoising step when an interactive job waiting behind it
@@ -194,6 +203,40 @@ def batch_tier(plan: Plan, draw: float) -> Tier:
     if plan.heavy_gpus <= 0:
         return Tier.light
     return Tier.heavy if draw < plan.batch_heavy else Tier.light
+
+
+@dataclass(frozen=True)
+class Move:
+    """Batch jobs to move from the head of one tier's batch queue to the other's."""
+
+    source: Tier
+    target: Tier
+    count: int
+
+
+def rebalance(plan: Plan, queued: Mapping[Tier, int], limit: int = MOVE_LIMIT) -> Move | None:
+    """The queued batch jobs to move so that the two batch queues hold the placement's heavy share
+    (Plan.batch_heavy) of them, or None. A batch job is placed when it arrives, but the placement
+    follows the interactive load and the backlog's deadlines: without this, a backlog placed on the
+    heavy tier while the load was low stays there when the load rises, and light GPUs reserved for
+    it find an empty queue (diffserve, trace_1to40qps with 5,000 batch jobs: 1,470 deadlines
+    missed). Moves go from the head of the queue (the earliest deadlines, the jobs at risk). Only
+    between two tiers of two models that both have GPUs: a tier without any keeps one while its
+    queue drains (control.keep_draining). Jobs whose quality forces their tier stay (the mover
+    puts them back)."""
+    total = queued.get(Tier.light, 0) + queued.get(Tier.heavy, 0)
+    if total == 0 or plan.light_gpus <= 0 or plan.heavy_gpus <= 0 or plan.light_model == plan.heavy_model:
+        return None
+    excess = queued.get(Tier.heavy, 0) - plan.batch_heavy * total
+    if abs(excess) <= max(MOVE_SLACK_JOBS, MOVE_SLACK_SHARE * total):
+        return None
+    count = min(int(abs(excess)), limit)
+    return Move(Tier.heavy, Tier.light, count) if excess > 0 else Move(Tier.light, Tier.heavy, count)
+
+
+def movable(quality: str, source: Tier) -> bool:
+    """Whether a queued batch job may leave `source` (rebalance): not when its quality forces that tier."""
+    return quality_rules.forced_tier(quality) is not source
 
 
 def job_draw(job_id: str) -> float:

@@ -6,7 +6,7 @@ import pytest
 
 from shared.bus import Bus
 from shared.errors import Disposition, Overloaded
-from shared.schemas import Job
+from shared.schemas import Job, Tier
 from tests.helpers import make_settings, namespace
 
 pytestmark = pytest.mark.integration
@@ -135,3 +135,33 @@ async def test_a_delivery_held_when_its_connection_closes_is_stale_and_asking_do
         assert held[0].stale is False
         await consumer_bus.close()
         assert held[0].stale is True
+
+
+async def test_take_acks_what_its_handler_hands_on_and_puts_back_the_rest():
+    """Bus.take (the controller's batch mover): messages from the head, one at a time; a handler
+    that returns False, or raises, leaves its message in the queue and ends the run."""
+    async with namespace(make_settings()) as (bus, _):
+        source, target = bus.queues.batch(Tier.heavy), bus.queues.batch(Tier.light)
+        jobs = [Job(prompt=f"catalogue {index}", priority="batch") for index in range(5)]
+        for job in jobs:
+            await bus.publish(source, job, message_id=job.job_id)
+        seen: list[str | None] = []
+
+        async def hand_on(body: bytes, message_id: str | None) -> bool:
+            seen.append(message_id)
+            if len(seen) == 3:
+                return False
+            await bus.publish(target, body, message_id=message_id)
+            return True
+
+        assert await bus.take(source, 10, hand_on) == 2
+        assert seen == [job.job_id for job in jobs[:3]]
+
+        async def broken(body: bytes, message_id: str | None) -> bool:
+            raise RuntimeError("the store is down")
+
+        with pytest.raises(RuntimeError):
+            await bus.take(source, 10, broken)
+        await asyncio.sleep(0.2)
+        assert (await bus.depth(source), await bus.depth(target)) == (3, 2)
+        assert await bus.take(source, 1, hand_on) == 1  # a count bounds the run

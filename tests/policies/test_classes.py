@@ -198,3 +198,39 @@ def test_a_reservation_waits_for_the_last_responsible_moment():
     assert late.first != (), late.reason
     # Past what even the whole weight could make up later, it reserves now.
     assert place_batch(plan, 30.0, due_at(900, 90_000), TIMES.seconds, 0.25).first != ()
+
+
+def test_queued_batch_jobs_follow_the_placement_in_bounded_moves():
+    """classes.rebalance: the two batch queues are brought to the plan's heavy share, from whichever
+    side holds too many, at most `limit` a round, not for a rounding, never to or from a tier
+    without GPUs or between two tiers of one model."""
+    half = a_plan(batch_heavy=0.5)
+    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 1000}) == classes.Move(Tier.heavy, Tier.light, 200)
+    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 1000}, limit=10_000) == classes.Move(
+        Tier.heavy, Tier.light, 500)
+    assert classes.rebalance(a_plan(), {Tier.light: 300, Tier.heavy: 0}) == classes.Move(Tier.light, Tier.heavy, 200)
+    assert classes.rebalance(half, {Tier.light: 480, Tier.heavy: 520}) is None  # within 5 %
+    assert classes.rebalance(half, {Tier.light: 3, Tier.heavy: 9}) is None  # within 8 jobs
+    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 0}) is None
+    no_light = a_plan(light_gpus=0, heavy_gpus=16, batch_heavy=0.0)
+    assert classes.rebalance(no_light, {Tier.light: 0, Tier.heavy: 99}) is None
+    same_model = a_plan(batch_heavy=0.0, light_model="sd35-medium")
+    assert classes.rebalance(same_model, {Tier.light: 0, Tier.heavy: 99}) is None
+
+
+def test_a_job_whose_quality_forces_its_tier_does_not_move():
+    assert not classes.movable("high", Tier.heavy) and not classes.movable("low", Tier.light)
+    assert classes.movable("high", Tier.light) and classes.movable("auto", Tier.heavy)
+
+
+def test_a_round_moves_the_queued_jobs_under_the_plan_it_leaves_in_force():
+    """control_step's move is computed against the plan in force after the round: a backlog placed
+    on the heavy tier whose leftover no longer covers it moves to the light queue at once."""
+    rounds = Rounds()
+    rounds.run(60, 0.0, 30.0, Backlog.empty())
+    schedule, current = rounds.schedule, rounds.plan
+    observation = Observation(61.0, 30.0, 0, 0.0, len(GPUS), current, heavy_batch_queued=40_000)
+    step = class_engine.control_step(schedule, observation, current, GPUS, due_at(900, 40_000), TIMES, 0.25)
+    plan = Plan.model_validate({**step.fields, "version": 2}) if step.fields else current
+    assert plan.batch_heavy < 1.0
+    assert step.move == classes.Move(Tier.heavy, Tier.light, classes.MOVE_LIMIT)
