@@ -64,20 +64,15 @@ def control_step(schedule: PlanSchedule, observation: Observation, current: Plan
     else:
         return ControlStep(None, classes.BatchPlacement(1.0, (), "no plan"))
     placement = classes.place_batch(plan, interactive_demand(schedule, observation), backlog, times.seconds, weight)
+    move = classes.rebalance(plan, placement.queued_heavy, {Tier.light: observation.light_batch_queued,
+                                                            Tier.heavy: observation.heavy_batch_queued})
     if fields is None:
         if not classes.moved(plan, placement):
-            return ControlStep(None, placement, queued_move(plan, observation))
+            return ControlStep(None, placement, move)
         fields = plan.model_dump(exclude={"version", "created_at"})
     fields["reason"] = batch_reason(fields.get("reason", ""), placement)
     fields.update(batch_heavy=placement.heavy, batch_first=list(placement.first))
-    in_force = Plan.model_validate({**fields, "version": plan.version})
-    return ControlStep(fields, placement, queued_move(in_force, observation))
-
-
-def queued_move(plan: Plan, observation: Observation) -> classes.Move | None:
-    """The queued batch jobs to move under the plan in force after the round (classes.rebalance)."""
-    return classes.rebalance(plan, {Tier.light: observation.light_batch_queued,
-                                    Tier.heavy: observation.heavy_batch_queued})
+    return ControlStep(fields, placement, move)
 
 
 def batch_reason(reason: str, placement: classes.BatchPlacement) -> str:

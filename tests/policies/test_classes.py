@@ -200,22 +200,33 @@ def test_a_reservation_waits_for_the_last_responsible_moment():
     assert place_batch(plan, 30.0, due_at(900, 90_000), TIMES.seconds, 0.25).first != ()
 
 
-def test_queued_batch_jobs_follow_the_placement_in_bounded_moves():
-    """classes.rebalance: the two batch queues are brought to the plan's heavy share, from whichever
-    side holds too many, at most `limit` a round, not for a rounding, never to or from a tier
-    without GPUs or between two tiers of one model."""
-    half = a_plan(batch_heavy=0.5)
-    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 1000}) == classes.Move(Tier.heavy, Tier.light, 200)
-    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 1000}, limit=10_000) == classes.Move(
+def test_queued_batch_jobs_move_to_the_light_queue_in_bounded_moves_never_back():
+    """classes.rebalance: the heavy batch queue is brought down to the placement's queued heavy
+    share, at most `limit` a round, not for a rounding, never back to the heavy tier, never to or
+    from a tier without GPUs or between two tiers of one model."""
+    plan = a_plan()
+    assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 1000}) == classes.Move(Tier.heavy, Tier.light, 200)
+    assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 1000}, limit=10_000) == classes.Move(
         Tier.heavy, Tier.light, 500)
-    assert classes.rebalance(a_plan(), {Tier.light: 300, Tier.heavy: 0}) == classes.Move(Tier.light, Tier.heavy, 200)
-    assert classes.rebalance(half, {Tier.light: 480, Tier.heavy: 520}) is None  # within 5 %
-    assert classes.rebalance(half, {Tier.light: 3, Tier.heavy: 9}) is None  # within 8 jobs
-    assert classes.rebalance(half, {Tier.light: 0, Tier.heavy: 0}) is None
-    no_light = a_plan(light_gpus=0, heavy_gpus=16, batch_heavy=0.0)
-    assert classes.rebalance(no_light, {Tier.light: 0, Tier.heavy: 99}) is None
-    same_model = a_plan(batch_heavy=0.0, light_model="sd35-medium")
-    assert classes.rebalance(same_model, {Tier.light: 0, Tier.heavy: 99}) is None
+    assert classes.rebalance(plan, 1.0, {Tier.light: 300, Tier.heavy: 0}) is None  # never back
+    assert classes.rebalance(plan, 0.5, {Tier.light: 480, Tier.heavy: 520}) is None  # within 5 %
+    assert classes.rebalance(plan, 0.5, {Tier.light: 3, Tier.heavy: 9}) is None  # within 8 jobs
+    assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 0}) is None
+    no_light = a_plan(light_gpus=0, heavy_gpus=16)
+    assert classes.rebalance(no_light, 0.0, {Tier.light: 0, Tier.heavy: 99}) is None
+    assert classes.rebalance(a_plan(light_model="sd35-medium"), 0.0, {Tier.light: 0, Tier.heavy: 99}) is None
+
+
+def test_queued_jobs_move_only_at_the_last_responsible_moment():
+    """The placement sends a share to the light tier as soon as the heavy leftover falls short, but
+    the jobs already queued move only when the light tier's leftover would otherwise lack the time:
+    the load may fall before the deadlines."""
+    plan = a_plan()  # 20 jobs/s: about 4.4 heavy GPUs left (1.3 s an image), 6.2 light (0.117 s)
+    far = place_batch(plan, 20.0, due_at(900, 5_000), TIMES.seconds, 0.25)
+    assert far.heavy < 1.0 and far.queued_heavy == 1.0, far.reason
+    near = place_batch(plan, 20.0, due_at(120, 5_000), TIMES.seconds, 0.25)
+    assert near.heavy < 1.0 and near.queued_heavy == near.heavy, near.reason
+    assert "queued jobs to light" in near.reason and "queued jobs to light" not in far.reason
 
 
 def test_a_job_whose_quality_forces_its_tier_does_not_move():
@@ -225,12 +236,11 @@ def test_a_job_whose_quality_forces_its_tier_does_not_move():
 
 def test_a_round_moves_the_queued_jobs_under_the_plan_it_leaves_in_force():
     """control_step's move is computed against the plan in force after the round: a backlog placed
-    on the heavy tier whose leftover no longer covers it moves to the light queue at once."""
+    on the heavy tier that its leftover cannot serve by a near deadline moves to the light queue."""
     rounds = Rounds()
     rounds.run(60, 0.0, 30.0, Backlog.empty())
     schedule, current = rounds.schedule, rounds.plan
-    observation = Observation(61.0, 30.0, 0, 0.0, len(GPUS), current, heavy_batch_queued=40_000)
-    step = class_engine.control_step(schedule, observation, current, GPUS, due_at(900, 40_000), TIMES, 0.25)
-    plan = Plan.model_validate({**step.fields, "version": 2}) if step.fields else current
-    assert plan.batch_heavy < 1.0
+    observation = Observation(61.0, 30.0, 0, 0.0, len(GPUS), current, heavy_batch_queued=4_000)
+    step = class_engine.control_step(schedule, observation, current, GPUS, due_at(120, 4_000), TIMES, 0.25)
+    assert step.placement.queued_heavy < 1.0, step.placement.reason
     assert step.move == classes.Move(Tier.heavy, Tier.light, classes.MOVE_LIMIT)
