@@ -12,6 +12,7 @@ whose quality forces its tier (classes.movable) goes back to the tail of its own
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from shared.errors import InvalidJob
@@ -26,15 +27,20 @@ if TYPE_CHECKING:
 
 log = get_logger("controller")
 
+# A round's moves stop after this long (the rest waits for the next round): the controller holds its
+# lease for 3 ticks (services/controller.py), and a round must not outlast it on a slow broker.
+MOVE_BUDGET_S = 1.0
+MOVE_CHUNK = 25  # messages taken on one channel before the budget is checked again
+
 
 class BatchMover:
     def __init__(self, service: Service) -> None:
         self.service = service
 
     async def move(self, move: Move) -> int:
-        """Carry out a move; how many jobs left the source queue (put back ones included). A
-        message that does not parse stays where it is for its worker to dead-letter, and ends the
-        move: this is not the place that decides a message's fate."""
+        """Carry out a move, within MOVE_BUDGET_S; how many jobs moved (not those put back). A
+        message that does not parse is put back for its worker to dead-letter, and ends the move:
+        this is not the place that decides a message's fate."""
         queues = self.service.bus.queues
         source, target = queues.batch(move.source), queues.batch(move.target)
         moved = 0
@@ -55,7 +61,13 @@ class BatchMover:
             moved += 1
             return True
 
-        taken = await self.service.bus.take(source, move.count, hand_on)
+        taken, until = 0, time.monotonic() + MOVE_BUDGET_S
+        while taken < move.count and time.monotonic() < until:
+            asked = min(MOVE_CHUNK, move.count - taken)
+            chunk = await self.service.bus.take(source, asked, hand_on)
+            taken += chunk
+            if chunk < asked:
+                break  # the queue ran dry, or a message stays where it is
         if taken:
             log.info("batch_moved", source=move.source.value, target=move.target.value, moved=moved,
                      put_back=taken - moved, asked=move.count)
