@@ -47,14 +47,21 @@ class Kill:
         return min(after) - self.at if after else None
 
 
-async def planning_controller(client: Client, running: Cluster) -> str:
-    """The controller replica holding the lease (`<host>:<pid>:<token>`)."""
-    holder = await client.store.lease_holder("controller") or ""
-    pid = int(holder.split(":")[1]) if holder.count(":") >= 2 else -1
-    for name, child in running.children.items():
-        if name.startswith("controller") and child.process is not None and child.process.pid == pid:
-            return name
-    raise AssertionError(f"no running controller holds the lease ({holder!r})")
+async def planning_controller(client: Client, running: Cluster, timeout_s: float = 30.0) -> str:
+    """The running controller replica holding the lease (`<host>:<pid>:<token>`), waited for: just after a
+    Redis failover the lease (3 ticks) may have lapsed while the planner's store calls were retried,
+    and a replica takes it again at its next tick (CI once read it empty there)."""
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        holder = await client.store.lease_holder("controller") or ""
+        pid = int(holder.split(":")[1]) if holder.count(":") >= 2 else -1
+        for name, child in running.children.items():
+            if (name.startswith("controller") and child.process is not None and child.process.pid == pid
+                    and child.process.poll() is None):
+                return name
+        if time.monotonic() >= give_up_at:
+            raise AssertionError(f"no running controller held the lease within {timeout_s} s ({holder!r})")
+        await asyncio.sleep(0.2)
 
 
 @pytest.mark.skipif(not RabbitNode.available(), reason="needs Debian's rabbitmq-server")
