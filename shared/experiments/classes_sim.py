@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ def interactive_fields(plan: Plan) -> dict:
     return plan.model_dump(exclude={"version", "created_at", "reason", "batch_heavy", "batch_first"})
 
 
-class BacklogSimulation(Simulation):
+class BacklogSimulation(Simulation, ABC):
     """The simulation with a batch backlog beside the trace, whatever serves it (ClassSimulation:
     the service classes; fifo_sim.FifoSimulation: one queue per tier): the batch jobs, their
     arrival, how long the run waits for them and the ClassRun it gives, written once so that the
@@ -140,13 +141,13 @@ class BacklogSimulation(Simulation):
         """Not before the batch jobs' deadline (and the same minute's grace as the trace's)."""
         return max(super().end_by(), self.batch.at_s + self.batch.slo_s + 60.0)
 
+    @abstractmethod
     def arrive_batch(self) -> None:
         """The batch jobs submitted at `batch.at_s`: each run routes them its own way."""
-        raise NotImplementedError
 
+    @abstractmethod
     def batch_outcome(self, job: SimJob) -> JobOutcome:
         """A batch job's outcome, as each run reports it."""
-        raise NotImplementedError
 
     def class_run(self, started: float, yield_mode: str) -> ClassRun:
         """Run it: the outcomes of both classes and what the per-class report reads (class_report.py);
