@@ -25,9 +25,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 from pydantic import Field
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit
-from scipy.stats import rankdata
 
 from shared.profiles import PROFILES_DIR, ModelProfile
 from shared.schemas import Strict
@@ -75,6 +72,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC AUC needs both classes")
+    from scipy.stats import rankdata  # here, not at the top: the router service never trains (scipy.stats: 0.7 s)
+
     ranks = rankdata(np.asarray(scores, dtype=float))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -85,6 +84,9 @@ def fit_logistic(embeddings: np.ndarray, labels: np.ndarray, l2: float = L2) -> 
     Minimises 0.5 * l2 * |w|^2 + the summed log loss, scikit-learn's objective with C = 1 / l2.
     Labels may be soft (in [0, 1]): the pooled classifier learns the fraction of light models
     whose image the judge would escalate."""
+    from scipy.optimize import minimize  # here, not at the top: offline training only (see roc_auc)
+    from scipy.special import expit, log_expit
+
     x = np.asarray(embeddings, dtype=float)
     y = np.asarray(labels, dtype=float)
 

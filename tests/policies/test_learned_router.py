@@ -148,3 +148,10 @@ def test_the_policy_does_not_import_torch() -> None:
     code = ("import sys; import shared.policies.learned_router, shared.commands.router_eval; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_router_service_does_not_import_scipy() -> None:
+    """Every router process (a fault test's cluster, a compose stack) paid 1.2 s of imports for the
+    scipy that only offline training uses (fit_logistic, roc_auc)."""
+    code = "import sys; import services.router; assert 'scipy' not in sys.modules, 'scipy imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
