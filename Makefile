@@ -9,10 +9,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# --no-compile: Python writes each module's bytecode the first time it imports it; compiling all of
+# torch's files ahead took 50 s of an install of 135 s (CI's first step), most of them never imported.
+# pip is upgraded only when older than the editable installs of pyproject.toml need (21.3).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[serve,models,experiments,dev]'
+	$(PY) -m pip install --quiet 'pip>=21.3'
+	$(PY) -m pip install --quiet --no-compile -e '.[serve,models,experiments,dev]'
 	touch $(STAMP)
 
 services:
