@@ -63,10 +63,10 @@ def run_step(step: Step, logs: Path, lock: threading.Lock) -> bool:
 def lane_env() -> dict[str, str]:
     """One OpenMP thread per torch process unless the caller says otherwise: the lanes already keep
     both cores busy, and torch's default (a thread per core in every process) oversubscribes them
-    with threads that spin while they wait. Each pytest run lists its slowest tests in its log, so
-    a tier that grows shows where."""
+    with threads that spin while they wait. Each pytest run lists its slowest tests in its log and
+    the CPU seconds of each test file (tests/cpu_time.py), so a tier that grows shows where."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} --durations=20".strip()
+    env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} --durations=20 -p tests.cpu_time".strip()
     return env
 
 
