@@ -125,8 +125,10 @@ async def test_a_neighbour_busy_for_a_minute_withdraws_no_gpu():
 async def test_an_agent_quiet_for_30_s_under_load_withdraws_no_gpu_and_delays_no_job():
     """SIGSTOP the agent for 30 s (its registration's TTL is a few seconds): the controller sees no
     agent at all, yet plans with every GPU; the workers serve on. Every job submitted while the agent
-    was quiet ends done, and they wait no longer than those before it: their median latency is within
-    a second of the median before (a withdrawn GPU costs a worker restart, seconds per job)."""
+    was quiet ends done, and their median latency is within 2 s of the median before.
+    The plans are the direct evidence (no GPU withdrawn); the latencies are the users' view of it. A
+    second of margin was too tight for CI, where the lanes beside this one moved the median from
+    1.82 s to 2.90 s with every plan keeping all four GPUs."""
     stopped: list[tuple[float, float]] = []
 
     async def quiet() -> None:
@@ -155,4 +157,4 @@ async def test_an_agent_quiet_for_30_s_under_load_withdraws_no_gpu_and_delays_no
     print(f"quiet agent: {len(during)} jobs while quiet, median latency {median_during:.2f} s "
           f"(before: {median_before:.2f} s), worst {max(r.latency_s or 0 for r in during):.2f} s")
     assert not unserved, unserved[:5]
-    assert median_during <= median_before + 1.0
+    assert median_during <= median_before + 2.0
