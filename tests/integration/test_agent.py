@@ -68,7 +68,7 @@ async def test_a_moved_worker_finishes_a_batch_longer_than_its_grace(monkeypatch
     settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=5.0,
                              emulated_gpus=2, plan_light_gpus=1, plan_heavy_gpus=1, plan_r=1.0, plan_d=0.0,
                              plan_light_model="sd35-large-turbo", plan_heavy_model="sd35-large", plan_heavy_batch=1,
-                             slo_s=120.0, heartbeat_s=0.3, shutdown_grace_s=0.5)
+                             slo_s=120.0, heartbeat_s=1.0, shutdown_grace_s=0.5)
     async with running_stack(settings, services=("controller", "router", "judge")) as stack:
         stopping = asyncio.Event()
         agent_task = asyncio.create_task(serve("agent", agent.main, settings, stopping))
@@ -82,6 +82,16 @@ async def test_a_moved_worker_finishes_a_batch_longer_than_its_grace(monkeypatch
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the heavy worker did not claim the job")
+            # The case is a commitment the agent can see: the heavy worker's heartbeat names the batch's
+            # end. (CI: with heartbeats every 0.3 s, TTL 0.9 s, a loaded machine let the record lapse,
+            # the agent saw no commitment and killed the worker at its grace, and the job was redone.)
+            for _ in range(100):
+                if any(worker["tier"] == "heavy" and worker.get("busy_until", 0) > time.time()
+                       for worker in await stack.store.workers()):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the heavy worker's heartbeat never named its batch's end")
             plan = await stack.store.get_plan()
             swapped = {gpu: ("light" if tier == "heavy" else "heavy") for gpu, tier in plan.assignment.items()}
             await stack.store.publish_plan({**plan.model_dump(exclude={"version", "created_at"}),
