@@ -28,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+MACHINE_AT_START: tuple[float, float] | None = None  # machine_cpu() when the run began
+
+
 @dataclass
 class Step:
     target: str
@@ -87,6 +90,8 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     began = time.monotonic()
+    global MACHINE_AT_START
+    MACHINE_AT_START = machine_cpu()
     first = [Step(target) for target in args.first.split(",") if target]
     for step in first:
         if not run_step(step, logs, lock):
@@ -100,6 +105,19 @@ def main() -> int:
     return summary(first, lanes, began)
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat (Linux): busy counts
+    what no step's own count sees, such as the broker nodes the fault tests start and dockerd's
+    containers."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / hertz, (idle + iowait) / hertz
+
+
 def summary(first: list[Step], lanes: list[list[Step]], began: float) -> int:
     steps = first + [step for lane in lanes for step in lane]
     print("[ci] step            seconds  cpu_s  result")
@@ -109,6 +127,10 @@ def summary(first: list[Step], lanes: list[list[Step]], began: float) -> int:
     failed = [step.target for step in steps if step.code != 0]
     verdict = f"failed: {' '.join(failed)}" if failed else "all passed"
     print(f"[ci] total {time.monotonic() - began:.0f} s; {verdict}")
+    if MACHINE_AT_START is not None and (now := machine_cpu()) is not None:
+        busy, idle = (now[0] - MACHINE_AT_START[0], now[1] - MACHINE_AT_START[1])
+        print(f"[ci] the machine's cores: {busy:.0f} s busy, {idle:.0f} s idle ({busy / max(busy + idle, 1):.0%} busy; "
+              f"{os.cpu_count()} cores)")
     return 1 if failed else 0
 
 

@@ -117,7 +117,7 @@ def install(tmp: Path, wheel: Path) -> Path:
     """A fresh virtualenv with the wheel and its base dependencies; its bin folder."""
     venv = tmp / "client"
     run([sys.executable, "-m", "venv", venv], tmp)
-    run([venv / "bin" / "pip", "install", "--quiet", wheel], tmp, timeout_s=600)
+    run([venv / "bin" / "pip", "install", "--quiet", "--no-compile", wheel], tmp, timeout_s=600)  # see check_extras
     return venv / "bin"
 
 
@@ -186,15 +186,16 @@ def check_extras(tmp: Path, sdist: Path, wheel: Path, work: Path) -> None:
     started = time.perf_counter()
     source = tmp / "from-sdist"
     run([sys.executable, "-m", "venv", source], tmp)
-    run([source / "bin" / "pip", "install", "--quiet", sdist], tmp, timeout_s=600)
+    run([source / "bin" / "pip", "install", "--quiet", "--no-compile", sdist], tmp, timeout_s=600)
     check_plan(source / "bin", work)
     run([source / "bin" / "python", "-c", "import importlib.util; assert importlib.util.find_spec('torch') is None"],
         work)
     step(f"pip install {sdist.name}: a base install, hadis plan runs", started)
     models = tmp / "models"
     run([sys.executable, "-m", "venv", models], tmp)
-    # --no-compile: the check imports what it uses, which Python compiles then; ahead, pip compiled all
-    # of torch's files (a third of this install's time), which is pip's work, not hadis's packaging.
+    # --no-compile (here and in the other installs): the checks import what they use, which Python
+    # compiles then; ahead, pip compiled every file of every dependency (a third of this install's
+    # time, torch's files), which is pip's work, not hadis's packaging.
     run([models / "bin" / "pip", "install", "--quiet", "--no-compile", f"{wheel}[models]"], tmp, timeout_s=900)
     size, score, torch_version, where = run([models / "bin" / "python", "-c", MODELS_CHECK], work,
                                             timeout_s=600).stdout.split()
