@@ -54,7 +54,10 @@ class Stack:
         return list(records)
 
 
-async def wait_for_consumers(bus: Bus, queues: list[str], timeout_s: float = 120.0) -> None:
+async def wait_for_consumers(bus: Bus, queues: list[str], timeout_s: float = 300.0) -> None:
+    """Until every queue has a consumer. A bound on a stack's start, not a product figure: a tiny
+    worker consumes once its model process has imported torch and diffusers (8 CPU-s alone), and
+    CI's busiest minutes took test_cancel's stack past 120 s."""
     give_up_at = time.monotonic() + timeout_s
     while True:
         counts = [await bus.consumers(queue) for queue in queues]
