@@ -28,9 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-MACHINE_AT_START: tuple[float, float] | None = None  # machine_cpu() when the run began
-
-
 @dataclass
 class Step:
     target: str
@@ -90,19 +87,18 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     began = time.monotonic()
-    global MACHINE_AT_START
-    MACHINE_AT_START = machine_cpu()
+    machine_start = machine_cpu()
     first = [Step(target) for target in args.first.split(",") if target]
     for step in first:
         if not run_step(step, logs, lock):
-            return summary(first, [], began)
+            return summary(first, [], began, machine_start)
     lanes = [[Step(target) for target in lane.split(",")] for lane in args.lane]
     threads = [threading.Thread(target=run_lane, args=(lane, logs, lock)) for lane in lanes]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return summary(first, lanes, began)
+    return summary(first, lanes, began, machine_start)
 
 
 def machine_cpu() -> tuple[float, float] | None:
@@ -118,7 +114,8 @@ def machine_cpu() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq + steal) / hertz, (idle + iowait) / hertz
 
 
-def summary(first: list[Step], lanes: list[list[Step]], began: float) -> int:
+def summary(first: list[Step], lanes: list[list[Step]], began: float,
+            machine_start: tuple[float, float] | None) -> int:
     steps = first + [step for lane in lanes for step in lane]
     print("[ci] step            seconds  cpu_s  result")
     for step in steps:
@@ -127,8 +124,8 @@ def summary(first: list[Step], lanes: list[list[Step]], began: float) -> int:
     failed = [step.target for step in steps if step.code != 0]
     verdict = f"failed: {' '.join(failed)}" if failed else "all passed"
     print(f"[ci] total {time.monotonic() - began:.0f} s; {verdict}")
-    if MACHINE_AT_START is not None and (now := machine_cpu()) is not None:
-        busy, idle = (now[0] - MACHINE_AT_START[0], now[1] - MACHINE_AT_START[1])
+    if machine_start is not None and (now := machine_cpu()) is not None:
+        busy, idle = now[0] - machine_start[0], now[1] - machine_start[1]
         print(f"[ci] the machine's cores: {busy:.0f} s busy, {idle:.0f} s idle ({busy / max(busy + idle, 1):.0%} busy; "
               f"{os.cpu_count()} cores)")
     return 1 if failed else 0
