@@ -31,6 +31,7 @@ from typing import get_args
 import orjson
 
 from shared.backends.profiling import (
+    CompileBackend,
     CompileMode,
     Measurements,
     ModelMeasurement,
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     parser.add_argument("--compile", dest="compile_mode", choices=list(get_args(CompileMode)),
                         help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); no swaps")
+    parser.add_argument("--compile-backend", choices=list(get_args(CompileBackend)), default="inductor",
+                        help="torch.compile's backend (default inductor; aot_eager and eager trace the denoiser "
+                             "but run its ops unchanged: a check of the tracing, not a profile to serve by)")
     parser.add_argument("--name", help="the written profile's name (default from device, weights, compile mode)")
     parser.add_argument("--out", type=Path, default=PROFILES_DIR)
     args = parser.parse_args(argv)
@@ -75,9 +79,11 @@ def weights_of(args: argparse.Namespace) -> Weights:
     return "random" if args.random_weights else "published"
 
 
-def default_name(device_text: str, weights: Weights, compile_mode: str | None = None) -> str:
+def default_name(device_text: str, weights: Weights, compile_mode: str | None = None,
+                 compile_backend: str = "inductor") -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", device_text.lower().split("(")[0].split(",")[0]).strip("-")
-    compiled = f"-compiled-{compile_mode}" if compile_mode else ""
+    backend = "" if compile_backend == "inductor" else f"-{compile_backend.replace('_', '-')}"
+    compiled = f"-compiled-{compile_mode}{backend}" if compile_mode else ""
     return f"measured-{slug}-{weights}{compiled}"[:64]
 
 
@@ -119,7 +125,11 @@ def to_profile(record: Measurements, source: Profile) -> Profile:
 
 
 def compiled_text(record: Measurements) -> str:
-    return f", denoiser compiled (torch.compile mode {record.compile_mode})" if record.compile_mode else ""
+    if not record.compile_mode:
+        return ""
+    if record.compile_backend != "inductor":
+        return f", denoiser compiled (torch.compile backend {record.compile_backend}: traced, ops run unchanged)"
+    return f", denoiser compiled (torch.compile mode {record.compile_mode})"
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -136,9 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     targets = [ModelToProfile(source.model(name), loader_for(source.model(name), weights, device, args.dtype))
                for name in names]
     measured = profile_models(targets, device=device, dtype=args.dtype, batches=args.batches, runs=args.runs,
-                              swap_runs=args.swap_runs, compile_mode=args.compile_mode, on_model=print_model)
-    record = measurements_record("pending", device, args.dtype, weights, args.runs, measured, args.compile_mode)
-    record = record.model_copy(update={"name": args.name or default_name(record.device, weights, args.compile_mode)})
+                              swap_runs=args.swap_runs, compile_mode=args.compile_mode,
+                              compile_backend=args.compile_backend, on_model=print_model)
+    record = measurements_record("pending", device, args.dtype, weights, args.runs, measured, args.compile_mode,
+                                 args.compile_backend)
+    name = args.name or default_name(record.device, weights, args.compile_mode, args.compile_backend)
+    record = record.model_copy(update={"name": name})
     for model in measured.values():
         if model.swap_in_s is not None:
             print(f"{model.name}: switch in {model.swap_in_s * 1000:.1f} ms, out {model.swap_out_s * 1000:.1f} ms "

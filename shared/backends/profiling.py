@@ -30,6 +30,10 @@ MemoryKind = Literal["cuda_max_allocated", "process_peak_rss"]
 # torch.compile modes for the denoiser; "reduce-overhead" replays CUDA graphs, which is what a
 # launch-bound model (SD-Turbo at batch 1) needs.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+# torch.compile's backend: inductor (its kernels; what a GPU profile measures), or aot_eager and eager, which
+# trace the denoiser as inductor does but run its ops as they are (checks the tracing in seconds: on the CPU,
+# inductor spends 100 CPU-s compiling C++ for the tiny pipeline when its cache is cold).
+CompileBackend = Literal["inductor", "aot_eager", "eager"]
 PROMPTS = ("a red bicycle leaning on a brick wall", "a lighthouse on a cliff at dusk, oil painting",
            "a bowl of ramen, studio photograph", "an astronaut riding a horse on the moon")
 
@@ -72,6 +76,7 @@ class Measurements(Strict):
     diffusers_version: str
     runs_per_batch: int
     compile_mode: CompileMode | None = None
+    compile_backend: CompileBackend = "inductor"
     created_at: float
     models: dict[str, ModelMeasurement]
 
@@ -164,11 +169,14 @@ def measure_batches(generator: DiffusersGenerator, batches: list[int], runs: int
     return points
 
 
-def compile_denoiser(pipeline: diffusers.DiffusionPipeline, mode: CompileMode) -> None:
+def compile_denoiser(pipeline: diffusers.DiffusionPipeline, mode: CompileMode,
+                     backend: CompileBackend = "inductor") -> None:
     """torch.compile the UNet (SD, SDXL) or the MMDiT (SD3): nearly all of a step's time. Each new
-    batch size compiles again, in measure_batch's untimed run."""
+    batch size compiles again, in measure_batch's untimed run. The mode is inductor's."""
     name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
-    setattr(pipeline, name, torch.compile(getattr(pipeline, name), mode=mode))
+    module = getattr(pipeline, name)
+    compiled = torch.compile(module, mode=mode) if backend == "inductor" else torch.compile(module, backend=backend)
+    setattr(pipeline, name, compiled)
 
 
 @dataclass
@@ -186,6 +194,7 @@ def profile_models(
     runs: int,
     swap_runs: int,
     compile_mode: CompileMode | None = None,
+    compile_backend: CompileBackend = "inductor",
     on_model: Callable[[ModelMeasurement], None] = lambda measurement: None,
 ) -> dict[str, ModelMeasurement]:
     """Each model loaded once into a shared host cache and measured; then every model is
@@ -196,7 +205,7 @@ def profile_models(
     for target in targets:
         generator = DiffusersGenerator(target.model, device=device, dtype=dtype, load=target.load, cache=cache)
         if compile_mode is not None:
-            compile_denoiser(generator.pipeline, compile_mode)
+            compile_denoiser(generator.pipeline, compile_mode, compile_backend)
         started = time.perf_counter()
         generator.warm_up()
         warm_up_s = round(time.perf_counter() - started, 3)
@@ -238,13 +247,15 @@ def _measurement(model: ModelProfile, load_s: float, points: list[BatchPoint]) -
 
 
 def measurements_record(name: str, device: str, dtype: str, weights: Weights, runs: int,
-                        models: dict[str, ModelMeasurement], compile_mode: CompileMode | None = None) -> Measurements:
+                        models: dict[str, ModelMeasurement], compile_mode: CompileMode | None = None,
+                        compile_backend: CompileBackend = "inductor") -> Measurements:
     torch_device = torch.device(device)
     resolved = resolve_dtype(dtype, torch_device)
     return Measurements(
         name=name, device=device_description(torch_device), dtype=str(resolved).removeprefix("torch."),
         weights=weights, memory_kind=memory_kind(torch_device), torch_version=torch.__version__,
-        diffusers_version=diffusers.__version__, runs_per_batch=runs, compile_mode=compile_mode, created_at=now(),
+        diffusers_version=diffusers.__version__, runs_per_batch=runs, compile_mode=compile_mode,
+        compile_backend=compile_backend, created_at=now(),
         models=models,
     )
 

@@ -63,12 +63,26 @@ def test_a_batch_that_runs_out_of_memory_caps_the_profile(profile_gpu) -> None:
 
 
 def test_a_compiled_denoiser_is_measured_and_named(profile_gpu, tmp_path: Path, capsys) -> None:
+    """torch.compile through aot_eager: the denoiser traced as inductor traces it, its ops run unchanged. Inductor
+    itself spent 100 CPU-s compiling C++ for the tiny UNet whenever its cache was cold, which it is in every new
+    checkout (its cache keys carry the source files' paths); a GPU profile compiles with it
+    (scripts/device/profile.sh)."""
     profile_gpu.main(["--tiny", "--models", "tiny-sd-turbo", "--batches", "1", "--runs", "2", "--compile", "default",
-                      "--out", str(tmp_path)])
+                      "--compile-backend", "aot_eager", "--out", str(tmp_path)])
     written = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("profile_written "))
-    assert written.name.endswith("-tiny-compiled-default.json")
+    assert written.name.endswith("-tiny-compiled-default-aot-eager.json")
     record = Measurements.model_validate(orjson.loads((tmp_path / "measurements" / written.name).read_bytes()))
     measured = record.models["tiny-sd-turbo"]
-    assert record.compile_mode == "default" and measured.warm_up_s > 0 and measured.points[0].fits
+    assert record.compile_mode == "default" and record.compile_backend == "aot_eager"
+    assert measured.warm_up_s > 0 and measured.points[0].fits
     assert measured.swap_runs == 0
-    assert "compiled (torch.compile mode default)" in load_profile(str(written)).description
+    assert "compiled (torch.compile backend aot_eager" in load_profile(str(written)).description
+
+
+def test_the_compiled_profile_is_named_and_described_by_its_backend(profile_gpu) -> None:
+    assert profile_gpu.default_name("NVIDIA H100 80GB HBM3 (81559 MiB), CUDA 13.0", "published", "default") == \
+        "measured-nvidia-h100-80gb-hbm3-published-compiled-default"
+    assert profile_gpu.default_name("CPU x", "tiny", "default", "aot_eager").endswith("-compiled-default-aot-eager")
+    record = measurements_record("r", "cpu", "auto", "tiny", 1, {}, "reduce-overhead")
+    assert record.compile_backend == "inductor"
+    assert profile_gpu.compiled_text(record) == ", denoiser compiled (torch.compile mode reduce-overhead)"
