@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
-# `make test`: the unit tier and the integration tier side by side, as CI's lanes run beside each other
-# (each test in a namespace of its own; neither stops a server the other uses). Most of the integration
-# tier waits on its services, so the unit tier's CPU work fits in its waits. The unit tier's output is
-# printed after the integration tier's; the exit status is 1 when either failed.
+# `make test`: the unit and integration tiers (every test outside tests/deploy, tests/faults and
+# tests/hostile) in one pytest run, whole files handed to three pytest-xdist workers (--dist loadfile:
+# a module's stack and fixtures stay in one process). Most of the integration tier waits on its
+# services, so three workers on two cores finish it sooner than the two tiers side by side did
+# (alone on this machine kind: 447 s for both, against 715 s for the unit tier and 970 s for the
+# integration tier beside it in CI); tests/conftest.py starts the integration files first.
+# HADIS_TEST_WORKERS sets the workers (0: none, the tests in this process).
 #     PY=.venv/bin/python bash scripts/test_tiers.sh [pytest options]
-set -uo pipefail
+set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+WORKERS=${HADIS_TEST_WORKERS:-3}
 MARK="not deploy and not faults and not hostile"
-unit_log=$(mktemp -t hadis-unit-XXXXXX.log)
-"$PY" -m pytest -q -m "$MARK" --ignore=tests/integration "$@" > "$unit_log" 2>&1 &
-unit=$!
-"$PY" -m pytest -q -m "$MARK" tests/integration "$@"
-integration=$?
-wait "$unit"
-unit_status=$?
-echo "---- the unit tier (tests/ outside tests/integration) ----"
-cat "$unit_log"
-rm -f "$unit_log"
-echo "make test: integration tier exit $integration, unit tier exit $unit_status"
-[ "$integration" -eq 0 ] && [ "$unit_status" -eq 0 ]
+if [ "$WORKERS" -gt 0 ]; then
+    exec "$PY" -m pytest -q -n "$WORKERS" --dist loadfile -m "$MARK" tests "$@"
+fi
+exec "$PY" -m pytest -q -m "$MARK" tests "$@"
