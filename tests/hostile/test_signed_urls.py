@@ -196,12 +196,14 @@ async def test_a_urls_fetches_count_as_its_tenants_reads_and_forgeries_cost_noth
     for _ in range(100):  # refused before any budget or store read
         assert_refused(await fetch(forged, first), 401, "invalid_signature")
     # At once, so a slow machine cannot refill the bucket between them: the burst (twice the rate) passes.
-    codes = [response.status_code for response in
-             await asyncio.gather(*(fetch(url, first) for _ in range(int(8 * READ_RATE))))]
+    responses = await asyncio.gather(*(fetch(url, first) for _ in range(int(8 * READ_RATE))))
+    codes = [response.status_code for response in responses]
     assert codes.count(200) >= int(2 * READ_RATE), codes
     assert 429 in codes and set(codes) == {200, 429}, codes
-    limited = await fetch(url, first)
-    assert limited.status_code == 429 and limited.json()["error"]["code"] == "read_rate_exceeded"
+    # A refusal of the burst itself, not one more fetch after it: CI's slowest minutes refilled a token
+    # between the burst and a fetch made after it, which then passed.
+    limited = next(response for response in responses if response.status_code == 429)
+    assert limited.json()["error"]["code"] == "read_rate_exceeded"
 
 
 async def test_rotation_keeps_urls_in_flight_for_the_grace_on_every_replica(replicas):
