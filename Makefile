@@ -40,7 +40,7 @@ run: install services
 # The tiers are the folders of tests/ (tests/conftest.py marks each test with its folder's tier):
 # `make test` runs unit and integration (tests/*.py, policies, backends, experiments, integration);
 # test-deploy, test-faults and test-hostile run the others; `make ci` runs them all as CI does. `make test`
-# hands whole files to three pytest-xdist workers (scripts/test_tiers.sh; HADIS_TEST_WORKERS=0 for none);
+# hands whole files to two pytest-xdist workers (scripts/test_tiers.sh; HADIS_TEST_WORKERS=0 for none);
 # TEST_ARGS passes pytest options.
 test: install services
 	PY=$(PY) bash scripts/test_tiers.sh $(TEST_ARGS)

@@ -40,7 +40,7 @@ def tier_of(path: Path) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks each test with its tier, and runs the integration tier first (a stable sort: files stay
-    whole, in their order). `make test` hands whole files to three pytest-xdist workers in this order:
+    whole, in their order). `make test` hands whole files to two pytest-xdist workers in this order:
     the integration files, which mostly wait on their services, start while the unit files' CPU work
     fills those waits, and the run does not end on a long stack test started last."""
     for item in items:
