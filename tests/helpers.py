@@ -3,14 +3,19 @@ deleted afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from shared.bus import Bus
 from shared.settings import Settings
 from shared.store import Store
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -18,6 +23,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[T]], timeout_s: float = 30.0, poll_s: float = 0.1) -> T:
+    """`check()`'s first truthy result, polled every `poll_s`; an AssertionError naming `what` after `timeout_s`."""
+    give_up_at = time.monotonic() + timeout_s
+    while not (result := await check()):
+        assert time.monotonic() < give_up_at, f"no {what} within {timeout_s} s"
+        await asyncio.sleep(poll_s)
+    return result
 
 
 def make_settings(**overrides) -> Settings:

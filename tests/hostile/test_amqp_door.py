@@ -14,9 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -30,7 +28,7 @@ from shared.bus import BROKER_MAX_MESSAGE_BYTES, DEAD_LETTER_DELIVERY_LIMIT, QUE
 from shared.schemas import MAX_MESSAGE_BYTES, Job, JobState, Task, Tier, job_id_of
 from shared.store import Change, Store
 from tests.faults.processes import RedisServer
-from tests.helpers import free_port, make_settings, namespace
+from tests.helpers import eventually, free_port, make_settings, namespace
 from tests.stack import running_stack
 
 pytestmark = [pytest.mark.integration]
@@ -103,14 +101,6 @@ def counter(name: str, **labels: str) -> float:
     return sum(sample.value for family in metrics.REGISTRY.collect() if family.name == name
                for sample in family.samples if sample.name.endswith("_total")
                and all(sample.labels.get(key) == value for key, value in labels.items()))
-
-
-async def eventually(what: str, check: Callable, timeout_s: float = 30.0):
-    give_up_at = time.monotonic() + timeout_s
-    while not (result := await check()):
-        assert time.monotonic() < give_up_at, f"no {what} within {timeout_s} s"
-        await asyncio.sleep(0.1)
-    return result
 
 
 async def drained(bus: Bus, queue: str) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from services import agent
 from shared.schemas import Job, JobState
 from shared.service import serve
-from tests.helpers import make_settings
+from tests.helpers import eventually, make_settings
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.integration
@@ -76,22 +76,19 @@ async def test_a_moved_worker_finishes_a_batch_longer_than_its_grace(monkeypatch
             await wait_for_workers(stack.store, light=1, heavy=1)
             job = Job(prompt="a lighthouse in a storm, on a GPU about to move")
             await stack.client.submit(job)
-            for _ in range(200):
-                if (record := await stack.store.get(job.job_id)) is not None and record.state is JobState.generating:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the heavy worker did not claim the job")
+            async def claimed() -> bool:
+                record = await stack.store.get(job.job_id)
+                return record is not None and record.state is JobState.generating
+
+            async def committed() -> bool:
+                return any(worker["tier"] == "heavy" and worker.get("busy_until", 0) > time.time()
+                           for worker in await stack.store.workers())
+
+            await eventually("claim of the job by the heavy worker", claimed, timeout_s=20)
             # The case is a commitment the agent can see: the heavy worker's heartbeat names the batch's
             # end. (CI: with heartbeats every 0.3 s, TTL 0.9 s, a loaded machine let the record lapse,
             # the agent saw no commitment and killed the worker at its grace, and the job was redone.)
-            for _ in range(100):
-                if any(worker["tier"] == "heavy" and worker.get("busy_until", 0) > time.time()
-                       for worker in await stack.store.workers()):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the heavy worker's heartbeat never named its batch's end")
+            await eventually("heartbeat of the heavy worker naming its batch's end", committed, timeout_s=10)
             plan = await stack.store.get_plan()
             swapped = {gpu: ("light" if tier == "heavy" else "heavy") for gpu, tier in plan.assignment.items()}
             await stack.store.publish_plan({**plan.model_dump(exclude={"version", "created_at"}),
