@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import StoreRejected, Unavailable
@@ -30,6 +30,16 @@ def _sentinel_client(settings: Settings, options: dict[str, Any]) -> aioredis.Re
                  (entry.rsplit(":", 1) for entry in settings.redis_sentinels.split(","))]
     sentinel = Sentinel(addresses, socket_timeout=2, socket_connect_timeout=2)
     return sentinel.master_for(settings.redis_sentinel_master, password=url.password, db=database, **options)
+
+
+def on_a_replica(error: ResponseError) -> bool:
+    """Whether Redis refused a command because the server is a replica: the server's role, not the
+    command's fault. A write (READONLY) or, after a pipeline of transitions that wrote nothing (each
+    refused by the script), WAIT, on a connection to a primary that was demoted under it. redis-py
+    goes back to the Sentinels by itself only on READONLY from a Sentinel's primary; WAIT's answer
+    stayed on the same connection and the job's message was dead-lettered as refused
+    (tests/faults/test_cluster.py, CI 2026-12-06)."""
+    return isinstance(error, ReadOnlyError) or "cannot be used with replica instances" in str(error)
 
 
 class RedisStore:
@@ -67,9 +77,10 @@ class RedisStore:
         await self._redis.aclose()
 
     async def _call(self, function, *args, retry_s: float | None = None, **kwargs):
-        """Run a Redis command, retrying a lost connection (or a Redis out of memory) with backoff
-        for retry_s (the settings' store_retry_s), then raise Unavailable. A command Redis refuses
-        for another reason (a key of the wrong type) raises StoreRejected at once."""
+        """Run a Redis command, retrying a lost connection (or a Redis out of memory, or a server
+        that is a replica: on_a_replica) with backoff for retry_s (the settings' store_retry_s),
+        then raise Unavailable. A command Redis refuses for another reason (a key of the wrong type)
+        raises StoreRejected at once."""
         give_up_at = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
         delay = RETRY_FIRST_S
         while True:
@@ -80,7 +91,9 @@ class RedisStore:
             except NoScriptError:
                 raise  # redis-py's Script loads the script and retries; a pipeline handles it itself
             except ResponseError as error:
-                if not str(error).startswith(("OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY")):
+                if on_a_replica(error):  # a primary demoted under this connection: ask for the new one
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                elif not str(error).startswith(("OOM", "LOADING", "BUSY", "MASTERDOWN")):
                     raise StoreRejected(f"Redis refused the command: {error}") from error
                 problem = error
             if time.monotonic() + delay > give_up_at:

@@ -159,7 +159,10 @@ class RedisGroup:
             config.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
                               f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
                               f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                              f"sentinel failover-timeout {MASTER} 10000\n")
+                              # compose.cluster.yaml's (docker/cluster/redis-ha.sh). With 10 s, in a loaded
+                              # CI the promoted server answered as a replica again 10 s after it took
+                              # writes (a failover given up at its timeout, most likely): they were lost.
+                              f"sentinel failover-timeout {MASTER} 60000\n")
             self.processes[f"sentinel{index}"] = subprocess.Popen(
                 ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_port(port, 30)

@@ -11,8 +11,9 @@ import pytest
 
 from shared.schemas import JobState
 from shared.store import Change, Store
-from tests.faults.servers import MASTER, RedisGroup
-from tests.helpers import make_settings
+from tests.faults.processes import RedisServer
+from tests.faults.servers import MASTER, RedisGroup, cli
+from tests.helpers import free_port, make_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -63,3 +64,35 @@ async def test_primary_killed_mid_load_store_follows_the_failover(tmp_path, repl
     assert acked_before_kill > 10 and len(acked) > acked_before_kill
     if replicas_acked:
         assert lost == [], lost
+
+
+async def test_a_primary_demoted_under_an_open_connection_is_left_not_blamed_on_the_job(tmp_path):
+    """The server the store is connected to becomes a replica (REPLICAOF, which leaves its clients
+    connected: a Sentinel failover that a loaded machine aborted did so in CI) and a terminal write
+    that the script refuses (it writes nothing, so no READONLY) meets WAIT on a replica. That is the
+    server's role, not the job: the store drops the connection and retries, and the write goes
+    through once a primary answers. Before, it raised StoreRejected at once and the job's message
+    was dead-lettered (tests/faults/test_cluster.py)."""
+    server = RedisServer(tmp_path, free_port())
+    server.start()
+    settings = make_settings(redis_url=server.url, redis_replicas_acked=1, redis_replicas_wait_ms=10,
+                             store_retry_s=30)
+    try:
+        store = await Store.connect(settings)
+        try:
+            await store.apply(Change("held", JobState.queued, {"prompt": "a kite"}, create=True))
+            # A master that does not exist: the server stays a replica, its link down, until promoted.
+            assert "OK" in await asyncio.to_thread(cli, server.port, "replicaof", "127.0.0.1", str(free_port()))
+            refused = asyncio.create_task(store.apply(Change("never-made", JobState.done, {"tier": "light"})))
+            await asyncio.sleep(1.0)
+            assert not refused.done(), refused  # retrying, not refused as the job's fault
+            assert "OK" in await asyncio.to_thread(cli, server.port, "replicaof", "no", "one")
+            outcome = await asyncio.wait_for(refused, timeout=20)
+            assert not outcome.applied  # no such record: the script's own refusal, now from a primary
+            assert await store.states(["held"]) == [JobState.queued]
+        finally:
+            await asyncio.to_thread(cli, server.port, "replicaof", "no", "one")
+            await store.delete_namespace()
+            await store.close()
+    finally:
+        server.stop()
