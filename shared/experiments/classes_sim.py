@@ -284,23 +284,6 @@ class ClassFleet(SimFleet):
             buffer = worker.buffer if priority == "interactive" else worker.batch_buffer
             self.admit_one(worker, buffer)
 
-    def admit_one(self, worker: ClassWorker, buffer: deque) -> None:
-        tier, sim = worker.tier, self.sim
-        model = sim.in_force.model_for(tier)
-        size = min(sim.in_force.batch_for(tier), len(buffer))
-        ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
-        jobs = [buffer.popleft() for _ in range(size)]
-        batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
-        for job in late:  # a batch job too late on the heavy tier moves to the light tier's batch queue
-            self.too_late(job, tier)  # (services/handoff.py: reroute_to_light), as an interactive one
-            self.saturated[tier] = False  # its ack frees prefetch credit
-        if not batch:
-            return
-        worker.pipeline.commit(ends_at, model)
-        worker.batches.append((batch, model))
-        if len(worker.batches) == 1:
-            self.start_batch(worker)
-
     def yields(self, worker: ClassWorker) -> bool:
         """Whether the running batch-class batch is to stop for the interactive jobs waiting: if so,
         the stop is scheduled at its next denoising step, and nothing is admitted before it."""

@@ -402,23 +402,29 @@ class SimFleet:
     def admit(self, worker: SimWorker) -> None:
         """The feeder: while a pipeline slot is free, take a batch from the buffer, time it and
         shed what cannot end in time (shared/policies/engine.py, as services/worker.py admits)."""
+        while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
+            self.admit_one(worker, worker.buffer)
+
+    def admit_one(self, worker: SimWorker, buffer: deque) -> None:
+        """One batch from the head of `buffer`, at the plan's size: timed, its jobs that cannot end
+        in time handed to too_late, the rest queued on the worker's pipeline (ClassFleet calls it
+        with the buffer of the class next_class picks)."""
         tier, sim = worker.tier, self.sim
         model = sim.in_force.model_for(tier)
-        while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
-            size = min(sim.in_force.batch_for(tier), len(worker.buffer))
-            # The model loaded once idle: the plan's (reload() has loaded it), the worker's own.
-            ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
-            jobs = [worker.buffer.popleft() for _ in range(size)]
-            batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
-            for job in late:
-                self.too_late(job, tier)
-                self.saturated[tier] = False  # its ack frees prefetch credit
-            if not batch:
-                continue
-            worker.pipeline.commit(ends_at, model)
-            worker.batches.append((batch, model))
-            if len(worker.batches) == 1:
-                self.start_batch(worker)
+        size = min(sim.in_force.batch_for(tier), len(buffer))
+        # The model loaded once idle: the plan's (reload() has loaded it), the worker's own.
+        ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
+        jobs = [buffer.popleft() for _ in range(size)]
+        batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
+        for job in late:  # a batch job too late on the heavy tier moves to the light tier's batch queue
+            self.too_late(job, tier)  # (services/handoff.py: reroute_to_light), as an interactive one
+            self.saturated[tier] = False  # its ack frees prefetch credit
+        if not batch:
+            return
+        worker.pipeline.commit(ends_at, model)
+        worker.batches.append((batch, model))
+        if len(worker.batches) == 1:
+            self.start_batch(worker)
 
     def too_late(self, job: SimJob, tier: Tier) -> None:
         """As the worker (shared/policies/engine.py: fallback): the light image, the light tier, or shed."""
