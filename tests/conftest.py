@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     whole, in their order). `make test` hands whole files to two pytest-xdist workers in this order:
     the integration files, which mostly wait on their services, start while the unit files' CPU work
     fills those waits, and the run does not end on a long stack test started last."""
-    tiers = {path: tier_of(path) for path in {Path(item.path) for item in items}}  # one resolve per file
+    tiers = {path: tier_of(path) for path in {item.path for item in items}}  # one resolve per file
     for item in items:
-        item.add_marker(getattr(pytest.mark, tiers[Path(item.path)]))
-    items.sort(key=lambda item: tiers[Path(item.path)] != "integration")
+        item.add_marker(getattr(pytest.mark, tiers[item.path]))
+    items.sort(key=lambda item: tiers[item.path] != "integration")

@@ -11,7 +11,7 @@ import pytest
 
 from shared.schemas import Job, JobState, Task, Tier
 from shared.store import Change
-from tests.helpers import make_settings, namespace
+from tests.helpers import eventually, make_settings, namespace
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.integration
@@ -102,13 +102,12 @@ async def test_a_stopping_worker_leaves_its_unstarted_jobs_free_to_go_light_when
                                                  passing=(JobState.queued,)))).applied
                 task = Task(job=job, deadline=deadline, tier=Tier.heavy)
                 await bus.publish(bus.queues.tier(Tier.heavy), task, message_id=job.job_id)
-            for _ in range(100):  # the first two claimed: one runs, one waits on the model's thread
+            async def both_claimed() -> bool:  # one runs, one waits on the model's thread
                 records = [await store.get(job.job_id) for job in jobs[:2]]
-                if all(record.state is JobState.generating for record in records):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the heavy worker did not claim the first two jobs")
+                return all(record.state is JobState.generating for record in records)
+
+            await eventually("claim of the first two jobs by the heavy worker", both_claimed, timeout_s=5,
+                             poll_s=0.05)
         # The block's end stopped the worker; what it had started, it finished.
         assert [(await store.get(job.job_id)).state for job in jobs[:2]] == [JobState.done] * 2
         left = await store.get(jobs[2].job_id)
