@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -126,6 +127,24 @@ async def running_stack(settings: Settings, services: tuple[str, ...] = tuple(SE
         await client.close()
         crashed = [(task.get_name(), r) for task, r in zip(tasks, results, strict=True) if isinstance(r, BaseException)]
         assert not crashed, f"services crashed: {crashed}"
+        await report_leftover_tasks()
+
+
+async def report_leftover_tasks(wait_s: float = 2.0) -> None:
+    """Print the tasks still running once the services have stopped (after `wait_s` for them to
+    end). pytest-asyncio cancels them when the test's loop closes, and one that does not end when
+    cancelled hangs the test's teardown until its timeout (CI once lost 300 s so, on a task that
+    nothing named): this puts the culprit's stack in the test's captured output. Nothing fails
+    here: a test's own tasks may outlive a stack."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if left:
+        await asyncio.wait(left, timeout=wait_s)
+    for task in (task for task in left if not task.done()):
+        frames = "; ".join(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                           for frame in task.get_stack(limit=4))
+        print(f"task left running after the stack stopped: {task.get_name()} {task.get_coro()!r} at {frames}",
+              file=sys.stderr)
 
 
 
