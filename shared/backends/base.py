@@ -53,7 +53,11 @@ class Generated(NamedTuple):
 class Generator(ABC):
     """Turns a batch of prompts into images with one model. A batch run by generate_timed can be
     cancelled (`cancel`) and watched (`progress`) while it runs, through the generator's book
-    (control.py); a model in another process shares its book's memory with it."""
+    (control.py); a model in another process shares its book's memory with it. One that
+    `can_pause` stops a batch the worker pauses (`pause`) at its next step, raising
+    GenerationPaused, and runs it again from that step when asked (generate_timed's first_step)."""
+
+    can_pause = False  # a diffusers pipeline would have to keep its latents and its scheduler's place
 
     def __init__(self, model: ModelProfile) -> None:
         self.model = model
@@ -64,14 +68,17 @@ class Generator(ABC):
         """One image per input, in order. Raises on failure; calls control.step after each
         denoising step (which raises GenerationCancelled when every job is cancelled)."""
 
-    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
+    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None,
+                       first_step: int = 0) -> Generated:
         """generate, watched and cancellable through the book; `on_preview` takes the previews the
-        batch's jobs asked for, as they are made (on this thread)."""
+        batch's jobs asked for, as they are made (on this thread); `first_step`: the steps a paused
+        batch had run (0 for a generator that cannot pause)."""
         job_ids = [item.job_id for item in batch]
         seq = self.book.begin(job_ids)
         started = time.perf_counter()
         try:
-            control = with_previews(self.book.block.control(seq), batch, self.model.steps, on_preview)
+            control = with_previews(self.book.block.control(seq, first_step if self.can_pause else 0), batch,
+                                    self.model.steps, on_preview)
             images = self.generate(batch, control)
         finally:
             self.book.end(job_ids)
@@ -82,6 +89,11 @@ class Generator(ABC):
         """Stop these jobs: a batch of which every job is cancelled ends at its next step; a job
         whose batch has not begun is flagged when it does."""
         self.book.cancel(job_ids)
+
+    def pause(self, job_ids: list[str]) -> bool:
+        """Pause the running batch holding these jobs at its next step (can_pause); False when it
+        cannot be paused (this generator cannot, or the batch is not running)."""
+        return self.can_pause and self.book.pause(job_ids)
 
     def progress(self, job_id: str) -> tuple[int, int] | None:
         """(step, steps) of the running batch that holds this job, if it has reported one."""

@@ -50,11 +50,14 @@ def placeholders(batch: list[GenerationInput], step: int, steps: int, rows: list
 class EmulatedGenerator(Generator):
     """Sleeps the profiled batch latency times `time_scale`, then returns placeholders. The sleep
     is cut in the model's steps, each reported to the batch's control, so a cancel stops it at the
-    next step as it would stop the model; previews (placeholder_preview) are made at the steps a
-    model's would be, so the experiments exercise their path.
+    next step as it would stop the model, and a pause too (it resumes from the step it reached:
+    can_pause); previews (placeholder_preview) are made at the steps a model's would be, so the
+    experiments exercise their path.
 
     `fail_pattern` injects faults for chaos and poison-job tests: a batch holding a prompt that
     matches it raises, every time, as a model that chokes on an input would."""
+
+    can_pause = True  # its state is the step it reached
 
     def __init__(self, model: ModelProfile, time_scale: float = 1.0, fail_pattern: str | None = None) -> None:
         super().__init__(model)
@@ -73,9 +76,10 @@ class EmulatedGenerator(Generator):
             raise RuntimeError(f"injected fault: prompt of job {poisoned[0]} matches the fail pattern")
         if self.time_scale > 0:
             steps = max(self.model.steps, 1)
+            first = min(control.first_step, steps)  # a resumed batch sleeps only the steps it has left
             started, total_s = time.perf_counter(), self.model.batch_latency_s(len(batch)) * self.time_scale
-            for step in range(1, steps + 1):  # each step ends at its share of the total: no drift from steps
-                time.sleep(max(started + total_s * step / steps - time.perf_counter(), 0.0))
+            for step in range(first + 1, steps + 1):  # each step ends at its share of the total: no drift
+                time.sleep(max(started + total_s * (step - first) / steps - time.perf_counter(), 0.0))
                 control.step(step, steps)
                 control.preview(step, steps, partial(placeholders, batch, step, steps))
         return [placeholder_image(item.seed) for item in batch]

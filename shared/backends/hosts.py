@@ -62,8 +62,8 @@ class ProcessHost:
                                     generate_timeout_s=settings.generate_timeout_s, cpus=settings.model_cpu_set)
 
     def load(self, model: ModelProfile) -> Generator:
-        self.process.load(load_request(self.settings, model))
-        return ProcessGenerator(model, self.process)
+        can_pause = self.process.load(load_request(self.settings, model))
+        return ProcessGenerator(model, self.process, can_pause)
 
     def close(self) -> None:
         self.process.close()

@@ -44,7 +44,14 @@ from PIL import Image
 from pydantic import Field, TypeAdapter
 
 from shared.backends.base import Generated, GenerationInput, Generator
-from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, GenerationCancelled, StepControl
+from shared.backends.control import (
+    NO_CONTROL,
+    BatchBook,
+    ControlBlock,
+    GenerationCancelled,
+    GenerationPaused,
+    StepControl,
+)
 from shared.backends.frames import (
     PREVIEW_PREFIX,
     ImageFrame,
@@ -91,6 +98,7 @@ class GenerateRequest(Message):
     op: Literal["generate"] = "generate"
     inputs: list[GenerationInput]
     seq: int = 0  # the batch's slot in the control block (0: none)
+    first_step: int = 0  # a paused batch resumed: the steps it had run
 
 
 class UnloadRequest(Message):
@@ -107,6 +115,8 @@ class Reply(Message):
     error: str | None = None
     images: list[ImageFrame] = []
     seconds: float = 0.0
+    can_pause: bool = False  # a load's: the generator loaded can pause a batch (Generator.can_pause)
+    paused_at: int | None = None  # a batch paused (GenerationPaused): the steps it had run
 
 
 def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
@@ -133,13 +143,15 @@ class ModelServer:
         started = time.perf_counter()
         if isinstance(request, LoadRequest):
             self.load(request)
-            return Reply(ok=True, seconds=time.perf_counter() - started), []
+            assert self.generator is not None
+            return Reply(ok=True, seconds=time.perf_counter() - started, can_pause=self.generator.can_pause), []
         if isinstance(request, UnloadRequest):
             self.unload()
             return Reply(ok=True), []
         if self.generator is None:
             raise RuntimeError("no model is loaded")
-        control = self.block.control(request.seq) if self.block is not None and request.seq else NO_CONTROL
+        control = (self.block.control(request.seq, request.first_step if self.generator.can_pause else 0)
+                   if self.block is not None and request.seq else NO_CONTROL)
         control = with_previews(control, request.inputs, self.generator.model.steps,
                                 self.send_preview if self.replies is not None else None)
         images = self.generator.generate(request.inputs, control)
@@ -171,6 +183,9 @@ def serve(requests: ReadStream, replies: BinaryIO, block: ControlBlock | None = 
             break  # the worker closed its end: it is stopping, or gone
         try:
             reply, blobs = server.handle(REQUEST.validate_json(header))
+        except GenerationPaused as paused:
+            reply, blobs = Reply(ok=False, error_type=GenerationPaused.__name__, error=str(paused),
+                                 paused_at=paused.step), []
         except Exception as error:
             reply, blobs = Reply(ok=False, error_type=type(error).__name__, error=str(error)[:2000]), []
         write_frame(replies, reply, blobs)
@@ -250,10 +265,12 @@ class ModelProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def load(self, request: LoadRequest) -> None:
-        self.call(request, self.load_timeout_s)
+    def load(self, request: LoadRequest) -> bool:
+        """Load the model; whether its generator can pause a batch."""
+        return self.call(request, self.load_timeout_s)[0].can_pause
 
-    def generate(self, inputs: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
+    def generate(self, inputs: list[GenerationInput], on_preview: PreviewSink | None = None,
+                 first_step: int = 0) -> Generated:
         """The batch's images; its seconds run from the end of the batch before it (or from
         sending, if the child was idle) to its reply, its busy time is the child's own. Previews
         go to `on_preview` (on the reader thread) as the child makes them."""
@@ -262,8 +279,8 @@ class ModelProcess:
         if on_preview is None:  # nobody takes them: the child makes none
             inputs = [replace(item, previews=0) if item.previews else item for item in inputs]
         try:
-            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq), self.generate_timeout_s,
-                                               on_preview)
+            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq, first_step=first_step),
+                                               self.generate_timeout_s, on_preview)
         finally:
             self.book.end(job_ids)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
@@ -279,6 +296,8 @@ class ModelProcess:
         reply, pixels, seconds = self.send(request, timeout_s, on_preview).reply.result()
         if not reply.ok and reply.error_type == GenerationCancelled.__name__:
             raise GenerationCancelled(reply.error)
+        if not reply.ok and reply.error_type == GenerationPaused.__name__:
+            raise GenerationPaused(reply.paused_at or 0)
         if not reply.ok:
             raise BackendFailed(f"{reply.error_type}: {reply.error}")
         return reply, pixels, seconds
@@ -431,18 +450,20 @@ class ProcessGenerator(Generator):
     """A Generator whose model runs in the worker's model process. Batches may be sent from
     several threads: the child runs them one after the other, in the order they were sent."""
 
-    def __init__(self, model: ModelProfile, process: ModelProcess) -> None:
+    def __init__(self, model: ModelProfile, process: ModelProcess, can_pause: bool = False) -> None:
         super().__init__(model)
         self.process = process
-        self.book = process.book  # cancels and progress go to the child's batches
+        self.book = process.book  # cancels, pauses and progress go to the child's batches
+        self.can_pause = can_pause  # the child's generator's
 
     def generate(self, batch: list[GenerationInput], control: StepControl = NO_CONTROL) -> list[Image.Image]:
         return self.generate_timed(batch).images
 
-    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None) -> Generated:
+    def generate_timed(self, batch: list[GenerationInput], on_preview: PreviewSink | None = None,
+                       first_step: int = 0) -> Generated:
         if not batch:
             return Generated([], 0.0, 0.0)
-        return self.process.generate(batch, on_preview)
+        return self.process.generate(batch, on_preview, first_step if self.can_pause else 0)
 
     def close(self) -> None:
         self.process.unload()

@@ -53,13 +53,13 @@ class PreviewControl(StepControl):
 
     def __init__(self, inner: StepControl, inputs: Sequence[Any], steps: int, sink: PreviewSink,
                  start: int = 0, stop: int | None = None) -> None:
-        super().__init__(inner.block, inner.seq, start, stop)
+        super().__init__(inner.block, inner.seq, start, stop, inner.first_step)
         self.inputs, self.steps, self.sink = inputs, steps, sink
         self.schedule = preview_schedule([item.previews for item in inputs], steps)
 
     def part(self, start: int, stop: int) -> StepControl:
-        return PreviewControl(StepControl(self.block, self.seq), self.inputs, self.steps, self.sink,
-                              self.start + start, self.start + stop)
+        return PreviewControl(StepControl(self.block, self.seq, first_step=self.first_step), self.inputs, self.steps,
+                              self.sink, self.start + start, self.start + stop)
 
     def preview(self, step: int, steps: int, render: Callable[[list[int]], list[Any]]) -> None:
         stop = len(self.inputs) if self.stop is None else self.stop
