@@ -20,38 +20,51 @@ time could serve, and a backlog submitted at once would land in the first worker
 batches keep a GPU with nothing else to do busy with batch work (one generating, the next queued
 behind it on the model's thread), and no more are parked.
 
+A guest queue. A light worker with Settings.batch_colocate also consumes the heavy tier's batch
+queue (classes.guest_tier) into a third collector, with the same small prefetch, and runs those
+jobs with the heavy model, loaded beside its own (a ModelSlot of its own: services/worker.py), when
+it has no work of its own (classes.batch_source): the light tier's idle time, most of what the
+interactive plan leaves, serves batch work at the heavy model's quality.
+
 Yield. When an interactive job arrives while batch-class batches are admitted to this GPU (the one
 generating, or the one queued behind it: engine.Pipeline, PIPELINE_DEPTH), engine.batch_class_yields
-says, with Settings.batch_yield, whether they stop (in "step" mode, as classes.should_yield rules:
-when the job can still end in time if served once they stop). They are flagged in the model's control block, as a
-cancel flags a batch (services/cancels.py, shared/backends/control.py): the model stops at its next
-denoising step (the emulated backend sleeps step by step and stops the same way). The pipeline's
-estimate is rewound to the interactive batches ahead (interactive_free_at), so the interactive job
-is admitted as in time. The stopped batch's jobs are handed back (services/handoff.py give_back):
-their claims return to `routed`, they are published again to the batch queue with their deadlines,
-and run later; nothing was stored, so none is stored twice. The steps run are lost, counted in
-hadis_batch_yields_total and hadis_batch_yield_lost_seconds_total.
+says, with Settings.batch_yield, whether they give way (in "pause" and "step" modes, as
+classes.should_yield rules: when the job can still end in time if served once they do). They are
+flagged in the model's control block, as a cancel flags a batch (services/cancels.py,
+shared/backends/control.py): the model stops at its next denoising step (the emulated backend
+sleeps step by step and stops the same way). The pipeline's estimate is rewound to the interactive
+batches ahead (interactive_free_at), so the interactive job is admitted as in time.
+
+- "pause" (a model that can: Generator.can_pause): the batch is held here, its claims and
+  deliveries kept, and taken again (`resume`) once no interactive job waits, from the step it
+  reached; nothing is lost. A worker that stops hands its paused batches back as below.
+- "step", or a model that cannot pause: the stopped batch's jobs are handed back
+  (services/handoff.py give_back): their claims return to `routed`, they are published again to
+  their batch queue with their deadlines, and run later; nothing was stored, so none is stored
+  twice. The steps run are lost, counted in hadis_batch_yields_total and
+  hadis_batch_yield_lost_seconds_total.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from services.cancels import RunningJobs
 from services.handoff import Clock, Handoff
 from shared import metrics
 from shared.backends.base import Generator
-from shared.backends.control import GenerationCancelled
-from shared.batching import ClassCollectors
+from shared.backends.control import GenerationCancelled, GenerationPaused
+from shared.batching import ClassCollectors, Taken
 from shared.bus import Delivery
 from shared.errors import Disposition
 from shared.intake import Claimed, parse_task
 from shared.logging import bind_job, get_logger
-from shared.policies import engine
+from shared.policies import classes, engine
 from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES
 from shared.policies.engine import BatchTimes, InFlight, Pipeline
-from shared.schemas import Priority, Tier
+from shared.schemas import Tier
 from shared.service import Service
 from shared.store import hand_back
 
@@ -65,19 +78,23 @@ YIELD_REASON = "its batch was stopped at a step for interactive work: it runs ag
 
 
 class ClassIntake:
-    """The worker's two consumers and their collectors."""
+    """The worker's consumers (interactive, batch, and the guest tier's batch queue) and their collectors."""
 
     def __init__(self, service: Service, tier: Tier) -> None:
         self.service, self.tier = service, tier
+        self.guest = classes.guest_tier(tier, service.settings.batch_colocate)
         self.collectors = ClassCollectors()
         self.consumers: list = []
-        self.batch_size = 0
+        self.batch_size = self.guest_size = 0
         self.on_interactive: Callable[[Delivery], None] = lambda delivery: None
 
     @property
     def queues(self) -> tuple[str, str]:
         queues = self.service.bus.queues
         return queues.tier(self.tier), queues.batch(self.tier)
+
+    def plan_guest_size(self) -> int:
+        return self.service.plans.current.batch_for(self.guest) if self.guest is not None else 0
 
     def batch_first(self) -> bool:
         """This GPU takes batch-class jobs first (the plan reserved it: classes.place_batch)."""
@@ -89,6 +106,10 @@ class ClassIntake:
         self.consumers = [await bus.consume(interactive, self.put_interactive, prefetch=PREFETCH_BATCHES * batch_size)]
         self.consumers.append(await bus.consume(batch, self.put_batch, prefetch=BATCH_PREFETCH_BATCHES * batch_size))
         self.batch_size = batch_size
+        if self.guest is not None:
+            self.guest_size = self.plan_guest_size()
+            self.consumers.append(await bus.consume(bus.queues.batch(self.guest), self.put_guest,
+                                                    prefetch=BATCH_PREFETCH_BATCHES * self.guest_size))
 
     async def put_interactive(self, delivery: Delivery) -> None:
         self.collectors.interactive.put(delivery)
@@ -97,18 +118,23 @@ class ClassIntake:
     async def put_batch(self, delivery: Delivery) -> None:
         self.collectors.batch.put(delivery)
 
+    async def put_guest(self, delivery: Delivery) -> None:
+        self.collectors.guest.put(delivery)
+
     async def follow_plan(self, batch_size: int) -> None:
-        """Both prefetches follow the plan's batch size (a failure is retried at the next turn)."""
-        if batch_size == self.batch_size:
-            return
-        interactive, batch = self.consumers
-        await interactive.set_prefetch(PREFETCH_BATCHES * batch_size)
-        await batch.set_prefetch(BATCH_PREFETCH_BATCHES * batch_size)
-        self.batch_size = batch_size
+        """The prefetches follow the plan's batch sizes (a failure is retried at the next turn)."""
+        if batch_size != self.batch_size:
+            interactive, batch = self.consumers[:2]
+            await interactive.set_prefetch(PREFETCH_BATCHES * batch_size)
+            await batch.set_prefetch(BATCH_PREFETCH_BATCHES * batch_size)
+            self.batch_size = batch_size
+        if self.guest is not None and (guest_size := self.plan_guest_size()) != self.guest_size:
+            await self.consumers[2].set_prefetch(BATCH_PREFETCH_BATCHES * guest_size)
+            self.guest_size = guest_size
 
     async def take(self, batch_size: int, max_wait_s: float, batch_first: Callable[[], bool]
-                   ) -> tuple[Priority, list[Delivery]] | None:
-        return await self.collectors.take(batch_size, max_wait_s, batch_first)
+                   ) -> tuple[Taken, list[Delivery]] | None:
+        return await self.collectors.take(batch_size, max_wait_s, batch_first, guest_size=self.plan_guest_size())
 
     async def cancel(self) -> None:
         for consumer in self.consumers:
@@ -125,15 +151,17 @@ def deadline_of(delivery: Delivery) -> float | None:
 
 
 class Yields:
-    """The batches admitted to this GPU and not ended (in order), and the batch-class ones stopped
-    for interactive work (the module's docstring)."""
+    """The batches admitted to this GPU and not ended (in order), the batch-class ones stopped for
+    interactive work, and those paused, held until they resume (the module's docstring)."""
 
-    def __init__(self, service: Service, tier: Tier, pipeline: Pipeline, model: ModelSlot, times: BatchTimes,
-                 intake: ClassIntake, clock: Clock) -> None:
-        self.service, self.tier, self.pipeline, self.model, self.times = service, tier, pipeline, model, times
+    def __init__(self, service: Service, tier: Tier, pipeline: Pipeline, slot_for: Callable[[Batch], ModelSlot],
+                 times: BatchTimes, intake: ClassIntake, clock: Clock) -> None:
+        self.service, self.tier, self.pipeline, self.slot_for, self.times = service, tier, pipeline, slot_for, times
         self.intake, self.clock = intake, clock
         self.inflight: list[Batch] = []
+        self.paused: list[Batch] = []  # oldest first: each resumes from its first_step
         intake.on_interactive = self.on_interactive
+        intake.collectors.paused = lambda: len(self.paused)
 
     def admitted(self, batch: Batch) -> None:
         self.inflight.append(batch)
@@ -164,27 +192,37 @@ class Yields:
                 self.stop(batch)
 
     def stop(self, batch: Batch) -> None:
-        """Flag every job of the batch in its model's control block: it ends at its next step."""
-        generator = self.model.generator
+        """Pause the batch at its next step (Settings.batch_yield "pause", a model that can), or
+        flag every job of it in its model's control block: it ends at its next step."""
+        generator = self.slot_for(batch).generator
         batch.yielded = True
+        batch.pausing = self.service.settings.batch_yield == "pause" and generator is not None and generator.can_pause
         if generator is None or not batch.items:
             return
-        progress = generator.progress(batch.items[0].job_id)
+        ids = [item.job_id for item in batch.items]
+        progress = generator.progress(ids[0])
         batch.stopped_at_step = progress[0] if progress is not None else None
-        generator.cancel([item.job_id for item in batch.items])
-        log.info("batch_class_yielding", jobs=len(batch.items), step=batch.stopped_at_step)
+        if batch.pausing:
+            generator.pause(ids)  # a batch not begun yet is held before it begins (Batch.begin)
+        else:
+            generator.cancel(ids)
+        log.info("batch_class_yielding", jobs=len(ids), step=batch.stopped_at_step, pause=batch.pausing)
 
     async def after(self, batch: Batch, items: list[Claimed], results: list, generator: Generator,
                     hands: Handoff, jobs: RunningJobs) -> tuple[list[Claimed], list]:
-        """After a stopped batch: its jobs the model stopped for (not cancelled by their clients)
-        are given back; the rest (cancelled ones, or all of them when the batch ended before the
-        flag was read) go on as any batch's do."""
+        """After a stopped batch: held when the model paused it; else its jobs the model stopped
+        for (not cancelled by their clients) are given back; the rest (cancelled ones, or all of
+        them when the batch ended before the flag was read) go on as any batch's do."""
         generator.book.forget([item.job_id for item in batch.items])
+        paused = [result for result in results if isinstance(result, GenerationPaused)]
+        if paused and len(paused) == len(items):
+            self.hold(batch, items, paused[0].step)
+            return [], []
         stopped = [isinstance(result, GenerationCancelled) and item.job_id not in jobs.cancelled
                    for item, result in zip(items, results, strict=True)]
         given = [item for item, gone in zip(items, stopped, strict=True) if gone]
         if given:
-            steps = max(self.model.profile.model(batch.model).steps, 1)
+            steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
             lost_steps = 0 if batch.stopped_at_step is None and not batch.began else \
                 min((batch.stopped_at_step or 0) + 1, steps)
             lost_s = self.expected_s(batch.model, len(batch.items)) * lost_steps / steps
@@ -195,6 +233,39 @@ class Yields:
             await give_back(hands, given, YIELD_REASON)
         kept = [(item, result) for item, result, gone in zip(items, results, stopped, strict=True) if not gone]
         return [item for item, _ in kept], [result for _, result in kept]
+
+    def hold(self, batch: Batch, items: list[Claimed], step: int) -> None:
+        """A paused batch, held (claims and deliveries kept) until `resume`; its steps run are the
+        batch class's busy time, none lost."""
+        steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+        ran_s = self.expected_s(batch.model, len(items)) * max(step - batch.first_step, 0) / steps
+        metrics.observe_batch_yield(self.tier.value, 0.0)
+        metrics.observe_class_busy(self.tier.value, "batch", ran_s)
+        self.paused.append(replace(batch, items=items, first_step=step, yielded=False, began=False, pausing=False,
+                                   stopped_at_step=None))
+        log.info("batch_class_paused", jobs=len(items), step=step, steps=steps)
+        self.intake.collectors.wake()
+
+    def resume(self, own_model: str) -> Batch | None:
+        """The oldest paused batch, admitted again after the batches ahead, for the steps it has left
+        (classes.resumed_s). Its model is loaded (its own, or the guest's beside it): the pipeline
+        keeps `own_model` as the model loaded once it has run."""
+        if not self.paused:
+            return None
+        batch = self.paused.pop(0)
+        steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+        left = classes.resumed_s(self.expected_s(batch.model, len(batch.items)), batch.first_step, steps)
+        batch.ends_by = max(self.clock(), self.pipeline.busy_until) + left
+        self.pipeline.commit(batch.ends_by, own_model)
+        self.admitted(batch)
+        log.info("batch_class_resumed", jobs=len(batch.items), step=batch.first_step, steps=steps)
+        return batch
+
+    async def release(self, hands_for: Callable[[Batch], Handoff]) -> None:
+        """A stopping worker's paused batches: their jobs handed back to their batch queues."""
+        while self.paused:
+            batch = self.paused.pop(0)
+            await give_back(hands_for(batch), batch.items, "its worker stopped while its batch was paused")
 
 
 async def give_back(hands: Handoff, items: list[Claimed], reason: str) -> None:

@@ -119,14 +119,15 @@ class ClassPlanning:
     published with the plan when it moves materially, its gauges, and a `batch_reserved` line
     whenever a published plan reserves GPUs for batch work (`batch_released` when it stops)."""
 
-    def __init__(self, times: BatchTimes, weight: float, mover: BatchMover) -> None:
-        self.times, self.weight, self.mover = times, weight, mover
+    def __init__(self, times: BatchTimes, weight: float, mover: BatchMover, colocate: bool = False) -> None:
+        self.times, self.weight, self.mover, self.colocate = times, weight, mover, colocate
         self.reserved: list[str] = []  # the reservation of the last plan published
 
     async def step(self, store: Store, schedule: PlanSchedule, observation: Observation, current: Plan | None,
                    gpus: list[str]) -> dict[str, Any] | None:
         backlog = await store.batch_backlog(observation.now)
-        step = class_engine.control_step(schedule, observation, current, gpus, backlog, self.times, self.weight)
+        step = class_engine.control_step(schedule, observation, current, gpus, backlog, self.times, self.weight,
+                                         self.colocate)
         in_force = step.fields if step.fields is not None else (current.model_dump() if current else {})
         due = {f"{horizon:g}": count for horizon, count in zip(backlog.horizons, backlog.due, strict=True)}
         metrics.observe_batch_placement({**due, "all": backlog.total}, len(in_force.get("batch_first", [])),
@@ -162,7 +163,7 @@ class Controller:
         self.switches = SwitchWatch()  # the last plan that moved GPUs, until they all serve again
         self.gauges = ClusterGauges()  # hadis_agent_up and hadis_workers, while this one plans
         self.classes = ClassPlanning(BatchTimes(load_profile(self.settings.profile), self.settings.latency_scale),
-                                     self.settings.batch_weight, BatchMover(service))
+                                     self.settings.batch_weight, BatchMover(service), self.settings.batch_colocate)
 
     async def planned_gpus(self, now: float) -> list[str]:
         """The fleet (shared/policies/fleet.py): live agents' GPUs, and absent ones within their grace;

@@ -38,10 +38,15 @@ class Handoff:
     deliveries, and the too-late fallback's moves."""
 
     def __init__(self, service: Service, tier: Tier, owner: str, collector: ClassCollectors, model: ModelSlot,
-                 times: BatchTimes, clock: Clock = time.time) -> None:
+                 times: BatchTimes, clock: Clock = time.time, claimed: dict[str, Claimed] | None = None,
+                 guest: bool = False) -> None:
         self.service, self.tier, self.owner, self.collector, self.model = service, tier, owner, collector, model
         self.times, self.clock = times, clock
-        self.claimed: dict[str, Claimed] = {}  # job id -> the item, from its claim until it is settled
+        # job id -> the item, from its claim until it is settled (shared by a worker's two handoffs)
+        self.claimed: dict[str, Claimed] = {} if claimed is None else claimed
+        # `tier` is the guest tier of a light worker that also runs heavy batch work (classes.guest_tier):
+        # its jobs are claimed, stored and fall back as that tier's, and a held one waits in the guest collector
+        self.guest = guest
 
     async def claim(self, items: list[Claimed], model: str) -> list[Claimed]:
         """Claim `generating` for the items in one round trip: those this worker is to generate."""
@@ -74,7 +79,7 @@ class Handoff:
                 # A live worker is generating this job: look again later, holding the delivery
                 # (acking it would lose the job if that worker then died).
                 log.info("claim_held_elsewhere", recheck_s=steps.RECHECK_S)
-                collector = self.collector.of(item.task.job.priority)
+                collector = self.collector.of(item.task.job.priority, guest=self.guest)
                 for delivery in item.deliveries:
                     asyncio.get_running_loop().call_later(steps.RECHECK_S, collector.put, delivery)
             elif step is Next.no_record:

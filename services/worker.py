@@ -34,10 +34,11 @@ from services.previews import PreviewWriter
 from shared import metrics
 from shared.backends import encode_image
 from shared.backends.base import Generated, GenerationInput, Generator
-from shared.backends.control import GenerationCancelled
+from shared.backends.control import GenerationCancelled, GenerationPaused
 from shared.backends.hosts import make_host
 from shared.backends.model_process import ModelProcessFailed
 from shared.backends.previews import PreviewSink
+from shared.batching import Taken
 from shared.bus import Delivery
 from shared.errors import Disposition
 from shared.intake import Claimed, intake, parse_task
@@ -71,17 +72,19 @@ class Batch:
     model: str
     ends_by: float  # when admission expected it to end (the batches ahead of it and a model load included)
     priority: Priority = "interactive"  # the service class it was formed from (services/classes_intake.py)
+    guest: bool = False  # from the guest tier's batch queue, run with its model (classes.guest_tier)
+    first_step: int = 0  # a paused batch resumed: the steps it had run
     yielded: bool = field(default=False, compare=False)  # a batch-class batch stopped for interactive work
+    pausing: bool = field(default=False, compare=False)  # ... and paused, not stopped (it resumes)
     began: bool = field(default=False, compare=False)  # the model's thread took it up (not stopped before)
-
-    def begin(self) -> bool:
-        """On the model's thread, as the batch is about to run: False when it was stopped for
-        interactive work before it began (then it is not run at all)."""
-        if self.yielded:
-            return False
-        self.began = True
-        return True
     stopped_at_step: int | None = field(default=None, compare=False)  # the step it had reached when stopped
+
+    def begin(self) -> None:
+        """On the model's thread, as the batch is about to run: raises when it was stopped (or
+        paused, at the step it had reached) for interactive work before it began."""
+        if self.yielded:
+            raise GenerationPaused(self.first_step) if self.pausing else GenerationCancelled("stopped before it began")
+        self.began = True
 
 
 def wants_previews(item: Claimed) -> int:
@@ -121,7 +124,7 @@ class TierWorker:
         self.clock = clock  # every decision's "now" (the replay test gives its own)
         self.profile = load_profile(self.settings.profile)
         self.times = BatchTimes(self.profile, self.settings.latency_scale)
-        self.intake = ClassIntake(service, tier)  # the tier queue and the batch queue
+        self.intake = ClassIntake(service, tier)  # the tier queue, the batch queue, the guest tier's batch queue
         self.collector = self.intake.collectors
         self.pipeline = Pipeline()  # what admission has committed this GPU to
         self.model = ModelSlot(self.settings, self.profile, tier, self.pipeline)
@@ -129,8 +132,16 @@ class TierWorker:
         # Who holds this worker's claims: unique per start, even when a pid comes round again.
         owner = owner_id(self.settings.gpu, os.getpid(), self.settings.worker_instance or secrets.token_hex(4))
         self.hands = Handoff(service, tier, owner, self.collector, self.model, self.times, clock)
+        # The guest tier's model, loaded beside this one when its batch work first comes, and its
+        # jobs' handoff (claimed, stored and falling back as that tier's): classes.guest_tier.
+        guest = self.intake.guest or tier
+        self.guest_model = ModelSlot(self.settings, self.profile, guest, self.pipeline)
+        self.guest_hands = Handoff(service, guest, owner, self.collector, self.guest_model, self.times, clock,
+                                   claimed=self.hands.claimed, guest=True)
         self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
-        self.classes = Yields(service, tier, self.pipeline, self.model, self.times, self.intake, clock)
+        self.classes = Yields(service, tier, self.pipeline, self.slot_for, self.times, self.intake, clock)
+        self.admission = Admission(service, tier, self.pipeline, self.model, self.hands, self.guest_hands,
+                                   self.classes, self.times, clock)
         self.previews = PreviewWriter(service)
         self.finishing: set[asyncio.Task] = set()
 
@@ -154,6 +165,7 @@ class TierWorker:
         admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(admitted), name="feeder")
         running: asyncio.Task | None = None
+        last: ModelSlot = self.model
         while not self.service.stopping.is_set():
             if feeder.done():
                 # A feeder that died would leave a worker with a green heartbeat and a stopped tier:
@@ -166,14 +178,18 @@ class TierWorker:
                 batch = await asyncio.wait_for(admitted.get(), timeout=1.0)
             except TimeoutError:
                 continue
-            if batch.model != self.model.name:  # the plan changed the model: after the batch ahead
+            slot = self.slot_for(batch)
+            if slot is not last or not slot.holds(batch.model):
+                # The plan changed the model, or the batch is for the other model held here: after
+                # the batch ahead (one model runs at a time on the GPU).
                 if running is not None:
                     await running
                     running = None
-                await self.model.ensure(batch.model)
+                await slot.ensure(batch.model)
+                last = slot
             # Batch k+1 goes to the model's executor before batch k is awaited, so the model
             # thread starts it the moment k ends, without waiting for the event loop.
-            following = asyncio.create_task(self.generate_and_hand_off(batch, self.model.loaded))
+            following = asyncio.create_task(self.generate_and_hand_off(batch, slot))
             if running is not None:
                 await running
             running = following
@@ -188,8 +204,16 @@ class TierWorker:
             task.cancel()
         await asyncio.wait(loops, timeout=5.0)
         while not admitted.empty():
-            await self.hands.hand_back(admitted.get_nowait().items)
+            batch = admitted.get_nowait()
+            await self.hands_for(batch).hand_back(batch.items)
+        await self.classes.release(self.hands_for)
         await self.stop()
+
+    def slot_for(self, batch: Batch) -> ModelSlot:
+        return self.guest_model if batch.guest else self.model
+
+    def hands_for(self, batch: Batch) -> Handoff:
+        return self.guest_hands if batch.guest else self.hands
 
     async def feed(self, admitted: asyncio.Queue) -> None:
         """Collect, admit and hand on batches. One failed turn (a broker that is restarting under a
@@ -213,7 +237,7 @@ class TierWorker:
         try:
             taken = await self.intake.take(batch_size, self.settings.batch_wait_ms / 1000,
                                            self.intake.batch_first)
-            batch = await self.admit(taken[1], taken[0]) if taken and taken[1] else None
+            batch = await self.admission.taken(*taken) if taken else None
         except BaseException:
             self.slots.release()
             raise
@@ -224,8 +248,9 @@ class TierWorker:
             await admitted.put(batch)
         except asyncio.CancelledError:  # the worker stops while the model runs the batch before
             self.classes.ended(batch)
-            await self.hands.hand_back(batch.items)
+            await self.hands_for(batch).hand_back(batch.items)
             raise
+
 
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it), and keep this
@@ -255,51 +280,77 @@ class TierWorker:
             await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
         await self.service.store.clear_worker(self.settings.gpu, self.hands.owner)
         await self.model.close()
+        await self.guest_model.close()
 
     def planned_model(self) -> str:
         return self.service.plans.current.model_for(self.tier)
 
-    async def generate_and_hand_off(self, batch: Batch, generator: Generator) -> None:
+    async def generate_and_hand_off(self, batch: Batch, slot: ModelSlot) -> None:
         """Generate the batch (less its jobs cancelled meanwhile), then hand its images on (less
         those whose jobs were cancelled while it ran: services/cancels.py)."""
+        generator, hands = slot.loaded, self.hands_for(batch)
         try:
-            items, _ = await self.jobs.drop_cancelled(batch.items, self.hands.settle)
+            items, _ = await self.jobs.drop_cancelled(batch.items, hands.settle)
             with self.jobs.running([item.job_id for item in items], generator):
-                results = await self.model.generate(items, generator, self.previews, batch.priority, batch.begin) \
-                    if items else []
+                results = await slot.generate(items, generator, self.previews, batch.priority, batch.begin,
+                                              batch.first_step) if items else []
         finally:
             self.slots.release()
             self.classes.ended(batch)
         if batch.yielded:
-            items, results = await self.classes.after(batch, items, results, generator, self.hands, self.jobs)
-        items, results = await self.jobs.drop_cancelled(items, self.hands.settle, results)
+            items, results = await self.classes.after(batch, items, results, generator, hands, self.jobs)
+        items, results = await self.jobs.drop_cancelled(items, hands.settle, results)
         if not items:
             return
         check_overrun(self.tier, self.pipeline, self.clock(), batch)
         while len(self.finishing) >= MAX_FINISHING_BATCHES:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
-        finishing = asyncio.create_task(self.hands.finish(items, results, generator.model.name))
+        finishing = asyncio.create_task(hands.finish(items, results, generator.model.name))
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
 
-    async def admit(self, deliveries: list[Delivery], priority: Priority = "interactive") -> Batch | None:
+
+class Admission:
+    """Batches admitted from what the collectors give (ClassCollectors.take): a paused batch
+    resumed, or deliveries timed for the plan's model, their late jobs sent to the fallback and the
+    rest claimed. The decisions are shared/policies/engine.py's, which the simulator calls too."""
+
+    def __init__(self, service: Service, tier: Tier, pipeline: Pipeline, model: ModelSlot, hands: Handoff,
+                 guest_hands: Handoff, classes: Yields, times: BatchTimes, clock: Clock) -> None:
+        self.service, self.tier, self.pipeline, self.model, self.times, self.clock = \
+            service, tier, pipeline, model, times, clock
+        self.hands, self.guest_hands, self.classes = hands, guest_hands, classes
+
+    async def taken(self, taken: Taken, deliveries: list[Delivery]) -> Batch | None:
+        """A batch from what the collectors gave: a paused batch resumed, or deliveries admitted."""
+        if taken == "paused":
+            return self.classes.resume(self.model.name)
+        if not deliveries:
+            return None
+        return await self.admit(deliveries, "interactive" if taken == "interactive" else "batch",
+                                guest=taken == "guest")
+
+    async def admit(self, deliveries: list[Delivery], priority: Priority = "interactive",
+                    guest: bool = False) -> Batch | None:
         """Take a batch in (shared/intake.py), time it for the plan's model and shed what cannot end
         in time (shared/policies/engine.py), and claim the rest (`generating`, owned by this worker)
         in one round trip; shared/policies/steps.py decides what each claim's outcome means. None
-        when no job is left to run."""
-        model = self.planned_model()
-        ends_at = self.pipeline.batch_end(self.clock(), model, len(deliveries), loaded=self.model.name,
-                                          times=self.times)
-        taken = await intake(self.service, deliveries, parse_task, held=self.hands.claimed)
+        when no job is left to run. A guest batch is timed, claimed and falls back as the guest
+        tier's, with its model, loaded beside this worker's own (no load either way)."""
+        hands = self.guest_hands if guest else self.hands
+        model = self.service.plans.current.model_for(hands.tier)
+        ends_at = self.pipeline.batch_end(self.clock(), model, len(deliveries),
+                                          loaded=model if guest else self.model.name, times=self.times)
+        taken = await intake(self.service, deliveries, parse_task, held=hands.claimed)
         in_time, late = engine.split_late(taken, ends_at, lambda item: item.task.deadline)
         for item in late:
-            await self.hands.too_late(item)
+            await hands.too_late(item)
         if in_time:
-            self.pipeline.commit(ends_at, model)
-        items = await self.hands.claim(in_time, model)
+            self.pipeline.commit(ends_at, self.pipeline.model if guest and self.pipeline.model else model)
+        items = await hands.claim(in_time, model)
         if not items:
             return None
-        batch = Batch(items, model, ends_at, priority)
+        batch = Batch(items, model, ends_at, priority, guest=guest)
         self.classes.admitted(batch)
         return batch
 
@@ -325,6 +376,9 @@ class ModelSlot:
     def name(self) -> str:
         return self.loaded.model.name
 
+    def holds(self, model: str) -> bool:
+        return self.generator is not None and self.name == model
+
     async def ensure(self, wanted: str) -> None:
         if self.generator is not None and self.name == wanted:
             return
@@ -334,8 +388,8 @@ class ModelSlot:
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
     async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None,
-                       priority: Priority = "interactive", begin: Callable[[], bool] = lambda: True
-                       ) -> list[Image.Image | BaseException]:
+                       priority: Priority = "interactive", begin: Callable[[], None] = lambda: None,
+                       first_step: int = 0) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone. The
         jobs' previews (if any asked: services/previews.py) are stored before the images return,
         so a job's stream never sees its image before the previews it was promised."""
@@ -345,8 +399,9 @@ class ModelSlot:
         on_preview = previews.sink_for(generator.model.name, inputs) if previews is not None else None
         try:
             generated = await asyncio.get_running_loop().run_in_executor(self.gpu, run_unless_stopped, begin,
-                                                                         generator, inputs, on_preview)
-            self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
+                                                                         generator, inputs, on_preview, first_step)
+            if first_step == 0:  # a resumed batch's time is not a whole batch's
+                self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
             metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
                                   generated.busy_s)
             metrics.observe_class_busy(self.tier.value, priority, generated.busy_s)
@@ -355,8 +410,8 @@ class ModelSlot:
             return list[Image.Image | BaseException](generated.images)
         except ModelProcessFailed:
             raise  # not this batch's fault: the worker stops, and the broker redelivers its jobs
-        except GenerationCancelled as cancelled:
-            return [cancelled] * len(items)  # every job of it was cancelled: the model stopped early
+        except (GenerationCancelled, GenerationPaused) as stopped:
+            return [stopped] * len(items)  # every job of it was cancelled, or it was paused: the model stopped early
         except Exception as error:
             if len(items) == 1:
                 return [error]
@@ -375,13 +430,13 @@ class ModelSlot:
         self.io.shutdown(wait=False, cancel_futures=True)
 
 
-def run_unless_stopped(begin: Callable[[], bool], generator: Generator, inputs: list[GenerationInput],
-                       on_preview: PreviewSink | None) -> Generated:
-    """On the model's thread: the batch, unless it was stopped before it began (`begin`: a
-    batch-class batch that gave way to interactive work while it waited behind another)."""
-    if not begin():
-        raise GenerationCancelled("stopped before it began")
-    return generator.generate_timed(inputs, on_preview)
+def run_unless_stopped(begin: Callable[[], None], generator: Generator, inputs: list[GenerationInput],
+                       on_preview: PreviewSink | None, first_step: int = 0) -> Generated:
+    """On the model's thread: the batch (from `first_step`, a paused one resumed), unless it was
+    stopped before it began (`begin` raises: a batch-class batch that gave way to interactive work
+    while it waited behind another)."""
+    begin()
+    return generator.generate_timed(inputs, on_preview, first_step)
 
 
 def encode_all(results: list, jobs: list[Job] | None = None) -> list[bytes | BaseException]:

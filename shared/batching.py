@@ -1,15 +1,22 @@
 """Collecting deliveries into batches: up to the plan's batch size, waiting at most a short
 bound for the batch to fill once its first message has arrived. A tier worker collects two
-service classes (ClassCollectors): each batch is formed from one of them, interactive first."""
+service classes (ClassCollectors): each batch is formed from one of them, interactive first; its
+batch-class work comes from a batch it paused, its own batch queue, or the guest tier's
+(classes.batch_source)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Literal
 
 from shared.bus import Delivery
-from shared.policies.classes import next_class
+from shared.policies.classes import batch_source, next_class
 from shared.schemas import Priority
+
+# What a batch is taken from: the interactive queue's deliveries, the worker's batch queue's, the
+# guest tier's batch queue's (classes.guest_tier), or a batch the worker paused (no deliveries).
+Taken = Literal["interactive", "batch", "guest", "paused"]
 
 
 class BatchCollector:
@@ -70,17 +77,28 @@ class ClassCollectors:
     as an interactive delivery arrives (on a GPU that takes interactive first): the batch wait must
     never make an interactive job wait for batch ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, paused: Callable[[], int] = lambda: 0) -> None:
         self.signal = asyncio.Event()
         self.interactive = BatchCollector(self.signal)
         self.batch = BatchCollector(self.signal)
+        self.guest = BatchCollector(self.signal)
+        self.paused = paused  # how many batch-class batches the worker has paused (wake() when it changes)
 
-    def of(self, priority: Priority) -> BatchCollector:
+    def of(self, priority: Priority, guest: bool = False) -> BatchCollector:
+        if guest:
+            return self.guest
         return self.batch if priority == "batch" else self.interactive
+
+    def wake(self) -> None:
+        """Something a waiting take counts has changed (a batch was paused)."""
+        self.signal.set()
 
     @property
     def waiting(self) -> int:
-        return self.interactive.waiting + self.batch.waiting
+        return self.interactive.waiting + self.batch.waiting + self.guest.waiting
+
+    def batch_waiting(self) -> int:
+        return self.batch.waiting + self.guest.waiting + self.paused()
 
     async def _arrival(self, timeout_s: float) -> bool:
         """Wait for the next put into either collector (False: none within timeout_s)."""
@@ -92,14 +110,23 @@ class ClassCollectors:
         return True
 
     async def take(self, max_size: int, max_wait_s: float, batch_first: Callable[[], bool] = lambda: False,
-                   idle_timeout_s: float = 1.0) -> tuple[Priority, list[Delivery]] | None:
-        """The next batch and its class; None when nothing arrived within idle_timeout_s."""
+                   idle_timeout_s: float = 1.0, guest_size: int | None = None) -> tuple[Taken, list[Delivery]] | None:
+        """The next batch and where it comes from (a paused one: no deliveries, the worker holds
+        it); None when nothing arrived within idle_timeout_s. A guest batch is of `guest_size`."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + idle_timeout_s
-        while (priority := next_class(self.interactive.waiting, self.batch.waiting, batch_first())) is None:
+        while (priority := next_class(self.interactive.waiting, self.batch_waiting(), batch_first())) is None:
             if not await self._arrival(give_up_at - loop.time()):
                 return None
-        collector = self.of(priority)
+        taken: Taken = "interactive"
+        if priority == "batch":
+            source = batch_source(self.paused() > 0, self.batch.waiting, self.guest.waiting)
+            if source == "paused":
+                return "paused", []
+            taken = "guest" if source == "guest" else "batch"
+            if taken == "guest" and guest_size:
+                max_size = guest_size
+        collector = self.of(priority, guest=taken == "guest")
         items = collector.take_nowait(max_size)
         fill_by = loop.time() + max_wait_s
         while len(items) < max_size:
@@ -110,7 +137,7 @@ class ClassCollectors:
                 continue
             if not await self._arrival(fill_by - loop.time()):
                 break
-        return priority, items
+        return taken, items
 
     def drain_nowait(self) -> list[Delivery]:
-        return self.interactive.drain_nowait() + self.batch.drain_nowait()
+        return self.interactive.drain_nowait() + self.batch.drain_nowait() + self.guest.drain_nowait()

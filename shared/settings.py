@@ -193,9 +193,14 @@ class BoundsSettings(BaseModel):
     batch_weight: float = Field(default=0.25, ge=0.0, le=1.0,
                                 description="The share of the GPUs batch work may take first when its deadlines "
                                             "come near (0: never; it then waits for the capacity interactive leaves).")
-    batch_yield: Literal["step", "finish"] = Field(
-        default="step", description="step: a running batch job's batch stops at its next denoising step when an "
-                                    "interactive job behind it would otherwise be late; finish: it always ends.")
+    batch_yield: Literal["pause", "step", "finish"] = Field(
+        default="pause", description="pause: a running batch job's batch pauses at its next denoising step for an "
+                                     "interactive job behind it and resumes from there (step where the model "
+                                     "cannot pause); step: it stops and runs again later; finish: it always ends.")
+    batch_colocate: bool = Field(
+        default=True, description="A light GPU keeps the heavy model loaded beside its own and serves the heavy "
+                                  "tier's batch jobs with it when it has no light work: turn off where a GPU's "
+                                  "memory cannot hold both models.")
     job_ttl_s: int = Field(default=86_400, ge=60, description="TTL of every job record (the result's retention).")
     image_ttl_s: int = Field(default=86_400, ge=60, description="TTL of a job's images in Redis (capped at job_ttl_s).")
     max_deliveries: int = Field(default=3, ge=1, le=20, description="Deliveries before a job is dead-lettered.")

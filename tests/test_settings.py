@@ -32,7 +32,7 @@ FIELDS_AND_DEFAULTS = [
     ('worker_start_s', 3.0), ('worker_start_each_s', 1.25), ('planner_light_share', 'routed'), ('gpu_absent_s', 300.0),
     ('plan_light_model', None), ('plan_heavy_model', None), ('plan_r', 0.2), ('plan_d', 0.3), ('plan_light_batch', 4),
     ('plan_heavy_batch', 2), ('plan_light_gpus', 1), ('plan_heavy_gpus', 1), ('plan_poll_s', 0.5), ('slo_s', 60.0),
-    ('batch_slo_s', 900.0), ('batch_weight', 0.25), ('batch_yield', 'step'),
+    ('batch_slo_s', 900.0), ('batch_weight', 0.25), ('batch_yield', 'pause'), ('batch_colocate', True),
     ('job_ttl_s', 86400), ('image_ttl_s', 86400), ('max_deliveries', 3), ('queue_max_length', 100000),
     ('shutdown_grace_s', 30.0), ('connect_retry_s', 3600.0), ('store_retry_s', 300.0), ('publish_timeout_s', 30.0),
     ('redis_memory_warn', 0.8), ('api_host', '127.0.0.1'), ('api_port', 8080), ('api_public_url', None),

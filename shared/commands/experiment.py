@@ -78,9 +78,12 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the batch jobs' objective, seconds (default: HADIS_BATCH_SLO_S, 900)")
     parser.add_argument("--batch-at", type=float, default=0.0, metavar="T",
                         help="when the batch jobs are submitted, seconds into the trace (default 0: its start)")
-    parser.add_argument("--batch-yield", choices=["step", "finish"],
+    parser.add_argument("--batch-yield", choices=["pause", "step", "finish"],
                         help="how a running batch-class batch gives way to interactive work (default: "
-                             "HADIS_BATCH_YIELD, step)")
+                             "HADIS_BATCH_YIELD, pause)")
+    parser.add_argument("--batch-colocate", choices=["on", "off"],
+                        help="whether light GPUs serve heavy batch work with the heavy model beside their own "
+                             "(default: HADIS_BATCH_COLOCATE, on)")
 
 
 def batch_overrides(args: argparse.Namespace) -> dict:
@@ -90,6 +93,8 @@ def batch_overrides(args: argparse.Namespace) -> dict:
         overrides["batch_slo_s"] = args.batch_slo_s
     if args.batch_yield is not None:
         overrides["batch_yield"] = args.batch_yield
+    if args.batch_colocate is not None:
+        overrides["batch_colocate"] = args.batch_colocate == "on"
     return overrides
 
 
@@ -128,8 +133,9 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error("--batch-jobs and --batch-at must be >= 0")
     if args.batch_slo_s is not None and not 0 < args.batch_slo_s <= 3600:
         parser.error("--batch-slo-s must be > 0 and at most 3600 (HADIS_BATCH_SLO_S's bounds)")
-    if getattr(args, "batch_mode", "classes") == "fifo" and (not args.batch_jobs or args.batch_yield is not None):
-        parser.error("--batch-mode fifo needs --batch-jobs, and has no --batch-yield (nothing yields)")
+    if getattr(args, "batch_mode", "classes") == "fifo" and (
+            not args.batch_jobs or args.batch_yield is not None or args.batch_colocate is not None):
+        parser.error("--batch-mode fifo needs --batch-jobs, and has no --batch-yield or --batch-colocate (no classes)")
     if args.batch_jobs and (getattr(args, "band", False) or args.policy in SIMULATE_ONLY):
         parser.error("--batch-jobs runs one simulation of a controller policy: not with --band, best-static or oracle")
 

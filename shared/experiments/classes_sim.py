@@ -5,12 +5,15 @@ trace, served with the same rules as the services (shared/policies/classes.py).
   of `classes.batch_tier(plan, draw)`, its draw a hash of its id;
 - the broker: a batch queue per tier beside the interactive one, with its own small prefetch
   (BATCH_PREFETCH_BATCHES);
-- a worker: each batch of one class (`classes.next_class`: interactive first, batch first on a GPU
-  the plan reserves); a batch-class batch only on an idle pipeline (never queued ahead of an
-  interactive batch); a running batch-class batch stopped at its next denoising step when
-  `classes.should_yield` says so ("step": its steps are lost, its jobs go back to the head of their
-  batch queue; "finish": it runs on); a batch job too late on the heavy tier goes to the light
-  tier's batch queue when a light batch can still end in time (engine.fallback), else expires;
+- a worker (shared/experiments/class_workers.py): each batch of one class (`classes.next_class`:
+  interactive first, batch first on a GPU the plan reserves); a batch-class batch only on an idle
+  pipeline (never queued ahead of an interactive batch), from where `classes.batch_source` says (a
+  batch it paused, its own tier's batch queue, then, on a light GPU with the heavy model beside its
+  own, `classes.guest_tier`, the heavy tier's); a running batch-class batch stopped at its next denoising step when
+  `classes.should_yield` says so ("pause": it resumes from that step once no interactive job waits;
+  "step": its steps are lost, its jobs go back to the head of their batch queue; "finish": it runs
+  on); a batch job too late on the heavy tier goes to the light tier's batch queue when a light
+  batch can still end in time (engine.fallback), else expires;
 - the controller: the interactive plan exactly as without batch work (interactive demand and
   queues only); each planning round, the batch placement (`classes.place_batch`) from the
   interactive demand and the open batch jobs by deadline.
@@ -20,24 +23,25 @@ It records every batch a GPU ran, by class (Busy): the GPU-seconds each class us
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from shared.experiments.class_workers import (
+    BATCH,
+    GUEST,
+    Busy,
+    ClassWorker,
+    ClassWorkerFleet,
+)
 from shared.experiments.report import JobOutcome, PlanEvent
-from shared.experiments.simulator import Consumer, SimFleet, SimJob, Simulation, SimWorker
+from shared.experiments.simulator import SimFleet, SimJob, Simulation, SimWorker
 from shared.experiments.trace import Trace
-from shared.policies import class_engine, classes, engine
-from shared.policies.admission import PIPELINE_DEPTH
-from shared.policies.classes import Backlog, BatchPlacement, Move, YieldMode
+from shared.policies import class_engine, classes
+from shared.policies.classes import Backlog, BatchPlacement, Move, YieldMode, guest_tier
 from shared.schemas import Plan, Tier
 from shared.settings import Settings
-
-# How many batches' worth of batch-class deliveries a worker holds (the one running and the next):
-# few, so that batch jobs are not parked in a busy worker while another idles (docs/classes.md).
-BATCH_PREFETCH_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -53,59 +57,12 @@ class BatchLoad:
 
 
 @dataclass(frozen=True)
-class Busy:
-    """A batch a GPU ran: its class, from `start_s` to `end_s`; `lost` when stopped (yielded)."""
-
-    gpu: str
-    priority: str
-    start_s: float
-    end_s: float
-    lost: bool = False
-
-
-@dataclass(frozen=True)
 class PlacementEvent:
     t_s: float
     batch_heavy: float
     reserved: int
     backlog: int
     reason: str
-
-
-@dataclass
-class ClassWorker(SimWorker):
-    batch_buffer: deque = field(default_factory=deque)  # batch-class deliveries, not yet admitted
-    started_at: float = 0.0  # when its generating batch started
-    token: int = 0  # the generating batch's: a stopped batch's end event finds another
-    stop_at: float | None = None  # a stop at the next step is scheduled
-
-    def unacked(self) -> int:
-        """Interactive deliveries not acked (the interactive consumer's prefetch credit)."""
-        return len(self.buffer) + sum(len(batch) for batch, _ in self.batches if not is_batch(batch))
-
-    def batch_unacked(self) -> int:
-        return len(self.batch_buffer) + sum(len(batch) for batch, _ in self.batches if is_batch(batch))
-
-
-def batch_unacked(worker: SimWorker) -> int:
-    """The batch consumer's credit in use: the fleet's workers are ClassWorkers (new_worker)."""
-    assert isinstance(worker, ClassWorker)
-    return worker.batch_unacked()
-
-
-def batch_buffer(worker: SimWorker) -> deque:
-    """Where batch deliveries land: apart from the interactive ones, so admission picks the class."""
-    assert isinstance(worker, ClassWorker)
-    return worker.batch_buffer
-
-
-# The batch queue's consumer: its own small prefetch; a tier never marked saturated by it (the
-# interactive queue's mark, SimFleet.saturated, is the interactive consumer's alone).
-BATCH = Consumer(BATCH_PREFETCH_BATCHES, batch_unacked, batch_buffer)
-
-
-def is_batch(jobs) -> bool:
-    return bool(jobs) and jobs[0].priority == "batch"
 
 
 def interactive_fields(plan: Plan) -> dict:
@@ -180,7 +137,7 @@ class ClassSimulation(BacklogSimulation):
         """The controller's round for both classes (class_engine.control_step): the interactive plan
         as without batch work, the batch placement riding on it."""
         step = class_engine.control_step(self.schedule, self.observe(), self.plan, self.gpus, self.backlog(),
-                                         self.times, self.settings.batch_weight)
+                                         self.times, self.settings.batch_weight, self.settings.batch_colocate)
         self.placement = step.placement
         if step.fields is not None:
             self.publish(step.fields)
@@ -212,8 +169,9 @@ class ClassSimulation(BacklogSimulation):
                           priority="batch")
 
 
-class ClassFleet(SimFleet):
-    """The fleet with a batch queue per tier and workers that form each batch from one class."""
+class ClassFleet(ClassWorkerFleet):
+    """The fleet with a batch queue per tier (the broker's side) and workers that form each batch from one
+    class (ClassWorkerFleet)."""
 
     sim: ClassSimulation
 
@@ -221,6 +179,7 @@ class ClassFleet(SimFleet):
         super().__init__(sim, worker_start_s, worker_start_each_s)
         self.batch_queues: dict[Tier, deque[SimJob]] = {Tier.light: deque(), Tier.heavy: deque()}
         self.next_batch_worker = {Tier.light: 0, Tier.heavy: 0}
+        self.next_guest_worker = {Tier.light: 0, Tier.heavy: 0}
         self.tokens = 0
 
     def new_worker(self, gpu: str, tier: Tier, ready_at: float) -> SimWorker:
@@ -235,6 +194,13 @@ class ClassFleet(SimFleet):
         queue = self.batch_queues[worker.tier]
         while worker.batch_buffer:
             queue.appendleft(worker.batch_buffer.pop())
+        guest = guest_tier(worker.tier, self.sim.settings.batch_colocate)
+        while worker.guest and guest is not None:
+            self.batch_queues[guest].appendleft(worker.guest.pop())
+        if worker.paused is not None:  # its model process goes with it: the jobs run again from step 0
+            batch = worker.paused[0]
+            self.batch_queues[self.source_tier(worker, batch)].extendleft(reversed(batch))
+            worker.paused = None
         return super().retire(worker)
 
     def enqueue(self, job: SimJob, tier: Tier) -> None:
@@ -265,104 +231,12 @@ class ClassFleet(SimFleet):
         """The tier queue's deliveries, then the batch queue's (its own prefetch and round-robin)."""
         super().feed(tier)
         self.feed_queue(tier, self.batch_queues[tier], self.next_batch_worker, BATCH)
-
-    # --- the workers --------------------------------------------------------------------------
-
-    def admit(self, worker: SimWorker) -> None:
-        """While a pipeline slot is free: the class of the next batch (next_class), a batch-class
-        batch only on an idle pipeline, and the yield check when interactive work waits behind a
-        running batch-class batch."""
-        assert isinstance(worker, ClassWorker)
-        sim = self.sim
-        while len(worker.batches) < PIPELINE_DEPTH and worker.stop_at is None:
-            reserved = worker.gpu in sim.in_force.batch_first
-            priority = classes.next_class(len(worker.buffer), len(worker.batch_buffer), reserved)
-            if priority is None or (priority == "batch" and worker.batches):
-                return
-            if priority == "interactive" and self.yields(worker):
-                return
-            buffer = worker.buffer if priority == "interactive" else worker.batch_buffer
-            self.admit_one(worker, buffer)
-
-    def yields(self, worker: ClassWorker) -> bool:
-        """Whether the running batch-class batch is to stop for the interactive jobs waiting: if so,
-        the stop is scheduled at its next denoising step, and nothing is admitted before it."""
-        sim = self.sim
-        if not worker.batches or not is_batch(worker.batches[0][0]) or worker.gpu in sim.in_force.batch_first:
-            return False
-        model = sim.in_force.model_for(worker.tier)
-        interactive_s = sim.times.seconds(model, min(sim.in_force.batch_for(worker.tier), len(worker.buffer)))
-        deadline = min(job.deadline_s for job in worker.buffer)
-        # The worker's own question (services/classes_intake.py): here the batch-class batch is the
-        # only one admitted (a batch-class batch is admitted to an empty pipeline).
-        ahead = [engine.InFlight("batch", worker.busy_until)]
-        if not engine.batch_class_yields(sim.yield_mode, sim.now, ahead, interactive_s, deadline):
-            return False
-        batch, running = worker.batches[0]
-        step_s = sim.times.seconds(running, len(batch)) / max(sim.profile.model(running).steps, 1)
-        steps_run = math.ceil((sim.now - worker.started_at) / step_s - 1e-9) if step_s > 0 else 0
-        worker.stop_at = min(worker.started_at + steps_run * step_s, worker.busy_until)
-        sim.at(worker.stop_at, self.stop, worker, worker.token)
-        return True
-
-    def stop(self, worker: ClassWorker, token: int) -> None:
-        """The batch-class batch stops at a step: its steps are lost, its jobs go back to the head
-        of their batch queue, and the worker admits again."""
-        worker.stop_at = None
-        if token != worker.token or not worker.batches:
-            return
-        batch, _ = worker.batches.popleft()
-        self.sim.busy.append(Busy(worker.gpu, "batch", worker.started_at, self.sim.now, lost=True))
-        worker.token = self.next_token()
-        worker.busy_until = worker.pipeline.busy_until = self.sim.now
-        queue = self.batch_queues[worker.tier]
-        for job in reversed(batch):
-            queue.appendleft(job)
-        if worker.batches:
-            self.start_batch(worker)
-        self.after_batch(worker)
-
-    def next_token(self) -> int:
-        self.tokens += 1
-        return self.tokens
-
-    def start_batch(self, worker: SimWorker) -> None:
-        assert isinstance(worker, ClassWorker)
-        batch, model = worker.batches[0]
-        seconds = self.sim.times.seconds(model, len(batch))  # the emulated worker's sleep
-        worker.started_at, worker.token = self.sim.now, self.next_token()
-        worker.busy_until = self.sim.now + seconds
-        self.sim.at(worker.busy_until, self.class_batch_done, worker, seconds, worker.token)
-
-    def class_batch_done(self, worker: ClassWorker, seconds: float, token: int) -> None:
-        if token != worker.token:  # stopped at a step before its end
-            return
-        sim = self.sim
-        batch, model = worker.batches.popleft()
-        worker.pipeline.timer.observe(model, len(batch), seconds)
-        sim.busy.append(Busy(worker.gpu, "batch" if is_batch(batch) else "interactive", worker.started_at, sim.now))
-        for job in batch:
-            job.tier = worker.tier
-        if is_batch(batch):
-            for job in batch:
-                job.plan = sim.in_force  # the plan whose model served it
-                sim.end(job, "done", sim.now + sim.finish_s)
-        elif worker.tier is Tier.heavy:
-            for job in batch:
-                sim.end(job, "done", sim.now + sim.finish_s)
-        else:
-            sim.at(sim.now + sim.judge_s, sim.judge, batch, model)
-        if worker.batches:
-            self.start_batch(worker)
-        self.after_batch(worker)
-
-    def after_batch(self, worker: ClassWorker) -> None:
-        """The acks free credit: the broker delivers (both classes), then the worker admits."""
-        if worker.retiring:
-            return
-        self.saturated[worker.tier] = False
-        self.feed(worker.tier)
-        self.admit(worker)
+        # The broker delivers a tier's batch queue to the other tier's guest consumers too (after
+        # its own workers here): when jobs come to it, and when a guest's credit frees.
+        for host in Tier:
+            guest = guest_tier(host, self.sim.settings.batch_colocate)
+            if guest is not None and tier in (host, guest):
+                self.feed_queue(host, self.batch_queues[guest], self.next_guest_worker, GUEST)
 
 
 @dataclass

@@ -96,6 +96,7 @@ class Consumer:
     unacked: Callable[[SimWorker], int]
     buffer: Callable[[SimWorker], deque]
     saturates: bool = False
+    batch_tier: Tier | None = None  # whose batch size the prefetch counts in (None: the workers' own tier's)
 
 
 # The tier queue's consumer (services/worker.py's): every job without service classes.
@@ -381,7 +382,7 @@ class SimFleet:
         workers = self.serving[tier]
         if not workers:
             return []
-        limit = consumer.prefetch_batches * self.sim.in_force.batch_for(tier)
+        limit = consumer.prefetch_batches * self.sim.in_force.batch_for(consumer.batch_tier or tier)
         count, position, misses, touched = len(workers), cursor[tier], 0, {}
         while queue and misses < count:
             worker = workers[position % count]

@@ -50,7 +50,7 @@ class ControlStep:
 
 
 def control_step(schedule: PlanSchedule, observation: Observation, current: Plan | None, gpus: list[str],
-                 backlog: classes.Backlog, times: BatchTimes, weight: float) -> ControlStep:
+                 backlog: classes.Backlog, times: BatchTimes, weight: float, colocate: bool = False) -> ControlStep:
     """One round of the controller for both service classes. The interactive plan is PlanSchedule's
     (its dwell, its GPU assignment), from an observation without batch demand. The batch placement
     (classes.place_batch, for the interactive demand the policy plans for, on the plan that will be
@@ -63,7 +63,8 @@ def control_step(schedule: PlanSchedule, observation: Observation, current: Plan
         plan = current
     else:
         return ControlStep(None, classes.BatchPlacement(1.0, (), "no plan"))
-    placement = classes.place_batch(plan, interactive_demand(schedule, observation), backlog, times.seconds, weight)
+    placement = classes.place_batch(plan, interactive_demand(schedule, observation), backlog, times.seconds, weight,
+                                    colocate)
     move = classes.rebalance(plan, placement.queued_heavy, {Tier.light: observation.light_batch_queued,
                                                             Tier.heavy: observation.heavy_batch_queued})
     if fields is None:

@@ -48,10 +48,16 @@ MOVE_SLACK_SHARE = 0.05
 MOVE_LIMIT = 200
 
 # How a running batch-class batch gives way to interactive work that arrives behind it:
-# "step": it is stopped at its next denoising step when an interactive job waiting behind it
-# could not end in time otherwise (its jobs go back to the batch queue; the steps run are lost);
+# "pause": it is paused at its next denoising step and resumes from that step once no interactive
+# job waits on its GPU (nothing lost; a model that cannot pause, or one whose process restarted
+# meanwhile, runs it again from its first step);
+# "step": it is stopped at its next denoising step (its jobs go back to the batch queue; the steps
+# run are lost);
 # "finish": it always runs to its end (no work lost; interactive jobs wait up to one batch).
-YieldMode = Literal["step", "finish"]
+YieldMode = Literal["pause", "step", "finish"]
+# Which batch-class work a GPU takes next: a batch it paused, its own tier's batch queue, or, on a
+# light GPU holding the heavy model beside its own (guest_tier), the heavy tier's batch queue.
+BatchSource = Literal["paused", "own", "guest"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ def leftover_gpus(plan: Plan, demand_qps: float, batch_s: Callable[[str, int], f
 
 
 def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callable[[str, int], float],
-                weight: float) -> BatchPlacement:
+                weight: float, colocate: bool = False) -> BatchPlacement:
     """The heavy share of the batch class and its reserved GPUs, for the backlog's deadlines.
 
     The heavy tier's model is the better one: every batch job goes there while, at every horizon,
@@ -134,12 +140,22 @@ def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callab
     workers taking batch first. They are light GPUs when the plan has a light tier of its own: the
     jobs that the heavy leftover cannot serve are the light tier's, and near their deadlines a GPU
     serves most of them with the light model (heavy GPUs, at 10x the seconds an image, would cover
-    a tenth of the shortfall each). With no backlog nothing changes (heavy 1.0, nothing reserved)."""
+    a tenth of the shortfall each). With no backlog nothing changes (heavy 1.0, nothing reserved).
+
+    With `colocate` (Settings.batch_colocate: light GPUs serve heavy batch work with the heavy model
+    beside their own, guest_tier), the light tier's leftover is heavy capacity too: every job goes
+    to the heavy tier's queue while both leftovers together cover the backlog at the heavy model's
+    cost; when they do not, the light leftover is the light model's again, as without it."""
     points = [(horizon, due) for horizon, due in backlog.points() if due > 0]
     if not points:
         return BatchPlacement(1.0, (), "no batch backlog")
     left = leftover_gpus(plan, demand_qps, batch_s)
     cost = {tier: per_image_s(plan, tier, batch_s) for tier in Tier}
+    guests = left[Tier.light] if guest_tier(Tier.light, colocate) is Tier.heavy and plan.heavy_gpus > 0 else 0.0
+    if guests > 0 and cost[Tier.heavy] > 0 and all(
+            (left[Tier.heavy] + guests) * horizon / cost[Tier.heavy] >= due for horizon, due in points):
+        return BatchPlacement(1.0, (), f"batch backlog {backlog.total}: heavy 1.00, leftover GPUs heavy "
+                                       f"{left[Tier.heavy]:.1f} and light {guests:.1f} with the heavy model")
     heavy = heavy_share(plan, points, left[Tier.heavy], cost[Tier.heavy])
     tier = Tier.light if heavy < 1.0 and plan.light_gpus > 0 else Tier.heavy
     busy = 1.0 - left[tier] / tier_gpus(plan, tier) if tier_gpus(plan, tier) > 0 else 0.0
@@ -301,15 +317,47 @@ def next_class(interactive_waiting: int, batch_waiting: int, batch_first: bool) 
     return None
 
 
+def guest_tier(tier: Tier, colocate: bool) -> Tier | None:
+    """The other tier whose batch queue a GPU of `tier` also takes from, with that tier's model kept
+    loaded beside its own: a light GPU takes heavy batch work (Settings.batch_colocate), a heavy one
+    nothing. The light tier's idle time is most of what the interactive plan leaves (the GPUs it
+    holds ready for a burst: docs/classes.md); spent with the light model it would give batch work
+    the light model's images, which the batch class has no reason to take. Never the other way: a
+    heavy GPU running the light model would do the same."""
+    return Tier.heavy if colocate and tier is Tier.light else None
+
+
+def batch_source(paused: bool, own_waiting: int, guest_waiting: int) -> BatchSource | None:
+    """Where a GPU's next batch-class batch comes from: the batch it paused first (its claims are
+    held and its steps run are kept: it is the oldest work on the GPU), then its own tier's batch
+    queue (placed there by the controller, classes.place_batch), then the guest queue
+    (guest_tier)."""
+    if paused:
+        return "paused"
+    if own_waiting > 0:
+        return "own"
+    if guest_waiting > 0:
+        return "guest"
+    return None
+
+
+def resumed_s(batch_s: float, step: int, steps: int) -> float:
+    """How long a batch of `batch_s` seconds has left when it resumes after `step` of its `steps`
+    (a model's steps take equal time: the emulated worker's do, a diffusion model's nearly)."""
+    if steps <= 0:
+        return batch_s
+    return batch_s * max(steps - min(max(step, 0), steps), 0) / steps
+
+
 def should_yield(mode: YieldMode, now: float, running_ends_at: float, interactive_batch_s: float,
                  interactive_deadline: float | None) -> bool:
     """Whether a running batch-class batch is stopped at its next step for the interactive job
-    now waiting behind it (the earliest deadline of those waiting): in "step" mode, whenever that
+    now waiting behind it (the earliest deadline of those waiting): in "pause" and "step" modes, whenever that
     job can still end in time if served now. Not only when it would be late behind the batch: an
     interactive job that waits, even in time, delays the ones behind it, the tier's queue grows and
     the controller plans the cascade down (trace_1to40qps in the simulator, 5,000 batch jobs:
     interactive FID +0.31 with the narrower rule, +0.00 with this one, at 260 GPU-seconds of batch
     steps lost instead of 42; `running_ends_at` is kept for a rule that weighs the loss)."""
-    if mode != "step" or interactive_deadline is None:
+    if mode == "finish" or interactive_deadline is None:
         return False
     return not ends_too_late(now + interactive_batch_s, interactive_deadline)

@@ -64,6 +64,39 @@ def test_step_mode_stops_the_batch_at_a_step_and_serves_the_interactive_job_in_t
     assert gpu_seconds(run.busy, 1, 1.0)["batch_lost_gpu_s"] == 1.0
 
 
+def test_pause_mode_pauses_the_batch_at_a_step_and_resumes_it_from_there():
+    """The same batch as in step mode, paused: nothing lost, its steps run once (paused at a step,
+    resumed from it), and it ends sooner than in step mode, which runs it again from its start."""
+    run, stepped = one_heavy_gpu("pause"), one_heavy_gpu("step")
+    (job,) = run.interactive
+    assert job.state == "done" and job.within_slo
+    assert not any(busy.lost for busy in run.busy)
+    batch_busy = sum(busy.end_s - busy.start_s for busy in run.busy if busy.priority == "batch")
+    assert batch_busy == pytest.approx(9.72)
+    assert max(batch.end_s for batch in run.batch) < max(batch.end_s for batch in stepped.batch) - 1.0
+
+
+def test_light_gpus_serve_the_heavy_batch_queue_with_the_heavy_model_when_colocated():
+    """An idle fleet of 2 light and 2 heavy GPUs, 40 batch jobs: with colocate the light GPUs make
+    heavy images too (every job's model the heavy one), and the backlog ends sooner than on the heavy
+    GPUs alone."""
+    trace = Trace("one", np.array([0.5]), np.array([7]))
+
+    def run(colocate: bool):
+        settings = settings_for("static", gpus=4, plan_light_gpus=2, plan_heavy_gpus=2, batch_colocate=colocate,
+                                plan_light_model="sd35-large-turbo", plan_heavy_model="sd35-medium")
+        return simulate_classes(settings, trace, BatchLoad(40, 300.0))
+
+    together, alone = run(True), run(False)
+    for result in (together, alone):
+        assert all(job.state == "done" and job.heavy_model == "sd35-medium" for job in result.batch)
+    def batch_gpus(result) -> int:
+        return len({busy.gpu for busy in result.busy if busy.priority == "batch"})
+
+    assert (batch_gpus(together), batch_gpus(alone)) == (4, 2)  # the light GPUs too, or the heavy ones only
+    assert max(job.end_s for job in together.batch) < max(job.end_s for job in alone.batch)
+
+
 def test_finish_mode_runs_the_batch_on_and_the_interactive_job_misses_its_objective():
     run = one_heavy_gpu("finish")
     (job,) = run.interactive

@@ -133,3 +133,54 @@ async def test_a_batch_job_on_the_light_tier_is_done_without_the_judge(tmp_path)
             assert time.monotonic() < give_up_at, other
             await asyncio.sleep(0.05)
         assert await stack.bus.depth(stack.bus.queues.judge) == 1
+
+
+async def steps_seen(stack: Stack, job: Job, timeout_s: float = 60.0) -> list[int]:
+    """The steps the job's record reports while it generates, until it ends."""
+    seen: list[int] = []
+    give_up_at = time.monotonic() + timeout_s
+    while (record := await stack.store.get(job.job_id)) is None or not record.state.terminal:
+        assert time.monotonic() < give_up_at, record
+        if record is not None and record.state is JobState.generating and record.step:
+            seen.append(record.step)
+        await asyncio.sleep(0.02)
+    return seen
+
+
+async def test_a_paused_batch_class_batch_resumes_from_its_step_and_loses_nothing(tmp_path):
+    """batch_yield=pause: the batch-class batch running when an interactive job arrives is paused at
+    its next step, the interactive job runs, and the batch goes on from the step it had reached, on
+    the same claim (never handed back, its steps never restarted); nothing counted lost."""
+    before, lost_before = yields("heavy"), lost_s("heavy")
+    async with running_stack(settings_for(tmp_path, "pause"), services=("heavy",)) as stack:
+        first = await submit(stack, Tier.heavy, "a catalogue photo of a vase", 300.0, "batch")
+        await until_step(stack, first, 6)
+        urgent = await submit(stack, Tier.heavy, "a person waits for this one", 6.0)
+        watching = asyncio.create_task(steps_seen(stack, first))
+        interactive, batch = await stack.wait_all([urgent.job_id, first.job_id], timeout_s=60)
+        seen = await watching
+    assert interactive.state is JobState.done and interactive.history[-1].at <= urgent.submitted_at + 6.0
+    assert batch.state is JobState.done and batch.history[-1].at > interactive.history[-1].at
+    assert states(batch) == ["queued", "routed", "generating", "done"], states(batch)  # one claim, kept
+    assert seen and min(seen) >= 6, seen  # it went on from its step
+    assert yields("heavy") - before >= 1
+    assert lost_s("heavy") == lost_before
+
+
+async def test_a_light_gpu_serves_heavy_batch_work_with_the_heavy_model_beside_its_own(tmp_path):
+    """batch_colocate: a light worker, with no light work, takes the heavy tier's batch jobs and
+    makes them with the heavy model (the record says heavy tier, heavy model); without it they wait
+    for a heavy GPU (none runs here)."""
+    settings = settings_for(tmp_path, "pause").model_copy(update={"plan_light_model": "slow-light"})
+    async with running_stack(settings, services=("light",)) as stack:
+        job = await submit(stack, Tier.heavy, "a catalogue photo of a kettle", 300.0, "batch")
+        (record,) = await stack.wait_all([job.job_id], timeout_s=60)
+        assert record.state is JobState.done and record.tier is Tier.heavy and record.model == "slow-heavy"
+        assert (await stack.client.image(job.job_id)).startswith(b"\x89PNG")
+    alone = settings.model_copy(update={"batch_colocate": False})
+    async with running_stack(alone, services=("light",)) as stack:
+        job = await submit(stack, Tier.heavy, "a catalogue photo of a teapot", 300.0, "batch")
+        await asyncio.sleep(3.0)
+        record = await stack.store.get(job.job_id)
+        assert record is not None and record.state is JobState.routed
+        assert await stack.bus.depth(stack.bus.queues.batch(Tier.heavy)) == 1

@@ -244,3 +244,27 @@ def test_a_round_moves_the_queued_jobs_under_the_plan_it_leaves_in_force():
     step = class_engine.control_step(schedule, observation, current, GPUS, due_at(120, 4_000), TIMES, 0.25)
     assert step.placement.queued_heavy < 1.0, step.placement.reason
     assert step.move == classes.Move(Tier.heavy, Tier.light, classes.MOVE_LIMIT)
+
+
+def test_light_gpus_holding_the_heavy_model_count_as_heavy_capacity_for_the_backlog():
+    """5,000 jobs due in 900 s at 10 jobs/s: the heavy leftover alone covers about 3,700 (the light
+    tier takes a share); with the light tier's leftover serving heavy batch work too (colocate),
+    every job goes to the heavy tier's queue. A backlog beyond both is split as without it."""
+    plan = a_plan()
+    assert place_batch(plan, 10.0, due_at(900, 5000), TIMES.seconds, 0.25).heavy < 1.0
+    together = place_batch(plan, 10.0, due_at(900, 5000), TIMES.seconds, 0.25, colocate=True)
+    assert (together.heavy, together.first) == (1.0, ())
+    beyond = due_at(900, 20_000)
+    assert place_batch(plan, 10.0, beyond, TIMES.seconds, 0.25, colocate=True) == \
+        place_batch(plan, 10.0, beyond, TIMES.seconds, 0.25)
+
+
+def test_a_light_gpu_takes_heavy_batch_work_and_a_paused_batch_comes_first():
+    assert classes.guest_tier(Tier.light, True) is Tier.heavy
+    assert classes.guest_tier(Tier.heavy, True) is None and classes.guest_tier(Tier.light, False) is None
+    assert classes.batch_source(True, 3, 3) == "paused"
+    assert classes.batch_source(False, 3, 3) == "own"
+    assert classes.batch_source(False, 0, 3) == "guest"
+    assert classes.batch_source(False, 0, 0) is None
+    assert classes.resumed_s(10.0, 20, 50) == pytest.approx(6.0)
+    assert classes.resumed_s(10.0, 0, 50) == 10.0 and classes.resumed_s(10.0, 60, 50) == 0.0

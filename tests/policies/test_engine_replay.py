@@ -149,7 +149,7 @@ async def worker_decisions(tier: Tier, steps: list[Step]) -> list[tuple]:
             tasks = [task_for(tier, index + i, step.t, deadline, escalated)
                      for i, (deadline, escalated) in enumerate(step.jobs)]
             index += len(tasks)
-            batch = await worker.admit([FakeDelivery(task.model_dump_json().encode()) for task in tasks])
+            batch = await worker.admission.admit([FakeDelivery(task.model_dump_json().encode()) for task in tasks])
             admitted = [tasks.index(item.task) for item in batch.items] if batch else []
             late = {i: fallback_taken(service, task) for i, task in enumerate(tasks) if i not in admitted}
             decisions.append((admitted, round(batch.ends_by - T0, 9) if batch else None, late))
