@@ -135,7 +135,7 @@ class TierWorker:
         # The guest tier's model, loaded beside this one when its batch work first comes, and its
         # jobs' handoff (claimed, stored and falling back as that tier's): classes.guest_tier.
         guest = self.intake.guest or tier
-        self.guest_model = ModelSlot(self.settings, self.profile, guest, self.pipeline)
+        self.guest_model = ModelSlot(self.settings, self.profile, guest, self.pipeline, beside=self.model)
         self.guest_hands = Handoff(service, guest, owner, self.collector, self.guest_model, self.times, clock,
                                    claimed=self.hands.claimed, guest=True)
         self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
@@ -165,7 +165,6 @@ class TierWorker:
         admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(admitted), name="feeder")
         running: asyncio.Task | None = None
-        last: ModelSlot = self.model
         while not self.service.stopping.is_set():
             if feeder.done():
                 # A feeder that died would leave a worker with a green heartbeat and a stopped tier:
@@ -178,15 +177,12 @@ class TierWorker:
                 batch = await asyncio.wait_for(admitted.get(), timeout=1.0)
             except TimeoutError:
                 continue
-            slot = self.slot_for(batch)
-            if slot is not last or not slot.holds(batch.model):
-                # The plan changed the model, or the batch is for the other model held here: after
-                # the batch ahead (one model runs at a time on the GPU).
+            slot = self.slot_for(batch)  # its own model's, or the guest model's beside it (one host)
+            if not slot.holds(batch.model):  # the plan changed the model: after the batch ahead
                 if running is not None:
                     await running
                     running = None
                 await slot.ensure(batch.model)
-                last = slot
             # Batch k+1 goes to the model's executor before batch k is awaited, so the model
             # thread starts it the moment k ends, without waiting for the event loop.
             following = asyncio.create_task(self.generate_and_hand_off(batch, slot))
@@ -251,7 +247,6 @@ class TierWorker:
             await self.hands_for(batch).hand_back(batch.items)
             raise
 
-
     async def heartbeat(self) -> None:
         """Tell the cluster what this GPU serves (hadis status --cluster shows it), and keep this
         worker's claims alive."""
@@ -279,8 +274,8 @@ class TierWorker:
         if self.finishing:
             await asyncio.wait(self.finishing, timeout=self.settings.shutdown_grace_s)
         await self.service.store.clear_worker(self.settings.gpu, self.hands.owner)
-        await self.model.close()
         await self.guest_model.close()
+        await self.model.close()
 
     def planned_model(self) -> str:
         return self.service.plans.current.model_for(self.tier)
@@ -357,13 +352,23 @@ class Admission:
 
 class ModelSlot:
     """The model this worker runs, in its host (a process of its own, for torch models): loaded on
-    the plan's word, and run on an executor of its own, never on the event loop."""
+    the plan's word, and run on an executor of its own, never on the event loop. A guest slot (the
+    guest tier's model, classes.guest_tier) shares its host and executors with the worker's own
+    slot (`beside`): both models stay loaded, and their batches run one after another on the one
+    executor, pipelined as the batches of one model are."""
 
-    def __init__(self, settings: Settings, profile: Profile, tier: Tier, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, profile: Profile, tier: Tier, pipeline: Pipeline,
+                 beside: ModelSlot | None = None) -> None:
         self.settings, self.profile, self.tier, self.pipeline = settings, profile, tier, pipeline
-        self.host = make_host(settings)
-        self.gpu = ThreadPoolExecutor(self.host.concurrent_batches, thread_name_prefix=f"gpu-{tier.value}")
-        self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
+        if beside is None:
+            self.host = make_host(settings)
+            self.gpu = ThreadPoolExecutor(self.host.concurrent_batches, thread_name_prefix=f"gpu-{tier.value}")
+            self.io = ThreadPoolExecutor(2, thread_name_prefix=f"io-{tier.value}")
+        else:
+            self.host, self.gpu, self.io = beside.host, beside.gpu, beside.io
+            beside.other = self
+        self.other: ModelSlot | None = beside  # the slot whose model stays loaded beside this one's
+        self.owns_host = beside is None
         self.generator: Generator | None = None
 
     @property
@@ -384,7 +389,8 @@ class ModelSlot:
             return
         model = self.profile.model(wanted)
         started = time.perf_counter()
-        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model)
+        keep = [self.other.name] if self.other is not None and self.other.generator is not None else []
+        self.generator = await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.load, model, keep)
         log.info("model_loaded", tier=self.tier.value, model=wanted, seconds=round(time.perf_counter() - started, 3))
 
     async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None,
@@ -425,6 +431,8 @@ class ModelSlot:
         return await asyncio.get_running_loop().run_in_executor(self.io, encode_all, results, jobs)
 
     async def close(self) -> None:
+        if not self.owns_host:  # the slot it is beside closes the host
+            return
         await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)

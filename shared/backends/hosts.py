@@ -1,6 +1,8 @@
 """Where a worker's model runs: in the worker's own process, or in a model process of its own.
 
-A host holds one model at a time: `load` replaces it (and warms it up), `close` ends it.
+A host holds one model, or two (a light GPU keeps the heavy model beside its own for batch work:
+docs/classes.md): `load` loads one (and warms it up) in place of those not named in `keep`, `close`
+ends them all. Both models run on the host's one executor, one batch after another, as on one GPU.
 HADIS_MODEL_PROCESS picks the host: `separate` for the torch backends (tiny, diffusers), whose
 Python would otherwise share the worker's interpreter lock (model_process.py says why);
 `inline` for the emulated one, which only sleeps. `auto` chooses so
@@ -9,6 +11,7 @@ Python would otherwise share the worker's interpreter lock (model_process.py say
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from shared.backends.base import Generator
@@ -22,8 +25,8 @@ class GeneratorHost(Protocol):
     # already waiting starts without a round trip through the worker.
     concurrent_batches: int
 
-    def load(self, model: ModelProfile) -> Generator:
-        """The model, warmed up, in place of the one held before."""
+    def load(self, model: ModelProfile, keep: Sequence[str] = ()) -> Generator:
+        """The model, warmed up, in place of those held before but the ones named in `keep`."""
 
     def close(self) -> None:
         """Release the model (and the process holding it)."""
@@ -40,17 +43,18 @@ class InlineHost:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.generator: Generator | None = None
+        self.generators: dict[str, Generator] = {}
 
-    def load(self, model: ModelProfile) -> Generator:
-        self.close()
-        self.generator = warm_generator(load_request(self.settings, model), model)
-        return self.generator
+    def load(self, model: ModelProfile, keep: Sequence[str] = ()) -> Generator:
+        for name in [name for name in self.generators if name not in keep and name != model.name]:
+            self.generators.pop(name).close()
+        if model.name not in self.generators:
+            self.generators[model.name] = warm_generator(load_request(self.settings, model), model)
+        return self.generators[model.name]
 
     def close(self) -> None:
-        if self.generator is not None:
-            generator, self.generator = self.generator, None
-            generator.close()
+        while self.generators:
+            self.generators.popitem()[1].close()
 
 
 class ProcessHost:
@@ -61,8 +65,8 @@ class ProcessHost:
         self.process = ModelProcess(load_timeout_s=settings.model_load_timeout_s,
                                     generate_timeout_s=settings.generate_timeout_s, cpus=settings.model_cpu_set)
 
-    def load(self, model: ModelProfile) -> Generator:
-        can_pause = self.process.load(load_request(self.settings, model))
+    def load(self, model: ModelProfile, keep: Sequence[str] = ()) -> Generator:
+        can_pause = self.process.load(load_request(self.settings, model).model_copy(update={"keep": list(keep)}))
         return ProcessGenerator(model, self.process, can_pause)
 
     def close(self) -> None:

@@ -92,6 +92,7 @@ class LoadRequest(Message):
     dtype: str = "auto"
     time_scale: float = 1.0
     fail_pattern: str | None = None
+    keep: list[str] = []  # models loaded before that stay loaded beside this one (hosts.py)
 
 
 class GenerateRequest(Message):
@@ -99,6 +100,7 @@ class GenerateRequest(Message):
     inputs: list[GenerationInput]
     seq: int = 0  # the batch's slot in the control block (0: none)
     first_step: int = 0  # a paused batch resumed: the steps it had run
+    model: str | None = None  # which of the models loaded (None: the last loaded)
 
 
 class UnloadRequest(Message):
@@ -132,9 +134,11 @@ def warm_generator(spec: LoadRequest, model: ModelProfile) -> Generator:
 # The child -----------------------------------------------------------------------------------
 
 class ModelServer:
-    """The child's side: one generator at a time, built by the same factory the worker uses."""
+    """The child's side: the generators loaded (one, or two: LoadRequest.keep), built by the same
+    factory the worker uses; `generator` the last loaded."""
 
     def __init__(self, block: ControlBlock | None = None, replies: BinaryIO | None = None) -> None:
+        self.generators: dict[str, Generator] = {}
         self.generator: Generator | None = None
         self.block = block  # the worker's control block (cancel flags, steps), when it shares one
         self.replies = replies  # where previews go as they are made (none: a batch makes none)
@@ -148,13 +152,14 @@ class ModelServer:
         if isinstance(request, UnloadRequest):
             self.unload()
             return Reply(ok=True), []
-        if self.generator is None:
-            raise RuntimeError("no model is loaded")
-        control = (self.block.control(request.seq, request.first_step if self.generator.can_pause else 0)
+        generator = self.generators.get(request.model) if request.model is not None else self.generator
+        if generator is None:
+            raise RuntimeError(f"model {request.model} is not loaded" if request.model else "no model is loaded")
+        control = (self.block.control(request.seq, request.first_step if generator.can_pause else 0)
                    if self.block is not None and request.seq else NO_CONTROL)
-        control = with_previews(control, request.inputs, self.generator.model.steps,
+        control = with_previews(control, request.inputs, generator.model.steps,
                                 self.send_preview if self.replies is not None else None)
-        images = self.generator.generate(request.inputs, control)
+        images = generator.generate(request.inputs, control)
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 
@@ -165,13 +170,17 @@ class ModelServer:
                     [preview.data])
 
     def load(self, request: LoadRequest) -> None:
-        self.unload()
-        self.generator = warm_generator(request, load_profile(request.profile).model(request.model))
+        for name in [name for name in self.generators if name not in request.keep and name != request.model]:
+            self.generators.pop(name).close()
+        self.generator = self.generators.get(request.model)
+        if self.generator is None:
+            self.generator = warm_generator(request, load_profile(request.profile).model(request.model))
+            self.generators[request.model] = self.generator
 
     def unload(self) -> None:
-        if self.generator is not None:
-            generator, self.generator = self.generator, None
-            generator.close()
+        self.generator = None
+        while self.generators:
+            self.generators.popitem()[1].close()
 
 
 def serve(requests: ReadStream, replies: BinaryIO, block: ControlBlock | None = None) -> None:
@@ -253,7 +262,7 @@ class ModelProcess:
         self.process: subprocess.Popen | None = None
         self.requests: BinaryIO | None = None
         self.pending: deque[Pending] = deque()
-        self.loaded: LoadRequest | None = None
+        self.loaded: dict[str, LoadRequest] = {}  # the models the child holds, in the order loaded
         self.deaths: list[float] = []
         self.book = BatchBook(ControlBlock.shared())  # its memory is the child's too (every child's)
 
@@ -270,7 +279,7 @@ class ModelProcess:
         return self.call(request, self.load_timeout_s)[0].can_pause
 
     def generate(self, inputs: list[GenerationInput], on_preview: PreviewSink | None = None,
-                 first_step: int = 0) -> Generated:
+                 first_step: int = 0, model: str | None = None) -> Generated:
         """The batch's images; its seconds run from the end of the batch before it (or from
         sending, if the child was idle) to its reply, its busy time is the child's own. Previews
         go to `on_preview` (on the reader thread) as the child makes them."""
@@ -279,8 +288,8 @@ class ModelProcess:
         if on_preview is None:  # nobody takes them: the child makes none
             inputs = [replace(item, previews=0) if item.previews else item for item in inputs]
         try:
-            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq, first_step=first_step),
-                                               self.generate_timeout_s, on_preview)
+            reply, pixels, seconds = self.call(GenerateRequest(inputs=inputs, seq=seq, first_step=first_step,
+                                                               model=model), self.generate_timeout_s, on_preview)
         finally:
             self.book.end(job_ids)
         images = [Image.frombytes(frame.mode, (frame.width, frame.height), data)
@@ -315,18 +324,26 @@ class ModelProcess:
             except OSError as error:
                 ended, reason = self.detach(), f"{request.op}: {error}"
             else:
-                if isinstance(request, (LoadRequest, UnloadRequest)):
-                    self.loaded = request if isinstance(request, LoadRequest) else None
+                self.remember(request)
                 return pending
         end_child(*ended, reason)
         return pending
+
+    def remember(self, request: Request) -> None:
+        """The models the child holds after `request` (the lock is held): what a restart reloads."""
+        if isinstance(request, UnloadRequest):
+            self.loaded = {}
+        elif isinstance(request, LoadRequest):
+            self.loaded = {name: held for name, held in self.loaded.items()
+                           if name in request.keep and name != request.model}
+            self.loaded[request.model] = request
 
     def start(self, reload: bool) -> None:
         """A new child and a reader thread for its replies (the lock is held). `reload`: one died,
         so its model is loaded again first, a bounded number of times."""
         if self.process is not None:
             end_child(*self.detach(), "replaced")
-        if reload and self.loaded is not None:
+        if reload and self.loaded:
             now = time.monotonic()
             self.deaths = [at for at in self.deaths if now - at < RESTART_WINDOW_S] + [now]
             if len(self.deaths) > MAX_RESTARTS:
@@ -351,9 +368,10 @@ class ModelProcess:
         replies = os.fdopen(reply_read, "rb", buffering=0)
         threading.Thread(target=self.read_replies, args=(self.process, replies), daemon=True,
                          name=f"model-process-{self.process.pid}").start()
-        if reload and self.loaded is not None:
-            self.pending.append(Pending(self.load_timeout_s))
-            write_frame(self.requests, self.loaded)
+        if reload:  # each model as it was, the ones before it kept beside it
+            for index, request in enumerate(self.loaded.values()):
+                self.pending.append(Pending(self.load_timeout_s))
+                write_frame(self.requests, request.model_copy(update={"keep": list(self.loaded)[:index]}))
 
     def read_replies(self, process: subprocess.Popen, replies: ReadStream) -> None:
         """The reader thread of one child: replies in request order, each within its bound."""
@@ -415,7 +433,7 @@ class ModelProcess:
         killed after CLOSE_WAIT_S)."""
         with self.lock:
             ended = self.detach()
-            self.loaded = None
+            self.loaded = {}
         end_child(*ended, "the model process was closed", wait_s=CLOSE_WAIT_S)
 
 
@@ -463,7 +481,7 @@ class ProcessGenerator(Generator):
                        first_step: int = 0) -> Generated:
         if not batch:
             return Generated([], 0.0, 0.0)
-        return self.process.generate(batch, on_preview, first_step if self.can_pause else 0)
+        return self.process.generate(batch, on_preview, first_step if self.can_pause else 0, self.model.name)
 
     def close(self) -> None:
         self.process.unload()

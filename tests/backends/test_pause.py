@@ -4,6 +4,8 @@ same across the model process's pipes."""
 
 from __future__ import annotations
 
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from shared.backends.control import BatchBook, ControlBlock, GenerationCancelled, GenerationPaused
 from shared.backends.emulated import EmulatedGenerator, placeholder_image
 from shared.backends.model_process import LoadRequest, ModelProcess
+from shared.errors import BackendFailed
 from shared.profiles import ModelProfile
 from tests.backends.test_interrupt import inputs, wait_for
 
@@ -113,5 +116,29 @@ def test_a_pause_and_a_resume_cross_the_model_process() -> None:
             wait_for(lambda: seen.append((process.book.progress("job-0") or (0, 0))[0]) is None and seen[-1] > 0)
             assert len(running.result(timeout=10).images) == 1
         assert seen[-1] > step
+    finally:
+        process.close()
+
+
+def test_a_model_process_holds_a_second_model_beside_the_first_and_reloads_both_after_a_death() -> None:
+    """LoadRequest.keep: the light model stays loaded when the heavy one is loaded beside it, each
+    batch runs with the model it names; a child that dies comes back with both; a load that keeps
+    nothing unloads the other."""
+    light = LoadRequest(kind="emulated", profile="paper-l40s-x10", model="sdxl-lightning", time_scale=0.0)
+    heavy = light.model_copy(update={"model": "sd35-medium", "keep": ["sdxl-lightning"]})
+    process = ModelProcess(load_timeout_s=60, generate_timeout_s=60)
+    try:
+        process.load(light)
+        process.load(heavy)
+        for model in ("sdxl-lightning", "sd35-medium"):
+            assert len(process.generate(inputs(1), model=model).images) == 1
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
+        wait_for(lambda: not process.alive)
+        for model in ("sd35-medium", "sdxl-lightning"):  # both reloaded with the new child
+            assert len(process.generate(inputs(1), model=model).images) == 1
+        process.load(light.model_copy(update={"model": "sd35-large-turbo"}))
+        with pytest.raises(BackendFailed, match="not loaded"):
+            process.generate(inputs(1), model="sd35-medium")
     finally:
         process.close()
