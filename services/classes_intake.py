@@ -160,11 +160,20 @@ class Yields:
         self.intake, self.clock = intake, clock
         self.inflight: list[Batch] = []
         self.paused: list[Batch] = []  # oldest first: each resumes from its first_step
+        # batch-class batches to stop once the interactive batch they give way to is admitted
+        self.giving_way: list[Batch] = []
         intake.on_interactive = self.on_interactive
         intake.collectors.paused = lambda: len(self.paused)
 
     def admitted(self, batch: Batch) -> None:
+        """A batch admitted to this GPU; an interactive one stops the batch-class batches that give
+        way to it now, not when its first job arrived: the GPU works on until the interactive batch
+        is claimed and handed to the model, then the batch-class one stops at its next step (the
+        round trips between the two left the GPU idle). When every pipeline slot is taken, the
+        interactive batch cannot be admitted before they stop: they stop at once (on_interactive)."""
         self.inflight.append(batch)
+        if batch.priority == "interactive":
+            self.admitted_interactive()
 
     def ended(self, batch: Batch) -> None:
         if batch in self.inflight:
@@ -174,8 +183,9 @@ class Yields:
         return self.pipeline.timer.expected(model, size, self.times.seconds(model, size))
 
     def on_interactive(self, delivery: Delivery) -> None:
-        """An interactive job arrived: stop the batch-class batches ahead when the rule says so
-        (engine.batch_class_yields, over classes.should_yield)."""
+        """An interactive job arrived: the batch-class batches ahead give way when the rule says so
+        (engine.batch_class_yields, over classes.should_yield), once its batch is admitted
+        (`admitted`); admission times it as if they had stopped now."""
         ahead = [batch for batch in self.inflight if not batch.yielded]
         if not any(batch.priority == "batch" for batch in ahead):
             return
@@ -187,9 +197,17 @@ class Yields:
                                          self.intake.batch_first()):
             return
         self.pipeline.busy_until = engine.interactive_free_at(now, view)
-        for batch in ahead:
-            if batch.priority == "batch":
-                self.stop(batch)
+        self.giving_way = [batch for batch in ahead if batch.priority == "batch"]
+        if len(self.inflight) >= PIPELINE_DEPTH:  # no slot for the interactive batch until they stop
+            self.admitted_interactive()
+
+    def admitted_interactive(self) -> None:
+        """Stop the batch-class batches giving way (an interactive batch is admitted, or will be
+        once they stop)."""
+        for stopping in self.giving_way:
+            if stopping in self.inflight and not stopping.yielded:
+                self.stop(stopping)
+        self.giving_way = []
 
     def stop(self, batch: Batch) -> None:
         """Pause the batch at its next step (Settings.batch_yield "pause", a model that can), or
