@@ -18,8 +18,10 @@ Every service exposes the same families; each fills the ones it owns:
                                                discarded (its image, made in a batch that ran on)
     hadis_class_busy_seconds_total{tier,priority}  the model's busy time by service class (worker): the
                                                GPU-seconds each class took, a stopped batch's included
-    hadis_batch_yields_total{tier}             batch-class batches stopped at a step for interactive work (worker)
-    hadis_batch_yield_lost_seconds_total{tier} the model time those stopped batches had run (lost, run again later)
+    hadis_batch_yields_total{tier}             batch-class batches paused or stopped at a step for interactive
+                                               work (worker)
+    hadis_batch_yield_lost_seconds_total{tier} the model time the stopped ones had run (lost, run again later;
+                                               none for a paused one)
     hadis_class_jobs_finished_total{priority,state}  jobs that reached a terminal state, by class (beside
                                                hadis_jobs_finished_total, which dashboards and rules read by tier)
     hadis_class_slo_violations_total{priority} done late, expired or failed, by class
@@ -122,8 +124,8 @@ CANCELLED_DELIVERIES = Counter("hadis_cancelled_deliveries", "Work a worker drop
 PRIORITIES = ("interactive", "batch")
 CLASS_BUSY = Counter("hadis_class_busy_seconds", "Seconds the model spent generating, by service class (a batch "
                      "stopped for interactive work included)", ["tier", "priority"], registry=REGISTRY)
-BATCH_YIELDS = Counter("hadis_batch_yields", "Batch-class batches stopped at a step for interactive work", ["tier"],
-                       registry=REGISTRY)
+BATCH_YIELDS = Counter("hadis_batch_yields", "Batch-class batches paused or stopped at a step for interactive work",
+                       ["tier"], registry=REGISTRY)
 BATCH_YIELD_LOST = Counter("hadis_batch_yield_lost_seconds", "Model seconds that stopped batch-class batches had "
                            "run (their jobs run again later)", ["tier"], registry=REGISTRY)
 CLASS_JOBS_FINISHED = Counter("hadis_class_jobs_finished", "Jobs that reached a terminal state, by service class",

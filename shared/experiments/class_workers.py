@@ -242,11 +242,8 @@ class ClassWorkerFleet(SimFleet):
             for job in batch:
                 job.plan = sim.in_force  # the plan whose model served it
                 sim.end(job, "done", sim.now + sim.finish_s)
-        elif worker.tier is Tier.heavy:
-            for job in batch:
-                sim.end(job, "done", sim.now + sim.finish_s)
         else:
-            sim.at(sim.now + sim.judge_s, sim.judge, batch, model)
+            self.hand_on(worker, batch, model)
         if worker.batches:
             self.start_batch(worker)
         self.after_batch(worker)

@@ -447,17 +447,21 @@ class SimFleet:
         worker.busy_until = self.sim.now + seconds
         self.sim.at(worker.busy_until, self.batch_done, worker, seconds)
 
-    def batch_done(self, worker: SimWorker, seconds: float) -> None:
+    def hand_on(self, worker: SimWorker, batch: list[SimJob], model: str) -> None:
+        """An interactive batch ended: a heavy one's jobs are done, a light one's go to the judge."""
         sim = self.sim
-        batch, model = worker.batches.popleft()
-        worker.pipeline.timer.observe(model, len(batch), seconds)
-        for job in batch:
-            job.tier = worker.tier
         if worker.tier is Tier.heavy:
             for job in batch:
                 sim.end(job, "done", sim.now + sim.finish_s)
         else:
             sim.at(sim.now + sim.judge_s, sim.judge, batch, model)
+
+    def batch_done(self, worker: SimWorker, seconds: float) -> None:
+        batch, model = worker.batches.popleft()
+        worker.pipeline.timer.observe(model, len(batch), seconds)
+        for job in batch:
+            job.tier = worker.tier
+        self.hand_on(worker, batch, model)
         if worker.batches:
             self.start_batch(worker)
         if not worker.retiring:

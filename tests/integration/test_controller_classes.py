@@ -24,7 +24,7 @@ INTERACTIVE = ("light_model", "heavy_model", "r", "d", "light_batch", "heavy_bat
 async def test_a_burst_of_batch_jobs_moves_the_batch_placement_not_the_interactive_plan():
     settings = make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0, plan_period_s=0.5,
                              plan_min_dwell_s=2.0, demand_halflife_s=1.0, demand_margin=0.0, burst_prior=0.0,
-                             batch_slo_s=900.0)
+                             batch_slo_s=900.0, batch_colocate=False)  # else the light GPUs' heavy model covers it
     async with running_stack(settings, services=("controller",)) as stack:
         await stack.store.register_agent("host-a", GPUS, ttl_s=120)
         quiet = await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 15)
@@ -70,7 +70,7 @@ async def test_queued_batch_jobs_the_heavy_tier_cannot_serve_in_time_move_to_the
     (classes.rebalance, services/batch_mover.py); the job whose quality is `high` stays."""
     settings = make_settings(controller_policy="static", profile="paper-l40s-x10", plan_light_model="sd35-large-turbo",
                              plan_heavy_model="sd35-large", plan_light_gpus=15, plan_heavy_gpus=1, plan_period_s=0.5,
-                             batch_slo_s=60.0)
+                             batch_slo_s=60.0, batch_colocate=False)  # with it, the light GPUs serve them heavy
     async with running_stack(settings, services=("controller",)) as stack:
         await stack.store.register_agent("host-a", GPUS, ttl_s=120)
         await wait_for_plan(stack.store, lambda p: len(p.assignment) == 16, 15)
