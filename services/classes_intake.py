@@ -22,18 +22,20 @@ behind it on the model's thread), and no more are parked.
 
 A guest queue. A light worker with Settings.batch_colocate also consumes the heavy tier's batch
 queue (classes.guest_tier) into a third collector, with the same small prefetch, and runs those
-jobs with the heavy model, loaded beside its own (a ModelSlot of its own: services/worker.py), when
+jobs with the heavy model, loaded beside its own (a second ModelSlot on the same host, so that the
+batches of both pipeline as one model's do: services/worker.py), when
 it has no work of its own (classes.batch_source): the light tier's idle time, most of what the
 interactive plan leaves, serves batch work at the heavy model's quality.
 
 Yield. When an interactive job arrives while batch-class batches are admitted to this GPU (the one
 generating, or the one queued behind it: engine.Pipeline, PIPELINE_DEPTH), engine.batch_class_yields
 says, with Settings.batch_yield, whether they give way (in "pause" and "step" modes, as
-classes.should_yield rules: when the job can still end in time if served once they do). They are
-flagged in the model's control block, as a cancel flags a batch (services/cancels.py,
-shared/backends/control.py): the model stops at its next denoising step (the emulated backend
-sleeps step by step and stops the same way). The pipeline's estimate is rewound to the interactive
-batches ahead (interactive_free_at), so the interactive job is admitted as in time.
+classes.should_yield rules: when the job can still end in time if served once they do). The
+pipeline's estimate is rewound to the interactive batches ahead (interactive_free_at), so the
+interactive job is admitted as in time, and once its batch is admitted (at once when every pipeline
+slot is taken) they are flagged in the model's control block, as a cancel flags a batch
+(services/cancels.py, shared/backends/control.py): the model stops at its next denoising step (the
+emulated backend sleeps step by step and stops the same way).
 
 - "pause" (a model that can: Generator.can_pause): the batch is held here, its claims and
   deliveries kept, and taken again (`resume`) once no interactive job waits, from the step it
