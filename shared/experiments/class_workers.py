@@ -53,14 +53,19 @@ class ClassWorker(SimWorker):
         """Interactive deliveries not acked (the interactive consumer's prefetch credit)."""
         return len(self.buffer) + sum(len(batch) for batch, _ in self.batches if not is_batch(batch))
 
+    def held(self) -> list[list]:
+        """The batch-class batches admitted or paused: the services' worker holds their deliveries
+        unacked until they end."""
+        admitted = [batch for batch, _ in self.batches if is_batch(batch)]
+        return admitted + ([self.paused[0]] if self.paused is not None else [])
+
     def batch_unacked(self) -> int:
-        return len(self.batch_buffer) + sum(len(batch) for batch, _ in self.batches if is_batch(batch))
+        """The batch consumer's credit in use: its buffer and its own batches held."""
+        return len(self.batch_buffer) + sum(len(batch) for batch in self.held() if id(batch) not in self.guest_batches)
 
     def guest_unacked(self) -> int:
-        """The guest consumer's credit in use: its buffer and the guest batches admitted or paused (the
-        services' worker holds their deliveries unacked until they end)."""
-        held = [batch for batch, _ in self.batches] + ([self.paused[0]] if self.paused is not None else [])
-        return len(self.guest) + sum(len(batch) for batch in held if id(batch) in self.guest_batches)
+        """The guest consumer's credit in use: its buffer and the guest batches held."""
+        return len(self.guest) + sum(len(batch) for batch in self.held() if id(batch) in self.guest_batches)
 
 
 def batch_unacked(worker: SimWorker) -> int:
