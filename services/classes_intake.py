@@ -184,6 +184,10 @@ class Yields:
     def expected_s(self, model: str, size: int) -> float:
         return self.pipeline.timer.expected(model, size, self.times.seconds(model, size))
 
+    def steps(self, batch: Batch) -> int:
+        """The denoising steps of the batch's model."""
+        return max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+
     def on_interactive(self, delivery: Delivery) -> None:
         """An interactive job arrived: the batch-class batches ahead give way when the rule says so
         (engine.batch_class_yields, over classes.should_yield), once its batch is admitted
@@ -242,7 +246,7 @@ class Yields:
                    for item, result in zip(items, results, strict=True)]
         given = [item for item, gone in zip(items, stopped, strict=True) if gone]
         if given:
-            steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+            steps = self.steps(batch)
             lost_steps = 0 if batch.stopped_at_step is None and not batch.began else \
                 min((batch.stopped_at_step or 0) + 1, steps)
             lost_s = self.expected_s(batch.model, len(batch.items)) * lost_steps / steps
@@ -257,7 +261,7 @@ class Yields:
     def hold(self, batch: Batch, items: list[Claimed], step: int) -> None:
         """A paused batch, held (claims and deliveries kept) until `resume`; its steps run are the
         batch class's busy time, none lost."""
-        steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+        steps = self.steps(batch)
         ran_s = self.expected_s(batch.model, len(items)) * max(step - batch.first_step, 0) / steps
         metrics.observe_batch_yield(self.tier.value, 0.0)
         metrics.observe_class_busy(self.tier.value, "batch", ran_s)
@@ -273,7 +277,7 @@ class Yields:
         if not self.paused:
             return None
         batch = self.paused.pop(0)
-        steps = max(self.slot_for(batch).profile.model(batch.model).steps, 1)
+        steps = self.steps(batch)
         left = classes.resumed_s(self.expected_s(batch.model, len(batch.items)), batch.first_step, steps)
         batch.ends_by = max(self.clock(), self.pipeline.busy_until) + left
         self.pipeline.commit(batch.ends_by, own_model)

@@ -481,7 +481,7 @@ class ProcessGenerator(Generator):
                        first_step: int = 0) -> Generated:
         if not batch:
             return Generated([], 0.0, 0.0)
-        return self.process.generate(batch, on_preview, first_step if self.can_pause else 0, self.model.name)
+        return self.process.generate(batch, on_preview, first_step, self.model.name)  # the child checks can_pause
 
     def close(self) -> None:
         self.process.unload()

@@ -68,34 +68,21 @@ class ClassWorker(SimWorker):
         return len(self.guest) + sum(len(batch) for batch in self.held() if id(batch) in self.guest_batches)
 
 
-def batch_unacked(worker: SimWorker) -> int:
-    """The batch consumer's credit in use: the fleet's workers are ClassWorkers (new_worker)."""
+def with_classes(worker: SimWorker) -> ClassWorker:
+    """The fleet's workers are ClassWorkers (new_worker)."""
     assert isinstance(worker, ClassWorker)
-    return worker.batch_unacked()
+    return worker
 
 
-def batch_buffer(worker: SimWorker) -> deque:
-    """Where batch deliveries land: apart from the interactive ones, so admission picks the class."""
-    assert isinstance(worker, ClassWorker)
-    return worker.batch_buffer
-
-
-def guest_unacked(worker: SimWorker) -> int:
-    assert isinstance(worker, ClassWorker)
-    return worker.guest_unacked()
-
-
-def guest_buffer(worker: SimWorker) -> deque:
-    assert isinstance(worker, ClassWorker)
-    return worker.guest
-
-
-# The batch queue's consumer: its own small prefetch; a tier never marked saturated by it (the
-# interactive queue's mark, SimFleet.saturated, is the interactive consumer's alone).
-BATCH = Consumer(BATCH_PREFETCH_BATCHES, batch_unacked, batch_buffer)
+# The batch queue's consumer: its own small prefetch, its deliveries apart from the interactive ones
+# (so admission picks the class); a tier never marked saturated by it (the interactive queue's mark,
+# SimFleet.saturated, is the interactive consumer's alone).
+BATCH = Consumer(BATCH_PREFETCH_BATCHES, lambda worker: with_classes(worker).batch_unacked(),
+                 lambda worker: with_classes(worker).batch_buffer)
 # A light worker's consumer of the heavy tier's batch queue (classes.guest_tier): the same prefetch,
 # counted in heavy batches.
-GUEST = Consumer(BATCH_PREFETCH_BATCHES, guest_unacked, guest_buffer, batch_tier=Tier.heavy)
+GUEST = Consumer(BATCH_PREFETCH_BATCHES, lambda worker: with_classes(worker).guest_unacked(),
+                 lambda worker: with_classes(worker).guest, batch_tier=Tier.heavy)
 
 
 def is_batch(jobs) -> bool:
@@ -153,24 +140,12 @@ class ClassWorkerFleet(SimFleet):
         self.start_batch(worker)
 
     def admit_guest(self, worker: ClassWorker) -> None:
-        """A batch from the guest tier's batch queue, run with that tier's model, loaded beside the
-        worker's own (no load either way): timed, its late jobs to the fallback (engine.fallback, as
-        the guest tier's worker would), the rest run. The pipeline keeps the worker's own model."""
-        sim = self.sim
-        guest = guest_tier(worker.tier, sim.settings.batch_colocate) or worker.tier
-        model = sim.in_force.model_for(guest)
-        size = min(sim.in_force.batch_for(guest), len(worker.guest))
-        ends_at = worker.pipeline.batch_end(sim.now, model, size, loaded=model, times=sim.times)
-        jobs = [worker.guest.popleft() for _ in range(size)]
-        batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
-        for job in late:
-            self.too_late(job, guest)
-        if not batch:
-            return
-        worker.pipeline.commit(ends_at, worker.pipeline.model or sim.in_force.model_for(worker.tier))
-        worker.guest_batches.add(id(batch))
-        worker.batches.append((batch, model))
-        self.start_batch(worker)
+        """A batch from the guest tier's batch queue, run with that tier's model beside the worker's
+        own (admit_one with the guest tier: its late jobs take that tier's fallback)."""
+        guest = guest_tier(worker.tier, self.sim.settings.batch_colocate) or worker.tier
+        batch = self.admit_one(worker, worker.guest, guest)
+        if batch is not None:
+            worker.guest_batches.add(id(batch))
 
     def yields(self, worker: ClassWorker) -> bool:
         """Whether the running batch-class batch is to stop for the interactive jobs waiting: if so,

@@ -406,11 +406,15 @@ class SimFleet:
         while worker.buffer and len(worker.batches) < PIPELINE_DEPTH:
             self.admit_one(worker, worker.buffer)
 
-    def admit_one(self, worker: SimWorker, buffer: deque) -> None:
+    def admit_one(self, worker: SimWorker, buffer: deque, tier: Tier | None = None) -> list[SimJob] | None:
         """One batch from the head of `buffer`, at the plan's size: timed, its jobs that cannot end
         in time handed to too_late, the rest queued on the worker's pipeline (ClassFleet calls it
-        with the buffer of the class next_class picks)."""
-        tier, sim = worker.tier, self.sim
+        with the buffer of the class next_class picks); the batch queued, if any. `tier`: whose
+        model runs it and whose fallback its late jobs take, the worker's own by default; another's
+        (a guest tier's, classes.guest_tier) is loaded beside the worker's own: no load either way,
+        and the pipeline keeps the worker's model."""
+        sim, own = self.sim, tier is None or tier is worker.tier
+        tier = tier or worker.tier
         model = sim.in_force.model_for(tier)
         size = min(sim.in_force.batch_for(tier), len(buffer))
         # The model loaded once idle: the plan's (reload() has loaded it), the worker's own.
@@ -419,13 +423,15 @@ class SimFleet:
         batch, late = engine.split_late(jobs, ends_at, lambda job: job.deadline_s)
         for job in late:  # a batch job too late on the heavy tier moves to the light tier's batch queue
             self.too_late(job, tier)  # (services/handoff.py: reroute_to_light), as an interactive one
-            self.saturated[tier] = False  # its ack frees prefetch credit
+            if own:
+                self.saturated[tier] = False  # its ack frees prefetch credit
         if not batch:
-            return
-        worker.pipeline.commit(ends_at, model)
+            return None
+        worker.pipeline.commit(ends_at, model if own else worker.pipeline.model or sim.in_force.model_for(worker.tier))
         worker.batches.append((batch, model))
         if len(worker.batches) == 1:
             self.start_batch(worker)
+        return batch
 
     def too_late(self, job: SimJob, tier: Tier) -> None:
         """As the worker (shared/policies/engine.py: fallback): the light image, the light tier, or shed."""

@@ -152,8 +152,7 @@ def place_batch(plan: Plan, demand_qps: float, backlog: Backlog, batch_s: Callab
     left = leftover_gpus(plan, demand_qps, batch_s)
     cost = {tier: per_image_s(plan, tier, batch_s) for tier in Tier}
     guests = left[Tier.light] if guest_tier(Tier.light, colocate) is Tier.heavy and plan.heavy_gpus > 0 else 0.0
-    if guests > 0 and cost[Tier.heavy] > 0 and all(
-            (left[Tier.heavy] + guests) * horizon / cost[Tier.heavy] >= due for horizon, due in points):
+    if guests > 0 and cost[Tier.heavy] > 0 and served_share(points, left[Tier.heavy] + guests, cost[Tier.heavy]) >= 1:
         return BatchPlacement(1.0, (), f"batch backlog {backlog.total}: heavy 1.00, leftover GPUs heavy "
                                        f"{left[Tier.heavy]:.1f} and light {guests:.1f} with the heavy model")
     heavy = heavy_share(plan, points, left[Tier.heavy], cost[Tier.heavy])
@@ -208,7 +207,13 @@ def heavy_share(plan: Plan, points: Sequence[tuple[float, int]], heavy_left: flo
         return 0.0
     if plan.light_gpus <= 0 or plan.light_model == plan.heavy_model or heavy_cost <= 0:
         return 1.0
-    return min([1.0] + [heavy_left * horizon / heavy_cost / due for horizon, due in points])
+    return served_share(points, heavy_left, heavy_cost)
+
+
+def served_share(points: Sequence[tuple[float, int]], gpus: float, cost: float) -> float:
+    """The share of the jobs due by every horizon that `gpus` GPUs at `cost` seconds an image serve
+    by then (at most 1)."""
+    return min([1.0] + [gpus * horizon / cost / due for horizon, due in points])
 
 
 def shortfall_gpus(points: Sequence[tuple[float, int]], heavy: float, left: dict[Tier, float],
