@@ -72,12 +72,31 @@ def step(name: str, started: float) -> None:
     print(f"  {name}: {time.perf_counter() - started:.1f} s", flush=True)
 
 
+def source_copy(tmp: Path) -> Path:
+    """This checkout's files as git sees them (tracked, and new ones not ignored), links kept as links,
+    in a folder of this run's own. setuptools writes `hadis.egg-info` and the sdist's staging folder
+    `hadis-<version>/` into the folder it builds from, and removes the latter when done: CI runs
+    `make test-wheel` and `make test-wheel-extras` side by side, and two builds in one checkout
+    removed each other's staging folder (`No such file or directory: 'hadis-0.1.0/hadis/profiles/...'`)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    source = tmp / "source"
+    for name in filter(None, listed):
+        origin, copy = ROOT / name, source / name
+        if not origin.is_symlink() and not origin.is_file():
+            continue  # deleted in the working tree, or a submodule's folder
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(origin, copy, follow_symlinks=False)
+    return source
+
+
 def build(tmp: Path) -> tuple[Path, Path]:
-    """The sdist and the wheel, with `build` from a virtualenv of its own (nothing added to .venv)."""
+    """The sdist and the wheel, with `build` from a virtualenv of its own (nothing added to .venv), from a
+    copy of the checkout (`source_copy`: nothing written into it either)."""
     tools = tmp / "tools"
     run([sys.executable, "-m", "venv", tools], tmp)
     run([tools / "bin" / "pip", "install", "--quiet", "build"], tmp)
-    run([tools / "bin" / "python", "-m", "build", "--outdir", tmp / "dist", ROOT], tmp)
+    run([tools / "bin" / "python", "-m", "build", "--outdir", tmp / "dist", source_copy(tmp)], tmp)
     (sdist,), (wheel,) = (tmp / "dist").glob("*.tar.gz"), (tmp / "dist").glob("*.whl")
     return sdist, wheel
 
