@@ -3,18 +3,23 @@ CPU host), registers them with the cluster, and keeps one worker process per GPU
 tier the plan assigns to it: it starts, stops and moves workers between tiers. A worker that
 is moved finishes the batches it committed to (SIGTERM: graceful stop, the rest requeued) before
 the GPU gets its new worker; it is killed only once they are overdue. A worker that dies is
-restarted with backoff (shared/policies/restarts.py), never given up on."""
+restarted with backoff (shared/policies/restarts.py), never given up on. Each GPU's workers carry
+their busy-time counters from one to the next through a file in a folder of the agent's
+(shared/busy_carry.py), so a tier change does not reset them."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared import metrics
 from shared.logging import get_logger
@@ -52,6 +57,7 @@ class Agent:
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     restarts: dict[str, RestartBackoff] = field(default_factory=dict)  # per GPU: its worker's deaths
     dead_owners: list[str] = field(default_factory=list)  # claims' owners that died, to release
+    carry_dir: Path | None = None  # the workers' busy-time carry files (made at the first start)
 
     @property
     def gpus(self) -> list[str]:
@@ -60,7 +66,7 @@ class Agent:
     def start_worker(self, gpu: str, tier: Tier) -> None:
         instance = secrets.token_hex(4)
         env = {**self.service.settings.as_env(), "HADIS_TIER": tier.value, "HADIS_GPU": gpu,
-               "HADIS_WORKER_INSTANCE": instance}
+               "HADIS_WORKER_INSTANCE": instance, "HADIS_BUSY_CARRY_FILE": str(self.carry_file(gpu))}
         if gpu.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = gpu.removeprefix("cuda")
         if self.service.settings.metrics_port is not None:
@@ -69,6 +75,13 @@ class Agent:
                                    preexec_fn=stop_with_parent)
         self.workers[gpu] = WorkerProcess(gpu, tier, process, instance)
         log.info("worker_started", gpu=gpu, tier=tier.value, pid=process.pid)
+
+    def carry_file(self, gpu: str) -> Path:
+        """Where the GPU's worker leaves its busy-time counters for the next one (by the GPU's index:
+        a GPU's name is the operator's, not a file name)."""
+        if self.carry_dir is None:
+            self.carry_dir = Path(tempfile.mkdtemp(prefix="hadis-agent-"))
+        return self.carry_dir / f"gpu{self.gpus.index(gpu)}.busy.json"
 
     def stop_worker(self, worker: WorkerProcess) -> None:
         if worker.stopping_since is None:
@@ -178,6 +191,8 @@ class Agent:
         for worker in self.workers.values():
             if worker.alive:
                 worker.process.kill()
+        if self.carry_dir is not None:  # the next agent's workers start their counters from 0
+            shutil.rmtree(self.carry_dir, ignore_errors=True)
 
 
 def stop_with_parent() -> None:

@@ -22,6 +22,9 @@ Every service exposes the same families; each fills the ones it owns:
                                                work (worker)
     hadis_batch_yield_lost_seconds_total{tier} the model time the stopped ones had run (lost, run again later;
                                                none for a paused one)
+    hadis_carried_seconds{counter,priority}    what a worker's two counters above started from: its GPU's
+                                               previous worker's totals (shared/busy_carry.py: a tier change
+                                               does not reset a GPU's busy time; 0 after a kill)
     hadis_class_jobs_finished_total{priority,state}  jobs that reached a terminal state, by class (beside
                                                hadis_jobs_finished_total, which dashboards and rules read by tier)
     hadis_class_slo_violations_total{priority} done late, expired or failed, by class

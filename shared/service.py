@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import crashpoints, metrics
+from shared import busy_carry, crashpoints, metrics
 from shared.bus import Bus, Delivery
 from shared.errors import Disposition, Expired, describe, disposition_for
 from shared.logging import configure, get_logger
@@ -92,6 +92,9 @@ def run(name: str, main: ServiceMain) -> None:
     """Entry point of a service process."""
     settings = get_settings()
     configure(settings, name)
+    carry = Path(settings.busy_carry_file) if settings.busy_carry_file else None
+    if carry is not None:  # before the counters are served: a reader never sees them without it
+        busy_carry.take(carry)
     if settings.metrics_port is not None:
         metrics.start_metrics_server(settings.metrics_port)
 
@@ -103,9 +106,13 @@ def run(name: str, main: ServiceMain) -> None:
         log.info("event_loop", loop=type(loop).__module__.split(".")[0])
         await serve(name, main, settings, stopping)
 
-    with cpu_profile(settings.cpu_profile_dir, name), \
-            asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(run_with_signals())
+    try:
+        with cpu_profile(settings.cpu_profile_dir, name), \
+                asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(run_with_signals())
+    finally:
+        if carry is not None:  # after its last batch, whatever ended the process (short of a kill)
+            busy_carry.leave(carry)
 
 
 @contextmanager

@@ -93,6 +93,10 @@ class FleetSettings(BaseModel):
     worker_instance: str = Field(default="", pattern=r"^[0-9a-f]{0,32}$",
                                  description="Set by the agent for each worker it starts (unique per start; "
                                              "see shared.store.owner_id); empty: the worker makes one.")
+    busy_carry_file: str = Field(default="", max_length=4096,
+                                 description="Set by the agent for each worker: where a worker leaves its busy-time "
+                                             "counters when it ends and the next one on its GPU takes them from "
+                                             "(shared/busy_carry.py); empty: none.")
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000, description="Longest wait to fill a batch.")
 
     # The agent: the GPUs of this host (CUDA ids "0,1,...") or, without GPUs, emulated ones.

@@ -10,9 +10,12 @@ metrics port, the agent's port plus one plus the GPU's index (services/agent.py)
 every worker's counters every SCRAPE_S; what a counter grew by between two reads is a batch (or
 batches) that ended in between, placed on the trace clock as the span just before the read (each
 worker runs one batch at a time). A worker replaced (its GPU moved to another tier, or restarted) is
-a new process on the same port: its `process_start_time_seconds` differs, and its counters count
-from zero. What a worker ran after the last read before it exited is not seen (at most its last
-batch; `notes.busy_workers_gone` says how many processes went so)."""
+a new process on the same port: its `process_start_time_seconds` differs. Its counters start from
+its predecessor's final ones (shared/busy_carry.py; `hadis_carried_seconds` says how much), so
+what the predecessor ran after the last read (its last batches: a stopping worker finishes them
+just before it exits) is in the first read of the successor. A predecessor that was killed left
+nothing to carry: its successor counts from zero, and what it ran after the last read is not seen
+(`notes.busy_workers_gone` says how many went so; `busy_workers_carried` how many carried on)."""
 
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ OVERLOADED_RETRY_S = 0.5
 UNFINISHED_MAX = 500  # batch jobs written to batch_unfinished.json
 BUSY_LINE = re.compile(r'^hadis_class_busy_seconds_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
 LOST_LINE = re.compile(r'^hadis_batch_yield_lost_seconds_total\{[^}]*\} (?P<value>\S+)$')
+CARRIED_LINE = re.compile(r'^hadis_carried_seconds\{counter="(?P<counter>[^"]*)",priority="(?P<priority>[^"]*)"\} '
+                          r'(?P<value>\S+)$')
 PRIORITY_LABEL = re.compile(r'priority="(?P<priority>[^"]*)"')
 START_PREFIX = "process_start_time_seconds "
 
@@ -56,12 +61,14 @@ class Counters:
     started: float | None
     busy: dict[str, float]
     lost: float = 0.0
+    carried: Counters | None = None  # what the process's counters started from (its predecessor's)
 
     @classmethod
     def parse(cls, text: str) -> Counters:
         started: float | None = None
         busy: dict[str, float] = {}
-        lost = 0.0
+        carried: dict[str, float] = {}
+        lost = carried_lost = 0.0
         for line in text.splitlines():
             if line.startswith(START_PREFIX):
                 started = float(line[len(START_PREFIX):])
@@ -69,12 +76,30 @@ class Counters:
                 busy[priority["priority"]] = busy.get(priority["priority"], 0.0) + float(match["value"])
             elif match := LOST_LINE.match(line):
                 lost += float(match["value"])
-        return cls(started, busy, lost)
+            elif match := CARRIED_LINE.match(line):
+                if match["counter"] == "hadis_class_busy_seconds":
+                    carried[match["priority"]] = float(match["value"])
+                elif match["counter"] == "hadis_batch_yield_lost_seconds":
+                    carried_lost += float(match["value"])
+        return cls(started, busy, lost, cls(started, carried, carried_lost))
 
     def follows(self, before: Counters) -> bool:
         """The same process as `before`, read later (no counter went back)."""
-        return (self.started == before.started and self.lost >= before.lost
-                and all(self.busy.get(priority, -1.0) >= seconds for priority, seconds in before.busy.items()))
+        return self.started == before.started and self.at_least(before)
+
+    def at_least(self, before: Counters) -> bool:
+        return self.lost >= before.lost and all(self.busy.get(priority, -1.0) >= seconds - 1e-6
+                                                for priority, seconds in before.busy.items())
+
+    def carries_on(self, before: Counters) -> bool:
+        """A new process whose counters went on from `before`'s process (it carried at least what
+        was read of it: it is that process's successor, or a later one's, and none was killed)."""
+        return self.started != before.started and self.carried is not None and self.carried.at_least(before)
+
+    @property
+    def start(self) -> Counters:
+        """What this process's counters counted from."""
+        return self.carried or ZERO
 
 
 ZERO = Counters(None, {})
@@ -87,7 +112,8 @@ class BusyLog:
     busy: list[Busy] = field(default_factory=list)
     last: dict[str, Counters] = field(default_factory=dict)
     processes: int = 0
-    gone: int = 0  # processes a new one replaced on their GPU (their last batch may be unseen)
+    gone: int = 0  # processes a new one replaced on their GPU without carrying on (their last batches unseen)
+    carried: int = 0  # processes a new one replaced on their GPU and carried on from
 
     def observe(self, gpu: str, counters: Counters | None, t_s: float) -> None:
         """A read at `t_s` (trace clock); None when the port did not answer (no worker there, or
@@ -97,8 +123,11 @@ class BusyLog:
         before = self.last.get(gpu)
         if before is None or not counters.follows(before):
             self.processes += 1
-            self.gone += before is not None
-            before = ZERO
+            if before is not None and counters.carries_on(before):
+                self.carried += 1  # what `before`'s process ran after its last read is counted now
+            else:
+                self.gone += before is not None
+                before = counters.start
         self.last[gpu] = counters
         lost = max(counters.lost - before.lost, 0.0)
         batch = max(counters.busy.get("batch", 0.0) - before.busy.get("batch", 0.0), 0.0)
@@ -151,7 +180,7 @@ class BusyScraper:
 
     def notes(self) -> dict:
         return {"busy_reads": self.reads, "busy_worker_processes": self.log.processes,
-                "busy_workers_gone": self.log.gone}
+                "busy_workers_gone": self.log.gone, "busy_workers_carried": self.log.carried}
 
 
 def batch_job(job_id: str, index: int, prompts: tuple[str, ...], load: BatchLoad, submitted_at: float) -> Job:

@@ -4,7 +4,7 @@ time by class from successive reads of their counters, and the plan log's batch 
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from shared import cli
 from shared.experiments.class_runner import BusyLog, Counters
@@ -12,20 +12,29 @@ from shared.experiments.runner import PlanLog
 from shared.schemas import Plan
 
 
-def page(busy: dict[str, float], lost: float = 0.0, started: float = 1000.0) -> str:
-    """A worker's metrics page with its class counters, as prometheus_client writes it."""
+def page(busy: dict[str, float], lost: float = 0.0, started: float = 1000.0,
+         carried: dict[str, float] | None = None) -> str:
+    """A worker's metrics page with its class counters, as prometheus_client writes it (`carried`:
+    what they started from, by class and "lost", as shared/busy_carry.py exports it)."""
     registry = CollectorRegistry()
     counter = Counter("hadis_class_busy_seconds", "", ["tier", "priority"], registry=registry)
     for priority, seconds in busy.items():
         counter.labels("heavy", priority).inc(seconds)
     if lost:
         Counter("hadis_batch_yield_lost_seconds", "", ["tier"], registry=registry).labels("heavy").inc(lost)
+    if carried is not None:
+        gauge = Gauge("hadis_carried_seconds", "", ["counter", "priority"], registry=registry)
+        for key, seconds in carried.items():
+            labels = ("hadis_batch_yield_lost_seconds", "") if key == "lost" else ("hadis_class_busy_seconds", key)
+            gauge.labels(*labels).set(seconds)
     return f"process_start_time_seconds {started}\n" + generate_latest(registry).decode()
 
 
 def test_a_page_is_read_into_busy_seconds_by_class():
-    counters = Counters.parse(page({"interactive": 2.5, "batch": 4.0}, lost=1.0, started=1234.5))
-    assert counters == Counters(1234.5, {"interactive": 2.5, "batch": 4.0}, 1.0)
+    counters = Counters.parse(page({"interactive": 2.5, "batch": 4.0}, lost=1.0, started=1234.5,
+                                   carried={"interactive": 1.5, "batch": 0.0, "lost": 0.25}))
+    assert (counters.started, counters.busy, counters.lost) == (1234.5, {"interactive": 2.5, "batch": 4.0}, 1.0)
+    assert counters.carried == Counters(1234.5, {"interactive": 1.5, "batch": 0.0}, 0.25)
 
 
 def test_what_each_counter_grew_by_is_a_span_before_the_read():
@@ -49,6 +58,29 @@ def test_a_replaced_worker_counts_from_zero():
     assert [(b.priority, b.end_s - b.start_s) for b in log.busy] == [("interactive", 10.0), ("interactive", 12.0),
                                                                      ("batch", 1.0)]
     assert (log.processes, log.gone) == (3, 2)
+
+
+def test_a_successor_that_carried_on_brings_what_was_not_read_of_its_predecessor():
+    """The old worker ran 3 s more after the last read and exited; the new one started its counters
+    from the old one's final totals and ran 1 s of batch: both are counted at its first read."""
+    log = BusyLog()
+    log.observe("g0", Counters.parse(page({"interactive": 10.0})), 10.0)
+    successor = page({"interactive": 13.0, "batch": 1.0}, started=2000.0, carried={"interactive": 13.0, "batch": 0.0})
+    log.observe("g0", Counters.parse(successor), 20.0)
+    assert [(b.priority, b.end_s - b.start_s) for b in log.busy] == [("interactive", 10.0), ("interactive", 3.0),
+                                                                     ("batch", 1.0)]
+    assert (log.processes, log.gone, log.carried) == (2, 0, 1)
+
+
+def test_a_successor_of_a_killed_worker_counts_from_what_it_carried():
+    """A killed worker left nothing: its successor carried less than was read of it (here a file an
+    older worker had left could not be there: a worker deletes it as it starts), so it counts from
+    what it carried, and what the killed one ran after the last read is not seen."""
+    log = BusyLog()
+    log.observe("g0", Counters.parse(page({"interactive": 10.0})), 10.0)
+    log.observe("g0", Counters.parse(page({"interactive": 2.0}, started=2000.0, carried={"interactive": 0.0})), 20.0)
+    assert [(b.priority, b.end_s - b.start_s) for b in log.busy] == [("interactive", 10.0), ("interactive", 2.0)]
+    assert (log.processes, log.gone, log.carried) == (2, 1, 0)
 
 
 def plan(version: int, **fields) -> Plan:

@@ -9,6 +9,8 @@ import time
 import pytest
 
 from services import agent
+from shared.experiments.class_runner import Counters, fetch_metrics
+from shared.ports import free_port_base
 from shared.schemas import Job, JobState
 from shared.service import serve
 from tests.helpers import eventually, make_settings
@@ -101,3 +103,52 @@ async def test_a_moved_worker_finishes_a_batch_longer_than_its_grace(monkeypatch
     assert done.state is JobState.done and done.model == "sd35-large", done.history
     assert [step.state for step in done.history].count(JobState.generating) == 1, done.history  # not redone
     assert killed == []
+
+
+async def worker_counters(port: int, timeout_s: float = 30.0) -> Counters:
+    """A worker's counters, once its metrics port answers."""
+    give_up_at = time.monotonic() + timeout_s
+    while (page := await fetch_metrics(port)) is None:
+        assert time.monotonic() < give_up_at, f"no metrics on port {port}"
+        await asyncio.sleep(0.2)
+    return Counters.parse(page)
+
+
+async def test_a_moved_workers_successor_carries_its_busy_time_on():
+    """A GPU moved to the other tier gets a new worker process, whose busy-time counters start from
+    the old one's final totals (shared/busy_carry.py): the batches the old one ran after the last
+    read, just before it exited, are not lost to a reader (hadis experiment's busy time). Fails with
+    counters that restart from 0 at every move."""
+    base = free_port_base(3)
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", time_scale=0.2,
+                             emulated_gpus=2, plan_light_gpus=1, plan_heavy_gpus=1, plan_d=1.0, heartbeat_s=0.3,
+                             metrics_port=base)
+    ports = [base + 1, base + 2]
+    async with running_stack(settings, services=("controller", "router", "judge")) as stack:
+        stopping = asyncio.Event()
+        agent_task = asyncio.create_task(serve("agent", agent.main, settings, stopping))
+        try:
+            await wait_for_workers(stack.store, light=1, heavy=1)
+            jobs = [Job(prompt=f"a lighthouse in a storm, number {i}") for i in range(12)]
+            await stack.submit_many(jobs)
+            await stack.wait_all([job.job_id for job in jobs], timeout_s=120)
+            before = [await worker_counters(port) for port in ports]
+            assert all(sum(counters.busy.values()) > 0 for counters in before), before
+            plan = await stack.store.get_plan()
+            swapped = {gpu: ("light" if tier == "heavy" else "heavy") for gpu, tier in plan.assignment.items()}
+            await stack.store.publish_plan({**plan.model_dump(exclude={"version", "created_at"}),
+                                            "assignment": swapped})
+
+            async def replaced() -> bool:
+                now = [await worker_counters(port) for port in ports]
+                return all(new.started != old.started for new, old in zip(now, before, strict=True))
+
+            await eventually("a new worker process on each GPU", replaced, timeout_s=60)
+            after = [await worker_counters(port) for port in ports]
+        finally:
+            stopping.set()
+            done, _ = await asyncio.wait([agent_task], timeout=120)
+            assert done, "the agent did not stop within 120 s"
+    for old, new in zip(before, after, strict=True):
+        assert new.carries_on(old), (old, new)
+        assert new.carried is not None and new.carried.busy == pytest.approx(old.busy), (old, new)
