@@ -73,7 +73,8 @@ class Handoff:
 
     async def follow(self, item: Claimed, step: Next, model: str | None = None) -> None:
         """Carry out a step decision for an item this worker does not generate (now); `model`
-        made the light image this worker just stored."""
+        made the image this worker just stored (None: it stored none, the delivery is a duplicate
+        or the job went on without it)."""
         with bind_job(item.job_id):
             if step is Next.wait:
                 # A live worker is generating this job: look again later, holding the delivery
@@ -87,7 +88,8 @@ class Handoff:
             elif step is Next.hand_on:
                 await self.hand_on(item, model)
             else:
-                log.info("duplicate_delivery_dropped")
+                if model is None:  # a refused claim, or a result someone else stored first
+                    log.info("duplicate_delivery_dropped")
                 await self.settle(item, Disposition.ack)
 
     async def settle(self, item: Claimed, disposition: Disposition) -> None:
