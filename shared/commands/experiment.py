@@ -167,23 +167,25 @@ def with_oracle(args: argparse.Namespace, trace, report):
     return report.with_oracle(oracle.fid, light_only)
 
 
-def finish(args: argparse.Namespace, report, series, plans, class_rows: list | None = None) -> int:
-    """Write the run (with a batch backlog, classes.csv and its figure too) and print the report;
-    1 when a job of either class was lost."""
+def finish(args: argparse.Namespace, report, series, plans, class_rows: list | None = None,
+           busy: list | None = None) -> int:
+    """Write the run (with a batch backlog, classes.csv, its figure and busy.csv too) and print the
+    report; 1 when a job of either class was lost."""
     from shared.experiments.report import write_run
 
     write_run(Path(args.out), report, series, plans)
     if class_rows is not None:
-        write_classes(Path(args.out), class_rows)
+        write_classes(Path(args.out), class_rows, busy or [])
     sys.stdout.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     batch_lost = report.classes["batch"]["lost"] if report.classes else 0
     return 0 if report.lost == 0 and batch_lost == 0 else 1
 
 
-def write_classes(out: Path, rows: list) -> None:
-    from shared.experiments.class_report import write_class_series
+def write_classes(out: Path, rows: list, busy: list) -> None:
+    from shared.experiments.class_report import write_busy_spans, write_class_series
 
     write_class_series(out, rows)
+    write_busy_spans(out, busy)
     try:
         from shared.experiments.plots import plot_classes
     except ModuleNotFoundError as error:
@@ -267,7 +269,7 @@ def run_class_simulation(args: argparse.Namespace, trace, settings, options: dic
         run = simulate_classes(settings, trace, batch, **options)
     report, series = build(args, "simulate", trace, run.interactive, run.plans, run.wall_s, notes)
     report, rows = with_classes(args, trace, report, run)
-    return finish(args, report, series, run.plans, rows)
+    return finish(args, report, series, run.plans, rows, run.busy)
 
 
 def run_best_static(args: argparse.Namespace, trace, settings, options: dict):
@@ -349,7 +351,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     if experiment.class_run is None:
         return finish(args, report, series, plans)
     report, rows = with_classes(args, trace, report, experiment.class_run)
-    return finish(args, report, series, plans, rows)
+    return finish(args, report, series, plans, rows, experiment.class_run.busy)
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -99,6 +99,19 @@ def classes_section(interactive: list[JobOutcome], batch: list[JobOutcome], busy
             "batch_all_in_time": summaries["batch"]["within_slo"] == summaries["batch"]["jobs"]}
 
 
+def write_busy_spans(out_dir: Path, busy: list[Busy]) -> Path:
+    """`busy.csv`: every GPU's busy spans by class (what the shares are computed from), to find
+    where a GPU stood idle."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "busy.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("gpu", "priority", "start_s", "end_s", "lost"))
+        for span in sorted(busy, key=lambda span: (span.gpu, span.start_s)):
+            writer.writerow((span.gpu, span.priority, round(span.start_s, 4), round(span.end_s, 4), int(span.lost)))
+    return path
+
+
 def write_class_series(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "classes.csv"
