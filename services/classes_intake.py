@@ -32,10 +32,12 @@ generating, or the one queued behind it: engine.Pipeline, PIPELINE_DEPTH), engin
 says, with Settings.batch_yield, whether they give way (in "pause" and "step" modes, as
 classes.should_yield rules: when the job can still end in time if served once they do). The
 pipeline's estimate is rewound to the interactive batches ahead (interactive_free_at), so the
-interactive job is admitted as in time, and once its batch is admitted (at once when every pipeline
-slot is taken) they are flagged in the model's control block, as a cancel flags a batch
-(services/cancels.py, shared/backends/control.py): the model stops at its next denoising step (the
-emulated backend sleeps step by step and stops the same way).
+interactive job is admitted as in time, and once its batch is queued on the model behind them (at
+once when every pipeline slot is taken: they give their slots back, and it is admitted while they
+run to their next step) they are flagged in the model's control block, as a cancel flags a batch
+(services/cancels.py, shared/backends/control.py): the model stops at its next denoising step and
+its thread goes straight on to the interactive batch (the emulated backend sleeps step by step and
+stops the same way).
 
 - "pause" (a model that can: Generator.can_pause): the batch is held here, its claims and
   deliveries kept, and taken again (`resume`) once no interactive job waits, from the step it
@@ -157,9 +159,10 @@ class Yields:
     interactive work, and those paused, held until they resume (the module's docstring)."""
 
     def __init__(self, service: Service, tier: Tier, pipeline: Pipeline, slot_for: Callable[[Batch], ModelSlot],
-                 times: BatchTimes, intake: ClassIntake, clock: Clock) -> None:
+                 times: BatchTimes, intake: ClassIntake, clock: Clock,
+                 give_slot: Callable[[Batch], None] = lambda batch: None) -> None:
         self.service, self.tier, self.pipeline, self.slot_for, self.times = service, tier, pipeline, slot_for, times
-        self.intake, self.clock = intake, clock
+        self.intake, self.clock, self.give_slot = intake, clock, give_slot
         self.inflight: list[Batch] = []
         self.paused: list[Batch] = []  # oldest first: each resumes from its first_step
         # batch-class batches to stop once the interactive batch they give way to is admitted
@@ -168,12 +171,17 @@ class Yields:
         intake.collectors.paused = lambda: len(self.paused)
 
     def admitted(self, batch: Batch) -> None:
-        """A batch admitted to this GPU; an interactive one stops the batch-class batches that give
-        way to it now, not when its first job arrived: the GPU works on until the interactive batch
-        is claimed and handed to the model, then the batch-class one stops at its next step (the
-        round trips between the two left the GPU idle). When every pipeline slot is taken, the
-        interactive batch cannot be admitted before they stop: they stop at once (on_interactive)."""
+        """A batch admitted to this GPU."""
         self.inflight.append(batch)
+
+    def next_on_model(self, batch: Batch) -> None:
+        """A batch is in its model's queue (or waits for its model to load). An interactive one stops
+        the batch-class batches that give way to it now, not when its first job arrived nor when it
+        was admitted: the GPU works on until the interactive batch is claimed and queued behind them,
+        then the batch-class one stops at its next step and the model's thread goes straight on to
+        it (each round trip between the two left the GPU idle). When every pipeline slot is taken,
+        the interactive batch cannot be admitted before a slot frees: they stop at once, and give
+        their slots back (on_interactive)."""
         if batch.priority == "interactive":
             self.admitted_interactive()
 
@@ -204,12 +212,12 @@ class Yields:
             return
         self.pipeline.busy_until = engine.interactive_free_at(now, view)
         self.giving_way = [batch for batch in ahead if batch.priority == "batch"]
-        if len(self.inflight) >= PIPELINE_DEPTH:  # no slot for the interactive batch until they stop
+        if sum(batch.holds_slot for batch in self.inflight) >= PIPELINE_DEPTH:  # no slot for the interactive batch
             self.admitted_interactive()
 
     def admitted_interactive(self) -> None:
-        """Stop the batch-class batches giving way (an interactive batch is admitted, or will be
-        once they stop)."""
+        """Stop the batch-class batches giving way (an interactive batch is queued on the model, or
+        will be once their slots are free)."""
         for stopping in self.giving_way:
             if stopping in self.inflight and not stopping.yielded:
                 self.stop(stopping)
@@ -221,6 +229,7 @@ class Yields:
         generator = self.slot_for(batch).generator
         batch.yielded = True
         batch.pausing = self.service.settings.batch_yield == "pause" and generator is not None and generator.can_pause
+        self.give_slot(batch)  # it ends at its next step: the interactive batch is admitted behind it meanwhile
         if generator is None or not batch.items:
             return
         ids = [item.job_id for item in batch.items]
@@ -240,7 +249,7 @@ class Yields:
         generator.book.forget([item.job_id for item in batch.items])
         paused = [result for result in results if isinstance(result, GenerationPaused)]
         if paused and len(paused) == len(items):
-            self.hold(batch, items, paused[0].step)
+            self.hold(batch, items, paused[0].step, paused[0].busy_s)
             return [], []
         stopped = [isinstance(result, GenerationCancelled) and item.job_id not in jobs.cancelled
                    for item, result in zip(items, results, strict=True)]
@@ -258,15 +267,20 @@ class Yields:
         kept = [(item, result) for item, result, gone in zip(items, results, stopped, strict=True) if not gone]
         return [item for item, _ in kept], [result for _, result in kept]
 
-    def hold(self, batch: Batch, items: list[Claimed], step: int) -> None:
-        """A paused batch, held (claims and deliveries kept) until `resume`; its steps run are the
-        batch class's busy time, none lost."""
+    def hold(self, batch: Batch, items: list[Claimed], step: int, busy_s: float | None = None) -> None:
+        """A paused batch, held (claims and deliveries kept) until `resume`; its steps run (`busy_s`,
+        the model's time on it as measured; else its share of the batch's expected time) are the
+        batch class's busy time, none lost. Measured where the model can say: a light GPU under load
+        pauses a batch every second or so, and a share of the last whole batch's time is off by
+        whatever the host's load did to these steps."""
         steps = self.steps(batch)
-        ran_s = self.expected_s(batch.model, len(items)) * max(step - batch.first_step, 0) / steps
+        ran_s = busy_s if busy_s is not None else \
+            self.expected_s(batch.model, len(items)) * max(step - batch.first_step, 0) / steps
         metrics.observe_batch_yield(self.tier.value, 0.0)
         metrics.observe_class_busy(self.tier.value, "batch", ran_s)
+        # holds_slot: its slot went back when it was stopped; once resumed it holds the one the feeder took for it
         self.paused.append(replace(batch, items=items, first_step=step, yielded=False, began=False, pausing=False,
-                                   stopped_at_step=None))
+                                   stopped_at_step=None, holds_slot=True))
         log.info("batch_class_paused", jobs=len(items), step=step, steps=steps)
         self.intake.collectors.wake()
 

@@ -78,6 +78,7 @@ class Batch:
     pausing: bool = field(default=False, compare=False)  # ... and paused, not stopped (it resumes)
     began: bool = field(default=False, compare=False)  # the model's thread took it up (not stopped before)
     stopped_at_step: int | None = field(default=None, compare=False)  # the step it had reached when stopped
+    holds_slot: bool = field(default=True, compare=False)  # its pipeline slot, until it ends or is stopped
 
     def begin(self) -> None:
         """On the model's thread, as the batch is about to run: raises when it was stopped (or
@@ -139,7 +140,8 @@ class TierWorker:
         self.guest_hands = Handoff(service, guest, owner, self.collector, self.guest_model, self.times, clock,
                                    claimed=self.hands.claimed, guest=True)
         self.jobs = RunningJobs(service, tier, self.hands.claimed, lambda: self.model.generator)
-        self.classes = Yields(service, tier, self.pipeline, self.slot_for, self.times, self.intake, clock)
+        self.classes = Yields(service, tier, self.pipeline, self.slot_for, self.times, self.intake, clock,
+                              give_slot=self.give_slot)
         self.admission = Admission(service, tier, self.pipeline, self.model, self.hands, self.guest_hands,
                                    self.classes, self.times, clock)
         self.previews = PreviewWriter(service)
@@ -164,33 +166,33 @@ class TierWorker:
         heartbeat = asyncio.create_task(self.heartbeat(), name="heartbeat")
         admitted: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self.feed(admitted), name="feeder")
-        running: asyncio.Task | None = None
+        running: list[asyncio.Task] = []  # batches handed to the model (in order) and not yet handed on
         while not self.service.stopping.is_set():
             if feeder.done():
                 # A feeder that died would leave a worker with a green heartbeat and a stopped tier:
                 # exit instead, and let the agent start a fresh one (its deliveries are redelivered).
                 error = None if feeder.cancelled() else feeder.exception()
                 raise RuntimeError(f"the feeder stopped: {type(error).__name__}: {error}")
-            if (running is None or running.done()) and admitted.empty():
+            running = still_running(running)
+            if not running and admitted.empty():
                 await self.model.ensure(self.planned_model())  # idle: take the plan's model now
             try:
                 batch = await asyncio.wait_for(admitted.get(), timeout=1.0)
             except TimeoutError:
                 continue
             slot = self.slot_for(batch)  # its own model's, or the guest model's beside it (one host)
-            if not slot.holds(batch.model):  # the plan changed the model: after the batch ahead
-                if running is not None:
-                    await running
-                    running = None
+            if not slot.holds(batch.model):  # the plan changed the model: after the batches ahead
+                self.classes.next_on_model(batch)  # those giving way to it stop now, not at their end
+                await asyncio.gather(*running)
                 await slot.ensure(batch.model)
-            # Batch k+1 goes to the model's executor before batch k is awaited, so the model
-            # thread starts it the moment k ends, without waiting for the event loop.
-            following = asyncio.create_task(self.generate_and_hand_off(batch, slot))
-            if running is not None:
-                await running
-            running = following
-        if running is not None:
-            await running
+            while len(running) > PIPELINE_DEPTH:  # bounded: a batch not yet handed on holds its images
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = still_running(running)
+            # Each batch goes to the model's executor as soon as it is admitted, without waiting for
+            # the batches ahead to be handed on: the model's thread starts it the moment the one
+            # ahead ends (or pauses for it), without a round trip through the event loop.
+            running.append(asyncio.create_task(self.generate_and_hand_off(batch, slot)))
+        await asyncio.gather(*running)
         await self.wind_down([heartbeat, feeder, *watchers], admitted)
 
     async def wind_down(self, loops: list[asyncio.Task], admitted: asyncio.Queue) -> None:
@@ -204,6 +206,14 @@ class TierWorker:
             await self.hands_for(batch).hand_back(batch.items)
         await self.classes.release(self.hands_for)
         await self.stop()
+
+    def give_slot(self, batch: Batch) -> None:
+        """The batch's pipeline slot, free for the next batch: when it ends, or as soon as it is
+        stopped for interactive work (Yields.stop), so that the interactive batch is admitted and
+        handed to the model behind it while it runs to its next step, not after it stopped."""
+        if batch.holds_slot:
+            batch.holds_slot = False
+            self.slots.release()
 
     def slot_for(self, batch: Batch) -> ModelSlot:
         return self.guest_model if batch.guest else self.model
@@ -288,9 +298,10 @@ class TierWorker:
             items, _ = await self.jobs.drop_cancelled(batch.items, hands.settle)
             with self.jobs.running([item.job_id for item in items], generator):
                 results = await slot.generate(items, generator, self.previews, batch.priority, batch.begin,
-                                              batch.first_step) if items else []
+                                              batch.first_step, lambda: self.classes.next_on_model(batch)) \
+                    if items else []
         finally:
-            self.slots.release()
+            self.give_slot(batch)
             self.classes.ended(batch)
         if batch.yielded:
             items, results = await self.classes.after(batch, items, results, generator, hands, self.jobs)
@@ -395,7 +406,8 @@ class ModelSlot:
 
     async def generate(self, items: list[Claimed], generator: Generator, previews: PreviewWriter | None = None,
                        priority: Priority = "interactive", begin: Callable[[], None] = lambda: None,
-                       first_step: int = 0) -> list[Image.Image | BaseException]:
+                       first_step: int = 0, queued: Callable[[], None] = lambda: None
+                       ) -> list[Image.Image | BaseException]:
         """Generate off the event loop; a failed batch is split so one bad job fails alone. The
         jobs' previews (if any asked: services/previews.py) are stored before the images return,
         so a job's stream never sees its image before the previews it was promised."""
@@ -404,8 +416,10 @@ class ModelSlot:
                                   item.task.job.output_format) for item in items]
         on_preview = previews.sink_for(generator.model.name, inputs) if previews is not None else None
         try:
-            generated = await asyncio.get_running_loop().run_in_executor(self.gpu, run_unless_stopped, begin,
-                                                                         generator, inputs, on_preview, first_step)
+            running = asyncio.get_running_loop().run_in_executor(self.gpu, run_unless_stopped, begin, generator,
+                                                                 inputs, on_preview, first_step)
+            queued()  # the model's thread has it: what runs before it may stop now, and it follows at once
+            generated = await running
             if first_step == 0:  # a resumed batch's time is not a whole batch's
                 self.pipeline.timer.observe(generator.model.name, len(inputs), generated.seconds)
             metrics.observe_batch(self.tier.value, generator.model.name, len(inputs), generated.seconds,
@@ -436,6 +450,15 @@ class ModelSlot:
         await asyncio.get_running_loop().run_in_executor(self.gpu, self.host.close)
         self.gpu.shutdown(wait=False, cancel_futures=True)
         self.io.shutdown(wait=False, cancel_futures=True)
+
+
+def still_running(tasks: list[asyncio.Task]) -> list[asyncio.Task]:
+    """The batch tasks not ended; one that ended raises here what it raised (a model process that
+    keeps dying ends the worker: its deliveries are redelivered)."""
+    for task in tasks:
+        if task.done():
+            task.result()
+    return [task for task in tasks if not task.done()]
 
 
 def run_unless_stopped(begin: Callable[[], None], generator: Generator, inputs: list[GenerationInput],

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from PIL import Image
 from pydantic import ConfigDict
 
-from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, StepControl
+from shared.backends.control import NO_CONTROL, BatchBook, ControlBlock, GenerationPaused, StepControl
 from shared.backends.previews import PreviewSink, with_previews
 from shared.profiles import ModelProfile
 
@@ -80,6 +80,9 @@ class Generator(ABC):
             control = with_previews(self.book.block.control(seq, first_step if self.can_pause else 0), batch,
                                     self.model.steps, on_preview)
             images = self.generate(batch, control)
+        except GenerationPaused as paused:  # its steps so far are its class's busy time: measured, not estimated
+            paused.busy_s = time.perf_counter() - started
+            raise
         finally:
             self.book.end(job_ids)
         seconds = time.perf_counter() - started

@@ -48,9 +48,10 @@ class GenerationPaused(Exception):
     """The worker paused the batch for interactive work: the model stopped after `step` of its steps,
     and the batch resumes from there (Generator.generate_timed's first_step)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, busy_s: float | None = None) -> None:
         super().__init__(f"paused after step {step}")
         self.step = step
+        self.busy_s = busy_s  # the model's time on the batch until it paused (Generator.generate_timed sets it)
 
 
 class ControlBlock:

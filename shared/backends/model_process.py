@@ -159,7 +159,11 @@ class ModelServer:
                    if self.block is not None and request.seq else NO_CONTROL)
         control = with_previews(control, request.inputs, generator.model.steps,
                                 self.send_preview if self.replies is not None else None)
-        images = generator.generate(request.inputs, control)
+        try:
+            images = generator.generate(request.inputs, control)
+        except GenerationPaused as paused:  # the reply says how long the model ran it (Reply.seconds)
+            paused.busy_s = time.perf_counter() - started
+            raise
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 
@@ -194,7 +198,7 @@ def serve(requests: ReadStream, replies: BinaryIO, block: ControlBlock | None = 
             reply, blobs = server.handle(REQUEST.validate_json(header))
         except GenerationPaused as paused:
             reply, blobs = Reply(ok=False, error_type=GenerationPaused.__name__, error=str(paused),
-                                 paused_at=paused.step), []
+                                 paused_at=paused.step, seconds=paused.busy_s or 0.0), []
         except Exception as error:
             reply, blobs = Reply(ok=False, error_type=type(error).__name__, error=str(error)[:2000]), []
         write_frame(replies, reply, blobs)
@@ -306,7 +310,7 @@ class ModelProcess:
         if not reply.ok and reply.error_type == GenerationCancelled.__name__:
             raise GenerationCancelled(reply.error)
         if not reply.ok and reply.error_type == GenerationPaused.__name__:
-            raise GenerationPaused(reply.paused_at or 0)
+            raise GenerationPaused(reply.paused_at or 0, reply.seconds)
         if not reply.ok:
             raise BackendFailed(f"{reply.error_type}: {reply.error}")
         return reply, pixels, seconds

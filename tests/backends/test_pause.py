@@ -58,13 +58,16 @@ def test_a_pause_before_the_batch_begins_pauses_it_as_it_does() -> None:
 
 
 def run_until_paused(generator, batch, first_step: int = 0) -> int:
-    """Run the batch, pause it once it has run a few steps past `first_step`; the step it paused at."""
+    """Run the batch, pause it once it has run a few steps past `first_step`; the step it paused at.
+    The pause says how long the model ran it: at least its steps' emulated time (40 ms a step)."""
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(generator.generate_timed, batch, None, first_step)
         wait_for(lambda: (generator.progress(batch[0].job_id) or (0, 0))[0] >= first_step + 3)
         assert generator.pause([item.job_id for item in batch])
         with pytest.raises(GenerationPaused) as paused:
             running.result(timeout=10)
+    step_s = MODEL.latency_ms[1] / 1000 / STEPS
+    assert paused.value.busy_s is not None and paused.value.busy_s >= 0.9 * step_s * (paused.value.step - first_step)
     return paused.value.step
 
 
@@ -110,6 +113,7 @@ def test_a_pause_and_a_resume_cross_the_model_process() -> None:
                 running.result(timeout=10)
         step = paused.value.step
         assert 3 <= step < 50
+        assert paused.value.busy_s is not None and paused.value.busy_s > 0  # the child's time on it, carried back
         seen: list[int] = []
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(process.generate, batch, None, step)

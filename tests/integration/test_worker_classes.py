@@ -167,6 +167,26 @@ async def test_a_paused_batch_class_batch_resumes_from_its_step_and_loses_nothin
     assert lost_s("heavy") == lost_before
 
 
+async def test_a_batch_paused_again_and_again_leaves_the_worker_its_pipeline(tmp_path):
+    """A stopped batch gives its pipeline slot back at once (the interactive batch is admitted behind
+    it while it runs to its next step), and holds one again once resumed: three pauses of one batch,
+    then more work, all done. A resumed batch that held no slot gave none back at its end: after
+    two pauses the worker had no slot left and admitted nothing more."""
+    async with running_stack(settings_for(tmp_path, "pause"), services=("heavy",)) as stack:
+        batch_job = await submit(stack, Tier.heavy, "a catalogue photo of a vase", 300.0, "batch")
+        step = 3
+        for index in range(3):
+            await until_step(stack, batch_job, step)
+            urgent = await submit(stack, Tier.heavy, f"a person waits for this one, number {index}", 6.0)
+            (done,) = await stack.wait_all([urgent.job_id], timeout_s=30)
+            assert done.state is JobState.done, done.history
+            step = ((await stack.store.get(batch_job.job_id)) or done).step or 0
+            step += 2  # running again, past the step it paused at
+        later = await submit(stack, Tier.heavy, "one more after the pauses", 60.0)
+        records = await stack.wait_all([batch_job.job_id, later.job_id], timeout_s=60)
+    assert [record.state for record in records] == [JobState.done, JobState.done], [r.history for r in records]
+
+
 async def test_a_light_gpu_serves_heavy_batch_work_with_the_heavy_model_beside_its_own(tmp_path):
     """batch_colocate: a light worker, with no light work, takes the heavy tier's batch jobs and
     makes them with the heavy model (the record says heavy tier, heavy model); without it they wait
