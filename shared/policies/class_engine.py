@@ -66,7 +66,8 @@ def control_step(schedule: PlanSchedule, observation: Observation, current: Plan
     placement = classes.place_batch(plan, interactive_demand(schedule, observation), backlog, times.seconds, weight,
                                     colocate)
     move = classes.rebalance(plan, placement.queued_heavy, {Tier.light: observation.light_batch_queued,
-                                                            Tier.heavy: observation.heavy_batch_queued})
+                                                            Tier.heavy: observation.heavy_batch_queued},
+                             all_heavy=placement.heavy >= 1.0)
     if fields is None:
         if not classes.moved(plan, placement):
             return ControlStep(None, placement, move)

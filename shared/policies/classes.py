@@ -267,22 +267,32 @@ class Move:
     count: int
 
 
-def rebalance(plan: Plan, queued_heavy: float, queued: Mapping[Tier, int], limit: int = MOVE_LIMIT) -> Move | None:
+def rebalance(plan: Plan, queued_heavy: float, queued: Mapping[Tier, int], limit: int = MOVE_LIMIT,
+              all_heavy: bool = False) -> Move | None:
     """The queued batch jobs to move from the heavy tier's batch queue to the light one's so that
     the heavy queue holds no more than `queued_heavy` of them (BatchPlacement.queued_heavy), or
     None. A batch job is placed when it arrives, but the heavy leftover it was placed for can
     shrink: without this, a backlog placed on the heavy tier while the load was low stays there
     when the load rises, and expires in the queue while light GPUs idle or, reserved for it, find
     an empty queue (diffserve, trace_1to40qps with 5,000 batch jobs: 1,470 deadlines missed).
-    Moves go from the head of the queue (the earliest deadlines, the jobs at risk). Never back to
-    the heavy tier: a job is on the light one because the heavy one could not serve it in time, and
-    moving it back would send it to the tail of a queue it may have to leave again. Only between
-    two tiers of two models that both have GPUs: a tier without any keeps one while its queue
-    drains (control.keep_draining). Jobs whose quality forces their tier stay (the mover puts them
-    back)."""
+    Moves go from the head of the queue (the earliest deadlines, the jobs at risk).
+
+    Back to the heavy tier only once the placement is all heavy again (`all_heavy`: its leftover,
+    the light GPUs' heavy model beside theirs included, covers the whole backlog at every horizon):
+    the leftover that moved them was the load of the moment, and the load fell before their
+    deadlines (trace_1to40qps through the services: 800 jobs moved at the trace's peak, then made
+    by the light model in the quiet minutes after it, batch FID 21.35 where every other run had
+    20.61). While the placement still gives the light tier a share, never back: a job is there
+    because the heavy tier could not serve it in time, and moving it back would send it to the tail
+    of a queue it may have to leave again. Only between two tiers of two models that both have
+    GPUs: a tier without any keeps one while its queue drains (control.keep_draining). Jobs whose
+    quality forces their tier stay (the mover puts them back)."""
     total = queued.get(Tier.light, 0) + queued.get(Tier.heavy, 0)
     if total == 0 or plan.light_gpus <= 0 or plan.heavy_gpus <= 0 or plan.light_model == plan.heavy_model:
         return None
+    if all_heavy:
+        back = queued.get(Tier.light, 0)
+        return Move(Tier.light, Tier.heavy, min(back, limit)) if back > MOVE_SLACK_JOBS else None
     excess = queued.get(Tier.heavy, 0) - queued_heavy * total
     if excess <= max(MOVE_SLACK_JOBS, MOVE_SLACK_SHARE * total):
         return None

@@ -208,7 +208,11 @@ def test_queued_batch_jobs_move_to_the_light_queue_in_bounded_moves_never_back()
     assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 1000}) == classes.Move(Tier.heavy, Tier.light, 200)
     assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 1000}, limit=10_000) == classes.Move(
         Tier.heavy, Tier.light, 500)
-    assert classes.rebalance(plan, 1.0, {Tier.light: 300, Tier.heavy: 0}) is None  # never back
+    assert classes.rebalance(plan, 1.0, {Tier.light: 300, Tier.heavy: 0}) is None  # not back while light has a share
+    # back once the placement is all heavy again (the load that moved them fell)
+    assert classes.rebalance(plan, 1.0, {Tier.light: 300, Tier.heavy: 0}, all_heavy=True) == classes.Move(
+        Tier.light, Tier.heavy, 200)
+    assert classes.rebalance(plan, 1.0, {Tier.light: 5, Tier.heavy: 50}, all_heavy=True) is None  # within 8 jobs
     assert classes.rebalance(plan, 0.5, {Tier.light: 480, Tier.heavy: 520}) is None  # within 5 %
     assert classes.rebalance(plan, 0.5, {Tier.light: 3, Tier.heavy: 9}) is None  # within 8 jobs
     assert classes.rebalance(plan, 0.5, {Tier.light: 0, Tier.heavy: 0}) is None
