@@ -25,6 +25,7 @@ class PlanWatcher:
         self.current: Plan = settings.static_plan(version=0)
         self._listeners: list[PlanListener] = []
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     def on_change(self, listener: PlanListener) -> None:
         self._listeners.append(listener)
@@ -45,14 +46,21 @@ class PlanWatcher:
         self._task = asyncio.create_task(self._poll(), name="plan-watcher")
 
     async def _poll(self) -> None:
-        while True:
+        """Until stopped. The flag, not only the cancel: a cancel that lands inside the store's read
+        can be swallowed below it, and a loop that relied on it polled on after its service stopped,
+        and hung the test loop's close that cancelled it again (CI: a 300 s teardown, `plan-watcher`
+        the one task left after the stack stopped)."""
+        while not self._stopped:
             await asyncio.sleep(self._poll_s)
+            if self._stopped:
+                return
             try:
                 await self.refresh()
             except Exception as error:  # fail static: keep serving the current plan
                 log.warning("plan_refresh_failed", error=str(error) or type(error).__name__)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=5.0)  # bounded: a cancellation can be swallowed
