@@ -165,7 +165,7 @@ class Yields:
         self.intake, self.clock, self.give_slot = intake, clock, give_slot
         self.inflight: list[Batch] = []
         self.paused: list[Batch] = []  # oldest first: each resumes from its first_step
-        # batch-class batches to stop once the interactive batch they give way to is admitted
+        # batch-class batches to stop once the interactive batch they give way to is queued on the model
         self.giving_way: list[Batch] = []
         intake.on_interactive = self.on_interactive
         intake.collectors.paused = lambda: len(self.paused)
