@@ -268,16 +268,12 @@ class Yields:
         return [item for item, _ in kept], [result for _, result in kept]
 
     def hold(self, batch: Batch, items: list[Claimed], step: int, busy_s: float | None = None) -> None:
-        """A paused batch, held (claims and deliveries kept) until `resume`; its steps run (`busy_s`,
-        the model's time on it as measured; else its share of the batch's expected time) are the
-        batch class's busy time, none lost. Measured where the model can say: a light GPU under load
-        pauses a batch every second or so, and a share of the last whole batch's time is off by
-        whatever the host's load did to these steps."""
+        """A paused batch, held (claims and deliveries kept) until `resume`; the model's time on it
+        (`busy_s`, measured on the model's thread and carried by GenerationPaused) is the batch
+        class's busy time, none lost. None: it was paused before it began (Batch.begin), no step run."""
         steps = self.steps(batch)
-        ran_s = busy_s if busy_s is not None else \
-            self.expected_s(batch.model, len(items)) * max(step - batch.first_step, 0) / steps
         metrics.observe_batch_yield(self.tier.value, 0.0)
-        metrics.observe_class_busy(self.tier.value, "batch", ran_s)
+        metrics.observe_class_busy(self.tier.value, "batch", busy_s or 0.0)
         # holds_slot: its slot went back when it was stopped; once resumed it holds the one the feeder took for it
         self.paused.append(replace(batch, items=items, first_step=step, yielded=False, began=False, pausing=False,
                                    stopped_at_step=None, holds_slot=True))

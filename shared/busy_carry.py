@@ -66,8 +66,8 @@ def take(path: Path) -> None:
         for priority in metrics.PRIORITIES if "priority" in names else (PRIORITY_NONE,):
             CARRIED.labels(name, priority)
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"{path.stat().st_size} bytes")
+        if (size := path.stat().st_size) > MAX_FILE_BYTES:
+            raise ValueError(f"{size} bytes")
         left = json.loads(path.read_text())
     except FileNotFoundError:
         return
