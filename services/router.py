@@ -32,7 +32,7 @@ from shared.intake import parse_or_dead_letter
 from shared.logging import bind_job, get_logger
 from shared.policies import class_engine, engine, steps
 from shared.policies import quality as quality_rules
-from shared.policies.admission import HeavyRoom
+from shared.policies.admission import ArrivalPace, HeavyRoom
 from shared.policies.engine import BatchTimes
 from shared.policies.learned_router import LearnedRouter
 from shared.policies.router import default_router
@@ -132,6 +132,9 @@ class Router:
         self.thresholds: dict[tuple[str, float], float] = {}  # (light model, r) -> score threshold
         self.scorer = BatchedScorer()
         self.room = HeavyRoom()  # this router's backlog in the heavy tier (shared/policies/admission.py)
+        self.light_room = HeavyRoom()  # what a burst held from the heavy tier has put in the light tier
+        self.pace = ArrivalPace()  # this router's interactive arrivals, held against the plan's burst_qps
+        self.held_under: int | None = None  # the plan version under which a burst last held the routing
         self.times = BatchTimes(load_profile(service.settings.profile), service.settings.latency_scale)
         self.clock = clock  # the routing decision's "now" (the replay test gives its own)
 
@@ -172,6 +175,7 @@ class Router:
         job is not scored: its tier is the plan's batch placement's (class_engine.batch_route)."""
         if job.priority == "batch":
             return class_engine.batch_route(job.job_id, job.quality, plan), None, None
+        arrived = self.pace.arrived(self.clock())
         forced = engine.forced_route(job.quality, plan, self.room, self.clock(), deadline, self.times)
         if isinstance(forced, str):
             return Tier.heavy, None, forced
@@ -179,9 +183,16 @@ class Router:
             return forced.tier, None, None
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
         threshold = self.threshold(plan.light_model, quality_rules.for_auto_jobs(plan).r)
-        tier, heavy_full = engine.route(score, threshold, plan, self.room, self.clock(), deadline, self.times)
+        tier, heavy_full, burst = engine.route(score, threshold, plan, self.room, self.clock(), deadline, self.times,
+                                               arrived, self.light_room)
         if heavy_full:
             metrics.observe_heavy_full()
+        if burst:
+            metrics.observe_burst_held()
+            if self.held_under != plan.version:  # once per plan: a burst holds hundreds of jobs
+                self.held_under = plan.version
+                log.info("burst_routing_held", plan_version=plan.version, burst_qps=plan.burst_qps,
+                         arrived_last_second=arrived)
         return tier, score, None
 
     async def route(self, job: Job, redelivered: bool) -> None:

@@ -7,6 +7,7 @@ Every service exposes the same families; each fills the ones it owns:
     hadis_demand_qps                           the controller's measured arrival rate (EWMA)
     hadis_routed_total{tier}                   jobs the router sent to each tier (router)
     hadis_routed_light_heavy_full_total        heavy by score, light by the heavy tier's room (router)
+    hadis_routed_light_burst_total             heavy by score, light in a burst the plan's r was not for (router)
     hadis_judge_verdicts_total{model,verdict}  escalated | accepted | too_late (judge): the escalation rate
     hadis_batch_size{tier}                     images per generated batch (worker)
     hadis_batch_seconds{tier,model}            time to generate one batch (worker)
@@ -102,6 +103,8 @@ PLAN_SWITCH_DARK = Counter("hadis_plan_switch_dark_gpu_seconds", "GPU-seconds th
 ROUTED = Counter("hadis_routed", "Jobs routed to each tier", ["tier"], registry=REGISTRY)
 HEAVY_FULL = Counter("hadis_routed_light_heavy_full", "Jobs the score sent to heavy that the router sent down the "
                      "light path: the heavy tier's share could not clear them by their deadline", registry=REGISTRY)
+BURST_HELD = Counter("hadis_routed_light_burst", "Jobs the score sent to heavy that the router sent down the light "
+                     "path: its arrivals of the last second exceeded the plan's burst_qps", registry=REGISTRY)
 VERDICTS = ("escalated", "accepted", "too_late")
 JUDGE_VERDICTS = Counter("hadis_judge_verdicts", "Judge decisions on light images", ["model", "verdict"],
                          registry=REGISTRY)
@@ -332,6 +335,10 @@ def observe_distrusted(reason: str) -> None:
 
 def observe_heavy_full() -> None:
     HEAVY_FULL.inc()
+
+
+def observe_burst_held() -> None:
+    BURST_HELD.inc()
 
 
 def observe_verdict(model: str, verdict: str) -> None:

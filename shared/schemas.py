@@ -306,6 +306,12 @@ class Plan(Strict):
     high_share: float = Field(default=0.0, ge=0.0, le=1.0,
                               description="Share of arrivals asking quality=high (heavy only), within r.")
     fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
+    burst_qps: float | None = Field(default=None, ge=0.0,
+                                    description="The burst guard: arrivals per second (twice the rate the point "
+                                                "was chosen for) beyond which r was not chosen for them. A router "
+                                                "whose last second's count is beyond it routes nothing by score "
+                                                "(a burst the controller has not yet seen). None: r holds at any "
+                                                "rate.")
     # The batch class (shared/policies/classes.py): where its jobs go, and the GPUs reserved for it.
     batch_heavy: float = Field(default=1.0, ge=0.0, le=1.0,
                                description="Share of batch jobs routed to the heavy tier (the rest: light).")

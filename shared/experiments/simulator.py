@@ -39,7 +39,7 @@ from shared.experiments.report import JobOutcome, PlanEvent
 from shared.experiments.trace import Trace
 from shared.policies import engine
 from shared.policies import quality as quality_rules
-from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, Fallback, HeavyRoom
+from shared.policies.admission import PIPELINE_DEPTH, PREFETCH_BATCHES, ArrivalPace, Fallback, HeavyRoom
 from shared.policies.catalog import make_policy
 from shared.policies.control import Observation, PlanSchedule
 from shared.policies.engine import BatchTimes, Pipeline, Verdict
@@ -145,6 +145,8 @@ class Simulation:
         self.open_jobs = len(self.jobs)
         self.arrived = 0
         self.room = HeavyRoom()  # the router's backlog in the heavy tier
+        self.light_room = HeavyRoom()  # what a burst held from the heavy tier has put in the light tier
+        self.pace = ArrivalPace()  # the router's interactive arrivals, held against the plan's burst_qps
         self.mix = MixTracker(settings.demand_halflife_s, 0.0 - offset_s)  # as the controller's
         draw_qualities(self.jobs, quality_mix or QualityMix(), seed)
 
@@ -227,6 +229,7 @@ class Simulation:
         self.demand.arrived()
         self.mix.arrived(job.quality)
         plan = job.plan = self.in_force
+        arrived = self.pace.arrived(self.now)
         forced = engine.forced_route(job.quality, plan, self.room, self.now, job.deadline_s, self.times)
         if isinstance(forced, str):  # a high job the heavy tier cannot take: failed, as the router records it
             self.end(job, "failed")
@@ -236,7 +239,8 @@ class Simulation:
         if threshold is None:
             threshold = self.thresholds[r] = self.router.threshold(r)
         score = float(self.router_scores[job.prompt_id % len(self.router_scores)])
-        tier, _ = forced or engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times)
+        tier = (forced or engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times,
+                                       arrived, self.light_room)).tier
         job.routed_heavy = tier is Tier.heavy
         self.fleet.enqueue(job, tier)
 

@@ -6,6 +6,7 @@ both shed, reroute and escalate the same jobs."""
 from __future__ import annotations
 
 import math
+from collections import deque
 from enum import StrEnum
 
 from shared.profiles import ModelProfile
@@ -20,6 +21,13 @@ PREFETCH_BATCHES = 3
 # Time a job still needs after its batch: PNG encoding, the store write and, for a light image,
 # the judge. A job admitted without it would end a few milliseconds late.
 HANDOFF_S = 0.1
+# The span over which a router counts its own arrivals against the plan's burst_qps: the
+# controller's tick, the delay the router bridges until a plan made for the burst arrives.
+PACE_SPAN_S = 1.0
+# How far beyond the plan's burst_qps a router's count must be, in standard deviations of a Poisson
+# count at that rate: a one-second count is noisy (at 2 jobs/s it exceeds 4 one second in twenty,
+# and a ramp's routing would be held at random), where a burst of 10x the mean is far beyond.
+PACE_SIGMAS = 3.0
 
 
 class BatchTimer:
@@ -113,6 +121,16 @@ def heavy_share_qps(plan: Plan, heavy_batch_s: float, sender: Tier) -> float:
     return plan.heavy_gpus * plan.heavy_batch / heavy_batch_s * share
 
 
+def light_tier_qps(plan: Plan, light_batch_s: float) -> float:
+    """The light tier's throughput (jobs/s): the room a burst held from the heavy tier fills
+    (engine.route); 0 without light GPUs, unbounded without a latency profile."""
+    if plan.light_gpus <= 0:
+        return 0.0
+    if light_batch_s <= 0:
+        return math.inf
+    return plan.light_gpus * plan.light_batch / light_batch_s
+
+
 class HeavyRoom:
     """Degrade inside the SLO, before the heavy queue: the backlog the router has put in the heavy
     tier, as a fluid that the tier clears at the router's share of its throughput (heavy_share_qps
@@ -122,7 +140,9 @@ class HeavyRoom:
     model, where it waited until its worker saw it was late. The backlog is this process's only:
     several routers each fill the share as if alone (docs/planner.md). The judge does not use it:
     its escalations are few and spread out, and with it the smooth ramps lost 0.2 FID in the
-    simulator; it keeps may_escalate."""
+    simulator; it keeps may_escalate. The router keeps a second one for the light tier, filled only
+    by the jobs a burst held from the heavy tier (engine.route): whether the light tier, at its whole
+    throughput, still ends them in time."""
 
     def __init__(self) -> None:
         self.backlog = 0.0
@@ -140,3 +160,32 @@ class HeavyRoom:
             return False
         self.backlog += 1.0
         return True
+
+
+class ArrivalPace:
+    """The jobs one router has routed over the last PACE_SPAN_S: what it holds against the plan's
+    burst_qps (beyond_pace, engine.route). The controller sees a burst only at its next tick, and
+    a plan made in a silence routes its r of the burst's first second to the heavy tier, where
+    those jobs take the places of the escalations the burst's own point would send (the judge's
+    worst images). Counted per router: with k routers behind one queue each sees about 1/k of the
+    arrivals, so a burst must be k times as steep before one of them holds its routing."""
+
+    def __init__(self, span_s: float = PACE_SPAN_S) -> None:
+        self.span_s = span_s
+        self.times: deque[float] = deque()
+
+    def arrived(self, now: float) -> int:
+        """Count a job arriving at `now`; the jobs arrived over the span that ends then."""
+        self.times.append(now)
+        while self.times and self.times[0] <= now - self.span_s:
+            self.times.popleft()
+        return len(self.times)
+
+
+def beyond_pace(arrived: int, burst_qps: float | None, span_s: float = PACE_SPAN_S) -> bool:
+    """Whether `arrived` jobs in `span_s` are a burst beyond `burst_qps` (None: never): more than
+    its expected count by PACE_SIGMAS Poisson deviations."""
+    if burst_qps is None:
+        return False
+    expected = burst_qps * span_s
+    return arrived > expected + PACE_SIGMAS * math.sqrt(expected)

@@ -26,9 +26,11 @@ from shared.policies.admission import (
     Fallback,
     HeavyRoom,
     batch_ends_at,
+    beyond_pace,
     ends_too_late,
     heavy_share_qps,
     light_can_make,
+    light_tier_qps,
     may_escalate,
     may_route_heavy,
     profiled_batch_s,
@@ -78,13 +80,25 @@ class BatchTimes:
 class Route(NamedTuple):
     tier: Tier
     heavy_full: bool  # the score chose heavy, and the heavy tier had no room for the router's share
+    burst: bool = False  # the score chose heavy, and the arrivals were a burst the plan's r was not for
 
 
 def route(score: float, threshold: float, plan: Plan, room: HeavyRoom, now: float, deadline: float,
-          times: BatchTimes) -> Route:
+          times: BatchTimes, arrived: int = 0, light_room: HeavyRoom | None = None) -> Route:
     """The tier for a prompt whose score is `score`: heavy from the plan's threshold on, when the
     router's share of the heavy tier still clears it by its deadline (HeavyRoom); the light tier
-    otherwise. A plan without a light tier of its own sends it to heavy all the same."""
+    otherwise. While the router's own arrivals (`arrived` over the last second, ArrivalPace) are
+    beyond the plan's burst_qps (beyond_pace), every job takes the light path while the light tier
+    still ends it in time (`light_room`, at the tier's whole throughput; without one, always): a
+    plan made in a silence would send its r of a burst's first second, before the controller's next
+    tick, to the heavy tier, whose places the burst's escalations (the judge's worst images) need.
+    Beyond the light tier's room the score decides, as without a burst: a slow light tier (a
+    silence's sd35-medium) needs the heavy GPUs' help. A plan without a light tier of its own
+    sends it to heavy all the same."""
+    if beyond_pace(arrived, plan.burst_qps) and may_route_heavy(plan):
+        light_s = times.light(plan)
+        if light_room is None or light_room.admit(now, deadline, light_tier_qps(plan, light_s), light_s):
+            return Route(Tier.light, False, burst=score >= threshold)
     if score < threshold:
         return Route(Tier.light, False)
     if not may_route_heavy(plan):

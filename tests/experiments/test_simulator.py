@@ -165,3 +165,33 @@ def test_a_burst_the_held_structure_rides_out_does_not_swap_the_fleet_to_the_fas
     outcomes, plans, _ = simulate(settings_for("hadis"), trace)
     assert not [plan for plan in plans if "lightning" in plan.light_model + plan.heavy_model], plans
     assert np.mean([not job.within_slo for job in outcomes]) <= 0.01
+
+
+def test_a_burst_out_of_silence_routes_nothing_before_the_controller_sees_it(monkeypatch):
+    """The plan in force when a burst lands was made for the silence (r 0.8: the heavy tier is idle).
+    Before the controller's next tick, the router would send 80 % of the burst's first second
+    to the heavy tier, where those jobs take the places of the escalations of the burst's worst
+    images. Held against the plan's burst guard, the burst's first second takes the light path once
+    the guard trips; with the guard off (beyond_pace never true) it goes heavy: the test fails
+    without the guard."""
+    from shared.experiments.bursty import on_off
+    from shared.policies import engine
+
+    trace = on_off(mean_qps=3.5, peak_to_mean=20.0, off_s=120.0, duration_s=300.0, seed=8)
+
+    def onset_routed(outcomes) -> int:
+        """Jobs routed heavy among those arriving in the first second of a burst (after 20 s with
+        fewer than 20 arrivals)."""
+        times = np.array(sorted(job.arrival_s for job in outcomes))
+        starts = [t for i, t in enumerate(times) if np.sum((times >= t - 20.0) & (times < t)) < 20
+                  and np.sum((times >= t) & (times < t + 1.0)) >= 20]
+        return sum(job.routed_heavy for job in outcomes if any(s <= job.arrival_s < s + 1.0 for s in starts))
+
+    guarded, _, _ = simulate(settings_for("hadis"), trace)
+    monkeypatch.setattr(engine, "beyond_pace", lambda arrived, burst_qps: False)
+    unguarded, _, _ = simulate(settings_for("hadis"), trace)
+    # The guard trips once a second's count is 3 Poisson deviations past it (the 7th job at 2 jobs/s):
+    # a few jobs of each of the three bursts go heavy first (15 here, 91 unguarded).
+    assert onset_routed(guarded) <= 25, onset_routed(guarded)
+    assert onset_routed(unguarded) >= 3 * onset_routed(guarded), (onset_routed(unguarded), onset_routed(guarded))
+    assert np.mean([not job.within_slo for job in guarded]) <= 0.01

@@ -118,3 +118,64 @@ def test_a_burst_fills_the_heavy_room_and_the_rest_takes_the_light_path():
     assert not HeavyRoom().admit(0.0, 2.05, 2.0, 2.0)  # a batch alone would end too late
     assert HeavyRoom().admit(0.0, 2.2, 2.0, 2.0)  # with no backlog, a batch and the handoff fit
     assert HeavyRoom().admit(0.0, 1.0, float("inf"), 0.0)
+
+
+def test_a_router_counts_its_last_second_and_a_burst_must_be_beyond_the_noise():
+    """The pace counts the jobs of the last second; a count is a burst beyond burst_qps only when
+    it exceeds the expected count by three Poisson deviations (at 2 jobs/s: more than 6.24), so a
+    ramp's noisy seconds never hold its routing; no guard (None) never holds it."""
+    from shared.policies.admission import ArrivalPace, beyond_pace
+
+    pace = ArrivalPace()
+    assert [pace.arrived(10.0 + 0.1 * i) for i in range(12)][-1] == 10  # 10.2 .. 11.1
+    assert pace.arrived(20.0) == 1  # the burst of a second ago is forgotten
+    assert not beyond_pace(6, 2.0) and beyond_pace(7, 2.0)
+    assert not beyond_pace(10_000, None)
+    assert beyond_pace(70, 40.0) and not beyond_pace(55, 40.0)  # 40 + 3 x 6.3 = 59
+
+
+def test_a_burst_beyond_the_guard_takes_the_light_path_where_the_score_chose_heavy():
+    """A plan made in a silence (r 0.8) routes its share of a burst's first second to the heavy tier
+    until the controller's next tick; beyond its burst_qps the router routes nothing by score."""
+    from shared.policies.admission import HeavyRoom
+    from shared.policies.engine import Route, route
+    from shared.schemas import Tier
+
+    class Times:
+        def light(self, plan):
+            return 1.0
+
+        def heavy(self, plan):
+            return 1.0
+
+    plan = room_plan(r=0.8, d=0.6, burst_qps=2.0)
+    assert route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=3) == Route(Tier.heavy, False)
+    assert route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.light, False, True)
+    assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.light, False)
+    unguarded = room_plan(r=0.8, d=0.6)  # a burst's own point (or another policy's plan): as chosen
+    assert route(0.9, 0.5, unguarded, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.heavy, False)
+
+
+def test_a_burst_is_held_on_the_light_tier_only_while_it_ends_the_jobs_in_time():
+    """The light tier's room (a HeavyRoom at the light tier's whole throughput) takes what a burst
+    holds from the heavy tier; once a light batch would end too late, the score decides again: a
+    slow light tier needs the heavy GPUs' help. 4 light GPUs x batch 2 / 1 s = 8 jobs/s, a 6 s
+    deadline, a 1 s batch and the handoff: a job goes light behind up to 39 (39 / 8 + 1.1 < 6), so
+    40 are held and the 41st goes by its score."""
+    from shared.policies.admission import HeavyRoom
+    from shared.policies.engine import Route, route
+    from shared.schemas import Tier
+
+    class Times:
+        def light(self, plan):
+            return 1.0
+
+        def heavy(self, plan):
+            return 1.0
+
+    plan = room_plan(r=0.8, d=0.6, burst_qps=2.0)
+    light = HeavyRoom()
+    held = [route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), 30, light) for _ in range(41)]
+    assert held[:40] == [Route(Tier.light, False, True)] * 40
+    assert held[40] == Route(Tier.heavy, False)
+    assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), 30, light) == Route(Tier.light, False)

@@ -460,3 +460,38 @@ def test_riding_a_burst_out_the_point_is_chosen_for_what_the_slack_cannot_take(q
     assert at_fastest == (queued > 0), decision
     if queued:  # the heavy tier is filled beyond the fastest point's escalations (bursts.fill_heavy)
         assert decision["d"] > fastest.d and "fill the heavy tier" in decision["reason"], decision
+
+
+def test_a_plans_burst_guard_is_twice_the_rate_its_point_was_chosen_for():
+    """hadis's plan carries the burst guard (Plan.burst_qps): twice the arrivals its point was chosen
+    against, at least 2 jobs/s. The routers hold their routing against it until a later tick's
+    point is chosen for the burst: a quiet minute's plan guards at 2 jobs/s, and in a burst the guard
+    rises with the point's rate. A guard drifting with the demand is published again only past
+    GUARD_DRIFT (2)."""
+    from shared.policies.control import same_guard
+
+    quiet = Ticks("hadis", min_dwell_s=12.0)
+    quiet.run(60, rate=0.2)
+    assert quiet.plan.burst_qps == pytest.approx(2.0)
+    quiet.run(6, rate=60.0)
+    assert quiet.schedule.policy.bursting() and quiet.plan.burst_qps > 20.0
+    steady = Ticks("hadis", min_dwell_s=12.0)
+    steady.run(60, rate=20.0)
+    assert steady.plan.burst_qps == pytest.approx(2 * steady.schedule.policy.demand(observe(0.0, 20.0)), rel=0.5)
+    assert same_guard(None, None) and not same_guard(None, 2.0) and not same_guard(2.0, None)
+    assert same_guard(2.0, 3.9) and not same_guard(2.0, 4.1)
+
+
+def test_a_new_burst_guard_alone_is_published_at_once_and_restarts_no_dwell():
+    """The dwell spaces out points, not guards: a guard that drifted past GUARD_DRIFT is published
+    on the next step (the point as it was), and a better point decided next waits out only the
+    dwell of the last point's change."""
+    schedule = PlanSchedule(make_policy(settings_for("static")), period_s=1.0, min_dwell_s=30.0)
+    current = as_plan({**schedule.policy.decide(observe(0.0, 1.0)), "burst_qps": 2.0,
+                       "assignment": assign(GPUS, 1, 1, {})})
+    schedule.last_change = 0.0
+    schedule.decision, schedule.decided_at = {**current.model_dump(exclude={"version", "created_at", "assignment"}),
+                                              "burst_qps": 8.0}, 1.0
+    fields = schedule.step(observe(1.0, 1.0, current=current), current, GPUS)
+    assert fields is not None and fields["burst_qps"] == 8.0 and fields["r"] == current.r
+    assert schedule.last_change == 0.0

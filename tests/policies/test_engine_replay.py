@@ -284,6 +284,36 @@ async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
     assert turned and served[:80].count(Tier.heavy) > 0  # the room filled, and it let some in
 
 
+async def test_the_router_and_the_simulator_hold_a_bursts_routing_alike():
+    """A silence (a job every 0.8 s) then a burst (one every 10 ms) under a silence's plan (r 0.8)
+    with its burst guard (2 jobs/s): both count their last second the same way, and once the count is
+    beyond the guard every prompt the score sends to heavy takes the light path in both."""
+    rng = np.random.default_rng(7)
+    times = [T0 + 0.8 * i for i in range(20)] + [T0 + 16.0 + 0.01 * i for i in range(60)]
+    scores = rng.uniform(0.0, 1.0, len(times))
+    current = plan(r=0.8, d=0.6, burst_qps=2.0)
+    jobs = [Job(prompt=f"prompt {i}", submitted_at=t) for i, t in enumerate(times)]
+    service, clock = service_for(settings(), current), Clock()
+    router = Router(service, clock=clock)
+    router.scorer = RecordedScores({job.prompt: float(s) for job, s in zip(jobs, scores, strict=True)})  # type: ignore[assignment]
+    simulation = simulation_for(settings(), current)
+    simulation.router_scores = scores
+    served, simulated = [], []
+    for index, job in enumerate(jobs):
+        clock.now = simulation.now = job.submitted_at
+        await router.route(job, redelivered=False)
+        served.append(service.bus.tier_of(job.job_id))  # type: ignore[attr-defined]
+        sim_job = SimJob(index, job.submitted_at, job.submitted_at + 6.0, index)
+        simulation.arrive(sim_job)
+        simulated.append(Tier.heavy if sim_job.routed_heavy else Tier.light)
+    assert served == simulated
+    threshold = router.threshold(current.light_model, current.r)
+    hard = [i for i in range(len(jobs)) if scores[i] >= threshold]
+    assert any(served[i] is Tier.heavy for i in hard if i < 20)  # the silence routes as planned
+    assert all(served[i] is Tier.light for i in hard if i >= 27)  # the 7th job of the burst trips it
+    assert router.held_under == current.version
+
+
 # --- the controller -------------------------------------------------------------------------------
 
 
