@@ -40,7 +40,7 @@ from shared.experiments.simulator import SimFleet, SimJob, Simulation, SimWorker
 from shared.experiments.trace import Trace
 from shared.policies import class_engine, classes
 from shared.policies.classes import Backlog, BatchPlacement, Move, YieldMode, guest_tier
-from shared.schemas import Plan, Tier
+from shared.schemas import Tier
 from shared.settings import Settings
 
 
@@ -63,11 +63,6 @@ class PlacementEvent:
     reserved: int
     backlog: int
     reason: str
-
-
-def interactive_fields(plan: Plan) -> dict:
-    """A plan less its version, time, reason and batch placement."""
-    return plan.model_dump(exclude={"version", "created_at", "reason", "batch_heavy", "batch_first"})
 
 
 class BacklogSimulation(Simulation, ABC):
@@ -147,11 +142,8 @@ class ClassSimulation(BacklogSimulation):
 
     def publish(self, fields: dict) -> None:
         """A new plan version; in the plan log only when its interactive fields change (not a
-        placement alone), the placement in its own log."""
-        before = self.plan
+        placement alone: Simulation.publish), the placement in its own log."""
         super().publish(fields)
-        if before is not None and interactive_fields(before) == interactive_fields(self.in_force):
-            self.plans.pop()
         plan = self.in_force
         self.placements.append(PlacementEvent(self.now, plan.batch_heavy, len(plan.batch_first),
                                               self.backlog().total, self.placement.reason))

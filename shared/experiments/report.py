@@ -26,7 +26,7 @@ from pydantic import Field
 from shared.logging import get_logger
 from shared.policies.pareto import QualityTable
 from shared.profiles import Profile
-from shared.schemas import Strict
+from shared.schemas import Plan, Strict
 
 TIMESERIES_COLUMNS = ("t_s", "demand_qps", "completed", "within_slo", "late", "dropped", "failed",
                       "violation_ratio", "heavy_share", "fid", "light_model", "heavy_model", "r", "d",
@@ -76,6 +76,13 @@ class PlanEvent:
     d: float
     light_gpus: int
     heavy_gpus: int
+
+
+def interactive_fields(plan: Plan) -> dict:
+    """A plan less its version, time, reason, batch placement and burst guard: what a PlanEvent
+    records a change of. The placement is the batch class's (its own log), and the guard, which
+    follows the demand, is the routers' (a plan published for it alone changes no decision)."""
+    return plan.model_dump(exclude={"version", "created_at", "reason", "batch_heavy", "batch_first", "burst_qps"})
 
 
 class Report(Strict):

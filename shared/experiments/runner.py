@@ -23,8 +23,8 @@ import orjson
 
 from shared.client import Client
 from shared.experiments import class_runner
-from shared.experiments.classes_sim import BatchLoad, ClassRun, PlacementEvent, interactive_fields
-from shared.experiments.report import JobOutcome, PlanEvent
+from shared.experiments.classes_sim import BatchLoad, ClassRun, PlacementEvent
+from shared.experiments.report import JobOutcome, PlanEvent, interactive_fields
 from shared.experiments.trace import Trace
 from shared.logging import get_logger
 from shared.schemas import Job, JobRecord, Plan
@@ -70,7 +70,7 @@ class PlanLog:
         self.by_version[plan.version] = plan
         t_s = max(now - self.started_at, 0.0)
         placed = before is None or (before.batch_heavy, before.batch_first) != (plan.batch_heavy, plan.batch_first)
-        if not (placed and before is not None and interactive_fields(before) == interactive_fields(plan)):
+        if before is None or interactive_fields(before) != interactive_fields(plan):  # not a placement or guard alone
             self.events.append(PlanEvent(t_s, plan.light_model, plan.heavy_model, plan.r, plan.d, plan.light_gpus,
                                          plan.heavy_gpus))
         if placed:

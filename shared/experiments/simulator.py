@@ -35,7 +35,7 @@ import numpy as np
 
 from shared import reference
 from shared.arrival_rate import DemandTracker
-from shared.experiments.report import JobOutcome, PlanEvent
+from shared.experiments.report import JobOutcome, PlanEvent, interactive_fields
 from shared.experiments.trace import Trace
 from shared.policies import engine
 from shared.policies import quality as quality_rules
@@ -213,11 +213,13 @@ class Simulation:
                                   self.fleet.batch_depths())
 
     def publish(self, fields: dict) -> None:
-        """A new plan version: in the plan log, and reconciled with the fleet."""
+        """A new plan version: in the plan log when its interactive fields change (report.py:
+        interactive_fields), and reconciled with the fleet."""
         self.version += 1
         before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
-        self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
-                                    self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
+        if before is None or interactive_fields(before) != interactive_fields(self.plan):
+            self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
+                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
         self.fleet.reconcile(before)
 
     # --- the router ---------------------------------------------------------------------------

@@ -195,3 +195,18 @@ def test_a_burst_out_of_silence_routes_nothing_before_the_controller_sees_it(mon
     assert onset_routed(guarded) <= 25, onset_routed(guarded)
     assert onset_routed(unguarded) >= 3 * onset_routed(guarded), (onset_routed(unguarded), onset_routed(guarded))
     assert np.mean([not job.within_slo for job in guarded]) <= 0.01
+
+
+def test_a_plan_published_for_its_burst_guard_alone_is_no_plan_event():
+    """The guard follows the demand and is republished past a drift (control.same_guard); the plan
+    log (plans.csv, the report's plan_changes) records changes of the interactive fields only, as
+    the services' runner does (report.interactive_fields)."""
+    simulation = Simulation(static_eight(), steady(1.0, 5.0))
+    simulation.now = 0.0
+    simulation.control()
+    fields = simulation.in_force.model_dump(exclude={"version", "created_at"})
+    simulation.now = 3.0
+    simulation.publish({**fields, "burst_qps": 8.0})
+    assert len(simulation.plans) == 1 and simulation.in_force.burst_qps == 8.0
+    simulation.publish({**fields, "burst_qps": 8.0, "r": 0.3})
+    assert len(simulation.plans) == 2 and simulation.plans[-1].r == 0.3
