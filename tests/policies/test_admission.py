@@ -134,6 +134,16 @@ def test_a_router_counts_its_last_second_and_a_burst_must_be_beyond_the_noise():
     assert beyond_pace(70, 40.0) and not beyond_pace(55, 40.0)  # 40 + 3 x 6.3 = 59
 
 
+class OneSecondBatches:
+    """BatchTimes for engine.route: a batch of either tier takes 1 s."""
+
+    def light(self, plan):
+        return 1.0
+
+    def heavy(self, plan):
+        return 1.0
+
+
 def test_a_burst_beyond_the_guard_takes_the_light_path_where_the_score_chose_heavy():
     """A plan made in a silence (r 0.8) routes its share of a burst's first second to the heavy tier
     until the controller's next tick; beyond its burst_qps the router routes nothing by score."""
@@ -141,19 +151,15 @@ def test_a_burst_beyond_the_guard_takes_the_light_path_where_the_score_chose_hea
     from shared.policies.engine import Route, route
     from shared.schemas import Tier
 
-    class Times:
-        def light(self, plan):
-            return 1.0
+    def routed(score: float, plan, arrived: int) -> Route:
+        return route(score, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), arrived=arrived)
 
-        def heavy(self, plan):
-            return 1.0
-
-    plan = room_plan(r=0.8, d=0.6, burst_qps=2.0)
-    assert route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=3) == Route(Tier.heavy, False)
-    assert route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.light, False, True)
-    assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.light, False)
+    guarded = room_plan(r=0.8, d=0.6, burst_qps=2.0)
+    assert routed(0.9, guarded, 3) == Route(Tier.heavy, False)
+    assert routed(0.9, guarded, 30) == Route(Tier.light, False, True)
+    assert routed(0.1, guarded, 30) == Route(Tier.light, False)
     unguarded = room_plan(r=0.8, d=0.6)  # a burst's own point (or another policy's plan): as chosen
-    assert route(0.9, 0.5, unguarded, HeavyRoom(), 0.0, 6.0, Times(), arrived=30) == Route(Tier.heavy, False)
+    assert routed(0.9, unguarded, 30) == Route(Tier.heavy, False)
 
 
 def test_a_burst_is_held_on_the_light_tier_only_while_it_ends_the_jobs_in_time():
@@ -166,16 +172,9 @@ def test_a_burst_is_held_on_the_light_tier_only_while_it_ends_the_jobs_in_time()
     from shared.policies.engine import Route, route
     from shared.schemas import Tier
 
-    class Times:
-        def light(self, plan):
-            return 1.0
-
-        def heavy(self, plan):
-            return 1.0
-
     plan = room_plan(r=0.8, d=0.6, burst_qps=2.0)
     light = HeavyRoom()
-    held = [route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), 30, light) for _ in range(41)]
+    held = [route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), 30, light) for _ in range(41)]
     assert held[:40] == [Route(Tier.light, False, True)] * 40
     assert held[40] == Route(Tier.heavy, False)
-    assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, Times(), 30, light) == Route(Tier.light, False)
+    assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), 30, light) == Route(Tier.light, False)

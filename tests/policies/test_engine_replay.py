@@ -257,13 +257,10 @@ class RecordedScores:
         return self.scores[prompt]
 
 
-async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
-    """A burst of hard prompts: the heavy tier's share for the router fills (HeavyRoom) and the
-    rest take the light path; a plan without a light tier sends them all to heavy."""
-    rng = np.random.default_rng(5)
-    scores = rng.uniform(0.0, 1.0, 120)
-    plans = [plan(r=0.6, d=0.2, heavy_batch=1)] * 80 + [plan(version=2, r=0.6, heavy_batch=1, light_gpus=0)] * 40
-    jobs = [Job(prompt=f"prompt {i}", submitted_at=T0 + i * 0.05) for i in range(len(scores))]
+async def route_both(times: list[float], scores: np.ndarray, plans: list[Plan]) -> tuple[Router, list, list]:
+    """Each job at its time through the router's route (its clock and plan set) and the simulator's
+    arrive: the router, and the tiers each chose."""
+    jobs = [Job(prompt=f"prompt {i}", submitted_at=t) for i, t in enumerate(times)]
     service, clock = service_for(settings(), plans[0]), Clock()
     router = Router(service, clock=clock)
     router.scorer = RecordedScores({job.prompt: float(s) for job, s in zip(jobs, scores, strict=True)})  # type: ignore[assignment]
@@ -278,6 +275,16 @@ async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
         sim_job = SimJob(index, job.submitted_at, job.submitted_at + 6.0, index)
         simulation.arrive(sim_job)
         simulated.append(Tier.heavy if sim_job.routed_heavy else Tier.light)
+    return router, served, simulated
+
+
+async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
+    """A burst of hard prompts: the heavy tier's share for the router fills (HeavyRoom) and the
+    rest take the light path; a plan without a light tier sends them all to heavy."""
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0.0, 1.0, 120)
+    plans = [plan(r=0.6, d=0.2, heavy_batch=1)] * 80 + [plan(version=2, r=0.6, heavy_batch=1, light_gpus=0)] * 40
+    router, served, simulated = await route_both([T0 + i * 0.05 for i in range(len(scores))], scores, plans)
     assert served == simulated
     threshold = router.threshold(plans[0].light_model, plans[0].r)
     turned = [i for i in range(80) if scores[i] >= threshold and served[i] is Tier.light]
@@ -292,23 +299,10 @@ async def test_the_router_and_the_simulator_hold_a_bursts_routing_alike():
     times = [T0 + 0.8 * i for i in range(20)] + [T0 + 16.0 + 0.01 * i for i in range(60)]
     scores = rng.uniform(0.0, 1.0, len(times))
     current = plan(r=0.8, d=0.6, burst_qps=2.0)
-    jobs = [Job(prompt=f"prompt {i}", submitted_at=t) for i, t in enumerate(times)]
-    service, clock = service_for(settings(), current), Clock()
-    router = Router(service, clock=clock)
-    router.scorer = RecordedScores({job.prompt: float(s) for job, s in zip(jobs, scores, strict=True)})  # type: ignore[assignment]
-    simulation = simulation_for(settings(), current)
-    simulation.router_scores = scores
-    served, simulated = [], []
-    for index, job in enumerate(jobs):
-        clock.now = simulation.now = job.submitted_at
-        await router.route(job, redelivered=False)
-        served.append(service.bus.tier_of(job.job_id))  # type: ignore[attr-defined]
-        sim_job = SimJob(index, job.submitted_at, job.submitted_at + 6.0, index)
-        simulation.arrive(sim_job)
-        simulated.append(Tier.heavy if sim_job.routed_heavy else Tier.light)
+    router, served, simulated = await route_both(times, scores, [current] * len(times))
     assert served == simulated
     threshold = router.threshold(current.light_model, current.r)
-    hard = [i for i in range(len(jobs)) if scores[i] >= threshold]
+    hard = [i for i in range(len(times)) if scores[i] >= threshold]
     assert any(served[i] is Tier.heavy for i in hard if i < 20)  # the silence routes as planned
     assert all(served[i] is Tier.light for i in hard if i >= 27)  # the 7th job of the burst trips it
     assert router.held_under == current.version
