@@ -132,7 +132,7 @@ class Router:
         self.thresholds: dict[tuple[str, float], float] = {}  # (light model, r) -> score threshold
         self.scorer = BatchedScorer()
         self.room = HeavyRoom()  # this router's backlog in the heavy tier (shared/policies/admission.py)
-        self.light_room = HeavyRoom()  # what a burst held from the heavy tier has put in the light tier
+        self.light_room = HeavyRoom()  # what the router sent light in a burst (engine.route)
         self.pace = ArrivalPace()  # this router's interactive arrivals, held against the plan's burst_qps
         self.held_under: int | None = None  # the plan version under which a burst last held the routing
         self.times = BatchTimes(load_profile(service.settings.profile), service.settings.latency_scale)

@@ -145,7 +145,7 @@ class Simulation:
         self.open_jobs = len(self.jobs)
         self.arrived = 0
         self.room = HeavyRoom()  # the router's backlog in the heavy tier
-        self.light_room = HeavyRoom()  # what a burst held from the heavy tier has put in the light tier
+        self.light_room = HeavyRoom()  # what the router sent light in a burst (engine.route)
         self.pace = ArrivalPace()  # the router's interactive arrivals, held against the plan's burst_qps
         self.mix = MixTracker(settings.demand_halflife_s, 0.0 - offset_s)  # as the controller's
         draw_qualities(self.jobs, quality_mix or QualityMix(), seed)

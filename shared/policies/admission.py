@@ -122,8 +122,8 @@ def heavy_share_qps(plan: Plan, heavy_batch_s: float, sender: Tier) -> float:
 
 
 def light_tier_qps(plan: Plan, light_batch_s: float) -> float:
-    """The light tier's throughput (jobs/s): the room a burst held from the heavy tier fills
-    (engine.route); 0 without light GPUs, unbounded without a latency profile."""
+    """The light tier's throughput (jobs/s), at which the router's light room clears what it sent
+    light in a burst (engine.route); 0 without light GPUs, unbounded without a latency profile."""
     if plan.light_gpus <= 0:
         return 0.0
     if light_batch_s <= 0:
@@ -141,8 +141,8 @@ class HeavyRoom:
     several routers each fill the share as if alone (docs/planner.md). The judge does not use it:
     its escalations are few and spread out, and with it the smooth ramps lost 0.2 FID in the
     simulator; it keeps may_escalate. The router keeps a second one for the light tier, filled only
-    by the jobs a burst held from the heavy tier (engine.route): whether the light tier, at its whole
-    throughput, still ends them in time."""
+    by the jobs it sends light while a burst holds its routing (engine.route): whether the light
+    tier, at its whole throughput, still ends them in time."""
 
     def __init__(self) -> None:
         self.backlog = 0.0
@@ -163,7 +163,7 @@ class HeavyRoom:
 
 
 class ArrivalPace:
-    """The jobs one router has routed over the last PACE_SPAN_S: what it holds against the plan's
+    """The interactive jobs one router has seen over the last PACE_SPAN_S: what it holds against the plan's
     burst_qps (beyond_pace, engine.route). The controller sees a burst only at its next tick, and
     a plan made in a silence routes its r of the burst's first second to the heavy tier, where
     those jobs take the places of the escalations the burst's own point would send (the judge's
