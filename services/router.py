@@ -175,16 +175,17 @@ class Router:
         job is not scored: its tier is the plan's batch placement's (class_engine.batch_route)."""
         if job.priority == "batch":
             return class_engine.batch_route(job.job_id, job.quality, plan), None, None
-        arrived = self.pace.arrived(self.clock())
-        forced = engine.forced_route(job.quality, plan, self.room, self.clock(), deadline, self.times)
+        now = self.clock()
+        arrived = self.pace.arrived(now)
+        forced = engine.forced_route(job.quality, plan, self.room, now, deadline, self.times)
         if isinstance(forced, str):
             return Tier.heavy, None, forced
         if forced is not None:
             return forced.tier, None, None
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
         threshold = self.threshold(plan.light_model, quality_rules.for_auto_jobs(plan).r)
-        tier, heavy_full, burst = engine.route(score, threshold, plan, self.room, self.clock(), deadline, self.times,
-                                               arrived, self.light_room)
+        tier, heavy_full, burst = engine.route(score, threshold, plan, self.room, now, deadline, self.times, arrived,
+                                               self.light_room)
         if heavy_full:
             metrics.observe_heavy_full()
         if burst:

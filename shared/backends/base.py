@@ -79,14 +79,21 @@ class Generator(ABC):
         try:
             control = with_previews(self.book.block.control(seq, first_step if self.can_pause else 0), batch,
                                     self.model.steps, on_preview)
-            images = self.generate(batch, control)
-        except GenerationPaused as paused:  # its steps so far are its class's busy time: measured, not estimated
-            paused.busy_s = time.perf_counter() - started
-            raise
+            images = self.generate_measured(batch, control, started)
         finally:
             self.book.end(job_ids)
         seconds = time.perf_counter() - started
         return Generated(images, seconds, seconds)
+
+    def generate_measured(self, batch: list[GenerationInput], control: StepControl,
+                          started: float) -> list[Image.Image]:
+        """generate; a pause carries the model's time on the batch since `started` (its steps so far
+        are its class's busy time: measured, not estimated). Here and in the model's process."""
+        try:
+            return self.generate(batch, control)
+        except GenerationPaused as paused:
+            paused.busy_s = time.perf_counter() - started
+            raise
 
     def cancel(self, job_ids: list[str]) -> None:
         """Stop these jobs: a batch of which every job is cancelled ends at its next step; a job

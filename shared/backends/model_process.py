@@ -159,11 +159,7 @@ class ModelServer:
                    if self.block is not None and request.seq else NO_CONTROL)
         control = with_previews(control, request.inputs, generator.model.steps,
                                 self.send_preview if self.replies is not None else None)
-        try:
-            images = generator.generate(request.inputs, control)
-        except GenerationPaused as paused:  # the reply says how long the model ran it (Reply.seconds)
-            paused.busy_s = time.perf_counter() - started
-            raise
+        images = generator.generate_measured(request.inputs, control, started)  # a pause's time: Reply.seconds
         frames, pixels = image_frames(images)
         return Reply(ok=True, images=frames, seconds=time.perf_counter() - started), pixels
 

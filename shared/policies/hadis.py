@@ -110,9 +110,8 @@ class HadisPolicy(PlannerPolicy):
             why = f"{ready_why}{why}"
         elif ahead > demand:
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
-        bursting = self.bursting()
         point, fields = operating_point(self.readiness, structure, observation, now, self.arriving,
-                                        self.queueing(observation), burst=ready is not None or bursting)
+                                        self.queueing(observation), burst=ready is not None or self.bursting())
         # The point's r is for the arrivals it was chosen against (`now`): the routers hold it against
         # a burst beyond them until a later tick sees the burst (engine.route).
         fields["burst_qps"] = round(BURST_FACTOR * max(now, 1.0), 2)
@@ -315,15 +314,9 @@ ABSORBED = "; kept for the bursts"
 
 
 def bursting(history: BurstHistory, arriving: float, lead_s: float) -> bool:
-    """Whether the arrivals are a burst: above burst_threshold."""
-    return arriving > burst_threshold(history, lead_s)
-
-
-def burst_threshold(history: BurstHistory, lead_s: float) -> float:
-    """The arrival rate from which arrivals are a burst: BURST_FACTOR x the lowest sustained demand
-    of the last lead (a rise faster than a structure follows; a ramp's is slower), and at least
-    BURST_FACTOR jobs/s (below, a few seconds' Poisson noise)."""
-    return BURST_FACTOR * max(history.lowest_since(lead_s), 1.0)
+    """Whether the arrivals are a burst: BURST_FACTOR x the lowest sustained demand of the last lead
+    (a rise faster than a structure follows; a ramp's is slower)."""
+    return arriving > BURST_FACTOR * max(history.lowest_since(lead_s), 1.0)
 
 
 def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: float, lead_s: float,
