@@ -145,8 +145,8 @@ class ControllerSettings(BaseModel):
                                          "remembered bursts (shared/policies/bursts.py); 1 turns the burst risk off.")
     burst_prior: float = Field(default=0.2, ge=0, le=1,
                                description="hadis: the burst assumed before any is seen, as a share of the "
-                                           "fleet's highest capacity for one SLO; it fades with every 100 jobs "
-                                           "seen by half (shared/policies/readiness.py; 0: none).")
+                                           "fleet's highest capacity for one SLO, replayed until 100 jobs have "
+                                           "arrived (shared/policies/readiness.py; 0: none).")
     burst_memory_s: float | None = Field(
         default=None, gt=0, le=86_400,
         description="hadis: the half-life of the burst history (kept for three). Unset: 30 x the SLO.")

@@ -52,6 +52,13 @@ HEAVY_OVERFILL = 2.0
 FILL_STEP = 0.05
 
 
+# An interval's arrivals within this many Poisson deviations of the sustained estimate are its
+# noise, not a burst (`BurstHistory.intervals`); a level the estimate left by more than this many
+# deviations of its own noise is a level left (`BurstHistory.left_level`).
+NOISE_SIGMAS = 3.0
+LEVEL_SIGMAS = 2.0
+
+
 @dataclass(frozen=True)
 class Capacity:
     """What a structure can do at its fastest: jobs/s, and the seconds its batches take (a job's
@@ -102,7 +109,7 @@ class BurstHistory:
 
     def observe(self, now: float, arrivals: int, estimate: float) -> None:
         """Record the interval since the last call: its arrival rate, and the sustained estimate now
-        (`peak_before` reads it)."""
+        (`left_level` reads it)."""
         if self.last is not None and arrivals < self.last[1]:
             self.samples.clear()  # a counter that went back: the controller restarted
             self.last = self.first_arrivals = None
@@ -124,14 +131,20 @@ class BurstHistory:
         return 0 if self.last is None or self.first_arrivals is None else self.last[1] - self.first_arrivals
 
     def intervals(self) -> list[tuple[float, float, float]]:
-        """(seconds, rate qps, weight) of every remembered interval, as it came. (Replaying it from
+        """(seconds, rate qps, weight) of every remembered interval: as it came when its arrivals
+        are beyond the sustained estimate's Poisson noise (NOISE_SIGMAS), else at most the estimate.
+        A burst is what the estimate does not hold; the one-second counts of a steady demand are
+        not. Replayed as they came, the counts of a slow ramp at one job a second (trace_1_6qps)
+        read as bursts that sd35-medium -> sd35-large, whose batches leave little slack, would miss,
+        and the readiness held structures chosen for those counts in place of the ramp's own. (Replaying it from
         today's level instead, less however far the estimate had fallen since, changed nothing on
         the ramps, whose own structure is always ready, and nothing on the bursty traces.)"""
         if not self.samples:
             return []
         now = self.samples[-1][0]
-        return [(seconds, rate, math.pow(0.5, (now - time) / self.halflife_s))
-                for time, seconds, rate, _ in self.samples if seconds > 0]
+        return [(seconds, rate if beyond_noise(rate * seconds, estimate * seconds) else min(rate, estimate),
+                 math.pow(0.5, (now - time) / self.halflife_s))
+                for time, seconds, rate, estimate in self.samples if seconds > 0]
 
     def recent_rate(self, span_s: float) -> float:
         """Arrivals per second over the last `span_s` (at least the last interval): what the
@@ -158,12 +171,24 @@ class BurstHistory:
                 break
         return lowest
 
-    def peak_before(self, span_s: float) -> float:
-        """The highest estimate held more than `span_s` ago: a level the demand has been at before."""
-        if not self.samples:
-            return 0.0
-        end = self.samples[-1][0] - span_s
-        return max((estimate for time, _, _, estimate in self.samples if time <= end), default=0.0)
+    def left_level(self, span_s: float, part_s: float) -> float:
+        """The highest estimate held more than `span_s` ago that the estimate has since fallen from
+        by more than LEVEL_SIGMAS deviations of its noise (a rate counted over `part_s` seconds, the
+        estimate's grain); 0 when none. A level the demand has been at and left: returning to it is
+        no ramp. A slow ramp's estimate dips by its noise and returns every few minutes; read as
+        levels left, trace_1_6qps's rise was never extrapolated and sd35-medium -> sd35-large was
+        chosen for the dips and missed 1-2 % of the jobs at the top."""
+        end = self.samples[-1][0] - span_s if self.samples else 0.0
+        peak = level = 0.0
+        lowest = math.inf
+        for time, _, _, estimate in self.samples:
+            if time <= end and estimate > peak:
+                peak, lowest = estimate, math.inf
+            elif peak > 0:
+                lowest = min(lowest, estimate)
+                if peak - lowest > LEVEL_SIGMAS * math.sqrt(peak * part_s) / part_s:
+                    level = max(level, peak)
+        return level
 
     def risk(self, capacity: Capacity, slo_s: float,
              intervals: list[tuple[float, float, float]] | None = None) -> float:
@@ -171,6 +196,12 @@ class BurstHistory:
         history)."""
         missed, jobs = replay_misses(self.intervals() if intervals is None else intervals, capacity, slo_s)
         return missed / jobs if jobs > 0 else 0.0
+
+
+def beyond_noise(arrived: float, expected: float) -> bool:
+    """Whether `arrived` jobs are more than NOISE_SIGMAS Poisson deviations over `expected` (a
+    deviation of at least one job)."""
+    return arrived > expected + NOISE_SIGMAS * math.sqrt(max(expected, 1.0))
 
 
 def burst_rate(queued: int, arriving: float, capacity: Capacity, slo_s: float) -> float:

@@ -94,17 +94,19 @@ class HadisPolicy(PlannerPolicy):
     def decide(self, observation: Observation) -> dict[str, Any]:
         demand, slo = self.demand(observation), self.settings.slo_s
         ahead = self.ahead(demand)
-        if demand <= self.bursts.peak_before(self.lead):
+        if demand <= self.bursts.left_level(self.lead, self.sustained.hold_s / PARTS):
             ahead = demand  # a level the demand has been at and left: a burst's rise, no ramp to extrapolate
         # The operating point changes for free: it follows the arrivals of the last SLO at once when
         # they are a burst (BURST_FACTOR x the sustained demand), where the structure waits.
         recent = self.bursts.recent_rate(slo)
         now = recent if recent > BURST_FACTOR * max(demand, 1.0) else demand
         self.arriving = max(now, demand)  # what a switch must serve through (priced)
+        if self.outrun(observation):
+            ahead = max(ahead, self.arriving)  # a burst the structure cannot ride out: chosen for as if it lasted
         self.continuing = False
         # Ready for the remembered bursts when the structure for the sustained demand is not: then the
         # replay, which holds the rise so far, sizes it, and a burst's rise is not extrapolated.
-        ready, ready_why = ready_for_bursts(self.readiness, demand, observation.gpus)
+        ready, ready_why = ready_for_bursts(self.readiness, demand, observation.gpus, ahead)
         structure, why = self.structure(demand if ready is not None else ahead, observation, ready)
         if ready is not None:
             why = f"{ready_why}{why}"
@@ -182,6 +184,19 @@ class HadisPolicy(PlannerPolicy):
     def bursting(self) -> bool:
         return bursting(self.bursts, self.arriving, self.lead)
 
+    def outrun(self, observation: Observation) -> bool:
+        """Whether the arrivals are a burst that the current structure cannot ride out in its slack
+        (Readiness.absorbs): then the structure is chosen for the arriving rate, as if it lasted.
+        Chosen for the sustained demand, which takes a hold to follow, a step from 6 to 20 jobs/s
+        after 90 s kept sd35-medium -> sd35-large for 7 s (each estimate of the last 2 s still
+        served) and a 6 s window missed 24 % of its jobs."""
+        current = observation.current
+        if current is None or not self.bursting():
+            return False
+        old = Structure.of(current)
+        return (0 < old.light_gpus + old.heavy_gpus <= observation.gpus
+                and not self.readiness.absorbs(old, observation.gpus, self.arriving, self.lead))
+
     @property
     def confirm_s(self) -> float:
         """How long the estimates must agree before the structure changes (HADIS_PLAN_CONFIRM_S):
@@ -212,7 +227,8 @@ class HadisPolicy(PlannerPolicy):
             # for minutes at 1 FID worse; moved within the pair first, its GPUs keep up throughout.
             split = stagger(old, Structure(*old.pair, target.light_gpus, target.heavy_gpus),
                             self.settings.plan_max_moving_gpus)
-            if split != old and (found := price_step(self, old, split, keep, demand))[1].switch:
+            if (split != old and no_worse(self.planner, split, keep, demand, slo)
+                    and (found := price_step(self, old, split, keep, demand))[1].switch):
                 step, (cost, verdict) = split, found
         self.last_verdict = verdict
         if not verdict.switch:
@@ -222,6 +238,17 @@ class HadisPolicy(PlannerPolicy):
         then = "" if step == target else f"; step towards {target.light_gpus}/{target.heavy_gpus} GPUs"
         return step, (f"; switch: {cost.moving} GPUs loading for {cost.seconds:.3g} s "
                       f"({cost.new_workers} new workers), {verdict.why}{then}")
+
+
+def no_worse(planner: Planner, step: Structure, keep: PlanDecision, demand: float, slo_s: float) -> bool:
+    """Whether a step within the current pair serves `demand` at least as well as the structure it
+    leaves (`keep`), or `keep` is behind anyway. A split-first step heads for another pair's split
+    (HadisPolicy.priced); on a ramp near the boundary between two pairs the target's pair changed
+    every few steps, and the split went back and forth with it at the current pair's cost
+    (trace_1_6qps at 10x: sd35-large-turbo -> sd35-medium moved towards sd35-medium ->
+    sd35-large's 13 + 3 and back, at FID 22-25; 21.26 without this rule, 20.97 with it)."""
+    point = planner.plan_within(step.pair, step.light_gpus, step.heavy_gpus, demand, slo_s)
+    return point is not None and (not keep.feasible or point.fid <= keep.fid)
 
 
 def price_step(policy: HadisPolicy, old: Structure, step: Structure, keep: PlanDecision,
@@ -266,7 +293,8 @@ class DemandEnvelope:
         return min(values), max(values)
 
 
-def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[Structure | None, str]:
+def ready_for_bursts(readiness: Readiness, demand: float, gpus: int,
+                     ahead: float | None = None) -> tuple[Structure | None, str]:
     """The structure to hold instead of the planner's for `demand` when that one risks more than
     the budget (plan_risk) of the jobs over the remembered bursts (shared/policies/readiness.py),
     and why; None when the planner's is ready (or nothing is remembered yet). A function of the
@@ -275,14 +303,15 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int) -> tuple[St
     intervals = readiness.intervals(gpus)
     if not intervals or gpus <= 0:
         return None, ""
-    planned = Structure.of(readiness.planner.plan(demand, gpus, readiness.slo_s).plan_fields())
+    ahead = demand if ahead is None else max(ahead, demand)
+    planned = Structure.of(readiness.planner.plan(ahead, gpus, readiness.slo_s).plan_fields())
     first = readiness.risk(planned, gpus, intervals)
     if first <= readiness.budget:
         return None, ""
-    ready = readiness.best(demand, gpus, intervals)
+    ready = readiness.best(demand, gpus, intervals, ahead)
     if ready is None:
         return None, ""
-    return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {demand:.3g} qps "
+    return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {ahead:.3g} qps "
                    f"would miss {first:.1%} of them)")
 
 

@@ -4,11 +4,12 @@ budget (shared/policies/bursts.py has the history and the replay; the hadis poli
 shared/policies/hadis.py, asks this module only when the structure the planner would choose for
 the sustained demand is not ready).
 
-Why search every structure and not the planner's choice for a higher demand: the planner picks the
-best quality *at* a demand, so the structure it picks for a burst's rate serves the silence between
-bursts with the burst's models. A structure is judged here on two separate things: its quality at
-the demand that arrives now (its best operating point, `Planner.plan_within`) and what a burst
-meets (its fastest operating point). A fast light tier beside the best heavy model can be both.
+Why search every split of the planner's pairs and not the planner's choice for a higher demand:
+the planner picks the best quality *at* a demand, so the structure it picks for a burst's rate
+serves the silence between bursts with the burst's models. A structure is judged here on two
+separate things: its quality at the demand that arrives now (its best operating point,
+`Planner.plan_within`) and what a burst meets (its fastest operating point). A fast light tier
+beside many heavy GPUs can be both.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from shared.policies.transitions import Structure
 SPLITS = 32
 # Today's demand is rounded to steps of this factor, so that a steady demand finds its quality cached.
 DEMAND_STEP = 1.025
-# The burst assumed before any is seen (`burst_prior`) fades with this half-life, in SLOs.
-PRIOR_HALFLIFE_JOBS = 100.0
+# The burst assumed before any is seen (`burst_prior`) is replayed for the first this many jobs.
+PRIOR_JOBS = 100
 
 
 class Readiness:
@@ -40,16 +41,21 @@ class Readiness:
         self.replayed: tuple[tuple[float, int] | None, int, list[tuple[float, float, float]]] | None = None
 
     def intervals(self, gpus: int) -> list[tuple[float, float, float]]:
-        """The remembered intervals, after the assumed burst while the history is young (a burst of
-        `prior` x the fleet's highest capacity for one SLO at the start, fading with a half-life
-        of PRIOR_HALFLIFE_SLOS SLOs)."""
+        """The remembered intervals, after the assumed burst while the history is young: a burst of
+        `prior` x the fleet's highest capacity for one SLO, replayed until PRIOR_JOBS jobs have
+        arrived. Why a number of jobs, and no more: the silence before a first burst brings few jobs
+        and keeps the fleet ready for it (bursty_p30's first burst comes in its first second,
+        bursty_off120's after 5 jobs), where a slow ramp's first jobs pay for the ready structure
+        (sd35-large-turbo -> sd35-medium at FID 20.5 where sd35-medium -> sd35-large serves them at
+        19.4). It used to fade, halving every 100 jobs; at a risk budget of 0.5 % of the jobs even
+        a weight of 2^-6 kept it binding, so it held for about 700 jobs: trace_1to20qps's first
+        100 s and trace_1_6qps's first 21 minutes, 0.15 and 0.25 FID on those traces."""
         if self.replayed is not None and self.replayed[:2] == (self.history.last, gpus):
             return self.replayed[2]  # asked twice a tick (the choice, then whether the current one is ready)
         intervals = self.history.intervals()
-        if self.prior > 0 and gpus > 0:  # from the first plan on: a switch under way holds the structure
-            weight = 0.5 ** (self.history.jobs_seen / PRIOR_HALFLIFE_JOBS)
+        if self.prior > 0 and gpus > 0 and self.history.jobs_seen < PRIOR_JOBS:
             top = self.planner.plan(math.inf, gpus, self.slo_s).capacity_qps
-            intervals = [(self.slo_s, self.prior * top, weight), *intervals]
+            intervals = [(self.slo_s, self.prior * top, 1.0), *intervals]
         self.replayed = (self.history.last, gpus, intervals)
         return intervals
 
@@ -88,16 +94,34 @@ class Readiness:
                                                         rounded, self.slo_s)
         return self.points[key]
 
+    def serves(self, structure: Structure, rate: float) -> bool:
+        """Whether the structure has a feasible operating point for `rate` (rounded as `point`)."""
+        point = self.point(structure, rate)
+        return point is not None and point.feasible
+
     def layouts_for(self, gpus: int) -> list[Structure]:
-        """Every pair of the planner's table on every split of `gpus` (every split up to SPLITS GPUs,
-        SPLITS + 1 evenly spaced ones above)."""
+        """Every pair the planner chooses at some demand (`frontier`) on every split of `gpus` (every
+        split up to SPLITS GPUs, SPLITS + 1 evenly spaced ones above). Only those pairs: with every
+        pair of the table, the assumed burst's replay chose sdxl-lightning -> sd35-large (r 0.9 at a
+        few jobs/s, the fast light model for the burst), whose points at the ramp's later demand
+        were FID 22-25 (trace_1_6qps at 10x: 21.26 against 20.97)."""
         if gpus not in self.layouts:
             splits = sorted({round(gpus * index / SPLITS) for index in range(SPLITS + 1)} if gpus > SPLITS
                             else set(range(gpus + 1)))
-            pairs = sorted({row.pair for row in self.planner.rows})
+            pairs = self.frontier(gpus)
             self.layouts[gpus] = [Structure(light, heavy, split, gpus - split)
                                   for light, heavy in pairs for split in splits]
         return self.layouts[gpus]
+
+    def frontier(self, gpus: int) -> list[tuple[str, str]]:
+        """The pairs the planner chooses at some demand for `gpus` GPUs (on a grid of DEMAND_STEP up
+        to the fleet's highest capacity): three of the six of paper-l40s-x10's table."""
+        top = self.planner.plan(math.inf, gpus, self.slo_s).capacity_qps
+        pairs, rate = set(), 0.05
+        while rate <= top * DEMAND_STEP:
+            pairs.add(Structure.of(self.planner.plan(rate, gpus, self.slo_s).plan_fields()).pair)
+            rate *= DEMAND_STEP
+        return sorted(pairs)
 
     def rounded(self, rate: float) -> float:
         return DEMAND_STEP ** round(math.log(max(rate, 0.05)) / math.log(DEMAND_STEP))
@@ -124,11 +148,15 @@ class Readiness:
             total += jobs
         return weighted / total if total > 0 else math.inf
 
-    def best(self, demand: float, gpus: int, intervals: list[tuple[float, float, float]]) -> Structure | None:
+    def best(self, demand: float, gpus: int, intervals: list[tuple[float, float, float]],
+             ahead: float | None = None) -> Structure | None:
         """Of the structures with a point for `demand`, the one with the best expected quality over the
         remembered demand whose risk is within the budget (ties: more capacity); the fastest
         structure when none is; None with no GPUs. A structure no faster than one that failed is
-        not replayed: it fails too."""
+        not replayed: it fails too. While the demand rises (`ahead`, the demand the planner's
+        structure is chosen for, above `demand`), only structures that serve `ahead` too, when any
+        does: the remembered demand is behind a ramp, and a structure chosen for it alone was
+        overloaded a minute later (trace_1_6qps)."""
         if gpus <= 0:
             return None
         levels = self.levels(intervals)
@@ -139,6 +167,8 @@ class Readiness:
             if self.point(structure, demand) is not None:
                 options.append((self.expected_fid(structure, gpus, levels), -self.capacity(structure, gpus).qps,
                                 structure))
+        if ahead is not None and ahead > demand:
+            options = [option for option in options if self.serves(option[2], ahead)] or options
         options.sort(key=lambda option: (option[0], option[1]))
         failed: list[Capacity] = []
         for _, _, structure in options:

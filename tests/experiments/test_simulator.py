@@ -95,9 +95,10 @@ def test_workers_started_at_once_share_the_host_and_a_model_swap_in_place_takes_
 def test_a_switch_under_load_keeps_every_window_under_the_target():
     """Demand steps from 6 to 20 jobs/s: hadis moves GPUs between its tiers (two at a time) while
     the jobs keep coming; no 6-second window has more than 20 % of its jobs late or dropped
-    (issue 19's target), and the whole run under 2 %. (Its pair is sd35-large-turbo ->
-    sd35-medium from the first plan on, ready for the burst assumed before any is seen; without
-    that assumption the pair changes at the step, and the worst window is 22 %: docs/planner.md.)"""
+    (issue 19's target), and the whole run under 2 %. The step is a burst the structure for 6
+    jobs/s cannot ride out (HadisPolicy.outrun): the structure is chosen for the arriving rate at
+    once. Chosen for the sustained demand, which takes a hold to follow, sd35-medium ->
+    sd35-large stayed 7 s into the step and the worst window missed 24 %."""
     rng = np.random.default_rng(3)
     before = np.cumsum(rng.exponential(1 / 6.0, 6 * 90))
     after = before[-1] + np.cumsum(rng.exponential(1 / 20.0, 20 * 90))
@@ -135,12 +136,14 @@ def test_the_start_times_of_the_simulated_host_are_its_own_and_not_the_policys()
     assert simulation.settings.worker_start_each_s == 1.25
 
 
-@pytest.mark.parametrize("seed", [4, 11])
+@pytest.mark.parametrize("seed", [5, 11])
 def test_bursts_out_of_silence_are_met_by_a_structure_ready_for_them(seed):
     """On/off arrivals (near silence, then 25x the mean within a second): hadis holds a structure
     whose fastest operating point absorbs the bursts it remembers (and, before any, the one it
     assumes), and misses at most 1 % of the jobs. Without the burst risk (plan_risk 1, no assumed
-    burst) it plans for the silence and the bursts miss their deadlines: the test fails without it."""
+    burst) it plans for the silence and the bursts miss their deadlines: the test fails without it.
+    (Seed 4, used before, brings 106 jobs in 300 s, one short burst at the end: since a burst that
+    outruns the structure is planned for at once, the blind run misses none of them.)"""
     from shared.experiments.bursty import on_off
 
     trace = on_off(mean_qps=3.0, peak_to_mean=25.0, off_s=60.0, duration_s=300.0, seed=seed)

@@ -10,9 +10,11 @@ from shared.policies.bursts import (
     BURST_HORIZON_SLOS,
     FILL_STEP,
     HEAVY_OVERFILL,
+    LEVEL_SIGMAS,
     SLACK_USABLE,
     BurstHistory,
     Capacity,
+    beyond_noise,
     burst_rate,
     fill_heavy,
     replay_misses,
@@ -60,21 +62,46 @@ def test_intervals_are_the_arrivals_as_they_came_weighted_by_age():
     assert intervals[-1][2] == 1.0 and intervals[0][2] == pytest.approx(0.5 ** 2.2)
 
 
+def test_counts_within_the_estimates_noise_replay_at_the_estimate():
+    """A one-second count within NOISE_SIGMAS Poisson deviations of the sustained estimate is its
+    noise and replays at the estimate; one beyond it (a burst) as it came; one below as it came."""
+    history = BurstHistory(halflife_s=100.0, memory_s=1e9)
+    feed(history, [(4.0, 2.0), (9.0, 2.0), (1.0, 2.0), (15.0, 10.0), (50.0, 10.0)])
+    assert [rate for _, rate, _ in history.intervals()] == pytest.approx([2.0, 9.0, 1.0, 10.0, 50.0])
+    assert beyond_noise(9.0, 2.0) and not beyond_noise(4.0, 2.0)
+    assert not beyond_noise(3.0, 0.0) and beyond_noise(5.0, 0.0)  # a deviation of at least one job
+
+
 def test_history_is_forgotten_after_its_memory_and_restarts_with_the_counter():
     history = BurstHistory(halflife_s=10.0, memory_s=30.0)
     feed(history, [(50.0, 0.0)] * 5 + [(1.0, 1.0)] * 40)
     assert max(rate for _, rate, _ in history.intervals()) < 2.0
     history.observe(100.0, 0, 0.0)  # the controller restarted: its arrival counter went back
     assert history.intervals() == []
-    assert history.peak_before(0.0) == 0.0
+    assert history.left_level(0.0, 2.0) == 0.0
 
 
-def test_recent_rate_and_the_peak_before():
+def test_recent_rate():
     history = BurstHistory(halflife_s=100.0, memory_s=300.0)
-    now = feed(history, [(5.0, 5.0)] * 10 + [(30.0, 20.0)] * 4)
+    feed(history, [(5.0, 5.0)] * 10 + [(30.0, 20.0)] * 4)
     assert history.recent_rate(2.0) == pytest.approx(30.0)
-    assert history.peak_before(3.0) == pytest.approx(20.0)
-    assert history.peak_before(now) == 0.0
+
+
+def test_a_level_left_is_one_the_estimate_fell_from_by_more_than_its_noise():
+    """left_level: the highest estimate held more than the span ago, once the estimate has fallen
+    from it by more than LEVEL_SIGMAS deviations of a rate counted over `part_s`. A burst's level
+    followed by a silence is left; a slow ramp's estimate dipping by its noise is not."""
+    history = BurstHistory(halflife_s=100.0, memory_s=1e9)
+    feed(history, [(60.0, 60.0)] * 5 + [(0.2, 0.2)] * 20)
+    assert history.left_level(10.0, 2.0) == pytest.approx(60.0)
+    assert history.left_level(30.0, 2.0) == 0.0  # nothing held that long ago
+    ramp = BurstHistory(halflife_s=100.0, memory_s=1e9)
+    feed(ramp, [(1.0, estimate) for estimate in [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 1.2]])
+    noise = LEVEL_SIGMAS * math.sqrt(1.3 * 20.0) / 20.0
+    assert 1.3 - 1.0 < noise and ramp.left_level(1.0, 20.0) == 0.0
+    steps = BurstHistory(halflife_s=100.0, memory_s=1e9)
+    feed(steps, [(60.0, 60.0)] * 10 + [(40.0, 40.0)] * 10 + [(55.0, 55.0)] * 2)
+    assert steps.left_level(5.0, 2.0) == pytest.approx(60.0)  # 60 -> 40 at 2 s grain is beyond its noise
 
 
 def test_a_burst_point_is_chosen_for_what_the_slack_cannot_take():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared.policies.bursts import BurstHistory
-from shared.policies.hadis import HadisPolicy
-from shared.policies.readiness import PRIOR_HALFLIFE_JOBS, Readiness
+from shared.policies.hadis import HadisPolicy, no_worse, ready_for_bursts
+from shared.policies.readiness import PRIOR_JOBS, Readiness
+from shared.policies.transitions import Structure
 from tests.helpers import make_settings
 
 GPUS = 16
@@ -50,15 +51,45 @@ def test_without_bursts_the_quietest_structure_is_ready():
     assert best is not None and ready.expected_fid(best, GPUS, ready.levels(intervals)) < 19.5
 
 
-def test_the_assumed_burst_fades_with_the_jobs_seen():
+def test_the_assumed_burst_holds_for_the_first_jobs_only():
+    """The assumed burst is replayed at full weight until PRIOR_JOBS jobs have arrived, then not at
+    all: a fading weight kept binding at a 0.5 % risk budget long after its half-life."""
     ready = readiness(prior=0.2)
     remember(ready, [0.0] * 5)
     first = ready.intervals(GPUS)[0]
     top = ready.planner.plan(float("inf"), GPUS, 6.0).capacity_qps
     assert first == pytest.approx((6.0, 0.2 * top, 1.0))
-    remember(ready, [10.0] * 20)  # 200 jobs: four half-lives of PRIOR_HALFLIFE_JOBS = 50
-    assert ready.intervals(GPUS)[0][2] == pytest.approx(0.5 ** (200 / PRIOR_HALFLIFE_JOBS))
+    remember(ready, [10.0] * (PRIOR_JOBS // 10 - 1))
+    assert ready.intervals(GPUS)[0] == pytest.approx((6.0, 0.2 * top, 1.0))
+    remember(ready, [10.0] * (PRIOR_JOBS // 10))
+    assert all(rate < 0.2 * top for _, rate, _ in ready.intervals(GPUS))
     assert readiness(prior=0.0).intervals(GPUS) == []
+
+
+def test_only_the_pairs_the_planner_chooses_are_searched():
+    """The readiness searches the pairs the planner itself chooses at some demand (three of the six
+    of the table), each on every split."""
+    ready = readiness()
+    pairs = {structure.pair for structure in ready.layouts_for(GPUS)}
+    planner = ready.planner
+    chosen = {(plan.light_model, plan.heavy_model) for plan in
+              (planner.plan(rate, GPUS, 6.0) for rate in (0.5, 5.0, 15.0, 40.0, 80.0, 200.0))}
+    assert chosen <= pairs < {row.pair for row in planner.rows}
+    assert ("sdxl-lightning", "sd35-large") not in pairs
+
+
+def test_while_the_demand_rises_the_ready_structure_serves_the_demand_ahead():
+    """Of the ready structures, the best for the remembered demand may be too slow for where a ramp
+    is heading; with `ahead` above today's demand, one that serves it is chosen when any does."""
+    ready = readiness()
+    remember(ready, [4.0] * 120)
+    intervals = ready.intervals(GPUS)
+    behind = ready.best(4.0, GPUS, intervals)
+    assert behind is not None and not ready.serves(behind, 20.0)
+    ahead = ready.best(4.0, GPUS, intervals, 20.0)
+    assert ahead is not None and ready.serves(ahead, 20.0)
+    assert ready.best(4.0, GPUS, intervals, 4.0) == behind
+    assert ready.best(4.0, GPUS, intervals, 1e6) == behind  # none serves it: as without
 
 
 def test_a_held_structure_absorbs_a_burst_its_slack_takes_but_not_a_rise_that_lasts():
@@ -73,3 +104,28 @@ def test_a_held_structure_absorbs_a_burst_its_slack_takes_but_not_a_rise_that_la
     assert ready.absorbs(held, GPUS, 1.1 * fastest, 6.0)
     assert not ready.absorbs(held, GPUS, 1.1 * fastest, 60.0)
     assert not readiness().absorbs(held, GPUS, 1.0, 6.0)
+
+
+def test_ready_for_bursts_judges_the_structure_for_the_demand_ahead():
+    """hadis.ready_for_bursts: the planner's structure is judged for where the demand is heading
+    (`ahead`), so a ramp whose own structure is ready leaves the readiness out; and the reason names
+    that demand."""
+    ready = readiness()
+    remember(ready, [15.0] * 120)
+    for_now, why = ready_for_bursts(ready, 0.5, GPUS)
+    assert for_now is not None and "the structure for 0.5 qps" in why  # sd35-medium -> sd35-large: overrun
+    assert ready_for_bursts(ready, 0.5, GPUS, 16.0) == (None, "")
+
+
+def test_a_split_first_step_may_not_serve_todays_demand_worse():
+    """hadis.no_worse: a step within the pair towards another pair's split must serve the demand at
+    least as well as the structure it leaves, unless that one is behind anyway."""
+    planner = readiness().planner
+    pair = ("sd35-large-turbo", "sd35-medium")
+    keep = planner.plan_within(pair, 4, 12, 12.0, 6.0)
+    assert keep is not None and keep.feasible
+    assert no_worse(planner, Structure(*pair, 2, 14), keep, 12.0, 6.0)
+    assert not no_worse(planner, Structure(*pair, 8, 8), keep, 12.0, 6.0)
+    behind = planner.plan_within(pair, 4, 12, 60.0, 6.0)
+    assert behind is not None and not behind.feasible
+    assert no_worse(planner, Structure(*pair, 8, 8), behind, 60.0, 6.0)
