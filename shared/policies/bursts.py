@@ -135,10 +135,10 @@ class BurstHistory:
         are beyond the sustained estimate's Poisson noise (NOISE_SIGMAS), else at most the estimate.
         A burst is what the estimate does not hold; the one-second counts of a steady demand are
         not. Replayed as they came, the counts of a slow ramp at one job a second (trace_1_6qps)
-        read as bursts that sd35-medium -> sd35-large, whose batches leave little slack, would miss,
-        and the readiness held structures chosen for those counts in place of the ramp's own. (Replaying it from
-        today's level instead, less however far the estimate had fallen since, changed nothing on
-        the ramps, whose own structure is always ready, and nothing on the bursty traces.)"""
+        read as bursts that sd35-medium -> sd35-large, whose batches leave little slack, would
+        miss, and the readiness held structures chosen for those counts in place of the ramp's
+        own. (Replaying it from today's level instead, less however far the estimate had fallen
+        since, changed nothing on the ramps and nothing on the bursty traces.)"""
         if not self.samples:
             return []
         now = self.samples[-1][0]
