@@ -32,6 +32,13 @@ class DemandTracker:
         return self.rate_qps
 
 
+def beyond_poisson(arrived: float, expected: float, sigmas: float) -> bool:
+    """Whether `arrived` jobs are more than `sigmas` Poisson deviations over the `expected` count (a
+    deviation of at least one job): a burst, not a count's noise. The routers' burst guard
+    (admission.beyond_pace) and the burst history's noise (bursts.BurstHistory.intervals) ask it."""
+    return arrived > expected + sigmas * math.sqrt(max(expected, 1.0))
+
+
 def queueing_delay_s(queued_jobs: int, rate_qps: float, cap_s: float) -> float:
     """Little's law: the time a new job waits behind `queued_jobs` at the arrival rate, capped."""
     if queued_jobs <= 0:

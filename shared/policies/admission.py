@@ -9,6 +9,7 @@ import math
 from collections import deque
 from enum import StrEnum
 
+from shared.arrival_rate import beyond_poisson
 from shared.profiles import ModelProfile
 from shared.schemas import Plan, Tier
 
@@ -185,7 +186,4 @@ class ArrivalPace:
 def beyond_pace(arrived: int, burst_qps: float | None, span_s: float = PACE_SPAN_S) -> bool:
     """Whether `arrived` jobs in `span_s` are a burst beyond `burst_qps` (None: never): more than
     its expected count by PACE_SIGMAS Poisson deviations."""
-    if burst_qps is None:
-        return False
-    expected = burst_qps * span_s
-    return arrived > expected + PACE_SIGMAS * math.sqrt(expected)
+    return burst_qps is not None and beyond_poisson(arrived, burst_qps * span_s, PACE_SIGMAS)

@@ -26,6 +26,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from shared.arrival_rate import beyond_poisson
+
 # The share of the SLO's slack a burst's backlog may fill: the operating point degrades on the next
 # tick and the jobs routed to the heavy tier before it wait behind the slow model, so a burst that
 # just fits the fluid queue's slack still sheds jobs in the simulator.
@@ -142,8 +144,8 @@ class BurstHistory:
         if not self.samples:
             return []
         now = self.samples[-1][0]
-        return [(seconds, rate if beyond_noise(rate * seconds, estimate * seconds) else min(rate, estimate),
-                 math.pow(0.5, (now - time) / self.halflife_s))
+        return [(seconds, rate if beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
+                 else min(rate, estimate), math.pow(0.5, (now - time) / self.halflife_s))
                 for time, seconds, rate, estimate in self.samples if seconds > 0]
 
     def recent_rate(self, span_s: float) -> float:
@@ -196,12 +198,6 @@ class BurstHistory:
         history)."""
         missed, jobs = replay_misses(self.intervals() if intervals is None else intervals, capacity, slo_s)
         return missed / jobs if jobs > 0 else 0.0
-
-
-def beyond_noise(arrived: float, expected: float) -> bool:
-    """Whether `arrived` jobs are more than NOISE_SIGMAS Poisson deviations over `expected` (a
-    deviation of at least one job)."""
-    return arrived > expected + NOISE_SIGMAS * math.sqrt(max(expected, 1.0))
 
 
 def burst_rate(queued: int, arriving: float, capacity: Capacity, slo_s: float) -> float:

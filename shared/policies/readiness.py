@@ -39,6 +39,7 @@ class Readiness:
         self.points: dict[tuple[Structure, float], PlanDecision | None] = {}
         self.layouts: dict[int, list[Structure]] = {}
         self.replayed: tuple[tuple[float, int] | None, int, list[tuple[float, float, float]]] | None = None
+        self.absorbed: tuple[tuple, bool] | None = None  # the last absorbs() asked, and its answer
 
     def intervals(self, gpus: int) -> list[tuple[float, float, float]]:
         """The remembered intervals, after the assumed burst while the history is young: a burst of
@@ -77,13 +78,18 @@ class Readiness:
         """Whether the structure's fastest operating point, its queue's slack included, serves the
         remembered arrivals and `seconds` more at `rate` within the budget and with no miss in those
         seconds: a burst it rides out is no reason to change it."""
+        key = (self.history.last, structure, gpus, rate, seconds)
+        if self.absorbed is not None and self.absorbed[0] == key:
+            return self.absorbed[1]  # asked twice a tick (HadisPolicy.outrun, then hadis.absorbed)
         intervals = self.intervals(gpus)
-        if not intervals:
-            return False
-        capacity = self.capacity(structure, gpus)
-        missed, jobs, backlog = replay(intervals, capacity, self.slo_s)
-        more_missed, more_jobs, _ = replay([(seconds, rate, 1.0)], capacity, self.slo_s, backlog)
-        return more_missed == 0 and missed <= self.budget * (jobs + more_jobs)
+        answer = False
+        if intervals:
+            capacity = self.capacity(structure, gpus)
+            missed, jobs, backlog = replay(intervals, capacity, self.slo_s)
+            more_missed, more_jobs, _ = replay([(seconds, rate, 1.0)], capacity, self.slo_s, backlog)
+            answer = more_missed == 0 and missed <= self.budget * (jobs + more_jobs)
+        self.absorbed = (key, answer)
+        return answer
 
     def point(self, structure: Structure, demand: float) -> PlanDecision | None:
         """The structure's best operating point at `demand` (rounded to DEMAND_STEP), cached."""

@@ -6,15 +6,16 @@ import math
 
 import pytest
 
+from shared.arrival_rate import beyond_poisson
 from shared.policies.bursts import (
     BURST_HORIZON_SLOS,
     FILL_STEP,
     HEAVY_OVERFILL,
     LEVEL_SIGMAS,
+    NOISE_SIGMAS,
     SLACK_USABLE,
     BurstHistory,
     Capacity,
-    beyond_noise,
     burst_rate,
     fill_heavy,
     replay_misses,
@@ -68,8 +69,9 @@ def test_counts_within_the_estimates_noise_replay_at_the_estimate():
     history = BurstHistory(halflife_s=100.0, memory_s=1e9)
     feed(history, [(4.0, 2.0), (9.0, 2.0), (1.0, 2.0), (15.0, 10.0), (50.0, 10.0)])
     assert [rate for _, rate, _ in history.intervals()] == pytest.approx([2.0, 9.0, 1.0, 10.0, 50.0])
-    assert beyond_noise(9.0, 2.0) and not beyond_noise(4.0, 2.0)
-    assert not beyond_noise(3.0, 0.0) and beyond_noise(5.0, 0.0)  # a deviation of at least one job
+    assert beyond_poisson(9.0, 2.0, NOISE_SIGMAS) and not beyond_poisson(4.0, 2.0, NOISE_SIGMAS)
+    # a deviation of at least one job
+    assert not beyond_poisson(3.0, 0.0, NOISE_SIGMAS) and beyond_poisson(5.0, 0.0, NOISE_SIGMAS)
 
 
 def test_history_is_forgotten_after_its_memory_and_restarts_with_the_counter():
