@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.policies.bursts import BurstHistory
-from shared.policies.hadis import HadisPolicy, no_worse, ready_for_bursts
+from shared.policies.hadis import HadisPolicy, no_worse, ready_for_bursts, still_ready
 from shared.policies.readiness import PRIOR_JOBS, Readiness
 from shared.policies.transitions import Structure
 from tests.helpers import make_settings
@@ -129,3 +129,21 @@ def test_a_split_first_step_may_not_serve_todays_demand_worse():
     behind = planner.plan_within(pair, 4, 12, 60.0, 6.0)
     assert behind is not None and not behind.feasible
     assert no_worse(planner, Structure(*pair, 8, 8), behind, 60.0, 6.0)
+
+
+def test_a_structure_riding_a_burst_out_is_not_moved_to_another_split_until_the_burst_ends():
+    """hadis.still_ready: in a burst the held structure rides out (Readiness.absorbs), a better
+    structure at the estimate's level that moves GPUs waits for the burst to end; one on the same
+    split (a pair swapped in place) does not wait. Compared at the estimate's level alone, a first
+    burst moved 7 + 9 GPUs of sd35-large-turbo -> sd35-medium, which rode it out, to the silence's
+    slow pair, 16 GPUs loading in the burst."""
+    ready = readiness()
+    remember(ready, [0.2] * 60 + [30.0] * 3)
+    held = Structure("sd35-large-turbo", "sd35-medium", 7, 9)
+    quiet = Structure("sd35-medium", "sd35-large", 9, 7)
+    why = still_ready(ready, held, quiet, 0.2, GPUS, 0.25, 30.0, 18.0)
+    assert why is not None and "rides out this burst" in why
+    assert still_ready(ready, held, quiet, 0.2, GPUS, 0.25, 0.2, 18.0) is None  # calm: the better one
+    in_place = Structure("sd35-medium", "sd35-large", 7, 9)
+    assert still_ready(ready, held, in_place, 0.2, GPUS, 0.25, 30.0, 18.0) is None
+    assert still_ready(ready, held, quiet, 0.2, GPUS, 0.25, 200.0, 18.0) is None  # one it cannot ride out
