@@ -364,8 +364,10 @@ async def test_a_body_naming_a_queued_job_cannot_change_it():
         assert await stack.bus.depth(light) + await stack.bus.depth(heavy) == 0
         await stack.client.submit(victim)
         record = await eventually("V routed", lambda: routed(stack.store, victim.job_id))
-        task = await asyncio.to_thread(task_in, light if record.tier is Tier.light else heavy)
-        assert task is not None and task.job == victim
+        # The router records `routed`, then publishes the Task: it reaches the queue a moment later.
+        queue = light if record.tier is Tier.light else heavy
+        task = await eventually("V's Task in its queue", lambda: asyncio.to_thread(task_in, queue))
+        assert task.job == victim
 
 
 async def routed(store: Store, job_id: str):

@@ -83,9 +83,10 @@ def test_a_run_killed_with_sigterm_stops_its_services_and_deletes_its_namespace(
     assert len(services) >= 4, services
     runner.send_signal(signal.SIGTERM)
     # The bound is the supervisor's: every service's graceful stop within STOP_TIMEOUT_S, then a kill,
-    # then the namespace's deletion. 60 s flat was missed on a loaded machine (CI's three lanes).
+    # then the namespace's deletion. 60 s flat was missed on a loaded machine (CI's three lanes), and
+    # so was STOP_TIMEOUT_S + 30 once (the host 87 % busy): the deletion's share is now 60 s.
     try:
-        assert runner.wait(timeout=STOP_TIMEOUT_S + 30) != 0
+        assert runner.wait(timeout=STOP_TIMEOUT_S + 60) != 0
     finally:
         if runner.poll() is None:
             runner.kill()
