@@ -4,7 +4,6 @@ deleted afterwards."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from shared.bus import Bus
+from shared.ports import free_port_base
 from shared.settings import Settings
 from shared.store import Store
 
@@ -19,10 +19,10 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A local TCP port nothing listens on (just now)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A local TCP port nothing listens on (just now), below the OS's ephemeral ports
+    (shared.ports): a server stopped and started again on it (a broker node a fault test kills)
+    finds it free, where the OS could have handed it to another process's connection meanwhile."""
+    return free_port_base(1)
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[T]], timeout_s: float = 30.0, poll_s: float = 0.1) -> T:
