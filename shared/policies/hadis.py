@@ -169,7 +169,7 @@ class HadisPolicy(PlannerPolicy):
             structure, why = self.priced(old, in_place, keep, demand)
             return structure, f"{why}; while a step is under way" if structure != old else why
         if (not keep.feasible and target.pair != old.pair
-                and (target.light_gpus, target.heavy_gpus) != (old.light_gpus, old.heavy_gpus)):
+                and target.split != old.split):
             # Behind: the target's pair at once on the GPUs as they are (a model load each, no worker
             # restarts), where moving GPUs between tiers takes steps of worker starts; the split
             # follows in later steps. A burst out of a silence met the silence's pair for 10 s.
@@ -387,7 +387,7 @@ def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: 
     if keep is None or not keep.feasible:
         return None
     if (bursting(readiness.history, arriving, lead_s)
-            and (ready.light_gpus, ready.heavy_gpus) != (old.light_gpus, old.heavy_gpus)
+            and ready.split != old.split
             and readiness.absorbs(old, gpus, arriving, lead_s)):
         return f"; kept {layout(old)}: it rides out this burst at {arriving:.3g} qps (a switch would take GPUs from it)"
     new = planner.plan_within(ready.pair, ready.light_gpus, ready.heavy_gpus, demand, slo)

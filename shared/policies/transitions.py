@@ -45,6 +45,12 @@ class Structure:
     def pair(self) -> tuple[str, str]:
         return self.light_model, self.heavy_model
 
+    @property
+    def split(self) -> tuple[int, int]:
+        """GPUs per tier (light, heavy): two structures of one split differ only in the models their
+        GPUs load, a swap in place that starts no worker."""
+        return self.light_gpus, self.heavy_gpus
+
 
 @dataclass(frozen=True)
 class Transition:
