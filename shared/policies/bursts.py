@@ -132,9 +132,10 @@ class BurstHistory:
         """Jobs arrived since the first observation (all of them, not only the remembered ones)."""
         return 0 if self.last is None or self.first_arrivals is None else self.last[1] - self.first_arrivals
 
-    def intervals(self) -> list[tuple[float, float, float]]:
+    def intervals(self, stretch: float = 1.0) -> list[tuple[float, float, float]]:
         """(seconds, rate qps, weight) of every remembered interval: as it came when its arrivals
-        are beyond the sustained estimate's Poisson noise (NOISE_SIGMAS), else at most the estimate.
+        are beyond the sustained estimate's Poisson noise (NOISE_SIGMAS), its seconds times
+        `stretch` (a burst as long again as those seen: Readiness.trimmed), else at most the estimate.
         A burst is what the estimate does not hold; the one-second counts of a steady demand are
         not. Replayed as they came, the counts of a slow ramp at one job a second (trace_1_6qps)
         read as bursts that sd35-medium -> sd35-large, whose batches leave little slack, would
@@ -144,9 +145,13 @@ class BurstHistory:
         if not self.samples:
             return []
         now = self.samples[-1][0]
-        return [(seconds, rate if beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
-                 else min(rate, estimate), math.pow(0.5, (now - time) / self.halflife_s))
-                for time, seconds, rate, estimate in self.samples if seconds > 0]
+        intervals = []
+        for time, seconds, rate, estimate in self.samples:
+            if seconds > 0:
+                weight = math.pow(0.5, (now - time) / self.halflife_s)
+                burst = beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
+                intervals.append((seconds * stretch, rate, weight) if burst else (seconds, min(rate, estimate), weight))
+        return intervals
 
     def recent_rate(self, span_s: float) -> float:
         """Arrivals per second over the last `span_s` (at least the last interval): what the

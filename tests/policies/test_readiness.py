@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared.policies.bursts import BurstHistory
+from shared.policies.control import Observation
 from shared.policies.hadis import HadisPolicy, no_worse, ready_for_bursts, still_ready
-from shared.policies.readiness import PRIOR_JOBS, Readiness
+from shared.policies.readiness import PRIOR_JOBS, TRIM_STRETCH, Readiness
 from shared.policies.transitions import Structure
 from tests.helpers import make_settings
 
@@ -147,3 +148,54 @@ def test_a_structure_riding_a_burst_out_is_not_moved_to_another_split_until_the_
     in_place = Structure("sd35-medium", "sd35-large", 7, 9)
     assert still_ready(ready, held, in_place, 0.2, GPUS, 0.25, 30.0, 18.0) is None
     assert still_ready(ready, held, quiet, 0.2, GPUS, 0.25, 200.0, 18.0) is None  # one it cannot ride out
+
+
+def test_capacity_is_given_back_only_for_a_structure_that_rides_out_bursts_twice_as_long():
+    """Readiness.trimmed: from a structure with more capacity than the best for the remembered
+    bursts, the fleet heads for the best structure of that pair which rides out the bursts
+    TRIM_STRETCH times as long (or stays); towards more capacity it heads at once. Trimmed to the
+    bursts seen, the next, longer burst of an on/off trace missed 8 % of its jobs."""
+    ready = readiness()
+    remember(ready, [0.2] * 60 + [50.0] * 2 + [0.2] * 60)
+    held = Structure("sd35-large-turbo", "sd35-medium", 7, 9)
+    best = ready.best(0.2, GPUS, ready.intervals(GPUS))
+    assert best is not None and best.pair == held.pair
+    assert ready.capacity(best, GPUS).qps < ready.capacity(held, GPUS).qps
+    longer = ready.intervals(GPUS, TRIM_STRETCH)
+    assert ready.risk(best, GPUS, longer) > ready.budget  # the best for the bursts seen misses longer ones
+    trimmed = ready.trimmed(held, best, 0.2, GPUS)
+    assert trimmed != best and trimmed.pair == held.pair
+    assert ready.risk(trimmed, GPUS, longer) <= ready.budget
+    assert ready.capacity(best, GPUS).qps < ready.capacity(trimmed, GPUS).qps <= ready.capacity(held, GPUS).qps
+    slow = Structure("sd35-large-turbo", "sd35-medium", 1, 15)
+    assert ready.trimmed(slow, best, 0.2, GPUS) == best  # more capacity: at once
+
+
+def test_a_bursts_jobs_are_judged_at_the_rate_the_slo_spreads_them_over():
+    """Readiness.levels: a job's level is the arrival rate of the SLO up to it, so a burst of two
+    seconds at 90 jobs/s out of silence counts at about 30 jobs/s (its 180 jobs over the 6 s SLO),
+    not at 90, where every pair would be judged at its fastest point; a steady rate is its own level."""
+    ready = readiness()
+    remember(ready, [0.0] * 30 + [90.0] * 2 + [0.0] * 30)
+    levels = ready.levels(ready.intervals(GPUS))
+    assert 25.0 < max(levels) < 35.0
+    steady = readiness()
+    remember(steady, [20.0] * 60)
+    assert max(steady.levels(steady.intervals(GPUS))) == pytest.approx(20.0, rel=0.03)
+
+
+def test_a_structure_behind_with_a_queue_is_not_held_by_the_lowest_estimate():
+    """HadisPolicy.behind: an infeasible operating point on the last tick with a quarter of the
+    SLO waiting in the queue is behind (the envelope's lowest estimate, which lags a step of the
+    level, no longer holds it); an infeasible point with a short queue (a 60 s SLO's noise) or a
+    long queue at a feasible point is not."""
+    policy = HadisPolicy(make_settings(controller_policy="hadis", profile="paper-l40s-x10", slo_s=6.0))
+
+    def observed(queued: int) -> Observation:
+        return Observation(now=1.0, demand_qps=40.0, queued_jobs=queued, queueing_s=0.0, gpus=GPUS, current=None)
+
+    policy.overloaded = True
+    assert policy.behind(observed(100))  # 2.5 s of a 6 s SLO at 40 jobs/s
+    assert not policy.behind(observed(20))
+    policy.overloaded = False
+    assert not policy.behind(observed(100))
