@@ -143,7 +143,7 @@ class HadisPolicy(PlannerPolicy):
                                                         self.settings.plan_min_gain_fid, self.arriving,
                                                         self.lead)) is not None:
                 return old, kept
-        elif old is not None and 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
+        elif old is not None and old.runs_on(observation.gpus):
             def serves(value: float) -> bool:
                 decision = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, value,
                                                     self.settings.slo_s)
@@ -161,7 +161,7 @@ class HadisPolicy(PlannerPolicy):
             self.heading = None
             return target, ""
         keep = self.planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, self.settings.slo_s)
-        if keep is None or not 0 < old.light_gpus + old.heavy_gpus <= observation.gpus:
+        if keep is None or not old.runs_on(observation.gpus):
             return target, ""  # a pair this policy does not plan with, GPUs that are gone, or none yet
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
@@ -211,7 +211,7 @@ class HadisPolicy(PlannerPolicy):
         if current is None or not self.bursting():
             return False
         old = Structure.of(current)
-        return (0 < old.light_gpus + old.heavy_gpus <= observation.gpus
+        return (old.runs_on(observation.gpus)
                 and not self.readiness.absorbs(old, observation.gpus, self.arriving, self.lead))
 
     @property
@@ -329,7 +329,7 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int, ahead: floa
     ready = readiness.best(demand, gpus, intervals, ahead)
     if ready is None:
         return None, ""
-    if old is not None and 0 < old.light_gpus + old.heavy_gpus <= gpus:
+    if old is not None and old.runs_on(gpus):
         ready = readiness.trimmed(old, ready, demand, gpus, ahead)  # capacity given back only for longer bursts
     return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {ahead:.3g} qps "
                    f"would miss {first:.1%} of them)")
@@ -402,7 +402,7 @@ def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: 
       Compared at the estimate's level alone, where the calm between bursts puts every split at its
       best point, the 7 + 9 GPUs held for the assumed burst were never given back to the heavy
       tier: 0.3-0.5 FID short of the best fixed plan on five of sixteen on/off traces."""
-    if old == ready or not 0 < old.light_gpus + old.heavy_gpus <= gpus:
+    if old == ready or not old.runs_on(gpus):
         return None
     planner, slo = readiness.planner, readiness.slo_s
     keep = planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)

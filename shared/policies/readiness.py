@@ -42,7 +42,9 @@ class Readiness:
         self.capacities: dict[tuple[Structure, int], Capacity] = {}
         self.points: dict[tuple[Structure, float], PlanDecision | None] = {}
         self.layouts: dict[int, list[Structure]] = {}
-        self.replayed: tuple[tuple, list[tuple[float, float, float]]] | None = None
+        # The intervals of the last tick and fleet asked, by stretch (a trim asks both each tick).
+        self.replayed: tuple[tuple, dict[float, list[tuple[float, float, float]]]] = ((), {})
+        self.leveled: tuple[list[tuple[float, float, float]], dict[float, float]] | None = None
         self.absorbed: tuple[tuple, bool] | None = None  # the last absorbs() asked, and its answer
 
     def intervals(self, gpus: int, stretch: float = 1.0) -> list[tuple[float, float, float]]:
@@ -56,14 +58,16 @@ class Readiness:
         a weight of 2^-6 kept it binding, so it held for about 700 jobs: trace_1to20qps's first
         100 s and trace_1_6qps's first 21 minutes, 0.15 and 0.25 FID on those traces. The bursts
         seen `stretch` times as long when asked (`trimmed`)."""
-        key = (self.history.last, gpus, stretch)
-        if self.replayed is not None and self.replayed[0] == key:
-            return self.replayed[1]  # asked twice a tick (the choice, then whether the current one is ready)
+        key = (self.history.last, gpus)
+        if self.replayed[0] != key:
+            self.replayed = (key, {})
+        if stretch in self.replayed[1]:
+            return self.replayed[1][stretch]  # asked twice a tick (the choice, then whether the current one is ready)
         intervals = self.history.intervals(stretch)
         if self.prior > 0 and gpus > 0 and self.history.jobs_seen < PRIOR_JOBS:
             top = self.planner.plan(math.inf, gpus, self.slo_s).capacity_qps
             intervals = [(self.slo_s, self.prior * top, 1.0), *intervals]
-        self.replayed = (key, intervals)
+        self.replayed[1][stretch] = intervals
         return intervals
 
     def capacity(self, structure: Structure, gpus: int) -> Capacity:
@@ -147,7 +151,11 @@ class Readiness:
         pair at its fastest point, sd35-large-turbo -> sd35-medium was no better than the emergency
         sdxl-lightning -> sd35-large-turbo (24.98 against 24.97), and the fleet held the emergency
         pair for four minutes of calm (on/off seed 510: FID 25.18 where the best fixed plan,
-        sd35-large-turbo -> sd35-medium on 8 + 8, served every burst in time at 24.06)."""
+        sd35-large-turbo -> sd35-medium on 8 + 8, served every burst in time at 24.06). The
+        intervals' own list (`intervals` keeps one per tick) is leveled once: the choice and the
+        held structure's comparison ask for the same."""
+        if self.leveled is not None and self.leveled[0] is intervals:
+            return self.leveled[1]
         jobs: dict[float, float] = {}
         window: deque[tuple[float, float]] = deque()  # (seconds, arrivals) of the last SLO
         seconds_in = arrivals_in = 0.0
@@ -160,6 +168,7 @@ class Readiness:
             if rate > 0:
                 level = self.rounded(arrivals_in / seconds_in if seconds_in > 0 else rate)
                 jobs[level] = jobs.get(level, 0.0) + rate * seconds * weight
+        self.leveled = (intervals, jobs)
         return jobs
 
     def expected_fid(self, structure: Structure, gpus: int, levels: dict[float, float]) -> float:

@@ -45,6 +45,11 @@ class Structure:
     def pair(self) -> tuple[str, str]:
         return self.light_model, self.heavy_model
 
+    def runs_on(self, gpus: int) -> bool:
+        """Whether it holds some GPUs and no more than the fleet's `gpus`: one the policy can keep
+        or move from (a plan of GPUs since gone, or of none yet, is replaced outright)."""
+        return 0 < self.light_gpus + self.heavy_gpus <= gpus
+
     @property
     def split(self) -> tuple[int, int]:
         """GPUs per tier (light, heavy): two structures of one split differ only in the models their
