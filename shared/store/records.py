@@ -4,6 +4,7 @@ stream. `Change` is what a service asks of a record; the script decides whether 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -164,7 +165,7 @@ class JobRecords(RedisStore):
         argv = [states, orjson.dumps(change.detail[:500]), self.ttl, self.done_channel(change.job_id),
                 mode or ("1" if change.create else "0"), change.job_id, change.image, change.image_mode,
                 self.image_ttl, change.owner, self.owner_prefix, encoded, ",".join(s.value for s in change.only_from),
-                ",".join(same)]
+                ",".join(same), secrets.token_hex(8)]  # ARGV 15: a repeat of this call is answered as it was
         return keys, argv
 
     @staticmethod

@@ -13,7 +13,8 @@
 --       argument, not two per field: redis-py packs every argument in Python, the services' biggest
 --       Redis cost per job before, measured by make bench-pipeline --profile), 13 the states the record
 --       may be in (comma-separated; "" for any): a cancel decided here, not read then written,
---       14 mode 2: the fields (comma-separated) the record must hold exactly as ARGV 12 writes them.
+--       14 mode 2: the fields (comma-separated) the record must hold exactly as ARGV 12 writes them,
+--       15 this call's token ("" for none): random, one per call, the same when the store sends it again.
 -- Returns {code, state before}: 1 applied, 0 refused (the record exists, for a create; it is terminal, for a
 -- transition), -1 no record, 2 stale (the record is already at a later step), 3 busy (another live worker
 -- holds the claim), 4 no light image to promote, 5 guarded (the record is not in a state of ARGV 13).
@@ -44,6 +45,13 @@
 -- recorded step), 7 its fields differ (the caller judges, from the hash, whether it is the same job). An
 -- advance adds only the fields the record lacks (the step's decision): the body's are the record's already.
 --
+-- A call sent again is answered as the first was. The store repeats a call whose reply it did not get (Redis
+-- restarted, a connection cut: Store._call), and the first may have been applied: without this, its repeat
+-- was refused (the router's `routed` became a duplicate, acked, never published: a job lost in the compose
+-- fault run). The record keeps its last change's token and the state it moved from (field `change`); a call
+-- that brings that token gets {1, that state} again, nothing written. Only the last change is kept: a repeat
+-- follows its first within the store's retry, and a job whose step is unanswered does not move meanwhile.
+--
 -- States only move forward (RANK). A change to a lower rank is refused as stale, so a late redelivery cannot
 -- reset a later state; the same rank is refused too (a verdict or a light image is stored once), except a
 -- re-route and a `generating` claim: a claim passes to a new owner only when the old owner's liveness key has
@@ -57,8 +65,12 @@ local function rank(state, tier)
   return RANK[state] or TERMINAL_RANK
 end
 local mode = ARGV[5]
-local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner', 'priority')
+local record = redis.call('HMGET', KEYS[1], 'state', 'tier', 'owner', 'priority', 'change')
 local current, current_tier, current_owner = record[1], record[2], record[3]
+if ARGV[15] ~= '' and record[5] then
+  local token, before = string.match(record[5], '^(%S+) ?(.*)$')
+  if token == ARGV[15] then return {1, before ~= '' and before or false} end
+end
 local extra = cjson.decode(ARGV[12])
 local batch = (extra['priority'] or record[4]) == 'batch'
 local lines = batch and {KEYS[13], KEYS[14]} or {KEYS[9], KEYS[10]}
@@ -128,7 +140,7 @@ for _, s in ipairs(states) do
     end
   end
 end
-local fields = {'state', state}
+local fields = {'state', state, 'change', ARGV[15] .. ' ' .. (current or '')}
 if handback then
   redis.call('HDEL', KEYS[1], 'owner')
 elseif ARGV[10] ~= '' then

@@ -9,6 +9,7 @@ import asyncio
 from importlib import resources
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.outcome import Applied
 from shared.policies import steps
@@ -251,3 +252,43 @@ async def test_the_router_records_a_job_the_api_queued_in_one_round_trip():
             router_store._call = call  # type: ignore[method-assign]
         assert (await stack.store.get(job.job_id)).state is JobState.routed
         assert len([c for c in calls if job.job_id in c]) == 1, calls
+
+
+class ReplyLost:
+    """The transition script with its first reply lost: Redis runs the call, then the connection is
+    cut before the answer comes back (Redis restarted under it), so Store._call sends it again."""
+
+    def __init__(self, script) -> None:
+        self.script, self.cuts = script, 1
+        self.sha = script.sha
+
+    async def __call__(self, *args, **kwargs):
+        reply = await self.script(*args, **kwargs)
+        if self.cuts:
+            self.cuts -= 1
+            raise RedisConnectionError("Connection closed by server.")
+        return reply
+
+
+async def test_a_routing_sent_again_after_its_reply_was_lost_is_answered_as_applied():
+    """The job the compose fault run lost: the router's `routed` was written, its reply lost in a
+    Redis restart, and the store's retry was refused as a duplicate (acked, never published)."""
+    async with namespace(make_settings()) as (_, store):
+        job = Job(prompt="a lighthouse", tenant="acme")
+        assert (await store.apply(queued(job))).applied
+        store._transition = ReplyLost(store._transition)
+        result = await upsert(store, job)
+        assert store._transition.cuts == 0  # the reply was lost once, and the call was sent again
+        assert (result.result, result.before, result.written) == (Upsert.advanced, JobState.queued, True)
+        assert await events_of(store, job.job_id) == ["queued", "routed"]  # applied once
+        assert (await upsert(store, job)).result is Upsert.refused  # a real duplicate still is one
+
+
+async def test_a_terminal_step_sent_again_after_its_reply_was_lost_is_answered_as_applied():
+    async with namespace(make_settings()) as (_, store):
+        job = Job(prompt="a lighthouse", tenant="acme")
+        await upsert(store, job)
+        store._transition = ReplyLost(store._transition)
+        assert await store.transition(job.job_id, JobState.done, image=b"\x89PNG", model="m")
+        assert await events_of(store, job.job_id) == ["queued", "routed", "done"]
+        assert not await store.transition(job.job_id, JobState.done, image=b"\x89PNG", model="m")
