@@ -153,6 +153,18 @@ class BurstHistory:
                 intervals.append((seconds * stretch, rate, weight) if burst else (seconds, min(rate, estimate), weight))
         return intervals
 
+    def bursts_seen(self) -> int:
+        """How many bursts are remembered: runs of intervals beyond the sustained estimate's noise
+        (the intervals `intervals` replays as they came)."""
+        count, inside = 0, False
+        for _, seconds, rate, estimate in self.samples:
+            if seconds <= 0:
+                continue
+            burst = beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
+            count += burst and not inside
+            inside = burst
+        return count
+
     def recent_rate(self, span_s: float) -> float:
         """Arrivals per second over the last `span_s` (at least the last interval): what the
         operating point, which changes for free, follows at once."""

@@ -61,6 +61,7 @@ class HadisPolicy(PlannerPolicy):
         self.bursts = BurstHistory(halflife_s=halflife, memory_s=3 * halflife)
         self.readiness = Readiness(self.planner, settings.slo_s, settings.plan_risk, settings.burst_prior, self.bursts)
         self.arriving = math.inf  # the arrivals a switch must serve through: until measured, all of its demand
+        self.for_bursts = False  # whether the last tick held a structure for the remembered bursts (ready_for_bursts)
 
     def make_planner(self) -> Planner:
         return Planner(self.profile, load_table(self.settings.profile), light_share=self.settings.planner_light_share,
@@ -111,7 +112,8 @@ class HadisPolicy(PlannerPolicy):
         # Ready for the remembered bursts when the structure for the sustained demand is not: then the
         # replay, which holds the rise so far, sizes it, and a burst's rise is not extrapolated.
         held = Structure.of(observation.current) if observation.current is not None else None
-        ready, ready_why = ready_for_bursts(self.readiness, demand, observation.gpus, ahead, held)
+        ready, ready_why = ready_for_bursts(self.readiness, demand, observation.gpus, ahead, held, self.for_bursts)
+        self.for_bursts = ready is not None
         structure, why = self.structure(demand if ready is not None else ahead, observation, ready)
         if ready is not None:
             why = f"{ready_why}{why}"
@@ -141,7 +143,7 @@ class HadisPolicy(PlannerPolicy):
         if ready is not None:
             if old is not None and (kept := still_ready(self.readiness, old, ready, demand, observation.gpus,
                                                         self.settings.plan_min_gain_fid, self.arriving,
-                                                        self.lead)) is not None:
+                                                        self.lead, observation.queued_jobs)) is not None:
                 return old, kept
         elif old is not None and old.runs_on(observation.gpus):
             def serves(value: float) -> bool:
@@ -154,7 +156,8 @@ class HadisPolicy(PlannerPolicy):
             elif serves(lowest) and not self.behind(observation):
                 return old, (f"; kept {layout(old)}: it serves {lowest:.3g} qps, the lowest estimate of the last"
                              f" {self.confirm_s:g} s (a change must be confirmed)")
-            elif why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+            elif why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus,
+                                observation.queued_jobs):
                 return old, why
         target = ready or Structure.of(self.planner.plan(demand, observation.gpus, self.settings.slo_s).plan_fields())
         if old is None or target == old:
@@ -166,7 +169,8 @@ class HadisPolicy(PlannerPolicy):
         if observation.now < self.moving_until:
             if keep.feasible or target.pair == old.pair:
                 return old, "; a switch is under way"
-            if why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus):
+            if why := absorbed(self.readiness, old, demand, self.arriving, self.lead, observation.gpus,
+                                observation.queued_jobs):
                 return old, f"{why}; a switch is under way"
             # Falling behind mid-step: the target's pair at once, in place (it restarts no worker);
             # the tier sizes follow once the step is done.
@@ -212,7 +216,8 @@ class HadisPolicy(PlannerPolicy):
             return False
         old = Structure.of(current)
         return (old.runs_on(observation.gpus)
-                and not self.readiness.absorbs(old, observation.gpus, self.arriving, self.lead))
+                and not self.readiness.absorbs(old, observation.gpus, self.arriving, self.lead,
+                                               observation.queued_jobs))
 
     @property
     def confirm_s(self) -> float:
@@ -311,11 +316,15 @@ class DemandEnvelope:
 
 
 def ready_for_bursts(readiness: Readiness, demand: float, gpus: int, ahead: float | None = None,
-                     old: Structure | None = None) -> tuple[Structure | None, str]:
+                     old: Structure | None = None, for_bursts: bool = False) -> tuple[Structure | None, str]:
     """The structure to hold instead of the planner's for `demand` when that one risks more than
     the budget (plan_risk) of the jobs over the remembered bursts (shared/policies/readiness.py),
     and why; None when the planner's is ready (or nothing is remembered yet). From `old`, the
-    structure held, capacity is given back only as far as Readiness.trimmed allows. A function of the
+    structure held, capacity is given back only as far as Readiness.trimmed allows; when it was held
+    for the bursts (`for_bursts`: the last tick's answer was not None), to the planner's structure
+    as to any other (Readiness.trims). Not otherwise: on a slow ramp (trace_1_6qps in real time) the
+    trend's noise alternated the planner's structure between two pairs, each tick's trim a move at
+    once, and the fleet flapped for four minutes (0.20 % missed, against none). A function of the
     readiness alone (its planner, SLO and budget are the policy's): it reads none of the policy's
     switch state."""
     intervals = readiness.intervals(gpus)
@@ -324,15 +333,16 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int, ahead: floa
     ahead = demand if ahead is None else max(ahead, demand)
     planned = Structure.of(readiness.planner.plan(ahead, gpus, readiness.slo_s).plan_fields())
     first = readiness.risk(planned, gpus, intervals)
-    if first <= readiness.budget:
+    if first <= readiness.budget and not (for_bursts and readiness.trims(old, planned, gpus)):
         return None, ""
+    risk = (f"would miss {first:.1%} of them" if first > readiness.budget
+            else f"gives back capacity that would not ride out bursts {readiness.stretch():.3g} x as long")
     ready = readiness.best(demand, gpus, intervals, ahead)
     if ready is None:
         return None, ""
     if old is not None and old.runs_on(gpus):
         ready = readiness.trimmed(old, ready, demand, gpus, ahead)  # capacity given back only for longer bursts
-    return ready, (f"; ready for the remembered bursts: {layout(ready)} (the structure for {ahead:.3g} qps "
-                   f"would miss {first:.1%} of them)")
+    return ready, f"; ready for the remembered bursts: {layout(ready)} (the structure for {ahead:.3g} qps {risk})"
 
 
 def operating_point(readiness: Readiness, structure: Structure, observation: Observation, rate: float,
@@ -369,14 +379,14 @@ def bursting(history: BurstHistory, arriving: float, lead_s: float) -> bool:
 
 
 def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: float, lead_s: float,
-             gpus: int) -> str | None:
+             gpus: int, queued: float = 0.0) -> str | None:
     """Why the structure held for the bursts stays although it cannot serve the sustained demand:
     its slack absorbs the arrivals so far and `lead_s` more at `arriving` (Readiness.absorbs), and its
     point for them is no worse than the planner's structure for the demand. None when it must change.
     Planned for a burst's rate as if it lasted, the fleet swapped to sdxl-lightning inside each burst
     of bursty_off120 (FID 29.8 for its jobs), where the held structure rode it out. Only in a burst
     (`bursting`): a ramp's structure must move in time."""
-    if not bursting(readiness.history, arriving, lead_s) or not readiness.absorbs(old, gpus, arriving, lead_s):
+    if not bursting(readiness.history, arriving, lead_s) or not readiness.absorbs(old, gpus, arriving, lead_s, queued):
         return None
     planner, slo = readiness.planner, readiness.slo_s
     mine = planner.plan_within(old.pair, old.light_gpus, old.heavy_gpus, demand, slo)
@@ -388,7 +398,7 @@ def absorbed(readiness: Readiness, old: Structure, demand: float, arriving: floa
 
 
 def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: float, gpus: int,
-                min_gain_fid: float, arriving: float, lead_s: float) -> str | None:
+                min_gain_fid: float, arriving: float, lead_s: float, queued: float = 0.0) -> str | None:
     """Why the current structure stays although `ready` is the best ready one, or None when it must
     change. A function of the readiness, as ready_for_bursts. It stays when it serves the demand and
     - the arrivals are a burst (at `arriving`) that it rides out for `lead_s` more
@@ -410,7 +420,7 @@ def still_ready(readiness: Readiness, old: Structure, ready: Structure, demand: 
         return None
     if (bursting(readiness.history, arriving, lead_s)
             and ready.split != old.split
-            and readiness.absorbs(old, gpus, arriving, lead_s)):
+            and readiness.absorbs(old, gpus, arriving, lead_s, queued)):
         return f"; kept {layout(old)}: it rides out this burst at {arriving:.3g} qps (a switch would take GPUs from it)"
     intervals = readiness.intervals(gpus)
     levels = readiness.levels(intervals)

@@ -7,7 +7,7 @@ import pytest
 from shared.policies.bursts import BurstHistory
 from shared.policies.control import Observation
 from shared.policies.hadis import HadisPolicy, no_worse, ready_for_bursts, still_ready
-from shared.policies.readiness import PRIOR_JOBS, TRIM_STRETCH, Readiness
+from shared.policies.readiness import PRIOR_JOBS, TRIM_DOUBT, TRIM_STRETCH, Readiness
 from shared.policies.transitions import Structure
 from tests.helpers import make_settings
 
@@ -150,10 +150,10 @@ def test_a_structure_riding_a_burst_out_is_not_moved_to_another_split_until_the_
     assert still_ready(ready, held, quiet, 0.2, GPUS, 0.25, 200.0, 18.0) is None  # one it cannot ride out
 
 
-def test_capacity_is_given_back_only_for_a_structure_that_rides_out_bursts_twice_as_long():
+def test_capacity_is_given_back_only_for_a_structure_that_rides_out_longer_bursts():
     """Readiness.trimmed: from a structure with more capacity than the best for the remembered
     bursts, the fleet heads for the best structure of that pair which rides out the bursts
-    TRIM_STRETCH times as long (or stays); towards more capacity it heads at once. Trimmed to the
+    `stretch` times as long (or stays); towards more capacity it heads at once. Trimmed to the
     bursts seen, the next, longer burst of an on/off trace missed 8 % of its jobs."""
     ready = readiness()
     remember(ready, [0.2] * 60 + [50.0] * 2 + [0.2] * 60)
@@ -161,7 +161,7 @@ def test_capacity_is_given_back_only_for_a_structure_that_rides_out_bursts_twice
     best = ready.best(0.2, GPUS, ready.intervals(GPUS))
     assert best is not None and best.pair == held.pair
     assert ready.capacity(best, GPUS).qps < ready.capacity(held, GPUS).qps
-    longer = ready.intervals(GPUS, TRIM_STRETCH)
+    longer = ready.intervals(GPUS, ready.stretch())
     assert ready.risk(best, GPUS, longer) > ready.budget  # the best for the bursts seen misses longer ones
     trimmed = ready.trimmed(held, best, 0.2, GPUS)
     assert trimmed != best and trimmed.pair == held.pair
@@ -169,6 +169,54 @@ def test_capacity_is_given_back_only_for_a_structure_that_rides_out_bursts_twice
     assert ready.capacity(best, GPUS).qps < ready.capacity(trimmed, GPUS).qps <= ready.capacity(held, GPUS).qps
     slow = Structure("sd35-large-turbo", "sd35-medium", 1, 15)
     assert ready.trimmed(slow, best, 0.2, GPUS) == best  # more capacity: at once
+
+
+def test_bursts_are_stretched_more_while_few_are_remembered():
+    """Readiness.stretch: TRIM_STRETCH x (1 + TRIM_DOUBT / the bursts remembered), so three times
+    as long after one burst and closer to twice after many (BurstHistory.bursts_seen counts runs
+    of intervals beyond the estimate's noise, not seconds)."""
+    one = readiness()
+    remember(one, [0.2] * 60 + [50.0] * 3 + [0.2] * 60)
+    assert one.history.bursts_seen() == 1
+    assert one.stretch() == pytest.approx(TRIM_STRETCH * (1 + TRIM_DOUBT))
+    four = readiness()
+    remember(four, ([0.2] * 30 + [50.0] * 2) * 4 + [0.2] * 30)
+    assert four.history.bursts_seen() == 4
+    assert four.stretch() == pytest.approx(TRIM_STRETCH * (1 + TRIM_DOUBT / 4))
+    assert TRIM_STRETCH < four.stretch() < one.stretch()
+
+
+def test_the_planners_structure_for_the_calm_is_priced_as_a_trim_of_a_structure_held_for_bursts():
+    """hadis.ready_for_bursts: from a structure held for the bursts, the planner's structure for
+    the calm, which rides out the bursts seen, is a trim like any other when it would not ride them
+    out `stretch` times as long: the readiness answers (and says why); from a structure the planner
+    chose (a ramp's, for_bursts False) it is not priced so. Unpriced, the planner's structure took
+    the fleet from 7 + 9 GPUs to sd35-medium -> sd35-large once the bursts seen fitted it, and the
+    next, larger burst shed 20 jobs (on/off seed 610)."""
+    ready = readiness()
+    remember(ready, [0.2] * 60 + [15.0] * 2 + [0.2] * 60)
+    held = Structure("sd35-large-turbo", "sd35-medium", 7, 9)
+    planned = Structure.of(ready.planner.plan(0.2, GPUS, 6.0).plan_fields())
+    assert ready.risk(planned, GPUS, ready.intervals(GPUS)) <= ready.budget  # the bursts seen: it rides them out
+    assert ready.trims(held, planned, GPUS)  # three times as long: it does not
+    assert ready_for_bursts(ready, 0.2, GPUS, None, held, for_bursts=False) == (None, "")
+    kept, why = ready_for_bursts(ready, 0.2, GPUS, None, held, for_bursts=True)
+    assert kept is not None and kept != planned and "gives back capacity" in why
+    assert ready.risk(kept, GPUS, ready.intervals(GPUS, ready.stretch())) <= ready.budget
+
+
+def test_a_held_structure_does_not_absorb_a_burst_its_queue_has_already_filled():
+    """Readiness.absorbs: the seconds more start from the jobs queued when the queue is longer
+    than the replay's backlog: a rate its slack takes from an empty queue is not absorbed once the
+    queue holds most of the slack (an MMPP step read as absorbed while the queue grew: seed 711)."""
+    ready = readiness()
+    remember(ready, [0.2] * 60 + [70.0] * 4 + [0.2] * 60)
+    held = ready.best(0.2, GPUS, ready.intervals(GPUS))
+    assert held is not None
+    capacity = ready.capacity(held, GPUS)
+    fastest = capacity.qps
+    assert ready.absorbs(held, GPUS, 1.1 * fastest, 6.0)
+    assert not ready.absorbs(held, GPUS, 1.1 * fastest, 6.0, queued=fastest * (6.0 - capacity.latency_s))
 
 
 def test_a_bursts_jobs_are_judged_at_the_rate_the_slo_spreads_them_over():
