@@ -325,8 +325,8 @@ def ready_for_bursts(readiness: Readiness, demand: float, gpus: int, ahead: floa
     as to any other (Readiness.trims). Not otherwise: on a slow ramp (trace_1_6qps in real time) the
     trend's noise alternated the planner's structure between two pairs, each tick's trim a move at
     once, and the fleet flapped for four minutes (0.20 % missed, against none). A function of the
-    readiness alone (its planner, SLO and budget are the policy's): it reads none of the policy's
-    switch state."""
+    readiness and its arguments (its planner, SLO and budget are the policy's): it reads none of
+    the policy's switch state; `for_bursts` is handed in."""
     intervals = readiness.intervals(gpus)
     if not intervals or gpus <= 0:
         return None, ""

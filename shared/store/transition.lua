@@ -50,7 +50,7 @@
 -- was refused (the router's `routed` became a duplicate, acked, never published: a job lost in the compose
 -- fault run). The record keeps its last change's token and the state it moved from (field `change`); a call
 -- that brings that token gets {1, that state} again, nothing written. Only the last change is kept: a repeat
--- follows its first within the store's retry, and a job whose step is unanswered does not move meanwhile.
+-- follows its first within the store's retry, and what another change did meanwhile (a cancel) stands.
 --
 -- States only move forward (RANK). A change to a lower rank is refused as stale, so a late redelivery cannot
 -- reset a later state; the same rank is refused too (a verdict or a light image is stored once), except a
