@@ -108,24 +108,32 @@ class BurstHistory:
     samples: deque[tuple[float, float, float, float]] = field(default_factory=deque)
     last: tuple[float, int] | None = None
     first_arrivals: int | None = None  # the counter at the first observation: jobs_seen counts from it
+    # Whether each sample's arrivals are beyond the estimate's noise (NOISE_SIGMAS), decided once when
+    # observed: `intervals` and `bursts_seen` read it every tick.
+    beyond: deque[bool] = field(default_factory=deque)
 
     def observe(self, now: float, arrivals: int, estimate: float) -> None:
         """Record the interval since the last call: its arrival rate, and the sustained estimate now
         (`left_level` reads it)."""
         if self.last is not None and arrivals < self.last[1]:
             self.samples.clear()  # a counter that went back: the controller restarted
+            self.beyond.clear()
             self.last = self.first_arrivals = None
         if self.first_arrivals is None:
             self.first_arrivals = arrivals
         if self.last is not None and now > self.last[0]:
             seconds = now - self.last[0]
-            self.samples.append((now, seconds, (arrivals - self.last[1]) / seconds, estimate))
+            rate = (arrivals - self.last[1]) / seconds
+            self.samples.append((now, seconds, rate, estimate))
+            self.beyond.append(beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS))
         elif self.last is None:
             self.samples.append((now, 0.0, 0.0, estimate))
+            self.beyond.append(False)
         if self.last is None or now > self.last[0]:
             self.last = (now, arrivals)
         while self.samples and self.samples[0][0] < now - self.memory_s:
             self.samples.popleft()
+            self.beyond.popleft()
 
     @property
     def jobs_seen(self) -> int:
@@ -146,10 +154,9 @@ class BurstHistory:
             return []
         now = self.samples[-1][0]
         intervals = []
-        for time, seconds, rate, estimate in self.samples:
+        for (time, seconds, rate, estimate), burst in zip(self.samples, self.beyond, strict=True):
             if seconds > 0:
                 weight = math.pow(0.5, (now - time) / self.halflife_s)
-                burst = beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
                 intervals.append((seconds * stretch, rate, weight) if burst else (seconds, min(rate, estimate), weight))
         return intervals
 
@@ -157,10 +164,9 @@ class BurstHistory:
         """How many bursts are remembered: runs of intervals beyond the sustained estimate's noise
         (the intervals `intervals` replays as they came)."""
         count, inside = 0, False
-        for _, seconds, rate, estimate in self.samples:
+        for (_, seconds, _, _), burst in zip(self.samples, self.beyond, strict=True):
             if seconds <= 0:
                 continue
-            burst = beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
             count += burst and not inside
             inside = burst
         return count
