@@ -122,6 +122,16 @@ def heavy_share_qps(plan: Plan, heavy_batch_s: float, sender: Tier) -> float:
     return plan.heavy_gpus * plan.heavy_batch / heavy_batch_s * share
 
 
+def carried_qps(r: float, d: float, light_qps: float, heavy_qps: float) -> float:
+    """The demand (jobs/s) a point (r, d) carries on its tiers' throughputs (jobs/s each): the light
+    tier takes the 1 - r the router sends it, the heavy tier r + (1 - r) d; the lower of the two
+    (the planner's capacity, for a point whose d a burst raised). inf when neither tier limits it."""
+    heavy = r + (1.0 - r) * d
+    light_cap = light_qps / (1.0 - r) if r < 1.0 else math.inf
+    heavy_cap = heavy_qps / heavy if heavy > 0 else math.inf
+    return min(light_cap, heavy_cap)
+
+
 def light_tier_qps(plan: Plan, light_batch_s: float) -> float:
     """The light tier's throughput (jobs/s), at which the router's light room clears what it sent
     light in a burst (engine.route); 0 without light GPUs, unbounded without a latency profile."""
@@ -187,3 +197,13 @@ def beyond_pace(arrived: int, burst_qps: float | None, span_s: float = PACE_SPAN
     """Whether `arrived` jobs in `span_s` are a burst beyond `burst_qps` (None: never): more than
     its expected count by PACE_SIGMAS Poisson deviations."""
     return burst_qps is not None and beyond_poisson(arrived, burst_qps * span_s, PACE_SIGMAS)
+
+
+def pace_tripping_at(carried_qps: float, span_s: float = PACE_SPAN_S) -> float:
+    """The guard (jobs/s) that beyond_pace trips at a count of `carried_qps` x `span_s` jobs: x with
+    x + PACE_SIGMAS * sqrt(max(x, 1)) = that count (0 below the margin of one). A plan guarding at
+    what its point carries holds the routing from there on, not PACE_SIGMAS deviations later."""
+    count = carried_qps * span_s
+    root = (-PACE_SIGMAS + math.sqrt(PACE_SIGMAS ** 2 + 4.0 * count)) / 2.0
+    expected = root * root if root >= 1.0 else count - PACE_SIGMAS
+    return max(expected, 0.0) / span_s

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from shared.policies.admission import HANDOFF_S, BatchTimer, batch_ends_at, ends_too_late
@@ -90,6 +92,28 @@ def room_plan(**fields):
     base = {"version": 1, "light_model": "sd35-large-turbo", "heavy_model": "sd35-medium", "r": 0.5, "d": 0.0,
             "light_batch": 2, "heavy_batch": 2, "light_gpus": 4, "heavy_gpus": 2}
     return Plan(**{**base, **fields})
+
+
+def test_the_demand_a_point_carries_is_its_slower_tiers():
+    """carried_qps: the light tier takes 1 - r of the demand, the heavy tier r + (1 - r) d."""
+    from shared.policies.admission import carried_qps
+
+    assert carried_qps(0.7, 0.1, 111.0, 94.0) == pytest.approx(94.0 / 0.73)  # the heavy tier limits
+    assert carried_qps(0.7, 0.1, 20.0, 94.0) == pytest.approx(20.0 / 0.3)  # the light tier limits
+    assert carried_qps(0.0, 0.5, 60.0, 8.0) == pytest.approx(16.0)  # escalations alone reach heavy
+    assert carried_qps(0.0, 0.0, 60.0, 8.0) == 60.0 and carried_qps(1.0, 0.0, 60.0, 8.0) == 8.0
+    assert math.isinf(carried_qps(1.0, 0.0, 60.0, math.inf))
+
+
+def test_a_guard_set_for_what_a_point_carries_trips_just_past_it():
+    """pace_tripping_at: the guard whose Poisson margin ends at the carried count."""
+    from shared.policies.admission import beyond_pace, pace_tripping_at
+
+    for carried in (5.5, 8.4, 20.3, 129.4):
+        guard = pace_tripping_at(carried)
+        assert guard < carried
+        assert not beyond_pace(math.floor(carried), guard) and beyond_pace(math.floor(carried) + 1, guard)
+    assert pace_tripping_at(3.0) == 0.0  # within the margin of one job: any guard above it holds
 
 
 def test_the_routers_share_of_the_heavy_tier():
