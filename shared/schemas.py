@@ -308,7 +308,8 @@ class Plan(Strict):
     fid: float | None = Field(default=None, description="Expected FID of the configuration, when profiled.")
     burst_qps: float | None = Field(default=None, ge=0.0,
                                     description="The burst guard: arrivals per second (twice the rate the point "
-                                                "was chosen for) beyond which r was not chosen for them. A router "
+                                                "was chosen for, or just under what it carries on its GPUs when "
+                                                "more) beyond which r was not chosen for them. A router "
                                                 "whose last second's count is beyond it routes nothing by score "
                                                 "(a burst the controller has not yet seen). None: r holds at any "
                                                 "rate.")
