@@ -113,18 +113,26 @@ explain_unhealthy() {
     done
 }
 
+# A failed fault run's jobs that went wrong, printed again at the end (CI shows a log's tail, and the
+# status printed after the run is long) with the stack's log lines of the first three (its logs go
+# with `down -v`).
+report_bad_jobs() {
+    [[ -s $WORK/fault.log ]] || return 0
+    say "the jobs that went wrong (the fault run's report, again):"
+    grep -A1 -E 'job [0-9a-f]{32} ' "$WORK/fault.log" | tail -24 >&2 || true
+    for job in $(grep -oE 'job [0-9a-f]{32} ' "$WORK/fault.log" | cut -d' ' -f2 | head -3); do
+        say "the stack's log lines of job $job:"
+        grep "$job" "$WORK/compose.log" | tail -12 | cut -c1-400 >&2 || true
+    done
+}
+
 compose() { docker compose --project-name "$PROJECT" -f "$ROOT/compose.yaml" --env-file "$WORK/env" --profile cpu "$@"; }
 
 cleanup() {
     local code=$?
     if [[ -s $WORK/env ]]; then
         compose logs --no-color >"$WORK/compose.log" 2>&1 || true
-        if [[ $code != 0 && -s $WORK/fault.log ]]; then  # what the services said of the first jobs that went wrong
-            for job in $(grep -oE 'job [0-9a-f]{32} ' "$WORK/fault.log" | cut -d' ' -f2 | head -3); do
-                say "the stack's log lines of job $job:"
-                grep "$job" "$WORK/compose.log" | tail -12 | cut -c1-400 >&2 || true
-            done
-        fi
+        [[ $code != 0 ]] && report_bad_jobs
         compose down -v --timeout 20 >/dev/null 2>&1 || true
         say "down -v (the stack's logs: $WORK/compose.log)"
     fi
@@ -162,10 +170,6 @@ main() {
     say "after the load, hadis status --cluster:"
     cluster_status
     say "took ${SECONDS} s"
-    if [[ $code != 0 ]]; then  # again, last: CI shows a log's tail, and the status above is long
-        say "the jobs that went wrong (the fault run's report, again):"
-        grep -A1 -E 'job [0-9a-f]{32} ' "$WORK/fault.log" | tail -24 >&2 || true
-    fi
     RESULT=$(tail -1 "$WORK/fault.log")
     return "$code"
 }

@@ -10,6 +10,7 @@ from collections import deque
 from enum import StrEnum
 
 from shared.arrival_rate import beyond_poisson
+from shared.policies.pareto import heavy_share
 from shared.profiles import ModelProfile
 from shared.schemas import Plan, Tier
 
@@ -126,7 +127,7 @@ def carried_qps(r: float, d: float, light_qps: float, heavy_qps: float) -> float
     """The demand (jobs/s) a point (r, d) carries on its tiers' throughputs (jobs/s each): the light
     tier takes the 1 - r the router sends it, the heavy tier r + (1 - r) d; the lower of the two
     (the planner's capacity, for a point whose d a burst raised). inf when neither tier limits it."""
-    heavy = r + (1.0 - r) * d
+    heavy = heavy_share(r, d)
     light_cap = light_qps / (1.0 - r) if r < 1.0 else math.inf
     heavy_cap = heavy_qps / heavy if heavy > 0 else math.inf
     return min(light_cap, heavy_cap)

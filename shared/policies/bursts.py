@@ -104,36 +104,31 @@ class BurstHistory:
 
     halflife_s: float
     memory_s: float
-    # (time, seconds, arrival rate, the sustained estimate then): one per observed interval
-    samples: deque[tuple[float, float, float, float]] = field(default_factory=deque)
+    # (time, seconds, arrival rate, the sustained estimate then, whether its arrivals are beyond that
+    # estimate's noise (NOISE_SIGMAS): decided once, `intervals` and `bursts_seen` read it every tick)
+    samples: deque[tuple[float, float, float, float, bool]] = field(default_factory=deque)
     last: tuple[float, int] | None = None
     first_arrivals: int | None = None  # the counter at the first observation: jobs_seen counts from it
-    # Whether each sample's arrivals are beyond the estimate's noise (NOISE_SIGMAS), decided once when
-    # observed: `intervals` and `bursts_seen` read it every tick.
-    beyond: deque[bool] = field(default_factory=deque)
 
     def observe(self, now: float, arrivals: int, estimate: float) -> None:
         """Record the interval since the last call: its arrival rate, and the sustained estimate now
         (`left_level` reads it)."""
         if self.last is not None and arrivals < self.last[1]:
             self.samples.clear()  # a counter that went back: the controller restarted
-            self.beyond.clear()
             self.last = self.first_arrivals = None
         if self.first_arrivals is None:
             self.first_arrivals = arrivals
         if self.last is not None and now > self.last[0]:
             seconds = now - self.last[0]
             rate = (arrivals - self.last[1]) / seconds
-            self.samples.append((now, seconds, rate, estimate))
-            self.beyond.append(beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS))
+            burst = beyond_poisson(rate * seconds, estimate * seconds, NOISE_SIGMAS)
+            self.samples.append((now, seconds, rate, estimate, burst))
         elif self.last is None:
-            self.samples.append((now, 0.0, 0.0, estimate))
-            self.beyond.append(False)
+            self.samples.append((now, 0.0, 0.0, estimate, False))
         if self.last is None or now > self.last[0]:
             self.last = (now, arrivals)
         while self.samples and self.samples[0][0] < now - self.memory_s:
             self.samples.popleft()
-            self.beyond.popleft()
 
     @property
     def jobs_seen(self) -> int:
@@ -154,7 +149,7 @@ class BurstHistory:
             return []
         now = self.samples[-1][0]
         intervals = []
-        for (time, seconds, rate, estimate), burst in zip(self.samples, self.beyond, strict=True):
+        for time, seconds, rate, estimate, burst in self.samples:
             if seconds > 0:
                 weight = math.pow(0.5, (now - time) / self.halflife_s)
                 intervals.append((seconds * stretch, rate, weight) if burst else (seconds, min(rate, estimate), weight))
@@ -164,7 +159,7 @@ class BurstHistory:
         """How many bursts are remembered: runs of intervals beyond the sustained estimate's noise
         (the intervals `intervals` replays as they came)."""
         count, inside = 0, False
-        for (_, seconds, _, _), burst in zip(self.samples, self.beyond, strict=True):
+        for _, seconds, _, _, burst in self.samples:
             if seconds <= 0:
                 continue
             count += burst and not inside
@@ -175,7 +170,7 @@ class BurstHistory:
         """Arrivals per second over the last `span_s` (at least the last interval): what the
         operating point, which changes for free, follows at once."""
         seconds = arrivals = 0.0
-        for _, interval_s, rate, _ in reversed(self.samples):
+        for _, interval_s, rate, _, _ in reversed(self.samples):
             if seconds >= span_s or interval_s <= 0:
                 break
             seconds += interval_s
@@ -190,7 +185,7 @@ class BurstHistory:
             return 0.0
         start = self.samples[-1][0] - span_s
         lowest = math.inf
-        for time, _, _, estimate in reversed(self.samples):
+        for time, _, _, estimate, _ in reversed(self.samples):
             lowest = min(lowest, estimate)
             if time <= start:
                 break
@@ -206,7 +201,7 @@ class BurstHistory:
         end = self.samples[-1][0] - span_s if self.samples else 0.0
         peak = level = 0.0
         lowest = math.inf
-        for time, _, _, estimate in self.samples:
+        for time, _, _, estimate, _ in self.samples:
             if time <= end and estimate > peak:
                 peak, lowest = estimate, math.inf
             elif peak > 0:

@@ -15,6 +15,7 @@ from shared.policies.planner import PlanDecision, Planner, tier_throughputs
 from shared.policies.readiness import Readiness
 from shared.policies.sustained_demand import PARTS, SustainedRate
 from shared.policies.transitions import Structure, Transition, Verdict, stagger, transition, worth_switching
+from shared.profiles import Profile
 from shared.settings import Settings
 
 # hadis's lead, in demand holds, when HADIS_PLAN_AHEAD_S is unset: one for the estimate's lag, one
@@ -122,7 +123,7 @@ class HadisPolicy(PlannerPolicy):
             why = f"; structure for {ahead:.3g} qps, the demand rising{why}"
         point, fields = operating_point(self.readiness, structure, observation, now, self.arriving,
                                         self.queueing(observation), burst=ready is not None or self.bursting())
-        fields["burst_qps"] = burst_guard(now, point, fields, self.readiness.planner)
+        fields["burst_qps"] = burst_guard(now, point, fields, self.profile)
         self.overloaded = not point.feasible
         fields["reason"] = f"{fields['reason']}{why}"
         return fields
@@ -368,7 +369,7 @@ def operating_point(readiness: Readiness, structure: Structure, observation: Obs
     return point, fields
 
 
-def burst_guard(now: float, point: PlanDecision, fields: dict[str, Any], planner: Planner) -> float:
+def burst_guard(now: float, point: PlanDecision, fields: dict[str, Any], profile: Profile) -> float:
     """The plan's burst guard (Plan.burst_qps): the routers hold its r against arrivals beyond it
     until a later tick sees the burst (engine.route). BURST_FACTOR x the arrivals its point was
     chosen for (`now`), or, when higher, the guard that a second's count trips just past the demand
@@ -381,7 +382,7 @@ def burst_guard(now: float, point: PlanDecision, fields: dict[str, Any], planner
     a silence's quality pair (8.4 jobs/s) let up to 17 jobs a second through by their scores, and
     bursty_off120 lost 0.04 FID."""
     guard = BURST_FACTOR * max(now, 1.0)
-    carried = carried_qps(fields["r"], fields["d"], *tier_throughputs(planner.profile, point))
+    carried = carried_qps(fields["r"], fields["d"], *tier_throughputs(profile, point))
     return round(max(guard, pace_tripping_at(carried)) if math.isfinite(carried) else guard, 2)
 
 

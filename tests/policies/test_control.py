@@ -506,7 +506,7 @@ def test_a_burst_the_held_point_carries_is_routed_as_planned():
         point = planner.plan_within(pair, *split, 0.2, 6.0)
         assert point is not None
         fields = point.plan_fields()
-        guard = burst_guard(0.2, point, fields, planner)
+        guard = burst_guard(0.2, point, fields, planner.profile)
         assert guard == pytest.approx(max(2.0, pace_tripping_at(point.capacity_qps)), abs=0.01)
         assert beyond_pace(math.floor(point.capacity_qps) + 1, guard)  # held once past what it carries
         plan = as_plan({**fields, "burst_qps": guard})
