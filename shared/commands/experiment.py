@@ -345,7 +345,11 @@ def run_experiment(args: argparse.Namespace) -> int:
     batch = BatchLoad(args.batch_jobs, settings.batch_slo_s, args.batch_at) if args.batch_jobs else None
     experiment = Experiment(settings, trace, Path(args.out), batch=batch)
     started = time.perf_counter()
-    outcomes, plans, notes = asyncio.run(experiment.run())
+    try:
+        outcomes, plans, notes = asyncio.run(experiment.run())
+    except asyncio.CancelledError:  # SIGTERM: the runner stopped its services and deleted the namespace
+        sys.stderr.write(f"hadis experiment: stopped by SIGTERM; no report (logs in {args.out}/logs)\n")
+        return 128 + 15
     report, series = build(args, "experiment", trace, outcomes, plans, time.perf_counter() - started,
                            {**notes, **overrides})
     if experiment.class_run is None:

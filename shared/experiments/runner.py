@@ -29,12 +29,13 @@ from shared.experiments.trace import Trace
 from shared.logging import get_logger
 from shared.schemas import Job, JobRecord, Plan
 from shared.settings import Settings
-from shared.supervisor import Child, stop_all
+from shared.supervisor import STOP_TIMEOUT_S, Child, stop_all
 
 log = get_logger(__name__)
 
 SERVICES = ("controller", "router", "judge", "agent")
 READY_TIMEOUT_S = 120.0
+DELETE_TIMEOUT_S = 30.0  # the namespace's queues, exchanges and keys, and the client's close, after the stop
 PLAN_POLL_S = 0.25
 RECORD_CHUNK = 500
 MISSED_MAX = 500  # jobs written to missed.json (a collapsed run misses thousands; the first show why)
@@ -147,10 +148,33 @@ class Experiment:
             ready_s = await self.wait_ready(client)
             return await self.replay(client, ready_s)
         finally:
-            stop_all(self.children)
-            await client.bus.delete_namespace()
-            await client.store.delete_namespace()
-            await client.close()
+            await self.tear_down(client)
+
+    async def tear_down(self, client: Client) -> None:
+        """Stop the services, then delete the namespace, each step within its bound and logged, so
+        that a run that does not exit says which step it waits on. The stop runs in a thread: the
+        loop goes on serving the broker's heartbeats through the services' STOP_TIMEOUT_S. A second
+        SIGTERM is logged and ignored, since cancelling the tear-down would orphan the services or
+        the namespace it exists to remove."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: log.warning("sigterm_ignored_while_tearing_down"))
+        started = time.monotonic()
+        log.info("services_stopping", run=self.settings.namespace, services=len(self.children), bound_s=STOP_TIMEOUT_S)
+        await asyncio.to_thread(stop_all, self.children)
+        log.info("services_stopped", took_s=round(time.monotonic() - started, 2))
+        try:
+            await asyncio.wait_for(self.delete_namespace(client), DELETE_TIMEOUT_S)
+            log.info("namespace_deleted", took_s=round(time.monotonic() - started, 2))
+        except TimeoutError:
+            log.error("namespace_not_deleted", run=self.settings.namespace, bound_s=DELETE_TIMEOUT_S,
+                      hint="its queues and keys start with the namespace; delete them by hand")
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    async def delete_namespace(self, client: Client) -> None:
+        await client.bus.delete_namespace()
+        await client.store.delete_namespace()
+        await client.close()
 
     async def wait_ready(self, client: Client) -> float:
         """Until the first plan's workers all report ready: the replay starts on a serving system."""
