@@ -276,7 +276,23 @@ class Outcome:
 
     def __str__(self) -> str:
         return (f"lost={self.lost} duplicated={self.duplicated} failed={self.count(JobState.failed)} "
-                f"expired={self.count(JobState.expired)} done={self.count(JobState.done)} of {len(self.records)}")
+                f"expired={self.count(JobState.expired)} done={self.count(JobState.done)} of {len(self.records)}"
+                + self.what_went_wrong())
+
+    def what_went_wrong(self) -> str:
+        """The jobs not done, by their state, and the history of the first three of each: a failed
+        fault test then says where its jobs stopped (no record, queued, routed, a claim)."""
+        wrong: dict[str, list[JobRecord | None]] = {}
+        for record in self.records:
+            if record is None or record.state is not JobState.done:
+                wrong.setdefault("no record" if record is None else record.state.value, []).append(record)
+        lines = [f"{state}: {len(records)}" for state, records in sorted(wrong.items())]
+        for records in wrong.values():
+            for record in records[:3]:
+                if record is not None:
+                    steps = ", ".join(f"{t.state.value}@{t.at:.1f} {t.detail[:80]}".strip() for t in record.history)
+                    lines.append(f"  {record.job_id} (error {record.error!r}): {steps}")
+        return ("\n" + "\n".join(lines)) if lines else ""
 
 
 def terminal_count(record: JobRecord) -> int:
