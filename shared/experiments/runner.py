@@ -159,10 +159,11 @@ class Experiment:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lambda: log.warning("sigterm_ignored_while_tearing_down"))
         started = time.monotonic()
-        log.info("services_stopping", run=self.settings.namespace, services=len(self.children), bound_s=STOP_TIMEOUT_S)
-        await asyncio.to_thread(stop_all, self.children)
-        log.info("services_stopped", took_s=round(time.monotonic() - started, 2))
         try:
+            log.info("services_stopping", run=self.settings.namespace, services=len(self.children),
+                     bound_s=STOP_TIMEOUT_S)
+            await asyncio.to_thread(stop_all, self.children)
+            log.info("services_stopped", took_s=round(time.monotonic() - started, 2))
             await asyncio.wait_for(self.delete_namespace(client), DELETE_TIMEOUT_S)
             log.info("namespace_deleted", took_s=round(time.monotonic() - started, 2))
         except TimeoutError:

@@ -73,9 +73,14 @@ class Watched:
 @asynccontextmanager
 async def stack() -> AsyncIterator[Watched]:
     # No burst assumed before one is seen: its fading would change the plan (and the models' speed)
-    # in the middle of the disturbance, which these tests compare latencies across.
+    # in the middle of the disturbance, which these tests compare latencies across. Planned for
+    # 1.5 x the demand, not 1.1: at 2 jobs/s on 4 GPUs the planner's points carry 2.1-2.4 jobs/s, a
+    # structure "for 4.84 qps, the demand rising" (2 submitted) came and went during the quiet agent,
+    # and its worst job took 5.7 s of the 6 s SLO on an idle host; CI's busy one expired 6 of them
+    # (2026-12-07). With the margin the worst took 3.95 s beside two busy cores. The tests are about
+    # the fleet's view, not the planner's headroom.
     settings = fault_settings(controller_policy="hadis", emulated_gpus=GPUS, slo_s=SLO_S, plan_period_s=1.0,
-                              plan_min_dwell_s=12.0, time_scale=1.0, burst_prior=0.0)
+                              plan_min_dwell_s=12.0, time_scale=1.0, burst_prior=0.0, demand_margin=0.5)
     children = {name: Child(name, f"services.{name}", settings.as_env())
                 for name in ("controller", "router", "judge", "agent")}
     for child in children.values():
