@@ -250,8 +250,7 @@ async def amqp_door(settings: Settings, args: argparse.Namespace) -> Door:
     try:
         return await measure_door("amqp", amqp_submitter(client), CpuMeter(settings), args)
     finally:
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
         await client.close()
 
 

@@ -151,8 +151,7 @@ async def measure(args: argparse.Namespace, settings: Settings, backlog: list[Jo
 
 async def delete_namespace(settings: Settings) -> None:
     client = await Client.open(settings)
-    await client.bus.delete_namespace()
-    await client.store.delete_namespace()
+    await client.delete_namespace()
     await client.close()
 
 

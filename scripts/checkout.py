@@ -32,8 +32,7 @@ from shared.client import Client
 
 async def delete():
     client = await Client.open()
-    await client.bus.delete_namespace()
-    await client.store.delete_namespace()
+    await client.delete_namespace()
     await client.close()
 
 asyncio.run(delete())

@@ -233,8 +233,7 @@ async def delete_namespace(namespace: str) -> None:
     settings = Settings(namespace=namespace)
     client = await Client.open(settings)
     try:
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
     finally:
         await client.close()
 

@@ -426,8 +426,7 @@ async def drill(args: argparse.Namespace, say: Timeline, figures: Figures) -> No
             figures.notes.append(f"{len(leftovers)} processes outlived the supervisor")
         if client is not None:
             try:
-                await client.bus.delete_namespace()
-                await client.store.delete_namespace()
+                await client.delete_namespace()
                 say(f"namespace {namespace} deleted")
             finally:
                 await client.close()

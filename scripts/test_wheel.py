@@ -301,8 +301,7 @@ def delete_namespace(namespace: str) -> None:
     async def delete() -> None:
         client = await Client.open(Settings(namespace=namespace))
         try:
-            await client.bus.delete_namespace()
-            await client.store.delete_namespace()
+            await client.delete_namespace()
         finally:
             await client.close()
 

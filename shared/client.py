@@ -41,6 +41,12 @@ class Client:
         await self.bus.close()
         await self.store.close()
 
+    async def delete_namespace(self) -> None:
+        """Remove the namespace's queues, exchanges and keys (experiments, tests, scripts that run in
+        a namespace of their own)."""
+        await self.bus.delete_namespace()
+        await self.store.delete_namespace()
+
     async def submit(self, job: Job, priority: Priority | None = None) -> str:
         """Publish the job to the ingress queue (confirmed by the broker); returns its id. `priority`,
         when given, is the job's service class in place of its own `Job.priority` (docs/jobs.md)."""

@@ -173,8 +173,7 @@ class Experiment:
             loop.remove_signal_handler(signal.SIGTERM)
 
     async def delete_namespace(self, client: Client) -> None:
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
         await client.close()
 
     async def wait_ready(self, client: Client) -> float:

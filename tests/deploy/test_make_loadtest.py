@@ -93,8 +93,7 @@ async def first_job_done(env: dict[str, str], stack: subprocess.Popen, log: Path
 async def delete_namespace(namespace: str) -> None:
     client = await Client.open(make_settings(namespace=namespace))
     try:
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
     finally:
         await client.close()
 

@@ -84,8 +84,7 @@ async def cluster(settings: Settings, client: Client,
         yield running
     finally:
         running.stop()
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
 
 
 async def warm_up(client: Client, timeout_s: float = 60.0) -> None:

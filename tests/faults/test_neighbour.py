@@ -91,8 +91,7 @@ async def stack() -> AsyncIterator[Watched]:
         yield Watched(client, children)
     finally:
         stop_all(list(children.values()))
-        await client.bus.delete_namespace()
-        await client.store.delete_namespace()
+        await client.delete_namespace()
         await client.close()
 
 
