@@ -69,6 +69,9 @@ class JobOutcome:
 
 @dataclass(frozen=True)
 class PlanEvent:
+    """A change of the plan's interactive fields (plans.csv), with the policy's reason for it: the
+    reason is what says which rule moved the fleet (a burst's readiness, a trim, a switch priced)."""
+
     t_s: float
     light_model: str
     heavy_model: str
@@ -76,6 +79,7 @@ class PlanEvent:
     d: float
     light_gpus: int
     heavy_gpus: int
+    reason: str = field(default="", compare=False)  # commentary: two logs of one plan sequence compare equal
 
 
 def interactive_fields(plan: Plan) -> dict:
@@ -307,10 +311,10 @@ def write_run(out_dir: Path, report: Report, series: list[dict[str, Any]], plans
             writer.writerow({key: "" if value is None else round_value(value) for key, value in row.items()})
     with open(out_dir / "plans.csv", "w", newline="") as handle:
         plan_writer = csv.writer(handle)
-        plan_writer.writerow(("t_s", "light_model", "heavy_model", "r", "d", "light_gpus", "heavy_gpus"))
+        plan_writer.writerow(("t_s", "light_model", "heavy_model", "r", "d", "light_gpus", "heavy_gpus", "reason"))
         for plan in plans:
             plan_writer.writerow((round(plan.t_s, 3), plan.light_model, plan.heavy_model, plan.r, plan.d,
-                                  plan.light_gpus, plan.heavy_gpus))
+                                  plan.light_gpus, plan.heavy_gpus, plan.reason))
     written = [out_dir / "report.json", out_dir / "timeseries.csv", out_dir / "plans.csv"]
     try:
         from shared.experiments.plots import plot_run

@@ -219,7 +219,7 @@ class Simulation:
         before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
         if before is None or interactive_fields(before) != interactive_fields(self.plan):
             self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
-                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus))
+                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus, self.plan.reason))
         self.fleet.reconcile(before)
 
     # --- the router ---------------------------------------------------------------------------

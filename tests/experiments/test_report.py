@@ -80,10 +80,13 @@ def test_without_matplotlib_a_run_folder_has_no_figure(lookup, tmp_path, monkeyp
     # The base install (no `experiments` extra) still simulates and writes the report.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.delitem(sys.modules, "shared.experiments.plots", raising=False)
-    plans = [PlanEvent(0.0, *PAIR, 0.2, 0.5, 1, 1)]
+    plans = [PlanEvent(0.0, *PAIR, 0.2, 0.5, 1, 1, "hadis planner: r=0.2, d=0.5; kept")]
     report, series = build_report([job(0.1, "done", 1.0)], plans, lookup, policy="hadis", mode="simulate",
                                   trace="t", profile="paper-l40s-x10", slo_s=6.0, gpus=1, window_s=6.0,
                                   duration_s=6.0, wall_s=0.0)
     paths = write_run(tmp_path / "run", report, series, plans)
     assert [path.name for path in paths] == ["report.json", "timeseries.csv", "plans.csv"]
     assert not (tmp_path / "run" / "timeline.png").exists()
+    with open(tmp_path / "run" / "plans.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["reason"] == "hadis planner: r=0.2, d=0.5; kept"  # a reason's commas stay in its cell

@@ -214,5 +214,6 @@ def test_a_plan_published_for_its_burst_guard_alone_is_no_plan_event():
     simulation.now = 3.0
     simulation.publish({**fields, "burst_qps": 8.0})
     assert len(simulation.plans) == 1 and simulation.in_force.burst_qps == 8.0
-    simulation.publish({**fields, "burst_qps": 8.0, "r": 0.3})
+    simulation.publish({**fields, "burst_qps": 8.0, "r": 0.3, "reason": "a test's reason"})
     assert len(simulation.plans) == 2 and simulation.plans[-1].r == 0.3
+    assert simulation.plans[-1].reason == "a test's reason"  # plans.csv says why the plan changed
