@@ -55,11 +55,16 @@ start_node() {
     primary=$(current_primary "${REDIS_REPLICAOF:-$self}")
     # As compose.yaml's single server: append-only file with an fsync before every reply, a memory
     # bound that never evicts. Every node can become the primary or a replica, so each gets both
-    # passwords.
+    # passwords. A primary takes writes only while a replica follows it (min-replicas-to-write 1):
+    # when two Sentinels promoted two replicas one after the other (a loaded machine), the first
+    # took 11 s of writes and then resynced from the second, flushing them (jobs without a record,
+    # tests/faults/test_cluster.py, 2026-12-07). Refused instead (NOREPLICAS), the store asks the
+    # Sentinels again and retries (shared/store/base.py: without_replicas).
     set -- --appendonly yes --appendfsync always \
         --maxmemory "${REDIS_MAXMEMORY:-2gb}" --maxmemory-policy noeviction \
         --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" \
-        --replica-announce-ip "$self"
+        --replica-announce-ip "$self" \
+        --min-replicas-to-write 1 --min-replicas-max-lag 10
     if [ "$primary" != "$self" ]; then
         set -- "$@" --replicaof "$primary" 6379
     fi

@@ -42,6 +42,14 @@ def on_a_replica(error: ResponseError) -> bool:
     return isinstance(error, ReadOnlyError) or "cannot be used with replica instances" in str(error)
 
 
+def without_replicas(error: ResponseError) -> bool:
+    """Whether a primary refused a write because too few replicas follow it (NOREPLICAS:
+    min-replicas-to-write, docker/cluster/redis-ha.sh): a primary that lost them is likely one the
+    Sentinels are replacing, and a write it took would not survive that. Asked again, the Sentinels
+    name the primary that is; once a replica follows it, the write goes through."""
+    return str(error).startswith("NOREPLICAS")
+
+
 class RedisStore:
     """The connection, its retries and the namespace's key names, under every part of the store."""
 
@@ -78,9 +86,9 @@ class RedisStore:
 
     async def _call(self, function, *args, retry_s: float | None = None, **kwargs):
         """Run a Redis command, retrying a lost connection (or a Redis out of memory, or a server
-        that is a replica: on_a_replica) with backoff for retry_s (the settings' store_retry_s),
-        then raise Unavailable. A command Redis refuses for another reason (a key of the wrong type)
-        raises StoreRejected at once."""
+        that is a replica: on_a_replica, or a primary without its replicas: without_replicas) with
+        backoff for retry_s (the settings' store_retry_s), then raise Unavailable. A command Redis
+        refuses for another reason (a key of the wrong type) raises StoreRejected at once."""
         give_up_at = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
         delay = RETRY_FIRST_S
         while True:
@@ -91,7 +99,7 @@ class RedisStore:
             except NoScriptError:
                 raise  # redis-py's Script loads the script and retries; a pipeline handles it itself
             except ResponseError as error:
-                if on_a_replica(error):  # a primary demoted under this connection: ask for the new one
+                if on_a_replica(error) or without_replicas(error):  # a primary demoted, or being: ask again
                     await self._redis.connection_pool.disconnect(inuse_connections=False)
                 elif not str(error).startswith(("OOM", "LOADING", "BUSY", "MASTERDOWN")):
                     raise StoreRejected(f"Redis refused the command: {error}") from error

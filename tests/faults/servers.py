@@ -185,7 +185,10 @@ class RedisGroup:
 
     def _server(self, name: str, port: int, *extra: str) -> None:
         (self.directory / name).mkdir()
-        server = RedisServer(self.directory / name, port, extra_args=("--repl-diskless-sync-delay", "0", *extra))
+        # As docker/cluster/redis-ha.sh: a primary takes writes only while a replica follows it.
+        server = RedisServer(self.directory / name, port,
+                             extra_args=("--repl-diskless-sync-delay", "0", "--min-replicas-to-write", "1",
+                                         "--min-replicas-max-lag", "10", *extra))
         server.start()
         self.servers[name] = server
 

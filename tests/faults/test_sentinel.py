@@ -96,3 +96,32 @@ async def test_a_primary_demoted_under_an_open_connection_is_left_not_blamed_on_
             await store.close()
     finally:
         server.stop()
+
+
+async def test_a_primary_without_its_replicas_holds_writes_until_one_follows(tmp_path):
+    """A primary run as the cluster runs them (min-replicas-to-write 1, docker/cluster/redis-ha.sh)
+    refuses writes while no replica follows it (NOREPLICAS): the store retries, as for a primary
+    demoted under it, and the write goes through once one does. That refusal is what keeps a
+    primary the Sentinels are replacing from taking writes that its resync would flush (CI,
+    2026-12-07: two replicas promoted 2 s apart, the first's 11 s of writes lost, jobs without a
+    record). Before, NOREPLICAS raised StoreRejected at once and the job's message was dead-lettered."""
+    server = RedisServer(tmp_path, free_port(), extra_args=("--min-replicas-to-write", "1"))
+    server.start()
+    settings = make_settings(redis_url=server.url, store_retry_s=30)
+    try:
+        store = await Store.connect(settings)
+        try:
+            held = asyncio.create_task(store.apply(Change("held", JobState.queued, {"prompt": "a kite"}, create=True)))
+            await asyncio.sleep(1.0)
+            assert not held.done(), held  # retrying, not refused as the job's fault
+            # A replica follows again (here: the bound lifted, as a replica's arrival would lift it).
+            assert "OK" in await asyncio.to_thread(cli, server.port, "config", "set", "min-replicas-to-write", "0")
+            outcome = await asyncio.wait_for(held, timeout=20)
+            assert outcome.applied
+            assert await store.states(["held"]) == [JobState.queued]
+        finally:
+            await asyncio.to_thread(cli, server.port, "config", "set", "min-replicas-to-write", "0")
+            await store.delete_namespace()
+            await store.close()
+    finally:
+        server.stop()
