@@ -81,6 +81,12 @@ class PlanEvent:
     heavy_gpus: int
     reason: str = field(default="", compare=False)  # commentary: two logs of one plan sequence compare equal
 
+    @classmethod
+    def of(cls, t_s: float, plan: Plan) -> PlanEvent:
+        """The event of `plan` coming into force at `t_s` (the simulator's and the runner's log alike)."""
+        return cls(t_s, plan.light_model, plan.heavy_model, plan.r, plan.d, plan.light_gpus, plan.heavy_gpus,
+                   plan.reason)
+
 
 def interactive_fields(plan: Plan) -> dict:
     """A plan less its version, time, reason, batch placement and burst guard: what a PlanEvent

@@ -72,8 +72,7 @@ class PlanLog:
         t_s = max(now - self.started_at, 0.0)
         placed = before is None or (before.batch_heavy, before.batch_first) != (plan.batch_heavy, plan.batch_first)
         if before is None or interactive_fields(before) != interactive_fields(plan):  # not a placement or guard alone
-            self.events.append(PlanEvent(t_s, plan.light_model, plan.heavy_model, plan.r, plan.d, plan.light_gpus,
-                                         plan.heavy_gpus, plan.reason))
+            self.events.append(PlanEvent.of(t_s, plan))
         if placed:
             self.placements.append(PlacementEvent(t_s, plan.batch_heavy, len(plan.batch_first), self.backlog(),
                                                   plan.reason))

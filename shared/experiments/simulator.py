@@ -218,8 +218,7 @@ class Simulation:
         self.version += 1
         before, self.plan = self.plan, Plan.model_validate({**fields, "version": self.version})
         if before is None or interactive_fields(before) != interactive_fields(self.plan):
-            self.plans.append(PlanEvent(self.now, self.plan.light_model, self.plan.heavy_model, self.plan.r,
-                                        self.plan.d, self.plan.light_gpus, self.plan.heavy_gpus, self.plan.reason))
+            self.plans.append(PlanEvent.of(self.now, self.plan))
         self.fleet.reconcile(before)
 
     # --- the router ---------------------------------------------------------------------------

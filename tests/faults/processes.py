@@ -304,17 +304,24 @@ def terminal_count(record: JobRecord) -> int:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def compose_redis_args() -> list[str]:
-    """The persistence flags compose.yaml gives Redis, so a fault run crashes the Redis users get
-    (read as text: the flags appear once, in the redis service's command)."""
-    text = (REPO / "compose.yaml").read_text()
+def compose_redis_args(source: str = "compose.yaml",
+                       names: tuple[str, ...] = ("--appendonly", "--appendfsync")) -> list[str]:
+    """The flags `names` that `source` gives Redis (by default compose.yaml's persistence), so a
+    fault run crashes the Redis users get (read as text: each flag appears once, in the command)."""
+    text = (REPO / source).read_text()
     flags = []
-    for name in ("--appendonly", "--appendfsync"):
+    for name in names:
         found = re.search(rf"{name} (\w+)", text)
         if found is None:
-            raise RuntimeError(f"compose.yaml gives Redis no {name}")
+            raise RuntimeError(f"{source} gives Redis no {name}")
         flags += [name, found.group(1)]
     return flags
+
+
+def cluster_redis_args() -> list[str]:
+    """The cluster's write bound (docker/cluster/redis-ha.sh): a primary takes writes only while a
+    replica follows it."""
+    return compose_redis_args("docker/cluster/redis-ha.sh", ("--min-replicas-to-write", "--min-replicas-max-lag"))
 
 
 class RedisServer:

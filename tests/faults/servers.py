@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from shared.bus import BROKER_MAX_MESSAGE_BYTES
-from tests.faults.processes import RedisServer
+from tests.faults.processes import RedisServer, cluster_redis_args
 from tests.helpers import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -185,10 +185,8 @@ class RedisGroup:
 
     def _server(self, name: str, port: int, *extra: str) -> None:
         (self.directory / name).mkdir()
-        # As docker/cluster/redis-ha.sh: a primary takes writes only while a replica follows it.
         server = RedisServer(self.directory / name, port,
-                             extra_args=("--repl-diskless-sync-delay", "0", "--min-replicas-to-write", "1",
-                                         "--min-replicas-max-lag", "10", *extra))
+                             extra_args=("--repl-diskless-sync-delay", "0", *cluster_redis_args(), *extra))
         server.start()
         self.servers[name] = server
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared.schemas import JobState
 from shared.store import Change, Store
-from tests.faults.processes import RedisServer
+from tests.faults.processes import RedisServer, cluster_redis_args
 from tests.faults.servers import MASTER, RedisGroup, cli
 from tests.helpers import free_port, make_settings
 
@@ -105,7 +105,7 @@ async def test_a_primary_without_its_replicas_holds_writes_until_one_follows(tmp
     primary the Sentinels are replacing from taking writes that its resync would flush (CI,
     2026-12-07: two replicas promoted 2 s apart, the first's 11 s of writes lost, jobs without a
     record). Before, NOREPLICAS raised StoreRejected at once and the job's message was dead-lettered."""
-    server = RedisServer(tmp_path, free_port(), extra_args=("--min-replicas-to-write", "1"))
+    server = RedisServer(tmp_path, free_port(), extra_args=tuple(cluster_redis_args()))
     server.start()
     settings = make_settings(redis_url=server.url, store_retry_s=30)
     try:
