@@ -19,7 +19,7 @@ from shared.errors import Disposition, InvalidJob, Overloaded
 from shared.intake import Claimed, intake, parse_task
 from shared.logging import bind_job, get_logger
 from shared.policies import engine, steps
-from shared.policies import quality as quality_rules
+from shared.policies.admission import HeavyRoom
 from shared.policies.engine import BatchTimes, Verdict
 from shared.policies.judge import JudgeCalibration, calibration_for
 from shared.policies.steps import Next
@@ -51,6 +51,7 @@ class Judge:
                                   clip_arch=self.settings.clip_arch, head_path=self.settings.judge_head_path,
                                   clip_checkpoint=self.settings.clip_checkpoint)
         self.calibrations: dict[str, JudgeCalibration] = {}
+        self.escalations = HeavyRoom()  # its escalations in the heavy tier (engine.verdict)
         self.collector = BatchCollector()
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="judge")
 
@@ -150,14 +151,14 @@ class Judge:
         """The record change for the engine's verdict (shared/policies/engine.py: verdict): escalated,
         or done with the light image (renamed to the final key: stored once), noting when it was
         low enough to escalate but too late for the heavy model. No score: a quality=low job, done.
-        The plan's d applies to the cascade's jobs (quality.for_auto_jobs)."""
+        The plan's d applies to the cascade's jobs (quality.for_auto_jobs, in engine.verdict)."""
         plan = self.service.plans.current
         model = model_of(item)
         if score is None:
             return Change(item.job_id, JobState.done, {"tier": Tier.light.value, "model": model}, promote_light=True,
                           detail="quality=low: the light image, not judged")
-        decided = engine.verdict(self.calibration(model), score, quality_rules.for_auto_jobs(plan), self.clock(),
-                                 item.task.deadline, self.times)
+        decided = engine.verdict(self.calibration(model), score, plan, self.clock(), item.task.deadline, self.times,
+                                 self.escalations, item.task.held_for)
         if decided is Verdict.escalate:
             return Change(item.job_id, JobState.escalated, {"judge_score": score, "plan_version": plan.version})
         fields = {"judge_score": score, "tier": Tier.light.value, "model": model}

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -125,6 +125,15 @@ class BatchedScorer:
         self.thread.shutdown(wait=False, cancel_futures=True)
 
 
+class Decision(NamedTuple):
+    """The router's decision on one job (Router.decide)."""
+
+    tier: Tier
+    score: float | None = None  # the prompt's score; None for a job whose quality or class forces its tier
+    refusal: str | None = None  # why a quality=high job is refused
+    held_for: str | None = None  # the burst guard sent it light (engine.Route.held_for): the judge escalates more
+
+
 class Router:
     def __init__(self, service: Service, clock: Callable[[], float] = time.time) -> None:
         self.service = service
@@ -167,40 +176,40 @@ class Router:
             self.thresholds[key] = self.router_for(light_model).threshold(r)
         return self.thresholds[key]
 
-    async def decide(self, job: Job, plan: Plan, deadline: float) -> tuple[Tier, float | None, str | None]:
+    async def decide(self, job: Job, plan: Plan, deadline: float) -> Decision:
         """The tier, the prompt's score (None for a job whose quality forces its tier: not scored), and
         why a quality=high job is refused (None when it is not): shared/policies/engine.py's
         forced_route and route, which the simulator calls too. The score's threshold is the plan's r
         for the cascade's own jobs (quality.for_auto_jobs: the forced jobs fill part of r). A batch
         job is not scored: its tier is the plan's batch placement's (class_engine.batch_route)."""
         if job.priority == "batch":
-            return class_engine.batch_route(job.job_id, job.quality, plan), None, None
+            return Decision(class_engine.batch_route(job.job_id, job.quality, plan))
         now = self.clock()
         arrived = self.pace.arrived(now)
         forced = engine.forced_route(job.quality, plan, self.room, now, deadline, self.times)
         if isinstance(forced, str):
-            return Tier.heavy, None, forced
+            return Decision(Tier.heavy, refusal=forced)
         if forced is not None:
-            return forced.tier, None, None
+            return Decision(forced.tier)
         score = await self.scorer.score(self.router_for(plan.light_model), job.prompt)
         threshold = self.threshold(plan.light_model, quality_rules.for_auto_jobs(plan).r)
-        tier, heavy_full, burst = engine.route(score, threshold, plan, self.room, now, deadline, self.times, arrived,
-                                               self.light_room)
-        if heavy_full:
+        routed = engine.route(score, threshold, plan, self.room, now, deadline, self.times, arrived, self.light_room)
+        if routed.heavy_full:
             metrics.observe_heavy_full()
-        if burst:
+        if routed.burst:
             metrics.observe_burst_held()
             if self.held_under != plan.version:  # once per plan: a burst holds hundreds of jobs
                 self.held_under = plan.version
                 log.info("burst_routing_held", plan_version=plan.version, burst_qps=plan.burst_qps,
                          arrived_last_second=arrived)
-        return tier, score, None
+        return Decision(routed.tier, score, held_for=routed.held_for)
 
     async def route(self, job: Job, redelivered: bool) -> None:
         settings = self.service.settings
         plan = self.service.plans.current
         deadline = job.effective_deadline(settings.slo_s, settings.batch_slo_s)
-        tier, score, refusal = await self.decide(job, plan, deadline)
+        decision = await self.decide(job, plan, deadline)
+        tier, score, refusal = decision.tier, decision.score, decision.refusal
         expired = self.clock() >= deadline
         outcome: dict[str, Any]
         if expired:
@@ -231,7 +240,8 @@ class Router:
             score = stored.record.router_score if stored.record.router_score is not None else score
         crash_point("router.after_record")
         if not expired:
-            task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version)
+            task = Task(job=job, deadline=deadline, tier=tier, router_score=score, plan_version=plan.version,
+                        held_for=decision.held_for if tier is Tier.light else None)
             queues = self.service.bus.queues
             queue = queues.batch(tier) if job.priority == "batch" else queues.tier(tier)
             await self.service.bus.publish(queue, task, message_id=job.job_id)

@@ -286,6 +286,10 @@ class Task(Strict):
     escalated: bool = False
     plan_version: int = 0
     model: str | None = Field(default=None, description="The model that generated the light image (judge tasks).")
+    held_for: str | None = Field(default=None, max_length=200,
+                                 description="The plan point against which the router's burst guard sent it light "
+                                             "(engine.held_point): the judge escalates it up to that plan's heavy "
+                                             "share while the point holds (engine.verdict).")
 
 
 class Plan(Strict):

@@ -64,6 +64,7 @@ class SimJob:
     plan: Plan | None = None
     routed_heavy: bool = False
     escalated: bool = False
+    held_for: str | None = None  # the router's burst guard sent it light (engine.Route.held_for)
     tier: Tier | None = None
     state: str = "lost"
     end_s: float | None = None
@@ -146,6 +147,7 @@ class Simulation:
         self.arrived = 0
         self.room = HeavyRoom()  # the router's backlog in the heavy tier
         self.light_room = HeavyRoom()  # what the router sent light in a burst (engine.route)
+        self.escalations = HeavyRoom()  # the judge's escalations in the heavy tier (engine.verdict)
         self.pace = ArrivalPace()  # the router's interactive arrivals, held against the plan's burst_qps
         self.mix = MixTracker(settings.demand_halflife_s, 0.0 - offset_s)  # as the controller's
         draw_qualities(self.jobs, quality_mix or QualityMix(), seed)
@@ -240,10 +242,10 @@ class Simulation:
         if threshold is None:
             threshold = self.thresholds[r] = self.router.threshold(r)
         score = float(self.router_scores[job.prompt_id % len(self.router_scores)])
-        tier = (forced or engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times,
-                                       arrived, self.light_room)).tier
-        job.routed_heavy = tier is Tier.heavy
-        self.fleet.enqueue(job, tier)
+        routed = forced or engine.route(score, threshold, plan, self.room, self.now, job.deadline_s, self.times,
+                                        arrived, self.light_room)
+        job.routed_heavy, job.held_for = routed.tier is Tier.heavy, routed.held_for
+        self.fleet.enqueue(job, routed.tier)
 
     # --- the judge ----------------------------------------------------------------------------
 
@@ -255,7 +257,7 @@ class Simulation:
     def judge(self, batch: list[SimJob], model: str) -> None:
         """As services/judge.py: the reference score of the prompt on the light model, and the
         engine's verdict (shared/policies/engine.py: verdict)."""
-        plan = quality_rules.for_auto_jobs(self.in_force)
+        plan = self.in_force
         column = self.profile.model(model).reference_index
         calibration = self.calibration(model)
         for job in batch:
@@ -264,7 +266,8 @@ class Simulation:
                 continue
             score = (float(self.judge_scores[job.prompt_id % len(self.judge_scores), column])
                      if column is not None else 0.5)
-            if engine.verdict(calibration, score, plan, self.now, job.deadline_s, self.times) is Verdict.escalate:
+            if engine.verdict(calibration, score, plan, self.now, job.deadline_s, self.times, self.escalations,
+                              job.held_for) is Verdict.escalate:
                 job.escalated = True
                 self.fleet.enqueue(job, Tier.heavy)
             else:

@@ -133,6 +133,16 @@ def carried_qps(r: float, d: float, light_qps: float, heavy_qps: float) -> float
     return min(light_cap, heavy_cap)
 
 
+def heavy_tier_qps(plan: Plan, heavy_batch_s: float) -> float:
+    """The heavy tier's throughput (jobs/s), at which the judge's room clears its escalations
+    (engine.verdict); 0 without heavy GPUs, unbounded without a latency profile."""
+    if plan.heavy_gpus <= 0:
+        return 0.0
+    if heavy_batch_s <= 0:
+        return math.inf
+    return plan.heavy_gpus * plan.heavy_batch / heavy_batch_s
+
+
 def light_tier_qps(plan: Plan, light_batch_s: float) -> float:
     """The light tier's throughput (jobs/s), at which the router's light room clears what it sent
     light in a burst (engine.route); 0 without light GPUs, unbounded without a latency profile."""
@@ -165,13 +175,22 @@ class HeavyRoom:
             return False
         if math.isinf(share_qps):
             return True
-        if now > self.at:
-            self.backlog = max(self.backlog - share_qps * (now - self.at), 0.0)
-            self.at = now
+        self.drain(now, share_qps)
         if now + self.backlog / share_qps + heavy_batch_s + HANDOFF_S >= deadline:
             return False
         self.backlog += 1.0
         return True
+
+    def fill(self, now: float, share_qps: float) -> None:
+        """One job sent to the tier whatever the backlog (the judge's escalations within d)."""
+        if 0 < share_qps < math.inf:
+            self.drain(now, share_qps)
+            self.backlog += 1.0
+
+    def drain(self, now: float, share_qps: float) -> None:
+        if now > self.at:
+            self.backlog = max(self.backlog - share_qps * (now - self.at), 0.0)
+            self.at = now
 
 
 class ArrivalPace:

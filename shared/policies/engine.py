@@ -22,6 +22,7 @@ from shared.arrival_rate import queueing_delay_s
 from shared.policies import classes
 from shared.policies import quality as quality_rules
 from shared.policies.admission import (
+    HANDOFF_S,
     BatchTimer,
     Fallback,
     HeavyRoom,
@@ -29,6 +30,7 @@ from shared.policies.admission import (
     beyond_pace,
     ends_too_late,
     heavy_share_qps,
+    heavy_tier_qps,
     light_can_make,
     light_tier_qps,
     may_escalate,
@@ -81,6 +83,7 @@ class Route(NamedTuple):
     tier: Tier
     heavy_full: bool  # the score chose heavy, and the heavy tier had no room for the router's share
     burst: bool = False  # the score chose heavy, and the arrivals were a burst the plan's r was not for
+    held_for: str | None = None  # the burst guard sent it light, whatever its score: held_point (verdict)
 
 
 def route(score: float, threshold: float, plan: Plan, room: HeavyRoom, now: float, deadline: float,
@@ -98,7 +101,7 @@ def route(score: float, threshold: float, plan: Plan, room: HeavyRoom, now: floa
     if beyond_pace(arrived, plan.burst_qps) and may_route_heavy(plan):
         light_s = times.light(plan)
         if light_room is None or light_room.admit(now, deadline, light_tier_qps(plan, light_s), light_s):
-            return Route(Tier.light, False, burst=score >= threshold)
+            return Route(Tier.light, False, burst=score >= threshold, held_for=held_point(plan))
     if score < threshold:
         return Route(Tier.light, False)
     if not may_route_heavy(plan):
@@ -226,15 +229,52 @@ class Verdict(StrEnum):
 
 
 def verdict(calibration: JudgeCalibration, score: float, plan: Plan, now: float, deadline: float,
-            times: BatchTimes) -> Verdict:
+            times: BatchTimes, room: HeavyRoom, held_for: str | None = None) -> Verdict:
     """The judge's decision on one light image: escalate the lowest fraction d of the scores (the
     calibration's percentile, before this score joins it) when a heavy batch started now still
-    ends by the deadline. The score joins the calibration whatever the verdict."""
-    low = calibration.escalate(score, plan.d)
+    ends by the deadline; d and r as the plan applies them to the cascade's own jobs
+    (quality.for_auto_jobs). For a job the burst guard sent light (`held_for`: Route.held_for), the
+    lowest r + (1 - r) d, the plan's whole heavy share, while the plan's point is still the one the
+    guard held (held_point) and the heavy tier has room (guarded_escalation; `room`: the judge's
+    escalations in it). The score joins the calibration whatever the verdict."""
+    auto = quality_rules.for_auto_jobs(plan)
+    low = calibration.escalate(score, auto.d)
+    extra = not low and held_for == held_point(plan) and calibration.escalate(score, auto.heavy_share)
     calibration.observe(score)
-    if not low:
+    if not low and not extra:
         return Verdict.accept
-    return Verdict.escalate if may_escalate(now, times.heavy(plan), deadline) else Verdict.too_late
+    heavy_s = times.heavy(auto)
+    if not may_escalate(now, heavy_s, deadline):
+        return Verdict.too_late if low else Verdict.accept
+    if low:
+        room.fill(now, heavy_tier_qps(auto, heavy_s))
+        return Verdict.escalate
+    return Verdict.escalate if guarded_escalation(room, auto, now, deadline, heavy_s) else Verdict.accept
+
+
+def held_point(plan: Plan) -> str:
+    """What the burst guard held a job against: the plan's structure and r, whose router share of the
+    heavy tier the guard left unused (verdict). A plan that has changed either since was made with
+    the burst seen, and its heavy tier is for its own r: on seed 507 the judge, whose burst images
+    came late, sent a hundred more to the next plan's heavy tier (sd35-large-turbo), and the jobs
+    that plan routed there fell back to an overrun light tier (7.5 % missed). A d the burst raised
+    keeps the point (hadis.fill_heavy)."""
+    return f"{plan.light_model} x{plan.light_gpus} -> {plan.heavy_model} x{plan.heavy_gpus}, r {plan.r:g}"
+
+
+def guarded_escalation(room: HeavyRoom, plan: Plan, now: float, deadline: float, heavy_s: float) -> bool:
+    """Whether the judge escalates a job the burst guard sent light (Route.held_for) beyond the plan's
+    d: onto a place the heavy tier would leave idle, its batch starting before one batch on every
+    heavy GPU has ended (HeavyRoom at the tier's whole throughput, after the judge's escalations so
+    far; those within d fill it whatever its backlog), and ending by the deadline. The guard holds
+    the router's r back from a heavy tier that a burst's first second would flood, before the
+    controller has seen the burst; a light batch later the judge can fill the places left with the
+    burst's worst images. With d alone the onsets of on/off seed 703 (sdxl-lightning ->
+    sd35-large-turbo, r 0.7, d 0.1: over half its jobs) went 10-13 % heavy and ended 0.9 FID worse
+    than the rest of its bursts. Queued up to the deadline, they would take the places of the
+    escalations within d, whose scores come later in the burst."""
+    starts_by = now + heavy_s + HANDOFF_S  # by when the batches on the heavy GPUs now have ended
+    return room.admit(now, min(deadline, starts_by + heavy_s), heavy_tier_qps(plan, heavy_s), heavy_s)
 
 
 # --- the controller -----------------------------------------------------------------------------

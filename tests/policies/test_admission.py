@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
 from shared.policies.admission import HANDOFF_S, BatchTimer, batch_ends_at, ends_too_late
+from shared.policies.engine import held_point
 
 
 def test_the_profile_stands_in_until_a_batch_is_measured():
@@ -179,9 +181,10 @@ def test_a_burst_beyond_the_guard_takes_the_light_path_where_the_score_chose_hea
         return route(score, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), arrived=arrived)
 
     guarded = room_plan(r=0.8, d=0.6, burst_qps=2.0)
+    held = held_point(guarded)
     assert routed(0.9, guarded, 3) == Route(Tier.heavy, False)
-    assert routed(0.9, guarded, 30) == Route(Tier.light, False, True)
-    assert routed(0.1, guarded, 30) == Route(Tier.light, False)
+    assert routed(0.9, guarded, 30) == Route(Tier.light, False, True, held)
+    assert routed(0.1, guarded, 30) == Route(Tier.light, False, held_for=held)  # the judge escalates more of both
     unguarded = room_plan(r=0.8, d=0.6)  # a burst's own point (or another policy's plan): as chosen
     assert routed(0.9, unguarded, 30) == Route(Tier.heavy, False)
 
@@ -199,6 +202,34 @@ def test_a_burst_is_held_on_the_light_tier_only_while_it_ends_the_jobs_in_time()
     plan = room_plan(r=0.8, d=0.6, burst_qps=2.0)
     light = HeavyRoom()
     held = [route(0.9, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), 30, light) for _ in range(41)]
-    assert held[:40] == [Route(Tier.light, False, True)] * 40
+    assert held[:40] == [Route(Tier.light, False, True, held_point(plan))] * 40
     assert held[40] == Route(Tier.heavy, False)
     assert route(0.1, 0.5, plan, HeavyRoom(), 0.0, 6.0, OneSecondBatches(), 30, light) == Route(Tier.light, False)
+
+
+def test_the_judge_escalates_a_held_burst_up_to_the_heavy_share_onto_places_left_idle():
+    """Of a burst the guard sent light (r 0.8, d 0.2: heavy share 0.84), the judge escalates the
+    lowest 0.84 of the scores, not 0.2, while the point it was held against is in force; beyond d
+    only onto places the heavy tier would leave idle: its batch starts before one 1 s batch on each
+    of the 2 heavy GPUs (batch 2) has ended, behind fewer than 4 escalations. The escalations within
+    d go whatever the backlog (the heavy worker serves the light image of one too late), and fill it."""
+    from shared.policies.admission import HeavyRoom
+    from shared.policies.engine import Verdict, verdict
+    from shared.policies.judge import JudgeCalibration
+
+    plan = room_plan(r=0.8, d=0.2)
+    calibration = JudgeCalibration(np.linspace(0.0, 1.0, 101))
+
+    def judged(score: float, room: HeavyRoom, held_for: str | None) -> Verdict:
+        return verdict(calibration, score, plan, 0.0, 6.0, OneSecondBatches(), room, held_for)
+
+    held = held_point(plan)
+    assert judged(0.5, HeavyRoom(), None) is Verdict.accept  # above d: the plan's own jobs keep d
+    assert judged(0.5, HeavyRoom(), held) is Verdict.escalate  # within the heavy share
+    assert judged(0.5, HeavyRoom(), held_point(room_plan(r=0.3, d=0.2))) is Verdict.accept  # another point's
+    assert judged(0.9, HeavyRoom(), held) is Verdict.accept  # beyond the heavy share
+    room = HeavyRoom()
+    assert [judged(0.5, room, held) for _ in range(5)] == [Verdict.escalate] * 4 + [Verdict.accept]
+    room = HeavyRoom()
+    assert [judged(0.1, room, held) for _ in range(8)] == [Verdict.escalate] * 8  # within d: always
+    assert judged(0.5, room, held) is Verdict.accept  # the escalations within d filled the places

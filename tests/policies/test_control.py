@@ -496,7 +496,7 @@ def test_a_burst_the_held_point_carries_is_routed_as_planned():
     the heavy tier idle (on/off seed 703: 10-13 % heavy in each burst, against the fixed plan's 71-78 %
     without a miss). The quality pair on 7 + 9 carries about 8 jobs/s: a burst of 30 is held."""
     from shared.policies.admission import HeavyRoom, beyond_pace, pace_tripping_at
-    from shared.policies.engine import BatchTimes, Route, route
+    from shared.policies.engine import BatchTimes, Route, held_point, route
     from shared.policies.hadis import burst_guard
     from shared.schemas import Tier
 
@@ -512,7 +512,7 @@ def test_a_burst_the_held_point_carries_is_routed_as_planned():
         plan = as_plan({**fields, "burst_qps": guard})
         light, heavy, times = HeavyRoom(), HeavyRoom(), BatchTimes(planner.profile, 1.0)
         routes = [route(0.9, 0.5, plan, heavy, 0.0, 6.0, times, arrived=burst, light_room=light) for _ in range(10)]
-        assert (routes[0] == Route(Tier.light, False, True)) == held, (pair, guard, routes[0])
+        assert (routes[0] == Route(Tier.light, False, True, held_point(plan))) == held, (pair, guard, routes[0])
         if not held:
             assert routes == [Route(Tier.heavy, False)] * 10
 

@@ -28,6 +28,7 @@ from shared.bus import Queues
 from shared.experiments.simulator import SimJob, Simulation, SimWorker
 from shared.experiments.trace import Trace
 from shared.intake import Claimed
+from shared.policies import engine
 from shared.schemas import Job, JobState, Plan, Task, Tier
 from shared.service import Service
 from tests.fakes import FakeDelivery, FakeStore
@@ -222,26 +223,35 @@ def judge_inputs() -> list[tuple[float, int, float]]:
     return [(i * 0.05, (i * 37) % 5000, i * 0.05 + (2.0 if i % 5 == 0 else 6.0)) for i in range(200)]
 
 
-async def test_the_judge_and_the_simulator_reach_the_same_verdicts():
+@pytest.mark.parametrize("guarded", [False, True])
+async def test_the_judge_and_the_simulator_reach_the_same_verdicts(guarded):
+    """Both escalate the lowest d of the scores in time for the heavy model. Of the jobs the burst
+    guard sent light under the plan in force (every second one here), both escalate up to the lowest
+    r + (1 - r) d while the heavy tier has room (engine.guarded_escalation); of those it held under
+    another point (every fourth), the lowest d."""
     model, current = "sd35-large-turbo", plan(d=0.3)
     service, clock = service_for(settings(), current), Clock()
     judge = Judge(service, clock=clock)
     simulation = simulation_for(settings(), current)
     column = simulation.profile.model(model).reference_index
     served, simulated, too_late = [], [], 0
+    held_here, held_before = engine.held_point(current), engine.held_point(plan(r=0.8))
     for index, (t, prompt_id, deadline) in enumerate(judge_inputs()):
         score = float(reference.judge_scores()[prompt_id, column])  # the emulated judge's score of the prompt
         clock.now = simulation.now = T0 + t
-        task = task_for(Tier.light, index, t, deadline, False).model_copy(update={"model": model})
+        held = (held_here if index % 2 else held_before if index % 4 == 2 else None) if guarded else None
+        task = task_for(Tier.light, index, t, deadline, False).model_copy(update={"model": model, "held_for": held})
         change = judge.verdict(Claimed(FakeDelivery(b""), task), score)  # type: ignore[arg-type]
         served.append(change.state is JobState.escalated)
         too_late += change.detail == "too late to escalate"
-        job = SimJob(index, T0 + t, T0 + deadline, prompt_id)
+        job = SimJob(index, T0 + t, T0 + deadline, prompt_id, held_for=held)
         simulation.judge([job], model)
         simulated.append(job.escalated and job in simulation.fleet.queues[Tier.heavy])
         assert job.escalated or job.state == "done"
     assert served == simulated
     assert 0 < sum(served) < len(served) and too_late > 0
+    if guarded:  # r 0.5, d 0.3: the odd half escalates about 0.65 of its images in time, the rest 0.3
+        assert sum(served[1::2]) > 1.5 * sum(served[0::2]), (sum(served[1::2]), sum(served[0::2]))
 
 
 # --- the router -----------------------------------------------------------------------------------
@@ -257,25 +267,39 @@ class RecordedScores:
         return self.scores[prompt]
 
 
-async def route_both(times: list[float], scores: np.ndarray, plans: list[Plan]) -> tuple[Router, list, list]:
+@dataclass
+class Routed:
+    """What the router and the simulator decided for each job: its tier, and whether the burst guard
+    sent it light (the task the router published, the simulator's job)."""
+
+    router: Router
+    served: list[Tier] = field(default_factory=list)
+    simulated: list[Tier] = field(default_factory=list)
+    served_held: list[str | None] = field(default_factory=list)
+    simulated_held: list[str | None] = field(default_factory=list)
+
+
+async def route_both(times: list[float], scores: np.ndarray, plans: list[Plan]) -> Routed:
     """Each job at its time through the router's route (its clock and plan set) and the simulator's
-    arrive: the router, and the tiers each chose."""
+    arrive: the router, and what each decided."""
     jobs = [Job(prompt=f"prompt {i}", submitted_at=t) for i, t in enumerate(times)]
     service, clock = service_for(settings(), plans[0]), Clock()
     router = Router(service, clock=clock)
     router.scorer = RecordedScores({job.prompt: float(s) for job, s in zip(jobs, scores, strict=True)})  # type: ignore[assignment]
     simulation = simulation_for(settings(), plans[0])
     simulation.router_scores = scores
-    served, simulated = [], []
+    routed = Routed(router)
     for index, (job, current) in enumerate(zip(jobs, plans, strict=True)):
         clock.now = simulation.now = job.submitted_at
         service.plans.current = simulation.plan = current  # type: ignore[misc]
         await router.route(job, redelivered=False)
-        served.append(service.bus.tier_of(job.job_id))  # type: ignore[attr-defined]
+        routed.served.append(service.bus.tier_of(job.job_id))  # type: ignore[attr-defined]
+        routed.served_held.append(service.bus.published[-1][1].held_for)  # type: ignore[attr-defined]
         sim_job = SimJob(index, job.submitted_at, job.submitted_at + 6.0, index)
         simulation.arrive(sim_job)
-        simulated.append(Tier.heavy if sim_job.routed_heavy else Tier.light)
-    return router, served, simulated
+        routed.simulated.append(Tier.heavy if sim_job.routed_heavy else Tier.light)
+        routed.simulated_held.append(sim_job.held_for)
+    return routed
 
 
 async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
@@ -284,8 +308,10 @@ async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
     rng = np.random.default_rng(5)
     scores = rng.uniform(0.0, 1.0, 120)
     plans = [plan(r=0.6, d=0.2, heavy_batch=1)] * 80 + [plan(version=2, r=0.6, heavy_batch=1, light_gpus=0)] * 40
-    router, served, simulated = await route_both([T0 + i * 0.05 for i in range(len(scores))], scores, plans)
-    assert served == simulated
+    routed = await route_both([T0 + i * 0.05 for i in range(len(scores))], scores, plans)
+    router, served = routed.router, routed.served
+    assert served == routed.simulated
+    assert not any(routed.served_held) and not any(routed.simulated_held)  # no burst guard in these plans
     threshold = router.threshold(plans[0].light_model, plans[0].r)
     turned = [i for i in range(80) if scores[i] >= threshold and served[i] is Tier.light]
     assert turned and served[:80].count(Tier.heavy) > 0  # the room filled, and it let some in
@@ -294,17 +320,24 @@ async def test_the_router_and_the_simulator_send_prompts_to_the_same_tiers():
 async def test_the_router_and_the_simulator_hold_a_bursts_routing_alike():
     """A silence (a job every 0.8 s) then a burst (one every 10 ms) under a silence's plan (r 0.8)
     with its burst guard (2 jobs/s): both count their last second the same way, and once the count is
-    beyond the guard every prompt the score sends to heavy takes the light path in both."""
+    beyond the guard every prompt the score sends to heavy takes the light path in both, and both mark
+    every job the guard sent light with the point it held against (the judge escalates more of those)."""
     rng = np.random.default_rng(7)
     times = [T0 + 0.8 * i for i in range(20)] + [T0 + 16.0 + 0.01 * i for i in range(60)]
     scores = rng.uniform(0.0, 1.0, len(times))
     current = plan(r=0.8, d=0.6, burst_qps=2.0)
-    router, served, simulated = await route_both(times, scores, [current] * len(times))
-    assert served == simulated
+    routed = await route_both(times, scores, [current] * len(times))
+    router, served = routed.router, routed.served
+    assert served == routed.simulated
+    assert routed.served_held == routed.simulated_held
     threshold = router.threshold(current.light_model, current.r)
     hard = [i for i in range(len(times)) if scores[i] >= threshold]
     assert any(served[i] is Tier.heavy for i in hard if i < 20)  # the silence routes as planned
     assert all(served[i] is Tier.light for i in hard if i >= 27)  # the 7th job of the burst trips it
+    held = [i for i, point in enumerate(routed.served_held) if point is not None]
+    assert held and min(held) >= 20 and {routed.served_held[i] for i in held} == {engine.held_point(current)}
+    burst = [i for i in hard if i >= 27]  # what the score sent heavy, the guard sent light, until the light room fills
+    assert sum(i in held for i in burst) >= len(burst) - 2, [i for i in burst if i not in held]
     assert router.held_under == current.version
 
 
