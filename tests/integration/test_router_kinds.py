@@ -69,3 +69,28 @@ async def test_a_burst_beyond_the_heavy_tiers_share_takes_the_light_path() -> No
     assert 1 <= len(heavy) <= 6, len(heavy)
     assert len(light_done) >= 30, len(light_done)
     assert metrics.HEAVY_FULL._value.get() - diverted >= 25  # by the router, not by the heavy worker
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+async def test_a_burst_the_guard_sent_light_is_escalated_onto_the_heavy_places_it_left(guarded: bool) -> None:
+    """A plan made in a silence (r 0.8, d 0: the judge escalates nothing of its own) with a burst
+    guard of 2 jobs/s, and 40 jobs at once: the router holds the burst light from the 7th job on
+    (engine.route) and tells the judge the point it held against (Task.held_for, through the broker);
+    the judge escalates the worst of those images, up to the plan's heavy share, onto the places
+    the heavy GPU would leave idle (engine.guarded_escalation). Without the guard the router routes
+    by score and the judge escalates none: d is 0."""
+    settings = make_settings(backend="emulated", judge_backend="emulated", profile="paper-l40s-x10", slo_s=6.0,
+                             router="rule")
+    async with running_stack(settings) as stack:
+        await stack.set_plan(light_model="sdxl-lightning", heavy_model="sd35-large-turbo", r=0.8, d=0.0,
+                             light_batch=4, heavy_batch=2, burst_qps=2.0 if guarded else None)
+        jobs = [Job(prompt=prompt, seed=i) for i, prompt in enumerate(PROMPTS)]
+        await stack.submit_many(jobs)
+        records = await stack.wait_all([job.job_id for job in jobs])
+    assert all(record.state is JobState.done for record in records)
+    escalated = [record for record in records if record.escalated]
+    if guarded:
+        assert len(escalated) >= 2, [(record.tier, record.judge_score) for record in records]
+        assert all(record.judge_score is not None for record in escalated)
+    else:
+        assert not escalated
