@@ -59,6 +59,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                 help="classes: the service classes (docs/classes.md); fifo: the baseline without "
                                      "them, batch jobs as ordinary jobs in the tier queues, counted as demand "
                                      "(shared/experiments/fifo_sim.py) (default classes)")
+            parser.add_argument("--no-oracle", action="store_true",
+                                help="leave the oracle's bound out of the report (oracle_fid, oracle_gain_share "
+                                     "empty): a sweep of many traces then takes minutes, not half an hour")
             parser.add_argument("--offset", type=float, default=0.0,
                                 help="seconds the controller runs before the trace begins: the phase of its plan "
                                      "period (default 0; an experiment's is however long its first workers took)")
@@ -129,6 +132,8 @@ def check_args(args: argparse.Namespace) -> None:
         parser.error("--static-demand must be >= 0")
     if args.policy == "oracle" and getattr(args, "band", False):
         parser.error("--band perturbs a simulation; the oracle simulates nothing")
+    if args.policy == "oracle" and getattr(args, "no_oracle", False):
+        parser.error("--no-oracle leaves out the bound that --policy oracle computes")
     if args.batch_jobs < 0 or args.batch_at < 0:
         parser.error("--batch-jobs and --batch-at must be >= 0")
     if args.batch_slo_s is not None and not 0 < args.batch_slo_s <= 3600:
@@ -162,6 +167,8 @@ def with_oracle(args: argparse.Namespace, trace, report):
     from shared.profiles import load_profile
     from shared.settings import get_settings
 
+    if getattr(args, "no_oracle", False):
+        return report
     oracle = oracle_for(trace, args.profile, args.slo, args.gpus, get_settings().time_scale, args.window or args.slo)
     light_only = load_profile(args.profile).model(quality_ladder(args.profile)[0]).fid
     return report.with_oracle(oracle.fid, light_only)
