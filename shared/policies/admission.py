@@ -160,11 +160,13 @@ class HeavyRoom:
     cleared, one heavy batch and the handoff still end before its deadline; otherwise it takes the
     light path. In a burst's first second the plan's r still sent its fraction to the slow
     model, where it waited until its worker saw it was late. The backlog is this process's only:
-    several routers each fill the share as if alone (docs/planner.md). The judge does not use it:
-    its escalations are few and spread out, and with it the smooth ramps lost 0.2 FID in the
-    simulator; it keeps may_escalate. The router keeps a second one for the light tier, filled only
-    by the jobs it sends light while a burst holds its routing (engine.route): whether the light
-    tier, at its whole throughput, still ends them in time."""
+    several routers each fill the share as if alone (docs/planner.md). The judge does not admit its
+    escalations within d by it: they are few and spread out, and with it the smooth ramps lost 0.2
+    FID in the simulator; it keeps may_escalate for them. It keeps one of its own at the heavy tier's
+    whole throughput, which those escalations fill (`fill`), for the ones beyond d of a burst the
+    guard held (engine.guarded_escalation). The router keeps a second one for the light tier, filled
+    only by the jobs it sends light while a burst holds its routing (engine.route): whether the
+    light tier, at its whole throughput, still ends them in time."""
 
     def __init__(self) -> None:
         self.backlog = 0.0
