@@ -119,6 +119,14 @@ async def test_a_primary_without_its_replicas_holds_writes_until_one_follows(tmp
             outcome = await asyncio.wait_for(held, timeout=20)
             assert outcome.applied
             assert await store.states(["held"]) == [JobState.queued]
+            # Housekeeping waits too: a bare delete once failed the failover test after its writes had passed.
+            assert "OK" in await asyncio.to_thread(cli, server.port, "config", "set", "min-replicas-to-write", "1")
+            deleting = asyncio.create_task(store.delete_namespace())
+            await asyncio.sleep(1.0)
+            assert not deleting.done(), deleting
+            assert "OK" in await asyncio.to_thread(cli, server.port, "config", "set", "min-replicas-to-write", "0")
+            assert await asyncio.wait_for(deleting, timeout=20) >= 1
+            assert await store.states(["held"]) == [None]
         finally:
             await asyncio.to_thread(cli, server.port, "config", "set", "min-replicas-to-write", "0")
             await store.delete_namespace()
