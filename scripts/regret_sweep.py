@@ -96,13 +96,13 @@ def summary(rows: list[Row]) -> list[str]:
              f"mean violations: {sum(row.violations_pct for row in rows) / max(len(rows), 1):.3f} %",
              "worst misses: " + ", ".join(f"{row.name} {row.violations_pct:.2f} %" for row in worst)]
     if over:
-        lines.append("over: " + ", ".join(f"{row.name} ({row.regret_pp:+.2f} pp, {fmt(row.regret_fid)} FID)"
+        lines.append("over: " + ", ".join(f"{row.name} ({row.regret_pp:+.2f} pp, {fmt(row.regret_fid, '+.2f')} FID)"
                                           for row in over))
     return lines
 
 
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
@@ -123,18 +123,18 @@ def plot(path: Path, rows: list[Row], policy: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [row for row in rows if row.regret_fid is not None]
-    xs = [row.regret_fid for row in shown if row.regret_fid is not None]
-    ys = [row.regret_pp for row in shown]
+    shown = [(row, row.regret_fid) for row in rows if row.regret_fid is not None]
+    xs = [x for _, x in shown]
+    ys = [row.regret_pp for row, _ in shown]
     left, right = min(xs + [-0.5]) - 0.1, max(xs + [TARGET_FID]) + 0.25
     bottom, top = min(ys + [-0.5]) - 0.1, max(ys + [TARGET_PP]) + 0.2
     figure, axes = plt.subplots(figsize=(9, 6))
     axes.fill_between([left, TARGET_FID], bottom, TARGET_PP, color="tab:green", alpha=0.08, label="within the target")
-    colours = ["tab:red" if row.over else "tab:blue" for row in shown]
+    colours = ["tab:red" if row.over else "tab:blue" for row, _ in shown]
     axes.scatter(xs, ys, c=colours, s=22)
-    for row in shown:
+    for row, x in shown:
         if row.over:  # the name and the seed, slanted: several share the zero-violations row
-            axes.annotate(row.name, (row.regret_fid, row.regret_pp), fontsize=7, rotation=35,
+            axes.annotate(row.name, (x, row.regret_pp), fontsize=7, rotation=35,
                           xytext=(3, 3), textcoords="offset points")
     axes.set_xlim(left, right)
     axes.set_ylim(bottom, top)
@@ -175,17 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         for index, future in enumerate(futures, start=1):
             row = future.result()
             rows.append(row)
-            print(f"[{index}/{len(futures)}] {row.name}: {row.violations_pct:.2f} % / {fmt_fid(row.fid)} against "
-                  f"best-static {row.static_violations_pct:.2f} % / {fmt_fid(row.static_fid)}"
+            print(f"[{index}/{len(futures)}] {row.name}: {row.violations_pct:.2f} % / {fmt(row.fid)} against "
+                  f"best-static {row.static_violations_pct:.2f} % / {fmt(row.static_fid)}"
                   f"{'  over' if row.over else ''} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
     write_csv(Path(args.out) / "regret.csv", rows)
     plot(Path(args.out) / "regret.png", rows, args.policy)
     print("\n".join(summary(rows)))
     return 0
-
-
-def fmt_fid(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -162,13 +162,13 @@ def build(args: argparse.Namespace, mode: str, trace, outcomes, plans, wall_s: f
 def with_oracle(args: argparse.Namespace, trace, report):
     """The report with the oracle's bound for the same trace and fleet (solved once per process)
     and the lightest model's FID: its share of the gain that any policy could get."""
+    if getattr(args, "no_oracle", False):  # `hadis experiment` has no such option
+        return report
     from shared.experiments.oracle import oracle_for
     from shared.policies.baselines import quality_ladder
     from shared.profiles import load_profile
     from shared.settings import get_settings
 
-    if getattr(args, "no_oracle", False):
-        return report
     oracle = oracle_for(trace, args.profile, args.slo, args.gpus, get_settings().time_scale, args.window or args.slo)
     light_only = load_profile(args.profile).model(quality_ladder(args.profile)[0]).fid
     return report.with_oracle(oracle.fid, light_only)

@@ -239,7 +239,8 @@ def verdict(calibration: JudgeCalibration, score: float, plan: Plan, now: float,
     escalations in it). The score joins the calibration whatever the verdict."""
     auto = quality_rules.for_auto_jobs(plan)
     low = calibration.escalate(score, auto.d)
-    extra = not low and held_for == held_point(plan) and calibration.escalate(score, auto.heavy_share)
+    extra = (held_for is not None and not low and held_for == held_point(plan)
+             and calibration.escalate(score, auto.heavy_share))
     calibration.observe(score)
     if not low and not extra:
         return Verdict.accept

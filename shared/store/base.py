@@ -19,6 +19,7 @@ from shared.settings import Settings
 from shared.store import scripts, transition
 
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0  # backoff of a Redis call during an outage
+DELETE_CHUNK = 1000  # keys a namespace's deletion scans and deletes per round trip
 
 
 def _sentinel_client(settings: Settings, options: dict[str, Any]) -> aioredis.Redis:
@@ -165,9 +166,10 @@ class RedisStore:
         """Every key of the namespace, deleted. Each delete retries as any write does (_call): just
         after a Sentinel failover the new primary refuses writes until a replica follows it
         (NOREPLICAS), and a bare delete failed the sentinel fault test once its writes had passed."""
+        keys = [key async for key in self._redis.scan_iter(match=f"{self.ns}:*", count=DELETE_CHUNK)]
         deleted = 0
-        async for key in self._redis.scan_iter(match=f"{self.ns}:*", count=1000):
-            deleted += await self._call(self._redis.delete, key)
+        for start in range(0, len(keys), DELETE_CHUNK):  # one round trip per chunk, not per key
+            deleted += await self._call(self._redis.delete, *keys[start:start + DELETE_CHUNK])
         return deleted
 
     async def ping(self) -> bool:
