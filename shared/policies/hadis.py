@@ -8,7 +8,7 @@ from typing import Any
 
 from shared.arrival_rate import queueing_delay_s
 from shared.policies.admission import carried_qps, pace_tripping_at
-from shared.policies.bursts import BurstHistory, burst_rate, fill_heavy
+from shared.policies.bursts import BurstHistory, burst_horizon, burst_rate, fill_heavy
 from shared.policies.control import BATCH_SIZES, Observation, PlannerPolicy
 from shared.policies.pareto import load_table
 from shared.policies.planner import PlanDecision, Planner, tier_throughputs
@@ -354,7 +354,8 @@ def operating_point(readiness: Readiness, structure: Structure, observation: Obs
     quiet minute's point went from d 0.6 to 1.0 and back every dwell."""
     planner, slo, gpus = readiness.planner, readiness.slo_s, observation.gpus
     if burst:
-        rate = min(rate, burst_rate(observation.queued_jobs, arriving, readiness.capacity(structure, gpus), slo))
+        rate = min(rate, burst_rate(observation.queued_jobs, arriving, readiness.capacity(structure, gpus), slo,
+                                    burst_horizon(readiness.history, slo)))
     point = planner.plan_within(structure.pair, structure.light_gpus, structure.heavy_gpus, rate, slo,
                                 queueing_s=queueing_s)
     assert point is not None  # the policy keeps only pairs of the table

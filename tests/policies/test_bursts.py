@@ -11,11 +11,13 @@ from shared.policies.bursts import (
     BURST_HORIZON_SLOS,
     FILL_STEP,
     HEAVY_OVERFILL,
+    HORIZON_MAX_SLOS,
     LEVEL_SIGMAS,
     NOISE_SIGMAS,
     SLACK_USABLE,
     BurstHistory,
     Capacity,
+    burst_horizon,
     burst_rate,
     fill_heavy,
     replay_misses,
@@ -117,6 +119,42 @@ def test_a_burst_point_is_chosen_for_what_the_slack_cannot_take():
     assert 30 + (70.0 - rate) * horizon == pytest.approx(rate * 4.0 * SLACK_USABLE)
     assert burst_rate(300, 70.0, capacity, 6.0) > rate
     assert burst_rate(0, 0.0, capacity, 6.0) == 0.0
+
+
+def level(seconds: int, rate: float, caught_up_after: int, floor: float) -> list[tuple[float, float]]:
+    """`seconds` of arrivals at `rate` that the sustained estimate, at `floor` before them, follows
+    after `caught_up_after` seconds."""
+    return [(rate, floor if second < caught_up_after else rate) for second in range(seconds)]
+
+
+def test_a_burst_lasts_while_its_arrivals_stay_above_the_level_it_rose_from():
+    """run_seconds: an on/off burst lasts its seconds; a Markov level's step lasts as long as its
+    arrivals stay high, after the estimate has caught up with them (the runs beyond the estimate,
+    bursts_seen's, end then); the burst under way does not count; a lull's noise is no burst."""
+    spikes = BurstHistory(halflife_s=180.0, memory_s=540.0)
+    feed(spikes, ([(0.1, 0.1)] * 60 + level(3, 45.0, 4, 0.1)) * 3 + [(0.1, 0.1)] * 10)
+    assert spikes.run_seconds() == pytest.approx(3.0)
+    steps = BurstHistory(halflife_s=180.0, memory_s=540.0)
+    feed(steps, [(0.5, 0.5)] * 60 + level(40, 20.0, 4, 0.5) + [(0.5, 0.5)] * 30 + level(10, 20.0, 4, 0.5))
+    assert steps.run_seconds() == pytest.approx(40.0)  # the step under way (10 s so far) left out
+    assert steps.bursts_seen() == 2  # beyond the estimate: only its first seconds
+    quiet = BurstHistory(halflife_s=180.0, memory_s=540.0)
+    feed(quiet, [(2.0, 2.0), (4.0, 2.0)] * 60)
+    assert quiet.run_seconds() == 0.0
+
+
+def test_a_burst_point_plans_for_the_remembered_bursts_length_within_bounds():
+    """burst_horizon: half an SLO after short bursts, their mean length after longer ones, at most
+    HORIZON_MAX_SLOS SLOs; a longer horizon is a faster point for the same backlog and arrivals."""
+    spikes, steps, long_steps = (BurstHistory(halflife_s=180.0, memory_s=540.0) for _ in range(3))
+    feed(spikes, [(0.1, 0.1)] * 60 + level(2, 45.0, 4, 0.1) + [(0.1, 0.1)] * 10)
+    feed(steps, [(0.5, 0.5)] * 60 + level(9, 20.0, 4, 0.5) + [(0.5, 0.5)] * 10)
+    feed(long_steps, [(0.5, 0.5)] * 60 + level(60, 20.0, 4, 0.5) + [(0.5, 0.5)] * 10)
+    assert burst_horizon(spikes, 6.0) == BURST_HORIZON_SLOS * 6.0
+    assert burst_horizon(steps, 6.0) == pytest.approx(9.0)
+    assert burst_horizon(long_steps, 6.0) == HORIZON_MAX_SLOS * 6.0
+    capacity = Capacity(qps=21.0, latency_s=2.3)
+    assert burst_rate(15, 20.0, capacity, 6.0, burst_horizon(steps, 6.0)) > burst_rate(15, 20.0, capacity, 6.0)
 
 
 def test_the_lowest_estimate_since_is_the_level_a_burst_rises_from():
