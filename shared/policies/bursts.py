@@ -157,9 +157,13 @@ class BurstHistory:
         intervals = []
         for time, seconds, rate, estimate, burst in self.samples:
             if seconds > 0:
-                weight = math.pow(0.5, (now - time) / self.halflife_s)
+                weight = self.weight(now, time)
                 intervals.append((seconds * stretch, rate, weight) if burst else (seconds, min(rate, estimate), weight))
         return intervals
+
+    def weight(self, now: float, time: float) -> float:
+        """What an interval ended at `time` weighs at `now`: halved every halflife_s."""
+        return math.pow(0.5, (now - time) / self.halflife_s)
 
     def bursts_seen(self) -> int:
         """How many bursts are remembered: runs of intervals beyond the sustained estimate's noise
@@ -193,7 +197,7 @@ class BurstHistory:
                 run += seconds
                 continue
             if run > 0:
-                weight = math.pow(0.5, (now - time) / self.halflife_s)
+                weight = self.weight(now, time)
                 total, weights = total + weight * run, weights + weight
             run, floor = 0.0, None
         return total / weights if weights > 0 else 0.0
