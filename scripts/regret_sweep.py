@@ -3,7 +3,8 @@
     python scripts/regret_sweep.py --out DIR [--traces traces/generated.txt] [--jobs 2] [--only 703,704]
 
 Each line of the traces file is one `hadis trace` command's arguments (`traces/generated.txt`: the 74
-on/off and MMPP traces of docs/experiments.md). For each, this makes the trace, then runs
+on/off and MMPP traces of docs/experiments.md, tuned on; `traces/generated-holdout.txt`: 24 more, held
+out, to check a change on). For each, this makes the trace, then runs
 `hadis simulate` with the policy (hadis by default) and with best-static, both without the oracle's
 bound (`--no-oracle`: the sweep takes minutes, not half an hour), `--jobs` at a time. It writes
 DIR/regret.csv (one row per trace), DIR/regret.png (each trace's regret in FID and in violations,

@@ -55,3 +55,18 @@ def test_no_oracle_is_refused_with_the_oracle(tmp_path, capsys):
         cli.main(["simulate", "--trace", "traces/bursty_p30.txt", "--policy", "oracle", "--no-oracle", "--gpus", "16",
                   "--profile", "paper-l40s-x10", "--slo", "6", "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "--no-oracle" in capsys.readouterr().err
+
+
+def test_the_held_out_traces_are_valid_commands_that_share_nothing_with_the_tuned_ones():
+    """traces/generated-holdout.txt checks a change tuned on traces/generated.txt: a trace in both,
+    or one the generator refuses, would make it no check at all."""
+    root = SCRIPT.parents[1] / "traces"
+    tuned = regret_sweep.trace_commands(root / "generated.txt")
+    held = regret_sweep.trace_commands(root / "generated-holdout.txt")
+    assert len(held) >= 20
+    assert not {name for name, _ in held} & {name for name, _ in tuned}
+    assert not {command for _, command in held} & {command for _, command in tuned}
+    parser = cli.build_parser()
+    for _, command in held:
+        args = parser.parse_args(["trace", *command.split(), "--out", "/dev/null"])
+        assert args.command == "trace"
