@@ -66,13 +66,19 @@ def trace_commands(path: Path) -> list[tuple[str, str]]:
     return commands
 
 
+def trace_arguments(command: str, trace: Path) -> list[str]:
+    """The `hadis` arguments that make one line's trace at `trace` (run_trace runs them; the tests
+    parse them, so that a line the command refuses is caught without running the sweep)."""
+    return ["trace", *shlex.split(command), "--out", str(trace)]
+
+
 def run_trace(name: str, command: str, args: argparse.Namespace, hadis: str) -> Row:
     """Make the trace, then simulate the policy and best-static on it (each skipped when done)."""
     out = Path(args.out)
     trace = out / "traces" / f"{name}.txt"
     if not trace.exists():
         trace.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([hadis, "trace", *shlex.split(command), "--out", str(trace)], check=True,
+        subprocess.run([hadis, *trace_arguments(command, trace)], check=True,
                        stdout=subprocess.DEVNULL)
     reports = {}
     for policy in (args.policy, "best-static"):

@@ -68,5 +68,5 @@ def test_the_held_out_traces_are_valid_commands_that_share_nothing_with_the_tune
     assert not {command for _, command in held} & {command for _, command in tuned}
     parser = cli.build_parser()
     for _, command in held:
-        args = parser.parse_args(["trace", *command.split(), "--out", "/dev/null"])
+        args = parser.parse_args(regret_sweep.trace_arguments(command, Path("/dev/null")))
         assert args.command == "trace"
